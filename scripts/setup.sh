@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install everything labelzip, its tests and its default data need, on a fresh machine.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+VENV="${1:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3.11 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+# Debian data packages the default jobs read (Fashion-MNIST).
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "setup: run 'sudo apt-get install dataset-fashion-mnist' for the Fashion-MNIST data" >&2
+  fi
+fi
+# torch is pinned: a looser spec pulls a multi-GB CUDA build.
+"$VENV/bin/pip" install -q -r requirements.txt
+"$VENV/bin/pip" install -q --no-deps -e .

@@ -1,0 +1,69 @@
+"""The ``labelzip`` command: a thin dispatcher over one module per subcommand.
+
+Each subcommand module exposes ``build_parser()`` and ``main(argv) -> int`` so it
+can be tested in-process. Errors labelzip raises on purpose become one line on
+stderr and exit code 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from labelzip.errors import LabelzipError
+
+__all__ = ["COMMANDS", "main", "run_command"]
+
+# subcommand -> (module, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "storage": ("labelzip.cli.storage", "bytes of images, labels and side info per framework"),
+    "compress": ("labelzip.cli.compress", "compress a logits file into a labelzip archive"),
+    "decompress": ("labelzip.cli.decompress", "decode an archive back to dense logits"),
+    "info": ("labelzip.cli.info", "show an archive's codec, layout and all-in size"),
+    "eval-codec": ("labelzip.cli.eval_codec", "fidelity of an archive against the teacher"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: labelzip COMMAND [options]   (labelzip COMMAND --help for details)",
+        "",
+        "Compress the soft labels of dataset distillation and LLM distillation.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def run_command(name: str, body: Callable[[], int]) -> int:
+    """Run a subcommand body, turning labelzip errors into a one-line message."""
+    try:
+        return body()
+    except LabelzipError as exc:
+        print(f"labelzip {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"labelzip {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if args[0] == "--version":
+        from labelzip import __version__
+
+        print(f"labelzip {__version__}")
+        return 0
+    name = args[0]
+    if name not in COMMANDS:
+        print(f"labelzip: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    code: int = module.main(args[1:])
+    return code

@@ -1,0 +1,1 @@
+"""Pure tensor operations shared by codecs: bit packing, metrics, validation."""
