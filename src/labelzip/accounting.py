@@ -52,7 +52,9 @@ class StorageAccount:
 
     @property
     def total_bytes(self) -> int:
-        return self.payload_bytes + self.model_bytes + self.side_bytes + self.header_bytes
+        return (
+            self.payload_bytes + self.model_bytes + self.side_bytes + self.header_bytes
+        )
 
     @property
     def reference_bytes(self) -> int:

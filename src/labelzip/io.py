@@ -32,7 +32,9 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     dest = Path(dest)
     folder = dest.parent if str(dest.parent) else Path(".")
     if not folder.is_dir():
-        raise InputError(f"output folder {str(folder)!r} does not exist; create it first")
+        raise InputError(
+            f"output folder {str(folder)!r} does not exist; create it first"
+        )
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -80,7 +82,9 @@ def load_logits(path: str | os.PathLike[str], key: str | None = None) -> torch.T
     return _validate(tensor, path)
 
 
-def _pick(tensors: dict[str, torch.Tensor], key: str | None, path: Path) -> torch.Tensor:
+def _pick(
+    tensors: dict[str, torch.Tensor], key: str | None, path: Path
+) -> torch.Tensor:
     if key is not None:
         if key not in tensors:
             raise InputError(
@@ -146,9 +150,13 @@ def _validate(tensor: torch.Tensor, path: Path) -> torch.Tensor:
             f"got {tuple(tensor.shape)}"
         )
     if not tensor.is_floating_point():
-        raise InputError(f"{path.name}: logits must be floating point, got {tensor.dtype}")
+        raise InputError(
+            f"{path.name}: logits must be floating point, got {tensor.dtype}"
+        )
     if tensor.shape[-1] < 2:
-        raise InputError(f"{path.name}: need at least 2 classes, got {tensor.shape[-1]}")
+        raise InputError(
+            f"{path.name}: need at least 2 classes, got {tensor.shape[-1]}"
+        )
     if 0 in tensor.shape:
         raise InputError(f"{path.name}: empty tensor of shape {tuple(tensor.shape)}")
     finite = torch.isfinite(tensor)

@@ -17,11 +17,20 @@ __all__ = ["COMMANDS", "main", "run_command"]
 
 # subcommand -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "storage": ("labelzip.cli.storage", "bytes of images, labels and side info per framework"),
-    "compress": ("labelzip.cli.compress", "compress a logits file into a labelzip archive"),
+    "storage": (
+        "labelzip.cli.storage",
+        "bytes of images, labels and side info per framework",
+    ),
+    "compress": (
+        "labelzip.cli.compress",
+        "compress a logits file into a labelzip archive",
+    ),
     "decompress": ("labelzip.cli.decompress", "decode an archive back to dense logits"),
     "info": ("labelzip.cli.info", "show an archive's codec, layout and all-in size"),
-    "eval-codec": ("labelzip.cli.eval_codec", "fidelity of an archive against the teacher"),
+    "eval-codec": (
+        "labelzip.cli.eval_codec",
+        "fidelity of an archive against the teacher",
+    ),
 }
 
 
@@ -34,7 +43,9 @@ def _usage() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [
+        f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()
+    ]
     return "\n".join(lines)
 
 
@@ -62,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name = args[0]
     if name not in COMMANDS:
-        print(f"labelzip: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(
+            f"labelzip: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr
+        )
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     code: int = module.main(args[1:])

@@ -83,7 +83,9 @@ def check_logits(logits: torch.Tensor, num_classes: int | None = None) -> torch.
         )
     if not bool(torch.isfinite(logits).all()):
         bad = int((~torch.isfinite(logits)).any(dim=1).sum())
-        raise InputError(f"logits contain NaN or Inf in {bad} of {logits.shape[0]} rows")
+        raise InputError(
+            f"logits contain NaN or Inf in {bad} of {logits.shape[0]} rows"
+        )
     return logits
 
 
@@ -157,6 +159,17 @@ class Codec(ABC):
         cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
     ) -> Codec:
         """Rebuild a fitted codec from :meth:`to_config` and :meth:`model_tensors`."""
+
+    @classmethod
+    def for_target(
+        cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
+    ) -> Codec:
+        """Rate control: an unfitted codec whose payload + model bytes fit the budget.
+
+        Options the user fixed are kept; the codec chooses the rest. Raises
+        :class:`UnreachableTargetError` naming the best reachable rate.
+        """
+        raise NotImplementedError(f"{cls.__name__} has no rate control")
 
     # -- accounting -----------------------------------------------------------------
     def model_bytes(self) -> int:
