@@ -1,0 +1,180 @@
+"""Dense logits, stored as they are: the SRe2L / CDA baseline.
+
+Every label keeps all C values in fp32, fp16 or bf16. There is nothing to learn
+and no model to ship; the rate is fixed by the dtype (fp16 and bf16 are the 1x
+reference, fp32 is 0.5x). fp32 round-trips exactly, fp16/bf16 round to the
+nearest representable value.
+
+Block layout: the N x C values, row-major, each as a little-endian number of
+the configured dtype (``N * C * bytes_per_value`` bytes, no header).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from labelzip.accounting import reference_bytes
+from labelzip.codecs.base import (
+    Codec,
+    CodecConfig,
+    EncodedBlock,
+    LogitSource,
+    check_logits,
+    iterate_source,
+)
+from labelzip.errors import (
+    ArchiveFormatError,
+    ConfigError,
+    InputError,
+    UnreachableTargetError,
+)
+
+__all__ = ["DTYPES", "DenseCodec", "DenseConfig"]
+
+DenseDtype = Literal["fp32", "fp16", "bf16"]
+
+# Storage dtype of each option, most precise first (rate control walks this order).
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+class DenseConfig(CodecConfig):
+    """Configuration of :class:`DenseCodec`."""
+
+    kind: Literal["dense"] = "dense"
+    dtype: DenseDtype = Field(
+        default="fp16",
+        description="storage dtype of every value: fp32 (exact), fp16 or bf16",
+    )
+
+
+class DenseCodec(Codec):
+    """All C logits per label in a fixed float dtype; no model bytes."""
+
+    kind: ClassVar[str] = "dense"
+    codec_id: ClassVar[int] = 1
+    config_class: ClassVar[type[CodecConfig]] = DenseConfig
+
+    config: DenseConfig
+
+    def __init__(self, config: DenseConfig | None = None) -> None:
+        super().__init__(config if config is not None else DenseConfig())
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.config.dtype]
+
+    @property
+    def bytes_per_value(self) -> int:
+        return torch.empty((), dtype=self.torch_dtype).element_size()
+
+    # -- fitting -----------------------------------------------------------------
+    def fit(self, source: LogitSource, *, num_labels: int | None = None) -> DenseCodec:
+        """Read the class count from the first (B, C) batch; nothing else to learn."""
+        for batch in iterate_source(source):
+            check_logits(batch)
+            self.num_classes = int(batch.shape[1])
+            return self
+        raise InputError("fit() got an empty source; pass at least one (B, C) batch")
+
+    # -- byte path ---------------------------------------------------------------
+    def encode(self, logits: torch.Tensor) -> EncodedBlock:
+        """(N, C) logits -> N*C little-endian values of the configured dtype."""
+        num_classes = self._require_fitted("encode")
+        check_logits(logits, num_classes)
+        values = logits.detach().to(device="cpu", dtype=self.torch_dtype)
+        if not bool(torch.isfinite(values).all()):
+            peak = float(logits.detach().abs().max())
+            raise InputError(
+                f"logits up to |{peak:.4g}| overflow {self.config.dtype}; "
+                "use dtype='fp32' or 'bf16'"
+            )
+        data = values.contiguous().view(torch.uint8).reshape(-1)
+        if sys.byteorder == "big":  # pragma: no cover - all supported hosts are LE
+            data = data.reshape(-1, self.bytes_per_value).flip(1).reshape(-1)
+        return EncodedBlock(num_labels=int(logits.shape[0]), data=data.clone())
+
+    def decode(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Block -> (N, C) float32 logits on ``device``."""
+        num_classes = self._require_fitted("decode")
+        expected = block.num_labels * num_classes * self.bytes_per_value
+        if block.nbytes != expected:
+            raise ArchiveFormatError(
+                f"dense block of {block.num_labels} labels x {num_classes} classes "
+                f"in {self.config.dtype} must hold {expected} bytes, got {block.nbytes}"
+            )
+        data = block.data.to(device=device, dtype=torch.uint8).reshape(-1)
+        if sys.byteorder == "big":  # pragma: no cover
+            data = data.reshape(-1, self.bytes_per_value).flip(1).reshape(-1)
+        if data.storage_offset() % self.bytes_per_value:  # a view into a larger buffer
+            data = data.clone()
+        values = data.contiguous().view(self.torch_dtype)
+        return values.reshape(block.num_labels, num_classes).to(torch.float32)
+
+    # -- what is shipped once ------------------------------------------------------
+    def model_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def to_config(self) -> dict[str, Any]:
+        num_classes = self._require_fitted("to_config")
+        return {**self.config.model_dump(), "num_classes": num_classes}
+
+    @classmethod
+    def from_stored(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> DenseCodec:
+        options = dict(config)
+        num_classes = options.pop("num_classes", None)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ArchiveFormatError(
+                f"dense codec config needs a positive integer num_classes, got {num_classes!r}"
+            )
+        try:
+            codec = cls(DenseConfig(**options))
+        except Exception as exc:
+            raise ArchiveFormatError(f"invalid stored dense config: {exc}") from exc
+        codec.num_classes = num_classes
+        return codec
+
+    def expected_payload_bits(self) -> float | None:
+        num_classes = self._require_fitted("expected_payload_bits")
+        return float(8 * self.bytes_per_value * num_classes)
+
+    # -- rate control ----------------------------------------------------------------
+    @classmethod
+    def for_target(
+        cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
+    ) -> DenseCodec:
+        """The most precise dtype whose N*C values fit ``budget_bytes``.
+
+        Dense has a fixed rate, so the only choice is the dtype: fp32 if it fits,
+        else fp16. A dtype fixed in ``options`` is kept or rejected.
+        """
+        try:
+            fixed = DenseConfig(**options)
+        except Exception as exc:
+            raise ConfigError(f"invalid dense codec options: {exc}") from exc
+        choices = [fixed.dtype] if "dtype" in options else ["fp32", "fp16"]
+        for name in choices:
+            size = torch.empty((), dtype=DTYPES[name]).element_size()
+            if num_labels * num_classes * size <= budget_bytes:
+                return cls(fixed.model_copy(update={"dtype": name}))
+        ref = reference_bytes(num_labels, num_classes, "fp16")
+        best = "fp16" if "dtype" not in options else fixed.dtype
+        best_size = torch.empty((), dtype=DTYPES[best]).element_size()
+        need = num_labels * num_classes * best_size
+        raise UnreachableTargetError(
+            f"dense {best} needs {need} bytes for {num_labels} labels x {num_classes} "
+            f"classes but the budget is {budget_bytes}; the best reachable ratio is "
+            f"{ref / need:.2f}x vs fp16 ({8 * best_size * num_classes} bits per label); "
+            "use a lower ratio or a compressing codec (topk, rskd, vqae)"
+        )
