@@ -1,0 +1,82 @@
+"""Shared, seeded fixtures: synthetic teacher logits shaped like a real classifier's.
+
+``make_teacher_logits`` builds logits with the structure codecs care about: one
+dominant class per label with a varying margin (some labels confident, some
+ambiguous), a few related classes that carry real secondary mass, and a Gaussian
+tail. For C=1000 the mean max probability is about 0.83 and logits span about
+-7..16, close to an ImageNet teacher's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+__all__ = ["make_teacher_logits"]
+
+
+def make_teacher_logits(
+    num_labels: int,
+    num_classes: int,
+    seed: int = 0,
+    *,
+    tail_std: float = 1.5,
+    margin_mean: float = 2.5,
+    margin_std: float = 2.0,
+) -> torch.Tensor:
+    """(N, C) float32 logits of a peaked, class-structured synthetic teacher.
+
+    Args:
+        num_labels: N.
+        num_classes: C.
+        seed: generator seed; equal arguments give equal tensors.
+        tail_std: standard deviation of the non-target logits.
+        margin_mean, margin_std: the target logit sits this far (in nats, normal
+            distributed) above the log-sum-exp of all other logits.
+    """
+    g = torch.Generator().manual_seed(seed)
+    dim = 16
+    emb = torch.nn.functional.normalize(
+        torch.randn(num_classes, dim, generator=g), dim=1
+    )
+    target = torch.randint(0, num_classes, (num_labels,), generator=g)
+    # Classes similar to the target get extra logit, by a per-label amount.
+    sim = (emb[target] @ emb.T).clamp_min(0) ** 2  # (N, C)
+    strength = 8.0 * torch.rand(num_labels, 1, generator=g)
+    logits = strength * sim + tail_std * torch.randn(
+        num_labels, num_classes, generator=g
+    )
+    others = logits.scatter(1, target[:, None], float("-inf")).logsumexp(dim=1)
+    margin = margin_mean + margin_std * torch.randn(num_labels, generator=g)
+    logits[torch.arange(num_labels), target] = others + margin
+    return logits.float()
+
+
+_CACHE: dict[tuple[int, int, int], torch.Tensor] = {}
+
+
+def _cached(num_labels: int, num_classes: int, seed: int) -> torch.Tensor:
+    key = (num_labels, num_classes, seed)
+    if key not in _CACHE:
+        _CACHE[key] = make_teacher_logits(num_labels, num_classes, seed)
+    return _CACHE[key].clone()  # tests may modify their copy
+
+
+@pytest.fixture
+def teacher_logits() -> torch.Tensor:
+    """(512, 1000) realistic peaked logits (ImageNet-sized), seed 0."""
+    return _cached(512, 1000, 0)
+
+
+@pytest.fixture
+def teacher_logits_c10() -> torch.Tensor:
+    """(256, 10) peaked logits with 10 classes (CIFAR / Fashion-MNIST sized), seed 1."""
+    return _cached(256, 10, 1)
+
+
+@pytest.fixture
+def make_logits() -> Callable[..., torch.Tensor]:
+    """The generator itself, for tests that need other shapes or seeds."""
+    return make_teacher_logits
