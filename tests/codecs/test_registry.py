@@ -1,0 +1,97 @@
+"""Codec registry: stable ids, creation by name, rate-target budgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from labelzip.codecs.registry import (
+    CODEC_IDS,
+    available_codecs,
+    codec_class,
+    create_codec,
+    create_codec_for_target,
+    target_total_bytes,
+)
+from labelzip.errors import ConfigError, UnreachableTargetError
+
+BASELINES = ["dense", "topk", "rskd"]
+
+
+def test_ids_are_stable_and_unique() -> None:
+    assert {name: CODEC_IDS[name][0] for name in BASELINES} == {
+        "dense": 1,
+        "topk": 2,
+        "rskd": 3,
+    }
+    ids = [entry[0] for entry in CODEC_IDS.values()]
+    assert len(ids) == len(set(ids))
+    assert available_codecs() == sorted(CODEC_IDS)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_class_matches_its_registry_entry(name: str) -> None:
+    cls = codec_class(name)
+    assert cls.kind == name
+    assert cls.codec_id == CODEC_IDS[name][0]
+    codec = create_codec(name)
+    assert isinstance(codec, cls) and codec.config.kind == name
+    assert not codec.is_fitted
+
+
+def test_unknown_name_and_bad_options() -> None:
+    with pytest.raises(ConfigError, match="unknown codec 'zip'; choose one of .*dense"):
+        codec_class("zip")
+    with pytest.raises(ConfigError, match="invalid dense codec options: dtype"):
+        create_codec("dense", dtype="int4")
+    with pytest.raises(
+        ConfigError, match="invalid topk codec options: k: Input should be greater"
+    ):
+        create_codec("topk", k=0)
+    with pytest.raises(ConfigError, match="invalid rskd codec options: bogus"):
+        create_codec("rskd", bogus=1)
+
+
+def test_target_total_bytes() -> None:
+    assert target_total_bytes(num_labels=100, num_classes=1000, ratio=40) == 5000
+    assert (
+        target_total_bytes(num_labels=100, num_classes=1000, ratio=40, reference="fp32")
+        == 10000
+    )
+    assert (
+        target_total_bytes(num_labels=100, num_classes=1000, bits_per_label=400) == 5000
+    )
+    assert (
+        target_total_bytes(num_labels=3, num_classes=10, bits_per_label=7) == 2
+    )  # floor
+    with pytest.raises(ConfigError, match="exactly one of ratio or bits_per_label"):
+        target_total_bytes(num_labels=1, num_classes=2)
+    with pytest.raises(ConfigError, match="exactly one"):
+        target_total_bytes(num_labels=1, num_classes=2, ratio=2, bits_per_label=3)
+    with pytest.raises(ConfigError, match="ratio must be > 0, got 0"):
+        target_total_bytes(num_labels=1, num_classes=2, ratio=0)
+    with pytest.raises(ConfigError, match="bits_per_label must be > 0, got -1"):
+        target_total_bytes(num_labels=1, num_classes=2, bits_per_label=-1)
+
+
+def test_create_for_target_subtracts_overhead() -> None:
+    # dense fp16 of 10 x 10 needs exactly the 1x budget of 200 bytes
+    codec = create_codec_for_target("dense", num_labels=10, num_classes=10, ratio=1.0)
+    assert codec.config.dtype == "fp16"  # type: ignore[attr-defined]
+    with pytest.raises(UnreachableTargetError, match="budget is 199"):
+        create_codec_for_target(
+            "dense", num_labels=10, num_classes=10, ratio=1.0, overhead_bytes=1
+        )
+    with pytest.raises(
+        UnreachableTargetError, match="header and side information alone take 300"
+    ):
+        create_codec_for_target(
+            "dense", num_labels=10, num_classes=10, ratio=1.0, overhead_bytes=300
+        )
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_create_for_target_returns_fitting_codec(name: str) -> None:
+    codec = create_codec_for_target(
+        name, num_labels=4096, num_classes=1000, bits_per_label=16_000
+    )
+    assert codec.kind == name and not codec.is_fitted
