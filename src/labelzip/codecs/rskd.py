@@ -1,0 +1,403 @@
+"""Random-sampling KD labels (RS-KD, "Sparse Logit Sampling", arXiv 2503.16870).
+
+Per label, S class ids are drawn with replacement from the teacher distribution
+at the sampling temperature T, ``p_T = softmax(z / T)``; the codec stores the
+distinct ids and how often each was drawn. The decoded distribution
+``q = counts / S`` is an unbiased estimate of ``p_T`` (unlike top-K, whose
+truncation biases every label the same way). Decoded = ``T * log q`` with
+``-inf`` off the support, so ``softmax(decoded / T) = q`` exactly; at another
+temperature T', ``softmax(decoded / T')`` is proportional to ``q ** (T / T')``.
+
+Random streams. Sampling runs on the CPU in float64 (identical bytes on every
+host and device) from a ``torch.Generator`` seeded per ``encode`` call with a
+64-bit hash of ``(seed, stream key)``. The stream key is the batch's content
+(its float32 bytes and shape) by default, so encoding the same batch twice gives
+the same bytes while different blocks draw from different streams, with no
+counter to keep in step; pass ``offset=`` (e.g. the index of the block's first
+label) to key the stream on position instead.
+
+Block layout for N labels, ``w = ceil(log2 S)`` bits (0 when S = 1),
+``b = ceil(log2 C)`` bits, ``d_n`` distinct ids of label n, ``D = sum d_n``;
+three little-endian bit streams, each padded to a whole byte:
+
+1. ``d_n - 1`` for every label, ``w`` bits each (N values);
+2. the distinct ids of every label in ascending id order, ``b`` bits each (D);
+3. ``count - 1`` of every distinct id except each label's last one, whose count
+   is implied by the total S, ``w`` bits each (D - N values).
+
+Size: ``ceil(N w / 8) + ceil(D b / 8) + ceil((D - N) w / 8)`` bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from labelzip.accounting import reference_bytes
+from labelzip.codecs.base import (
+    Codec,
+    CodecConfig,
+    EncodedBlock,
+    LogitSource,
+    check_logits,
+    iterate_source,
+)
+from labelzip.codecs.topk import ASSUMED_BLOCK_LABELS
+from labelzip.errors import (
+    ArchiveFormatError,
+    ConfigError,
+    InputError,
+    UnreachableTargetError,
+)
+from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+
+__all__ = ["MAX_SAMPLES", "RSKDCodec", "RSKDConfig"]
+
+logger = logging.getLogger(__name__)
+
+# Largest S: keeps the (rows, S) sample matrix of one block in memory.
+MAX_SAMPLES = 4096
+
+# Measured sizing keeps the mean payload this far under the per-label budget,
+# and measures on at most this many fit labels.
+_MEASURED_MARGIN = 0.02
+_MEASURE_LABELS = 2048
+
+# Elements per float64 working chunk while sampling (rows x max(C, S)).
+_CHUNK_ELEMENTS = 1 << 21
+
+
+class RSKDConfig(CodecConfig):
+    """Configuration of :class:`RSKDCodec`."""
+
+    kind: Literal["rskd"] = "rskd"
+    num_samples: int | None = Field(
+        default=12,
+        ge=1,
+        le=MAX_SAMPLES,
+        description="S, ids drawn with replacement per label; None = chosen by fit "
+        "from target_bits_per_label",
+    )
+    temperature: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1000.0,
+        description="sampling temperature T: ids are drawn from softmax(z / T)",
+    )
+    seed: int = Field(
+        default=0, ge=0, lt=1 << 63, description="seed of the sampling streams"
+    )
+    sizing: Literal["worst_case", "measured"] = Field(
+        default="worst_case",
+        description="rate control: worst_case budgets S distinct ids per label "
+        "(guaranteed fit); measured picks S from the fit data's mean size",
+    )
+    target_bits_per_label: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="measured sizing: mean payload bits per label fit() aims for",
+    )
+
+    @model_validator(mode="after")
+    def _check_sizing(self) -> RSKDConfig:
+        if self.num_samples is None and self.target_bits_per_label is None:
+            raise ValueError("num_samples=None needs target_bits_per_label to size S")
+        return self
+
+
+class RSKDCodec(Codec):
+    """S sampled ids per label, stored as distinct ids with counts; no model bytes."""
+
+    kind: ClassVar[str] = "rskd"
+    codec_id: ClassVar[int] = 3
+    config_class: ClassVar[type[CodecConfig]] = RSKDConfig
+
+    config: RSKDConfig
+
+    def __init__(self, config: RSKDConfig | None = None) -> None:
+        super().__init__(config if config is not None else RSKDConfig())
+
+    @property
+    def num_samples(self) -> int:
+        if self.config.num_samples is None:
+            raise ConfigError("num_samples is chosen by fit(); call fit() first")
+        return self.config.num_samples
+
+    # -- fitting -----------------------------------------------------------------
+    def fit(self, source: LogitSource, *, num_labels: int | None = None) -> RSKDCodec:
+        """Read C; with ``num_samples=None``, pick S from the fit data's sizes."""
+        seen: list[torch.Tensor] = []
+        total = 0
+        for batch in iterate_source(source):
+            check_logits(batch, seen[0].shape[1] if seen else None)
+            seen.append(batch.detach()[: _MEASURE_LABELS - total].cpu())
+            total += seen[-1].shape[0]
+            if self.config.num_samples is not None or total >= _MEASURE_LABELS:
+                break
+        if not seen:
+            raise InputError(
+                "fit() got an empty source; pass at least one (B, C) batch"
+            )
+        num_classes = int(seen[0].shape[1])
+        if self.config.num_samples is None:
+            chosen = self._measure_num_samples(torch.cat(seen), num_classes)
+            self.config = self.config.model_copy(update={"num_samples": chosen})
+        self.num_classes = num_classes
+        return self
+
+    def _measure_num_samples(self, logits: torch.Tensor, num_classes: int) -> int:
+        """Largest S whose mean payload on ``logits`` meets the per-label target."""
+        target = self.config.target_bits_per_label
+        assert target is not None
+        limit = target * (1.0 - _MEASURED_MARGIN)
+        ids = _draw(
+            logits,
+            MAX_SAMPLES,
+            self.config.temperature,
+            _generator(self.config.seed, b"fit", logits.shape[0]),
+        )
+        ordered, perm = ids.sort(dim=1, stable=True)
+        first = torch.ones_like(ordered, dtype=torch.bool)
+        first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        is_new = torch.zeros_like(first).scatter_(1, perm, first)  # first draws
+        mean_distinct = is_new.cumsum(dim=1).double().mean(dim=0)  # (S_max,)
+        s = torch.arange(1, MAX_SAMPLES + 1, dtype=torch.float64)
+        width = torch.where(s > 1, torch.log2(s).ceil(), torch.zeros_like(s))
+        bits = width * mean_distinct + mean_distinct * bits_for(num_classes)
+        fits = torch.nonzero(bits <= limit).reshape(-1)
+        if fits.numel() == 0:
+            raise UnreachableTargetError(
+                f"rskd needs at least {bits_for(num_classes)} bits per label (S=1), "
+                f"the target is {target:.1f}; choose a lower ratio"
+            )
+        chosen = int(fits[-1]) + 1
+        logger.info(
+            "rskd measured sizing: S=%d, mean %.1f distinct ids, %.1f bits per label",
+            chosen,
+            float(mean_distinct[chosen - 1]),
+            float(bits[chosen - 1]),
+        )
+        return chosen
+
+    # -- byte path ---------------------------------------------------------------
+    def encode(
+        self, logits: torch.Tensor, *, offset: int | None = None
+    ) -> EncodedBlock:
+        """Sample S ids per label of (N, C) logits and store distinct ids + counts.
+
+        Args:
+            logits: (N, C) teacher logits, any device.
+            offset: optional stream key (e.g. the first label's index); by default
+                the batch content keys the random stream.
+        """
+        num_classes = self._require_fitted("encode")
+        check_logits(logits, num_classes)
+        s = self.num_samples
+        x = logits.detach().to(device="cpu", dtype=torch.float32)
+        key = _content_key(x) if offset is None else b"offset" + _u64(offset)
+        gen = _generator(self.config.seed, key, x.shape[0])
+        ids = _draw(x, s, self.config.temperature, gen).sort(dim=1).values  # (N, S)
+        n = ids.shape[0]
+        is_new = torch.ones_like(ids, dtype=torch.bool)
+        is_new[:, 1:] = ids[:, 1:] != ids[:, :-1]
+        starts = torch.nonzero(is_new.reshape(-1)).reshape(-1)  # flat run starts
+        ends = torch.cat([starts[1:], starts.new_tensor([n * s])])
+        counts = ends - starts  # (D,) run lengths, rows concatenated
+        is_last = ends % s == 0  # each row's last run ends on a row boundary
+        distinct = is_new.sum(dim=1)
+        width = _count_bits(s)
+        parts = [
+            _pack(distinct - 1, width),
+            pack_bits(ids.reshape(-1)[starts], bits_for(num_classes)),
+            _pack(counts[~is_last] - 1, width),
+        ]
+        return EncodedBlock(num_labels=n, data=torch.cat(parts))
+
+    def decode(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Block -> (N, C) float32 ``T * log(counts / S)``, ``-inf`` off support."""
+        num_classes = self._require_fitted("decode")
+        s, n = self.num_samples, block.num_labels
+        width, id_bits = _count_bits(s), bits_for(num_classes)
+        data = block.data.to(device=device, dtype=torch.uint8).reshape(-1)
+        head = packed_size(n, width) if width else 0
+        if data.numel() < head:
+            raise ArchiveFormatError(
+                f"rskd block of {n} labels needs {head} header bytes, got {data.numel()}"
+            )
+        if width:
+            distinct = unpack_bits(data[:head], width, n) + 1
+        else:
+            distinct = torch.ones(n, dtype=torch.int64, device=data.device)
+        total = int(distinct.sum())
+        id_bytes = packed_size(total, id_bits)
+        expected = head + id_bytes + (packed_size(total - n, width) if width else 0)
+        if data.numel() != expected or (n and int(distinct.max()) > s):
+            raise ArchiveFormatError(
+                f"rskd block of {n} labels with {total} distinct ids must hold "
+                f"{expected} bytes, got {data.numel()}"
+            )
+        ids = unpack_bits(data[head : head + id_bytes], id_bits, total)
+        rows = torch.repeat_interleave(torch.arange(n, device=data.device), distinct)
+        last = distinct.cumsum(0) - 1
+        is_last = torch.zeros(total, dtype=torch.bool, device=data.device)
+        is_last[last] = True
+        counts = torch.zeros(total, dtype=torch.int64, device=data.device)
+        if width:
+            counts[~is_last] = (
+                unpack_bits(data[head + id_bytes :], width, total - n) + 1
+            )
+        partial = torch.zeros(n, dtype=torch.int64, device=data.device)
+        partial.index_add_(0, rows, counts)
+        counts[last] = s - partial
+        if total and (int(counts.min()) < 1 or int(ids.max()) >= num_classes):
+            raise ArchiveFormatError("rskd block holds invalid counts or class ids")
+        out = torch.full((n, num_classes), float("-inf"), device=data.device)
+        logq = (counts.float() / s).log() * self.config.temperature
+        out[rows, ids] = logq
+        return out
+
+    # -- what is shipped once ------------------------------------------------------
+    def model_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def to_config(self) -> dict[str, Any]:
+        num_classes = self._require_fitted("to_config")
+        return {**self.config.model_dump(), "num_classes": num_classes}
+
+    @classmethod
+    def from_stored(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> RSKDCodec:
+        options = dict(config)
+        num_classes = options.pop("num_classes", None)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ArchiveFormatError(
+                f"rskd codec config needs a positive integer num_classes, got {num_classes!r}"
+            )
+        try:
+            codec = cls(RSKDConfig(**options))
+        except Exception as exc:
+            raise ArchiveFormatError(f"invalid stored rskd config: {exc}") from exc
+        if codec.config.num_samples is None:
+            raise ArchiveFormatError("stored rskd config has no resolved num_samples")
+        codec.num_classes = num_classes
+        return codec
+
+    def worst_case_payload_bits(self) -> float:
+        """Payload bits of a label whose S draws are all distinct (the maximum)."""
+        num_classes = self._require_fitted("worst_case_payload_bits")
+        return float(_worst_bits(self.num_samples, num_classes))
+
+    # -- rate control ----------------------------------------------------------------
+    @classmethod
+    def for_target(
+        cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
+    ) -> RSKDCodec:
+        """Choose S for a byte budget (``sizing`` option: worst_case or measured).
+
+        ``worst_case`` (default) takes the largest S for which a block where every
+        label has S distinct ids still fits: guaranteed, but peaked teachers then
+        use far fewer bytes than allowed. ``measured`` defers S to :meth:`fit`,
+        which takes the largest S whose mean size on the fit data is 2% under the
+        budget: close to the target, exact only when fit and encoded data agree.
+        """
+        try:
+            base = RSKDConfig(**options)
+        except Exception as exc:
+            raise ConfigError(f"invalid rskd codec options: {exc}") from exc
+        slack = 3 * math.ceil(num_labels / ASSUMED_BLOCK_LABELS)
+        avail_bits = 8.0 * (budget_bytes - slack) / max(num_labels, 1)
+        fixed = options.get("num_samples") is not None
+        min_bits = bits_for(num_classes)
+        if fixed:
+            s = base.num_samples
+            assert s is not None
+            need = _worst_bits(s, num_classes) if base.sizing == "worst_case" else None
+            if need is None or need <= avail_bits:
+                return cls(base)
+            min_bits = need
+        elif base.sizing == "measured" and min_bits <= avail_bits:
+            update = {"num_samples": None, "target_bits_per_label": avail_bits}
+            return cls(RSKDConfig(**{**base.model_dump(), **update}))
+        elif _worst_bits(1, num_classes) <= avail_bits:
+            lo, hi = 1, MAX_SAMPLES
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                fits = _worst_bits(mid, num_classes) <= avail_bits
+                lo, hi = (mid, hi) if fits else (lo, mid - 1)
+            return cls(base.model_copy(update={"num_samples": lo}))
+        need_bytes = math.ceil(min_bits * num_labels / 8) + slack
+        ref = reference_bytes(num_labels, num_classes, "fp16")
+        raise UnreachableTargetError(
+            f"rskd needs at least {min_bits} bits per label ({need_bytes} bytes for "
+            f"{num_labels} labels) but the budget is {budget_bytes} bytes; the best "
+            f"reachable ratio is {ref / need_bytes:.2f}x vs fp16; choose a lower ratio"
+        )
+
+
+def _count_bits(num_samples: int) -> int:
+    """Width of a stored count-1 or distinct-1 value (0 when S = 1: nothing stored)."""
+    return bits_for(num_samples) if num_samples > 1 else 0
+
+
+def _worst_bits(num_samples: int, num_classes: int) -> int:
+    """Payload bits of one label whose draws are all distinct."""
+    distinct = min(num_samples, num_classes)
+    width = _count_bits(num_samples)
+    return width + distinct * bits_for(num_classes) + (distinct - 1) * width
+
+
+def _pack(values: torch.Tensor, bits: int) -> torch.Tensor:
+    if bits == 0:
+        return torch.zeros(0, dtype=torch.uint8)
+    return pack_bits(values, bits)
+
+
+def _u64(value: int) -> bytes:
+    return (value % (1 << 64)).to_bytes(8, "little")
+
+
+def _content_key(x: torch.Tensor) -> bytes:
+    """Digest of a (N, C) float32 CPU tensor's shape and bytes."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(b"content" + _u64(x.shape[0]) + _u64(x.shape[1]))
+    digest.update(x.contiguous().numpy().data)
+    return digest.digest()
+
+
+def _generator(seed: int, key: bytes, num_labels: int) -> torch.Generator:
+    """CPU generator seeded from (seed, stream key)."""
+    digest = hashlib.blake2b(_u64(seed) + key + _u64(num_labels), digest_size=8)
+    return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+
+
+def _draw(
+    logits: torch.Tensor, num_samples: int, temperature: float, gen: torch.Generator
+) -> torch.Tensor:
+    """(N, S) int64 ids drawn with replacement from softmax(logits / T), on the CPU.
+
+    Inverse-CDF sampling in float64 from uniforms of ``gen``, processed in row
+    chunks; the draws depend only on the generator state, not on thread count.
+    """
+    n, c = logits.shape
+    out = torch.empty(n, num_samples, dtype=torch.int64)
+    rows = max(1, _CHUNK_ELEMENTS // max(c, num_samples))
+    for lo in range(0, n, rows):
+        z = logits[lo : lo + rows].to(torch.float64) / temperature
+        cdf = torch.softmax(z, dim=1).cumsum(dim=1)
+        u = torch.rand(z.shape[0], num_samples, generator=gen, dtype=torch.float64)
+        idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+        over = idx >= c  # u * total rounded up to total: use the last class with mass
+        if bool(over.any()):
+            has_mass = torch.diff(cdf, dim=1, prepend=cdf.new_zeros(len(cdf), 1)) > 0
+            last = c - 1 - has_mass.flip(1).to(torch.int8).argmax(dim=1)
+            idx = torch.where(over, last[:, None], idx)
+        out[lo : lo + rows] = idx
+    return out

@@ -1,0 +1,330 @@
+"""Top-K logits per label: the LPQLD / FKD / LLM-KD sparse baseline.
+
+Each label keeps its K largest values (fp16 or fp32) and their class ids
+(bit-packed at ``ceil(log2 C)`` bits), sorted by value, descending. Three
+decoders rebuild a dense label from them (LPQLD's names):
+
+- ``mr``: softmax over the kept logits only. Decoded = kept logits, ``-inf``
+  elsewhere, so ``softmax(decoded / T)`` is the kept-only distribution at any T.
+- ``mrs``: the missing logits are filled with the smallest kept logit, so
+  ``softmax(decoded / T)`` is that filled distribution at any T.
+- ``ms``: the stored values are log-probabilities ``log softmax(z / T_s)`` of the
+  FULL distribution at the storage temperature ``T_s`` (config ``temperature``);
+  the missing mass ``1 - sum`` is spread uniformly over the C - K other classes.
+  Decoded = ``T_s * log q``, so ``softmax(decoded / T_s) = q`` exactly and, at
+  another temperature T, ``softmax(decoded / T)`` is proportional to
+  ``q ** (T_s / T)``. The mass must be spread at the temperature the student uses:
+  spreading at T_s = 1 and softening afterwards inflates the tail (``q ** (1/T)``
+  of a tiny uniform mass is large), so ``T_s`` defaults to the SRe2L KD
+  temperature (:data:`DEFAULT_MS_TEMPERATURE`); see ``docs`` numbers in the
+  module tests. Set it to your own KD temperature.
+
+Relative values (``relative=True``, the default for ``mr``/``mrs``): logits only
+matter up to a per-label constant, so the top value is dropped and the other
+K - 1 are stored as differences to it, saving one value per label at no loss.
+``ms`` needs absolute log-probabilities (for the missing mass) and stores all K.
+
+Block layout for N labels (``K' = K - 1`` if relative else ``K``):
+``N * K'`` little-endian values of ``value_dtype``, row-major, then the ``N * K``
+class ids as one little-endian bit stream of ``ceil(log2 C)`` bits each
+(:func:`labelzip.ops.bitpack.pack_bits`), padded to a whole byte:
+``N * K' * value_bytes + ceil(N * K * bits / 8)`` bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from labelzip.accounting import reference_bytes
+from labelzip.codecs.base import (
+    Codec,
+    CodecConfig,
+    EncodedBlock,
+    LogitSource,
+    check_logits,
+    iterate_source,
+)
+from labelzip.errors import (
+    ArchiveFormatError,
+    ConfigError,
+    InputError,
+    UnreachableTargetError,
+)
+from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+
+__all__ = [
+    "ASSUMED_BLOCK_LABELS",
+    "DEFAULT_MS_TEMPERATURE",
+    "TopKCodec",
+    "TopKConfig",
+]
+
+# MS storage temperature when none is given (SRe2L/CDA train students at T=20).
+DEFAULT_MS_TEMPERATURE = 1.0
+
+# Rate control reserves one byte of bit-stream padding per this many labels: the
+# archive encodes blocks of thousands of labels, each padding its streams once.
+ASSUMED_BLOCK_LABELS = 1024
+
+# Smallest missing mass per class an MS decoder assigns (keeps log finite).
+_MS_MASS_FLOOR = 1e-12
+
+_VALUE_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+class TopKConfig(CodecConfig):
+    """Configuration of :class:`TopKCodec`."""
+
+    kind: Literal["topk"] = "topk"
+    k: int = Field(
+        default=10, ge=1, le=1 << 20, description="entries kept per label (K)"
+    )
+    decoder: Literal["mr", "ms", "mrs"] = Field(
+        default="ms",
+        description="how missing classes are rebuilt: mr (no mass), ms (uniform "
+        "missing mass), mrs (fill with the minimum kept logit)",
+    )
+    value_dtype: Literal["fp16", "fp32"] = Field(
+        default="fp16", description="storage dtype of the kept values"
+    )
+    relative: bool = Field(
+        default=False,
+        description="store values as differences to the top one and drop it "
+        "(mr/mrs only; default on for them)",
+    )
+    temperature: float = Field(
+        default=DEFAULT_MS_TEMPERATURE,
+        gt=0.0,
+        le=1000.0,
+        description="ms only: temperature the kept log-probabilities and the "
+        "uniform missing mass are computed at; set it to the KD temperature",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decoder_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            decoder = data.get("decoder", "ms")
+            if data.get("relative") is None:
+                data["relative"] = decoder != "ms"
+            if data.get("temperature") is None:
+                data["temperature"] = DEFAULT_MS_TEMPERATURE if decoder == "ms" else 1.0
+        return data
+
+    @model_validator(mode="after")
+    def _check_decoder_options(self) -> TopKConfig:
+        if self.decoder == "ms" and self.relative:
+            raise ValueError(
+                "relative=True needs decoder mr or mrs; ms stores absolute "
+                "log-probabilities to know the missing mass"
+            )
+        if self.decoder != "ms" and self.temperature != 1.0:
+            raise ValueError(
+                f"temperature={self.temperature} only applies to decoder ms; "
+                "mr/mrs store raw logits that work at every temperature"
+            )
+        return self
+
+
+class TopKCodec(Codec):
+    """K largest values + bit-packed class ids per label; no model bytes."""
+
+    kind: ClassVar[str] = "topk"
+    codec_id: ClassVar[int] = 2
+    config_class: ClassVar[type[CodecConfig]] = TopKConfig
+
+    config: TopKConfig
+
+    def __init__(self, config: TopKConfig | None = None) -> None:
+        super().__init__(config if config is not None else TopKConfig())
+
+    # -- layout --------------------------------------------------------------------
+    @property
+    def stored_values(self) -> int:
+        """Values stored per label (K, or K - 1 when relative)."""
+        return self.config.k - int(self.config.relative)
+
+    @property
+    def value_bytes(self) -> int:
+        return 2 if self.config.value_dtype == "fp16" else 4
+
+    def block_bytes(self, num_labels: int) -> int:
+        """Exact size of a block of ``num_labels`` labels."""
+        num_classes = self._require_fitted("block_bytes")
+        return _block_bytes(self.config, num_labels, num_classes)
+
+    # -- fitting -----------------------------------------------------------------
+    def fit(self, source: LogitSource, *, num_labels: int | None = None) -> TopKCodec:
+        """Read the class count from the first (B, C) batch; checks K <= C."""
+        for batch in iterate_source(source):
+            check_logits(batch)
+            num_classes = int(batch.shape[1])
+            if self.config.k > num_classes:
+                raise ConfigError(
+                    f"topk k={self.config.k} exceeds the {num_classes} classes; "
+                    f"choose k <= {num_classes}"
+                )
+            self.num_classes = num_classes
+            return self
+        raise InputError("fit() got an empty source; pass at least one (B, C) batch")
+
+    # -- byte path ---------------------------------------------------------------
+    def encode(self, logits: torch.Tensor) -> EncodedBlock:
+        """(N, C) logits -> top-K values and ids, on the logits' device."""
+        num_classes = self._require_fitted("encode")
+        check_logits(logits, num_classes)
+        cfg = self.config
+        x = logits.detach().float()
+        if cfg.decoder == "ms":
+            x = torch.log_softmax(x / cfg.temperature, dim=1)
+        values, ids = x.topk(cfg.k, dim=1)  # (N, K), sorted descending
+        if cfg.relative:
+            values = values[:, 1:] - values[:, :1]
+        stored = values.to(_VALUE_DTYPES[cfg.value_dtype])
+        if not bool(torch.isfinite(stored).all()):
+            raise InputError(
+                f"kept values up to |{float(values.abs().max()):.4g}| overflow "
+                f"{cfg.value_dtype}; use value_dtype='fp32'"
+            )
+        value_bytes = stored.cpu().contiguous().view(torch.uint8).reshape(-1)
+        id_bytes = pack_bits(ids, bits_for(num_classes)).cpu()
+        data = torch.cat([value_bytes, id_bytes])
+        return EncodedBlock(num_labels=int(logits.shape[0]), data=data)
+
+    def decode(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Block -> (N, C) float32 logits (mr, mrs) or T_s * log-probs (ms)."""
+        num_classes = self._require_fitted("decode")
+        cfg = self.config
+        n, k = block.num_labels, cfg.k
+        expected = self.block_bytes(n)
+        if block.nbytes != expected:
+            raise ArchiveFormatError(
+                f"topk block of {n} labels (k={k}, {num_classes} classes) must hold "
+                f"{expected} bytes, got {block.nbytes}"
+            )
+        data = block.data.to(device=device, dtype=torch.uint8).reshape(-1)
+        split = n * self.stored_values * self.value_bytes
+        raw = data[:split].clone()  # aligned copy for the dtype view
+        values = raw.view(_VALUE_DTYPES[cfg.value_dtype]).float().reshape(n, -1)
+        ids = unpack_bits(data[split:], bits_for(num_classes), n * k).reshape(n, k)
+        if n and int(ids.max()) >= num_classes:
+            raise ArchiveFormatError(
+                f"topk block holds class id {int(ids.max())} >= {num_classes} classes"
+            )
+        if cfg.relative:
+            values = torch.cat([values.new_zeros(n, 1), values], dim=1)
+        return _densify(values, ids, num_classes, cfg)
+
+    # -- what is shipped once ------------------------------------------------------
+    def model_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def to_config(self) -> dict[str, Any]:
+        num_classes = self._require_fitted("to_config")
+        return {**self.config.model_dump(), "num_classes": num_classes}
+
+    @classmethod
+    def from_stored(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> TopKCodec:
+        options = dict(config)
+        num_classes = options.pop("num_classes", None)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ArchiveFormatError(
+                f"topk codec config needs a positive integer num_classes, got {num_classes!r}"
+            )
+        try:
+            codec = cls(TopKConfig(**options))
+        except Exception as exc:
+            raise ArchiveFormatError(f"invalid stored topk config: {exc}") from exc
+        if codec.config.k > num_classes:
+            raise ArchiveFormatError(
+                f"stored topk k={codec.config.k} exceeds num_classes={num_classes}"
+            )
+        codec.num_classes = num_classes
+        return codec
+
+    def expected_payload_bits(self) -> float | None:
+        num_classes = self._require_fitted("expected_payload_bits")
+        return float(
+            8 * self.stored_values * self.value_bytes
+            + self.config.k * bits_for(num_classes)
+        )
+
+    # -- rate control ----------------------------------------------------------------
+    @classmethod
+    def for_target(
+        cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
+    ) -> TopKCodec:
+        """The largest K (<= C) whose blocks fit ``budget_bytes``.
+
+        A ``k`` fixed in ``options`` is kept if it fits, else rejected. The size
+        counts one byte of stream padding per :data:`ASSUMED_BLOCK_LABELS` labels.
+        """
+        try:
+            base = TopKConfig(**options)
+        except Exception as exc:
+            raise ConfigError(f"invalid topk codec options: {exc}") from exc
+
+        def size(k: int) -> int:
+            cfg = base.model_copy(update={"k": k})
+            slack = math.ceil(num_labels / ASSUMED_BLOCK_LABELS)
+            return _block_bytes(cfg, num_labels, num_classes) + slack
+
+        if "k" in options:
+            if base.k > num_classes:
+                raise ConfigError(f"topk k={base.k} exceeds the {num_classes} classes")
+            if size(base.k) <= budget_bytes:
+                return cls(base)
+            smallest = base.k
+        else:
+            lo, hi = 1, num_classes
+            if size(lo) <= budget_bytes:
+                while lo < hi:  # largest k with size(k) <= budget
+                    mid = (lo + hi + 1) // 2
+                    lo, hi = (mid, hi) if size(mid) <= budget_bytes else (lo, mid - 1)
+                return cls(base.model_copy(update={"k": lo}))
+            smallest = 1
+        need = size(smallest)
+        ref = reference_bytes(num_labels, num_classes, "fp16")
+        raise UnreachableTargetError(
+            f"topk k={smallest} ({base.decoder}, {base.value_dtype}) needs {need} bytes "
+            f"for {num_labels} labels but the budget is {budget_bytes}; the best "
+            f"reachable ratio is {ref / need:.2f}x vs fp16 "
+            f"({8 * need / max(num_labels, 1):.1f} bits per label); choose a lower "
+            "ratio or a codec with a learned model (vqae)"
+        )
+
+
+def _block_bytes(cfg: TopKConfig, num_labels: int, num_classes: int) -> int:
+    value_bytes = 2 if cfg.value_dtype == "fp16" else 4
+    stored = cfg.k - int(cfg.relative)
+    ids = packed_size(num_labels * cfg.k, bits_for(num_classes))
+    return num_labels * stored * value_bytes + ids
+
+
+def _densify(
+    values: torch.Tensor, ids: torch.Tensor, num_classes: int, cfg: TopKConfig
+) -> torch.Tensor:
+    """(N, K) kept values at (N, K) ids -> (N, C) decoded logits of ``cfg.decoder``."""
+    n, k = values.shape
+    if cfg.decoder == "mr":
+        fill = values.new_full((n, 1), float("-inf"))
+    elif cfg.decoder == "mrs":
+        fill = values.min(dim=1, keepdim=True).values
+    else:  # ms: values are log q at T_s; spread the missing mass uniformly
+        missing = 1.0 - values.exp().sum(dim=1, keepdim=True)
+        per_class = missing.clamp_min(_MS_MASS_FLOOR) / max(num_classes - k, 1)
+        fill = per_class.log()
+    out = fill.expand(n, num_classes).contiguous()
+    out.scatter_(1, ids, values)
+    if cfg.decoder == "ms" and cfg.temperature != 1.0:
+        out.mul_(cfg.temperature)
+    return out
