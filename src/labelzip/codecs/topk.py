@@ -13,15 +13,19 @@ decoders rebuild a dense label from them (LPQLD's names):
   the missing mass ``1 - sum`` is spread uniformly over the C - K other classes.
   Decoded = ``T_s * log q``, so ``softmax(decoded / T_s) = q`` exactly and, at
   another temperature T, ``softmax(decoded / T)`` is proportional to
-  ``q ** (T_s / T)``. The mass must be spread at the temperature the student uses:
-  spreading at T_s = 1 and softening afterwards inflates the tail (``q ** (1/T)``
-  of a tiny uniform mass is large), so ``T_s`` defaults to the SRe2L KD
-  temperature (:data:`DEFAULT_MS_TEMPERATURE`); see ``docs`` numbers in the
-  module tests. Set it to your own KD temperature.
+  ``q ** (T_s / T)``. Where the missing mass is spread matters: spread at
+  T_s = 1 and softened afterwards, the tail gets ``(m / (C - K)) ** (1 / T)``,
+  far from the teacher's tail at T = 4. Measured on EfficientNet-Lite0 ImageNet
+  views (K=15, ~41x): KL at T = 1 / 4 / 20 is 0.101 / 0.267 / 0.0074 for
+  T_s = 1, 0.143 / 0.152 / 0.0066 for T_s = 4, 0.162 / 0.154 / 0.0066 for
+  T_s = 20 (fp16 log-probs at high T_s also lose top-1 ties: 98.9% agreement).
+  So ``T_s`` defaults to 4 (:data:`DEFAULT_MS_TEMPERATURE`), the best at both
+  T = 4 and T = 20; students trained at T = 1 should store with T_s = 1.
 
 Relative values (``relative=True``, the default for ``mr``/``mrs``): logits only
 matter up to a per-label constant, so the top value is dropped and the other
-K - 1 are stored as differences to it, saving one value per label at no loss.
+K - 1 are stored as differences to it, saving one value per label at no loss
+(measured: identical KL, 42.8x instead of 41.0x at K = 15, C = 1000).
 ``ms`` needs absolute log-probabilities (for the missing mass) and stores all K.
 
 Block layout for N labels (``K' = K - 1`` if relative else ``K``):
@@ -63,8 +67,8 @@ __all__ = [
     "TopKConfig",
 ]
 
-# MS storage temperature when none is given (SRe2L/CDA train students at T=20).
-DEFAULT_MS_TEMPERATURE = 1.0
+# MS storage temperature when none is given: measured best for KL at T=4 and T=20.
+DEFAULT_MS_TEMPERATURE = 4.0
 
 # Rate control reserves one byte of bit-stream padding per this many labels: the
 # archive encodes blocks of thousands of labels, each padding its streams once.
