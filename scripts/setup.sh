@@ -18,3 +18,5 @@ fi
 # torch is pinned: a looser spec pulls a multi-GB CUDA build.
 "$VENV/bin/pip" install -q -r requirements.txt
 "$VENV/bin/pip" install -q --no-deps -e .
+# foolbox only for its sample images (foolbox/data/); --no-deps keeps eagerpy & co out.
+"$VENV/bin/pip" install -q --no-deps foolbox==3.3.4
