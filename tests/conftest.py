@@ -9,12 +9,18 @@ tail. For C=1000 the mean max probability is about 0.83 and logits span about
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
 import torch
 
 __all__ = ["make_teacher_logits"]
+
+# Test tensors are small: one intra-op thread is as fast, and avoids the 10x
+# slowdowns of oversubscribed thread pools on a shared machine. Override with
+# LABELZIP_TEST_THREADS.
+torch.set_num_threads(int(os.environ.get("LABELZIP_TEST_THREADS", "1")))
 
 
 def make_teacher_logits(
