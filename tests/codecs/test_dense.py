@@ -17,7 +17,7 @@ from labelzip.errors import (
 
 
 def _fitted(dtype: str, logits: torch.Tensor) -> DenseCodec:
-    return DenseCodec(DenseConfig(dtype=dtype)).fit([logits[:8]])  # type: ignore[arg-type]
+    return DenseCodec(DenseConfig.model_validate({"dtype": dtype})).fit([logits[:8]])
 
 
 def test_fp32_round_trip_is_exact(teacher_logits: torch.Tensor) -> None:
@@ -153,3 +153,9 @@ def test_for_target_counts_archive_overhead() -> None:
     DenseCodec.for_target(num_labels=10, num_classes=10, budget_bytes=200)
     with pytest.raises(UnreachableTargetError, match="budget is 199"):
         DenseCodec.for_target(num_labels=10, num_classes=10, budget_bytes=199)
+
+
+def test_empty_block(teacher_logits: torch.Tensor) -> None:
+    codec = _fitted("fp16", teacher_logits)
+    block = codec.encode(teacher_logits[:0])
+    assert block.nbytes == 0 and codec.decode(block).shape == (0, 1000)

@@ -231,3 +231,10 @@ def test_for_target_unreachable() -> None:
     codec = RSKDCodec(RSKDConfig(num_samples=None, target_bits_per_label=5.0))
     with pytest.raises(UnreachableTargetError, match="at least 10 bits per label"):
         codec.fit([torch.zeros(4, 1000)])
+
+
+def test_empty_block(teacher_logits: torch.Tensor) -> None:
+    for s in (1, 12):
+        codec = _codec(teacher_logits, num_samples=s)
+        block = codec.encode(teacher_logits[:0])
+        assert block.nbytes == 0 and codec.decode(block).shape == (0, 1000)

@@ -228,3 +228,18 @@ def test_for_target_respects_fixed_options() -> None:
         TopKCodec.for_target(num_labels=1, num_classes=10, budget_bytes=300, k=0)
     with pytest.raises(ConfigError, match="k=11 exceeds the 10 classes"):
         TopKCodec.for_target(num_labels=1, num_classes=10, budget_bytes=300, k=11)
+
+
+def test_k1_relative_stores_only_ids_and_empty_blocks(
+    teacher_logits: torch.Tensor,
+) -> None:
+    codec = _codec(teacher_logits, k=1, decoder="mr")
+    block = codec.encode(teacher_logits)
+    assert block.nbytes == math.ceil(512 * 10 / 8)  # no values: the top one is implied
+    decoded = codec.decode(block)
+    assert torch.equal(decoded.argmax(dim=1), teacher_logits.argmax(dim=1))
+    assert bool((torch.isfinite(decoded).sum(dim=1) == 1).all())
+    for options in ({"decoder": "mr"}, {"decoder": "ms"}):
+        empty = _codec(teacher_logits, **options).encode(teacher_logits[:0])
+        assert empty.nbytes == 0
+        assert _codec(teacher_logits, **options).decode(empty).shape == (0, 1000)

@@ -206,7 +206,7 @@ class RSKDCodec(Codec):
         is_new = torch.ones_like(ids, dtype=torch.bool)
         is_new[:, 1:] = ids[:, 1:] != ids[:, :-1]
         starts = torch.nonzero(is_new.reshape(-1)).reshape(-1)  # flat run starts
-        ends = torch.cat([starts[1:], starts.new_tensor([n * s])])
+        ends = torch.cat([starts, starts.new_tensor([n * s])])[1:]  # next run start
         counts = ends - starts  # (D,) run lengths, rows concatenated
         is_last = ends % s == 0  # each row's last run ends on a row boundary
         distinct = is_new.sum(dim=1)

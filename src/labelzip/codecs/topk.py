@@ -216,7 +216,8 @@ class TopKCodec(Codec):
         data = block.data.to(device=device, dtype=torch.uint8).reshape(-1)
         split = n * self.stored_values * self.value_bytes
         raw = data[:split].clone()  # aligned copy for the dtype view
-        values = raw.view(_VALUE_DTYPES[cfg.value_dtype]).float().reshape(n, -1)
+        values = raw.view(_VALUE_DTYPES[cfg.value_dtype]).float()
+        values = values.reshape(n, self.stored_values)
         ids = unpack_bits(data[split:], bits_for(num_classes), n * k).reshape(n, k)
         if n and int(ids.max()) >= num_classes:
             raise ArchiveFormatError(
