@@ -146,6 +146,7 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
         (["--dataset", "cifar-10"], "give --ipc"),
         (["--ipc", "1"], "say which data"),
         (["--tokens", "10"], "LM mode needs --vocab"),
+        (["--dataset", "cifar-10", "--channels", "1", "--ipc", "1"], "not both"),
         (["--tokens", "10", "--vocab", "5", "--ipc", "1"], "cannot be combined"),
         (
             ["--dataset", "cifar-10", "--ipc", "1", "--units", "gib"],

@@ -235,3 +235,36 @@ def test_labelzip_numbers_from_a_real_archive(tmp_path: Path) -> None:
         storage_table(
             dataset="cifar-100", framework="labelzip", ipc=1, archive=str(path)
         )
+
+
+def test_pruned_archive_bits_are_per_stored_label(tmp_path: Path) -> None:
+    save_archive = _save_archive_or_skip()
+    try:
+        from labelzip.archive import Layout
+        from labelzip.codecs.prune import PrunePlan
+    except ImportError:
+        pytest.skip("pruned archives are not available yet")
+    from labelzip.codecs.registry import create_codec
+
+    layout = Layout.for_shape((20, 8))  # 20 images x 8 views, C=10
+    plan = PrunePlan(layout.dims, layout.shape, keep_fraction=0.25)
+    path = tmp_path / "pruned.lz"
+    logits = torch.randn(20, 8, 10, generator=torch.Generator().manual_seed(1))
+    account = save_archive(path, create_codec("dense"), logits, prune=plan)  # type: ignore[operator]
+    assert (account.num_labels, account.payload_bytes) == (160, 40 * 20)
+    spec = custom_dataset(10, 8, 1)
+    # 10 classes x IPC 2 x 8 epochs = 160 views; keep 1/4 -> the archive's 40 labels
+    row = storage_table(
+        dataset=spec,
+        framework="labelzip",
+        ipc=2,
+        epochs=8,
+        archive=str(path),
+        labelzip_prune_ratio=4,
+    )[0]
+    assert (row.stored_labels, row.label_bytes) == (40, 800)
+    # unpruned, every view costs the archive's 160 bits per stored label
+    full = storage_table(
+        dataset=spec, framework="labelzip", ipc=2, epochs=8, archive=str(path)
+    )[0]
+    assert full.label_bytes == 160 * 20

@@ -67,53 +67,102 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("image datasets")
     data.add_argument(
-        "--dataset", help=f"preset: {', '.join(DATASETS)} (or use --num-classes)"
-    )
-    data.add_argument("--num-classes", type=int, help="custom dataset: classes C")
-    data.add_argument("--resolution", type=int, help="custom dataset: image side (px)")
-    data.add_argument("--channels", type=int, default=3, help="custom: 1 or 3")
-    data.add_argument(
-        "--ipc", type=int, nargs="+", help="images per class (several ok)"
+        "--dataset",
+        metavar="NAME",
+        help=f"preset: {', '.join(DATASETS)} (or use --num-classes)",
     )
     data.add_argument(
-        "--epochs", type=int, default=300, help="labelled views per image"
+        "--num-classes", type=int, metavar="C", help="custom dataset: classes C"
+    )
+    data.add_argument(
+        "--resolution", type=int, metavar="R", help="custom dataset: image side (px)"
+    )
+    data.add_argument(
+        "--channels",
+        type=int,
+        metavar="{1,3}",
+        help="custom dataset: 1 or 3 (default 3)",
+    )
+    data.add_argument(
+        "--ipc",
+        type=int,
+        nargs="+",
+        metavar="IPC",
+        help="images per class (several ok)",
+    )
+    data.add_argument(
+        "--epochs", type=int, default=300, metavar="E", help="labelled views per image"
     )
     data.add_argument(
         "--image-format",
         default="jpeg",
+        metavar="FMT",
         help="jpeg (calibrated), raw (uint8) or png-estimate",
     )
-    data.add_argument("--image-bytes", type=int, help="bytes per image (override)")
+    data.add_argument(
+        "--image-bytes", type=int, metavar="N", help="bytes per image (override)"
+    )
     lm_group = parser.add_argument_group("LM distillation")
     lm_group.add_argument(
-        "--tokens", type=int, nargs="+", help="corpus size(s) in tokens"
+        "--tokens", type=int, nargs="+", metavar="N", help="corpus size(s) in tokens"
     )
-    lm_group.add_argument("--vocab", type=int, help="vocabulary size V (GPT-2: 50257)")
+    lm_group.add_argument(
+        "--vocab", type=int, metavar="V", help="vocabulary size V (GPT-2: 50257)"
+    )
     fw = parser.add_argument_group("frameworks")
     fw.add_argument(
         "--framework",
         nargs="+",
+        metavar="NAME",
         help=f"image: {vision}; LM: {lm} (default sre2l / dense)",
     )
-    fw.add_argument("--augment", help="stored or seed (default: each framework's own)")
-    fw.add_argument("--batch-size", type=int, help="relabel batch size (files)")
-    fw.add_argument("--prune-ratio", type=float, help="lpld/lpqld: keep 1/R (40 / 10)")
-    fw.add_argument("--topk", type=int, help="lpqld 50, fkd 5, LM topk 50")
     fw.add_argument(
-        "--logit-dtype", default="fp16", help="dense logits: fp16 fp32 bf16"
+        "--augment",
+        metavar="{stored,seed}",
+        help="stored or seed (default: each framework's own)",
     )
-    fw.add_argument("--teacher-bytes", type=int, help="rded: teacher size to ship")
+    fw.add_argument(
+        "--batch-size", type=int, metavar="B", help="relabel batch size (files)"
+    )
+    fw.add_argument(
+        "--prune-ratio", type=float, metavar="R", help="lpld/lpqld: keep 1/R (40 / 10)"
+    )
+    fw.add_argument("--topk", type=int, metavar="K", help="lpqld 50, fkd 5, LM topk 50")
+    fw.add_argument(
+        "--logit-dtype",
+        default="fp16",
+        metavar="DTYPE",
+        help="dense logits: fp16 fp32 bf16",
+    )
+    fw.add_argument(
+        "--teacher-bytes", type=int, metavar="N", help="rded: teacher size to ship"
+    )
     codec = parser.add_argument_group("labelzip codec")
-    codec.add_argument("--codec-bits-per-label", type=float, help="payload bits/label")
-    codec.add_argument("--codec-model-bytes", type=int, help="decoder + codebook bytes")
-    codec.add_argument("--codec-header-bytes", type=int, help="archive header bytes")
-    codec.add_argument("--archive", help="read the codec numbers from an archive")
     codec.add_argument(
-        "--labelzip-prune-ratio", type=float, default=1.0, help="store 1/R views"
+        "--codec-bits-per-label", type=float, metavar="B", help="payload bits/label"
+    )
+    codec.add_argument(
+        "--codec-model-bytes", type=int, metavar="M", help="decoder + codebook bytes"
+    )
+    codec.add_argument(
+        "--codec-header-bytes", type=int, metavar="H", help="archive header bytes"
+    )
+    codec.add_argument(
+        "--archive", metavar="PATH", help="read the codec numbers from an archive"
+    )
+    codec.add_argument(
+        "--labelzip-prune-ratio",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="labelzip: store 1/R of the views (default 1)",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
-        "--units", default="auto", help=f"auto, {', '.join(UNITS)} (default auto)"
+        "--units",
+        default="auto",
+        metavar="UNIT",
+        help=f"auto, {', '.join(UNITS)} (default auto)",
     )
     out.add_argument("--json", action="store_true", help="print JSON instead")
     return parser
@@ -156,14 +205,15 @@ def _rows(args: argparse.Namespace) -> tuple[str, str, list[StorageRow]]:
             options=options,
         )
         return "lm", f"LM distillation, vocabulary {args.vocab}", rows
-    if args.dataset and args.num_classes is not None:
+    custom_args = (args.num_classes, args.resolution, args.channels)
+    if args.dataset and any(value is not None for value in custom_args):
         raise ConfigError(
-            "give either --dataset or --num-classes/--resolution, not both"
+            "give either --dataset or --num-classes/--resolution/--channels, not both"
         )
     if args.dataset:
         spec = get_dataset(args.dataset)
     elif args.num_classes is not None and args.resolution is not None:
-        spec = custom_dataset(args.num_classes, args.resolution, args.channels)
+        spec = custom_dataset(args.num_classes, args.resolution, args.channels or 3)
     else:
         raise ConfigError(
             "say which data: --dataset NAME, --num-classes C --resolution R, "

@@ -24,11 +24,8 @@ from labelzip.storage.datasets import (
     get_dataset,
     image_bytes_per_image,
 )
-from labelzip.storage.frameworks import (
-    FRAMEWORKS,
-    StorageOptions,
-    frameworks_for_mode,
-)
+from labelzip.storage.frameworks import FRAMEWORKS, frameworks_for_mode
+from labelzip.storage.options import StorageOptions
 
 __all__ = [
     "DATASETS",

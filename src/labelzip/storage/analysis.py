@@ -26,12 +26,8 @@ from labelzip.storage.datasets import (
     get_dataset,
     image_bytes_per_image,
 )
-from labelzip.storage.frameworks import (
-    CostInputs,
-    LabelCost,
-    StorageOptions,
-    get_framework,
-)
+from labelzip.storage.frameworks import get_framework
+from labelzip.storage.options import CostInputs, LabelCost, StorageOptions
 
 __all__ = [
     "UNITS",
