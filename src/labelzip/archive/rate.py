@@ -1,0 +1,307 @@
+"""Rate control for whole archives: a codec chosen so the file on disk meets a target.
+
+A target ratio or bits-per-label counts every byte of the archive. The header
+(JSON, checksums, chunk table) and any side tensors come off the budget first;
+with LPLD pruning the codec gets what is left for the kept labels only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from labelzip.accounting import reference_bytes
+from labelzip.archive.format import (
+    DEFAULT_CHUNK_SIZE,
+    MODEL_PREFIX,
+    SIDE_PREFIX,
+    ArchiveMetadata,
+    Layout,
+    build_header,
+    chunk_name,
+    container_prefix,
+    static_order,
+)
+from labelzip.codecs.base import Codec, LogitSource
+from labelzip.codecs.prune import PrunePlan
+from labelzip.codecs.registry import codec_class, create_codec, target_total_bytes
+from labelzip.errors import ConfigError, UnreachableTargetError
+
+__all__ = [
+    "UNFITTED_MODEL_ALLOWANCE",
+    "codec_for_target",
+    "estimate_header_bytes",
+    "fit_for_target",
+]
+
+logger = logging.getLogger(__name__)
+
+# Header bytes reserved for the model tensor entries and fitted config fields of
+# a codec that cannot list its model tensors before fit (about 8 tensors).
+UNFITTED_MODEL_ALLOWANCE = 2048
+# Config fields a codec may add when fitted (beyond its config and num_classes).
+_FITTED_CONFIG_SLACK = 256
+# Digits reserved per chunk size/offset in an estimate (files below 1 PB).
+_OFFSET_DIGITS = 15
+
+
+def _probe(codec: Codec | str, options: Mapping[str, Any]) -> tuple[type[Codec], Codec]:
+    if isinstance(codec, str):
+        return codec_class(codec), create_codec(codec, **options)
+    return type(codec), codec
+
+
+def _unfitted_parts(
+    probe: Codec, num_classes: int
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], int]:
+    """Config, model tensors and allowance of a codec before fit."""
+    config = {**probe.config.model_dump(), "num_classes": num_classes}
+    try:
+        model = probe.model_tensors()
+    except Exception:  # most learned codecs cannot list tensors before fit
+        return config, {}, UNFITTED_MODEL_ALLOWANCE
+    return (
+        config,
+        model,
+        _FITTED_CONFIG_SLACK if not model else UNFITTED_MODEL_ALLOWANCE,
+    )
+
+
+def estimate_header_bytes(
+    num_labels: int,
+    chunk_size: int,
+    codec: Codec | str,
+    *,
+    num_classes: int,
+    layout: Layout | None = None,
+    prune: PrunePlan | None = None,
+    metadata: ArchiveMetadata | None = None,
+    side_tensors: Mapping[str, torch.Tensor] | None = None,
+    reference: str = "fp16",
+    options: Mapping[str, Any] | None = None,
+) -> int:
+    """An estimate of an archive's header bytes (file size minus tensor bytes).
+
+    Builds the real header with placeholder checksums and the widest offsets.
+    For a fitted codec it is an upper bound. Before fit (a codec name plus
+    ``options``, or an unfitted codec) the config is known but a learned codec's
+    model tensors are not: 2 KiB stands in for them
+    (:data:`UNFITTED_MODEL_ALLOWANCE`); :func:`fit_for_target` re-checks after fit.
+
+    Args:
+        num_labels: labels represented (pruned included).
+        chunk_size: stored labels per chunk.
+        codec: the codec, or its registry name.
+        num_classes: C.
+        layout, prune, metadata, side_tensors, reference: as given to the writer.
+        options: codec options, when ``codec`` is a name.
+    """
+    layout = layout if layout is not None else Layout(("sample",), (num_labels,))
+    if layout.num_labels != num_labels:
+        raise ConfigError(f"layout holds {layout.num_labels} labels, not {num_labels}")
+    num_stored = prune.num_kept if prune is not None else num_labels
+    cls, probe = _probe(codec, options or {})
+    if probe.is_fitted:
+        config, model, allowance = probe.to_config(), probe.model_tensors(), 0
+    else:
+        config, model, allowance = _unfitted_parts(probe, num_classes)
+    static = static_order(
+        {
+            **{MODEL_PREFIX + k: v for k, v in model.items()},
+            **{SIDE_PREFIX + k: v for k, v in (side_tensors or {}).items()},
+        }
+    )
+    full, rest = divmod(num_stored, chunk_size)
+    chunk_labels = [chunk_size] * full + ([rest] if rest else [])
+    names = [n for n, _ in static] + [chunk_name(i) for i in range(len(chunk_labels))]
+    header = build_header(
+        codec_name=cls.kind,
+        codec_id=cls.codec_id,
+        codec_config=config,
+        num_classes=num_classes,
+        layout=layout,
+        num_stored=num_stored,
+        chunk_size=chunk_size,
+        chunk_labels=chunk_labels,
+        prune=prune.to_dict() if prune is not None else None,
+        metadata=metadata or ArchiveMetadata(),
+        checksums=dict.fromkeys(names, "f" * 64),
+        reference=reference,
+    )
+    # Chunk sizes/offsets written as 0 here; real ones have up to _OFFSET_DIGITS digits.
+    prefix = container_prefix(header, static, [0] * len(chunk_labels))
+    slack = len(chunk_labels) * 3 * (_OFFSET_DIGITS - 1)
+    return len(prefix) + slack + allowance + 7  # + 7: alignment padding
+
+
+def codec_for_target(
+    name: str,
+    *,
+    layout: Layout,
+    num_classes: int,
+    ratio: float | None = None,
+    bits_per_label: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    prune: PrunePlan | None = None,
+    metadata: ArchiveMetadata | None = None,
+    side_bytes: int = 0,
+    header_bytes: int | None = None,
+    reference: str = "fp16",
+    **options: Any,
+) -> Codec:
+    """An unfitted codec whose archive, header included, meets a rate target.
+
+    The target (``ratio`` against ``reference`` dense logits, or all-in
+    ``bits_per_label``) counts every represented label; the header (estimated
+    with :func:`estimate_header_bytes` unless ``header_bytes`` is given) and
+    ``side_bytes`` come off the budget, and with ``prune`` the codec gets what is
+    left for the kept labels only.
+
+    Raises:
+        UnreachableTargetError: no configuration fits; names the best reachable
+            all-in ratio and bits per label.
+    """
+    num_labels = layout.num_labels
+    total = target_total_bytes(
+        num_labels=num_labels,
+        num_classes=num_classes,
+        ratio=ratio,
+        bits_per_label=bits_per_label,
+        reference=reference,
+    )
+    if header_bytes is None:
+        header_bytes = estimate_header_bytes(
+            num_labels,
+            chunk_size,
+            name,
+            num_classes=num_classes,
+            layout=layout,
+            prune=prune,
+            metadata=metadata,
+            reference=reference,
+            options=options,
+        )
+    overhead = header_bytes + side_bytes
+    budget = total - overhead
+    cls = codec_class(name)
+    num_stored = prune.num_kept if prune is not None else num_labels
+    cause: UnreachableTargetError | None = None
+    if budget > 0:
+        try:
+            return cls.for_target(
+                num_labels=num_stored,
+                num_classes=num_classes,
+                budget_bytes=budget,
+                **options,
+            )
+        except UnreachableTargetError as exc:
+            cause = exc
+    best = _smallest_budget(cls, num_stored, num_classes, options)
+    ref = reference_bytes(num_labels, num_classes, reference)
+    pruned = f" with {num_stored} of {num_labels} labels kept" if prune else ""
+    alone = (
+        f"; header and side information alone take {overhead}" if budget <= 0 else ""
+    )
+    head = (
+        f"no {name} configuration{pruned} fits the target of {total} bytes "
+        f"({ref / total:.2f}x vs {reference}{alone})"
+    )
+    if best is None:
+        raise UnreachableTargetError(f"{head}: {cause}") from cause
+    best_total = best + overhead
+    raise UnreachableTargetError(
+        f"{head}; the best reachable is {ref / best_total:.2f}x all-in "
+        f"({8 * best_total / num_labels:.1f} bits per label, {overhead} bytes of it "
+        "header); choose a lower ratio or another codec"
+    ) from cause
+
+
+def _smallest_budget(
+    cls: type[Codec], num_labels: int, num_classes: int, options: Mapping[str, Any]
+) -> int | None:
+    """The least budget ``for_target`` accepts (binary search; None if none does)."""
+
+    def fits(budget: int) -> bool:
+        try:
+            cls.for_target(
+                num_labels=num_labels,
+                num_classes=num_classes,
+                budget_bytes=budget,
+                **options,
+            )
+        except UnreachableTargetError:
+            return False
+        return True
+
+    hi = max(1, num_labels * num_classes)
+    while not fits(hi):
+        hi *= 2
+        if hi > 1 << 60:
+            return None
+    lo = 0  # lo never fits, hi always does
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def fit_for_target(
+    name: str,
+    source: LogitSource,
+    *,
+    layout: Layout,
+    num_classes: int,
+    ratio: float | None = None,
+    bits_per_label: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    prune: PrunePlan | None = None,
+    metadata: ArchiveMetadata | None = None,
+    side_bytes: int = 0,
+    reference: str = "fp16",
+    **options: Any,
+) -> Codec:
+    """:func:`codec_for_target`, then fit on ``source`` (the labels to be stored).
+
+    After fit the header is re-estimated from the real config and model tensors;
+    if it outgrew the estimate the codec is chosen and fitted again with the
+    larger header (at most twice), so the archive meets the target.
+    """
+    shared: dict[str, Any] = {
+        "layout": layout,
+        "num_classes": num_classes,
+        "prune": prune,
+        "metadata": metadata,
+        "reference": reference,
+    }
+    num_labels = layout.num_labels
+    num_stored = prune.num_kept if prune is not None else num_labels
+    header = estimate_header_bytes(
+        num_labels, chunk_size, name, **shared, options=options
+    )
+    for attempt in range(3):
+        codec = codec_for_target(
+            name,
+            ratio=ratio,
+            bits_per_label=bits_per_label,
+            chunk_size=chunk_size,
+            side_bytes=side_bytes,
+            header_bytes=header,
+            **shared,
+            **options,
+        )
+        codec.fit(source, num_labels=num_stored)
+        actual = estimate_header_bytes(num_labels, chunk_size, codec, **shared)
+        if actual <= header:
+            return codec
+        logger.info(
+            "header %d > estimate %d; re-choosing (try %d)", actual, header, attempt
+        )
+        header = actual + 64 * (attempt + 1)
+    logger.warning("%s archive header may exceed the rate target by a few bytes", name)
+    return codec

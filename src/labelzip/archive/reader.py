@@ -1,0 +1,423 @@
+"""Read labelzip archives lazily: header first, chunks only when their labels are asked for.
+
+Opening an archive parses and checks the safetensors framing and the labelzip
+header (its own sha256, the format version, the codec id). Model tensors are
+read and checksummed when the codec is first needed; a chunk is read,
+checksummed and decoded only when a requested label lives in it, so a training
+loop can fetch the labels of one batch of views without touching the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from labelzip.accounting import StorageAccount
+from labelzip.archive.format import (
+    CHUNK_PREFIX,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    METADATA_SHA_KEY,
+    MODEL_PREFIX,
+    SIDE_PREFIX,
+    ArchiveHeader,
+    ArchiveMetadata,
+    ContainerHeader,
+    Layout,
+    chunk_name,
+    read_container_header,
+    sha256_tensor,
+)
+from labelzip.codecs.base import Codec, EncodedBlock
+from labelzip.codecs.prune import PrunePlan
+from labelzip.codecs.registry import CODEC_IDS, codec_class
+from labelzip.errors import ArchiveFormatError, ChecksumError, ConfigError, InputError
+
+__all__ = ["ArchiveReader", "LabelIndex", "load_archive", "open_archive"]
+
+logger = logging.getLogger(__name__)
+
+LabelIndex = int | slice | Sequence[int] | torch.Tensor
+
+
+class ArchiveReader:
+    """Lazy, random-access reader of a labelzip archive.
+
+    Args:
+        path: the archive file.
+        cache_chunks: decoded chunks kept (LRU) between :meth:`decode` calls;
+            each costs ``chunk_size x C x 4`` bytes on its device.
+
+    Raises:
+        ArchiveFormatError: not a safetensors file, not a labelzip archive,
+            truncated, unknown format version or codec id, inconsistent header.
+        ChecksumError: the header does not match its checksum.
+
+    Example:
+        >>> with ArchiveReader("labels.lz") as reader:
+        ...     views = reader.layout.ravel(sample_ids, epoch)   # flat label ids
+        ...     logits = reader.decode(views, device="cuda")      # (B, C)
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, cache_chunks: int = 2) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"archive {str(self.path)!r} does not exist")
+        self.container: ContainerHeader = read_container_header(self.path)
+        self.header: ArchiveHeader = _parse_header(self.container, str(self.path))
+        self.layout = _check_tensors(self.container, self.header, str(self.path))
+        self.num_classes = self.header.num_classes
+        self.chunk_reads = 0  # chunks read from disk so far (for tests and profiling)
+        self.cache_chunks = cache_chunks
+        self._cache: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
+        self._codec: Codec | None = None
+        self._prune: PrunePlan | None = None
+        starts = [0]
+        for count in self.header.chunk_labels:
+            starts.append(starts[-1] + count)
+        self._chunk_starts = torch.tensor(starts, dtype=torch.int64)
+        self._handle: Any = None
+
+    # -- description ---------------------------------------------------------------
+    @property
+    def codec_name(self) -> str:
+        return self.header.codec.name
+
+    @property
+    def num_labels(self) -> int:
+        return self.header.num_labels
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.header.chunk_labels)
+
+    @property
+    def metadata(self) -> ArchiveMetadata:
+        h = self.header
+        names = tuple(h.class_names) if h.class_names is not None else None
+        return ArchiveMetadata(names, h.dataset_fingerprint, h.teacher, dict(h.user))
+
+    def __len__(self) -> int:
+        return self.num_labels
+
+    def account(self) -> StorageAccount:
+        """All-in storage; ``total_bytes`` equals the file size on disk exactly."""
+        entries = self.container.entries
+
+        def nbytes(prefix: str) -> int:
+            return sum(e.nbytes for n, e in entries.items() if n.startswith(prefix))
+
+        return StorageAccount(
+            codec=self.codec_name,
+            num_labels=self.num_labels,
+            num_classes=self.num_classes,
+            payload_bytes=nbytes(CHUNK_PREFIX),
+            model_bytes=nbytes(MODEL_PREFIX),
+            side_bytes=nbytes(SIDE_PREFIX),
+            header_bytes=self.container.file_size - self.container.tensor_bytes,
+            reference=self.header.reference,
+        )
+
+    def info(self) -> dict[str, Any]:
+        """The account plus codec, layout and format details, JSON-ready."""
+        h = self.header
+        return {
+            **self.account().to_dict(),
+            "format": h.format,
+            "format_version": h.format_version,
+            "codec_id": h.codec.id,
+            "codec_config": h.codec.config,
+            "layout": h.layout.model_dump(),
+            "num_stored": h.num_stored,
+            "chunk_size": h.chunk_size,
+            "num_chunks": self.num_chunks,
+            "prune": h.prune,
+            "teacher": h.teacher,
+            "dataset_fingerprint": h.dataset_fingerprint,
+            "has_class_names": h.class_names is not None,
+            "user": h.user,
+            "file_bytes": self.container.file_size,
+        }
+
+    # -- lazy parts ------------------------------------------------------------------
+    def _open(self) -> Any:
+        if self._handle is None:
+            from safetensors import safe_open
+
+            try:
+                self._handle = safe_open(str(self.path), framework="pt")
+            except Exception as exc:
+                raise ArchiveFormatError(
+                    f"cannot open archive {str(self.path)!r} as safetensors: {exc}"
+                ) from exc
+        return self._handle
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        tensor: torch.Tensor = self._open().get_tensor(name)
+        if sha256_tensor(tensor) != self.header.checksums[name]:
+            raise ChecksumError(
+                f"archive {str(self.path)!r} is corrupted: tensor {name!r} does not "
+                "match its checksum; re-create or re-download the file"
+            )
+        return tensor
+
+    @property
+    def codec(self) -> Codec:
+        """The fitted codec, rebuilt from the stored config and model tensors."""
+        if self._codec is None:
+            names = [n for n in self.container.entries if n.startswith(MODEL_PREFIX)]
+            tensors = {n[len(MODEL_PREFIX) :]: self._tensor(n) for n in sorted(names)}
+            cls = codec_class(self.codec_name)
+            self._codec = cls.from_stored(dict(self.header.codec.config), tensors)
+            if self._codec.num_classes != self.num_classes:
+                raise ArchiveFormatError(
+                    f"archive codec decodes {self._codec.num_classes} classes but the "
+                    f"header says {self.num_classes}"
+                )
+        return self._codec
+
+    @property
+    def prune(self) -> PrunePlan | None:
+        """The LPLD plan mapping every label to a stored one, or None."""
+        if self._prune is None and self.header.prune is not None:
+            plan = PrunePlan.from_dict(
+                self.layout.dims, self.layout.shape, self.header.prune
+            )
+            if plan.num_kept != self.header.num_stored:
+                raise ArchiveFormatError(
+                    f"archive {str(self.path)!r} stores {self.header.num_stored} labels "
+                    f"but its prune plan keeps {plan.num_kept}"
+                )
+            self._prune = plan
+        return self._prune
+
+    def side_tensors(self) -> dict[str, torch.Tensor]:
+        """Side information tensors (``side/<name>``), checksummed."""
+        names = sorted(n for n in self.container.entries if n.startswith(SIDE_PREFIX))
+        return {n[len(SIDE_PREFIX) :]: self._tensor(n) for n in names}
+
+    def read_chunk(self, index: int) -> EncodedBlock:
+        """The stored bytes of chunk ``index`` (checksummed)."""
+        if not 0 <= index < self.num_chunks:
+            raise InputError(f"chunk index {index} outside [0, {self.num_chunks})")
+        self.chunk_reads += 1
+        data = self._tensor(chunk_name(index))
+        return EncodedBlock(num_labels=self.header.chunk_labels[index], data=data)
+
+    def _decoded_chunk(self, index: int, device: torch.device) -> torch.Tensor:
+        key = (index, str(device))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        rows = self.codec.decode(self.read_chunk(index), device=device)
+        expected = (self.header.chunk_labels[index], self.num_classes)
+        if tuple(rows.shape) != expected:
+            raise ArchiveFormatError(
+                f"chunk {index} decoded to shape {tuple(rows.shape)}, expected {expected}"
+            )
+        if self.cache_chunks > 0:
+            self._cache[key] = rows
+            while len(self._cache) > self.cache_chunks:
+                self._cache.popitem(last=False)
+        return rows
+
+    # -- decoding ---------------------------------------------------------------------
+    def _flat_indices(self, index: LabelIndex) -> torch.Tensor:
+        if isinstance(index, slice):
+            return torch.arange(*index.indices(self.num_labels), dtype=torch.int64)
+        flat = torch.as_tensor(index)
+        if flat.is_floating_point() or flat.dtype == torch.bool:
+            raise InputError(f"label indices must be integers, got {flat.dtype}")
+        flat = flat.to("cpu", torch.int64)
+        if flat.numel():
+            lo, hi = int(flat.min()), int(flat.max())
+            if lo < 0 or hi >= self.num_labels:
+                raise InputError(
+                    f"label indices must lie in [0, {self.num_labels}), got {lo}..{hi}"
+                )
+        return flat
+
+    def decode(
+        self, index: LabelIndex, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Decode the labels at flat ``index``, reading only the chunks they live in.
+
+        Args:
+            index: an int, slice, list or int tensor of flat label indices
+                (row-major over :attr:`layout`; see :meth:`Layout.ravel`).
+            device: where to decode (default CPU).
+
+        Returns:
+            ``index.shape + (C,)`` float32 logits (or log-probabilities) on
+            ``device``; an int index gives (C,).
+        """
+        device = torch.device(device if device is not None else "cpu")
+        flat = self._flat_indices(index)
+        prune = self.prune
+        stored = prune.stored_index(flat) if prune is not None else flat
+        stored = stored.reshape(-1)
+        chunk_ids = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
+        out = torch.empty((stored.numel(), self.num_classes), device=device)
+        for cid in torch.unique(chunk_ids).tolist():
+            rows = self._decoded_chunk(int(cid), device)
+            where = (chunk_ids == cid).nonzero().reshape(-1)
+            local = stored[where] - self._chunk_starts[cid]
+            out[where.to(device)] = rows[local.to(device)]
+        return out.reshape(*flat.shape, self.num_classes)
+
+    def __getitem__(self, index: LabelIndex) -> torch.Tensor:
+        return self.decode(index)
+
+    def decode_all(
+        self, batch_size: int | None = None, device: torch.device | str | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Stream every label in flat order as (B, C) float32 batches.
+
+        Without pruning each chunk is read once; with pruning batches of
+        ``batch_size`` labels (default ``chunk_size``) are gathered through
+        :meth:`decode` and its chunk cache.
+        """
+        size = batch_size or self.header.chunk_size
+        if self.prune is not None:
+            for start in range(0, self.num_labels, size):
+                yield self.decode(
+                    slice(start, min(start + size, self.num_labels)), device
+                )
+            return
+        dev = torch.device(device if device is not None else "cpu")
+        pending: list[torch.Tensor] = []
+        held = 0
+        for cid in range(self.num_chunks):
+            rows = self.codec.decode(self.read_chunk(cid), device=dev)
+            pending.append(rows)
+            held += rows.shape[0]
+            while held >= size:
+                joined = torch.cat(pending) if len(pending) > 1 else pending[0]
+                yield joined[:size]
+                pending, held = [joined[size:]], held - size
+        if held:
+            yield torch.cat(pending)
+
+    def verify(self) -> None:
+        """Check every tensor against its sha256; raise ChecksumError on the first bad one."""
+        for name in sorted(self.header.checksums):
+            self._tensor(name)
+
+    # -- lifetime -----------------------------------------------------------------------
+    def close(self) -> None:
+        self._handle = None
+        self._cache.clear()
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _parse_header(container: ContainerHeader, name: str) -> ArchiveHeader:
+    meta = container.metadata
+    if METADATA_KEY not in meta:
+        raise ArchiveFormatError(
+            f"{name!r} is a safetensors file but not a labelzip archive (no "
+            f"{METADATA_KEY!r} metadata); create one with `labelzip compress`"
+        )
+    doc = meta[METADATA_KEY]
+    if hashlib.sha256(doc.encode("utf-8")).hexdigest() != meta.get(METADATA_SHA_KEY):
+        raise ChecksumError(
+            f"archive {name!r} is corrupted: its labelzip header does not match its "
+            "checksum; re-create or re-download the file"
+        )
+    try:
+        raw = json.loads(doc)
+    except ValueError as exc:
+        raise ArchiveFormatError(
+            f"archive {name!r} has an unreadable header: {exc}"
+        ) from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        raise ArchiveFormatError(f"{name!r} is not a labelzip archive (format field)")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArchiveFormatError(
+            f"archive {name!r} has format version {version!r}; this labelzip reads "
+            f"version {FORMAT_VERSION}; upgrade labelzip to read it"
+        )
+    codec = raw.get("codec") or {}
+    known = {cid: cname for cname, (cid, _) in CODEC_IDS.items()}
+    if codec.get("id") not in known or known[codec["id"]] != codec.get("name"):
+        raise ArchiveFormatError(
+            f"archive {name!r} uses codec id {codec.get('id')!r} "
+            f"({codec.get('name')!r}) which this labelzip does not know; upgrade "
+            "labelzip to read it"
+        )
+    try:
+        return ArchiveHeader.model_validate(raw)
+    except Exception as exc:
+        raise ArchiveFormatError(
+            f"archive {name!r} has an invalid header: {exc}"
+        ) from exc
+
+
+def _check_tensors(
+    container: ContainerHeader, header: ArchiveHeader, name: str
+) -> Layout:
+    """Header and container agree: same tensors, chunk counts add up; the layout."""
+    bad = ""
+    chunk_names = {chunk_name(i) for i in range(len(header.chunk_labels))}
+    found = set(container.entries)
+    if found != set(header.checksums):
+        bad = f"tensors {sorted(found ^ set(header.checksums))[:4]} are not in both"
+    elif {n for n in found if n.startswith(CHUNK_PREFIX)} != chunk_names:
+        bad = "chunk tensors do not match chunk_labels"
+    elif sum(header.chunk_labels) != header.num_stored or min(header.chunk_labels) < 1:
+        bad = f"chunk_labels add up to {sum(header.chunk_labels)}, not {header.num_stored}"
+    elif any(container.entries[n].dtype != "U8" for n in chunk_names):
+        bad = "chunk tensors must be uint8"
+    else:
+        try:
+            layout = Layout.from_dict(header.layout.model_dump())
+        except ConfigError as exc:
+            raise ArchiveFormatError(
+                f"archive {name!r} has an invalid layout: {exc}"
+            ) from exc
+        stored = header.num_labels if header.prune is None else None
+        if layout.num_labels != header.num_labels:
+            bad = f"layout holds {layout.num_labels} labels, header says {header.num_labels}"
+        elif stored is not None and stored != header.num_stored:
+            bad = f"{header.num_stored} labels stored but {stored} represented unpruned"
+    if bad:
+        raise ArchiveFormatError(f"archive {name!r} has an inconsistent header: {bad}")
+    return layout
+
+
+def open_archive(path: str | os.PathLike[str]) -> ArchiveReader:
+    """An :class:`ArchiveReader` on ``path`` (use as a context manager)."""
+    return ArchiveReader(path)
+
+
+def load_archive(
+    path: str | os.PathLike[str], device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Decode a whole archive to dense (*layout.shape, C) float32 logits."""
+    with ArchiveReader(path) as reader:
+        out = torch.empty((reader.num_labels, reader.num_classes), device=device)
+        start = 0
+        for batch in reader.decode_all(device=device):
+            out[start : start + batch.shape[0]] = batch
+            start += batch.shape[0]
+        return out.reshape(*reader.layout.shape, reader.num_classes)
