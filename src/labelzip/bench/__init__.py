@@ -1,0 +1,1 @@
+"""Benchmarks as library code: measured, not asserted (see benchmarks/)."""
