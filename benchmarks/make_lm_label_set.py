@@ -26,6 +26,7 @@ import argparse
 import fcntl
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -113,7 +114,8 @@ def write_split(
         for _, logits in teacher_logits(model, windows, batch_size=batch_size):
             forward_s += time.perf_counter() - tick
             flat = logits.reshape(-1, vocab)  # (B*T, V) float32
-            max_abs = max(max_abs, float(flat.abs().max()))
+            low, high = torch.aminmax(flat)  # no (B*T, V) temporary, unlike abs()
+            max_abs = max(max_abs, -float(low), float(high))
             half = flat.to(torch.float16)
             if not torch.isfinite(half).all():
                 raise RuntimeError(f"fp16 overflow: teacher logits reach {max_abs:.1f}")
@@ -134,14 +136,15 @@ def write_split(
 def readme_section(prefix: str, summary: dict[str, Any]) -> str:
     """The README section that describes the two files."""
     s = summary
+    cmd = " ".join(["python benchmarks/make_lm_label_set.py", *s["argv"]])
     lines = [
         SECTION_BEGIN.format(prefix=prefix),
         f"## {prefix}*: real LM teacher logits ({s['teacher_id']})",
         "",
-        f"Made by `python benchmarks/make_lm_label_set.py` (labelzip repo) with "
-        f"`{' '.join(s['argv'])}`.",
+        f"Made by `{cmd}` in the labelzip repo (options not given take their defaults).",
         f"Teacher: `{s['teacher']}` -> `{s['teacher_id']}`, vocabulary V = {s['vocab_size']}, "
-        f"run in float32 on CPU ({s['threads']} threads).",
+        f"run in float32 on CPU (torch threads: {s['threads']}). Unlike the image sets "
+        "above, `logits` are **float16** (the teacher's range fits: see max |logit|).",
         f"Text: `{' '.join(s['corpus'])}`, split by document (seed {s['seed']}, "
         f"{s['validation_fraction']:.0%} of documents held out); windows of T = "
         f"{s['seq_len']} tokens, documents joined by `{s['separator']}`; a seeded sample "
@@ -171,7 +174,9 @@ def readme_section(prefix: str, summary: dict[str, Any]) -> str:
         f"Measured: {s['train']['tokens_per_s']} tokens/s (train), "
         f"{s['test']['tokens_per_s']} tokens/s (test) for batches of "
         f"{s['batch_size']} x {s['seq_len']}; teacher load {s['load_s']} s; peak RSS "
-        f"{s['peak_rss_mib']:.0f} MiB; max |logit| {s['train']['max_abs_logit']}.",
+        f"{s['peak_rss_mib']:.0f} MiB; max |logit| {s['train']['max_abs_logit']}; "
+        f"1-min load average {s['load_average']} on {os.cpu_count()} cores (shared "
+        "machine: tokens/s scale with the load).",
         SECTION_END.format(prefix=prefix),
         "",
     ]
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "teacher": str(args.teacher),
         "teacher_id": teacher_id,
         "vocab_size": int(model.config.vocab_size),
-        "argv": ["make_lm_label_set.py", *(argv if argv is not None else sys.argv[1:])],
+        "argv": list(argv if argv is not None else sys.argv[1:]),
         "corpus": list(args.corpus),
         "seed": args.seed,
         "validation_fraction": args.validation_fraction,
@@ -263,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         logging.info("%s: %s", split, json.dumps(stats))
     summary["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+    summary["load_average"] = round(os.getloadavg()[0], 1)
     if not args.no_readme:
         update_readme(
             args.out_dir / "README.md",

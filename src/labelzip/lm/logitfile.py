@@ -85,6 +85,10 @@ class SafetensorsStreamWriter:
         self._stack = ExitStack()
         self._tmp = self._stack.enter_context(atomic_path(path))
         self._file: BinaryIO = self._stack.enter_context(self._tmp.open("wb"))
+        # The temporary file is private (0600); the result gets the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._current = 0
         self._written = 0
