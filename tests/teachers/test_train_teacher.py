@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from labelzip.data import ImageDataset, fingerprint_tensors
+from labelzip.teachers import (
+    TeacherTrainConfig,
+    default_cache_dir,
+    evaluate_teacher,
+    predict_logits,
+    train_teacher,
+)
+
+
+@pytest.fixture(scope="module")
+def toy() -> ImageDataset:
+    """128 28x28 images whose class (0-3) is their brightness band: learnable fast."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (128,), generator=g)
+    noise = torch.randint(0, 60, (128, 1, 28, 28), generator=g)
+    images = (noise + 60 * labels[:, None, None, None]).to(torch.uint8)
+    return ImageDataset(
+        "toy", images, labels, ("a", "b", "c", "d"), fingerprint_tensors(images, labels)
+    )
+
+
+def _config(seed: int = 0, arch: str = "resnet") -> TeacherTrainConfig:
+    # 16 steps: enough for the BatchNorm running statistics to settle
+    return TeacherTrainConfig(
+        arch=arch, epochs=2, seed=seed, batch_size=16, max_lr=3e-3
+    )
+
+
+def test_trains_once_then_loads(toy: ImageDataset, tmp_path: Path) -> None:
+    first = train_teacher(toy, config=_config(), cache_dir=tmp_path)
+    assert not first.from_cache and first.path.is_file()
+    assert first.path.with_suffix(".json").is_file()
+    assert evaluate_teacher(first.model, toy) > 0.9  # chance is 0.25
+    mtime = first.path.stat().st_mtime_ns
+    second = train_teacher(toy, config=_config(), cache_dir=tmp_path)
+    assert second.from_cache and second.key == first.key
+    assert second.path.stat().st_mtime_ns == mtime  # not rewritten
+    assert second.train_seconds == pytest.approx(first.train_seconds, abs=1e-3)
+    x = toy.images[:16]
+    assert torch.equal(predict_logits(first.model, x), predict_logits(second.model, x))
+    assert not second.model.training
+
+
+def test_cache_key_covers_data_and_settings(toy: ImageDataset) -> None:
+    key = _config().key(toy.fingerprint)
+    assert key == _config().key(toy.fingerprint)
+    assert key != _config(seed=1).key(toy.fingerprint)
+    assert key != _config().key(toy.subset(range(10)).fingerprint)
+    assert key != _config(arch="convnet").key(toy.fingerprint)
+
+
+def test_cache_dir_from_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LABELZIP_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "teachers"
+    monkeypatch.delenv("LABELZIP_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "labelzip" / "teachers"
+
+
+def test_training_is_seeded(toy: ImageDataset, tmp_path: Path) -> None:
+    small = toy.subset(range(32))  # the ConvNet here, the ResNet above
+    a = train_teacher(small, config=_config(arch="convnet"), cache_dir=tmp_path / "a")
+    b = train_teacher(small, config=_config(arch="convnet"), cache_dir=tmp_path / "b")
+    x = small.images[:8]
+    torch.testing.assert_close(predict_logits(a.model, x), predict_logits(b.model, x))
+    state = torch.random.get_rng_state()
+    train_teacher(small, config=_config(seed=3), cache_dir=tmp_path / "c")
+    assert a.model.training is False and a.path.name.startswith("convnet-")
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
