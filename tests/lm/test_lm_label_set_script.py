@@ -58,12 +58,21 @@ def test_label_set_files_and_readme(
     windows = train["token_ids"].view(5, 8)
     expected = model(windows).logits.reshape(40, -1).half()
     torch.testing.assert_close(train["logits"], expected, rtol=1e-3, atol=1e-3)
-    with safe_open(str(out / "lm_tiny_test.safetensors"), "pt") as f:
-        meta = f.metadata()
-    assert meta["teacher_id"] == teacher_id and meta["split"] == "test"
-    assert not set(json.loads(meta["documents"])) & set(
-        summary["train"].get("documents", [])
-    )
+    logp = train["logits"].float().log_softmax(-1).view(5, 8, -1)[:, :-1]
+    nll = -logp.gather(2, windows[:, 1:, None]).mean()  # rows that have a target
+    assert summary["train"]["perplexity"] == pytest.approx(float(nll.exp()), abs=0.01)
+    top1 = (logp.argmax(-1) == windows[:, 1:]).float().mean()
+    assert summary["train"]["next_token_top1"] == pytest.approx(float(top1), abs=1e-3)
+
+    metas = {}
+    for split, name in (("train", "lm_tiny"), ("test", "lm_tiny_test")):
+        with safe_open(str(out / f"{name}.safetensors"), "pt") as f:
+            metas[split] = f.metadata()
+        assert metas[split]["teacher_id"] == teacher_id
+        assert metas[split]["split"] == split
+    train_docs = set(json.loads(metas["train"]["documents"]))
+    test_docs = set(json.loads(metas["test"]["documents"]))
+    assert len(train_docs) == 4 and len(test_docs) == 2 and not train_docs & test_docs
 
     # A second run replaces its own README section and keeps the others.
     assert script.main(argv) == 0

@@ -9,16 +9,14 @@ only when a model or config is built, with an error that names the install comma
 from __future__ import annotations
 
 from labelzip.lm.corpus import (
-    BUILTIN_CORPORA,
     CorpusConfig,
-    Document,
     LMCorpus,
     build_corpus,
     corpus_fingerprint,
-    load_documents,
     split_documents,
     tokenize_windows,
 )
+from labelzip.lm.documents import BUILTIN_CORPORA, Document, load_documents
 from labelzip.lm.logitfile import SafetensorsStreamWriter
 from labelzip.lm.student import (
     StudentConfig,

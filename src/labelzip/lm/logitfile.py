@@ -116,13 +116,12 @@ class SafetensorsStreamWriter:
             )
         # via uint8: numpy has no bfloat16; bytes are little-endian like safetensors
         raw = block.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        data = raw.numpy().tobytes()
-        if self._written + len(data) > self._sizes[name]:
+        if self._written + raw.numel() > self._sizes[name]:
             raise InputError(
                 f"tensor {name!r}: block overflows the declared shape {tuple(shape)}"
             )
-        self._file.write(data)
-        self._written += len(data)
+        self._file.write(raw.numpy().data)  # a memoryview: no bytes copy of the block
+        self._written += raw.numel()
 
     def _advance_past_full(self) -> None:
         while (
