@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "labelzip.cli.eval_codec",
         "fidelity of an archive against the teacher",
     ),
+    "distill": (
+        "labelzip.cli.distill",
+        "build a distilled image set (random, sre2l, rded, ...)",
+    ),
 }
 
 

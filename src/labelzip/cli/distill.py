@@ -1,0 +1,270 @@
+"""``labelzip distill``: build a distilled image set (random, SRe2L, CDA, LPLD, RDED, import)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+
+from labelzip.cli import run_command
+from labelzip.cli._common import (
+    add_device_option,
+    add_json_option,
+    check_output_folder,
+    format_bytes,
+    parse_key_values,
+    print_json,
+    resolve_device,
+)
+from labelzip.data.base import ImageDataset
+from labelzip.distill import METHODS, DistilledSet, distill
+from labelzip.errors import ConfigError, InputError
+
+__all__ = ["build_parser", "main"]
+
+DATASETS = ("fashion-mnist", "imagenet", "folder")
+TEACHERS = ("convnet", "resnet", "efficientnet-lite0", "none")
+
+EPILOG = """examples:
+  labelzip distill --dataset fashion-mnist --method random --ipc 10 -o random10.safetensors
+  labelzip distill --dataset fashion-mnist --method sre2l --ipc 10 --teacher convnet -o sre2l10.safetensors
+  labelzip distill --dataset fashion-mnist --method lpld --ipc 10 --steps 300 -o lpld10.safetensors
+  labelzip distill --dataset fashion-mnist --method rded --ipc 10 --factor 2 -o rded10.safetensors
+  labelzip distill --dataset imagenet --method sre2l --ipc 1 --classes 0-9 --image-size 64 \\
+      --steps 100 -o in1k-sre2l.safetensors
+  labelzip distill --dataset imagenet --method import --from-folder syn_data/ --image-size 224 \\
+      -o released.safetensors
+
+--dataset imagenet has no real images here: recovery is data-free from the
+EfficientNet-Lite0 teacher (class ids 0..999), and --method import reads a
+released ImageNet set. Small teachers (convnet, resnet) are trained on the data
+once and cached. Recovery defaults: SRe2L's recipe (1000 steps, 224 px for
+data-free runs) on a GPU, 200 steps (64 px) on a CPU; --steps overrides.
+Method settings not covered by a flag: --opt KEY=VALUE (see docs/distill.md).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="labelzip distill",
+        description="Build a distilled image set and save it as .safetensors.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    p.add_argument(
+        "--data-dir",
+        help="folder of the data: IDX files (fashion-mnist) or root/<class>/",
+    )
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--ipc", type=int, help="images per class (import: optional cap)")
+    p.add_argument(
+        "--teacher",
+        choices=TEACHERS,
+        help="default: convnet for fashion-mnist/folder, efficientnet-lite0 for imagenet",
+    )
+    p.add_argument(
+        "--teacher-epochs",
+        type=int,
+        default=3,
+        help="epochs of a small teacher (cached)",
+    )
+    p.add_argument(
+        "--classes", help="class ids to distil, e.g. 0-9 or 1,5,7 (default all)"
+    )
+    p.add_argument("--steps", type=int, help="recovery steps per batch")
+    p.add_argument("--batch-size", type=int, help="recovery: images optimised together")
+    p.add_argument("--lr", type=float, help="recovery: Adam learning rate")
+    p.add_argument("--image-size", type=int, help="side of the output images")
+    p.add_argument("--factor", type=int, help="rded: patches per side (default 2)")
+    p.add_argument(
+        "--from-folder", help="import: root of the released set (root/<class>/)"
+    )
+    p.add_argument(
+        "--opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any method option, repeatable",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("-o", "--output", required=True, help=".safetensors file to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_option(p, "run the teacher")
+    add_json_option(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("distill", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = check_output_folder(args.output)
+    device = resolve_device(args.device)
+    options = _options(args)
+    if args.method != "import" and args.ipc is None:
+        raise ConfigError(f"--method {args.method} needs --ipc")
+    start = time.perf_counter()
+    dataset = _dataset(args)
+    teacher, teacher_id = _teacher(args, dataset, device)
+    with _progress(f"{args.method} ipc {args.ipc}", enabled=not args.quiet) as update:
+        result = distill(
+            args.method, dataset, teacher, args.ipc, args.seed, device,
+            progress=update, teacher_id=teacher_id, **options,
+        )  # fmt: skip
+    result.save(out)
+    _report(
+        result, out.stat().st_size, str(out), time.perf_counter() - start, args.json
+    )
+    return 0
+
+
+def parse_classes(text: str) -> list[int]:
+    """``"0-4,9"`` -> ``[0, 1, 2, 3, 4, 9]``."""
+    ids: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            ids += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+        except ValueError:
+            raise ConfigError(
+                f"--classes expects ids and ranges like 0-9,12, got {text!r}"
+            ) from None
+    return ids
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    options = parse_key_values(args.opt, "--opt")
+    flags = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "image_size": args.image_size,
+        "factor": args.factor,
+        "folder": args.from_folder,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            options[key] = value
+    if args.classes:
+        options["classes"] = parse_classes(args.classes)
+    if args.method == "import" and "folder" not in options:
+        raise ConfigError("--method import needs --from-folder DIR")
+    return options
+
+
+def _dataset(args: argparse.Namespace) -> ImageDataset | None:
+    if args.dataset == "fashion-mnist":
+        from labelzip.data import load_fashion_mnist
+
+        return load_fashion_mnist("train", root=args.data_dir)
+    if args.dataset == "folder":
+        from labelzip.data import load_image_folder
+
+        if not args.data_dir:
+            raise ConfigError(
+                "--dataset folder needs --data-dir ROOT (root/<class>/*.png)"
+            )
+        return load_image_folder(args.data_dir)
+    if args.method in ("random", "rded"):
+        raise InputError(
+            f"--method {args.method} draws real images, and no ImageNet training "
+            "images are available: use --dataset folder --data-dir IMAGENET/train"
+        )
+    return None
+
+
+def _teacher(
+    args: argparse.Namespace, dataset: ImageDataset | None, device: Any
+) -> tuple[nn.Module | None, str | None]:
+    name = args.teacher
+    if name is None:
+        if args.method in ("random", "import"):
+            return None, None
+        name = "efficientnet-lite0" if args.dataset == "imagenet" else "convnet"
+    if name == "none":
+        return None, None
+    if name == "efficientnet-lite0":
+        from labelzip.teachers import load_efficientnet_lite0
+
+        return load_efficientnet_lite0(device), None
+    if dataset is None:
+        raise ConfigError(
+            f"teacher {name!r} is trained on the dataset, but --dataset {args.dataset} "
+            "has no training images here; use --teacher efficientnet-lite0"
+        )
+    from labelzip.teachers import train_teacher
+
+    if not args.quiet:
+        print(f"labelzip distill: preparing the {name} teacher (trained once, cached)",
+              file=sys.stderr)  # fmt: skip
+    trained = train_teacher(dataset, name, args.teacher_epochs, 0, device)
+    return trained.model, f"{name}:{trained.key}"
+
+
+@contextmanager
+def _progress(
+    description: str, *, enabled: bool
+) -> Iterator[Callable[[int, int], None]]:
+    """A rich bar on stderr driven by ``update(done, total)``; silent off a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _report(
+    result: DistilledSet, size: int, path: str, seconds: float, as_json: bool
+) -> None:
+    c, h, w = result.images.shape[1:]
+    diagnostics = dict(result.config.get("diagnostics", {}))
+    summary = {
+        "output": path,
+        "method": result.method,
+        "ipc": result.ipc,
+        "num_images": len(result),
+        "image_shape": [int(c), int(h), int(w)],
+        "num_classes": result.num_classes,
+        "classes_present": int((result.class_counts() > 0).sum()),
+        "fingerprint": result.fingerprint,
+        "teacher": result.teacher_id,
+        "file_bytes": size,
+        "seconds": round(seconds, 2),
+        "diagnostics": diagnostics,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    print(
+        f"{result.method}: {len(result)} images {c}x{h}x{w} "
+        f"({summary['classes_present']} of {result.num_classes} classes, ipc {result.ipc})"
+        f" -> {path} ({format_bytes(size)}) in {seconds:.1f} s"
+    )
+    print(f"fingerprint {result.fingerprint}")
+    if diagnostics:
+        print("  ".join(f"{k} {v}" for k, v in diagnostics.items()))
