@@ -203,21 +203,55 @@ def test_decode_index_forms_and_cache(
 
 
 @pytest.mark.parametrize("batch_size", [None, 7, 1000])
+@pytest.mark.parametrize("memory", [1 << 20, 0])  # pruned: all stored in memory, or not
 def test_decode_all_streams_in_order(
-    tmp_path: Path, views: torch.Tensor, fitted: Fitted, batch_size: int | None
+    tmp_path: Path,
+    views: torch.Tensor,
+    fitted: Fitted,
+    batch_size: int | None,
+    memory: int,
 ) -> None:
     codec = fitted("dense", views, dtype="fp32")
-    plan = PrunePlan(("sample", "view"), (48, 4), 0.75, seed=0)
+    epochs = views.transpose(0, 1).contiguous()  # (E, N, C): reuse spans the file
+    layout = Layout(("epoch", "sample"), (4, 48))
+    plan = PrunePlan(layout.dims, layout.shape, 0.5, seed=0)
     save_archive(tmp_path / "a.lz", codec, views, chunk_size=16)
-    save_archive(tmp_path / "p.lz", codec, views, chunk_size=16, prune=plan)
-    for name in ("a.lz", "p.lz"):
+    save_archive(
+        tmp_path / "p.lz", codec, epochs, layout=layout, chunk_size=16, prune=plan
+    )
+    rows = epochs.reshape(-1, 20)
+    expected = {
+        "a.lz": views.reshape(-1, 20),
+        "p.lz": rows[plan.kept_indices()][plan.table.long()],
+    }
+    for name, want in expected.items():
         with ArchiveReader(tmp_path / name) as reader:
-            batches = list(reader.decode_all(batch_size=batch_size))
+            batches = list(reader.decode_all(batch_size, max_memory_bytes=memory))
             size = batch_size or 16
             assert all(b.shape[0] == size for b in batches[:-1])
-            joined = torch.cat(batches)
-            assert torch.equal(joined, load_archive(tmp_path / name).reshape(-1, 20))
-    assert torch.equal(load_archive(tmp_path / "a.lz"), views)
+            assert torch.equal(torch.cat(batches), want)
+            if name == "a.lz" or memory:
+                assert reader.chunk_reads == reader.num_chunks  # each chunk read once
+
+
+def test_writer_holds_at_most_one_chunk(
+    tmp_path: Path, views: torch.Tensor, fitted: Fitted
+) -> None:
+    codec = fitted("dense", views)
+    sizes: list[int] = []
+    encode = codec.encode
+
+    def spy(rows: torch.Tensor):  # type: ignore[no-untyped-def]
+        sizes.append(rows.shape[0])
+        return encode(rows)
+
+    codec.encode = spy  # type: ignore[method-assign]
+    rows = views.reshape(-1, 20)
+    with ArchiveWriter(tmp_path / "a.lz", codec, chunk_size=24) as writer:
+        for start in range(0, 192, 10):
+            writer.write(rows[start : start + 10])
+            assert writer._pending_rows < 24  # never more than one chunk pending
+    assert sizes == [24] * 8
 
 
 def test_write_kept_equals_write(

@@ -22,7 +22,7 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -241,10 +241,16 @@ class ArchiveHeader(_Strict):
     prune: dict[str, Any] | None = Field(
         default=None, description="PrunePlan.to_dict() or null"
     )
-    reference: str = Field(default="fp16", description="dense reference of the ratio")
-    class_names: list[str] | None = Field(default=None, description="name per class id")
-    dataset_fingerprint: str | None = None
-    teacher: str | None = None
+    reference: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp16", description="dense reference the ratio is stated against"
+    )
+    class_names: list[str] | None = Field(
+        default=None, description="name of each class id (length num_classes)"
+    )
+    dataset_fingerprint: str | None = Field(
+        default=None, description="identifies the images/tokens the labels belong to"
+    )
+    teacher: str | None = Field(default=None, description="teacher model identifier")
     user: dict[str, Any] = Field(default_factory=dict, description="free-form metadata")
     checksums: dict[str, str] = Field(
         description="tensor name -> hex sha256 of its bytes"
@@ -437,7 +443,7 @@ def build_header(
         chunk_size=chunk_size,
         chunk_labels=chunk_labels,
         prune=prune,
-        reference=reference,
+        reference=reference,  # type: ignore[arg-type]  # pydantic checks the name
         class_names=list(metadata.class_names) if metadata.class_names else None,
         dataset_fingerprint=metadata.dataset_fingerprint,
         teacher=metadata.teacher,

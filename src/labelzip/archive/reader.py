@@ -43,11 +43,20 @@ from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import CODEC_IDS, codec_class
 from labelzip.errors import ArchiveFormatError, ChecksumError, ConfigError, InputError
 
-__all__ = ["ArchiveReader", "LabelIndex", "load_archive", "open_archive"]
+__all__ = [
+    "DECODE_ALL_MEMORY",
+    "ArchiveReader",
+    "LabelIndex",
+    "load_archive",
+    "open_archive",
+]
 
 logger = logging.getLogger(__name__)
 
 LabelIndex = int | slice | Sequence[int] | torch.Tensor
+
+# decode_all holds a pruned archive's stored labels decoded up to this many bytes.
+DECODE_ALL_MEMORY = 1 << 29
 
 
 class ArchiveReader:
@@ -279,34 +288,44 @@ class ArchiveReader:
         return self.decode(index)
 
     def decode_all(
-        self, batch_size: int | None = None, device: torch.device | str | None = None
+        self,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        *,
+        max_memory_bytes: int = DECODE_ALL_MEMORY,
     ) -> Iterator[torch.Tensor]:
         """Stream every label in flat order as (B, C) float32 batches.
 
-        Without pruning each chunk is read once; with pruning batches of
-        ``batch_size`` labels (default ``chunk_size``) are gathered through
-        :meth:`decode` and its chunk cache.
+        Every chunk is read and decoded once. With pruning, labels reuse stored
+        labels anywhere in the file (an epoch-major layout spreads one sample's
+        kept views over all epochs), so the stored labels are decoded into
+        memory once when they fit in ``max_memory_bytes``; otherwise each batch
+        goes through :meth:`decode` and its chunk cache (fast for sample-major
+        layouts, where a batch's reused labels sit in the same few chunks).
+
+        Args:
+            batch_size: labels per batch (default ``chunk_size``).
+            device: where to decode (default CPU).
+            max_memory_bytes: budget for holding all stored labels decoded.
         """
         size = batch_size or self.header.chunk_size
-        if self.prune is not None:
-            for start in range(0, self.num_labels, size):
-                yield self.decode(
-                    slice(start, min(start + size, self.num_labels)), device
-                )
-            return
         dev = torch.device(device if device is not None else "cpu")
-        pending: list[torch.Tensor] = []
-        held = 0
+        plan = self.prune
+        if plan is None:
+            yield from _rebatch(self._stored_chunks(dev), size)
+            return
+        if self.header.num_stored * self.num_classes * 4 <= max_memory_bytes:
+            stored = torch.cat(list(self._stored_chunks(dev)))
+            for start in range(0, self.num_labels, size):
+                flat = torch.arange(start, min(start + size, self.num_labels))
+                yield stored[plan.stored_index(flat).to(dev)]
+            return
+        for start in range(0, self.num_labels, size):
+            yield self.decode(slice(start, min(start + size, self.num_labels)), dev)
+
+    def _stored_chunks(self, device: torch.device) -> Iterator[torch.Tensor]:
         for cid in range(self.num_chunks):
-            rows = self.codec.decode(self.read_chunk(cid), device=dev)
-            pending.append(rows)
-            held += rows.shape[0]
-            while held >= size:
-                joined = torch.cat(pending) if len(pending) > 1 else pending[0]
-                yield joined[:size]
-                pending, held = [joined[size:]], held - size
-        if held:
-            yield torch.cat(pending)
+            yield self.codec.decode(self.read_chunk(cid), device=device)
 
     def verify(self) -> None:
         """Check every tensor against its sha256; raise ChecksumError on the first bad one."""
@@ -328,6 +347,21 @@ class ArchiveReader:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _rebatch(chunks: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """Re-cut a stream of (n_i, C) tensors into (size, C) batches (last may be short)."""
+    pending: list[torch.Tensor] = []
+    held = 0
+    for rows in chunks:
+        pending.append(rows)
+        held += rows.shape[0]
+        while held >= size:
+            joined = torch.cat(pending) if len(pending) > 1 else pending[0]
+            yield joined[:size]
+            pending, held = [joined[size:]], held - size
+    if held:
+        yield torch.cat(pending)
 
 
 def _parse_header(container: ContainerHeader, name: str) -> ArchiveHeader:
@@ -388,6 +422,10 @@ def _check_tensors(
         bad = f"chunk_labels add up to {sum(header.chunk_labels)}, not {header.num_stored}"
     elif any(container.entries[n].dtype != "U8" for n in chunk_names):
         bad = "chunk tensors must be uint8"
+    elif (
+        header.class_names is not None and len(header.class_names) != header.num_classes
+    ):
+        bad = f"{len(header.class_names)} class names for {header.num_classes} classes"
     else:
         try:
             layout = Layout.from_dict(header.layout.model_dump())

@@ -8,7 +8,7 @@ spilled chunk bytes into a temporary file that is renamed over the destination.
 
 Memory bound: at most one chunk of pending logits (``chunk_size x C`` values of
 the input dtype) plus the batch being written plus one encoded chunk, the model
-and side tensors, ~100 bytes of bookkeeping per chunk, and with pruning the plan
+and side tensors, ~250 bytes of bookkeeping per chunk, and with pruning the plan
 (5 bytes per represented label). Encoded bytes live in the spill file, never in
 memory all at once.
 """
