@@ -22,7 +22,7 @@ from labelzip.cli._common import (
     resolve_device,
 )
 from labelzip.data.base import ImageDataset
-from labelzip.distill import METHODS, DistilledSet, distill
+from labelzip.distill import METHODS, DistilledSet, distill, method_config
 from labelzip.errors import ConfigError, InputError
 
 __all__ = ["build_parser", "main"]
@@ -110,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     options = _options(args)
     if args.method != "import" and args.ipc is None:
         raise ConfigError(f"--method {args.method} needs --ipc")
+    method_config(args.method, **options)  # fail on bad options before any work
     start = time.perf_counter()
     dataset = _dataset(args)
     teacher, teacher_id = _teacher(args, dataset, device)
