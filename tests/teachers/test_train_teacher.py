@@ -49,6 +49,15 @@ def test_trains_once_then_loads(toy: ImageDataset, tmp_path: Path) -> None:
     assert not second.model.training
 
 
+def test_damaged_cache_entry_is_retrained(toy: ImageDataset, tmp_path: Path) -> None:
+    small = toy.subset(range(32))
+    first = train_teacher(small, config=_config(), cache_dir=tmp_path)
+    first.path.write_bytes(b"garbage")
+    again = train_teacher(small, config=_config(), cache_dir=tmp_path)
+    assert not again.from_cache and again.path == first.path
+    assert train_teacher(small, config=_config(), cache_dir=tmp_path).from_cache
+
+
 def test_cache_key_covers_data_and_settings(toy: ImageDataset) -> None:
     key = _config().key(toy.fingerprint)
     assert key == _config().key(toy.fingerprint)

@@ -123,6 +123,23 @@ def _train(
     model.eval()
 
 
+def _load_cached(model: nn.Module, path: Path, device: torch.device) -> float | None:
+    """Load weights into ``model``; the stored training time, or None to retrain."""
+    if not path.is_file():
+        return None
+    try:
+        model.load_state_dict(load_file(str(path), device=str(device)))
+        meta = json.loads(path.with_suffix(".json").read_text())
+        seconds = float(meta["train_seconds"])
+    except Exception as exc:  # safetensors, torch and json all raise their own types
+        # A stale or damaged cache entry must not block training a fresh one.
+        logger.warning("ignoring unusable cached teacher %s: %s", path, exc)
+        return None
+    model.eval()
+    logger.info("loaded cached teacher %s", path)
+    return seconds
+
+
 def train_teacher(
     dataset: ImageDataset,
     arch: str = "convnet",
@@ -156,12 +173,9 @@ def train_teacher(
     ):  # init and dropout without global side effects
         torch.manual_seed(config.seed)
         model = build_small_teacher(config.arch, dataset.num_classes).to(device)
-        if path.is_file():
-            model.load_state_dict(load_file(str(path), device=str(device)))
-            model.eval()
-            logger.info("loaded cached teacher %s", path)
-            meta = json.loads(path.with_suffix(".json").read_text())
-            return TrainedTeacher(model, key, path, True, float(meta["train_seconds"]))
+        cached = _load_cached(model, path, device)
+        if cached is not None:
+            return TrainedTeacher(model, key, path, True, cached)
         start = time.perf_counter()
         _train(model, dataset, config, device)
         seconds = time.perf_counter() - start
