@@ -1,0 +1,110 @@
+"""Rate control across codecs and LPLD pruning, for relabelled archives.
+
+When a codec cannot meet a target with a label for every view (at 40x a
+10-class label has 4 bits in all), LPLD's answer is to store labels for fewer
+views per image and reuse them. :func:`auto_prune_plan` keeps the most views
+per image (k of E) at which the codec's own rate control still meets the
+target, so every baseline can be compared at equal bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from labelzip.archive import ArchiveMetadata, Layout, codec_for_target
+from labelzip.codecs.prune import REUSE_DIMS, PrunePlan
+from labelzip.errors import ConfigError, UnreachableTargetError
+
+__all__ = ["SIDE_ENTRY_BYTES", "auto_prune_plan", "side_entry_bytes"]
+
+logger = logging.getLogger(__name__)
+
+# Header bytes a side tensor adds beyond its data: its safetensors entry (dtype,
+# shape, offsets) and its sha256 in the (JSON-escaped) labelzip document.
+SIDE_ENTRY_BYTES = 200
+
+
+def side_entry_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """An allowance for the header bytes of side tensors (names count twice)."""
+    return sum(SIDE_ENTRY_BYTES + 2 * len(name) for name in tensors)
+
+
+def auto_prune_plan(
+    codec: str,
+    *,
+    layout: Layout,
+    num_classes: int,
+    ratio: float | None,
+    bits_per_label: float | None,
+    chunk_size: int,
+    metadata: ArchiveMetadata | None,
+    side_bytes_per_label: int = 0,
+    side_entry: int = 0,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+) -> PrunePlan | None:
+    """The LPLD plan with the most kept views per image that meets the target.
+
+    Returns ``None`` when the codec meets it without pruning. Searches the kept
+    count k in [1, E] by bisection (a smaller k never needs more bytes).
+
+    Raises:
+        ConfigError: the layout has no ``epoch``/``view`` dimension.
+        UnreachableTargetError: not even one view per image fits; the message
+            carries the codec's own explanation.
+    """
+    found = [d for d in layout.dims if d in REUSE_DIMS]
+    if len(found) != 1:
+        raise ConfigError(
+            f"auto-prune needs one 'epoch' or 'view' dimension, layout has "
+            f"{list(layout.dims)}"
+        )
+    views = layout.shape[layout.dims.index(found[0])]
+
+    def attempt(kept: int) -> UnreachableTargetError | None:
+        plan = _plan(layout, kept, views, seed)
+        stored = plan.num_kept if plan is not None else layout.num_labels
+        try:
+            codec_for_target(
+                codec,
+                layout=layout,
+                num_classes=num_classes,
+                ratio=ratio,
+                bits_per_label=bits_per_label,
+                chunk_size=chunk_size,
+                prune=plan,
+                metadata=metadata,
+                side_bytes=stored * side_bytes_per_label + side_entry,
+                **dict(options or {}),
+            )
+        except UnreachableTargetError as exc:
+            return exc
+        return None
+
+    if attempt(views) is None:
+        return None
+    error = attempt(1)
+    if error is not None:
+        raise UnreachableTargetError(
+            f"{codec} cannot meet the target even with the label of 1 of {views} "
+            f"views per image stored: {error}"
+        ) from error
+    lo, hi = 1, views  # lo fits, hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if attempt(mid) is None:
+            lo = mid
+        else:
+            hi = mid
+    logger.info("%s: auto-prune keeps %d of %d views per image", codec, lo, views)
+    return _plan(layout, lo, views, seed)
+
+
+def _plan(layout: Layout, kept: int, views: int, seed: int) -> PrunePlan | None:
+    if kept >= views:
+        return None
+    return PrunePlan(layout.dims, layout.shape, kept / views, seed)

@@ -1,0 +1,603 @@
+"""Relabel a distilled image set (SRe2L/FKD protocol) straight into compressed archives.
+
+For epoch e in range(E) and every image i, view (e, i) is a RandomResizedCrop
++ flip (+ CutMix/Mixup with a partner) rendered from (seed, e, i) by
+:mod:`labelzip.augment`, and its label is the teacher's logits on that view.
+Labels stream batch by batch into one or more :class:`ArchiveWriter` (one
+teacher pass feeds every output), with layout ``["epoch", "sample"]`` of shape
+``[E, M]``: label ``e * M + i`` is view (e, i).
+
+Side information: views are replayed from the seed at training time, so the
+archive stores the recipe once (view config, seed, epochs: a few hundred header
+bytes, ~0 bytes per view) instead of SRe2L's ~25-37 bytes per view. The
+explicit parameters can still be stored as side tensors for comparison
+(``store_augmentations``); the metadata records what they would cost either way.
+
+Fitting: codecs that learn (vqae, rskd with measured sizing) are fitted on the
+teacher's labels of a bounded sample of views. When the views that must be
+labelled number at most ``fit_views``, their logits are computed once, kept in
+memory (``fit_views x C x 4`` bytes at most), used to fit and then written: one
+teacher pass. Otherwise a first pass labels a seeded uniform sample of
+``fit_views`` views per output (the extra teacher cost is that sample), then
+the second pass labels and encodes every view.
+
+RDED's online labels are materialised the same way: relabel the RDED set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from labelzip.accounting import StorageAccount
+from labelzip.archive import (
+    DEFAULT_CHUNK_SIZE,
+    ArchiveMetadata,
+    ArchiveWriter,
+    Layout,
+    fit_for_target,
+)
+from labelzip.augment import (
+    ViewConfig,
+    explicit_param_bytes,
+    explicit_params,
+    make_views,
+    sample_view_params,
+)
+from labelzip.codecs.base import Codec
+from labelzip.codecs.prune import PrunePlan
+from labelzip.codecs.registry import codec_class, create_codec
+from labelzip.errors import CodecMismatchError, ConfigError, InputError
+from labelzip.pipelines.imageset import ImageSet, check_image_tensor, model_id
+from labelzip.pipelines.ratecontrol import auto_prune_plan, side_entry_bytes
+
+__all__ = [
+    "LAYOUT_DIMS",
+    "PROTOCOL",
+    "RELABEL_KEY",
+    "ProgressFn",
+    "RelabelConfig",
+    "RelabelOutput",
+    "RelabelResult",
+    "RelabelledArchive",
+    "default_view_config",
+    "relabel",
+]
+
+logger = logging.getLogger(__name__)
+
+LAYOUT_DIMS = ("epoch", "sample")
+RELABEL_KEY = "relabel"  # the archive's user metadata entry written here
+PROTOCOL = "sre2l-fkd"
+AUGMENT_PREFIX = "aug_"  # side tensor names of explicit augmentation records
+_FIT_BATCH = 4096
+
+ProgressFn = Callable[[int, int], None]
+"""``progress(done, total)`` in views labelled by the teacher."""
+
+
+def default_view_config(height: int, width: int) -> ViewConfig:
+    """SRe2L's relabel recipe at the image size: crop scale 0.08-1, flip, CutMix."""
+    return ViewConfig(output_size=(height, width), scale=(0.08, 1.0), mix="cutmix")
+
+
+class RelabelConfig(BaseModel):
+    """How views are drawn and labelled (shared by every output archive)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(default=30, ge=1, le=100_000, description="E: views per image")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="seed of every view")
+    view: ViewConfig | None = Field(
+        default=None,
+        description="augmentation recipe; default SRe2L's at the image size",
+    )
+    batch_size: int = Field(
+        default=256, ge=1, le=65536, description="views per teacher batch"
+    )
+    fit_views: int = Field(
+        default=16384,
+        ge=1,
+        le=10_000_000,
+        description="views whose labels codecs are fitted on (per output)",
+    )
+    chunk_size: int = Field(
+        default=DEFAULT_CHUNK_SIZE, ge=1, le=1 << 24, description="labels per chunk"
+    )
+    store_augmentations: bool = Field(
+        default=False,
+        description="also store SRe2L-style explicit view parameters as side tensors",
+    )
+
+
+class RelabelOutput(BaseModel):
+    """One archive to write: codec, options, rate target and pruning."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path = Field(description="archive file to write")
+    codec: str = Field(default="dense", description="codec registry name")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="codec options the user fixed"
+    )
+    ratio: float | None = Field(
+        default=None, gt=0, description="all-in ratio vs dense fp16 to meet"
+    )
+    bits_per_label: float | None = Field(
+        default=None, gt=0, description="all-in bits per label to meet"
+    )
+    keep_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="LPLD: fraction of views labelled"
+    )
+    auto_prune: bool = Field(
+        default=False,
+        description="when the target is out of the codec's reach with every view, "
+        "keep the most views per image that meet it (LPLD)",
+    )
+    prune_seed: int = Field(default=0, ge=0, description="seed of the kept views")
+    name: str | None = Field(default=None, description="a label for reports")
+
+    @model_validator(mode="after")
+    def _check(self) -> RelabelOutput:
+        if self.ratio is not None and self.bits_per_label is not None:
+            raise ValueError("give at most one of ratio and bits_per_label")
+        if self.auto_prune and self.keep_fraction is not None:
+            raise ValueError("auto_prune chooses keep_fraction; do not give both")
+        if self.auto_prune and self.ratio is None and self.bits_per_label is None:
+            raise ValueError("auto_prune needs a ratio or bits_per_label target")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.codec
+
+
+@dataclass(frozen=True)
+class RelabelledArchive:
+    """One written archive and its all-in account."""
+
+    name: str
+    path: Path
+    account: StorageAccount
+    keep_per_image: int  # views per image whose label is stored (E when unpruned)
+    codec_config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RelabelResult:
+    """What a relabel run wrote and what it cost."""
+
+    archives: list[RelabelledArchive]
+    num_views: int  # E * M
+    num_classes: int
+    teacher_views: int  # views run through the teacher, fitting pass included
+    single_pass: bool  # labels kept in memory between fitting and writing
+    side_bytes_replayed: int  # augmentation bytes per archive with seeded replay: 0
+    side_bytes_explicit: int  # what SRe2L-style explicit records would take
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- the teacher pass
+
+
+class _ViewLabeller:
+    """Renders views (e, i) and runs the teacher on them, in flat-index order."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        teacher: nn.Module,
+        view: ViewConfig,
+        config: RelabelConfig,
+        num_classes: int,
+        device: torch.device,
+    ) -> None:
+        self.images = images.to(device)
+        self.teacher = teacher
+        self.view = view
+        self.config = config
+        self.num_classes = num_classes
+        self.device = device
+        self.seconds = {"render": 0.0, "teacher": 0.0}
+        self.count = 0
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+    def blocks(
+        self, flat: torch.Tensor, progress: Callable[[int], None]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(flat (B,), logits (B, C) float32 CPU) for sorted flat indices."""
+        m = self.num_images
+        bounds = torch.searchsorted(
+            flat, torch.arange(self.config.epochs + 1, dtype=torch.int64) * m
+        ).tolist()
+        for epoch in range(self.config.epochs):
+            sel = flat[bounds[epoch] : bounds[epoch + 1]]
+            for start in range(0, len(sel), self.config.batch_size):
+                block = sel[start : start + self.config.batch_size]
+                yield block, self.label(epoch, block - epoch * m)
+                progress(len(block))
+
+    @torch.inference_mode()
+    def label(self, epoch: int, index: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        views, _ = make_views(
+            self.images,
+            index,
+            seed=self.config.seed,
+            epoch=epoch,
+            config=self.view,
+            device=self.device,
+        )
+        t1 = time.perf_counter()
+        try:
+            logits = self.teacher(views)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:
+            raise InputError(
+                f"the teacher cannot run on views of shape {tuple(views.shape)} "
+                f"(images {tuple(self.images.shape[1:])}): {exc}; check the image "
+                "size and channels the teacher expects"
+            ) from exc
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise CodecMismatchError(
+                f"the teacher outputs {tuple(logits.shape)} for {len(index)} views, "
+                f"but the image set has {self.num_classes} classes; use a teacher "
+                "with one output per class, in the set's class order"
+            )
+        out = logits.float().cpu()
+        self.seconds["render"] += t1 - t0
+        self.seconds["teacher"] += time.perf_counter() - t1
+        self.count += len(index)
+        return out
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _metadata(
+    image_set: ImageSet,
+    images: torch.Tensor,
+    config: RelabelConfig,
+    view: ViewConfig,
+    teacher_id: str,
+) -> ArchiveMetadata:
+    num_views = config.epochs * len(images)
+    record = {
+        "protocol": PROTOCOL,
+        "epochs": config.epochs,
+        "num_images": len(images),
+        "image_shape": list(images.shape[1:]),
+        "seed": config.seed,
+        "view": view.model_dump(mode="json"),
+        "augmentation": "explicit" if config.store_augmentations else "replayed",
+        "augmentation_bytes_replayed": 0,
+        "augmentation_bytes_explicit": explicit_param_bytes(num_views, view.mix),
+    }
+    return ArchiveMetadata(
+        class_names=tuple(image_set.class_names),
+        dataset_fingerprint=image_set.fingerprint,
+        teacher=teacher_id,
+        user={RELABEL_KEY: record},
+    )
+
+
+def _explicit_records(
+    images: torch.Tensor, config: RelabelConfig, view: ViewConfig
+) -> dict[str, torch.Tensor]:
+    """Explicit parameters of all E * M views in flat order (side tensors)."""
+    index = torch.arange(len(images))
+    parts: dict[str, list[torch.Tensor]] = {}
+    for epoch in range(config.epochs):
+        params = sample_view_params(
+            images, index, seed=config.seed, epoch=epoch, config=view
+        )
+        for name, t in explicit_params(params, view.mix).items():
+            parts.setdefault(AUGMENT_PREFIX + name, []).append(t)
+    return {name: torch.cat(ts) for name, ts in parts.items()}
+
+
+@dataclass
+class _Job:
+    """One output on its way to disk."""
+
+    out: RelabelOutput
+    plan: PrunePlan | None
+    side: dict[str, torch.Tensor]
+    fit_flat: torch.Tensor  # sorted flat indices of the views it is fitted on
+    codec: Codec | None = None
+
+
+def _stored_flat(plan: PrunePlan | None, num_views: int) -> torch.Tensor:
+    if plan is None:
+        return torch.arange(num_views, dtype=torch.int64)
+    return plan.kept_indices()
+
+
+def _plan_job(
+    out: RelabelOutput,
+    layout: Layout,
+    num_classes: int,
+    metadata: ArchiveMetadata,
+    records: dict[str, torch.Tensor],
+    config: RelabelConfig,
+) -> _Job:
+    mix = str(metadata.user[RELABEL_KEY]["view"]["mix"])
+    side_per_view = explicit_param_bytes(1, mix) if records else 0
+    plan: PrunePlan | None = None
+    if out.keep_fraction is not None:
+        plan = PrunePlan(layout.dims, layout.shape, out.keep_fraction, out.prune_seed)
+    elif out.auto_prune:
+        plan = auto_prune_plan(
+            out.codec,
+            layout=layout,
+            num_classes=num_classes,
+            ratio=out.ratio,
+            bits_per_label=out.bits_per_label,
+            chunk_size=config.chunk_size,
+            metadata=metadata,
+            side_bytes_per_label=side_per_view,
+            side_entry=side_entry_bytes(records),
+            seed=out.prune_seed,
+            options=out.options,
+        )
+    stored = _stored_flat(plan, layout.num_labels)
+    side = {name: t[stored] for name, t in records.items()}
+    if len(stored) > config.fit_views:
+        g = torch.Generator().manual_seed(config.seed * 1_000_003 + out.prune_seed)
+        pick = torch.randperm(len(stored), generator=g)[: config.fit_views]
+        fit_flat = stored[pick].sort().values
+    else:
+        fit_flat = stored
+    return _Job(out, plan, side, fit_flat)
+
+
+# ---------------------------------------------------------------- fitting, writing
+
+
+def _codec_options(out: RelabelOutput, device: torch.device) -> dict[str, Any]:
+    options = dict(out.options)
+    fields = codec_class(out.codec).config_class.model_fields
+    if "device" in fields:
+        options.setdefault("device", str(device))
+    return options
+
+
+def _fit(
+    job: _Job,
+    rows: torch.Tensor,
+    layout: Layout,
+    num_classes: int,
+    metadata: ArchiveMetadata,
+    config: RelabelConfig,
+    device: torch.device,
+) -> Codec:
+    """Fit the job's codec on ``rows`` (its sample's logits), meeting its target."""
+    out = job.out
+    num_stored = job.plan.num_kept if job.plan is not None else layout.num_labels
+
+    def source() -> Iterator[torch.Tensor]:
+        for start in range(0, rows.shape[0], _FIT_BATCH):
+            yield rows[start : start + _FIT_BATCH]
+
+    options = _codec_options(out, device)
+    if out.ratio is None and out.bits_per_label is None:
+        return create_codec(out.codec, **options).fit(source, num_labels=num_stored)
+    side = sum(t.numel() * t.element_size() for t in job.side.values())
+    return fit_for_target(
+        out.codec,
+        source,
+        layout=layout,
+        num_classes=num_classes,
+        ratio=out.ratio,
+        bits_per_label=out.bits_per_label,
+        chunk_size=config.chunk_size,
+        prune=job.plan,
+        metadata=metadata,
+        side_bytes=side + side_entry_bytes(job.side),
+        **options,
+    )
+
+
+def _gather(
+    cache_flat: torch.Tensor, cache_rows: torch.Tensor, flat: torch.Tensor
+) -> torch.Tensor:
+    return cache_rows[torch.searchsorted(cache_flat, flat)]
+
+
+def _union(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.unique(torch.cat(list(parts))) if parts else torch.empty(0)
+
+
+def _write(
+    jobs: list[_Job],
+    blocks: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    layout: Layout,
+    metadata: ArchiveMetadata,
+    config: RelabelConfig,
+) -> list[StorageAccount]:
+    with ExitStack() as stack:
+        writers = []
+        for job in jobs:
+            assert job.codec is not None
+            writer = ArchiveWriter(
+                job.out.path,
+                job.codec,
+                layout=layout,
+                chunk_size=config.chunk_size,
+                prune=job.plan,
+                metadata=metadata,
+                side_tensors=job.side,
+            )
+            writers.append(stack.enter_context(writer))
+        for flat, logits in blocks:
+            for job, writer in zip(jobs, writers, strict=True):
+                if job.plan is None:
+                    writer.write(logits)
+                    continue
+                keep = job.plan.kept_mask()[flat]
+                if bool(keep.any()):
+                    writer.write_kept(logits[keep])
+    accounts = []
+    for writer in writers:
+        assert writer.account is not None
+        accounts.append(writer.account)
+    return accounts
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def relabel(
+    image_set: ImageSet,
+    teacher: nn.Module,
+    outputs: Sequence[RelabelOutput],
+    config: RelabelConfig | None = None,
+    *,
+    teacher_id: str | None = None,
+    device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
+) -> RelabelResult:
+    """Label E views of every image with the teacher and write compressed archives.
+
+    Args:
+        image_set: a DistilledSet (or any :class:`ImageSet`): images (M, ch, H, W)
+            in 0..255, class names in the teacher's class order, a fingerprint.
+        teacher: takes (B, ch, h, w) float views in 0..255, returns (B, C) logits;
+            put in eval mode here.
+        outputs: the archives to write (one teacher pass feeds them all).
+        config: epochs, seed, view recipe, batch and fitting bounds.
+        teacher_id: recorded in the archives; default class name + weight hash.
+        device: where views are rendered and the teacher runs (default: the
+            teacher's device).
+        progress: ``progress(done, total)`` in teacher-labelled views.
+
+    Returns:
+        A :class:`RelabelResult` with each archive's all-in account.
+
+    Raises:
+        InputError: images not (M, ch, H, W), or the teacher fails on them.
+        CodecMismatchError: the teacher's class count differs from the set's.
+        ConfigError / UnreachableTargetError: bad outputs or unreachable targets.
+
+    Example:
+        >>> out = RelabelOutput(path="labels.lz", codec="topk", ratio=10)
+        >>> relabel(distilled, teacher, [out], RelabelConfig(epochs=30))
+    """
+    config = config or RelabelConfig()
+    outputs = list(outputs)
+    if not outputs:
+        raise ConfigError("relabel needs at least one output archive")
+    paths = [o.path.resolve() for o in outputs]
+    if len(set(paths)) != len(paths):
+        raise ConfigError("two relabel outputs write the same file")
+    images = check_image_tensor(image_set.images, "distilled images")
+    if device is None:
+        device = next(iter(teacher.parameters()), torch.empty(0)).device
+    device = torch.device(device)
+    teacher.eval()
+    start = time.perf_counter()
+    num_classes = len(image_set.class_names)
+    view = config.view or default_view_config(*images.shape[-2:])
+    layout = Layout(LAYOUT_DIMS, (config.epochs, len(images)))
+    metadata = _metadata(
+        image_set, images, config, view, teacher_id or model_id(teacher)
+    )
+    records = (
+        _explicit_records(images, config, view) if config.store_augmentations else {}
+    )
+    jobs = [
+        _plan_job(o, layout, num_classes, metadata, records, config) for o in outputs
+    ]
+    labeller = _ViewLabeller(images, teacher, view, config, num_classes, device)
+    return _run(jobs, labeller, layout, metadata, config, device, progress, start)
+
+
+def _run(
+    jobs: list[_Job],
+    labeller: _ViewLabeller,
+    layout: Layout,
+    metadata: ArchiveMetadata,
+    config: RelabelConfig,
+    device: torch.device,
+    progress: ProgressFn | None,
+    start: float,
+) -> RelabelResult:
+    num_views = layout.num_labels
+    if any(job.plan is None for job in jobs):
+        needed = torch.arange(num_views, dtype=torch.int64)
+    else:
+        needed = _union([_stored_flat(job.plan, num_views) for job in jobs])
+    single = len(needed) <= config.fit_views
+    fit_flat = needed if single else _union([job.fit_flat for job in jobs])
+    total = len(needed) + (0 if single else len(fit_flat))
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total)
+
+    pairs = list(labeller.blocks(fit_flat, advance))
+    cache_flat = torch.cat([f for f, _ in pairs])
+    cache_rows = torch.cat([r for _, r in pairs])
+    del pairs
+    t_fit = time.perf_counter()
+    for job in jobs:
+        rows = _gather(cache_flat, cache_rows, job.fit_flat)
+        job.codec = _fit(
+            job, rows, layout, labeller.num_classes, metadata, config, device
+        )
+    t_fit = time.perf_counter() - t_fit
+    if single:
+        size = config.batch_size
+        blocks: Iterator[tuple[torch.Tensor, torch.Tensor]] = (
+            (cache_flat[s : s + size], cache_rows[s : s + size])
+            for s in range(0, len(cache_flat), size)
+        )
+    else:
+        del cache_flat, cache_rows
+        blocks = labeller.blocks(needed, advance)
+    t_write = time.perf_counter()
+    labelling = sum(labeller.seconds.values())
+    accounts = _write(jobs, blocks, layout, metadata, config)
+    labelling = sum(labeller.seconds.values()) - labelling
+    t_write = time.perf_counter() - t_write - labelling
+    archives = [
+        RelabelledArchive(
+            name=job.out.label,
+            path=job.out.path,
+            account=account,
+            keep_per_image=job.plan.keep_per_group if job.plan else config.epochs,
+            codec_config=job.codec.to_config() if job.codec else {},
+        )
+        for job, account in zip(jobs, accounts, strict=True)
+    ]
+    mix = labeller.view.mix
+    return RelabelResult(
+        archives=archives,
+        num_views=num_views,
+        num_classes=labeller.num_classes,
+        teacher_views=labeller.count,
+        single_pass=single,
+        side_bytes_replayed=0,
+        side_bytes_explicit=explicit_param_bytes(num_views, mix),
+        seconds={
+            **labeller.seconds,
+            "fit": t_fit,
+            "write": max(t_write, 0.0),
+            "total": time.perf_counter() - start,
+        },
+    )
