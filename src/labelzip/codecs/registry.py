@@ -29,6 +29,7 @@ CODEC_IDS: dict[str, tuple[int, str]] = {
     "topk": (2, "labelzip.codecs.topk:TopKCodec"),
     "rskd": (3, "labelzip.codecs.rskd:RSKDCodec"),
     "vqae": (4, "labelzip.codecs.vq.codec:VQAECodec"),
+    "topk-tail": (5, "labelzip.codecs.topk_tail:TopKTailCodec"),
 }
 
 
