@@ -1,0 +1,104 @@
+"""Explicit values for the stored top ids: a few bits that pin down the head.
+
+A VQ latent describes the overall shape of a label well (what KL at T=4 and
+T=20 measure) but the exact probability of the top classes only roughly, and
+at T=1 those few probabilities are most of the KL. So each stored id may also
+carry a uniformly quantized *conditional log-odds*::
+
+    v_i = z[id_i] - logsumexp(z[c] for c not in {id_1, ..., id_i})
+
+i.e. ``log p_i - log(1 - p_1 - ... - p_i)`` at T=1. Decoding sets the head
+logits from the v_i on top of whatever the decoder gives the other classes,
+last slot first, so that every v_i holds exactly (up to quantization): the
+teacher's top probabilities come back to within half a quantization step, and
+the rest of the mass keeps the decoder's shape.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "HeadQuantizer",
+    "apply_head_values",
+    "head_values",
+]
+
+
+def head_values(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Conditional log-odds of the (B, K) ``ids`` in (B, C) ``logits`` -> (B, K)."""
+    num_ids = ids.shape[1]
+    masked = logits.clone()
+    out = []
+    for slot in range(num_ids):
+        masked = masked.scatter(1, ids[:, slot : slot + 1], float("-inf"))
+        rest = torch.logsumexp(masked, dim=1)
+        out.append(logits.gather(1, ids[:, slot : slot + 1]).squeeze(1) - rest)
+    if not out:
+        return logits.new_zeros(logits.shape[0], 0)
+    return torch.stack(out, dim=1)
+
+
+def apply_head_values(
+    logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """Set the logits of (B, K) ``ids`` so their conditional log-odds equal ``values``.
+
+    The other classes keep their (B, C) ``logits``. Differentiable in ``logits``.
+    """
+    num_ids = ids.shape[1]
+    if num_ids == 0:
+        return logits
+    rest = logits.scatter(1, ids, float("-inf"))
+    lse = torch.logsumexp(rest, dim=1)  # mass outside all stored ids
+    head = []
+    for slot in range(num_ids - 1, -1, -1):
+        z = values[:, slot] + lse
+        head.append(z)
+        lse = torch.logaddexp(lse, z)
+    head_logits = torch.stack(head[::-1], dim=1)  # (B, K)
+    return rest.scatter(1, ids, head_logits)
+
+
+class HeadQuantizer:
+    """Uniform scalar quantizer of each slot's conditional log-odds.
+
+    Args:
+        low, high: per-slot range (K,) each, fitted on training labels.
+        bits: bits per value (levels = 2**bits, the ends included).
+    """
+
+    def __init__(self, low: list[float], high: list[float], bits: int) -> None:
+        self.low = torch.tensor(low, dtype=torch.float32)
+        self.high = torch.tensor(high, dtype=torch.float32)
+        self.bits = bits
+
+    @classmethod
+    def fit(
+        cls, logits: torch.Tensor, ids: torch.Tensor, bits: int, tail: float = 1e-3
+    ) -> HeadQuantizer:
+        """Range = the [tail, 1 - tail] quantiles of each slot's values (clamped beyond)."""
+        values = head_values(logits, ids).to(torch.float64)
+        low = torch.quantile(values, tail, dim=0)
+        high = torch.quantile(values, 1.0 - tail, dim=0)
+        high = torch.maximum(high, low + 1e-3)
+        return cls([float(v) for v in low], [float(v) for v in high], bits)
+
+    @property
+    def levels(self) -> int:
+        return 1 << self.bits
+
+    def quantize(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, K) float values -> (B, K) int64 levels in [0, 2**bits)."""
+        low, high = self.low.to(values.device), self.high.to(values.device)
+        unit = (values.float().clamp(min=low, max=high) - low) / (high - low)
+        return torch.round(unit * (self.levels - 1)).to(torch.int64)
+
+    def dequantize(self, levels: torch.Tensor) -> torch.Tensor:
+        """(B, K) int levels -> (B, K) float32 values."""
+        low, high = self.low.to(levels.device), self.high.to(levels.device)
+        return low + levels.to(torch.float32) * ((high - low) / (self.levels - 1))
+
+    def round_trip(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """What the decoder sees for these labels: dequantize(quantize(values))."""
+        return self.dequantize(self.quantize(head_values(logits, ids)))
