@@ -17,6 +17,9 @@ __all__ = ["COMMANDS", "main", "run_command"]
 
 # subcommand -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("labelzip.cli.quickstart", "the whole experiment on Fashion-MNIST"),
+    "relabel": ("labelzip.cli.relabel", "label replayable views of a distilled set"),
+    "train": ("labelzip.cli.train", "train a student from a set and its archive"),
     "storage": (
         "labelzip.cli.storage",
         "bytes of images, labels and side info per framework",
