@@ -45,7 +45,9 @@ def test_stitch_places_each_crop_in_its_tile() -> None:
 
 def test_rded_set(fmnist_slice: ImageDataset, small_teacher: nn.Module) -> None:
     seen: list[tuple[int, int]] = []
-    kwargs = dict(ipc=2, seed=0, candidates=12, num_crops=3, classes=[2, 6, 8])
+    kwargs = dict(
+        ipc=2, seed=0, factor=2, candidates=12, num_crops=3, classes=[2, 6, 8]
+    )
     ds = distill(
         "rded",
         fmnist_slice,
@@ -107,7 +109,7 @@ def test_rded_ipc_limit_counts_the_patches(
         InputError,
         match=r"ipc=11 with factor=2 needs 44 real images per class, .* has only 40; use --ipc 10 or less",
     ):
-        distill("rded", fmnist_slice, small_teacher, ipc=11)
+        distill("rded", fmnist_slice, small_teacher, ipc=11, factor=2)
     with pytest.raises(InputError, match="has only 40 images; use --ipc 40"):
         distill("rded", fmnist_slice, small_teacher, ipc=41, factor=1)
 
@@ -131,3 +133,15 @@ def test_rded_resizes_to_image_size(fmnist_slice: ImageDataset) -> None:
         classes=[0],
     )
     assert ds.images.shape == (1, 1, 20, 20) and ds.config["image_size"] == [20, 20]
+    assert ds.config["factor"] == 1  # RDED's low-resolution setting below 64 px
+    big = distill(
+        "rded",
+        fmnist_slice,
+        resnet_like,
+        ipc=1,
+        candidates=4,
+        num_crops=1,
+        image_size=64,
+        classes=[0],
+    )
+    assert big.config["factor"] == 2 and big.images.shape == (1, 1, 64, 64)

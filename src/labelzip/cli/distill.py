@@ -34,7 +34,7 @@ EPILOG = """examples:
   labelzip distill --dataset fashion-mnist --method random --ipc 10 -o random10.safetensors
   labelzip distill --dataset fashion-mnist --method sre2l --ipc 10 --teacher convnet -o sre2l10.safetensors
   labelzip distill --dataset fashion-mnist --method lpld --ipc 10 --steps 300 -o lpld10.safetensors
-  labelzip distill --dataset fashion-mnist --method rded --ipc 10 --factor 2 -o rded10.safetensors
+  labelzip distill --dataset fashion-mnist --method rded --ipc 10 -o rded10.safetensors
   labelzip distill --dataset imagenet --method sre2l --ipc 1 --classes 0-9 --image-size 64 \\
       --steps 100 -o in1k-sre2l.safetensors
   labelzip distill --dataset imagenet --method import --from-folder syn_data/ --image-size 224 \\
@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="recovery: images optimised together")
     p.add_argument("--lr", type=float, help="recovery: Adam learning rate")
     p.add_argument("--image-size", type=int, help="side of the output images")
-    p.add_argument("--factor", type=int, help="rded: patches per side (default 2)")
+    p.add_argument(
+        "--factor",
+        type=int,
+        help="rded: patches per side (default 1 below 64 px, else 2)",
+    )
     p.add_argument(
         "--from-folder", help="import: root of the released set (root/<class>/)"
     )
