@@ -89,7 +89,7 @@ def test_sre2l_set_shapes_determinism_and_teacher_untouched(
     assert a.teacher_id is not None and a.teacher_id.startswith("GrayConvNet:")
     assert a.config["steps"] == 6 and a.config["jitter"] == 4  # 28 // 7
     assert a.config["bn_statistics"] == "running"
-    assert seen[-1] == (6, 6) and len(seen) == 6  # 6 images fit one batch of 8
+    assert seen[-1] == (12, 12) and len(seen) == 12  # 2 batches (IPC index 0, 1)
     b = distill("sre2l", fmnist_slice, small_teacher, **kwargs)  # type: ignore[arg-type]
     assert torch.equal(a.images, b.images) and a.fingerprint == b.fingerprint
     c = distill("sre2l", fmnist_slice, small_teacher, **{**kwargs, "seed": 4})  # type: ignore[arg-type]
@@ -168,3 +168,30 @@ def test_teacher_with_other_class_count(
     )
     with pytest.raises(InputError, match="the teacher has 10 classes but three has 3"):
         distill("sre2l", three, small_teacher, ipc=1, steps=1)
+
+
+def test_batching_mixes_classes_for_sre2l_and_not_for_lpld() -> None:
+    from labelzip.distill.recover import _plan
+
+    sre2l = _plan("sre2l", list(range(1000)), 2, 100)  # SRe2L's ImageNet batching
+    assert len(sre2l) == 20 and all(len(b) == 100 for b in sre2l)
+    assert all(
+        len({c for _, c in b}) == 100 and len({k for k, _ in b}) == 1 for b in sre2l
+    )
+    assert sre2l[10][0] == (1, 0)
+    small = _plan(
+        "cda", [0, 3, 5], 4, 100
+    )  # few classes: small batches, one per IPC index
+    assert [len(b) for b in small] == [3, 3, 3, 3]
+    lpld = _plan("lpld", [0, 3], 5, 2)
+    assert [[c for _, c in b] for b in lpld] == [
+        [0, 0],
+        [0, 0],
+        [0],
+        [3, 3],
+        [3, 3],
+        [3],
+    ]
+    assert sorted(p for b in lpld for p in b) == sorted(
+        (k, c) for c in (0, 3) for k in range(5)
+    )

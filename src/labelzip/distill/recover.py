@@ -484,7 +484,12 @@ def class_bn_statistics(
 def _plan(
     method: str, classes: Sequence[int], ipc: int, batch_size: int
 ) -> list[list[tuple[int, int]]]:
-    """Batches of (ipc index, class): mixed classes (sre2l/cda) or one class (lpld)."""
+    """Batches of (ipc index, class) pairs.
+
+    sre2l/cda: for each IPC index, the classes cut into batches of ``batch_size``
+    (one image per class per batch, as SRe2L); lpld: for each class, its IPC
+    images cut into batches (one class per batch).
+    """
     if method == "lpld":
         batches = []
         for cls in classes:
@@ -493,8 +498,12 @@ def _plan(
                 pairs[s : s + batch_size] for s in range(0, len(pairs), batch_size)
             ]
         return batches
-    pairs = [(k, cls) for k in range(ipc) for cls in classes]
-    return [pairs[s : s + batch_size] for s in range(0, len(pairs), batch_size)]
+    # SRe2L: one image per class per batch; a batch never mixes IPC indices
+    return [
+        [(k, cls) for cls in classes[s : s + batch_size]]
+        for k in range(ipc)
+        for s in range(0, len(classes), batch_size)
+    ]
 
 
 def _image_shape(
