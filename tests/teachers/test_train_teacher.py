@@ -64,6 +64,8 @@ def test_cache_key_covers_data_and_settings(toy: ImageDataset) -> None:
     assert key != _config(seed=1).key(toy.fingerprint)
     assert key != _config().key(toy.subset(range(10)).fingerprint)
     assert key != _config(arch="convnet").key(toy.fingerprint)
+    no_crop = _config().model_copy(update={"crop_scale": None})
+    assert key != no_crop.key(toy.fingerprint)
 
 
 def test_cache_dir_from_environment(
@@ -81,6 +83,9 @@ def test_training_is_seeded(toy: ImageDataset, tmp_path: Path) -> None:
     b = train_teacher(small, config=_config(arch="convnet"), cache_dir=tmp_path / "b")
     x = small.images[:8]
     torch.testing.assert_close(predict_logits(a.model, x), predict_logits(b.model, x))
+    plain = _config().model_copy(update={"crop_scale": None})
+    c = train_teacher(small, config=plain, cache_dir=tmp_path / "plain")
+    assert c.key != a.key and not c.from_cache
     state = torch.random.get_rng_state()
     train_teacher(small, config=_config(seed=3), cache_dir=tmp_path / "c")
     assert a.model.training is False and a.path.name.startswith("convnet-")

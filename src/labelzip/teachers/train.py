@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from labelzip.augment import ViewConfig, make_views
 from labelzip.data.base import ImageDataset
 from labelzip.errors import InputError
 from labelzip.io import atomic_path
@@ -55,6 +56,11 @@ class TeacherTrainConfig(BaseModel):
     max_lr: float = Field(default=3e-3, gt=0, le=1.0, description="OneCycle peak LR")
     weight_decay: float = Field(default=5e-4, ge=0, le=1.0, description="AdamW decay")
     flip: bool = Field(default=True, description="random horizontal flips in training")
+    crop_scale: tuple[float, float] | None = Field(
+        default=(0.5, 1.0),
+        description="RandomResizedCrop area range in training (None: no crops); "
+        "matching the relabelling views keeps the teacher accurate on them",
+    )
 
     def key(self, dataset_fingerprint: str) -> str:
         record = {
@@ -84,13 +90,39 @@ def default_cache_dir() -> Path:
     return base / "teachers"
 
 
+def _augment(
+    images: torch.Tensor,
+    idx: torch.Tensor,
+    epoch: int,
+    config: TeacherTrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """A training batch (B, 1, H, W): replayable crop+flip views or plain flips."""
+    if config.crop_scale is not None:
+        views = ViewConfig(
+            output_size=(images.shape[-2], images.shape[-1]),
+            scale=config.crop_scale,
+            flip_prob=0.5 if config.flip else 0.0,
+        )
+        x, _ = make_views(
+            images, idx, seed=config.seed, epoch=epoch, config=views, device=device
+        )
+        return x
+    x = images[idx].to(device)
+    if config.flip:
+        flip = torch.rand(len(idx), generator=generator) < 0.5
+        x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
+    return x
+
+
 def _train(
     model: nn.Module,
     dataset: ImageDataset,
     config: TeacherTrainConfig,
     device: torch.device,
 ) -> None:
-    """AdamW + OneCycle, label smoothing 0.05, optional flips; in-place."""
+    """AdamW + OneCycle, label smoothing 0.05, crops and flips; in-place."""
     images = dataset.images
     if not isinstance(images, torch.Tensor):
         raise InputError(f"{dataset.name}: teachers train on equal-size images only")
@@ -109,10 +141,7 @@ def _train(
         total = 0.0
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            x = images[idx].to(device)
-            if config.flip:
-                flip = torch.rand(len(idx), generator=generator) < 0.5
-                x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
+            x = _augment(images, idx, epoch, config, generator, device)
             loss = loss_fn(model(x), dataset.labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
