@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "labelzip.cli.distill",
         "build a distilled image set (random, sre2l, rded, ...)",
     ),
+    "relabel-lm": ("labelzip.cli.relabel_lm", "label a text corpus with an LM teacher"),
+    "train-lm": ("labelzip.cli.train_lm", "train an LM student (labels, CE, online)"),
 }
 
 
