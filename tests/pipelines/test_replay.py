@@ -13,7 +13,12 @@ from labelzip.archive import ArchiveReader, load_archive, save_archive
 from labelzip.augment import ViewConfig
 from labelzip.codecs.registry import create_codec
 from labelzip.distill import DistilledSet
-from labelzip.errors import ArchiveFormatError, CodecMismatchError, InputError
+from labelzip.errors import (
+    ArchiveFormatError,
+    CodecMismatchError,
+    ConfigError,
+    InputError,
+)
 from labelzip.pipelines.relabel import RelabelConfig, RelabelOutput, relabel
 from labelzip.pipelines.replay import ReplayDataset, ViewCache, epoch_order
 
@@ -72,7 +77,12 @@ def test_view_cache_serves_the_same_views(
     index = torch.tensor([11, 0, 5])
     assert torch.equal(first.batch(2, index).views, seen[2][index])
     assert torch.equal(second.batch(2, index).views, seen[2][index])
-    assert set(cache._views) == {2}
+    assert set(cache.views) == {2} and set(cache.params) == {2}
+    other = tmp_path / "seed9.lz"
+    config = RelabelConfig(epochs=2, view=VIEW, seed=9)
+    relabel(tiny_set, teacher, [RelabelOutput(path=other)], config)
+    with pytest.raises(ConfigError, match="one cache per relabel run"):
+        ReplayDataset(tiny_set, other, view_cache=cache)
 
 
 def test_pruned_view_is_replaced_by_the_kept_view_it_reuses(

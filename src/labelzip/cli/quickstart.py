@@ -19,6 +19,7 @@ from labelzip.cli._common import (
     print_json,
     resolve_device,
 )
+from labelzip.cli.relabel import one_line
 from labelzip.errors import ConfigError, InputError
 from labelzip.pipelines.quickstart import (
     DEFAULT_CODECS,
@@ -107,7 +108,7 @@ def _config(args: argparse.Namespace) -> QuickstartConfig:
             student=student,
         )
     except ValueError as exc:
-        raise ConfigError(f"invalid quickstart options: {exc}") from exc
+        raise ConfigError(f"invalid quickstart options: {one_line(exc)}") from exc
 
 
 @contextmanager
@@ -198,19 +199,11 @@ def _table(
     from rich.table import Table
 
     table = Table(
-        title=f"labelzip quickstart: Fashion-MNIST, {config.framework}, IPC "
-        f"{config.ipc}, {config.epochs} views per image, target {config.ratio:g}x"
+        title=f"Fashion-MNIST, {config.framework} IPC {config.ipc}, "
+        f"{config.epochs} views/image, {config.ratio:g}x all-in"
     )
-    for name in (
-        "codec",
-        "ratio",
-        "bits/label",
-        "views kept",
-        "KL@T",
-        "accuracy",
-        "retention",
-        "decode",
-    ):
+    headers = ("codec", "ratio", "bits/lbl", "views", "KL@T", "acc", "retain", "decode")
+    for name in headers:
         table.add_column(name, justify="left" if name == "codec" else "right")
     for row in result.rows:
         table.add_row(
@@ -228,9 +221,11 @@ def _table(
     cached = "cached" if result.teacher_from_cache else "trained"
     console.print(
         f"teacher ({config.teacher_arch}, {cached}): {100 * result.teacher_accuracy:.2f}% "
-        f"test accuracy; augmentations replayed from the seed (0 B per view). "
-        f"KL@T is KL(dense || decoded) at the student's T = {config.student.temperature:g}; "
-        "decode is label decoding's share of training time."
+        "test accuracy. views: share of views whose label is stored (LPLD "
+        "pruning where a codec cannot meet the ratio otherwise); KL@T: "
+        f"KL(dense || decoded) at the student's T = {config.student.temperature:g}; "
+        "retain: accuracy / dense accuracy; decode: label decoding's share of "
+        "training time. Augmentations are replayed from the seed: 0 B per view."
     )
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     where = f"; plot: {plot}" if plot is not None else ""

@@ -29,7 +29,7 @@ from labelzip.pipelines.relabel import (
 )
 from labelzip.pipelines.sources import TEACHERS, load_teacher
 
-__all__ = ["build_parser", "main", "parse_pair", "progress_bar"]
+__all__ = ["build_parser", "main", "one_line", "parse_pair", "progress_bar"]
 
 EPILOG = """examples:
   labelzip relabel random10.safetensors --epochs 300 -o dense.lz
@@ -48,6 +48,19 @@ view) for comparison. --ratio counts every byte against dense fp16 logits;
 --auto-prune keeps labels for fewer views per image (LPLD) when the codec
 cannot meet the ratio with all of them.
 """
+
+
+def one_line(exc: Exception) -> str:
+    """A pydantic validation error as ``field: message; ...`` on one line."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    parts = []
+    for error in errors():
+        loc = ".".join(str(p) for p in error.get("loc", ()))
+        msg = str(error.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
 
 
 def parse_pair(text: str, flag: str) -> tuple[float, float]:
@@ -166,7 +179,7 @@ def _view(args: argparse.Namespace, image_size: tuple[int, int]) -> ViewConfig:
             mix_alpha=args.mix_alpha,
         )
     except ValueError as exc:
-        raise ConfigError(f"invalid view options: {exc}") from exc
+        raise ConfigError(f"invalid view options: {one_line(exc)}") from exc
 
 
 def _output(args: argparse.Namespace) -> RelabelOutput:
@@ -186,7 +199,7 @@ def _output(args: argparse.Namespace) -> RelabelOutput:
             prune_seed=args.prune_seed,
         )
     except ValueError as exc:
-        raise ConfigError(f"invalid codec options: {exc}") from exc
+        raise ConfigError(f"invalid codec options: {one_line(exc)}") from exc
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -206,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
             store_augmentations=args.store_augmentations,
         )
     except ValueError as exc:
-        raise ConfigError(f"invalid relabel options: {exc}") from exc
+        raise ConfigError(f"invalid relabel options: {one_line(exc)}") from exc
     name = args.teacher or (
         "convnet" if distilled.channels == 1 else "efficientnet-lite0"
     )

@@ -20,7 +20,7 @@ from labelzip.cli._common import (
     print_json,
     resolve_device,
 )
-from labelzip.cli.relabel import progress_bar
+from labelzip.cli.relabel import one_line, progress_bar
 from labelzip.errors import ConfigError
 from labelzip.pipelines.students import STUDENT_ARCHS
 from labelzip.pipelines.train_student import EpochLog, StudentConfig, StudentResult
@@ -112,7 +112,7 @@ def _config(args: argparse.Namespace) -> StudentConfig:
     try:
         return StudentConfig(**values)
     except ValueError as exc:
-        raise ConfigError(f"invalid student options: {exc}") from exc
+        raise ConfigError(f"invalid student options: {one_line(exc)}") from exc
 
 
 def _init_distributed(device: torch.device) -> torch.device:

@@ -256,7 +256,9 @@ def run_quickstart(
     report("teacher", 1, 1)
     seconds["teacher"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    report("distill", 0, 1)
     image_set = _distilled(config, train_set, teacher, teacher_id, device, report)
+    report("distill", 1, 1)
     seconds["distill"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     h, w = check_image_tensor(image_set.images).shape[-2:]

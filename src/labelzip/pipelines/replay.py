@@ -68,7 +68,7 @@ class ReplayBatch:
 
 
 class ViewCache:
-    """Rendered views of whole epochs, shared by replays of one set and recipe.
+    """Rendered views (and their parameters) of whole epochs, shared by replays.
 
     Views are a pure function of (seed, epoch, index), so students trained one
     after another from different archives of the same relabel run can share
@@ -78,24 +78,25 @@ class ViewCache:
     def __init__(self, max_bytes: int = 1 << 30) -> None:
         self.max_bytes = max_bytes
         self.key: tuple[Any, ...] | None = None
-        self._views: dict[int, torch.Tensor] = {}
+        self.views: dict[int, torch.Tensor] = {}
+        self.params: dict[int, ViewParams] = {}
         self._bytes = 0
 
-    def get(self, key: tuple[Any, ...], epoch: int) -> torch.Tensor | None:
-        if self.key is not None and key != self.key:
+    def check(self, key: tuple[Any, ...]) -> None:
+        """Bind the cache to one (set, seed, recipe, device) or refuse another."""
+        if self.key is None:
+            self.key = key
+        elif key != self.key:
             raise ConfigError(
                 "a ViewCache is shared by replays of different image sets or view "
                 "recipes; use one cache per relabel run"
             )
-        return self._views.get(epoch)
 
-    def put(self, key: tuple[Any, ...], epoch: int, views: torch.Tensor) -> None:
+    def put(self, epoch: int, views: torch.Tensor) -> None:
         size = views.numel() * views.element_size()
-        if self._bytes + size > self.max_bytes:
-            return
-        self.key = key
-        self._views[epoch] = views
-        self._bytes += size
+        if self._bytes + size <= self.max_bytes:
+            self.views[epoch] = views
+            self._bytes += size
 
 
 def _subset(params: ViewParams, sel: torch.Tensor) -> ViewParams:
@@ -190,6 +191,9 @@ class ReplayDataset:
         prune = self.reader.prune
         self._kept_flat = prune.kept_indices() if prune is not None else None
         self._params: dict[int, ViewParams] = {}
+        if view_cache is not None:
+            view_cache.check(self._cache_key)
+            self._params = view_cache.params  # shared with the other replays
         self.decode_seconds = 0.0
         self.render_seconds = 0.0
 
@@ -336,7 +340,7 @@ class ReplayDataset:
         """Parameters of the views (epoch, i) of every image (computed once)."""
         if epoch not in self._params:
             self._params[epoch] = sample_view_params(
-                self.images.cpu() if self.images.is_cuda else self.images,
+                self.images,
                 torch.arange(self.num_images),
                 seed=self.seed,
                 epoch=epoch,
@@ -347,11 +351,11 @@ class ReplayDataset:
     def _cached_epoch(self, epoch: int) -> torch.Tensor | None:
         if self.view_cache is None:
             return None
-        found = self.view_cache.get(self._cache_key, epoch)
+        found = self.view_cache.views.get(epoch)
         if found is None:
             params = self.epoch_params(epoch)
             found = render_views(self.images, params, self.view, device=self.device)
-            self.view_cache.put(self._cache_key, epoch, found)
+            self.view_cache.put(epoch, found)
         return found
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,7 +78,9 @@ def _from_file(path: Path, device: torch.device | str) -> tuple[nn.Module, str]:
         raise InputError(f"teacher file {str(path)!r} does not exist")
     model: nn.Module
     try:
-        model = torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():  # TorchScript is deprecated but still loads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError):
         try:
             loaded = torch.load(str(path), map_location=device, weights_only=False)
