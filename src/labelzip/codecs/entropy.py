@@ -17,6 +17,7 @@ stored as little-endian 32-bit words.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import constriction
 import numpy as np
@@ -24,7 +25,13 @@ import torch
 
 from labelzip.errors import InputError
 
-__all__ = ["TABLE_PRECISION_BITS", "CategoricalStreamCoder", "quantize_counts"]
+__all__ = [
+    "TABLE_PRECISION_BITS",
+    "CategoricalStreamCoder",
+    "decode_joint",
+    "encode_joint",
+    "quantize_counts",
+]
 
 # Each table row sums to 2**TABLE_PRECISION_BITS; every symbol gets at least 1,
 # so symbols never seen while fitting stay encodable (at <= 14 bits each).
@@ -168,17 +175,7 @@ class CategoricalStreamCoder:
 
     def encode(self, symbols: torch.Tensor) -> torch.Tensor:
         """Encode (N, S) symbols into a flat ``uint8`` tensor (whole 32-bit words)."""
-        symbols = self._check(symbols)
-        if symbols.shape[0] == 0:
-            return torch.zeros(0, dtype=torch.uint8)
-        array = symbols.numpy().astype(np.int32)
-        coder = constriction.stream.stack.AnsCoder()
-        # ANS is a stack: push the last column first so decoding pops column 0 first.
-        for col in reversed(range(self.num_columns)):
-            model = self._models[self.column_tables[col]]
-            coder.encode_reverse(np.ascontiguousarray(array[:, col]), model)
-        words = coder.get_compressed().astype("<u4")
-        return torch.from_numpy(words.view(np.uint8).copy())
+        return encode_joint([(self, symbols)])
 
     def decode(self, data: torch.Tensor, num_rows: int) -> torch.Tensor:
         """Inverse of :meth:`encode`: (num_rows, S) ``int64`` symbols on the CPU.
@@ -186,28 +183,20 @@ class CategoricalStreamCoder:
         Raises:
             InputError: the bytes are not whole words, or do not hold the symbols.
         """
-        if num_rows == 0:
-            return torch.zeros(0, self.num_columns, dtype=torch.int64)
-        raw = data.reshape(-1).cpu()
-        if raw.dtype != torch.uint8 or raw.numel() % 4:
-            raise InputError(
-                f"entropy-coded data must be uint8 in whole 32-bit words, got "
-                f"{raw.numel()} bytes of {raw.dtype}"
-            )
-        words = raw.numpy().view("<u4").astype(np.uint32)
-        coder = constriction.stream.stack.AnsCoder(words)
+        return decode_joint(data, [(self, num_rows)])[0]
+
+    def _push(self, ans: Any, symbols: torch.Tensor) -> None:
+        array = symbols.numpy().astype(np.int32)
+        # ANS is a stack: push the last column first so decoding pops column 0 first.
+        for col in reversed(range(self.num_columns)):
+            model = self._models[self.column_tables[col]]
+            ans.encode_reverse(np.ascontiguousarray(array[:, col]), model)
+
+    def _pop(self, ans: Any, num_rows: int) -> torch.Tensor:
         out = np.empty((num_rows, self.num_columns), dtype=np.int64)
-        try:
-            for col in range(self.num_columns):
-                model = self._models[self.column_tables[col]]
-                out[:, col] = coder.decode(model, num_rows)
-        except Exception as exc:  # constriction raises on exhausted/corrupt data
-            raise InputError(f"entropy-coded data is corrupt: {exc}") from exc
-        if not coder.is_empty():
-            raise InputError(
-                "entropy-coded data has bytes left over after decoding "
-                f"{num_rows} rows; the block and its num_labels do not match"
-            )
+        for col in range(self.num_columns):
+            model = self._models[self.column_tables[col]]
+            out[:, col] = ans.decode(model, num_rows)
         return torch.from_numpy(out)
 
     def _check(self, symbols: torch.Tensor) -> torch.Tensor:
@@ -217,6 +206,67 @@ class CategoricalStreamCoder:
                 f"coder has {self.num_columns} columns, symbols have {symbols.shape[1]}"
             )
         return symbols
+
+
+def encode_joint(
+    parts: Sequence[tuple[CategoricalStreamCoder, torch.Tensor]],
+) -> torch.Tensor:
+    """Encode several symbol matrices (each with its own coder) into one stream.
+
+    Args:
+        parts: (coder, (N_i, S_i) symbols) pairs; alphabets may differ.
+
+    Returns:
+        flat ``uint8`` tensor of whole little-endian 32-bit words (empty when
+        there are no symbols at all). One stream saves the per-stream ANS tail.
+    """
+    checked = [(coder, coder._check(symbols)) for coder, symbols in parts]
+    if all(symbols.numel() == 0 for _, symbols in checked):
+        return torch.zeros(0, dtype=torch.uint8)
+    ans = constriction.stream.stack.AnsCoder()
+    for coder, symbols in reversed(checked):
+        if symbols.numel():
+            coder._push(ans, symbols)
+    words = ans.get_compressed().astype("<u4")
+    return torch.from_numpy(words.view(np.uint8).copy())
+
+
+def decode_joint(
+    data: torch.Tensor, parts: Sequence[tuple[CategoricalStreamCoder, int]]
+) -> list[torch.Tensor]:
+    """Inverse of :func:`encode_joint`: one (num_rows, S) int64 matrix per coder.
+
+    Raises:
+        InputError: the bytes are not whole words, are corrupt, or hold more
+            or fewer symbols than asked for.
+    """
+    raw = data.reshape(-1).cpu()
+    if raw.dtype != torch.uint8 or raw.numel() % 4:
+        raise InputError(
+            f"entropy-coded data must be uint8 in whole 32-bit words, got "
+            f"{raw.numel()} bytes of {raw.dtype}"
+        )
+    if all(rows * coder.num_columns == 0 for coder, rows in parts):
+        if raw.numel():
+            raise InputError("entropy-coded data has bytes but no symbols to decode")
+        return [
+            torch.zeros(rows, coder.num_columns, dtype=torch.int64)
+            for coder, rows in parts
+        ]
+    words = raw.numpy().view("<u4").astype(np.uint32)
+    ans = constriction.stream.stack.AnsCoder(words)
+    out = []
+    try:
+        for coder, rows in parts:
+            out.append(coder._pop(ans, rows))
+    except Exception as exc:  # constriction raises on exhausted/corrupt data
+        raise InputError(f"entropy-coded data is corrupt: {exc}") from exc
+    if not ans.is_empty():
+        raise InputError(
+            "entropy-coded data has bytes left over after decoding the expected "
+            "symbols; the block and its num_labels do not match"
+        )
+    return out
 
 
 def _check_symbols(symbols: torch.Tensor, alphabet_size: int) -> torch.Tensor:

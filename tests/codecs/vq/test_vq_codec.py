@@ -149,18 +149,25 @@ def test_training_improves_kl_over_untrained(
 def test_entropy_coding_round_trip_and_never_larger(data: torch.Tensor) -> None:
     codec = VQAECodec(VQAEConfig(**TINY, entropy_coding="auto"))
     codec.fit([data], num_labels=10**6)  # many labels: the tables pay for themselves
-    assert "entropy_tables" in codec.model_tensors()
+    tensors = codec.model_tensors()
+    assert {"entropy_code_tables", "entropy_level_tables"} <= set(tensors)
+    assert tensors["entropy_level_tables"].shape == (1, 8)  # one slot, 3-bit levels
     block = codec.encode(data)
-    assert block.nbytes <= codec.fixed_block_bytes(400)
-    _, _, codes = codec.decode_codes(block)
+    assert block.nbytes < codec.fixed_block_bytes(400)  # skewed levels/codes: smaller
+    ids, levels, codes = codec.decode_codes(block)
     assert torch.equal(codes, codec._codes(data))
-    loaded = VQAECodec.from_stored(codec.to_config(), codec.model_tensors())
+    assert torch.equal(levels, codec._levels(data, ids))
+    loaded = VQAECodec.from_stored(codec.to_config(), tensors)
     assert torch.equal(loaded.decode(block), codec.decode(block))
+    # A tiny block may not gain: then it is written at the fixed rate.
+    small = codec.encode(data[:1])
+    assert small.nbytes <= codec.fixed_block_bytes(1)
+    assert torch.equal(loaded.decode(small), codec.decode(small))
     # With few labels the tables cost more than they save, so none are stored.
     few = VQAECodec(VQAEConfig(**TINY, entropy_coding="auto")).fit(
         [data], num_labels=50
     )
-    assert "entropy_tables" not in few.model_tensors()
+    assert not any(key.startswith("entropy") for key in few.model_tensors())
 
 
 def test_errors(fitted: VQAECodec, data: torch.Tensor) -> None:

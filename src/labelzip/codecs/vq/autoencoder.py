@@ -204,13 +204,12 @@ def enforce_argmax(logits: torch.Tensor, top_id: torch.Tensor) -> torch.Tensor:
     """Raise each row's stored argmax id just above the row's other logits.
 
     Rows where the id already leads are unchanged, so top-1 agreement with the
-    teacher is exact whenever the argmax id is stored. (B, C), (B,) -> (B, C).
+    teacher is exact whenever the argmax id is stored. (B, C), (B,) -> (B, C);
+    may modify and return ``logits`` itself.
     """
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    current = logits[rows, top_id]
-    others = logits.clone()
-    others[rows, top_id] = float("-inf")
-    lead = others.max(dim=1).values + ARGMAX_MARGIN
-    out = logits.clone()
-    out[rows, top_id] = torch.maximum(current, lead)
-    return out
+    best, arg = logits.max(dim=1)
+    wrong = arg != top_id  # there, the largest other logit is ``best``
+    if bool(wrong.any()):
+        rows = wrong.nonzero().squeeze(1)
+        logits = logits.index_put((rows, top_id[rows]), best[rows] + ARGMAX_MARGIN)
+    return logits

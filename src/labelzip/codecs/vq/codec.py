@@ -1,33 +1,22 @@
-"""VQAE codec: the teacher's top ids plus VQ code indices per label, one small decoder.
+"""VQAE codec: top class ids with values plus VQ code indices, one small decoder.
 
 Per label the block stores ``num_ids`` explicit class ids (the teacher's top
 classes, ``ceil(log2 C)`` bits each), each with a ``value_bits``-bit quantized
 conditional log-odds (:mod:`labelzip.codecs.vq.head`), and R x M codeword ids
-(``ceil(log2 k)`` bits each). Once per
-archive the codec stores the codebooks and the decoder in fp16 (and, when it
-pays, the frequency tables of the entropy coder). The encoder is only needed to
-encode and is not stored: a codec rebuilt with :meth:`VQAECodec.from_stored`
-decodes but cannot encode.
-
-Block layout (``N`` labels)::
-
-    head  : pack_bits(id * 2**b_v + level, (N, K) row-major, b_id + b_v)
-            packed_size(N*K, b_id + b_v) bytes (absent when K = 0)
-    codes : either pack_bits(codes (N, R*M) row-major, ceil(log2 k))  (fixed rate)
-            or the ANS stream of codes (whole 32-bit words)   (entropy coded)
-
-The code section is entropy coded only when that is strictly shorter than the
-fixed-rate section, so its length tells the decoder which one it is, and the
-fixed rate is a guaranteed upper bound on every block.
+(``ceil(log2 k)`` bits each); the byte layout, fixed rate or entropy coded, is
+in :mod:`labelzip.codecs.vq.layout`. Once per archive the codec stores the
+codebooks and the decoder in fp16, and the entropy coder's frequency tables
+when they pay for themselves. The encoder is only needed to encode and is not
+stored: a codec rebuilt with :meth:`VQAECodec.from_stored` decodes but cannot
+encode.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, model_validator
 
 from labelzip.codecs.base import (
     Codec,
@@ -44,7 +33,9 @@ from labelzip.codecs.vq.autoencoder import (
     enforce_argmax,
     normalize_logits,
 )
+from labelzip.codecs.vq.config import VQAEConfig
 from labelzip.codecs.vq.head import HeadQuantizer, apply_head_values, head_values
+from labelzip.codecs.vq.layout import BlockLayout, EntropyModel
 from labelzip.codecs.vq.quantizer import nearest_codewords
 from labelzip.codecs.vq.train import (
     TrainReport,
@@ -53,98 +44,15 @@ from labelzip.codecs.vq.train import (
     top_ids,
     train_autoencoder,
 )
-from labelzip.errors import ArchiveFormatError, ConfigError, InputError, NotFittedError
-from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+from labelzip.errors import ArchiveFormatError, ConfigError, NotFittedError
+from labelzip.ops.bitpack import bits_for
 
 __all__ = ["VQAECodec", "VQAEConfig"]
 
 logger = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 8192  # labels per encoder pass (bounds peak memory)
-ENTROPY_TABLE_KEY = "entropy_tables"
-HEAD_FIT_LABELS = 8192  # labels the value ranges are fitted on
-
-
-class VQAEConfig(CodecConfig):
-    """Configuration of :class:`VQAECodec` (architecture, training, coding)."""
-
-    kind: Literal["vqae"] = "vqae"
-    num_ids: int = Field(
-        default=1, ge=0, le=16, description="explicit top class ids stored per label"
-    )
-    value_bits: int = Field(
-        default=6,
-        ge=0,
-        le=16,
-        description="bits of the quantized log-odds stored with each explicit id "
-        "(0: the decoder predicts them)",
-    )
-    num_chunks: int = Field(
-        default=32, ge=1, le=512, description="M: latent chunks, one code index each"
-    )
-    chunk_dim: int = Field(default=4, ge=1, le=64, description="D: dims per chunk")
-    codebook_size: int = Field(
-        default=256, ge=2, le=16384, description="k: codewords per codebook"
-    )
-    num_stages: int = Field(
-        default=1, ge=1, le=8, description="R: residual quantization stages"
-    )
-    hidden_dim: int = Field(
-        default=128, ge=4, le=4096, description="H: decoder hidden width"
-    )
-    encoder_dim: int = Field(
-        default=256, ge=8, le=8192, description="encoder hidden width (not shipped)"
-    )
-    encoder_layers: int = Field(
-        default=1, ge=1, le=4, description="encoder hidden layers (not shipped)"
-    )
-    temperatures: tuple[float, ...] = Field(
-        default=(1.0, 4.0, 20.0),
-        min_length=1,
-        description="KD temperatures the training loss sums KL over",
-    )
-    temperature_weights: tuple[float, ...] = Field(
-        default=(1.0, 1.0, 1.0), min_length=1, description="weight of each temperature"
-    )
-    commit_weight: float = Field(
-        default=0.25, ge=0.0, le=10.0, description="VQ commitment loss weight"
-    )
-    codebook_decay: float = Field(
-        default=0.99, gt=0.0, lt=1.0, description="EMA decay of codebook statistics"
-    )
-    steps: int = Field(default=2000, ge=1, le=1_000_000, description="training steps")
-    batch_size: int = Field(default=256, ge=1, le=65536, description="labels per step")
-    learning_rate: float = Field(
-        default=2e-3, gt=0.0, le=1.0, description="Adam peak learning rate"
-    )
-    max_train_labels: int = Field(
-        default=65536,
-        ge=1,
-        le=4_000_000,
-        description="reservoir size: labels kept for training (x C x 4 bytes of RAM)",
-    )
-    entropy_coding: Literal["auto", "off"] = Field(
-        default="auto",
-        description="auto: ANS-code the code indices when the saving beats the table cost",
-    )
-    enforce_argmax: bool = Field(
-        default=True,
-        description="keep the stored first id on top of each decoded label (exact top-1)",
-    )
-    seed: int = Field(
-        default=0, ge=0, description="seed of init, sampling and restarts"
-    )
-
-    @model_validator(mode="after")
-    def _weights_match(self) -> VQAEConfig:
-        if len(self.temperatures) != len(self.temperature_weights):
-            raise ValueError(
-                f"temperature_weights has {len(self.temperature_weights)} entries for "
-                f"{len(self.temperatures)} temperatures"
-            )
-        if any(t <= 0 for t in self.temperatures):
-            raise ValueError(f"temperatures must be > 0, got {self.temperatures}")
-        return self
+SIDE_FIT_LABELS = 8192  # labels the value ranges and entropy tables are fitted on
 
 
 class VQAECodec(Codec):
@@ -162,48 +70,45 @@ class VQAECodec(Codec):
         self.scale: float = 1.0
         self.report: TrainReport | None = None
         self._stored: dict[str, torch.Tensor] = {}  # fp16 decoder tensors
-        self._entropy: CategoricalStreamCoder | None = None
         self._head: HeadQuantizer | None = None
+        self._entropy: EntropyModel | None = None
         self._device_cache: dict[str, dict[str, torch.Tensor]] = {}
 
     # -- sizes -----------------------------------------------------------------------
     @property
-    def id_bits(self) -> int:
-        return bits_for(self._require_fitted("id_bits"))
-
-    @property
-    def slot_bits(self) -> int:
-        """Bits of one explicit id with its value."""
-        return self.id_bits + (self.config.value_bits if self._uses_values else 0)
-
-    @property
-    def _uses_values(self) -> bool:
+    def uses_values(self) -> bool:
         return self.config.num_ids > 0 and self.config.value_bits > 0
 
     @property
-    def code_bits(self) -> int:
-        return bits_for(self.config.codebook_size)
-
-    @property
-    def codes_per_label(self) -> int:
-        return self.config.num_stages * self.config.num_chunks
+    def layout(self) -> BlockLayout:
+        """The block layout of this fitted codec."""
+        cfg = self.config
+        return BlockLayout(
+            num_ids=cfg.num_ids,
+            id_bits=bits_for(self._require_fitted("layout")),
+            value_bits=cfg.value_bits if self.uses_values else 0,
+            num_codes=cfg.num_stages * cfg.num_chunks,
+            code_bits=bits_for(cfg.codebook_size),
+            entropy=self._entropy,
+        )
 
     def expected_payload_bits(self) -> float | None:
         """Fixed-rate bits per label (an upper bound once entropy coding is on)."""
-        return float(
-            self.config.num_ids * self.slot_bits + self.codes_per_label * self.code_bits
-        )
+        lay = self.layout
+        return float(lay.num_ids * lay.slot_bits + lay.num_codes * lay.code_bits)
 
     def fixed_block_bytes(self, num_labels: int) -> int:
         """Bytes of a fixed-rate block of ``num_labels`` labels (the upper bound)."""
-        cfg = self.config
-        return packed_size(num_labels * cfg.num_ids, self.slot_bits) + packed_size(
-            num_labels * self.codes_per_label, self.code_bits
-        )
+        return self.layout.fixed_bytes(num_labels)
 
     # -- fitting -----------------------------------------------------------------------
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> VQAECodec:
         """Reservoir-sample the stream, train the autoencoder, freeze the decoder.
+
+        Args:
+            source: (B, C) logit batches, or a factory of them (read once).
+            num_labels: labels that will be encoded; decides whether entropy
+                tables pay for themselves (default: the labels seen).
 
         Raises:
             InputError: empty source, bad shapes, NaN/Inf.
@@ -234,6 +139,13 @@ class VQAECodec(Codec):
                 decay=cfg.codebook_decay,
             )
             model.init_output_from_data(data)
+        self.num_classes = num_classes
+        side = data[:SIDE_FIT_LABELS]
+        self._head = None
+        if self.uses_values:
+            self._head = HeadQuantizer.fit(
+                side, top_ids(side, cfg.num_ids), cfg.value_bits
+            )
         schedule = TrainSchedule(
             steps=cfg.steps,
             batch_size=cfg.batch_size,
@@ -243,13 +155,6 @@ class VQAECodec(Codec):
             commit_weight=cfg.commit_weight,
             seed=cfg.seed,
         )
-        self.num_classes = num_classes
-        self._head = None
-        if self._uses_values:
-            sample = data[:HEAD_FIT_LABELS]
-            self._head = HeadQuantizer.fit(
-                sample, top_ids(sample, cfg.num_ids), cfg.value_bits
-            )
         self.report = train_autoencoder(
             model, data, self.scale, schedule, seen, head=self._head
         )
@@ -262,29 +167,50 @@ class VQAECodec(Codec):
         self._entropy = None
         if cfg.entropy_coding == "auto":
             total = num_labels if num_labels is not None else seen
-            self._entropy = self._choose_entropy_model(data, total)
+            self._entropy = self._fit_entropy(side, total)
+        logger.info(
+            "vqae fit: %d labels seen, %d kept, %d steps in %.1f s, entropy coding %s",
+            seen,
+            data.shape[0],
+            cfg.steps,
+            self.report.seconds,
+            "on" if self._entropy is not None else "off",
+        )
         return self
 
-    def _choose_entropy_model(
-        self, data: torch.Tensor, num_labels: int
-    ) -> CategoricalStreamCoder | None:
-        """Pick none / one pooled table / one table per column, by total bytes.
+    def _fit_entropy(
+        self, sample: torch.Tensor, num_labels: int
+    ) -> EntropyModel | None:
+        """ANS models for levels and codes, if they save more than twice their size.
 
-        Code lengths are estimated on the training sample; a table must save at
-        least twice its own size before it is used, so the estimate's error
-        cannot turn the choice into a loss.
+        Code lengths are estimated on the fit sample; the margin keeps an
+        estimate error from turning the choice into a loss. Codes get one
+        pooled table or one per column, whichever is smaller in total.
         """
-        codes = self._codes(data)
-        k = self.config.codebook_size
-        fixed_bits = codes.numel() * self.code_bits
-        best: CategoricalStreamCoder | None = None
+        lay = self.layout
+        codes = self._codes(sample)
+        levels = self._levels(sample, top_ids(sample, lay.num_ids))
+        rows = sample.shape[0]
+        level_coder = None
+        level_bits = 0.0
+        if self._head is not None:
+            level_coder = CategoricalStreamCoder.fit(levels, self._head.levels)
+            level_bits = level_coder.cost_bits(levels)
+        fixed_bits = rows * (
+            lay.num_ids * lay.value_bits + lay.num_codes * lay.code_bits
+        )
+        best: EntropyModel | None = None
         best_saving = 0.0
-        for columns in ([0] * codes.shape[1], list(range(codes.shape[1]))):
-            coder = CategoricalStreamCoder.fit(codes, k, columns)
-            per_label = (fixed_bits - coder.cost_bits(codes)) / 8 / codes.shape[0]
-            saving = per_label * num_labels - 2 * coder.table_bytes()
+        for columns in ([0] * lay.num_codes, list(range(lay.num_codes))):
+            code_coder = CategoricalStreamCoder.fit(
+                codes, self.config.codebook_size, columns
+            )
+            model = EntropyModel(level_coder, code_coder)
+            coded_bits = level_bits + code_coder.cost_bits(codes)
+            saving = (fixed_bits - coded_bits) / 8 / rows * num_labels
+            saving -= 2 * model.table_bytes()
             if saving > best_saving:
-                best, best_saving = coder, saving
+                best, best_saving = model, saving
         return best
 
     # -- byte path -------------------------------------------------------------------
@@ -307,8 +233,14 @@ class VQAECodec(Codec):
                 codes = self._quantize_frozen(latent)
                 out.append(codes.reshape(codes.shape[0], -1))
         if not out:
-            return torch.zeros(0, self.codes_per_label, dtype=torch.int64)
+            return torch.zeros(0, self.layout.num_codes, dtype=torch.int64)
         return torch.cat(out)
+
+    def _levels(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(N, K) quantized value levels of the ids (zeros when values are off)."""
+        if self._head is None:
+            return torch.zeros_like(ids)
+        return self._head.quantize(head_values(logits, ids))
 
     def _quantize_frozen(self, latent: torch.Tensor) -> torch.Tensor:
         """Residual nearest-codeword search against the stored (fp16) codebooks."""
@@ -324,27 +256,14 @@ class VQAECodec(Codec):
         return torch.stack(codes, dim=1)  # (B, R, M)
 
     def encode(self, logits: torch.Tensor) -> EncodedBlock:
-        """(N, C) logits -> one block: packed top ids (+ values), then code ids."""
+        """(N, C) logits -> one block (layout in :mod:`labelzip.codecs.vq.layout`)."""
         num_classes = self._require_fitted("encode")
         check_logits(logits, num_classes)
         codes = self._codes(logits)
         teacher = logits.detach().to("cpu", torch.float32)
         ids = top_ids(teacher, self.config.num_ids)
-        n = int(logits.shape[0])
-        parts = []
-        if self.config.num_ids:
-            slots = ids
-            if self._head is not None:
-                levels = self._head.quantize(head_values(teacher, ids))
-                slots = ids * self._head.levels + levels
-            parts.append(pack_bits(slots, self.slot_bits))
-        code_part = pack_bits(codes, self.code_bits)
-        if self._entropy is not None and n:
-            coded = self._entropy.encode(codes)
-            if coded.numel() < code_part.numel():
-                code_part = coded
-        parts.append(code_part)
-        return EncodedBlock(num_labels=n, data=torch.cat(parts))
+        data = self.layout.pack(ids, self._levels(teacher, ids), codes)
+        return EncodedBlock(num_labels=int(logits.shape[0]), data=data)
 
     def decode_codes(
         self, block: EncodedBlock, device: torch.device | str | None = None
@@ -354,47 +273,16 @@ class VQAECodec(Codec):
         Levels are all zero when no values are stored. Tensors are on ``device``.
 
         Raises:
-            ArchiveFormatError: the block's length fits neither section layout.
+            ArchiveFormatError: a length that fits no layout, corrupt data, or a
+                class id out of range.
         """
-        self._require_fitted("decode")
-        cfg = self.config
-        n = block.num_labels
-        data = block.data.reshape(-1)
-        head_bytes = packed_size(n * cfg.num_ids, self.slot_bits)
-        fixed_bytes = packed_size(n * self.codes_per_label, self.code_bits)
-        rest = data.numel() - head_bytes
-        if (
-            rest < 0
-            or rest > fixed_bytes
-            or (rest != fixed_bytes and self._entropy is None)
-        ):
+        num_classes = self._require_fitted("decode")
+        ids, levels, codes = self.layout.unpack(block.data, block.num_labels, device)
+        if ids.numel() and int(ids.max()) >= num_classes:
             raise ArchiveFormatError(
-                f"VQAE block of {n} labels must hold {head_bytes + fixed_bytes} bytes "
-                f"(fixed rate){' or fewer (entropy coded)' if self._entropy else ''}, "
-                f"got {data.numel()}"
+                f"VQAE block holds class id {int(ids.max())} >= {num_classes} classes"
             )
-        slots = unpack_bits(
-            data[:head_bytes].to(device), self.slot_bits, n * cfg.num_ids
-        ).view(n, cfg.num_ids)
-        levels = torch.zeros_like(slots)
-        if self._head is not None:
-            levels = slots % self._head.levels
-            slots = slots // self._head.levels
-        if rest == fixed_bytes:
-            codes = unpack_bits(
-                data[head_bytes:].to(device), self.code_bits, n * self.codes_per_label
-            )
-        else:
-            assert self._entropy is not None
-            try:
-                codes = self._entropy.decode(data[head_bytes:].cpu(), n).to(device)
-            except InputError as exc:
-                raise ArchiveFormatError(f"VQAE code section: {exc}") from exc
-        if slots.numel() and int(slots.max()) >= self._require_fitted("decode"):
-            raise ArchiveFormatError(
-                f"VQAE block holds class id {int(slots.max())} >= {self.num_classes}"
-            )
-        return slots, levels, codes.view(n, self.codes_per_label)
+        return ids, levels, codes
 
     def decode(
         self, block: EncodedBlock, device: torch.device | str | None = None
@@ -439,15 +327,13 @@ class VQAECodec(Codec):
         self._require_fitted("model_tensors")
         tensors = dict(self._stored)
         if self._entropy is not None:
-            tensors[ENTROPY_TABLE_KEY] = self._entropy.tables
+            tensors.update(self._entropy.tensors())
         return tensors
 
     def to_config(self) -> dict[str, Any]:
         num_classes = self._require_fitted("to_config")
         out: dict[str, Any] = {**self.config.model_dump(), "num_classes": num_classes}
-        out["entropy_columns"] = (
-            list(self._entropy.column_tables) if self._entropy is not None else None
-        )
+        out["entropy"] = self._entropy.to_config() if self._entropy else None
         if self._head is not None:
             out["value_low"] = [float(v) for v in self._head.low]
             out["value_high"] = [float(v) for v in self._head.high]
@@ -457,10 +343,14 @@ class VQAECodec(Codec):
     def from_stored(
         cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
     ) -> VQAECodec:
-        """Rebuild a decode-only codec (the encoder is not stored)."""
+        """Rebuild a decode-only codec (the encoder is not stored).
+
+        Raises:
+            ArchiveFormatError: missing or inconsistent config entries or tensors.
+        """
         options = dict(config)
         num_classes = options.pop("num_classes", None)
-        columns = options.pop("entropy_columns", None)
+        entropy = options.pop("entropy", None)
         value_low = options.pop("value_low", None)
         value_high = options.pop("value_high", None)
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -475,15 +365,9 @@ class VQAECodec(Codec):
         if missing:
             raise ArchiveFormatError(f"vqae model tensors lack {', '.join(missing)}")
         codec._stored = {k: tensors[k].to("cpu", torch.float16) for k in DECODER_KEYS}
-        if columns is not None:
-            if ENTROPY_TABLE_KEY not in tensors:
-                raise ArchiveFormatError(
-                    "vqae config names entropy tables that are absent"
-                )
-            codec._entropy = CategoricalStreamCoder(
-                tensors[ENTROPY_TABLE_KEY].to("cpu", torch.int16), columns
-            )
-        if codec._uses_values:
+        if entropy is not None:
+            codec._entropy = EntropyModel.from_stored(entropy, tensors)
+        if codec.uses_values:
             cfg = codec.config
             if (
                 not isinstance(value_low, list)
@@ -528,7 +412,11 @@ class VQAECodec(Codec):
     def for_target(
         cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
     ) -> VQAECodec:
-        """Choose (K, M, k, R, H) so fixed-rate payload + model bytes <= budget."""
+        """Choose (K, M, H, ...) so fixed-rate payload + model bytes <= budget.
+
+        See :mod:`labelzip.codecs.vq.rate`. Raises UnreachableTargetError naming
+        the best reachable ratio when even the smallest configuration is over.
+        """
         from labelzip.codecs.vq.rate import choose_config
 
         config = choose_config(

@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from labelzip.codecs.vq.codec import VQAEConfig
+from labelzip.codecs.vq.config import VQAEConfig
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.ops.bitpack import bits_for
 
