@@ -310,7 +310,11 @@ def _students(
         )
         replay.close()
         accuracy = student.accuracy if student.accuracy is not None else 0.0
-        dense_acc = rows[0].accuracy if rows else accuracy
+        if rows:
+            dense_acc = rows[0].accuracy
+            retention = accuracy / dense_acc if dense_acc > 0 else float("nan")
+        else:
+            retention = 1.0  # the dense row is the reference
         account = archive.account
         rows.append(
             QuickstartRow(
@@ -319,7 +323,7 @@ def _students(
                 codec=archive.name,
                 ratio=account.ratio,
                 accuracy=accuracy,
-                retention=accuracy / dense_acc if dense_acc > 0 else 0.0,
+                retention=retention,
                 total_bytes=account.total_bytes,
                 bits_per_label=account.bits_per_label,
                 views_kept=archive.keep_per_image / config.epochs,
