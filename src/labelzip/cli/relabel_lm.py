@@ -33,7 +33,12 @@ from labelzip.lm.relabel import (
     corpus_record,
     relabel_lm,
 )
-from labelzip.lm.teacher import SMOLLM2_NAME, load_teacher, max_context
+from labelzip.lm.teacher import (
+    SMOLLM2_NAME,
+    load_teacher,
+    max_context,
+    require_transformers,
+)
 
 __all__ = [
     "add_corpus_options",
@@ -42,6 +47,7 @@ __all__ = [
     "corpus_config",
     "main",
     "peak_rss_mib",
+    "quiet_transformers",
 ]
 
 EPILOG = """examples:
@@ -144,6 +150,11 @@ def corpus_config(
         raise ConfigError(f"invalid corpus options: {exc}") from exc
 
 
+def quiet_transformers() -> None:
+    """No tqdm bars from transformers (weight loading): the command reports itself."""
+    require_transformers().utils.logging.disable_progress_bar()
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB (Linux: ru_maxrss is KiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -242,6 +253,7 @@ def _run(args: argparse.Namespace) -> int:
         bits_per_label=args.bits_per_label,
     )
     cfg = corpus_config(args)
+    quiet_transformers()
     t0 = time.perf_counter()
     model, tokenizer, teacher_id = load_teacher(
         args.teacher, device=device, dtype=args.teacher_dtype

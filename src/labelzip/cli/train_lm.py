@@ -25,6 +25,7 @@ from labelzip.cli.relabel_lm import (
     add_teacher_options,
     corpus_config,
     peak_rss_mib,
+    quiet_transformers,
 )
 from labelzip.errors import ConfigError, InputError
 from labelzip.lm.corpus import LMCorpus, build_corpus
@@ -154,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(1, args.threads))
     device = init_distributed(resolve_device(args.device))
     rank, _ = distributed_info()
+    quiet_transformers()
     teacher, tokenizer, teacher_id = load_teacher(
         args.teacher, device=device, dtype=args.teacher_dtype
     )
