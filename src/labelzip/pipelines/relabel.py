@@ -30,17 +30,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from labelzip.accounting import StorageAccount
 from labelzip.archive import (
-    DEFAULT_CHUNK_SIZE,
     ArchiveMetadata,
     ArchiveWriter,
     Layout,
@@ -59,6 +56,18 @@ from labelzip.codecs.registry import codec_class, create_codec
 from labelzip.errors import CodecMismatchError, ConfigError, InputError
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor, model_id
 from labelzip.pipelines.ratecontrol import auto_prune_plan, side_entry_bytes
+from labelzip.pipelines.relabel_types import (
+    AUGMENT_PREFIX,
+    LAYOUT_DIMS,
+    PROTOCOL,
+    RELABEL_KEY,
+    ProgressFn,
+    RelabelConfig,
+    RelabelledArchive,
+    RelabelOutput,
+    RelabelResult,
+    default_view_config,
+)
 
 __all__ = [
     "LAYOUT_DIMS",
@@ -75,115 +84,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LAYOUT_DIMS = ("epoch", "sample")
-RELABEL_KEY = "relabel"  # the archive's user metadata entry written here
-PROTOCOL = "sre2l-fkd"
-AUGMENT_PREFIX = "aug_"  # side tensor names of explicit augmentation records
 _FIT_BATCH = 4096
-
-ProgressFn = Callable[[int, int], None]
-"""``progress(done, total)`` in views labelled by the teacher."""
-
-
-def default_view_config(height: int, width: int) -> ViewConfig:
-    """SRe2L's relabel recipe at the image size: crop scale 0.08-1, flip, CutMix."""
-    return ViewConfig(output_size=(height, width), scale=(0.08, 1.0), mix="cutmix")
-
-
-class RelabelConfig(BaseModel):
-    """How views are drawn and labelled (shared by every output archive)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    epochs: int = Field(default=30, ge=1, le=100_000, description="E: views per image")
-    seed: int = Field(default=0, ge=0, lt=2**63, description="seed of every view")
-    view: ViewConfig | None = Field(
-        default=None,
-        description="augmentation recipe; default SRe2L's at the image size",
-    )
-    batch_size: int = Field(
-        default=256, ge=1, le=65536, description="views per teacher batch"
-    )
-    fit_views: int = Field(
-        default=16384,
-        ge=1,
-        le=10_000_000,
-        description="views whose labels codecs are fitted on (per output)",
-    )
-    chunk_size: int = Field(
-        default=DEFAULT_CHUNK_SIZE, ge=1, le=1 << 24, description="labels per chunk"
-    )
-    store_augmentations: bool = Field(
-        default=False,
-        description="also store SRe2L-style explicit view parameters as side tensors",
-    )
-
-
-class RelabelOutput(BaseModel):
-    """One archive to write: codec, options, rate target and pruning."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    path: Path = Field(description="archive file to write")
-    codec: str = Field(default="dense", description="codec registry name")
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="codec options the user fixed"
-    )
-    ratio: float | None = Field(
-        default=None, gt=0, description="all-in ratio vs dense fp16 to meet"
-    )
-    bits_per_label: float | None = Field(
-        default=None, gt=0, description="all-in bits per label to meet"
-    )
-    keep_fraction: float | None = Field(
-        default=None, gt=0, le=1, description="LPLD: fraction of views labelled"
-    )
-    auto_prune: bool = Field(
-        default=False,
-        description="when the target is out of the codec's reach with every view, "
-        "keep the most views per image that meet it (LPLD)",
-    )
-    prune_seed: int = Field(default=0, ge=0, description="seed of the kept views")
-    name: str | None = Field(default=None, description="a label for reports")
-
-    @model_validator(mode="after")
-    def _check(self) -> RelabelOutput:
-        if self.ratio is not None and self.bits_per_label is not None:
-            raise ValueError("give at most one of ratio and bits_per_label")
-        if self.auto_prune and self.keep_fraction is not None:
-            raise ValueError("auto_prune chooses keep_fraction; do not give both")
-        if self.auto_prune and self.ratio is None and self.bits_per_label is None:
-            raise ValueError("auto_prune needs a ratio or bits_per_label target")
-        return self
-
-    @property
-    def label(self) -> str:
-        return self.name or self.codec
-
-
-@dataclass(frozen=True)
-class RelabelledArchive:
-    """One written archive and its all-in account."""
-
-    name: str
-    path: Path
-    account: StorageAccount
-    keep_per_image: int  # views per image whose label is stored (E when unpruned)
-    codec_config: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class RelabelResult:
-    """What a relabel run wrote and what it cost."""
-
-    archives: list[RelabelledArchive]
-    num_views: int  # E * M
-    num_classes: int
-    teacher_views: int  # views run through the teacher, fitting pass included
-    single_pass: bool  # labels kept in memory between fitting and writing
-    side_bytes_replayed: int  # augmentation bytes per archive with seeded replay: 0
-    side_bytes_explicit: int  # what SRe2L-style explicit records would take
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- the teacher pass
@@ -525,6 +426,13 @@ def relabel(
     return _run(jobs, labeller, layout, metadata, config, device, progress, start)
 
 
+def _needed(jobs: list[_Job], num_views: int) -> torch.Tensor:
+    """Sorted flat indices of the views some archive stores a label for."""
+    if any(job.plan is None for job in jobs):
+        return torch.arange(num_views, dtype=torch.int64)
+    return _union([_stored_flat(job.plan, num_views) for job in jobs])
+
+
 def _run(
     jobs: list[_Job],
     labeller: _ViewLabeller,
@@ -535,11 +443,7 @@ def _run(
     progress: ProgressFn | None,
     start: float,
 ) -> RelabelResult:
-    num_views = layout.num_labels
-    if any(job.plan is None for job in jobs):
-        needed = torch.arange(num_views, dtype=torch.int64)
-    else:
-        needed = _union([_stored_flat(job.plan, num_views) for job in jobs])
+    needed = _needed(jobs, layout.num_labels)
     single = len(needed) <= config.fit_views
     fit_flat = needed if single else _union([job.fit_flat for job in jobs])
     total = len(needed) + (0 if single else len(fit_flat))
@@ -560,8 +464,8 @@ def _run(
         job.codec = _fit(
             job, rows, layout, labeller.num_classes, metadata, config, device
         )
-    t_fit = time.perf_counter() - t_fit
-    if single:
+    seconds = {"fit": time.perf_counter() - t_fit}
+    if single:  # every needed label is in memory: write from there
         size = config.batch_size
         blocks: Iterator[tuple[torch.Tensor, torch.Tensor]] = (
             (cache_flat[s : s + size], cache_rows[s : s + size])
@@ -570,11 +474,23 @@ def _run(
     else:
         del cache_flat, cache_rows
         blocks = labeller.blocks(needed, advance)
-    t_write = time.perf_counter()
-    labelling = sum(labeller.seconds.values())
+    t_write, labelling = time.perf_counter(), sum(labeller.seconds.values())
     accounts = _write(jobs, blocks, layout, metadata, config)
     labelling = sum(labeller.seconds.values()) - labelling
-    t_write = time.perf_counter() - t_write - labelling
+    seconds["write"] = max(time.perf_counter() - t_write - labelling, 0.0)
+    seconds.update(labeller.seconds, total=time.perf_counter() - start)
+    return _result(jobs, accounts, labeller, layout, config, single, seconds)
+
+
+def _result(
+    jobs: list[_Job],
+    accounts: list[StorageAccount],
+    labeller: _ViewLabeller,
+    layout: Layout,
+    config: RelabelConfig,
+    single: bool,
+    seconds: dict[str, float],
+) -> RelabelResult:
     archives = [
         RelabelledArchive(
             name=job.out.label,
@@ -585,19 +501,13 @@ def _run(
         )
         for job, account in zip(jobs, accounts, strict=True)
     ]
-    mix = labeller.view.mix
     return RelabelResult(
         archives=archives,
-        num_views=num_views,
+        num_views=layout.num_labels,
         num_classes=labeller.num_classes,
         teacher_views=labeller.count,
         single_pass=single,
         side_bytes_replayed=0,
-        side_bytes_explicit=explicit_param_bytes(num_views, mix),
-        seconds={
-            **labeller.seconds,
-            "fit": t_fit,
-            "write": max(t_write, 0.0),
-            "total": time.perf_counter() - start,
-        },
+        side_bytes_explicit=explicit_param_bytes(layout.num_labels, labeller.view.mix),
+        seconds=seconds,
     )

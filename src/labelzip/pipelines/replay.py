@@ -33,7 +33,7 @@ from labelzip.errors import (
     InputError,
 )
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor
-from labelzip.pipelines.relabel import LAYOUT_DIMS, RELABEL_KEY
+from labelzip.pipelines.relabel_types import LAYOUT_DIMS, RELABEL_KEY
 
 __all__ = ["ReplayBatch", "ReplayDataset", "ViewCache", "epoch_order"]
 
