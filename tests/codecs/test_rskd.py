@@ -238,3 +238,20 @@ def test_empty_block(teacher_logits: torch.Tensor) -> None:
         codec = _codec(teacher_logits, num_samples=s)
         block = codec.encode(teacher_logits[:0])
         assert block.nbytes == 0 and codec.decode(block).shape == (0, 1000)
+
+
+def test_measured_sizing_samples_the_whole_stream() -> None:
+    # A stream sorted from peaked to flat labels: sizing on its first labels alone
+    # would choose an S that overshoots the budget on the flat ones.
+    gen = torch.Generator().manual_seed(0)
+    peaked = torch.randn(3000, 1000, generator=gen)
+    peaked[:, 0] += 14.0
+    flat = 0.3 * torch.randn(3000, 1000, generator=gen)
+    stream = torch.cat([peaked, flat])
+    num_labels = stream.shape[0]
+    codec = create_codec_for_target(
+        "rskd", num_labels=num_labels, num_classes=1000, ratio=40, sizing="measured"
+    )
+    codec.fit(lambda: stream.split(1000), num_labels=num_labels)
+    nbytes = sum(codec.encode(b).nbytes for b in stream.split(4096))
+    assert nbytes <= 1.03 * num_labels * 2000 // 40

@@ -55,6 +55,7 @@ from labelzip.errors import (
     UnreachableTargetError,
 )
 from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+from labelzip.ops.reservoir import reservoir_sample
 
 __all__ = ["MAX_SAMPLES", "RSKDCodec", "RSKDConfig"]
 
@@ -130,23 +131,24 @@ class RSKDCodec(Codec):
 
     # -- fitting -----------------------------------------------------------------
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> RSKDCodec:
-        """Read C; with ``num_samples=None``, pick S from the fit data's sizes."""
-        seen: list[torch.Tensor] = []
-        total = 0
-        for batch in iterate_source(source):
-            check_logits(batch, seen[0].shape[1] if seen else None)
-            seen.append(batch.detach()[: _MEASURE_LABELS - total].cpu())
-            total += seen[-1].shape[0]
-            if self.config.num_samples is not None or total >= _MEASURE_LABELS:
-                break
-        if not seen:
-            raise InputError(
-                "fit() got an empty source; pass at least one (B, C) batch"
-            )
-        num_classes = int(seen[0].shape[1])
+        """Read C; with ``num_samples=None``, pick S from the fit data's sizes.
+
+        The sizes are measured on a uniform sample of the whole stream (a
+        reservoir), not its first labels: label streams are often sorted by image
+        or class, and the first images need not be typical.
+        """
         if self.config.num_samples is None:
-            chosen = self._measure_num_samples(torch.cat(seen), num_classes)
+            sample, _ = reservoir_sample(source, _MEASURE_LABELS, self.config.seed)
+            num_classes = int(sample.shape[1])
+            chosen = self._measure_num_samples(sample, num_classes)
             self.config = self.config.model_copy(update={"num_samples": chosen})
+        else:
+            first = next(iter(iterate_source(source)), None)
+            if first is None:
+                raise InputError(
+                    "fit() got an empty source; pass at least one (B, C) batch"
+                )
+            num_classes = int(check_logits(first).shape[1])
         self.num_classes = num_classes
         return self
 
