@@ -131,6 +131,13 @@ def test_parse_classes() -> None:
             ["--method", "rded", "--ipc", "1", "--factor", "0"],
             "factor: Input should be greater",
         ),
+        (["--method", "sre2l", "--ipc", "0"], "--ipc must be >= 1, got 0"),
+        (["--method", "rded", "--ipc", "11", "--factor", "2"], "needs 44 real images"),
+        (["--method", "rded", "--ipc", "41"], "has only 40 images; use --ipc 40"),
+        (
+            ["--method", "sre2l", "--ipc", "1", "--teacher-epochs", "0"],
+            "epochs: Input should be",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -149,6 +156,7 @@ def test_bad_input_is_one_line_exit_2(
     assert err.startswith("labelzip distill: error: ") and err.count("\n") == 1
     assert message in err
     assert not (tmp_path / "x.safetensors").exists()
+    assert not (tmp_path / "cache").exists()  # refused before any teacher training
 
 
 def test_other_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import torch
+from pydantic import BaseModel
 from torch import nn
 
 from labelzip.cli import run_command
@@ -22,7 +24,16 @@ from labelzip.cli._common import (
     resolve_device,
 )
 from labelzip.data.base import ImageDataset
-from labelzip.distill import METHODS, DistilledSet, distill, method_config
+from labelzip.distill import (
+    METHODS,
+    DistilledSet,
+    RDEDConfig,
+    check_ipc,
+    distill,
+    method_config,
+)
+from labelzip.distill._common import build_config
+from labelzip.distill.rded import resolve_factor
 from labelzip.errors import ConfigError, InputError
 
 __all__ = ["build_parser", "main"]
@@ -114,9 +125,13 @@ def _run(args: argparse.Namespace) -> int:
     options = _options(args)
     if args.method != "import" and args.ipc is None:
         raise ConfigError(f"--method {args.method} needs --ipc")
-    method_config(args.method, **options)  # fail on bad options before any work
+    if args.ipc is not None and args.ipc < 1:
+        raise InputError(f"--ipc must be >= 1, got {args.ipc}")
+    config = method_config(args.method, **options)  # bad options fail before any work
     start = time.perf_counter()
     dataset = _dataset(args)
+    if dataset is not None and args.ipc is not None:
+        _check_data_allows(args.method, args.ipc, dataset, config)
     teacher, teacher_id = _teacher(args, dataset, device)
     with _progress(f"{args.method} ipc {args.ipc}", enabled=not args.quiet) as update:
         result = distill(
@@ -185,6 +200,31 @@ def _dataset(args: argparse.Namespace) -> ImageDataset | None:
     return None
 
 
+def _check_data_allows(
+    method: str, ipc: int, dataset: ImageDataset, config: BaseModel
+) -> None:
+    """Refuse an IPC the real data cannot give before a teacher is trained."""
+    if method not in ("random", "rded"):
+        return
+    classes = getattr(config, "classes", None) or range(dataset.num_classes)
+    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes)
+    chosen = [c for c in classes if 0 <= c < dataset.num_classes]
+    names = tuple(dataset.class_names[c] for c in chosen)
+    per = 1
+    if isinstance(config, RDEDConfig) and isinstance(dataset.images, torch.Tensor):
+        size = config.image_size or int(dataset.images.shape[-1])
+        per = resolve_factor(config, (size, size)) ** 2
+    if per == 1:
+        check_ipc(ipc, counts[chosen], names)
+    elif ipc * per > int(counts[chosen].min()):
+        have = int(counts[chosen].min())
+        raise InputError(
+            f"ipc={ipc} needs {ipc * per} real images per class ({per} patches per "
+            f"image), but a class has only {have}; use --ipc {have // per} or less, "
+            "or a smaller --factor"
+        )
+
+
 def _teacher(
     args: argparse.Namespace, dataset: ImageDataset | None, device: Any
 ) -> tuple[nn.Module | None, str | None]:
@@ -204,12 +244,21 @@ def _teacher(
             f"teacher {name!r} is trained on the dataset, but --dataset {args.dataset} "
             "has no training images here; use --teacher efficientnet-lite0"
         )
-    from labelzip.teachers import train_teacher
+    from labelzip.teachers import TeacherTrainConfig, default_cache_dir, train_teacher
 
-    if not args.quiet:
-        print(f"labelzip distill: preparing the {name} teacher (trained once, cached)",
-              file=sys.stderr)  # fmt: skip
-    trained = train_teacher(dataset, name, args.teacher_epochs, 0, device)
+    config = build_config(
+        TeacherTrainConfig, {"arch": name, "epochs": args.teacher_epochs, "seed": 0}
+    )
+    cached = (
+        default_cache_dir() / f"{name}-{config.key(dataset.fingerprint)}.safetensors"
+    )
+    if not args.quiet and not cached.is_file():
+        print(
+            f"labelzip distill: training the {name} teacher on {dataset.name} "
+            f"({args.teacher_epochs} epochs, cached for later runs)",
+            file=sys.stderr,
+        )
+    trained = train_teacher(dataset, config=config, device=device)
     return trained.model, f"{name}:{trained.key}"
 
 

@@ -42,7 +42,14 @@ from labelzip.distill._common import (
 from labelzip.distill.base import DistilledSet, ProgressCallback, check_ipc
 from labelzip.errors import InputError
 
-__all__ = ["FACTOR2_MIN_SIZE", "RDEDConfig", "patch_boxes", "rded", "stitch"]
+__all__ = [
+    "FACTOR2_MIN_SIZE",
+    "RDEDConfig",
+    "patch_boxes",
+    "rded",
+    "resolve_factor",
+    "stitch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +105,13 @@ class RDEDConfig(BaseModel):
                 f"image_size {self.image_size} is smaller than factor {self.factor}"
             )
         return self
+
+
+def resolve_factor(config: RDEDConfig, size: tuple[int, int]) -> int:
+    """The configured factor, else 1 below :data:`FACTOR2_MIN_SIZE` px and 2 above."""
+    if config.factor is not None:
+        return config.factor
+    return 1 if min(size) < FACTOR2_MIN_SIZE else 2
 
 
 def patch_boxes(size: tuple[int, int], factor: int) -> list[tuple[int, int, int, int]]:
@@ -222,7 +236,7 @@ def rded(
     out_size = (int(images.shape[-2]), int(images.shape[-1]))
     if config.image_size is not None:
         out_size = (config.image_size, config.image_size)
-    factor = config.factor or (1 if min(out_size) < FACTOR2_MIN_SIZE else 2)
+    factor = resolve_factor(config, out_size)
     per = factor**2
     classes = resolve_classes(config.classes, dataset.num_classes)
     counts = torch.bincount(dataset.labels, minlength=dataset.num_classes)[classes]
