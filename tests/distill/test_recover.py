@@ -195,3 +195,22 @@ def test_batching_mixes_classes_for_sre2l_and_not_for_lpld() -> None:
     assert sorted(p for b in lpld for p in b) == sorted(
         (k, c) for c in (0, 3) for k in range(5)
     )
+
+
+def test_teacher_id_matches_the_relabel_pipelines_model_id(
+    fmnist_slice: ImageDataset, small_teacher: nn.Module
+) -> None:
+    from labelzip.pipelines.imageset import model_id
+
+    ds = distill("sre2l", fmnist_slice, small_teacher, ipc=1, steps=1, classes=[0])
+    assert ds.teacher_id == model_id(small_teacher)
+    named = distill(
+        "sre2l",
+        fmnist_slice,
+        small_teacher,
+        ipc=1,
+        steps=1,
+        classes=[0],
+        teacher_id="convnet:abc",
+    )
+    assert named.teacher_id == "convnet:abc"

@@ -57,25 +57,31 @@ def build_config(config_class: type[ConfigT], options: Mapping[str, Any]) -> Con
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 hex over a model's class name and state dict (names, dtypes, bytes)."""
-    digest = hashlib.sha256(type(model).__name__.encode())
+    """sha256 hex over a model's state dict (names, dtypes, shapes, bytes, sorted).
+
+    The same digest as :func:`labelzip.pipelines.imageset.model_id`, so a set's
+    ``teacher_id`` and a relabel archive's teacher id agree for one model.
+    """
+    digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"\x00{name}{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
 def teacher_identity(teacher: nn.Module | None, teacher_id: str | None) -> str | None:
-    """``teacher_id`` if given, else ``<ClassName>:<first 16 hex of its weights' sha256>``."""
+    """``teacher_id`` if given, else ``<name>:<16 hex of its weights' sha256>``.
+
+    The name is ``efficientnet-lite0`` for the ImageNet teacher, else the class name.
+    """
     if teacher_id is not None:
         return teacher_id
     if teacher is None:
         return None
-    inner = getattr(teacher, "model", None)
     name = type(teacher).__name__
-    if name == "ImageNetTeacher" and inner is not None:
-        return f"efficientnet-lite0:{model_fingerprint(inner)[:16]}"
+    if name == "ImageNetTeacher":
+        name = "efficientnet-lite0"
     return f"{name}:{model_fingerprint(teacher)[:16]}"
 
 
