@@ -317,8 +317,12 @@ def test_archive_from_another_tokenizer_or_corpus_is_refused(
 
 
 @pytest.mark.slow
-def test_real_smollm2_relabel(tmp_path: Path) -> None:
-    """The real SmolLM2-135M teacher over 2 Shakespeare windows of 64 tokens."""
+def test_real_smollm2_relabel_and_train(tmp_path: Path) -> None:
+    """The real SmolLM2-135M: 2 Shakespeare windows of 64 tokens -> archive -> student."""
+    from labelzip.lm.evaluate import evaluate_students
+    from labelzip.lm.student import StudentConfig, build_student_for_teacher
+    from labelzip.lm.train import ArchiveLabels, TrainLMConfig, train_student
+
     torch.set_num_threads(1)
     model, tokenizer, teacher_id = load_teacher("smollm2-135m")
     cfg = CorpusConfig(seq_len=64, max_train_windows=2, max_validation_windows=1)
@@ -327,18 +331,27 @@ def test_real_smollm2_relabel(tmp_path: Path) -> None:
         model,
         tokenizer,
         corpus.train,
-        LMOutput(path=tmp_path / "s.lz", codec="topk-tail", ratio=500),
+        LMOutput(path=tmp_path / "s.lz", codec="topk-tail", options={"k": 16}),
         RelabelLMConfig(batch_size=2),
         teacher_id=teacher_id,
         corpus=corpus_record(cfg, corpus),
     )
-    assert result.account.num_classes == 49152 and result.account.ratio >= 500
+    account = result.account
+    assert result.two_pass and account.num_classes == 49152
+    assert account.payload_bytes == 2 * (64 * 16 * 4 + 32)  # 2 chunks of 64 tokens
+    student = build_student_for_teacher(
+        StudentConfig(num_layers=1, hidden_size=32, num_heads=2), model, tokenizer
+    )
     with ArchiveReader(tmp_path / "s.lz") as reader:
         check_lm_archive(
             reader, tokenizer=tokenizer, windows=corpus.train, vocab_size=49152
         )
         decoded = reader.decode(slice(0, 64))
+        config = TrainLMConfig(steps=2, batch_size=2, warmup_steps=1)
+        history = train_student(student, corpus.train, ArchiveLabels(reader), config)
     with torch.no_grad():
         logits = model(input_ids=corpus.train[:1]).logits[0]
-    agree = (decoded.argmax(1) == logits.argmax(1)).float().mean()
-    assert float(agree) == 1.0
+    assert torch.equal(decoded.argmax(1), logits.argmax(1))
+    assert history.history[-1]["kd"] > 0
+    scores = evaluate_students({"s": student}, corpus.validation, teacher=model)["s"]
+    assert scores.kl_to_teacher is not None and scores.kl_to_teacher > 0
