@@ -14,7 +14,8 @@ from labelzip.distill import (
     distill,
     recover_batch,
 )
-from labelzip.distill.recover import _crop_lower_bound, running_statistics
+from labelzip.distill.bnstats import running_statistics
+from labelzip.distill.recover import _crop_lower_bound
 from labelzip.errors import ConfigError, InputError
 from labelzip.teachers import predict_logits
 

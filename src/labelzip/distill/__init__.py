@@ -17,6 +17,7 @@ from labelzip.distill.base import (
     ProgressCallback,
     check_ipc,
 )
+from labelzip.distill.bnstats import BNMatcher, class_bn_statistics, running_statistics
 from labelzip.distill.imported import ImportConfig, import_folder
 from labelzip.distill.rded import RDEDConfig, patch_boxes, rded, stitch
 from labelzip.distill.recover import (
@@ -24,7 +25,6 @@ from labelzip.distill.recover import (
     LPLDConfig,
     RecoverConfig,
     RecoveryResult,
-    class_bn_statistics,
     recover,
     recover_batch,
 )
@@ -36,6 +36,7 @@ __all__ = [
     "METADATA_KEY",
     "METHODS",
     "METHOD_CONFIGS",
+    "BNMatcher",
     "CDAConfig",
     "DistilledSet",
     "ImportConfig",
@@ -54,6 +55,7 @@ __all__ = [
     "random_subset",
     "recover",
     "recover_batch",
+    "running_statistics",
     "rded",
     "stitch",
 ]

@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from labelzip.data.base import ImageDataset
@@ -53,6 +51,22 @@ from labelzip.distill._common import (
     teacher_num_classes,
 )
 from labelzip.distill.base import DistilledSet, ProgressCallback
+from labelzip.distill.bnstats import (
+    BNMatcher,
+    BNTargets,
+    bn_layers,
+    class_bn_statistics,
+    running_statistics,
+)
+from labelzip.distill.recover_config import (
+    CPU_IMAGE_SIZE,
+    CPU_STEPS,
+    PAPER_IMAGE_SIZE,
+    PAPER_STEPS,
+    CDAConfig,
+    LPLDConfig,
+    RecoverConfig,
+)
 from labelzip.errors import ConfigError, InputError
 
 __all__ = [
@@ -64,119 +78,16 @@ __all__ = [
     "LPLDConfig",
     "RecoverConfig",
     "RecoveryResult",
-    "class_bn_statistics",
     "recover",
     "recover_batch",
-    "running_statistics",
 ]
 
 logger = logging.getLogger(__name__)
 
-PAPER_STEPS = 1000  # SRe2L's ImageNet-1K recovery budget (CDA and LPLD also report 4K)
-CPU_STEPS = 200  # default on CPU: measured in docs/distill.md
-PAPER_IMAGE_SIZE = 224  # data-free default on GPU
-CPU_IMAGE_SIZE = 64  # data-free default on CPU (EfficientNet-Lite0 runs ~10x faster)
 # Pixels are parametrised as 255 * (MEAN + STD * z) with z ~ N(0, 1) at the start,
 # the scale of ImageNet-normalised inputs SRe2L optimises (so its lr carries over).
 _PIXEL_MEAN, _PIXEL_STD = 0.45, 0.225
 _RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop aspect range
-
-
-class RecoverConfig(BaseModel):
-    """SRe2L recovery settings (defaults: SRe2L's ImageNet-1K recipe)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    steps: int | None = Field(
-        default=None,
-        ge=1,
-        le=100_000,
-        description=f"optimisation steps per batch; default {PAPER_STEPS} on GPU, "
-        f"{CPU_STEPS} on CPU",
-    )
-    batch_size: int = Field(
-        default=100, ge=1, le=10_000, description="images optimised together"
-    )
-    lr: float = Field(default=0.25, gt=0, le=10.0, description="Adam peak lr (cosine)")
-    beta1: float = Field(default=0.5, ge=0, lt=1, description="Adam beta1")
-    beta2: float = Field(default=0.9, ge=0, lt=1, description="Adam beta2")
-    bn_weight: float = Field(
-        default=0.01,
-        ge=0,
-        le=1e4,
-        description="weight of the BN-statistics loss (r_bn)",
-    )
-    first_bn_multiplier: float = Field(
-        default=10.0, ge=0, le=1e4, description="extra weight of the first BN layer"
-    )
-    jitter: int | None = Field(
-        default=None,
-        ge=0,
-        description="max random shift in pixels; default image size // 7 (32 at 224)",
-    )
-    flip: bool = Field(default=True, description="random horizontal flips per step")
-    crop_scale: tuple[float, float] = Field(
-        default=(0.08, 1.0),
-        description="RandomResizedCrop area range per step; (1, 1) disables cropping",
-    )
-    image_size: int | None = Field(
-        default=None,
-        ge=8,
-        le=1024,
-        description="side of the recovered images; default the dataset's, else "
-        f"{PAPER_IMAGE_SIZE} on GPU / {CPU_IMAGE_SIZE} on CPU",
-    )
-    channels: int | None = Field(
-        default=None, description="1 or 3; default the dataset's, else 3"
-    )
-    classes: list[int] | None = Field(
-        default=None, description="class ids to recover (default: all classes)"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> RecoverConfig:
-        lo, hi = self.crop_scale
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(
-                f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}"
-            )
-        if self.channels is not None and self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        return self
-
-
-class CDAConfig(RecoverConfig):
-    """CDA: the crop scale's lower bound follows a curriculum (global -> local)."""
-
-    curriculum_start: float = Field(
-        default=1.0, gt=0, le=1.0, description="crop scale lower bound at step 0"
-    )
-    curriculum_milestone: float = Field(
-        default=1.0,
-        gt=0,
-        le=1.0,
-        description="fraction of the steps after which the bound reaches crop_scale[0]",
-    )
-    curriculum: Literal["cosine", "linear"] = Field(
-        default="cosine", description="shape of the annealing"
-    )
-
-
-class LPLDConfig(RecoverConfig):
-    """LPLD: one class per batch, BN targets measured on that class's real images."""
-
-    class_stats_images: int = Field(
-        default=256,
-        ge=2,
-        le=100_000,
-        description="real images per class used to measure class-wise BN statistics",
-    )
-    global_bn_weight: float = Field(
-        default=0.0,
-        ge=0,
-        le=1e4,
-        description="extra weight on matching the global running statistics too",
-    )
 
 
 @dataclass
@@ -187,87 +98,6 @@ class RecoveryResult:
     loss: list[float] = field(default_factory=list)
     ce: list[float] = field(default_factory=list)
     bn: list[float] = field(default_factory=list)
-
-
-BNTargets = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _bn_layers(teacher: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    layers = [
-        m
-        for m in teacher.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and m.running_mean is not None
-        and m.running_var is not None
-    ]
-    if not layers:
-        raise InputError(
-            f"{type(teacher).__name__} has no BatchNorm layers with running statistics; "
-            "data-free recovery (sre2l/cda/lpld) needs them: use method rded or random"
-        )
-    return layers
-
-
-def _batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (biased) variance of a BN input (B, C, ...)."""
-    dims = [0, *range(2, x.dim())]
-    return x.mean(dims), x.var(dims, unbiased=False)
-
-
-class _BNMatcher:
-    """Forward hooks that record each BN layer's statistic-matching loss."""
-
-    def __init__(self, layers: Sequence[nn.Module]) -> None:
-        self.layers = list(layers)
-        self.targets: list[BNTargets] = []  # each: one (mean, var) per layer
-        self.weights: list[float] = []
-        self.losses: list[torch.Tensor] = []
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def __enter__(self) -> _BNMatcher:
-        for idx, layer in enumerate(self.layers):
-            self._handles.append(layer.register_forward_hook(self._hook(idx)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def _hook(self, idx: int) -> Callable[..., None]:
-        def record(
-            module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object
-        ) -> None:
-            mean, var = _batch_moments(inputs[0].float())
-            term = mean.new_zeros(())
-            for weight, targets in zip(self.weights, self.targets, strict=True):
-                t_mean, t_var = targets[idx]
-                term = term + weight * (
-                    torch.linalg.vector_norm(mean - t_mean)
-                    + torch.linalg.vector_norm(var - t_var)
-                )
-            self.losses.append(term)
-
-        return record
-
-    def take(self, first_multiplier: float) -> torch.Tensor:
-        """Weighted sum of the losses recorded by the last forward; resets them."""
-        losses, self.losses = self.losses, []
-        total = losses[0] * first_multiplier
-        for term in losses[1:]:
-            total = total + term
-        return total
-
-
-def running_statistics(layers: Sequence[nn.modules.batchnorm._BatchNorm]) -> BNTargets:
-    """The layers' stored (running_mean, running_var), as float32."""
-    out: BNTargets = []
-    for layer in layers:
-        assert layer.running_mean is not None and layer.running_var is not None
-        out.append(
-            (layer.running_mean.detach().float(), layer.running_var.detach().float())
-        )
-    return out
 
 
 def _views(
@@ -362,7 +192,7 @@ def recover_batch(
         losses (total, CE, weighted BN).
     """
     device = torch.device(device)
-    layers = _bn_layers(teacher)
+    layers = bn_layers(teacher)
     c, h, w = image_shape
     jitter = config.jitter if config.jitter is not None else min(h, w) // 7
     noise = torch.randn(len(targets), c, h, w, generator=generator)
@@ -373,7 +203,7 @@ def recover_batch(
     )
     y = targets.to(device)
     result = RecoveryResult(images=torch.empty(0))
-    matcher = _BNMatcher(layers)
+    matcher = BNMatcher(layers)
     if bn_targets is None:
         bn_targets = [(1.0, running_statistics(layers))]
     matcher.weights = [float(weight) for weight, _ in bn_targets]
@@ -406,79 +236,6 @@ def recover_batch(
         (255.0 * (_PIXEL_MEAN + _PIXEL_STD * z.detach())).clamp(0, 255).cpu()
     )
     return result
-
-
-@torch.no_grad()
-def class_bn_statistics(
-    teacher: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    classes: Sequence[int],
-    *,
-    images_per_class: int,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-    batch_size: int = 256,
-) -> dict[int, BNTargets]:
-    """Per-class mean and variance of every BN layer's input, on real images.
-
-    Args:
-        teacher: the frozen teacher (run in eval mode).
-        images: (N, C, H, W) uint8 real images; labels: (N,) class ids.
-        classes: the classes to measure.
-        images_per_class: at most this many images of each class (drawn with
-            ``generator``); all of a smaller class.
-
-    Returns:
-        ``{class: [(mean (C_l,), var (C_l,)) per BN layer]}`` as float32.
-    """
-    layers = _bn_layers(teacher)
-    sums: list[list[torch.Tensor]] = []
-    device = torch.device(device)
-
-    def collect(idx: int) -> Callable[..., None]:
-        def record(
-            module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object
-        ) -> None:
-            x = inputs[0].double()
-            dims = [0, *range(2, x.dim())]
-            count = x.numel() / x.shape[1]
-            part = [x.sum(dims), (x * x).sum(dims), x.new_tensor(count)]
-            if len(sums) <= idx:
-                sums.append(part)
-            else:
-                sums[idx] = [a + b for a, b in zip(sums[idx], part, strict=True)]
-
-        return record
-
-    out: dict[int, BNTargets] = {}
-    with eval_mode(teacher):
-        handles = [
-            layer.register_forward_hook(collect(i)) for i, layer in enumerate(layers)
-        ]
-        try:
-            for cls in classes:
-                pool = torch.nonzero(labels == cls).reshape(-1)
-                if len(pool) < 2:
-                    raise InputError(
-                        f"class {cls} has {len(pool)} real images; class-wise BN "
-                        "statistics need at least 2"
-                    )
-                order = torch.randperm(len(pool), generator=generator)
-                chosen = pool[order[:images_per_class]].sort().values
-                sums.clear()
-                for start in range(0, len(chosen), batch_size):
-                    teacher(images[chosen[start : start + batch_size]].to(device))
-                stats: BNTargets = []
-                for total, square, count in sums:
-                    mean = total / count
-                    var = (square / count - mean * mean).clamp_min(0.0)
-                    stats.append((mean.float(), var.float()))
-                out[cls] = stats
-        finally:
-            for handle in handles:
-                handle.remove()
-    return out
 
 
 def _plan(
@@ -569,39 +326,11 @@ def recover(
     class_stats, bn_source = _lpld_statistics(
         method, config, dataset, teacher, classes, seed, device
     )
+    job = _Job(method, shape, steps, seed, device)
     batches = _plan(method, classes, ipc, config.batch_size)
-    total = len(batches) * steps
-    layers = _bn_layers(teacher)
-    images: dict[tuple[int, int], torch.Tensor] = {}
-    first_loss, last_loss = [], []
-    for b, pairs in enumerate(batches):
-        generator = torch.Generator().manual_seed(derive_seed(seed, method, b))
-        targets = torch.tensor([cls for _, cls in pairs], dtype=torch.int64)
-        bn_targets = None
-        if class_stats is not None:
-            assert isinstance(config, LPLDConfig)
-            bn_targets = [(1.0, class_stats[pairs[0][1]])]
-            if config.global_bn_weight > 0:
-                bn_targets.append((config.global_bn_weight, running_statistics(layers)))
-        done = b * steps
-
-        def step_progress(step: int, _: int, done: int = done) -> None:
-            if progress is not None:
-                progress(done + step, total)
-
-        result = recover_batch(
-            teacher, targets, shape, config, generator,
-            steps=steps, bn_targets=bn_targets, device=device, progress=step_progress,
-        )  # fmt: skip
-        first_loss.append(result.loss[0])
-        last_loss.append(result.loss[-1])
-        logger.info(
-            "%s batch %d/%d: loss %.3f -> %.3f (ce %.3f, bn %.3f)",
-            method, b + 1, len(batches), result.loss[0], result.loss[-1],
-            result.ce[-1], result.bn[-1],
-        )  # fmt: skip
-        for (k, cls), image in zip(pairs, result.images, strict=True):
-            images[(cls, k)] = image
+    images, first_loss, last_loss = _run_batches(
+        teacher, batches, config, job, class_stats, progress
+    )
     order = sorted(images)  # class-major, then ipc index
     pixels = quantize(torch.stack([images[key] for key in order]))
     labels = torch.tensor([cls for cls, _ in order], dtype=torch.int64)
@@ -628,6 +357,60 @@ def recover(
         teacher_id=teacher_identity(teacher, teacher_id),
         config=resolved,
     )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every batch of one recovery run shares."""
+
+    method: str
+    shape: tuple[int, int, int]
+    steps: int
+    seed: int
+    device: torch.device
+
+
+def _run_batches(
+    teacher: nn.Module,
+    batches: Sequence[Sequence[tuple[int, int]]],
+    config: RecoverConfig,
+    job: _Job,
+    class_stats: dict[int, BNTargets] | None,
+    progress: ProgressCallback | None,
+) -> tuple[dict[tuple[int, int], torch.Tensor], list[float], list[float]]:
+    """Recover every batch; images keyed by (class, IPC index), first/last losses."""
+    total = len(batches) * job.steps
+    running = running_statistics(bn_layers(teacher))
+    images: dict[tuple[int, int], torch.Tensor] = {}
+    first_loss, last_loss = [], []
+    for b, pairs in enumerate(batches):
+        generator = torch.Generator().manual_seed(derive_seed(job.seed, job.method, b))
+        targets = torch.tensor([cls for _, cls in pairs], dtype=torch.int64)
+        bn_targets = None
+        if class_stats is not None:  # lpld: the batch's class statistics
+            assert isinstance(config, LPLDConfig)
+            bn_targets = [(1.0, class_stats[pairs[0][1]])]
+            if config.global_bn_weight > 0:
+                bn_targets.append((config.global_bn_weight, running))
+
+        def step_progress(step: int, _: int, done: int = b * job.steps) -> None:
+            if progress is not None:
+                progress(done + step, total)
+
+        result = recover_batch(
+            teacher, targets, job.shape, config, generator, steps=job.steps,
+            bn_targets=bn_targets, device=job.device, progress=step_progress,
+        )  # fmt: skip
+        first_loss.append(result.loss[0])
+        last_loss.append(result.loss[-1])
+        logger.info(
+            "%s batch %d/%d: loss %.3f -> %.3f (ce %.3f, bn %.3f)",
+            job.method, b + 1, len(batches), result.loss[0], result.loss[-1],
+            result.ce[-1], result.bn[-1],
+        )  # fmt: skip
+        for (k, cls), image in zip(pairs, result.images, strict=True):
+            images[(cls, k)] = image
+    return images, first_loss, last_loss
 
 
 def _lpld_statistics(
