@@ -121,7 +121,7 @@ def stacked_images(dataset: ImageDataset, method: str) -> torch.Tensor:
         sizes = sorted({tuple(im.shape) for im in images})[:3]
         raise InputError(
             f"{method} needs images of one size, but {dataset.name} mixes sizes "
-            f"such as {sizes}; resize them first (e.g. method 'import' with size=)"
+            f"such as {sizes}; resize them first (e.g. method 'import' with image_size=)"
         )
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise InputError(
