@@ -25,6 +25,7 @@ from labelzip.lm.relabel import (
     lm_archive_record,
     needs_fit_sample,
     relabel_lm,
+    relabel_lm_many,
 )
 from labelzip.lm.teacher import (
     load_teacher,
@@ -149,6 +150,30 @@ def test_two_pass_fits_on_a_reservoir_sample(
         }
         decoded = reader.decode(slice(0, t))
     assert bool(torch.isfinite(decoded).all())
+
+
+def test_one_teacher_pass_feeds_several_archives(
+    tmp_path: Path, teacher: tuple[Any, Any, str], corpus_setup: Any
+) -> None:
+    model, tokenizer, _ = teacher
+    _, corpus = corpus_setup
+    n, t = corpus.train.shape
+    outputs = [
+        LMOutput(path=tmp_path / "k.lz", codec="topk", options={"k": 4}),
+        LMOutput(path=tmp_path / "t.lz", codec="topk-tail", options={"k": 5}),
+    ]
+    config = RelabelLMConfig(batch_size=3, fit_windows=4, fit_positions=40)
+    many = relabel_lm_many(model, tokenizer, corpus.train, outputs, config)
+    assert [r.teacher_positions for r in many] == [n * t + 4 * t] * 2
+    assert all(r.two_pass for r in many)
+    single = _run(
+        teacher, corpus_setup, tmp_path / "t1.lz", "topk-tail", options={"k": 5}
+    )
+    assert single.codec_config == many[1].codec_config
+    with ArchiveReader(tmp_path / "t.lz") as a, ArchiveReader(tmp_path / "t1.lz") as b:
+        assert torch.equal(a.decode(slice(0, 3 * t)), b.decode(slice(0, 3 * t)))
+    with pytest.raises(ConfigError, match="distinct paths"):
+        relabel_lm_many(model, tokenizer, corpus.train, [outputs[0]] * 2, config)
 
 
 def test_same_inputs_give_the_same_file(

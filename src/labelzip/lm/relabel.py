@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ __all__ = [
     "lm_archive_record",
     "needs_fit_sample",
     "relabel_lm",
+    "relabel_lm_many",
 ]
 
 logger = logging.getLogger(__name__)
@@ -394,32 +396,67 @@ def relabel_lm(
         >>> relabel_lm(model, tok, corpus.train, LMOutput(path="lm.lz", ratio=500),
         ...            teacher_id=tid)
     """
+    results = relabel_lm_many(
+        model,
+        tokenizer,
+        windows,
+        [output],
+        config,
+        teacher_id=teacher_id,
+        corpus=corpus,
+        progress=progress,
+    )
+    return results[0]
+
+
+def relabel_lm_many(
+    model: Any,
+    tokenizer: Any,
+    windows: torch.Tensor,
+    outputs: Sequence[LMOutput],
+    config: RelabelLMConfig | None = None,
+    *,
+    teacher_id: str | None = None,
+    corpus: Mapping[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> list[RelabelLMResult]:
+    """:func:`relabel_lm` for several archives from one teacher pass (two with fitting).
+
+    Every output is checked (codec options, rate target) before the teacher runs.
+    When any output needs a fitting sample, one reservoir serves them all.
+    Each result's ``seconds`` holds the shared teacher times and its own codec
+    times (``fit_codec``, ``encode_codec``).
+    """
     config = config or RelabelLMConfig()
+    outputs = list(outputs)
+    paths = [o.path.resolve() for o in outputs]
+    if not outputs or len(set(paths)) != len(paths):
+        raise ConfigError("relabel-lm needs one or more outputs with distinct paths")
     n, t = check_windows(windows, model)
     vocab = int(model.config.vocab_size)
     layout = Layout(LAYOUT_DIMS, (n, t))
     chunk_size = config.chunk_windows * t
     probe_meta = _metadata(model, tokenizer, windows, corpus, teacher_id, {})
-    probe = _unfitted_codec(output, layout, vocab, chunk_size, probe_meta)
-    two_pass = needs_fit_sample(probe)
+    probes = [
+        _unfitted_codec(o, layout, vocab, chunk_size, probe_meta) for o in outputs
+    ]
+    two_pass = any(needs_fit_sample(p) for p in probes)
     seconds: dict[str, float] = {}
     run = _TeacherRun(model, config.batch_size, progress, seconds)
     start = time.perf_counter()
     encode_batches = run.batches(windows, "encode")
-    fit_info: dict[str, Any]
+    source: Callable[[], Iterator[torch.Tensor]] | list[torch.Tensor]
     if two_pass:
         fit_ids = _fit_window_ids(n, config)
         reservoir = PositionReservoir(config.fit_positions, vocab, config.seed)
         for logits in run.batches(windows[fit_ids], "fit"):
             reservoir.add(logits.reshape(-1, vocab))
             del logits
-        fit_positions = reservoir.rows().shape[0]
-        source: Callable[[], Iterator[torch.Tensor]] | list[torch.Tensor]
         source = reservoir.batches
         fit_info = {
             "two_pass": True,
             "fit_windows": len(fit_ids),
-            "fit_positions": fit_positions,
+            "fit_positions": reservoir.rows().shape[0],
             "seed": config.seed,
         }
         reservoir_bytes = reservoir.nbytes
@@ -427,34 +464,41 @@ def relabel_lm(
         first = next(encode_batches)
         source = [first.reshape(-1, vocab)]
         encode_batches = _prepend([first], encode_batches)
-        del first  # the writer drops it after writing: no batch is held twice
-        fit_positions = 0
+        del first  # the writers drop it after writing: no batch is held twice
         fit_info = {"two_pass": False, "fit_windows": 0, "fit_positions": 0}
         reservoir_bytes = 0
     metadata = _metadata(model, tokenizer, windows, corpus, teacher_id, fit_info)
-    t0 = time.perf_counter()
-    codec = _fit(output, source, layout, chunk_size, metadata, n * t)
-    seconds["fit_codec"] = time.perf_counter() - t0
+    codecs, own = [], []
+    for output in outputs:
+        t0 = time.perf_counter()
+        codecs.append(_fit(output, source, layout, chunk_size, metadata, n * t))
+        own.append({"fit_codec": time.perf_counter() - t0, "encode_codec": 0.0})
     source = []  # drop the reservoir before the encoding pass
-    account = _write(
-        output.path, codec, layout, chunk_size, metadata, run, encode_batches
+    accounts = _write(
+        outputs, codecs, layout, chunk_size, metadata, own, encode_batches
     )
     seconds["total"] = time.perf_counter() - start
-    result = RelabelLMResult(
-        path=output.path,
-        account=account,
-        codec_config=codec.to_config(),
-        num_sequences=n,
-        seq_len=t,
-        two_pass=two_pass,
-        fit_windows=int(fit_info["fit_windows"]),
-        fit_positions=fit_positions,
-        teacher_positions=run.positions,
-        reservoir_bytes=reservoir_bytes,
-        seconds=seconds,
-    )
-    logger.info("relabel-lm wrote %s: %s", output.path, account)
-    return result
+    results = []
+    for output, codec, account, times in zip(
+        outputs, codecs, accounts, own, strict=True
+    ):
+        results.append(
+            RelabelLMResult(
+                path=output.path,
+                account=account,
+                codec_config=codec.to_config(),
+                num_sequences=n,
+                seq_len=t,
+                two_pass=two_pass,
+                fit_windows=int(fit_info["fit_windows"]),
+                fit_positions=int(fit_info["fit_positions"]),
+                teacher_positions=run.positions,
+                reservoir_bytes=reservoir_bytes,
+                seconds={**seconds, **times},
+            )
+        )
+        logger.info("relabel-lm wrote %s: %s", output.path, account)
+    return results
 
 
 def _metadata(
@@ -529,28 +573,38 @@ def _prepend(
 
 
 def _write(
-    path: Path,
-    codec: Codec,
+    outputs: list[LMOutput],
+    codecs: list[Codec],
     layout: Layout,
     chunk_size: int,
     metadata: ArchiveMetadata,
-    run: _TeacherRun,
+    seconds: list[dict[str, float]],
     batches: Iterator[torch.Tensor],
-) -> StorageAccount:
-    vocab = codec.num_classes
+) -> list[StorageAccount]:
+    vocab = codecs[0].num_classes
     assert vocab is not None
-    t0 = time.perf_counter()
-    teacher_before = run.seconds.get("encode_teacher", 0.0)
-    with ArchiveWriter(
-        path, codec, layout=layout, chunk_size=chunk_size, metadata=metadata
-    ) as writer:
+    with ExitStack() as stack:
+        writers = [
+            stack.enter_context(
+                ArchiveWriter(
+                    o.path, c, layout=layout, chunk_size=chunk_size, metadata=metadata
+                )
+            )
+            for o, c in zip(outputs, codecs, strict=True)
+        ]
         for logits in batches:
-            writer.write(logits.reshape(-1, vocab))
+            rows = logits.reshape(-1, vocab)
             del logits
-    assert writer.account is not None
-    teacher = run.seconds.get("encode_teacher", 0.0) - teacher_before
-    run.seconds["encode_codec"] = time.perf_counter() - t0 - teacher
-    return writer.account
+            for writer, times in zip(writers, seconds, strict=True):
+                t0 = time.perf_counter()
+                writer.write(rows)
+                times["encode_codec"] += time.perf_counter() - t0
+            del rows
+    accounts = []
+    for writer in writers:
+        assert writer.account is not None
+        accounts.append(writer.account)
+    return accounts
 
 
 def corpus_record(config: Any, corpus: Any) -> dict[str, Any]:
