@@ -112,7 +112,7 @@ class ViewConfig(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ViewParams:
     """Explicit parameters of B views (all CPU tensors).
 

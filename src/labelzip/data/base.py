@@ -33,7 +33,7 @@ def fingerprint_tensors(*parts: torch.Tensor | bytes | str) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no boolean ==; compare fingerprints
 class ImageDataset:
     """Images with integer labels, class names and a content fingerprint.
 

@@ -5,7 +5,10 @@ takes images in 0..255 (uint8 or float) and normalises inside, so augmented
 views go straight in. Two architectures:
 
 - ``convnet``: three conv-BN-ReLU layers (32-64-64 channels, two max-pools) and
-  an MLP head, about 0.46M parameters and 6M MACs per image.
+  an MLP head, about 0.46M parameters and 6M MACs per image. Trained 3 epochs
+  (defaults of ``train_teacher``, crops 0.5-1): 89.3% Fashion-MNIST test
+  accuracy, 86.3% on crop views; without crops (``crop_scale=None``) 92.2%
+  clean but only ~68% on crop views.
 - ``resnet``: a narrow ResNet (16-32-64 channels, one basic block per stage),
   about 0.08M parameters; a second, differently biased teacher.
 """

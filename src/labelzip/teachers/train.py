@@ -72,7 +72,7 @@ class TeacherTrainConfig(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:32]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TrainedTeacher:
     """A teacher in eval mode plus where it came from."""
 
