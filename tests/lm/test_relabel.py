@@ -13,20 +13,22 @@ from labelzip.archive import ArchiveReader, save_archive
 from labelzip.codecs.registry import create_codec
 from labelzip.errors import CodecMismatchError, ConfigError, InputError
 from labelzip.lm.corpus import CorpusConfig, build_corpus, corpus_fingerprint
-from labelzip.lm.relabel import (
+from labelzip.lm.provenance import (
     LAYOUT_DIMS,
-    LMOutput,
-    PositionReservoir,
-    RelabelLMConfig,
     check_lm_archive,
-    check_windows,
     corpus_config_of,
     corpus_record,
     lm_archive_record,
+)
+from labelzip.lm.relabel import (
+    LMOutput,
+    RelabelLMConfig,
+    check_windows,
     needs_fit_sample,
     relabel_lm,
     relabel_lm_many,
 )
+from labelzip.lm.reservoir import PositionReservoir
 from labelzip.lm.teacher import (
     load_teacher,
     require_transformers,

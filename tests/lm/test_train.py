@@ -17,7 +17,8 @@ from labelzip.archive import ArchiveReader
 from labelzip.errors import ConfigError, InputError
 from labelzip.lm.corpus import CorpusConfig, build_corpus
 from labelzip.lm.evaluate import distribution_kl, evaluate_students, next_token_nll
-from labelzip.lm.relabel import LMOutput, RelabelLMConfig, check_lm_archive, relabel_lm
+from labelzip.lm.provenance import check_lm_archive
+from labelzip.lm.relabel import LMOutput, RelabelLMConfig, relabel_lm
 from labelzip.lm.student import StudentConfig, build_student, build_student_for_teacher
 from labelzip.lm.teacher import load_teacher
 from labelzip.lm.train import (

@@ -29,12 +29,11 @@ from labelzip.archive import ArchiveReader, Layout, codec_for_target
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.lm.corpus import CorpusConfig, build_corpus
 from labelzip.lm.evaluate import LMScores, evaluate_students
+from labelzip.lm.provenance import LAYOUT_DIMS, corpus_record
 from labelzip.lm.relabel import (
-    LAYOUT_DIMS,
     LMOutput,
     RelabelLMConfig,
     RelabelLMResult,
-    corpus_record,
     relabel_lm_many,
 )
 from labelzip.lm.student import StudentConfig, build_student_for_teacher

@@ -26,11 +26,11 @@ from labelzip.cli._common import (
 from labelzip.codecs.registry import available_codecs
 from labelzip.errors import ConfigError
 from labelzip.lm.corpus import CorpusConfig, build_corpus
+from labelzip.lm.provenance import corpus_record
 from labelzip.lm.relabel import (
     LMOutput,
     RelabelLMConfig,
     RelabelLMResult,
-    corpus_record,
     relabel_lm,
 )
 from labelzip.lm.teacher import (

@@ -30,7 +30,11 @@ from labelzip.cli.relabel_lm import (
 from labelzip.errors import ConfigError, InputError
 from labelzip.lm.corpus import LMCorpus, build_corpus
 from labelzip.lm.evaluate import LMScores, evaluate_students
-from labelzip.lm.relabel import check_lm_archive, corpus_config_of, lm_archive_record
+from labelzip.lm.provenance import (
+    check_lm_archive,
+    corpus_config_of,
+    lm_archive_record,
+)
 from labelzip.lm.student import (
     StudentConfig,
     build_student_for_teacher,
