@@ -93,8 +93,9 @@ def _config(args: argparse.Namespace) -> QuickstartConfig:
     if unknown:
         raise ConfigError(f"unknown --codecs {unknown}; choose from {list(ROW_SPECS)}")
     try:
+        defaults = QuickstartConfig().student.model_dump()
         student = StudentConfig(
-            batch_size=50, lr=3e-3, epochs=args.student_epochs, seed=args.seed
+            **{**defaults, "epochs": args.student_epochs, "seed": args.seed}
         )
         return QuickstartConfig(
             framework=args.framework,
@@ -227,6 +228,12 @@ def _table(
         "retain: accuracy / dense accuracy; decode: label decoding's share of "
         "training time. Augmentations are replayed from the seed: 0 B per view."
     )
-    stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    stages = []
+    for name, value in result.seconds.items():
+        stages.append(f"{name} {value:.0f} s")
+        if name == "relabel" and result.relabel is not None:
+            parts = result.relabel.seconds
+            keys = ("render", "teacher", "fit", "write")
+            stages[-1] += " (" + ", ".join(f"{k} {parts[k]:.0f} s" for k in keys) + ")"
     where = f"; plot: {plot}" if plot is not None else ""
-    console.print(f"wall time {wall:.0f} s ({stages}){where}")
+    console.print(f"wall time {wall:.0f} s: {'; '.join(stages)}{where}")

@@ -146,11 +146,15 @@ def _run(args: argparse.Namespace) -> int:
     replay = ReplayDataset(distilled, args.archive, device=device)
     epochs = config.epochs or replay.num_epochs
     logs: list[EpochLog] = []
-    with progress_bar("training", enabled=not args.quiet and rank == 0) as update:
+    live = not args.json and rank == 0  # text mode: one line per epoch as it ends
+    bar = not args.quiet and args.json and rank == 0
+    with progress_bar("training", enabled=bar) as update:
 
         def on_epoch(log: EpochLog) -> None:
             logs.append(log)
             update(len(logs), epochs)
+            if live:
+                print(_epoch_line(log), flush=True)
 
         result = train_student(replay, config, test_set=test_set, on_epoch=on_epoch)
     replay.close()
@@ -188,6 +192,14 @@ def _save(
         save_file(state, str(tmp), metadata=meta)
 
 
+def _epoch_line(log: EpochLog) -> str:
+    acc = f", test {100 * log.test_accuracy:.2f}%" if log.test_accuracy else ""
+    return (
+        f"epoch {log.epoch + 1:4d}: loss {log.loss:.4f}, lr {log.lr:.2e}, "
+        f"{log.seconds:.2f} s (decode {100 * log.decode_share:.2f}%){acc}"
+    )
+
+
 def _report(
     result: StudentResult, config: StudentConfig, args: argparse.Namespace
 ) -> None:
@@ -208,12 +220,6 @@ def _report(
             }
         )
         return
-    for log in history:
-        acc = f", test {100 * log.test_accuracy:.2f}%" if log.test_accuracy else ""
-        print(
-            f"epoch {log.epoch + 1:4d}: loss {log.loss:.4f}, lr {log.lr:.2e}, "
-            f"{log.seconds:.2f} s (decode {100 * log.decode_share:.2f}%){acc}"
-        )
     acc = "n/a" if result.accuracy is None else f"{100 * result.accuracy:.2f}%"
     print(
         f"student {config.arch}: test accuracy {acc}; {result.train_seconds:.1f} s "
