@@ -16,7 +16,8 @@ stored as little-endian 32-bit words.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import constriction
@@ -28,6 +29,8 @@ from labelzip.errors import InputError
 __all__ = [
     "TABLE_PRECISION_BITS",
     "CategoricalStreamCoder",
+    "StreamCoder",
+    "UniformStreamCoder",
     "decode_joint",
     "encode_joint",
     "quantize_counts",
@@ -208,8 +211,51 @@ class CategoricalStreamCoder:
         return symbols
 
 
+class UniformStreamCoder:
+    """Uniform model over ``range(alphabet_size)`` for S columns: nothing to store.
+
+    For symbols with no useful statistics (escaped raw class ids) that must
+    share a stream with modelled ones; any alphabet up to 2**24 symbols.
+    """
+
+    def __init__(self, alphabet_size: int, num_columns: int = 1) -> None:
+        if not 1 <= alphabet_size <= (1 << 24):
+            raise InputError(f"alphabet_size must be in 1..2**24, got {alphabet_size}")
+        self.alphabet_size = alphabet_size
+        self.num_columns = num_columns
+        self._model = constriction.stream.model.Uniform(alphabet_size)
+
+    def cost_bits(self, symbols: torch.Tensor) -> float:
+        return symbols.numel() * math.log2(self.alphabet_size)
+
+    def _check(self, symbols: torch.Tensor) -> torch.Tensor:
+        symbols = _check_symbols(symbols, self.alphabet_size, limit=1 << 24)
+        if symbols.shape[1] != self.num_columns:
+            raise InputError(
+                f"coder has {self.num_columns} columns, symbols have {symbols.shape[1]}"
+            )
+        return symbols
+
+    def _push(self, ans: Any, symbols: torch.Tensor) -> None:
+        array = symbols.numpy().astype(np.int32)
+        for col in reversed(range(self.num_columns)):
+            ans.encode_reverse(np.ascontiguousarray(array[:, col]), self._model)
+
+    def _pop(self, ans: Any, num_rows: int) -> torch.Tensor:
+        out = np.empty((num_rows, self.num_columns), dtype=np.int64)
+        for col in range(self.num_columns):
+            out[:, col] = ans.decode(self._model, num_rows)
+        return torch.from_numpy(out)
+
+
+StreamCoder = CategoricalStreamCoder | UniformStreamCoder
+
+# Rows of one part: a count, or a function of the parts decoded before it.
+RowCount = int | Callable[[list[torch.Tensor]], int]
+
+
 def encode_joint(
-    parts: Sequence[tuple[CategoricalStreamCoder, torch.Tensor]],
+    parts: Sequence[tuple[StreamCoder, torch.Tensor]],
 ) -> torch.Tensor:
     """Encode several symbol matrices (each with its own coder) into one stream.
 
@@ -232,9 +278,12 @@ def encode_joint(
 
 
 def decode_joint(
-    data: torch.Tensor, parts: Sequence[tuple[CategoricalStreamCoder, int]]
+    data: torch.Tensor, parts: Sequence[tuple[StreamCoder, RowCount]]
 ) -> list[torch.Tensor]:
     """Inverse of :func:`encode_joint`: one (num_rows, S) int64 matrix per coder.
+
+    A part's row count may be a function of the parts decoded before it (e.g.
+    how many escapes they hold).
 
     Raises:
         InputError: the bytes are not whole words, are corrupt, or hold more
@@ -246,19 +295,23 @@ def decode_joint(
             f"entropy-coded data must be uint8 in whole 32-bit words, got "
             f"{raw.numel()} bytes of {raw.dtype}"
         )
-    if all(rows * coder.num_columns == 0 for coder, rows in parts):
-        if raw.numel():
-            raise InputError("entropy-coded data has bytes but no symbols to decode")
-        return [
-            torch.zeros(rows, coder.num_columns, dtype=torch.int64)
-            for coder, rows in parts
-        ]
+    out: list[torch.Tensor] = []
+    if raw.numel() == 0:
+        for coder, rows in parts:
+            count = rows(out) if callable(rows) else rows
+            if count * coder.num_columns:
+                raise InputError("entropy-coded data is empty but symbols are expected")
+            out.append(torch.zeros(count, coder.num_columns, dtype=torch.int64))
+        return out
     words = raw.numpy().view("<u4").astype(np.uint32)
     ans = constriction.stream.stack.AnsCoder(words)
-    out = []
     try:
         for coder, rows in parts:
-            out.append(coder._pop(ans, rows))
+            count = rows(out) if callable(rows) else rows
+            if count * coder.num_columns:
+                out.append(coder._pop(ans, count))
+            else:
+                out.append(torch.zeros(count, coder.num_columns, dtype=torch.int64))
     except Exception as exc:  # constriction raises on exhausted/corrupt data
         raise InputError(f"entropy-coded data is corrupt: {exc}") from exc
     if not ans.is_empty():
@@ -269,14 +322,16 @@ def decode_joint(
     return out
 
 
-def _check_symbols(symbols: torch.Tensor, alphabet_size: int) -> torch.Tensor:
+def _check_symbols(
+    symbols: torch.Tensor, alphabet_size: int, limit: int = 1 << 15
+) -> torch.Tensor:
     if symbols.dim() != 2 or symbols.is_floating_point():
         raise InputError(
             f"symbols must be an (N, S) integer tensor, got {tuple(symbols.shape)} "
             f"{symbols.dtype}"
         )
-    if alphabet_size < 1 or alphabet_size > (1 << 15):
-        raise InputError(f"alphabet_size must be in 1..32768, got {alphabet_size}")
+    if alphabet_size < 1 or alphabet_size > limit:
+        raise InputError(f"alphabet_size must be in 1..{limit}, got {alphabet_size}")
     symbols = symbols.to(device="cpu", dtype=torch.int64)
     if symbols.numel() and (
         int(symbols.min()) < 0 or int(symbols.max()) >= alphabet_size

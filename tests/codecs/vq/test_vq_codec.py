@@ -9,6 +9,7 @@ import torch
 from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.registry import CODEC_IDS, codec_class, create_codec
 from labelzip.codecs.vq.codec import VQAECodec, VQAEConfig
+from labelzip.codecs.vq.rate import model_bytes_for
 from labelzip.codecs.vq.train import top_ids
 from labelzip.errors import (
     ArchiveFormatError,
@@ -92,8 +93,10 @@ def test_byte_counts_are_exact(fitted: VQAECodec, data: torch.Tensor) -> None:
     tensors = fitted.model_tensors()
     assert all(t.dtype == torch.float16 for t in tensors.values())
     assert fitted.model_bytes() == 2 * sum(t.numel() for t in tensors.values())
-    # codebooks (1, 3, 8, 2) + in (12, 6) + 12 + id_scale 12 + out (24, 12) + 24 + value 12 + 1
-    assert fitted.model_bytes() == 2 * (48 + 72 + 12 + 12 + 288 + 24 + 12 + 1)
+    # codebooks (1, 3, 8, 2) + in (12, 6) + 12 + id_scale 12 + out (24, 12) + 24
+    # (no value head: the values are stored)
+    assert fitted.model_bytes() == 2 * (48 + 72 + 12 + 12 + 288 + 24)
+    assert fitted.model_bytes() == model_bytes_for(fitted.config, C)
     account = fitted.account(50, fitted.encode(data[:50]).nbytes)
     assert account.total_bytes == account.payload_bytes + fitted.model_bytes()
 
@@ -146,15 +149,20 @@ def test_training_improves_kl_over_untrained(
     assert kl["trained"][1] < 0.5 * kl["untrained"][1]
 
 
-def test_entropy_coding_round_trip_and_never_larger(data: torch.Tensor) -> None:
-    codec = VQAECodec(VQAEConfig(**TINY, entropy_coding="auto"))
+@pytest.mark.parametrize("rank_ids", [False, True])
+def test_entropy_coding_round_trip_and_never_larger(
+    data: torch.Tensor, rank_ids: bool
+) -> None:
+    codec = VQAECodec(VQAEConfig(**TINY, entropy_coding="auto", rank_ids=rank_ids))
     codec.fit([data], num_labels=10**6)  # many labels: the tables pay for themselves
     tensors = codec.model_tensors()
     assert {"entropy_code_tables", "entropy_level_tables"} <= set(tensors)
+    assert ("prior_weight" in tensors) == rank_ids
     assert tensors["entropy_level_tables"].shape == (1, 8)  # one slot, 3-bit levels
     block = codec.encode(data)
     assert block.nbytes < codec.fixed_block_bytes(400)  # skewed levels/codes: smaller
     ids, levels, codes = codec.decode_codes(block)
+    assert torch.equal(ids, top_ids(data, 1))
     assert torch.equal(codes, codec._codes(data))
     assert torch.equal(levels, codec._levels(data, ids))
     loaded = VQAECodec.from_stored(codec.to_config(), tensors)

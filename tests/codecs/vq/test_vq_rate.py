@@ -5,7 +5,12 @@ import torch
 
 from labelzip.codecs.registry import create_codec_for_target, target_total_bytes
 from labelzip.codecs.vq.codec import VQAECodec
-from labelzip.codecs.vq.rate import choose_config, model_bytes_for, payload_bytes_for
+from labelzip.codecs.vq.rate import (
+    MAX_CHUNKS,
+    choose_config,
+    model_bytes_for,
+    payload_bytes_for,
+)
 from labelzip.errors import ConfigError, UnreachableTargetError
 
 
@@ -24,7 +29,7 @@ def test_meets_budget_at_c1000(num_labels: int, ratio: float) -> None:
     # The search spends the budget: one more chunk would not fit, or the grid is at its limit.
     more = cfg.model_copy(update={"num_chunks": cfg.num_chunks + 1})
     bigger = model_bytes_for(more, 1000) + payload_bytes_for(more, 1000, num_labels)
-    assert bigger > budget or cfg.num_chunks >= 96
+    assert bigger > budget or cfg.num_chunks >= MAX_CHUNKS
 
 
 def test_more_labels_buy_a_wider_decoder() -> None:

@@ -23,7 +23,14 @@ from torch.nn import functional as F
 
 from labelzip.codecs.vq.quantizer import QuantizerOutput, ResidualProductQuantizer
 
-__all__ = ["DECODER_KEYS", "VQAutoencoder", "normalize_logits"]
+__all__ = [
+    "DECODER_KEYS",
+    "VQAutoencoder",
+    "decode_with",
+    "enforce_argmax",
+    "id_table",
+    "normalize_logits",
+]
 
 # The tensors a decoder needs, in the order they are stored.
 DECODER_KEYS = (
@@ -64,6 +71,7 @@ class VQAutoencoder(nn.Module):
         hidden_dim: H, decoder width.
         encoder_dim: width of the (unshipped) encoder's hidden layers.
         encoder_layers: number of hidden layers of the encoder.
+        value_head: learn a value per explicit id (off when values are stored).
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class VQAutoencoder(nn.Module):
         hidden_dim: int,
         encoder_dim: int,
         encoder_layers: int = 1,
+        value_head: bool = True,
         decay: float = 0.99,
     ) -> None:
         super().__init__()
@@ -97,9 +106,12 @@ class VQAutoencoder(nn.Module):
         self.in_proj = nn.Linear(latent, hidden_dim)
         self.out_proj = nn.Linear(hidden_dim, num_classes)
         self.id_scale = nn.Parameter(torch.zeros(num_ids, hidden_dim))
-        # Zero-initialized: the explicit-id values start as plain low-rank logits.
-        self.value_weight = nn.Parameter(torch.zeros(num_ids, hidden_dim))
-        self.value_bias = nn.Parameter(torch.zeros(num_ids))
+        # Learned values of the explicit ids, unless their values are stored
+        # (then the decoder's guess is overwritten and the head is left out).
+        # Zero-initialized: the ids start as plain low-rank logits.
+        heads = num_ids if value_head else 0
+        self.value_weight = nn.Parameter(torch.zeros(heads, hidden_dim))
+        self.value_bias = nn.Parameter(torch.zeros(heads))
 
     @property
     def num_chunks(self) -> int:
@@ -177,7 +189,8 @@ def decode_with(
     """The decoder as a pure function of its tensors (shared by training and codec).
 
     Args:
-        state: tensors named as in :data:`DECODER_KEYS` (float, same device).
+        state: tensors named as in :data:`DECODER_KEYS` (float, same device),
+            optionally with ``id_table`` from :func:`id_table` for fast inference.
         quantized: (B, M, D) sum of codewords per chunk.
         ids: (B, K) int64 explicit class ids.
 
@@ -188,16 +201,26 @@ def decode_with(
     pre = F.linear(u, state["in_weight"], state["in_bias"])
     num_ids = ids.shape[1]
     out_weight = state["out_weight"]
-    if num_ids:
+    if num_ids and "id_table" in state:
+        # Inference: one fused lookup-and-sum in the precomputed per-slot tables.
+        offsets = torch.arange(num_ids, device=ids.device) * out_weight.shape[0]
+        pre = pre + F.embedding_bag(ids + offsets, state["id_table"], mode="sum")
+    elif num_ids:
         # Tied class embedding: the output row of each explicit id, scaled per slot.
         emb = out_weight[ids]  # (B, K, H)
         pre = pre + (emb * state["id_scale"].unsqueeze(0)).sum(dim=1)
     hidden = F.gelu(pre)
     logits = F.linear(hidden, out_weight, state["out_bias"])
-    if num_ids:
+    if num_ids and state["value_weight"].shape[0]:
         values = F.linear(hidden, state["value_weight"], state["value_bias"])
         logits = logits.scatter_add(1, ids, values)
     return logits
+
+
+def id_table(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(K*C, H) per-slot scaled class embeddings: row k*C + c = s_k * W_out[c]."""
+    weight, scale = state["out_weight"], state["id_scale"]
+    return (scale.unsqueeze(1) * weight.unsqueeze(0)).reshape(-1, weight.shape[1])
 
 
 def enforce_argmax(logits: torch.Tensor, top_id: torch.Tensor) -> torch.Tensor:
@@ -205,11 +228,11 @@ def enforce_argmax(logits: torch.Tensor, top_id: torch.Tensor) -> torch.Tensor:
 
     Rows where the id already leads are unchanged, so top-1 agreement with the
     teacher is exact whenever the argmax id is stored. (B, C), (B,) -> (B, C);
-    may modify and return ``logits`` itself.
+    modifies and returns ``logits`` itself (no autograd).
     """
     best, arg = logits.max(dim=1)
     wrong = arg != top_id  # there, the largest other logit is ``best``
     if bool(wrong.any()):
         rows = wrong.nonzero().squeeze(1)
-        logits = logits.index_put((rows, top_id[rows]), best[rows] + ARGMAX_MARGIN)
+        logits.index_put_((rows, top_id[rows]), best[rows] + ARGMAX_MARGIN)
     return logits

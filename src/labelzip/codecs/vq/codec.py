@@ -14,6 +14,7 @@ encode.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -31,10 +32,12 @@ from labelzip.codecs.vq.autoencoder import (
     VQAutoencoder,
     decode_with,
     enforce_argmax,
+    id_table,
     normalize_logits,
 )
 from labelzip.codecs.vq.config import VQAEConfig
 from labelzip.codecs.vq.head import HeadQuantizer, apply_head_values, head_values
+from labelzip.codecs.vq.idprior import RANK_ALPHABET, IdPrior
 from labelzip.codecs.vq.layout import BlockLayout, EntropyModel
 from labelzip.codecs.vq.quantizer import nearest_codewords
 from labelzip.codecs.vq.train import (
@@ -84,8 +87,8 @@ class VQAECodec(Codec):
         """The block layout of this fitted codec."""
         cfg = self.config
         return BlockLayout(
+            num_classes=self._require_fitted("layout"),
             num_ids=cfg.num_ids,
-            id_bits=bits_for(self._require_fitted("layout")),
             value_bits=cfg.value_bits if self.uses_values else 0,
             num_codes=cfg.num_stages * cfg.num_chunks,
             code_bits=bits_for(cfg.codebook_size),
@@ -136,6 +139,7 @@ class VQAECodec(Codec):
                 hidden_dim=cfg.hidden_dim,
                 encoder_dim=cfg.encoder_dim,
                 encoder_layers=cfg.encoder_layers,
+                value_head=not self.uses_values,
                 decay=cfg.codebook_decay,
             )
             model.init_output_from_data(data)
@@ -181,23 +185,46 @@ class VQAECodec(Codec):
     def _fit_entropy(
         self, sample: torch.Tensor, num_labels: int
     ) -> EntropyModel | None:
-        """ANS models for levels and codes, if they save more than twice their size.
+        """ANS models (and the id prior) if they save more than twice their size.
 
-        Code lengths are estimated on the fit sample; the margin keeps an
-        estimate error from turning the choice into a loss. Codes get one
-        pooled table or one per column, whichever is smaller in total.
+        Models are fitted on one half of the sample and their code lengths
+        measured on the other, and the stored tables must save twice their own
+        size, so an estimate error cannot turn the choice into a loss. Tried:
+        codes with one pooled table or one per column, ids bit-packed or coded
+        as ranks under the id prior; the smallest total wins.
         """
         lay = self.layout
-        codes = self._codes(sample)
-        levels = self._levels(sample, top_ids(sample, lay.num_ids))
-        rows = sample.shape[0]
+        half = max(1, sample.shape[0] // 2)
+        fit, held = sample[:half], sample[half:] if sample.shape[0] > 1 else sample
+        parts = {}
+        for name, part in (("fit", fit), ("held", held)):
+            ids = top_ids(part, lay.num_ids)
+            parts[name] = (part, ids, self._levels(part, ids), self._codes(part))
+        logits, ids, levels, codes = parts["fit"]
+        _, held_ids, held_levels, held_codes = parts["held"]
+        rows = held_codes.shape[0]
         level_coder = None
         level_bits = 0.0
         if self._head is not None:
             level_coder = CategoricalStreamCoder.fit(levels, self._head.levels)
-            level_bits = level_coder.cost_bits(levels)
+            level_bits = level_coder.cost_bits(held_levels)
+        rank_options: list[tuple[CategoricalStreamCoder | None, IdPrior | None, float]]
+        rank_options = [(None, None, rows * lay.num_ids * lay.id_bits)]
+        if lay.num_ids and self.config.rank_ids:
+            prior = IdPrior.fit(self._stored["codebooks"].float(), codes, logits)
+            alphabet = min(RANK_ALPHABET, lay.num_classes)
+            fit_ranks = prior.ranks(prior.scores(codes), ids).clamp(max=alphabet - 1)
+            rank_coder = CategoricalStreamCoder.fit(fit_ranks, alphabet)
+            ranks = prior.ranks(prior.scores(held_codes), held_ids)
+            escapes = (
+                int((ranks >= alphabet - 1).sum()) if lay.num_classes > alphabet else 0
+            )
+            rank_bits = rank_coder.cost_bits(ranks.clamp(max=alphabet - 1))
+            rank_options.append(
+                (rank_coder, prior, rank_bits + escapes * math.log2(lay.num_classes))
+            )
         fixed_bits = rows * (
-            lay.num_ids * lay.value_bits + lay.num_codes * lay.code_bits
+            lay.num_ids * lay.slot_bits + lay.num_codes * lay.code_bits
         )
         best: EntropyModel | None = None
         best_saving = 0.0
@@ -205,12 +232,16 @@ class VQAECodec(Codec):
             code_coder = CategoricalStreamCoder.fit(
                 codes, self.config.codebook_size, columns
             )
-            model = EntropyModel(level_coder, code_coder)
-            coded_bits = level_bits + code_coder.cost_bits(codes)
-            saving = (fixed_bits - coded_bits) / 8 / rows * num_labels
-            saving -= 2 * model.table_bytes()
-            if saving > best_saving:
-                best, best_saving = model, saving
+            code_bits = code_coder.cost_bits(held_codes)
+            for option_ranks, option_prior, id_bits in rank_options:
+                model = EntropyModel(
+                    level_coder, code_coder, option_ranks, option_prior
+                )
+                coded_bits = level_bits + code_bits + id_bits
+                saving = (fixed_bits - coded_bits) / 8 / rows * num_labels
+                saving -= 2 * model.table_bytes()
+                if saving > best_saving:
+                    best, best_saving = model, saving
         return best
 
     # -- byte path -------------------------------------------------------------------
@@ -308,7 +339,8 @@ class VQAECodec(Codec):
                 quant = quant + books[stage][chunk, staged[:, stage]]
             logits = decode_with(state, quant, ids)
             if self._head is not None:
-                logits = apply_head_values(logits, ids, self._head.dequantize(levels))
+                values = self._head.dequantize(levels)
+                logits = apply_head_values(logits, ids, values, inplace=True)
             if cfg.enforce_argmax and cfg.num_ids:
                 logits = enforce_argmax(logits, ids[:, 0])
         return logits
@@ -316,10 +348,13 @@ class VQAECodec(Codec):
     def _float_state(self, device: torch.device) -> dict[str, torch.Tensor]:
         key = str(device)
         if key not in self._device_cache:
-            self._device_cache[key] = {
+            state = {
                 name: t.to(device=device, dtype=torch.float32)
                 for name, t in self._stored.items()
             }
+            if self.config.num_ids:
+                state["id_table"] = id_table(state)
+            self._device_cache[key] = state
         return self._device_cache[key]
 
     # -- what is shipped once --------------------------------------------------------

@@ -20,21 +20,21 @@ class VQAEConfig(CodecConfig):
 
     kind: Literal["vqae"] = "vqae"
     num_ids: int = Field(
-        default=1, ge=0, le=16, description="explicit top class ids stored per label"
+        default=8, ge=0, le=16, description="explicit top class ids stored per label"
     )
     value_bits: int = Field(
-        default=6,
+        default=5,
         ge=0,
         le=16,
         description="bits of the quantized log-odds stored with each explicit id "
         "(0: the decoder predicts them)",
     )
     num_chunks: int = Field(
-        default=32, ge=1, le=512, description="M: latent chunks, one code index each"
+        default=34, ge=1, le=512, description="M: latent chunks, one code index each"
     )
-    chunk_dim: int = Field(default=4, ge=1, le=64, description="D: dims per chunk")
+    chunk_dim: int = Field(default=2, ge=1, le=64, description="D: dims per chunk")
     codebook_size: int = Field(
-        default=256, ge=2, le=16384, description="k: codewords per codebook"
+        default=16, ge=2, le=16384, description="k: codewords per codebook"
     )
     num_stages: int = Field(
         default=1, ge=1, le=8, description="R: residual quantization stages"
@@ -65,7 +65,7 @@ class VQAEConfig(CodecConfig):
     steps: int = Field(default=2000, ge=1, le=1_000_000, description="training steps")
     batch_size: int = Field(default=256, ge=1, le=65536, description="labels per step")
     learning_rate: float = Field(
-        default=2e-3, gt=0.0, le=1.0, description="Adam peak learning rate"
+        default=5e-3, gt=0.0, le=1.0, description="Adam peak learning rate"
     )
     max_train_labels: int = Field(
         default=65536,
@@ -76,6 +76,11 @@ class VQAEConfig(CodecConfig):
     entropy_coding: Literal["auto", "off"] = Field(
         default="auto",
         description="auto: ANS-code the code indices when the saving beats the table cost",
+    )
+    rank_ids: bool = Field(
+        default=False,
+        description="with entropy coding, code the ids as ranks under a class prior "
+        "computed from the VQ codes: ~25% smaller payload, ~3x slower CPU decode",
     )
     enforce_argmax: bool = Field(
         default=True,

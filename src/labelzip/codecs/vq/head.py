@@ -40,16 +40,20 @@ def head_values(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def apply_head_values(
-    logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor
+    logits: torch.Tensor, ids: torch.Tensor, values: torch.Tensor, inplace: bool = False
 ) -> torch.Tensor:
     """Set the logits of (B, K) ``ids`` so their conditional log-odds equal ``values``.
 
-    The other classes keep their (B, C) ``logits``. Differentiable in ``logits``.
+    The other classes keep their (B, C) ``logits``. Differentiable in ``logits``;
+    with ``inplace=True`` (no autograd) it overwrites and returns ``logits``.
     """
     num_ids = ids.shape[1]
     if num_ids == 0:
         return logits
-    rest = logits.scatter(1, ids, float("-inf"))
+    if inplace:
+        rest = logits.scatter_(1, ids, float("-inf"))
+    else:
+        rest = logits.scatter(1, ids, float("-inf"))
     lse = torch.logsumexp(rest, dim=1)  # mass outside all stored ids
     head = []
     for slot in range(num_ids - 1, -1, -1):
@@ -57,6 +61,8 @@ def apply_head_values(
         head.append(z)
         lse = torch.logaddexp(lse, z)
     head_logits = torch.stack(head[::-1], dim=1)  # (B, K)
+    if inplace:
+        return rest.scatter_(1, ids, head_logits)
     return rest.scatter(1, ids, head_logits)
 
 

@@ -19,7 +19,7 @@ spends the budget on code bits up to the grid's limits.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from labelzip.codecs.vq.config import VQAEConfig
@@ -42,19 +42,29 @@ ASSUMED_BLOCK_LABELS = 1024
 # Decoder widths the search considers (narrow ones rescue small label sets).
 HIDDEN_LADDER = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
-# Most code indices per label the search uses: beyond this the measured gain
-# per bit is small and encode/decode slow down.
-MAX_CHUNKS = 96
+# Most code indices per label the search uses (768 code bits at k=16): beyond
+# this the measured gain per bit is small and encoding slows down.
+MAX_CHUNKS = 192
 
-# Distortion model (fitted to measurements, see module docstring).
-_A, _ALPHA = 40.0, 1.0
-_B, _BETA = 1.0, 1.0
+# Most explicit ids per label the search uses.
+MAX_IDS = 16
+
+# Measured split of the payload (see module docstring): about one explicit id
+# (10-bit id + 5-bit value at C=1000) per this many payload bits, the rest in
+# 8-bit codes.
+BITS_PER_ID = 25.0
+
+# Distortion model: predicted KL(T=4) ~ payload_bits**-RATE_EXPONENT *
+# (hidden_dim / 128)**-WIDTH_EXPONENT (fitted, docs/vqae-design.md).
+RATE_EXPONENT = 0.5
+WIDTH_EXPONENT = 0.25
 
 
 def model_bytes_for(config: VQAEConfig, num_classes: int) -> int:
     """fp16 bytes of the codebooks and decoder a config ships (no entropy tables)."""
     c = config
     latent = c.num_chunks * c.chunk_dim
+    heads = c.num_ids if c.value_bits == 0 else 0
     params = (
         c.num_stages * c.num_chunks * c.codebook_size * c.chunk_dim  # codebooks
         + c.hidden_dim * latent
@@ -62,8 +72,8 @@ def model_bytes_for(config: VQAEConfig, num_classes: int) -> int:
         + c.num_ids * c.hidden_dim  # id_scale
         + num_classes * c.hidden_dim
         + num_classes  # out_weight, out_bias
-        + c.num_ids * c.hidden_dim
-        + c.num_ids  # value_weight, value_bias
+        + heads * c.hidden_dim
+        + heads  # value_weight, value_bias (only when values are not stored)
     )
     return 2 * params
 
@@ -81,34 +91,47 @@ def payload_bytes_for(config: VQAEConfig, num_classes: int, num_labels: int) -> 
     return math.ceil(num_labels * (id_bits + code_bits) / 8) + sections
 
 
-def predicted_kl(config: VQAEConfig) -> float:
-    """Predicted KL(teacher_T4 || decoded_T4) of a config (lower is better)."""
-    code_bits = config.num_stages * config.num_chunks * bits_for(config.codebook_size)
-    return _A * code_bits**-_ALPHA + _B * config.hidden_dim**-_BETA
+def predicted_kl(config: VQAEConfig, num_classes: int) -> float:
+    """Relative predicted KL(teacher_T4 || decoded_T4) of a config (lower is better)."""
+    bits = _payload_bits(config, num_classes)
+    return float(bits**-RATE_EXPONENT * (config.hidden_dim / 128) ** -WIDTH_EXPONENT)
 
 
-def _candidates(num_classes: int, fixed: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """Grid of free parameters; user-fixed ones are held at their values."""
-    base = VQAEConfig()
-    num_ids = [fixed.get("num_ids", min(base.num_ids, num_classes))]
-    hidden = [fixed["hidden_dim"]] if "hidden_dim" in fixed else list(HIDDEN_LADDER)
-    stages = [fixed.get("num_stages", base.num_stages)]
-    books = [fixed.get("codebook_size", base.codebook_size)]
-    chunks = (
-        [fixed["num_chunks"]] if "num_chunks" in fixed else range(1, MAX_CHUNKS + 1)
+def _payload_bits(config: VQAEConfig, num_classes: int) -> int:
+    value_bits = config.value_bits if config.num_ids else 0
+    slot = bits_for(num_classes) + value_bits
+    return config.num_ids * slot + config.num_stages * config.num_chunks * bits_for(
+        config.codebook_size
     )
-    for k in num_ids:
-        for h in hidden:
-            for r in stages:
-                for book in books:
-                    for m in chunks:
-                        yield {
-                            "num_ids": k,
-                            "hidden_dim": h,
-                            "num_stages": r,
-                            "codebook_size": book,
-                            "num_chunks": m,
-                        }
+
+
+def _split(
+    payload_bits: int, num_classes: int, base: VQAEConfig, fixed: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Measured best (num_ids, num_chunks) for a payload of ``payload_bits``."""
+    value_bits = base.value_bits
+    slot = bits_for(num_classes) + value_bits
+    code = base.num_stages * bits_for(base.codebook_size)
+    if "num_ids" in fixed:
+        num_ids = base.num_ids
+    else:
+        scaled = (
+            BITS_PER_ID * slot / (bits_for(1000) + 5)
+        )  # the rule scales with slot size
+        num_ids = int(round(payload_bits / scaled))
+        num_ids = max(1, min(num_ids, MAX_IDS, num_classes))
+    if "num_chunks" in fixed:
+        num_chunks = base.num_chunks
+    else:
+        num_chunks = min(
+            MAX_CHUNKS, (payload_bits - num_ids * (slot if num_ids else 0)) // code
+        )
+        if num_chunks < 1 and "num_ids" not in fixed:  # too few bits: fewer ids
+            num_ids = max(0, (payload_bits - code) // slot)
+            num_chunks = min(MAX_CHUNKS, (payload_bits - num_ids * slot) // code)
+    if num_chunks < 1:
+        return None
+    return {"num_ids": num_ids, "num_chunks": int(num_chunks)}
 
 
 def choose_config(
@@ -119,6 +142,11 @@ def choose_config(
     fixed: Mapping[str, Any],
 ) -> VQAEConfig:
     """The best predicted config whose payload + model bytes fit ``budget_bytes``.
+
+    For each decoder width of :data:`HIDDEN_LADDER` the payload gets what the
+    model leaves, split into explicit ids and codes by the measured rule; the
+    width with the lowest :func:`predicted_kl` wins. Options in ``fixed`` are
+    kept as given.
 
     Raises:
         ConfigError: invalid fixed options or sizes.
@@ -132,22 +160,36 @@ def choose_config(
         )
     fixed = {k: v for k, v in fixed.items() if k != "kind"}
     try:
-        VQAEConfig(**fixed)
+        base = VQAEConfig(**fixed)
     except Exception as exc:
         raise ConfigError(f"invalid vqae options: {exc}") from exc
+    if base.num_ids > num_classes:
+        raise ConfigError(f"num_ids={base.num_ids} exceeds the {num_classes} classes")
+    widths = [base.hidden_dim] if "hidden_dim" in fixed else list(HIDDEN_LADDER)
     best: tuple[float, VQAEConfig] | None = None
     smallest: int | None = None
-    for free in _candidates(num_classes, fixed):
-        config = VQAEConfig(**{**fixed, **free})
-        total = model_bytes_for(config, num_classes) + payload_bytes_for(
-            config, num_classes, num_labels
-        )
-        smallest = total if smallest is None else min(smallest, total)
-        if total > budget_bytes:
-            continue
-        score = predicted_kl(config)
-        if best is None or score < best[0]:
-            best = (score, config)
+    for width in widths:
+        sized = base.model_copy(update={"hidden_dim": width})
+        smallest = _min_total(sized, num_classes, num_labels, fixed, smallest)
+        # Start from the bits the smallest model would leave, then step down
+        # until the split's own model (codebooks grow with M) fits as well.
+        blocks = 2 * max(1, math.ceil(num_labels / ASSUMED_BLOCK_LABELS))
+        floor_model = _min_model(sized, num_classes, fixed)
+        spare = budget_bytes - blocks - floor_model
+        payload_bits = (8 * spare) // num_labels if spare > 0 else 0
+        while payload_bits > 0:
+            split = _split(payload_bits, num_classes, sized, fixed)
+            if split is None:
+                break
+            config = VQAEConfig(**{**sized.model_dump(), **split})
+            excess = _total(config, num_classes, num_labels) - budget_bytes
+            if excess <= 0:
+                config = _fill(config, num_classes, num_labels, budget_bytes, fixed)
+                score = predicted_kl(config, num_classes)
+                if best is None or score < best[0]:
+                    best = (score, config)
+                break
+            payload_bits -= max(1, (8 * excess) // num_labels)
     if best is None:
         assert smallest is not None
         dense = 2 * num_labels * num_classes
@@ -159,3 +201,54 @@ def choose_config(
             "encode more labels so the decoder is amortised"
         )
     return best[1]
+
+
+def _fill(
+    config: VQAEConfig,
+    num_classes: int,
+    num_labels: int,
+    budget_bytes: int,
+    fixed: Mapping[str, Any],
+) -> VQAEConfig:
+    """Add chunks while the budget allows (the split's stepping can undershoot)."""
+    if "num_chunks" in fixed:
+        return config
+    while config.num_chunks < MAX_CHUNKS:
+        more = config.model_copy(update={"num_chunks": config.num_chunks + 1})
+        if _total(more, num_classes, num_labels) > budget_bytes:
+            break
+        config = more
+    return config
+
+
+def _total(config: VQAEConfig, num_classes: int, num_labels: int) -> int:
+    return model_bytes_for(config, num_classes) + payload_bytes_for(
+        config, num_classes, num_labels
+    )
+
+
+def _min_model(base: VQAEConfig, num_classes: int, fixed: Mapping[str, Any]) -> int:
+    """Model bytes at this width with the fewest chunks and ids allowed."""
+    update: dict[str, Any] = {}
+    if "num_ids" not in fixed:
+        update["num_ids"] = 0
+    if "num_chunks" not in fixed:
+        update["num_chunks"] = 1
+    return model_bytes_for(base.model_copy(update=update), num_classes)
+
+
+def _min_total(
+    base: VQAEConfig,
+    num_classes: int,
+    num_labels: int,
+    fixed: Mapping[str, Any],
+    current: int | None,
+) -> int:
+    """Smallest all-in size at this width (1 chunk, no ids unless fixed)."""
+    update: dict[str, Any] = {}
+    if "num_ids" not in fixed:
+        update["num_ids"] = 0
+    if "num_chunks" not in fixed:
+        update["num_chunks"] = 1
+    total = _total(base.model_copy(update=update), num_classes, num_labels)
+    return total if current is None else min(current, total)
