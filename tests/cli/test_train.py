@@ -99,7 +99,8 @@ def test_train_reports_accuracy_and_decode_share(
         meta = json.loads(handle.metadata()["labelzip_student"])
         assert meta["accuracy"] == report["accuracy"]
         assert "head.weight" in handle.keys()
-    code = main([*argv, *STUDENT, "--epochs", "2", "--test-set", "none"])
+    stats = ["--input-mean", "72.9", "--input-std", "90"]
+    code = main([*argv, *STUDENT, *stats, "--epochs", "2", "--test-set", "none"])
     text = capsys.readouterr().out
     assert code == 0 and "epoch    2" in text and "test accuracy n/a" in text
 
@@ -111,6 +112,8 @@ def test_train_reports_accuracy_and_decode_share(
         (["--lr", "-1"], "invalid student options: lr: Input should be greater than 0"),
         (["--data-dir", "{empty}"], "Fashion-MNIST file .* is missing; install"),
         (["--save", "{nofolder}"], "output folder .* does not exist"),
+        (["--input-mean", "x"], "--input-mean expects numbers, got 'x'"),
+        (["--input-mean", "1,2", "--test-set", "none"], "one value per channel \\(1\\)"),
     ],
 )  # fmt: skip
 def test_train_bad_input_is_one_line(

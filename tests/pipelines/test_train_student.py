@@ -13,9 +13,10 @@ from torch import nn
 from labelzip.augment import ViewConfig
 from labelzip.data.base import ImageDataset
 from labelzip.distill import DistilledSet
-from labelzip.errors import CodecMismatchError, InputError
+from labelzip.errors import CodecMismatchError, ConfigError, InputError
 from labelzip.pipelines.relabel import RelabelConfig, RelabelOutput, relabel
 from labelzip.pipelines.replay import ReplayDataset
+from labelzip.pipelines.students import build_student
 from labelzip.pipelines.train_student import (
     StudentConfig,
     evaluate_student,
@@ -104,6 +105,21 @@ def test_training_is_deterministic_and_uses_the_ce_mix(
         config.model_copy(update={"ce_weight": 0.0}),
     )
     assert pure.history[0].loss != runs[0].history[0].loss
+
+
+def test_students_normalise_with_given_or_image_statistics() -> None:
+    images = torch.full((4, 1, 28, 28), 100, dtype=torch.uint8)
+    images[:2] = 50
+    own = build_student("convnet", 4, images, (28, 28))
+    assert float(own.norm.mean) == pytest.approx(75.0)
+    given = build_student("resnet18", 4, images, (28, 28), mean=(72.9,), std=(90.0,))
+    assert float(given.norm.mean) == pytest.approx(72.9)
+    assert float(given.norm.std) == pytest.approx(90.0)
+    assert given(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
+    with pytest.raises(ConfigError, match="one value per channel"):
+        build_student("convnet", 4, images, (28, 28), mean=(1.0, 2.0), std=(1.0,))
+    with pytest.raises(ConfigError, match="unknown student arch"):
+        build_student("vit", 4, images, (28, 28))
 
 
 def test_student_and_test_set_mismatches(

@@ -146,26 +146,37 @@ def build_student(
     *,
     width: int = 32,
     depth: int = 3,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> nn.Module:
     """A freshly initialised student (seed the global RNG first for determinism).
 
     Args:
         arch: one of :data:`STUDENT_ARCHS`.
         num_classes: C.
-        images: the distilled images (M, ch, H, W) in 0..255: channel count and
-            normalisation statistics come from them.
+        images: the distilled images (M, ch, H, W) in 0..255: the channel count,
+            and the normalisation statistics unless ``mean``/``std`` are given.
         view_size: (h, w) of the views the student is trained on.
         width, depth: ConvNet only.
+        mean, std: per-channel input statistics in 0..255 units, e.g. of the
+            real training data (synthetic images can have other statistics
+            than the test images).
 
     Raises:
         ConfigError: unknown arch, or an arch that cannot take these images.
     """
     channels = int(images.shape[1])
     flat = images.float().transpose(0, 1).reshape(channels, -1)
-    mean, std = flat.mean(dim=1), flat.std(dim=1)
+    mu = torch.tensor(mean) if mean is not None else flat.mean(dim=1)
+    sigma = torch.tensor(std) if std is not None else flat.std(dim=1)
+    if mu.numel() != channels or sigma.numel() != channels:
+        raise ConfigError(
+            f"input mean/std need one value per channel ({channels}), got "
+            f"{mean} and {std}"
+        )
     if arch == "convnet":
         return ConvNetStudent(
-            num_classes, channels, view_size, mean, std, width=width, depth=depth
+            num_classes, channels, view_size, mu, sigma, width=width, depth=depth
         )
     if arch == "resnet":
         if channels != 1:
@@ -175,5 +186,5 @@ def build_student(
             )
         return GrayResNet(num_classes)
     if arch == "resnet18":
-        return ResNet18Student(num_classes, channels, view_size, mean, std)
+        return ResNet18Student(num_classes, channels, view_size, mu, sigma)
     raise ConfigError(f"unknown student arch {arch!r}; use one of {STUDENT_ARCHS}")

@@ -76,6 +76,14 @@ class StudentConfig(BaseModel):
     ce_weight: float = Field(
         default=0.0, ge=0, le=1.0, description="weight of CE on image classes"
     )
+    input_mean: tuple[float, ...] | None = Field(
+        default=None,
+        description="per-channel input mean in 0..255 (default: the distilled images')",
+    )
+    input_std: tuple[float, ...] | None = Field(
+        default=None,
+        description="per-channel input std in 0..255 (default: the distilled images')",
+    )
     seed: int = Field(default=0, ge=0, description="init and batch-order seed")
     eval_every: int = Field(
         default=0, ge=0, description="test every N epochs (0: only after the last)"
@@ -315,6 +323,8 @@ def _build(replay: ReplayDataset, config: StudentConfig) -> nn.Module:
             replay.view.output_size,
             width=config.width,
             depth=config.depth,
+            mean=config.input_mean,
+            std=config.input_std,
         )
 
 
