@@ -49,8 +49,10 @@ def auto_prune_plan(
 ) -> PrunePlan | None:
     """The LPLD plan with the most kept views per image that meets the target.
 
-    Returns ``None`` when the codec meets it without pruning. Searches the kept
-    count k in [1, E] by bisection (a smaller k never needs more bytes).
+    Returns ``None`` when the codec meets it without pruning. Tries k = E/2,
+    E/4, ..., 1 until one fits, then bisects up to the largest k that fits
+    (fewer kept labels never need more bytes; a codec may still refuse a
+    budget far above what its model can use, hence the halving first).
 
     Raises:
         ConfigError: the layout has no ``epoch``/``view`` dimension.
@@ -87,13 +89,21 @@ def auto_prune_plan(
 
     if attempt(views) is None:
         return None
-    error = attempt(1)
-    if error is not None:
+    # Halve until something fits, then bisect between that and the next larger
+    # kept count tried. Codecs whose own rate control refuses very generous
+    # budgets (a fixed-size model with too few labels) still find their range.
+    failed = views
+    for kept in _halvings(views):
+        error = attempt(kept)
+        if error is None:
+            break
+        failed = kept
+    else:
         raise UnreachableTargetError(
             f"{codec} cannot meet the target even with the label of 1 of {views} "
             f"views per image stored: {error}"
         ) from error
-    lo, hi = 1, views  # lo fits, hi does not
+    lo, hi = kept, failed  # lo fits, hi does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if attempt(mid) is None:
@@ -102,6 +112,18 @@ def auto_prune_plan(
             hi = mid
     logger.info("%s: auto-prune keeps %d of %d views per image", codec, lo, views)
     return _plan(layout, lo, views, seed)
+
+
+def _halvings(views: int) -> list[int]:
+    """views // 2, views // 4, ..., 1 (distinct, decreasing)."""
+    out: list[int] = []
+    kept = views // 2
+    while kept >= 1:
+        out.append(kept)
+        kept //= 2
+    if not out or out[-1] != 1:
+        out.append(1)
+    return out
 
 
 def _plan(layout: Layout, kept: int, views: int, seed: int) -> PrunePlan | None:
