@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from labelzip.accounting import StorageAccount
-from labelzip.errors import InputError, NotFittedError
+from labelzip.errors import ArchiveFormatError, InputError, NotFittedError
 
 __all__ = [
     "Codec",
@@ -146,12 +146,37 @@ class Codec(ABC):
     def model_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors stored once per archive (decoder, codebook, tables), as stored."""
 
-    @abstractmethod
     def to_config(self) -> dict[str, Any]:
         """JSON-serialisable description that, with the tensors, rebuilds the codec.
 
-        Includes the resolved configuration and ``num_classes``.
+        The resolved configuration plus ``num_classes``; codecs with more fitted
+        state extend it.
         """
+        num_classes = self._require_fitted("to_config")
+        return {**self.config.model_dump(mode="json"), "num_classes": num_classes}
+
+    @classmethod
+    def _unfitted_from_stored(cls, config: dict[str, Any]) -> tuple[Codec, int]:
+        """A codec built from a stored :meth:`to_config`, and its ``num_classes``.
+
+        Raises:
+            ArchiveFormatError: ``num_classes`` missing or invalid, or the stored
+                options fail the codec's config validation.
+        """
+        options = dict(config)
+        num_classes = options.pop("num_classes", None)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ArchiveFormatError(
+                f"{cls.kind} codec config needs a positive integer num_classes, "
+                f"got {num_classes!r}"
+            )
+        try:
+            codec = cls(cls.config_class(**options))
+        except Exception as exc:
+            raise ArchiveFormatError(
+                f"invalid stored {cls.kind} config: {exc}"
+            ) from exc
+        return codec, num_classes
 
     @classmethod
     @abstractmethod

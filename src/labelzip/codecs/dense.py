@@ -124,24 +124,12 @@ class DenseCodec(Codec):
     def model_tensors(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def to_config(self) -> dict[str, Any]:
-        num_classes = self._require_fitted("to_config")
-        return {**self.config.model_dump(), "num_classes": num_classes}
-
     @classmethod
     def from_stored(
         cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
     ) -> DenseCodec:
-        options = dict(config)
-        num_classes = options.pop("num_classes", None)
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ArchiveFormatError(
-                f"dense codec config needs a positive integer num_classes, got {num_classes!r}"
-            )
-        try:
-            codec = cls(DenseConfig(**options))
-        except Exception as exc:
-            raise ArchiveFormatError(f"invalid stored dense config: {exc}") from exc
+        codec, num_classes = cls._unfitted_from_stored(config)
+        assert isinstance(codec, cls)
         codec.num_classes = num_classes
         return codec
 

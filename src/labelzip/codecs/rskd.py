@@ -269,24 +269,12 @@ class RSKDCodec(Codec):
     def model_tensors(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def to_config(self) -> dict[str, Any]:
-        num_classes = self._require_fitted("to_config")
-        return {**self.config.model_dump(), "num_classes": num_classes}
-
     @classmethod
     def from_stored(
         cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
     ) -> RSKDCodec:
-        options = dict(config)
-        num_classes = options.pop("num_classes", None)
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ArchiveFormatError(
-                f"rskd codec config needs a positive integer num_classes, got {num_classes!r}"
-            )
-        try:
-            codec = cls(RSKDConfig(**options))
-        except Exception as exc:
-            raise ArchiveFormatError(f"invalid stored rskd config: {exc}") from exc
+        codec, num_classes = cls._unfitted_from_stored(config)
+        assert isinstance(codec, cls)
         if codec.config.num_samples is None:
             raise ArchiveFormatError("stored rskd config has no resolved num_samples")
         codec.num_classes = num_classes
