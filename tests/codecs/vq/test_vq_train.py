@@ -40,6 +40,13 @@ def test_reservoir_is_capped_uniform_and_deterministic() -> None:
     assert 30 <= late <= 70
 
 
+def test_reservoir_byte_cap_limits_capacity() -> None:
+    kept, seen = reservoir_sample(
+        _batches(500, 10, 50), 400, torch.Generator(), max_bytes=100 * 10 * 4
+    )
+    assert seen == 500 and kept.shape == (100, 10)
+
+
 def test_reservoir_rejects_empty_and_bad_batches() -> None:
     with pytest.raises(InputError, match="no labels"):
         reservoir_sample([], 8, torch.Generator())

@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 8192  # labels per encoder pass (bounds peak memory)
 SIDE_FIT_LABELS = 8192  # labels the value ranges and entropy tables are fitted on
+SIDE_FIT_VALUES = 1 << 24  # ... at most this many logits (large vocabularies)
+RESERVOIR_BYTES = 1 << 30  # the fit keeps at most 1 GiB of float32 logits
 
 
 class VQAECodec(Codec):
@@ -119,7 +121,9 @@ class VQAECodec(Codec):
         """
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
-        data, seen = reservoir_sample(source, cfg.max_train_labels, gen)
+        data, seen = reservoir_sample(
+            source, cfg.max_train_labels, gen, max_bytes=RESERVOIR_BYTES
+        )
         num_classes = int(data.shape[1])
         if cfg.num_ids > num_classes:
             raise ConfigError(
@@ -144,7 +148,7 @@ class VQAECodec(Codec):
             )
             model.init_output_from_data(data)
         self.num_classes = num_classes
-        side = data[:SIDE_FIT_LABELS]
+        side = data[: max(2, min(SIDE_FIT_LABELS, SIDE_FIT_VALUES // num_classes))]
         self._head = None
         if self.uses_values:
             self._head = HeadQuantizer.fit(

@@ -67,12 +67,14 @@ def reservoir_sample(
     capacity: int,
     generator: torch.Generator,
     num_classes: int | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """A uniform random subset of at most ``capacity`` labels from one pass.
 
     Args:
         source: iterable of (B, C) logit batches, or a factory of one.
-        capacity: the most labels kept (memory cap: capacity * C * 4 bytes).
+        capacity: the most labels kept (memory: capacity * C * 4 bytes).
+        max_bytes: also keep at most this many bytes (caps capacity for large C).
         generator: seeded CPU generator (same stream + seed => same subset).
         num_classes: expected C, checked on every batch when given.
 
@@ -90,6 +92,8 @@ def reservoir_sample(
             num_classes = int(batch.shape[1])
         batch = batch.detach().to("cpu", torch.float32)
         if kept is None:
+            if max_bytes is not None:
+                capacity = max(1, min(capacity, max_bytes // (4 * num_classes)))
             kept = torch.empty(capacity, num_classes)
         n = batch.shape[0]
         fill = max(0, min(capacity - seen, n))
