@@ -18,7 +18,8 @@ from labelzip.augment import (
     sample_view_params,
 )
 from labelzip.codecs.prune import PrunePlan
-from labelzip.distill import DistilledSet
+from labelzip.data.base import ImageDataset
+from labelzip.distill import DistilledSet, distill
 from labelzip.errors import (
     CodecMismatchError,
     ConfigError,
@@ -185,6 +186,21 @@ def test_auto_prune_meets_a_ratio_the_codec_cannot_alone(
             [out.model_copy(update={"ratio": 500.0})],
             _config(epochs=40, batch_size=256),
         )
+
+
+def test_rded_online_labels_are_materialised_like_any_set(
+    tmp_path: Path,
+    dataset_factory: Callable[..., ImageDataset],
+    teacher: nn.Module,
+) -> None:
+    real = dataset_factory(40, seed=4)
+    stitched = distill("rded", real, teacher, ipc=2, seed=0, factor=2, candidates=8)
+    out = RelabelOutput(path=tmp_path / "r.lz")
+    result = relabel(stitched, teacher, [out], _config(epochs=2))
+    assert result.teacher_views == 2 * 8
+    with ArchiveReader(out.path) as reader:
+        assert reader.header.dataset_fingerprint == stitched.fingerprint
+        assert list(reader.layout.shape) == [2, 8]
 
 
 def test_bad_inputs(tmp_path: Path, tiny_set: DistilledSet, teacher: nn.Module) -> None:

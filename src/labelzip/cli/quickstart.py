@@ -15,7 +15,6 @@ import torch
 from labelzip.cli import run_command
 from labelzip.cli._common import (
     add_device_option,
-    add_json_option,
     print_json,
     resolve_device,
 )
@@ -77,8 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", default="labelzip-quickstart.png", help="PNG to write ('' for none)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_device_option(p, "run on")
-    add_json_option(p)
+    add_device_option(p, "run")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the rows as a JSON list (framework, ipc, codec, ratio, "
+        "accuracy, retention, ...) instead of the table",
+    )
     return p
 
 

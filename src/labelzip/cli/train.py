@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fashion-mnist, none, or a folder root/<class>/*.png (default fashion-mnist)",
     )
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu",
+        help="named defaults: cpu (StudentConfig's) or sre2l-imagenet (GPU recipe)",
+    )
     s = p.add_argument_group("student (defaults: StudentConfig, or the preset)")
     s.add_argument("--arch", choices=STUDENT_ARCHS)
     s.add_argument("--width", type=int, help="convnet channels (32)")
@@ -101,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-every", type=int, help="test every N epochs (0: at the end)")
     p.add_argument("--save", help="write the student's weights (.safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_device_option(p, "train on")
+    add_device_option(p, "train")
     add_json_option(p)
     return p
 
