@@ -128,3 +128,17 @@ def test_atomic_path_leaves_destination_untouched_on_error(tmp_path: Path) -> No
     with atomic_path(dest) as tmp:
         tmp.write_bytes(b"new")
     assert dest.read_bytes() == b"new"
+
+
+def test_atomic_write_has_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from labelzip.io import atomic_path
+
+    dest = tmp_path / "out.bin"
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~umask
