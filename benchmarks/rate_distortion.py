@@ -124,9 +124,11 @@ def plot(rows: list[FidelityRow], path: Path, title: str) -> None:
     panels = [("KL T=1", "T1"), ("KL T=4", "T4"), ("KL T=20", "T20"), ("top-1", None)]
     for ax, (name, key) in zip(axes, panels, strict=True):
         for label in labels:
-            pts = sorted((r.bits_per_label, r) for r in rows if r.label == label)
-            xs = [b for b, _ in pts]
-            ys = [r.kl[key] if key else r.top1 for _, r in pts]
+            pts = sorted(
+                (r for r in rows if r.label == label), key=lambda r: r.bits_per_label
+            )
+            xs = [r.bits_per_label for r in pts]
+            ys = [r.kl[key] if key else r.top1 for r in pts]
             ax.plot(xs, ys, marker="o", label=label)
         ax.set_xscale("log")
         if key:
@@ -157,7 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-views", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw the PNG from the saved JSON"
+    )
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.replot:
+        saved = json.loads((out / f"rd_{args.name}.json").read_text())
+        rows = [FidelityRow(**r) for r in saved["rows"]]
+        plot(
+            rows, out / f"rd_{args.name}.png", f"{args.name}: rate-distortion (all-in)"
+        )
+        return 0
     torch.set_num_threads(args.threads)
     logits = load_views(args.labels, args.max_views)
     num_labels = logits.shape[0] * logits.shape[1]
@@ -195,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"top1 {row.top1:.4f}  fit {row.fit_s:.1f}s",
                 flush=True,
             )
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"meta": meta, "rows": [r.to_dict() for r in rows], "unreachable": skipped}
     with atomic_path(out / f"rd_{args.name}.json") as tmp:
