@@ -1,19 +1,23 @@
-"""Rate control for the VQAE codec: pick (K, M, k, R, H) for an all-in byte budget.
+"""Rate control for the VQAE codec: pick (K, M, H) for an all-in byte budget.
 
 The budget covers the per-label payload at its fixed rate (a guaranteed upper
 bound: entropy coding only shrinks it) plus the model shipped once (codebooks
 and decoder in fp16). The decoder's share therefore depends on the label
-count: at 20k labels a 128-wide decoder for C=1000 (~0.35 MB) is a third of a
-40x budget, at millions of labels it is noise. The choice below walks a small
-grid and keeps the feasible configuration with the best *predicted* fidelity,
-from a distortion model fitted to measurements on real teacher outputs
-(EfficientNet-Lite0 ImageNet views, C=1000; docs/vqae-design.md, "Rate control"):
+count: at 20k labels a 128-wide decoder for C=1000 (~0.28 MB) is a quarter of
+a 40x budget, at millions of labels it is noise.
 
-    predicted KL(T=4) = a * code_bits ** -alpha + b * hidden_dim ** -beta
+For each decoder width of :data:`HIDDEN_LADDER` the payload gets what the
+model leaves; the measured split puts about one (id, value) slot per
+:data:`BITS_PER_ID` payload bits (at C=1000; scaled by slot size otherwise)
+and the rest in code indices, then adds chunks while the budget allows. The
+width with the lowest predicted distortion wins, from a model fitted to
+measurements on real teacher outputs (EfficientNet-Lite0 ImageNet views,
+C=1000; docs/vqae-design.md, sections 4, 5 and "Final configuration")::
 
-Both terms fall with more bits and a wider decoder, with diminishing returns,
-so at small N the search trades decoder width for code bits, and at large N it
-spends the budget on code bits up to the grid's limits.
+    predicted KL(T=4) ~ payload_bits ** -0.5 * (hidden_dim / 128) ** -0.25
+
+so at small N the search trades decoder width for payload bits, and at large N
+it takes the widest decoder and spends the rest on the payload.
 """
 
 from __future__ import annotations
@@ -115,9 +119,8 @@ def _split(
     if "num_ids" in fixed:
         num_ids = base.num_ids
     else:
-        scaled = (
-            BITS_PER_ID * slot / (bits_for(1000) + 5)
-        )  # the rule scales with slot size
+        # The measured rule (C=1000, 15-bit slots) scales with the slot size.
+        scaled = BITS_PER_ID * slot / (bits_for(1000) + 5)
         num_ids = int(round(payload_bits / scaled))
         num_ids = max(1, min(num_ids, MAX_IDS, num_classes))
     if "num_chunks" in fixed:
@@ -126,7 +129,9 @@ def _split(
         num_chunks = min(
             MAX_CHUNKS, (payload_bits - num_ids * (slot if num_ids else 0)) // code
         )
-        if num_chunks < 1 and "num_ids" not in fixed:  # too few bits: fewer ids
+        # Too few bits: fewer ids (none only when even one id does not fit, and
+        # then top-1 agreement is no longer exact).
+        if num_chunks < 1 and "num_ids" not in fixed:
             num_ids = max(0, (payload_bits - code) // slot)
             num_chunks = min(MAX_CHUNKS, (payload_bits - num_ids * slot) // code)
     if num_chunks < 1:
