@@ -8,9 +8,10 @@ Usage (the committed results were made with the command in their header):
     python benchmarks/rate_distortion.py LABELS.safetensors --name effnet \
         --ratios 10 20 40 80 160 --out benchmarks/results
 
-LABELS holds "logits" (N, C) or (N, E, C); with (N, C) and a "source_index"
-tensor (the image each view came from) the views are regrouped per image so that
-LPLD pruning can reuse labels within an image.
+LABELS holds "logits" (N, C) or (N, E, C); with (N, C) and a "source_index" or
+"image_index" tensor (the image each view came from) the views are regrouped per
+image (equal views per image, extra views dropped) so that LPLD pruning can
+reuse labels within an image.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def load_views(path: str, max_views: int | None) -> torch.Tensor:
 
     tensors = load_file(path)
     logits = tensors["logits"].float()
-    if logits.dim() == 2 and "source_index" in tensors:
-        source = tensors["source_index"]
+    group_key = next((k for k in ("source_index", "image_index") if k in tensors), None)
+    if logits.dim() == 2 and group_key is not None:
+        source = tensors[group_key]
         groups = [logits[source == s] for s in torch.unique(source)]
         per = min(g.shape[0] for g in groups)
         logits = torch.stack([g[:per] for g in groups])
