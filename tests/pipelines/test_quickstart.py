@@ -28,7 +28,7 @@ def _config(**kw: object) -> QuickstartConfig:
         "codecs": ("dense", "topk-ms", "lpld"),
         "teacher_epochs": 1,
         "view": ViewConfig(output_size=28, scale=(0.5, 1.0), mix="cutmix"),
-        "student": StudentConfig(width=8, depth=2, batch_size=10, lr=5e-3, epochs=10),
+        "student": StudentConfig(width=8, depth=2, batch_size=10, lr=5e-3, epochs=6),
     }
     return QuickstartConfig(**{**base, **kw})
 
