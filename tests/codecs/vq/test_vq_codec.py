@@ -134,6 +134,16 @@ def test_same_data_and_seed_give_same_bytes(
         assert torch.equal(again.model_tensors()[key], value)
 
 
+def test_fit_restores_the_thread_count(data: torch.Tensor) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        VQAECodec(VQAEConfig(**{**TINY, "steps": 2}, fit_threads=1)).fit([data])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_training_improves_kl_over_untrained(
     data: torch.Tensor, fitted: VQAECodec
 ) -> None:

@@ -110,6 +110,9 @@ class VQAECodec(Codec):
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> VQAECodec:
         """Reservoir-sample the stream, train the autoencoder, freeze the decoder.
 
+        Runs on ``config.fit_threads`` torch threads (default 1) and restores
+        the caller's thread count afterwards.
+
         Args:
             source: (B, C) logit batches, or a factory of them (read once).
             num_labels: labels that will be encoded; decides whether entropy
@@ -119,6 +122,15 @@ class VQAECodec(Codec):
             InputError: empty source, bad shapes, NaN/Inf.
             ConfigError: more explicit ids than classes.
         """
+        threads = torch.get_num_threads()
+        if self.config.fit_threads is not None:
+            torch.set_num_threads(self.config.fit_threads)
+        try:
+            return self._fit(source, num_labels)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, source: LogitSource, num_labels: int | None) -> VQAECodec:
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
         data, seen = reservoir_sample(
