@@ -37,6 +37,9 @@ def test_bench_lm_end_to_end(
         assert row["ratio"] >= 10 and row["bytes_per_token"] <= 262 * 2 / 10
         assert row["scores"]["perplexity"] > 1 and row["gap_to_online"] is not None
         assert row["paper_scale_bytes"] > 0
+        assert set(row["seconds"]) == {"train", "relabel"}
+        assert row["seconds"]["train"]["total"] > 0
+        assert row["seconds"]["relabel"]["encode_codec"] > 0
     assert rows["ce"]["gap_to_ce"] == 0.0
     # 2000x is out of reach for both: skipped with the reason, not an error
     assert {s["codec"] for s in report["skipped"]} == {"topk", "topk-tail"}

@@ -118,7 +118,9 @@ class LMBenchRow:
     gap_to_ce: float | None  # perplexity / CE perplexity - 1
     paper_scale_bytes: int | None  # this codec at the paper's tokens and vocab
     codec_config: dict[str, Any] | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
+    # {"train": training seconds; labels rows also "relabel": the shared teacher
+    # pass and this codec's fit and encode seconds}
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,7 +312,7 @@ def _rows(
             gap_to_online=gap(scores[name], online),
             gap_to_ce=gap(scores[name], ce),
             paper_scale_bytes=None,
-            seconds=seconds[name],
+            seconds={"train": seconds[name]},
         )
         for name in ("online", "ce")
         if name in scores
@@ -332,7 +334,7 @@ def _rows(
                 gap_to_ce=gap(scores[name], ce),
                 paper_scale_bytes=_paper_scale_bytes(result),
                 codec_config=result.codec_config,
-                seconds={**seconds[name], **result.seconds},
+                seconds={"train": seconds[name], "relabel": result.seconds},
             )
         )
     return rows
