@@ -380,25 +380,17 @@ class TopKTailCodec(Codec):
             )
         return {"log_prior": self._log_prior}
 
-    def to_config(self) -> dict[str, Any]:
-        num_classes = self._require_fitted("to_config")
-        return {**self.config.model_dump(), "num_classes": num_classes}
-
     @classmethod
     def from_stored(
         cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
     ) -> TopKTailCodec:
-        options = dict(config)
-        num_classes = options.pop("num_classes", None)
-        if not isinstance(num_classes, int) or num_classes < 2:
+        codec, num_classes = cls._unfitted_from_stored(config)
+        assert isinstance(codec, cls)
+        if num_classes < 2:
             raise ArchiveFormatError(
                 "topk-tail codec config needs an integer num_classes >= 2, got "
                 f"{num_classes!r}"
             )
-        try:
-            codec = cls(TopKTailConfig(**options))
-        except Exception as exc:
-            raise ArchiveFormatError(f"invalid stored topk-tail config: {exc}") from exc
         cfg = codec.config
         fitted = (cfg.decay_min, cfg.decay_max, cfg.rank_offset)
         if None in fitted or cfg.k > num_classes:
