@@ -166,3 +166,11 @@ def test_user_fixed_option_is_respected(big: torch.Tensor) -> None:
     assert codec.config.k == 2  # type: ignore[attr-defined]
     with pytest.raises(UnreachableTargetError, match="best reachable"):
         codec_for_target("topk", layout=layout, num_classes=100, ratio=20.0, k=20)
+
+
+def test_ratio_leaving_zero_bytes_is_a_clear_error() -> None:
+    """A huge ratio on a tiny set rounds the byte target to 0: an error, not a crash."""
+    with pytest.raises(UnreachableTargetError, match="leaves 0 bytes for 4 labels"):
+        codec_for_target(
+            "topk", ratio=1e6, layout=Layout.for_shape((4,)), num_classes=10
+        )

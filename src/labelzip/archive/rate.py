@@ -172,6 +172,13 @@ def codec_for_target(
         bits_per_label=bits_per_label,
         reference=reference,
     )
+    if total <= 0:
+        ref = reference_bytes(num_labels, num_classes, reference)
+        raise UnreachableTargetError(
+            f"the target leaves {total} bytes for {num_labels} labels "
+            f"({ref} bytes of dense {reference}): the ratio is too high for so few "
+            "labels; choose a lower ratio or store more labels"
+        )
     if header_bytes is None:
         header_bytes = estimate_header_bytes(
             num_labels,
