@@ -1,4 +1,5 @@
-"""Helpers shared by the subcommands: device option, progress bars, JSON output, parsing."""
+"""Helpers shared by the subcommands: device and codec options, progress bars, JSON
+output, parsing."""
 
 from __future__ import annotations
 
@@ -18,16 +19,25 @@ from labelzip.codecs.registry import codec_class
 from labelzip.errors import ConfigError, InputError
 
 __all__ = [
+    "add_codec_option_flags",
     "add_device_option",
     "add_json_option",
+    "add_rate_options",
     "check_output_folder",
+    "codec_options",
     "format_bytes",
     "load_codec_class",
+    "one_line",
     "parse_key_values",
     "print_json",
     "progress",
+    "progress_bar",
     "resolve_device",
+    "with_run_defaults",
 ]
+
+# argparse's add_argument_group / add_mutually_exclusive_group return this type.
+_Options = argparse.ArgumentParser | argparse._ArgumentGroup
 
 
 def add_device_option(parser: argparse.ArgumentParser, what: str = "decode") -> None:
@@ -42,6 +52,60 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of text"
     )
+
+
+def add_rate_options(
+    parser: _Options, *, unit: str = "label", suffix: str = ""
+) -> None:
+    """The mutually exclusive all-in targets ``--ratio`` / ``--bits-per-label``.
+
+    ``unit`` names what one label is in the help ("token" for LM labels); ``suffix``
+    ends both help texts (e.g. " to meet").
+    """
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--ratio", type=float, help=f"all-in ratio vs dense fp16{suffix}"
+    )
+    target.add_argument(
+        "--bits-per-label", type=float, help=f"all-in bits per {unit}{suffix}"
+    )
+
+
+def add_codec_option_flags(
+    parser: _Options,
+    *,
+    opt_help: str = "codec option (repeatable)",
+    decoder_help: str = "shortcut for --opt decoder=NAME (topk)",
+) -> None:
+    """``--opt KEY=VALUE`` (repeatable) and its shortcuts ``--k`` / ``--decoder``."""
+    parser.add_argument("--opt", action="append", metavar="KEY=VALUE", help=opt_help)
+    parser.add_argument("--k", type=int, help="shortcut for --opt k=K")
+    parser.add_argument("--decoder", help=decoder_help)
+
+
+def codec_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The codec options of :func:`add_codec_option_flags`: ``--opt`` pairs, with
+    ``--k`` / ``--decoder`` (when given) overriding the same keys."""
+    options = parse_key_values(args.opt, "--opt")
+    for flag in ("k", "decoder"):
+        value = getattr(args, flag)
+        if value is not None:
+            options[flag] = value
+    return options
+
+
+def with_run_defaults(
+    codec: str, options: dict[str, Any], *, seed: int, device: torch.device
+) -> dict[str, Any]:
+    """``options`` plus the run's ``seed`` and ``device`` for a codec whose config
+    has those fields, unless the user set them (a learned codec then fits with the
+    command's seed on the command's device). Updates and returns ``options``."""
+    fields = load_codec_class(codec).config_class.model_fields
+    if "seed" in fields:
+        options.setdefault("seed", seed)
+    if "device" in fields:
+        options.setdefault("device", str(device))
+    return options
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,6 +167,19 @@ def parse_key_values(pairs: Sequence[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+def one_line(exc: Exception) -> str:
+    """A pydantic validation error as ``field: message; ...`` on one line."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    parts = []
+    for error in errors():
+        loc = ".".join(str(p) for p in error.get("loc", ()))
+        msg = str(error.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
 def print_json(obj: Any) -> None:
     """One JSON object on stdout (NaN/inf written as null)."""
     print(json.dumps(_finite(obj), indent=2, sort_keys=True))
@@ -156,3 +233,37 @@ def progress(
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def progress_bar(
+    description: str, *, enabled: bool
+) -> Iterator[Callable[[int, int], None]]:
+    """A rich bar on stderr driven by ``update(done, total)``; silent off a terminal.
+
+    For work that reports absolute progress (``done`` of ``total``, total known
+    late); :func:`progress` is the increment-driven variant.
+    """
+    if not (enabled and sys.stderr.isatty()):
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)

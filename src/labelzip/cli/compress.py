@@ -20,15 +20,19 @@ from labelzip.archive import (
 )
 from labelzip.cli import run_command
 from labelzip.cli._common import (
+    add_codec_option_flags,
     add_device_option,
     add_json_option,
+    add_rate_options,
     check_output_folder,
+    codec_options,
     format_bytes,
     load_codec_class,
     parse_key_values,
     print_json,
     progress,
     resolve_device,
+    with_run_defaults,
 )
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
@@ -63,22 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("logits", help="(N, C) or (N, E, C) logits: .safetensors, .npy, .pt")
     p.add_argument("-o", "--output", required=True, help="archive to write")
     p.add_argument("--codec", required=True, choices=available_codecs())
-    target = p.add_mutually_exclusive_group()
-    target.add_argument(
-        "--ratio", type=float, help="all-in ratio vs dense fp16 to meet"
-    )
-    target.add_argument(
-        "--bits-per-label", type=float, help="all-in bits per label to meet"
-    )
-    p.add_argument(
-        "--opt",
-        action="append",
-        metavar="KEY=VALUE",
-        help="codec option (repeatable), typed by the codec's config, e.g. --opt k=10",
-    )
-    p.add_argument("--k", type=int, help="shortcut for --opt k=K")
-    p.add_argument(
-        "--decoder", help="shortcut for --opt decoder=NAME (topk: mr, ms, mrs)"
+    add_rate_options(p, suffix=" to meet")
+    add_codec_option_flags(
+        p,
+        opt_help="codec option (repeatable), typed by the codec's config, e.g. --opt k=10",
+        decoder_help="shortcut for --opt decoder=NAME (topk: mr, ms, mrs)",
     )
     p.add_argument(
         "--prune-keep",
@@ -119,7 +112,9 @@ def _run(args: argparse.Namespace) -> int:
     num_classes = int(rows.shape[1])
     plan = _prune_plan(layout, args)
     metadata = _metadata(args)
-    options = _codec_options(args, device)
+    options = with_run_defaults(
+        args.codec, codec_options(args), seed=args.seed, device=device
+    )
     codec = _fitted_codec(args, rows, layout, num_classes, plan, metadata, options)
     account = _write(out, codec, rows, layout, plan, metadata, args)
     _report(out, account, args)
@@ -162,20 +157,6 @@ def _metadata(args: argparse.Namespace) -> ArchiveMetadata:
         teacher=args.teacher,
         user=parse_key_values(args.meta, "--meta"),
     )
-
-
-def _codec_options(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    options = parse_key_values(args.opt, "--opt")
-    for flag in ("k", "decoder"):
-        value = getattr(args, flag)
-        if value is not None:
-            options[flag] = value
-    fields = load_codec_class(args.codec).config_class.model_fields
-    if "seed" in fields:
-        options.setdefault("seed", args.seed)
-    if "device" in fields:
-        options.setdefault("device", str(device))
-    return options
 
 
 def _fitted_codec(

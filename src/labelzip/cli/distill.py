@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from labelzip.cli._common import (
     format_bytes,
     parse_key_values,
     print_json,
+    progress_bar,
     resolve_device,
 )
 from labelzip.data.base import ImageDataset
@@ -133,7 +133,9 @@ def _run(args: argparse.Namespace) -> int:
     if dataset is not None and args.ipc is not None:
         _check_data_allows(args.method, args.ipc, dataset, config)
     teacher, teacher_id = _teacher(args, dataset, device)
-    with _progress(f"{args.method} ipc {args.ipc}", enabled=not args.quiet) as update:
+    with progress_bar(
+        f"{args.method} ipc {args.ipc}", enabled=not args.quiet
+    ) as update:
         result = distill(
             args.method, dataset, teacher, args.ipc, args.seed, device,
             progress=update, teacher_id=teacher_id, **options,
@@ -260,36 +262,6 @@ def _teacher(
         )
     trained = train_teacher(dataset, config=config, device=device)
     return trained.model, f"{name}:{trained.key}"
-
-
-@contextmanager
-def _progress(
-    description: str, *, enabled: bool
-) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar on stderr driven by ``update(done, total)``; silent off a terminal."""
-    if not (enabled and sys.stderr.isatty()):
-        yield lambda done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _report(

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
 
 from labelzip.augment import ViewConfig
 from labelzip.cli import run_command
 from labelzip.cli._common import (
+    add_codec_option_flags,
     add_device_option,
     add_json_option,
+    add_rate_options,
     check_output_folder,
+    codec_options,
     format_bytes,
-    parse_key_values,
+    one_line,
     print_json,
+    progress_bar,
     resolve_device,
 )
 from labelzip.codecs.registry import available_codecs
@@ -29,6 +30,8 @@ from labelzip.pipelines.relabel import (
 )
 from labelzip.pipelines.sources import TEACHERS, load_teacher
 
+# one_line and progress_bar live in _common; still importable from here for the
+# commands that import them from this module (quickstart).
 __all__ = ["build_parser", "main", "one_line", "parse_pair", "progress_bar"]
 
 EPILOG = """examples:
@@ -48,19 +51,6 @@ view) for comparison. --ratio counts every byte against dense fp16 logits;
 --auto-prune keeps labels for fewer views per image (LPLD) when the codec
 cannot meet the ratio with all of them.
 """
-
-
-def one_line(exc: Exception) -> str:
-    """A pydantic validation error as ``field: message; ...`` on one line."""
-    errors = getattr(exc, "errors", None)
-    if not callable(errors):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    parts = []
-    for error in errors():
-        loc = ".".join(str(p) for p in error.get("loc", ()))
-        msg = str(error.get("msg", "")).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
 
 
 def parse_pair(text: str, flag: str) -> tuple[float, float]:
@@ -95,12 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="Fashion-MNIST IDX folder (small teachers)")
     c = p.add_argument_group("codec and rate")
     c.add_argument("--codec", default="dense", choices=available_codecs())
-    c.add_argument("--opt", action="append", metavar="KEY=VALUE", help="codec option")
-    c.add_argument("--k", type=int, help="shortcut for --opt k=K")
-    c.add_argument("--decoder", help="shortcut for --opt decoder=NAME (topk)")
-    target = c.add_mutually_exclusive_group()
-    target.add_argument("--ratio", type=float, help="all-in ratio vs dense fp16")
-    target.add_argument("--bits-per-label", type=float, help="all-in bits per label")
+    add_codec_option_flags(c, opt_help="codec option")
+    add_rate_options(c)
     prune = c.add_mutually_exclusive_group()
     prune.add_argument(
         "--prune-keep", type=float, metavar="F", help="LPLD keep fraction"
@@ -136,36 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command("relabel", lambda: _run(args))
 
 
-@contextmanager
-def progress_bar(
-    description: str, *, enabled: bool
-) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar on stderr driven by ``update(done, total)``; silent off a terminal."""
-    if not (enabled and sys.stderr.isatty()):
-        yield lambda done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
 def _view(args: argparse.Namespace, image_size: tuple[int, int]) -> ViewConfig:
     size = (args.view_size, args.view_size) if args.view_size else image_size
     try:
@@ -183,10 +139,7 @@ def _view(args: argparse.Namespace, image_size: tuple[int, int]) -> ViewConfig:
 
 
 def _output(args: argparse.Namespace) -> RelabelOutput:
-    options: dict[str, Any] = parse_key_values(args.opt, "--opt")
-    for flag in ("k", "decoder"):
-        if getattr(args, flag) is not None:
-            options[flag] = getattr(args, flag)
+    options = codec_options(args)
     try:
         return RelabelOutput(
             path=check_output_folder(args.output),

@@ -14,14 +14,16 @@ import torch
 
 from labelzip.cli import run_command
 from labelzip.cli._common import (
+    add_codec_option_flags,
     add_device_option,
     add_json_option,
+    add_rate_options,
     check_output_folder,
+    codec_options,
     format_bytes,
-    load_codec_class,
-    parse_key_values,
     print_json,
     resolve_device,
+    with_run_defaults,
 )
 from labelzip.codecs.registry import available_codecs
 from labelzip.errors import ConfigError
@@ -173,14 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_options(p)
     c = p.add_argument_group("codec")
     c.add_argument("--codec", default="topk", choices=available_codecs())
-    target = c.add_mutually_exclusive_group()
-    target.add_argument("--ratio", type=float, help="all-in ratio vs dense fp16")
-    target.add_argument("--bits-per-label", type=float, help="all-in bits per token")
-    c.add_argument(
-        "--opt", action="append", metavar="KEY=VALUE", help="codec option (repeatable)"
-    )
-    c.add_argument("--k", type=int, help="shortcut for --opt k=K")
-    c.add_argument("--decoder", help="shortcut for --opt decoder=NAME (topk)")
+    add_rate_options(c, unit="token")
+    add_codec_option_flags(c)
     r = p.add_argument_group("run")
     defaults = RelabelLMConfig()
     r.add_argument(
@@ -219,20 +215,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command("relabel-lm", lambda: _run(args))
 
 
-def _codec_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = parse_key_values(args.opt, "--opt")
-    for flag in ("k", "decoder"):
-        value = getattr(args, flag)
-        if value is not None:
-            options[flag] = value
-    fields = load_codec_class(args.codec).config_class.model_fields
-    if "seed" in fields:
-        options.setdefault("seed", args.seed)
-    if "device" in fields:
-        options.setdefault("device", str(resolve_device(args.device)))
-    return options
-
-
 def _run(args: argparse.Namespace) -> int:
     out = check_output_folder(args.output)
     if args.threads is not None:
@@ -248,7 +230,9 @@ def _run(args: argparse.Namespace) -> int:
     output = LMOutput(
         path=out,
         codec=args.codec,
-        options=_codec_options(args),
+        options=with_run_defaults(
+            args.codec, codec_options(args), seed=args.seed, device=device
+        ),
         ratio=args.ratio,
         bits_per_label=args.bits_per_label,
     )

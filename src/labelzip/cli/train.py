@@ -17,10 +17,11 @@ from labelzip.cli._common import (
     add_device_option,
     add_json_option,
     check_output_folder,
+    one_line,
     print_json,
+    progress_bar,
     resolve_device,
 )
-from labelzip.cli.relabel import one_line, progress_bar
 from labelzip.errors import ConfigError
 from labelzip.pipelines.students import STUDENT_ARCHS
 from labelzip.pipelines.train_student import EpochLog, StudentConfig, StudentResult
