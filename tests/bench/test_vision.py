@@ -1,0 +1,123 @@
+"""The vision benchmark end to end on a tiny synthetic dataset: rows, references, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labelzip.augment import ViewConfig
+from labelzip.bench.vision import (
+    SHIPPED_LABEL_RATIO,
+    VisionBenchConfig,
+    markdown_report,
+    run_vision_bench,
+    shipped_ratio,
+    write_report,
+)
+from labelzip.pipelines.train_student import StudentConfig
+from labelzip.storage import storage_table
+
+from ..pipelines.conftest import make_dataset
+
+
+def _config(**kw: object) -> VisionBenchConfig:
+    base: dict[str, object] = {
+        "frameworks": ("random", "lpld"),
+        "ipcs": (5,),
+        "epochs": 50,  # 20 images x 50 views = 1000 labels, 8 kB as fp16
+        "codecs": ("topk-ms", "lpld"),
+        "ratios": (2.0, 1e5),  # 1e5x is 0.08 bytes: unreachable for every codec
+        "teacher_epochs": 1,
+        "view": ViewConfig(output_size=28, scale=(0.5, 1.0), mix="cutmix"),
+        "student": StudentConfig(width=8, depth=2, batch_size=10, lr=5e-3, epochs=3),
+        "distill_options": {"lpld": {"steps": 2, "batch_size": 20}},
+        "baseline_epochs": 1,
+    }
+    return VisionBenchConfig(**{**base, **kw})
+
+
+def test_vision_bench_end_to_end(tmp_path: Path) -> None:
+    train, test = make_dataset(200, seed=1), make_dataset(80, seed=2)
+    lines: list[str] = []
+    report = run_vision_bench(
+        _config(),
+        train_set=train,
+        test_set=test,
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "teachers",
+        log=lines.append,
+    )
+    rows = report["rows"]
+    assert [(r["framework"], r["codec"], r["target_ratio"]) for r in rows] == [
+        ("random", "dense", None), ("random", "topk-ms", 2.0), ("random", "lpld", 2.0),
+        ("lpld", "dense", None), ("lpld", "topk-ms", 2.0), ("lpld", "lpld", 2.0),
+    ]  # fmt: skip
+    dense = {r["framework"]: r for r in rows if r["codec"] == "dense"}
+    for row in rows:
+        assert row["ipc"] == 5 and 0.0 <= row["accuracy"] <= 1.0
+        # retention against the dense student of the same framework
+        ref = dense[row["framework"]]["accuracy"]
+        assert row["retention"] == pytest.approx(row["accuracy"] / ref)
+        # both ratio references: dense fp16 (8,000 B) and the shipped labels
+        assert row["ratio"] == pytest.approx(8000 / row["label_bytes"])
+        shipped = 40.0 if row["framework"] == "lpld" else 1.0
+        assert row["ratio_vs_shipped"] == pytest.approx(row["ratio"] / shipped)
+        # 20 grayscale 28 px images in the storage module's JPEG model
+        assert row["image_bytes"] == 20 * 480
+        assert row["total_bytes"] == row["label_bytes"] + row["image_bytes"]
+        stem = f"{row['framework']}_ipc5_{row['codec']}"
+        stem += "" if row["codec"] == "dense" else "_2x"
+        assert (tmp_path / "work" / f"{stem}.lz").stat().st_size == row["label_bytes"]
+    for row in rows:
+        if row["codec"] != "dense":
+            assert row["ratio"] >= 2.0 and row["kl"] > 0
+    # dense fp16 meets 2x only by keeping fewer views (LPLD pruning)
+    assert [r["views_kept"] < 1.0 for r in rows if r["codec"] == "lpld"] == [True] * 2
+    assert {r["views_kept"] for r in rows if r["codec"] == "dense"} == {1.0}
+    skipped = report["skipped"]
+    assert {(s["framework"], s["codec"], s["target_ratio"]) for s in skipped} == {
+        (f, c, 1e5) for f in ("random", "lpld") for c in ("topk-ms", "lpld")
+    }
+    assert all("cannot meet" in s["reason"] or "bytes" in s["reason"] for s in skipped)
+    assert report["shipped_ratios"] == {"random": 1.0, "lpld": 40.0}
+    assert 0 <= report["teacher"]["accuracy"] <= 1
+    assert 0 <= report["full_data_baseline"]["accuracy"] <= 1
+    assert report["full_data_baseline"]["images"] == 200
+    assert [s["num_views"] for s in report["settings"]] == [1000, 1000]
+    assert any("student 3/3 trained" in line for line in lines)
+    # storage: this run's setting and ImageNet-1K IPC 10/50 for context
+    storage = {(s["dataset"], s["ipc"], s["framework"]) for s in report["storage"]}
+    assert ("imagenet-1k", 50, "labelzip@2x") in storage
+    assert ("synthetic", 5, "lpld") in storage
+    (sre2l,) = storage_table(dataset="imagenet-1k", framework="sre2l", ipc=10)
+    got = [
+        s for s in report["storage"] if s["dataset"] == "imagenet-1k" and s["ipc"] == 10
+    ]
+    assert got[0]["label_total_bytes"] == sre2l.label_total_bytes
+    at2 = next(s for s in got if s["framework"] == "labelzip@2x")
+    assert at2["label_total_bytes"] == sre2l.reference_bytes // 2
+    # the reports
+    paths = write_report(report, tmp_path / "out")
+    assert [p.name for p in paths] == [
+        "vision_bench.json", "vision_bench.md", "vision_bench.png",
+    ]  # fmt: skip
+    assert json.loads(paths[0].read_text())["rows"] == rows
+    text = paths[1].read_text()
+    assert text == markdown_report(report)
+    assert "## lpld, IPC 5" in text and "| topk-ms | 100000x | skipped: " in text
+    assert "## Storage" in text and "labelzip@2x" in text
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shipped_reference_and_config_errors() -> None:
+    assert shipped_ratio("lpld") == SHIPPED_LABEL_RATIO["lpld"] == 40.0
+    assert shipped_ratio("sre2l") == shipped_ratio("rded") == 1.0
+    assert VisionBenchConfig(codecs=("dense", "vqae")).codecs == ("vqae",)
+    assert VisionBenchConfig(epochs_per_ipc={50: 100}).epochs_for(50) == 100
+    assert VisionBenchConfig().epochs_for(10) == 300
+    with pytest.raises(ValueError, match=r"unknown codecs \['zip'\]"):
+        VisionBenchConfig(codecs=("zip",))
+    with pytest.raises(ValueError, match=r"ratios must be > 1, got \[1.0\]"):
+        VisionBenchConfig(ratios=(1.0, 10.0))
