@@ -89,6 +89,10 @@ def test_text_report(
             "--tokens or --max-train-windows",
         ),
         (["--codec", "topk", "--ratio", "100000"], "best reachable"),
+        # pydantic errors: one line each (these were a traceback / three lines)
+        (["--batch-size", "0"], "invalid relabel-lm options: batch_size: Input"),
+        (["--ratio", "-1"], "invalid codec options: ratio: Input should be"),
+        (["--seq-len", "1"], "invalid corpus options: seq_len: Input should be"),
     ],
 )
 def test_bad_options_exit_2(

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -33,8 +33,11 @@ __all__ = [
     "progress",
     "progress_bar",
     "resolve_device",
+    "validated",
     "with_run_defaults",
 ]
+
+ConfigT = TypeVar("ConfigT")
 
 # argparse's add_argument_group / add_mutually_exclusive_group return this type.
 _Options = argparse.ArgumentParser | argparse._ArgumentGroup
@@ -178,6 +181,17 @@ def one_line(exc: Exception) -> str:
         msg = str(error.get("msg", "")).removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+def validated(
+    config_class: Callable[..., ConfigT], what: str, /, **values: Any
+) -> ConfigT:
+    """``config_class(**values)``, with a validation error (any ValueError) turned
+    into the one-line ConfigError ``invalid {what} options: field: message; ...``."""
+    try:
+        return config_class(**values)
+    except ValueError as exc:
+        raise ConfigError(f"invalid {what} options: {one_line(exc)}") from exc
 
 
 def print_json(obj: Any) -> None:

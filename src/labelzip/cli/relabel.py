@@ -19,6 +19,7 @@ from labelzip.cli._common import (
     print_json,
     progress_bar,
     resolve_device,
+    validated,
 )
 from labelzip.codecs.registry import available_codecs
 from labelzip.errors import ConfigError
@@ -124,35 +125,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _view(args: argparse.Namespace, image_size: tuple[int, int]) -> ViewConfig:
     size = (args.view_size, args.view_size) if args.view_size else image_size
-    try:
-        return ViewConfig(
-            output_size=size,
-            scale=parse_pair(args.scale, "--scale"),
-            ratio=parse_pair(args.crop_ratio, "--crop-ratio"),
-            flip_prob=args.flip_prob,
-            mix=args.mix,
-            mix_prob=args.mix_prob,
-            mix_alpha=args.mix_alpha,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid view options: {one_line(exc)}") from exc
+    return validated(
+        ViewConfig,
+        "view",
+        output_size=size,
+        scale=parse_pair(args.scale, "--scale"),
+        ratio=parse_pair(args.crop_ratio, "--crop-ratio"),
+        flip_prob=args.flip_prob,
+        mix=args.mix,
+        mix_prob=args.mix_prob,
+        mix_alpha=args.mix_alpha,
+    )
 
 
 def _output(args: argparse.Namespace) -> RelabelOutput:
-    options = codec_options(args)
-    try:
-        return RelabelOutput(
-            path=check_output_folder(args.output),
-            codec=args.codec,
-            options=options,
-            ratio=args.ratio,
-            bits_per_label=args.bits_per_label,
-            keep_fraction=args.prune_keep,
-            auto_prune=args.auto_prune,
-            prune_seed=args.prune_seed,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid codec options: {one_line(exc)}") from exc
+    return validated(
+        RelabelOutput,
+        "codec",
+        path=check_output_folder(args.output),
+        codec=args.codec,
+        options=codec_options(args),
+        ratio=args.ratio,
+        bits_per_label=args.bits_per_label,
+        keep_fraction=args.prune_keep,
+        auto_prune=args.auto_prune,
+        prune_seed=args.prune_seed,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -161,18 +159,17 @@ def _run(args: argparse.Namespace) -> int:
     output = _output(args)
     device = resolve_device(args.device)
     distilled = DistilledSet.load(args.set)
-    try:
-        config = RelabelConfig(
-            epochs=args.epochs,
-            seed=args.seed,
-            view=_view(args, distilled.image_size),
-            batch_size=args.batch_size,
-            fit_views=args.fit_views,
-            chunk_size=args.chunk_size,
-            store_augmentations=args.store_augmentations,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid relabel options: {one_line(exc)}") from exc
+    config = validated(
+        RelabelConfig,
+        "relabel",
+        epochs=args.epochs,
+        seed=args.seed,
+        view=_view(args, distilled.image_size),
+        batch_size=args.batch_size,
+        fit_views=args.fit_views,
+        chunk_size=args.chunk_size,
+        store_augmentations=args.store_augmentations,
+    )
     name = args.teacher or (
         "convnet" if distilled.channels == 1 else "efficientnet-lite0"
     )

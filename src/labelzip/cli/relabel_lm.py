@@ -23,6 +23,7 @@ from labelzip.cli._common import (
     format_bytes,
     print_json,
     resolve_device,
+    validated,
     with_run_defaults,
 )
 from labelzip.codecs.registry import available_codecs
@@ -146,10 +147,7 @@ def corpus_config(
         if args.tokens < 1:
             raise ConfigError(f"--tokens must be >= 1, got {args.tokens}")
         values["max_train_windows"] = math.ceil(args.tokens / values["seq_len"])
-    try:
-        return CorpusConfig(**values)
-    except Exception as exc:  # pydantic ValidationError -> one line
-        raise ConfigError(f"invalid corpus options: {exc}") from exc
+    return validated(CorpusConfig, "corpus", **values)
 
 
 def quiet_transformers() -> None:
@@ -220,14 +218,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     device = resolve_device(args.device)
-    config = RelabelLMConfig(
+    config = validated(
+        RelabelLMConfig,
+        "relabel-lm",
         batch_size=args.batch_size,
         chunk_windows=args.chunk_windows,
         fit_positions=args.fit_positions,
         fit_windows=args.fit_windows or None,
         seed=args.seed,
     )
-    output = LMOutput(
+    output = validated(
+        LMOutput,
+        "codec",
         path=out,
         codec=args.codec,
         options=with_run_defaults(

@@ -17,10 +17,10 @@ from labelzip.cli._common import (
     add_device_option,
     add_json_option,
     check_output_folder,
-    one_line,
     print_json,
     progress_bar,
     resolve_device,
+    validated,
 )
 from labelzip.errors import ConfigError
 from labelzip.pipelines.students import STUDENT_ARCHS
@@ -129,10 +129,7 @@ def _config(args: argparse.Namespace) -> StudentConfig:
                 raise ConfigError(f"{flag} expects numbers, got {value!r}") from None
         if value is not None:
             values[name] = value
-    try:
-        return StudentConfig(**values)
-    except ValueError as exc:
-        raise ConfigError(f"invalid student options: {one_line(exc)}") from exc
+    return validated(StudentConfig, "student", **values)
 
 
 def _init_distributed(device: torch.device) -> torch.device:

@@ -19,6 +19,7 @@ from labelzip.cli._common import (
     format_bytes,
     print_json,
     resolve_device,
+    validated,
 )
 from labelzip.cli.relabel_lm import (
     add_corpus_options,
@@ -134,20 +135,19 @@ def _modes(args: argparse.Namespace) -> list[str]:
 
 
 def _configs(args: argparse.Namespace) -> TrainLMConfig:
-    try:
-        return TrainLMConfig(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            weight_decay=args.weight_decay,
-            warmup_steps=args.warmup_steps,
-            temperature=args.temperature,
-            ce_weight=args.ce_weight,
-            seed=args.seed,
-            log_every=args.log_every,
-        )
-    except Exception as exc:
-        raise ConfigError(f"invalid training options: {exc}") from exc
+    return validated(
+        TrainLMConfig,
+        "training",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        temperature=args.temperature,
+        ce_weight=args.ce_weight,
+        seed=args.seed,
+        log_every=args.log_every,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -215,17 +215,16 @@ def _student_config(
     args: argparse.Namespace, teacher: Any, corpus: LMCorpus
 ) -> StudentConfig:
     context = max(corpus.train.shape[1], min(2048, max_context(teacher)))
-    try:
-        return StudentConfig(
-            num_layers=args.layers,
-            hidden_size=args.hidden,
-            num_heads=args.heads,
-            num_kv_heads=args.kv_heads,
-            max_position_embeddings=context,
-            seed=args.student_seed,
-        )
-    except Exception as exc:
-        raise ConfigError(f"invalid student options: {exc}") from exc
+    return validated(
+        StudentConfig,
+        "student",
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        max_position_embeddings=context,
+        seed=args.student_seed,
+    )
 
 
 def _student(
