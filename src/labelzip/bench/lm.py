@@ -67,6 +67,7 @@ CODEC_PRESETS: dict[str, dict[str, Any]] = {
     "topk-tail": {},  # DistillKit style: top-K + modelled tail
     "rskd": {"sizing": "measured"},  # fill the budget (worst_case under-uses it)
     "vqae": {},
+    "vqae-sparse": {},  # VQAE on the top-K support (large V)
     "dense": {},
 }
 

@@ -1,0 +1,729 @@
+"""VQ autoencoder on the teacher's top-K support: a VQAE codec for LM vocabularies.
+
+At V = 49,152 a VQAE whose decoder emits all V logits from a hidden state of
+size H stores a V x H output layer (6 MB at H = 64 in fp16: 31 B per token of a
+200k-token set) and spends most of its decode time there. This codec keeps the
+decoder's output at K + 1 values instead:
+
+- **support**: the teacher's K most probable ids per label, stored explicitly and
+  entropy-coded by their *rank* r in a fitted unigram order (0 = the token with
+  the largest mean teacher probability): the symbol ``b = floor(log2(r + 1))`` is
+  ANS-coded with one frequency table per slot group (slots 0 | 1-2 | 3-6 | ...),
+  the ``b`` low bits of ``r + 1 - 2**b`` are stored raw. An LM's likely next
+  tokens are mostly frequent tokens: ~10-12 bits per id instead of 16.
+- **values**: the K sorted head log-probabilities and the log tail mass (a
+  (K + 1) vector, not V) go through a small MLP encoder into M chunks of a
+  residual product VQ (R stages, 256 codewords: 8 bits each); a small MLP decoder
+  maps the codewords back to K + 1 logits whose log-softmax is the decoded head
+  and tail mass. It is trained on exactly the KL over those K + 1 groups.
+- **tail**: the decoded tail mass is spread over the other V - K tokens as
+  ``q_v ∝ prior_v ** a``, with the stored fp16 log unigram prior (2 V bytes) and
+  an exponent ``a`` chosen per label from ``2 ** tail_bits`` grid values
+  (range fitted); the optimum is exact on the grid in O(K) per value, as in
+  ``topk-tail``.
+
+Rate control fixes the all-in budget (``budget_bytes`` for ``num_labels``);
+``fit`` measures the id cost on the fit sample and takes the largest K whose
+mean payload, plus every stored tensor, fits 2% under it.
+
+Stored once (``model_tensors``): ``log_prior`` (V fp16), the decoder's two
+linear layers (fp16), the codebooks (R x M x 256 x D fp16) and the id frequency
+tables (int16). The encoder is only needed to encode and is not stored, so a
+codec rebuilt with :meth:`from_stored` decodes but does not encode.
+
+Block layout for N labels: a little-endian u32 byte count L of the ANS stream;
+the L bytes of the ANS stream (the N x K rank buckets); the raw low bits of the
+ranks, one bit stream padded to a byte; the N x R x M code bytes; the N tail
+exponent indices, ``tail_bits`` bits each, padded to a byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from labelzip.accounting import reference_bytes
+from labelzip.codecs.base import (
+    Codec,
+    CodecConfig,
+    EncodedBlock,
+    LogitSource,
+    check_logits,
+    iterate_source,
+)
+from labelzip.codecs.entropy import (
+    CategoricalStreamCoder,
+    decode_joint,
+    encode_joint,
+    quantize_counts,
+)
+from labelzip.codecs.vq.quantizer import ResidualProductQuantizer, nearest_codewords
+from labelzip.errors import (
+    ArchiveFormatError,
+    ConfigError,
+    InputError,
+    NotFittedError,
+    UnreachableTargetError,
+)
+from labelzip.ops.bitpack import pack_bits, packed_size, unpack_bits
+
+__all__ = ["VQAESparseCodec", "VQAESparseConfig"]
+
+logger = logging.getLogger(__name__)
+
+ROW_BLOCK = 256  # rows of (rows, C) temporaries at once
+CODEBOOK_SIZE = 256  # codewords per codebook: one byte per code
+_MAX_GROUPS = 8  # slot groups with their own id table: 0 | 1-2 | 3-6 | ... | 127+
+_MARGIN = 0.02  # measured payload stays this far under the per-label budget
+_BLOCK_SLACK = 12  # bytes per block: u32 length, ANS tail word, bit padding
+_SLACK_LABELS = 256  # labels per block assumed by rate control (LM chunk = 1 window)
+_FIT_GRID = torch.linspace(0.0, 3.0, 121, dtype=torch.float64)
+_RANGE_QUANTILES = (0.02, 0.98)
+_LOG_PRIOR_FLOOR = -60.0  # fp16-safe floor of the log unigram prior
+_FEATURE_SCALE = 8.0  # encoder input = log-probs / this
+_TAIL_FLOOR = 1e-12
+
+
+class VQAESparseConfig(CodecConfig):
+    """Configuration of :class:`VQAESparseCodec`."""
+
+    kind: Literal["vqae-sparse"] = "vqae-sparse"
+    k: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="ids kept per label (K); None = the largest K the budget allows",
+    )
+    max_k: int = Field(
+        default=512, ge=1, le=4096, description="largest K rate control considers"
+    )
+    num_chunks: int = Field(
+        default=4, ge=1, le=64, description="VQ chunks per label (M), 8 bits each"
+    )
+    num_stages: int = Field(
+        default=1, ge=1, le=8, description="residual VQ stages (R): R x M code bytes"
+    )
+    chunk_dim: int = Field(default=4, ge=1, le=64, description="dims per chunk (D)")
+    hidden: int = Field(
+        default=64, ge=4, le=1024, description="hidden width of encoder and decoder"
+    )
+    tail_bits: int = Field(
+        default=3, ge=0, le=8, description="bits of the per-label tail exponent index"
+    )
+    tail_min: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=8.0,
+        description="smallest tail exponent; None = fitted",
+    )
+    tail_max: float | None = Field(
+        default=None, ge=0.0, le=8.0, description="largest tail exponent; None = fitted"
+    )
+    budget_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="all-in bytes (payload + model) for num_labels; needed when k=None",
+    )
+    steps: int = Field(default=1500, ge=0, le=1 << 20, description="training steps")
+    batch_size: int = Field(default=256, ge=1, le=1 << 16, description="training batch")
+    lr: float = Field(default=3e-3, gt=0.0, le=1.0, description="Adam learning rate")
+    max_fit_labels: int = Field(
+        default=4096, ge=1, le=1 << 22, description="labels of the source fitted on"
+    )
+    seed: int = Field(default=0, ge=0, lt=1 << 63, description="training seed")
+
+    @property
+    def code_bytes(self) -> int:
+        return self.num_chunks * self.num_stages
+
+
+class _AE(nn.Module):
+    """(n, K + 1) profile -> (n, M, D) latent -> (n, K + 1) group logits."""
+
+    def __init__(self, k: int, cfg: VQAESparseConfig) -> None:
+        super().__init__()
+        latent = cfg.num_chunks * cfg.chunk_dim
+        self.encoder = nn.Sequential(
+            nn.Linear(k + 1, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, latent)
+        )
+        self.decoder = _Decoder(latent, cfg.hidden, k + 1)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, latent: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(latent, hidden)
+        self.fc2 = nn.Linear(hidden, out)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.fc2(nn.functional.gelu(self.fc1(z))), dim=-1)
+
+
+class VQAESparseCodec(Codec):
+    """Entropy-coded top-K ids + VQAE code of the head profile + prior-shaped tail."""
+
+    kind: ClassVar[str] = "vqae-sparse"
+    codec_id: ClassVar[int] = 7
+    config_class: ClassVar[type[CodecConfig]] = VQAESparseConfig
+
+    config: VQAESparseConfig
+
+    def __init__(self, config: VQAESparseConfig | None = None) -> None:
+        super().__init__(config if config is not None else VQAESparseConfig())
+        self._log_prior: torch.Tensor | None = None  # (C,) fp16
+        self._order: torch.Tensor | None = None  # rank -> id
+        self._rank: torch.Tensor | None = None  # id -> rank
+        self._encoder: nn.Module | None = None
+        self._decoder: _Decoder | None = None
+        self._codebooks: torch.Tensor | None = None  # (R, M, 256, D) fp16
+        self._id_coder: CategoricalStreamCoder | None = None
+        self._grid: torch.Tensor | None = None
+        self._log_z: torch.Tensor | None = None
+
+    # -- sizes -------------------------------------------------------------------
+    @property
+    def k(self) -> int:
+        if self.config.k is None:
+            raise NotFittedError("vqae-sparse K is chosen by fit(); call fit first")
+        return self.config.k
+
+    @staticmethod
+    def model_bytes_for(cfg: VQAESparseConfig, k: int, num_classes: int) -> int:
+        """Bytes of every stored tensor for K kept ids and C classes."""
+        latent = cfg.num_chunks * cfg.chunk_dim
+        decoder = latent * cfg.hidden + cfg.hidden + cfg.hidden * (k + 1) + k + 1
+        books = cfg.num_stages * cfg.num_chunks * CODEBOOK_SIZE * cfg.chunk_dim
+        tables = _num_groups(k) * _alphabet(num_classes)
+        return 2 * (num_classes + decoder + books + tables)
+
+    # -- fitting -----------------------------------------------------------------
+    def fit(
+        self, source: LogitSource, *, num_labels: int | None = None
+    ) -> VQAESparseCodec:
+        """Fit the prior, choose K, fit the id tables, train the AE and tail grid."""
+        cfg = self.config
+        log_p = _collect(source, cfg.max_fit_labels)
+        n, num_classes = log_p.shape
+        if num_classes < 2:
+            raise InputError(f"vqae-sparse needs >= 2 classes, got {num_classes}")
+        prior = torch.logsumexp(log_p, dim=0) - math.log(n)
+        self._set_prior(prior.clamp_min(_LOG_PRIOR_FLOOR).to(torch.float16))
+        k_cap = min(cfg.k or cfg.max_k, num_classes - 1)
+        top, ids = log_p.topk(k_cap, dim=1)
+        assert self._rank is not None
+        buckets = _bucket(self._rank[ids])
+        if cfg.k is None:
+            k = self._choose_k(buckets, num_classes, num_labels)
+        else:
+            if cfg.k >= num_classes:
+                raise ConfigError(
+                    f"vqae-sparse k={cfg.k} must be below the {num_classes} classes"
+                )
+            k = cfg.k
+        top, ids, buckets = top[:, :k], ids[:, :k], buckets[:, :k]
+        self._id_coder = CategoricalStreamCoder.fit(
+            buckets, _alphabet(num_classes), _column_tables(k)
+        )
+        lo, hi = cfg.tail_min, cfg.tail_max
+        if lo is None or hi is None:
+            best = torch.cat(
+                [
+                    _tail_scores(rows, rid, prior.double(), _FIT_GRID).argmax(dim=1)
+                    for rows, rid in zip(
+                        log_p.split(ROW_BLOCK), ids.split(ROW_BLOCK), strict=True
+                    )
+                ]
+            )
+            q = torch.tensor(_RANGE_QUANTILES, dtype=torch.float64)
+            fit_lo, fit_hi = (float(v) for v in _FIT_GRID[best].quantile(q))
+            lo = fit_lo if lo is None else lo
+            hi = max(lo, fit_hi if hi is None else hi)
+            if cfg.tail_bits == 0:
+                lo = hi = float(_FIT_GRID[best].median())
+        self.config = cfg.model_copy(update={"k": k, "tail_min": lo, "tail_max": hi})
+        self.num_classes = num_classes
+        self._set_grid()
+        self._train(_features(top), k)
+        return self
+
+    def _choose_k(
+        self, buckets: torch.Tensor, num_classes: int, num_labels: int | None
+    ) -> int:
+        """Largest K whose measured mean payload plus model bytes fits the budget."""
+        cfg = self.config
+        if cfg.budget_bytes is None or num_labels is None:
+            raise ConfigError(
+                "vqae-sparse with k=None needs budget_bytes and fit(num_labels=...); "
+                "use create_codec_for_target or give k"
+            )
+        n, k_cap = buckets.shape
+        alphabet = _alphabet(num_classes)
+        # per-slot cost with tables pooled per slot group over all k_cap slots
+        cols = _column_tables(k_cap)
+        tables = _tables(buckets, alphabet, cols)
+        log2p = torch.log2(tables.double() / tables.double().sum(1, keepdim=True))
+        slot_bits = torch.stack(
+            [-log2p[cols[j]][buckets[:, j]].mean() for j in range(k_cap)]
+        ) + buckets.double().mean(dim=0)
+        cum = slot_bits.cumsum(0)  # cum[K-1] = id bits of K slots
+        fixed = 8 * cfg.code_bytes + cfg.tail_bits
+        slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
+        best = 0
+        for k in range(1, k_cap + 1):
+            model = self.model_bytes_for(cfg, k, num_classes)
+            avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
+            if (float(cum[k - 1]) + fixed) <= avail * (1 - _MARGIN):
+                best = k
+        if best == 0:
+            model = self.model_bytes_for(cfg, 1, num_classes)
+            need = model + slack + math.ceil((float(cum[0]) + fixed) * num_labels / 8)
+            ref = reference_bytes(num_labels, num_classes, "fp16")
+            raise UnreachableTargetError(
+                f"vqae-sparse with K=1 needs ~{need} bytes for {num_labels} labels "
+                f"({model} of them stored tensors), the budget is {cfg.budget_bytes}; "
+                f"the best reachable ratio is ~{ref / need:.1f}x vs fp16; choose a "
+                "lower ratio or fewer code bytes (num_chunks, num_stages)"
+            )
+        # exact check with the tables the chosen K really uses
+        while best > 1:
+            exact = _tables(buckets[:, :best], alphabet, _column_tables(best))
+            lp = torch.log2(exact.double() / exact.double().sum(1, keepdim=True))
+            c = _column_tables(best)
+            bits = sum(
+                float(-lp[c[j]][buckets[:, j]].mean() + buckets[:, j].double().mean())
+                for j in range(best)
+            )
+            model = self.model_bytes_for(cfg, best, num_classes)
+            avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
+            if bits + fixed <= avail * (1 - _MARGIN):
+                break
+            best -= 1
+        logger.info("vqae-sparse: K=%d for %d bits per label", best, int(avail))
+        return best
+
+    def _train(self, feats: torch.Tensor, k: int) -> None:
+        """Train encoder, decoder and codebooks on (n, K + 1) profiles."""
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            ae = _AE(k, cfg)
+        vq = ResidualProductQuantizer(
+            cfg.num_chunks, cfg.chunk_dim, CODEBOOK_SIZE, cfg.num_stages
+        )
+        opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
+        target = feats * _FEATURE_SCALE  # log-probs of the K + 1 groups
+        p = target.exp()
+        n = feats.shape[0]
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
+        for _ in range(cfg.steps):
+            idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+            x = feats[idx]
+            z = ae.encoder(x).view(-1, cfg.num_chunks, cfg.chunk_dim)
+            out = vq(z, generator=gen)
+            log_q = ae.decoder(out.quantized.reshape(z.shape[0], -1))
+            kl = (p[idx] * (target[idx] - log_q)).sum(dim=1).mean()
+            loss = kl + 0.25 * out.commit_loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        ae.eval()
+        self._encoder = ae.encoder
+        self._decoder = ae.decoder.half().float()  # what the archive stores
+        self._codebooks = vq.codebooks.detach().clone().half()
+
+    def _set_prior(self, log_prior: torch.Tensor) -> None:
+        self._log_prior = log_prior
+        order = torch.argsort(log_prior.float(), descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel())
+        self._order, self._rank = order, rank
+
+    def _set_grid(self) -> None:
+        cfg = self.config
+        assert cfg.tail_min is not None and cfg.tail_max is not None
+        assert self._log_prior is not None
+        grid = torch.linspace(
+            cfg.tail_min, cfg.tail_max, 1 << cfg.tail_bits, dtype=torch.float64
+        )
+        lp = self._log_prior.double()
+        self._grid = grid
+        self._log_z = torch.stack([torch.logsumexp(a * lp, dim=0) for a in grid])
+
+    # -- byte path ---------------------------------------------------------------
+    def encode(self, logits: torch.Tensor) -> EncodedBlock:
+        """(N, C) logits -> ranked ids, VQ codes and tail exponent indices."""
+        num_classes = self._require_fitted("encode")
+        check_logits(logits, num_classes)
+        if self._encoder is None:
+            raise NotFittedError(
+                "this vqae-sparse codec was loaded from an archive and has no encoder; "
+                "fit a codec to encode new labels"
+            )
+        assert self._rank is not None and self._codebooks is not None
+        assert self._id_coder is not None and self._grid is not None
+        cfg, k = self.config, self.k
+        n = int(logits.shape[0])
+        if n == 0:
+            return EncodedBlock(num_labels=0, data=torch.zeros(0, dtype=torch.uint8))
+        books = self._codebooks.float()
+        prior = self._log_prior_wide()
+        all_ids, all_codes, all_tail = [], [], []
+        with torch.no_grad():
+            for rows in logits.detach().split(ROW_BLOCK):
+                log_p = torch.log_softmax(rows.float().cpu(), dim=1)
+                top, ids = log_p.topk(k, dim=1)
+                z = self._encoder(_features(top))
+                all_codes.append(
+                    _quantize(z.view(-1, cfg.num_chunks, cfg.chunk_dim), books)
+                )
+                all_ids.append(ids)
+                if cfg.tail_bits:
+                    all_tail.append(
+                        _tail_scores(log_p, ids, prior, self._grid).argmax(1)
+                    )
+        ids = torch.cat(all_ids)
+        ranks = self._rank[ids]
+        buckets = _bucket(ranks)
+        stream = encode_joint([(self._id_coder, buckets)])
+        parts = [
+            torch.tensor([stream.numel()], dtype=torch.int32).view(torch.uint8),
+            stream,
+            _pack_varbits(
+                (ranks + 1 - (1 << buckets)).reshape(-1), buckets.reshape(-1)
+            ),
+            torch.cat(all_codes).to(torch.uint8).reshape(-1),
+        ]
+        if cfg.tail_bits:
+            parts.append(pack_bits(torch.cat(all_tail), cfg.tail_bits))
+        return EncodedBlock(num_labels=n, data=torch.cat(parts))
+
+    def decode(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Block -> (N, C) float32 log-probabilities (finite everywhere)."""
+        num_classes = self._require_fitted("decode")
+        assert self._order is not None and self._id_coder is not None
+        assert self._decoder is not None and self._codebooks is not None
+        cfg, k = self.config, self.k
+        n = block.num_labels
+        data = block.data.cpu().reshape(-1)
+        if n == 0:
+            return torch.zeros(0, num_classes, device=device)
+        if data.numel() < 4:
+            raise ArchiveFormatError(f"vqae-sparse block of {n} labels is too short")
+        length = int(data[:4].clone().view(torch.int32)[0])
+        pos = 4 + length
+        if length < 0 or length % 4 or pos > data.numel():
+            raise ArchiveFormatError(
+                f"vqae-sparse block names an ANS stream of {length} bytes in "
+                f"{data.numel()} bytes"
+            )
+        try:
+            buckets = decode_joint(data[4:pos], [(self._id_coder, n)])[0]
+        except InputError as exc:
+            raise ArchiveFormatError(f"vqae-sparse block is corrupt: {exc}") from exc
+        widths = buckets.reshape(-1)
+        raw_bytes = packed_size(int(widths.sum()), 1)
+        code_count = n * cfg.code_bytes
+        expected = pos + raw_bytes + code_count + packed_size(n, cfg.tail_bits)
+        if data.numel() != expected:
+            raise ArchiveFormatError(
+                f"vqae-sparse block of {n} labels must hold {expected} bytes, got "
+                f"{data.numel()}"
+            )
+        offsets = _unpack_varbits(data[pos : pos + raw_bytes], widths)
+        ranks = (offsets + (1 << widths) - 1).reshape(n, k)
+        if int(ranks.max()) >= num_classes:
+            raise ArchiveFormatError(
+                f"vqae-sparse block holds token rank {int(ranks.max())} >= {num_classes}"
+            )
+        pos += raw_bytes
+        codes = (
+            data[pos : pos + code_count]
+            .long()
+            .reshape(n, cfg.num_stages, cfg.num_chunks)
+        )
+        pos += code_count
+        if cfg.tail_bits:
+            which = unpack_bits(data[pos:], cfg.tail_bits, n)
+        else:
+            which = torch.zeros(n, dtype=torch.int64)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        ids = self._order.to(dev)[ranks.to(dev)]
+        log_q = self._decode_groups(codes.to(dev))  # (n, K + 1)
+        out = torch.empty(n, num_classes, device=dev)
+        for start in range(0, n, ROW_BLOCK):
+            stop = min(start + ROW_BLOCK, n)
+            out[start:stop] = self._densify(
+                log_q[start:stop], ids[start:stop], which[start:stop].to(dev)
+            )
+        return out
+
+    def _decode_groups(self, codes: torch.Tensor) -> torch.Tensor:
+        """(n, R, M) codes -> (n, K + 1) log-probs of the kept ids and the tail."""
+        assert self._decoder is not None and self._codebooks is not None
+        dev = codes.device
+        books = self._codebooks.to(dev).float()
+        chunk = torch.arange(self.config.num_chunks, device=dev)
+        z = sum(books[r][chunk, codes[:, r]] for r in range(codes.shape[1]))
+        assert isinstance(z, torch.Tensor)
+        decoder = self._decoder.to(dev)
+        with torch.no_grad():
+            return decoder(z.reshape(codes.shape[0], -1))
+
+    def _densify(
+        self, log_q: torch.Tensor, ids: torch.Tensor, which: torch.Tensor
+    ) -> torch.Tensor:
+        assert self._grid is not None and self._log_z is not None
+        dev = log_q.device
+        wide = _wide(dev)
+        prior = self._log_prior_wide(dev)
+        grid = self._grid.to(dev, wide)
+        alpha = grid[which]  # (n,)
+        kept = torch.exp(alpha[:, None] * prior[ids]).sum(dim=1)
+        z = (self._log_z.to(dev, wide)[which].exp() - kept).clamp_min(
+            torch.finfo(wide).tiny
+        )
+        offset = log_q[:, -1].to(wide).clamp_min(math.log(_TAIL_FLOOR)) - z.log()
+        out = alpha.float()[:, None] * prior.float()[None] + offset.float()[:, None]
+        return out.scatter_(1, ids, log_q[:, :-1].float())
+
+    def _log_prior_wide(self, device: torch.device | str | None = None) -> torch.Tensor:
+        assert self._log_prior is not None
+        return self._log_prior.to(device=device, dtype=_wide(device))
+
+    # -- what is shipped once ------------------------------------------------------
+    def model_tensors(self) -> dict[str, torch.Tensor]:
+        if self._decoder is None or self._log_prior is None:
+            raise NotFittedError(
+                "VQAESparseCodec.model_tensors called before fit(); call "
+                "codec.fit(batches) first"
+            )
+        assert self._codebooks is not None and self._id_coder is not None
+        d = self._decoder
+        return {
+            "log_prior": self._log_prior,
+            "dec1_weight": d.fc1.weight.detach().half(),
+            "dec1_bias": d.fc1.bias.detach().half(),
+            "dec2_weight": d.fc2.weight.detach().half(),
+            "dec2_bias": d.fc2.bias.detach().half(),
+            "codebooks": self._codebooks,
+            "id_tables": self._id_coder.tables,
+        }
+
+    @classmethod
+    def from_stored(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> VQAESparseCodec:
+        """Rebuild a decode-only codec (the encoder is not stored)."""
+        codec, num_classes = cls._unfitted_from_stored(config)
+        assert isinstance(codec, cls)
+        cfg = codec.config
+        if cfg.k is None or cfg.tail_min is None or cfg.tail_max is None:
+            raise ArchiveFormatError(
+                "stored vqae-sparse config needs a fitted k and tail range, got "
+                f"k={cfg.k}, tail=({cfg.tail_min}, {cfg.tail_max})"
+            )
+        k = cfg.k
+        latent = cfg.num_chunks * cfg.chunk_dim
+        shapes = {
+            "log_prior": ((num_classes,), torch.float16),
+            "dec1_weight": ((cfg.hidden, latent), torch.float16),
+            "dec1_bias": ((cfg.hidden,), torch.float16),
+            "dec2_weight": ((k + 1, cfg.hidden), torch.float16),
+            "dec2_bias": ((k + 1,), torch.float16),
+            "codebooks": (
+                (cfg.num_stages, cfg.num_chunks, CODEBOOK_SIZE, cfg.chunk_dim),
+                torch.float16,
+            ),
+            "id_tables": ((_num_groups(k), _alphabet(num_classes)), torch.int16),
+        }
+        for name, (shape, dtype) in shapes.items():
+            t = tensors.get(name)
+            if t is None or tuple(t.shape) != shape or t.dtype != dtype:
+                got = None if t is None else (tuple(t.shape), t.dtype)
+                raise ArchiveFormatError(
+                    f"vqae-sparse archive needs model tensor {name} {shape} {dtype}, "
+                    f"got {got}"
+                )
+        codec._set_prior(tensors["log_prior"].cpu())
+        decoder = _Decoder(latent, cfg.hidden, k + 1)
+        with torch.no_grad():
+            decoder.fc1.weight.copy_(tensors["dec1_weight"].float())
+            decoder.fc1.bias.copy_(tensors["dec1_bias"].float())
+            decoder.fc2.weight.copy_(tensors["dec2_weight"].float())
+            decoder.fc2.bias.copy_(tensors["dec2_bias"].float())
+        codec._decoder = decoder.eval()
+        codec._codebooks = tensors["codebooks"].cpu()
+        codec._id_coder = CategoricalStreamCoder(
+            tensors["id_tables"].cpu(), _column_tables(k)
+        )
+        codec.num_classes = num_classes
+        codec._set_grid()
+        return codec
+
+    # -- rate control ----------------------------------------------------------------
+    @classmethod
+    def for_target(
+        cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
+    ) -> VQAESparseCodec:
+        """Fix the all-in budget; :meth:`fit` picks the largest K that meets it.
+
+        Raises UnreachableTargetError when even K = 1 at 16 bits per id cannot fit
+        next to the stored tensors (the exact check happens in ``fit``).
+        """
+        try:
+            base = VQAESparseConfig(**options)
+        except Exception as exc:
+            raise ConfigError(f"invalid vqae-sparse codec options: {exc}") from exc
+        k = base.k or 1
+        model = cls.model_bytes_for(base, k, num_classes)
+        slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
+        # a lower bound of the payload: the codes and tail index (ids cost > 0)
+        least = math.ceil(num_labels * (8 * base.code_bytes + base.tail_bits + k) / 8)
+        need = model + slack + least
+        if need > budget_bytes:
+            ref = reference_bytes(num_labels, num_classes, "fp16")
+            raise UnreachableTargetError(
+                f"vqae-sparse needs more than {need} bytes for {num_labels} labels "
+                f"({model} of them stored tensors) but the budget is {budget_bytes}; "
+                f"the best reachable ratio is below {ref / need:.1f}x vs fp16; choose "
+                "a lower ratio or fewer code bytes (num_chunks, num_stages)"
+            )
+        return cls(base.model_copy(update={"budget_bytes": budget_bytes}))
+
+
+# -- helpers --------------------------------------------------------------------------
+def _alphabet(num_classes: int) -> int:
+    """Rank buckets: b = floor(log2(r + 1)) for ranks 0..C-1."""
+    return int(math.floor(math.log2(num_classes))) + 1
+
+
+def _num_groups(k: int) -> int:
+    return min(_MAX_GROUPS, int(math.floor(math.log2(k))) + 1)
+
+
+def _column_tables(k: int) -> list[int]:
+    """Slot j -> its group's table: 0 | 1-2 | 3-6 | 7-14 | ... (capped)."""
+    return [min(_MAX_GROUPS - 1, int(math.floor(math.log2(j + 1)))) for j in range(k)]
+
+
+def _tables(buckets: torch.Tensor, alphabet: int, cols: list[int]) -> torch.Tensor:
+    counts = torch.zeros(max(cols) + 1, alphabet, dtype=torch.int64)
+    for j, t in enumerate(cols):
+        counts[t] += torch.bincount(buckets[:, j], minlength=alphabet)
+    return quantize_counts(counts)
+
+
+def _bucket(ranks: torch.Tensor) -> torch.Tensor:
+    """floor(log2(r + 1)) for int64 ranks, exact (no float rounding)."""
+    r = ranks + 1
+    out = torch.zeros_like(r)
+    for shift in (16, 8, 4, 2, 1):
+        big = r >= (1 << shift)
+        out += big.long() * shift
+        r = torch.where(big, r >> shift, r)
+    return out
+
+
+def _pack_varbits(values: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    """Concatenate the ``widths[i]`` low bits of each value (LSB first) into bytes."""
+    if values.numel() == 0 or int(widths.max()) == 0:
+        return torch.zeros(0, dtype=torch.uint8)
+    j = torch.arange(int(widths.max()))
+    bits = (values[:, None] >> j) & 1
+    flat = bits[j[None] < widths[:, None]].to(torch.uint8).numpy()
+    return torch.from_numpy(np.packbits(flat, bitorder="little"))
+
+
+def _unpack_varbits(data: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_pack_varbits`: (n,) int64 values."""
+    total = int(widths.sum())
+    if total == 0:
+        return torch.zeros(widths.numel(), dtype=torch.int64)
+    bits = torch.from_numpy(
+        np.unpackbits(data.numpy(), count=total, bitorder="little").astype(np.int64)
+    )
+    j = torch.arange(int(widths.max()))
+    start = widths.cumsum(0) - widths
+    idx = (start[:, None] + j).clamp_max(total - 1)
+    valid = j[None] < widths[:, None]
+    return ((bits[idx] * valid) << j).sum(dim=1)
+
+
+def _features(top: torch.Tensor) -> torch.Tensor:
+    """(n, K) sorted head log-probs -> (n, K + 1) encoder input (with log tail mass)."""
+    tail = (1.0 - top.double().exp().sum(dim=1)).clamp_min(_TAIL_FLOOR).log()
+    return torch.cat([top, tail.float()[:, None]], dim=1) / _FEATURE_SCALE
+
+
+def _quantize(z: torch.Tensor, books: torch.Tensor) -> torch.Tensor:
+    """(n, M, D) latents -> (n, R, M) codes of the residual product VQ."""
+    residual = z
+    codes = []
+    chunk = torch.arange(z.shape[1])
+    for stage in range(books.shape[0]):
+        idx = nearest_codewords(residual, books[stage])
+        codes.append(idx)
+        residual = residual - books[stage][chunk, idx]
+    return torch.stack(codes, dim=1)
+
+
+def _wide(device: torch.device | str | None) -> torch.dtype:
+    return (
+        torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
+    )
+
+
+def _tail_scores(
+    log_p: torch.Tensor, ids: torch.Tensor, prior: torch.Tensor, grid: torch.Tensor
+) -> torch.Tensor:
+    """(n, G) tail part of ``sum_v p_v log q_v`` per exponent a (up to a constant).
+
+    ``a * sum_tail p_v lp_v - P log Z_n(a)``, ``Z_n(a) = sum_{v not kept} e^{a lp_v}``.
+    """
+    prior = prior.to(log_p.device, torch.float64)
+    p = log_p.exp()
+    p_kept = p.gather(1, ids).double()
+    a = (p @ prior.float()).double() - (p_kept * prior[ids]).sum(dim=1)
+    mass = (1.0 - p_kept.sum(dim=1)).clamp_min(0.0)
+    g = grid.to(log_p.device, torch.float64)
+    log_z = torch.stack([torch.logsumexp(s * prior, dim=0) for s in g])
+    kept = torch.exp(prior[ids][:, :, None] * g[None, None]).sum(dim=1)
+    z = (log_z.exp()[None] - kept).clamp_min(torch.finfo(torch.float64).tiny)
+    return (g[None] * a[:, None] - mass[:, None] * z.log()).cpu()
+
+
+def _collect(source: LogitSource, limit: int) -> torch.Tensor:
+    """(n, C) float32 log-probs of the first ``limit`` labels of ``source``."""
+    rows: list[torch.Tensor] = []
+    seen = 0
+    num_classes: int | None = None
+    for batch in _limited(source, limit):
+        check_logits(batch, num_classes)
+        num_classes = int(batch.shape[1])
+        for part in batch.detach().split(ROW_BLOCK):
+            rows.append(torch.log_softmax(part.float().cpu(), dim=1))
+        seen += int(batch.shape[0])
+    if not rows:
+        raise InputError("fit() got an empty source; pass at least one (B, C) batch")
+    return torch.cat(rows)
+
+
+def _limited(source: LogitSource, limit: int) -> Iterator[torch.Tensor]:
+    seen = 0
+    for batch in iterate_source(source):
+        if seen >= limit:
+            return
+        take = batch[: limit - seen]
+        seen += int(take.shape[0])
+        yield take
