@@ -12,16 +12,19 @@ Usage (the committed result was made with the command in its header):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
 import sys
 import time
+from pathlib import Path
 
 from labelzip.bench.imagenet import (
     DEFAULT_CLASSES,
     DEFAULT_CODECS,
     ImagenetTrackConfig,
+    ImagenetTrackResult,
     run_imagenet_track,
     write_imagenet_report,
 )
@@ -46,6 +49,8 @@ def build_config(args: argparse.Namespace) -> ImagenetTrackConfig:
         classes=tuple(args.classes),
         ipc=args.ipc,
         recover_steps=args.recover_steps,
+        recover_bn_weight=args.recover_bn_weight,
+        recover_crop_scale=tuple(args.recover_crop_scale),
         image_size=args.image_size,
         epochs=args.epochs,
         ratios=tuple(args.ratios),
@@ -60,8 +65,10 @@ def build_config(args: argparse.Namespace) -> ImagenetTrackConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--classes", type=int, nargs="+", default=list(DEFAULT_CLASSES))
-    parser.add_argument("--ipc", type=int, default=5)
-    parser.add_argument("--recover-steps", type=int, default=100)
+    parser.add_argument("--ipc", type=int, default=4)
+    parser.add_argument("--recover-steps", type=int, default=200)
+    parser.add_argument("--recover-bn-weight", type=float, default=0.001)
+    parser.add_argument("--recover-crop-scale", type=float, nargs=2, default=[0.5, 1.0])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument(
         "--epochs", type=int, default=300, help="relabel views per image"
@@ -86,7 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--stem", default="imagenet_track")
     parser.add_argument("--machine-note", default=None, help="free text for the report")
+    parser.add_argument(
+        "--report-from",
+        default=None,
+        help="re-render the .md/.png (and JSON) from a saved JSON instead of running",
+    )
     args = parser.parse_args(argv)
+    if args.report_from:
+        saved = json.loads(Path(args.report_from).read_text())
+        result = ImagenetTrackResult.from_dict(saved)
+        paths = write_imagenet_report(
+            result, args.out, meta=saved.get("meta"), stem=args.stem
+        )
+        print("wrote", *paths.values())
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = build_config(args)
     last = [0.0]

@@ -120,6 +120,12 @@ def test_report_files(tiny_result: ImagenetTrackResult, tmp_path: Path) -> None:
     text = paths["md"].read_text()
     assert "Command: `x --y`" in text and "| dense-fp16 | - |" in text
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    # a saved report re-renders to the same text
+    again = ImagenetTrackResult.from_dict(saved)
+    assert again.rows == tiny_result.rows
+    copy = write_imagenet_report(again, tmp_path / "again", meta=saved["meta"])
+    assert copy["md"].read_text() == text
+    assert "| 10 | labelzip:topk-ms @4x |" in text
 
 
 def test_config_rejects_bad_values() -> None:
@@ -127,6 +133,10 @@ def test_config_rejects_bad_values() -> None:
         ImagenetTrackConfig(classes=(1, 1000))
     with pytest.raises(ValueError, match="distinct"):
         ImagenetTrackConfig(classes=(3, 3))
+    with pytest.raises(ValueError, match="recover_crop_scale must satisfy"):
+        ImagenetTrackConfig(recover_crop_scale=(0.9, 0.5))
+    with pytest.raises(ValueError, match="must be > 0"):
+        ImagenetTrackConfig(ratios=(40.0, 0.0))
     with pytest.raises(ValueError, match="must be distinct and not 'dense-fp16'"):
         ImagenetTrackConfig(codecs=(CodecChoice(label="dense-fp16", codec="dense"),))
     with pytest.raises(ValueError, match="unknown codec .zip."):
