@@ -1,5 +1,4 @@
-"""Helpers shared by the subcommands: device and codec options, progress bars, JSON
-output, parsing."""
+"""Helpers shared by the subcommands: options, validation, progress bars, JSON output."""
 
 from __future__ import annotations
 
