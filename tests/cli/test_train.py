@@ -158,7 +158,7 @@ def test_train_under_torchrun_with_two_gloo_ranks(
 ) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    argv += ["--master_port", "29531", "-m", "labelzip", "train"]
+    argv += ["--standalone", "-m", "labelzip", "train"]  # free port, no clash
     argv += [str(files["set"]), str(files["archive"]), "--test-set", "none"]
     argv += [*STUDENT, "--epochs", "2", "--json", "--quiet"]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
