@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from labelzip.archive import Layout
 from labelzip.augment import ViewConfig, make_views
 from labelzip.data.base import ImageDataset
-from labelzip.errors import ConfigError, InputError, UnreachableTargetError
+from labelzip.errors import InputError, UnreachableTargetError
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor
 from labelzip.pipelines.quickstart import (
     ROW_SPECS,
@@ -522,11 +522,6 @@ def run_vision_bench(
     device = torch.device(device)
     start = time.perf_counter()
     spec = _dataset_spec(train_set)
-    if config.image_format not in ("jpeg", "raw", "png-estimate"):
-        raise ConfigError(
-            f"unknown image_format {config.image_format!r}; use jpeg, raw or "
-            "png-estimate"
-        )
     first = _quickstart_config(config, config.frameworks[0], config.ipcs[0])
     _log(log, f"teacher: {config.teacher_arch}, {config.teacher_epochs} epochs")
     model, teacher_id, teacher_acc, cached = _teacher(

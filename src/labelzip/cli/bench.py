@@ -174,6 +174,12 @@ def _vision_parser(sub: Any) -> None:
         metavar="FRAMEWORK:KEY=VALUE",
         help="a distillation option, e.g. sre2l:steps=500 (repeatable)",
     )
+    p.add_argument(
+        "--image-format",
+        default=d.image_format,
+        choices=("jpeg", "raw", "png-estimate"),
+        help="how the storage columns count distilled images",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder")
     p.add_argument(
@@ -315,6 +321,7 @@ def _vision_config(args: argparse.Namespace) -> Any:
                 "teacher_epochs": args.teacher_epochs,
                 "baseline_epochs": args.baseline_epochs,
                 "seed": args.seed,
+                "image_format": args.image_format,
                 "distill_options": _distill_options(args.distill_option),
             }
         )
