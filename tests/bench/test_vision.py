@@ -16,6 +16,7 @@ from labelzip.bench.vision import (
     shipped_ratio,
     write_report,
 )
+from labelzip.pipelines.quickstart import ROW_SPECS
 from labelzip.pipelines.train_student import StudentConfig
 from labelzip.storage import storage_table
 
@@ -121,3 +122,25 @@ def test_shipped_reference_and_config_errors() -> None:
         VisionBenchConfig(codecs=("zip",))
     with pytest.raises(ValueError, match=r"ratios must be > 1, got \[1.0\]"):
         VisionBenchConfig(ratios=(1.0, 10.0))
+
+
+def test_unreachable_fixed_rate_row_is_skipped_before_relabelling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A row without auto-pruning is checked by the codec's own rate control.
+    spec = {"codec": "topk", "options": {"decoder": "ms", "k": 2}}
+    monkeypatch.setitem(ROW_SPECS, "topk-fixed", spec)
+    report = run_vision_bench(
+        _config(frameworks=("random",), codecs=("topk-fixed",), ratios=(50.0,)),
+        train_set=make_dataset(200, seed=1),
+        test_set=make_dataset(40, seed=2),
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "teachers",
+    )
+    assert [r["codec"] for r in report["rows"]] == ["dense"]
+    (item,) = report["skipped"]
+    assert item["codec"] == "topk-fixed" and item["target_ratio"] == 50.0
+    assert item["reason"]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [
+        "random_ipc5_dense.lz"
+    ]

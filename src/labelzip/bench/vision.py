@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from labelzip.archive import Layout
+from labelzip.archive import ArchiveMetadata, Layout, codec_for_target
 from labelzip.augment import ViewConfig, make_views
+from labelzip.codecs.registry import codec_class
 from labelzip.data.base import ImageDataset
 from labelzip.errors import InputError, UnreachableTargetError
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor
@@ -86,8 +87,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Compressed rows of the default run (dense always runs: it is the reference).
-DEFAULT_VISION_CODECS: tuple[str, ...] = tuple(n for n in ROW_SPECS if n != "dense")
+# Compressed rows of the default run (dense always runs: it is the reference):
+# VQAE and the paper's baselines, all with LPLD-style auto-pruning.
+DEFAULT_VISION_CODECS: tuple[str, ...] = ("vqae", "topk-ms", "topk-mrs", "lpld", "rskd")
 
 # All-in ratio vs dense fp16 of the labels each framework ships: LPLD keeps 1/40
 # of the views as dense logits (its headline setting); the others ship every
@@ -360,7 +362,7 @@ def _reachable_outputs(
                 **ROW_SPECS[codec],
             )
             try:
-                _plan_job(out, layout, num_classes, metadata, {}, relabel_config)
+                _check_reachable(out, layout, num_classes, metadata, relabel_config)
             except UnreachableTargetError as exc:
                 skipped.append(
                     {
@@ -375,6 +377,35 @@ def _reachable_outputs(
             outputs.append(out)
             names[name] = (codec, ratio)
     return outputs, names, skipped
+
+
+def _check_reachable(
+    out: RelabelOutput,
+    layout: Layout,
+    num_classes: int,
+    metadata: ArchiveMetadata,
+    relabel_config: RelabelConfig,
+) -> None:
+    """Raise UnreachableTargetError when relabel could not write ``out``.
+
+    Auto-pruned outputs go through relabel's own planning (the LPLD search);
+    the others through the codec's rate control at every view.
+    """
+    _plan_job(out, layout, num_classes, metadata, {}, relabel_config)
+    if out.auto_prune or out.ratio is None:
+        return
+    options = dict(out.options)
+    if "num_images" in codec_class(out.codec).config_class.model_fields:
+        options.setdefault("num_images", int(layout.shape[1]))
+    codec_for_target(
+        out.codec,
+        layout=layout,
+        num_classes=num_classes,
+        ratio=out.ratio,
+        chunk_size=relabel_config.chunk_size,
+        metadata=metadata,
+        **options,
+    )
 
 
 def _bench_row(
