@@ -118,6 +118,15 @@ def test_shipped_reference_and_config_errors() -> None:
     assert VisionBenchConfig(codecs=("dense", "vqae")).codecs == ("vqae",)
     assert VisionBenchConfig(epochs_per_ipc={50: 100}).epochs_for(50) == 100
     assert VisionBenchConfig().epochs_for(10) == 300
+    pairs = VisionBenchConfig(settings=(("random", 10), ("lpld", 50))).pairs()
+    assert pairs == [("random", 10), ("lpld", 50)]
+    assert VisionBenchConfig(ipcs=(10,), frameworks=("rded", "cda")).pairs() == [
+        ("rded", 10), ("cda", 10),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown frameworks \['import'\]"):
+        VisionBenchConfig(frameworks=("import",))
+    with pytest.raises(ValueError, match=r"bad settings \[\('random', 0\)\]"):
+        VisionBenchConfig(settings=(("random", 0),))
     with pytest.raises(ValueError, match=r"unknown codecs \['zip'\]"):
         VisionBenchConfig(codecs=("zip",))
     with pytest.raises(ValueError, match=r"ratios must be > 1, got \[1.0\]"):

@@ -55,7 +55,8 @@ def test_bench_vision_json_and_report_files(
     )
     assert (out / "vision_archives" / "random_ipc3_topk-ms_2x.lz").is_file()
     # Markdown on stdout, progress lines on stderr; the teacher is cached now.
-    assert main([*argv, "--baseline-epochs", "0", "--ratios", "2"]) == 0
+    again = ["--baseline-epochs", "0", "--ratios", "2", "--settings", "random:3"]
+    assert main([*argv, *again]) == 0
     captured = capsys.readouterr()
     assert "## random, IPC 3" in captured.out and "wrote " in captured.out
     assert "Full-data baseline" not in captured.out
@@ -71,6 +72,8 @@ def test_bench_vision_json_and_report_files(
         (["--ratios", "0.5"], r"ratios must be > 1, got \[0.5\]"),
         (["--threads", "0"], r"--threads must be >= 1, got 0"),
         (["--distill-option", "steps=3"], r"expects FRAMEWORK:KEY=VALUE"),
+        (["--settings", "sre2l"], r"--settings expects FRAMEWORK:IPC .* got 'sre2l'"),
+        (["--frameworks", "fkd"], r"frameworks: unknown frameworks \['fkd'\]"),
     ],
 )
 def test_bench_vision_bad_options_are_one_line(

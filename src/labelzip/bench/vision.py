@@ -75,6 +75,7 @@ __all__ = [
     "CONTEXT_DATASET",
     "CONTEXT_IPCS",
     "DEFAULT_VISION_CODECS",
+    "FRAMEWORKS",
     "SHIPPED_LABEL_RATIO",
     "VisionBenchConfig",
     "VisionBenchRow",
@@ -104,6 +105,9 @@ CONTEXT_EPOCHS = 300
 
 LogFn = Callable[[str], None]
 
+# Distillation methods that build a set from the training data or the teacher.
+FRAMEWORKS: tuple[str, ...] = ("random", "sre2l", "cda", "lpld", "rded")
+
 
 def shipped_ratio(framework: str) -> float:
     """All-in ratio vs dense fp16 of the labels ``framework`` ships (1 if dense)."""
@@ -122,6 +126,10 @@ class VisionBenchConfig(BaseModel):
     )
     ipcs: tuple[int, ...] = Field(
         default=(10, 50), min_length=1, description="images per class"
+    )
+    settings: tuple[tuple[str, int], ...] = Field(
+        default=(),
+        description="explicit (framework, IPC) pairs run instead of frameworks x ipcs",
     )
     codecs: tuple[str, ...] = Field(
         default=DEFAULT_VISION_CODECS,
@@ -162,6 +170,35 @@ class VisionBenchConfig(BaseModel):
         description="storage module image model: jpeg, raw, png-estimate",
     )
 
+    @field_validator("frameworks")
+    @classmethod
+    def _known_frameworks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in value if n not in FRAMEWORKS]
+        if unknown:
+            raise ValueError(
+                f"unknown frameworks {unknown}; choose from {list(FRAMEWORKS)}"
+            )
+        return value
+
+    @field_validator("settings")
+    @classmethod
+    def _known_settings(
+        cls, value: tuple[tuple[str, int], ...]
+    ) -> tuple[tuple[str, int], ...]:
+        bad = [(f, i) for f, i in value if f not in FRAMEWORKS or i < 1]
+        if bad:
+            raise ValueError(
+                f"bad settings {bad}: frameworks from {list(FRAMEWORKS)}, IPC >= 1"
+            )
+        return value
+
+    @field_validator("ipcs")
+    @classmethod
+    def _positive_ipcs(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(i < 1 for i in value):
+            raise ValueError(f"ipcs must be >= 1, got {list(value)}")
+        return value
+
     @field_validator("codecs")
     @classmethod
     def _known_codecs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -177,6 +214,12 @@ class VisionBenchConfig(BaseModel):
         if bad:
             raise ValueError(f"ratios must be > 1, got {bad}")
         return value
+
+    def pairs(self) -> list[tuple[str, int]]:
+        """The (framework, IPC) settings run, in order."""
+        if self.settings:
+            return list(self.settings)
+        return [(f, i) for f in self.frameworks for i in self.ipcs]
 
     def epochs_for(self, ipc: int) -> int:
         """Relabel epochs (views per image) at ``ipc``."""
@@ -553,7 +596,8 @@ def run_vision_bench(
     device = torch.device(device)
     start = time.perf_counter()
     spec = _dataset_spec(train_set)
-    first = _quickstart_config(config, config.frameworks[0], config.ipcs[0])
+    pairs = config.pairs()
+    first = _quickstart_config(config, *pairs[0])
     _log(log, f"teacher: {config.teacher_arch}, {config.teacher_epochs} epochs")
     model, teacher_id, teacher_acc, cached = _teacher(
         first, train_set, test_set, device, cache_dir
@@ -576,22 +620,21 @@ def run_vision_bench(
     rows: list[VisionBenchRow] = []
     skipped: list[dict[str, Any]] = []
     settings: list[dict[str, Any]] = []
-    for framework in config.frameworks:
-        for ipc in config.ipcs:
-            got, skip, info = _run_setting(
-                config,
-                (framework, ipc),
-                teacher=(model, teacher_id),
-                train_set=train_set,
-                test_set=test_set,
-                spec=spec,
-                work=work,
-                device=device,
-                log=log,
-            )
-            rows += got
-            skipped += skip
-            settings.append(info)
+    for pair in pairs:
+        got, skip, info = _run_setting(
+            config,
+            pair,
+            teacher=(model, teacher_id),
+            train_set=train_set,
+            test_set=test_set,
+            spec=spec,
+            work=work,
+            device=device,
+            log=log,
+        )
+        rows += got
+        skipped += skip
+        settings.append(info)
     return {
         "dataset": {
             "name": spec.name,
@@ -608,7 +651,7 @@ def run_vision_bench(
             "from_cache": cached,
         },
         "full_data_baseline": baseline,
-        "shipped_ratios": {f: shipped_ratio(f) for f in config.frameworks},
+        "shipped_ratios": {f: shipped_ratio(f) for f, _ in pairs},
         "settings": settings,
         "rows": [row.to_dict() for row in rows],
         "skipped": skipped,

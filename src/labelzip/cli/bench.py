@@ -47,6 +47,7 @@ VISION_EPILOG = """examples:
   labelzip bench vision --frameworks random sre2l --ipcs 10 --ratios 40 \\
       --codecs vqae topk-ms --threads 1
   labelzip bench vision --ipcs 10 50 --epochs 10:300 50:100 --device cuda
+  labelzip bench vision --settings random:10 sre2l:10 random:50 --ratios 40 100
 
 For each framework and IPC: distil the set from Fashion-MNIST (the cached ConvNet
 teacher), relabel EPOCHS views per image once into a dense fp16 archive and one
@@ -146,6 +147,12 @@ def _vision_parser(sub: Any) -> None:
         help="random, sre2l, cda, lpld, rded",
     )
     p.add_argument("--ipcs", nargs="+", type=int, default=list(d.ipcs))
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        metavar="FRAMEWORK:IPC",
+        help="run these pairs instead of --frameworks x --ipcs (random:10 random:50)",
+    )
     p.add_argument(
         "--codecs",
         nargs="+",
@@ -283,6 +290,18 @@ def _epochs(values: Sequence[str]) -> tuple[int, dict[int, int]]:
     return default, per_ipc
 
 
+def _settings(values: Sequence[str] | None) -> tuple[tuple[str, int], ...]:
+    out = []
+    for value in values or ():
+        framework, sep, ipc = value.partition(":")
+        if not sep or not framework or not ipc.isdigit():
+            raise ConfigError(
+                f"--settings expects FRAMEWORK:IPC (e.g. sre2l:10), got {value!r}"
+            )
+        out.append((framework, int(ipc)))
+    return tuple(out)
+
+
 def _distill_options(values: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for value in values or ():
@@ -313,6 +332,7 @@ def _vision_config(args: argparse.Namespace) -> Any:
             {
                 "frameworks": tuple(args.frameworks),
                 "ipcs": tuple(args.ipcs),
+                "settings": _settings(args.settings),
                 "codecs": tuple(args.codecs),
                 "ratios": tuple(args.ratios),
                 "epochs": default,
