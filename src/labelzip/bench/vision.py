@@ -821,63 +821,82 @@ def write_report(
     return paths
 
 
+def _panel(
+    ax: Any,
+    rows: Sequence[dict[str, Any]],
+    codecs: Sequence[str],
+    colors: dict[str, str],
+    teacher_accuracy: float,
+    baseline: dict[str, Any] | None,
+) -> None:
+    """One (framework, IPC): a line per codec, references as horizontal lines."""
+    for codec in codecs:
+        pts = sorted(
+            (r["ratio"], 100 * r["accuracy"]) for r in rows if r["codec"] == codec
+        )
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, "o-", color=colors[codec], label=codec)
+    for r in rows:
+        if r["codec"] == "dense":
+            ax.axhline(100 * r["accuracy"], ls="--", lw=0.9, c="gray", label="dense")
+    ax.axhline(100 * teacher_accuracy, ls=":", lw=0.9, c="k", label="teacher")
+    if baseline is not None:
+        ax.axhline(
+            100 * baseline["accuracy"], ls="-.", lw=0.9, c="tab:red", label="full data"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("all-in ratio vs dense fp16", fontsize=8)
+    ax.set_ylabel("student test accuracy (%)", fontsize=8)
+    ax.grid(True, which="major", lw=0.3)
+    ax.tick_params(labelsize=7)
+
+
 def _plot(report: dict[str, Any], path: Path) -> Path:
     """Accuracy vs all-in ratio (log x), one line per codec, a panel per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     settings = [(s["framework"], s["ipc"]) for s in report["settings"]]
     frameworks = list(dict.fromkeys(f for f, _ in settings))
     ipcs = list(dict.fromkeys(i for _, i in settings))
+    width = max(6.4, 4.6 * len(ipcs))
     fig, axes = plt.subplots(
         len(frameworks),
         len(ipcs),
-        figsize=(4.6 * len(ipcs), 3.4 * len(frameworks)),
+        figsize=(width, 3.4 * len(frameworks) + 0.8),
         squeeze=False,
         dpi=110,
     )
     codecs = sorted({r["codec"] for r in report["rows"] if r["codec"] != "dense"})
     colors = {c: f"C{i}" for i, c in enumerate(codecs)}
+    targets = sorted(set(report["config"]["ratios"]))
     base = report["full_data_baseline"]
-    for (fw, ipc), ax in (
-        ((f, i), axes[a][b])
-        for a, f in enumerate(frameworks)
-        for b, i in enumerate(ipcs)
-    ):
-        rows = [r for r in report["rows"] if r["framework"] == fw and r["ipc"] == ipc]
-        for codec in codecs:
-            pts = sorted(
-                (r["ratio"], 100 * r["accuracy"]) for r in rows if r["codec"] == codec
-            )
-            if pts:
-                ax.plot(*zip(*pts, strict=True), "o-", color=colors[codec], label=codec)
-        for r in rows:
-            if r["codec"] == "dense":
-                ax.axhline(
-                    100 * r["accuracy"], ls="--", lw=0.9, c="gray", label="dense"
-                )
-        ax.axhline(
-            100 * report["teacher"]["accuracy"], ls=":", lw=0.9, c="k", label="teacher"
-        )
-        if base is not None:
-            ax.axhline(
-                100 * base["accuracy"], ls="-.", lw=0.9, c="tab:red", label="full data"
-            )
-        ax.set_xscale("log")
-        ax.set_title(f"{fw}, IPC {ipc}", fontsize=9)
-        ax.set_xlabel("all-in ratio vs dense fp16", fontsize=8)
-        ax.set_ylabel("student test accuracy (%)", fontsize=8)
-        ax.grid(True, which="both", lw=0.3)
-        ax.tick_params(labelsize=7)
+    for a, fw in enumerate(frameworks):
+        for b, ipc in enumerate(ipcs):
+            ax = axes[a][b]
+            if (fw, ipc) not in settings:
+                ax.set_visible(False)
+                continue
+            rows = [
+                r for r in report["rows"] if r["framework"] == fw and r["ipc"] == ipc
+            ]
+            _panel(ax, rows, codecs, colors, report["teacher"]["accuracy"], base)
+            ax.set_title(f"{fw}, IPC {ipc}", fontsize=9)
+            ax.set_xlim(min(targets) / 1.6, max(targets) * 1.6)
+            ax.set_xticks(targets)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(
-            handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=7
-        )
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
     fig.suptitle(f"labelzip vision benchmark: {report['dataset']['name']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    legend_rows = math.ceil(len(labels) / 4) if handles else 0
+    bottom = (0.25 + 0.2 * legend_rows) / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 0.97))
     fig.savefig(path)
     plt.close(fig)
     return path
