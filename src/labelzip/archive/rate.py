@@ -25,7 +25,7 @@ from labelzip.archive.format import (
     container_prefix,
     static_order,
 )
-from labelzip.codecs.base import Codec, LogitSource
+from labelzip.codecs.base import Codec, LabelContext, LogitSource
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import codec_class, create_codec, target_total_bytes
 from labelzip.errors import ConfigError, UnreachableTargetError
@@ -59,6 +59,9 @@ def _unfitted_parts(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], int]:
     """Config, model tensors and allowance of a codec before fit."""
     config = {**probe.config.model_dump(), "num_classes": num_classes}
+    planned = probe.planned_model_tensors(num_classes)
+    if planned is not None:  # shapes known before fit (e.g. vqae-ctx)
+        return config, planned, _FITTED_CONFIG_SLACK
     try:
         model = probe.model_tensors()
     except Exception:  # most learned codecs cannot list tensors before fit
@@ -271,9 +274,13 @@ def fit_for_target(
     metadata: ArchiveMetadata | None = None,
     side_bytes: int = 0,
     reference: str = "fp16",
+    context: LabelContext | None = None,
     **options: Any,
 ) -> Codec:
     """:func:`codec_for_target`, then fit on ``source`` (the labels to be stored).
+
+    ``context`` is the view context of the source rows, for context codecs
+    (``vqae-ctx``); their prototypes count in the model bytes like any weights.
 
     After fit the header is re-estimated from the real config and model tensors;
     if it outgrew the estimate the codec is chosen and fitted again with the
@@ -302,7 +309,7 @@ def fit_for_target(
             **shared,
             **options,
         )
-        codec.fit(source, num_labels=num_stored)
+        codec.fit_in_context(source, context, num_labels=num_stored)
         actual = estimate_header_bytes(num_labels, chunk_size, codec, **shared)
         if actual <= header:
             return codec

@@ -38,7 +38,7 @@ from labelzip.archive.format import (
     read_container_header,
     sha256_tensor,
 )
-from labelzip.codecs.base import Codec, EncodedBlock
+from labelzip.codecs.base import Codec, EncodedBlock, LabelContext
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import CODEC_IDS, codec_class
 from labelzip.errors import ArchiveFormatError, ChecksumError, ConfigError, InputError
@@ -193,7 +193,42 @@ class ArchiveReader:
                     f"archive codec decodes {self._codec.num_classes} classes but the "
                     f"header says {self.num_classes}"
                 )
+            if self._codec.needs_context:
+                self.stored_context(torch.zeros(0, dtype=torch.int64))
         return self._codec
+
+    def stored_context(self, stored: torch.Tensor) -> LabelContext:
+        """The view context of stored labels ``stored`` (N,), for context codecs.
+
+        Rebuilt from the archive's relabel view recipe (seed, view config,
+        image shape) and layout, so decoding needs nothing but the file.
+
+        Raises:
+            ArchiveFormatError: the archive has no usable recipe or layout.
+        """
+        from labelzip.pipelines.relabel_types import recipe_context
+
+        stored = torch.as_tensor(stored, dtype=torch.int64).reshape(-1)
+        plan = self.prune
+        flat = plan.kept_indices()[stored] if plan is not None else stored
+        try:
+            return recipe_context(
+                self.header.user, self.layout.dims, self.layout.shape, flat
+            )
+        except ArchiveFormatError as exc:
+            raise ArchiveFormatError(
+                f"archive {str(self.path)!r} uses codec {self.codec_name}, which "
+                f"decodes labels from their view context, but {exc}"
+            ) from exc
+
+    def _decode_block(self, index: int, device: torch.device) -> torch.Tensor:
+        codec = self.codec
+        block = self.read_chunk(index)
+        if not codec.needs_context:
+            return codec.decode(block, device=device)
+        start = int(self._chunk_starts[index])
+        stored = torch.arange(start, start + block.num_labels, dtype=torch.int64)
+        return codec.decode_in_context(block, self.stored_context(stored), device)
 
     @property
     def prune(self) -> PrunePlan | None:
@@ -228,7 +263,7 @@ class ArchiveReader:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        rows = self.codec.decode(self.read_chunk(index), device=device)
+        rows = self._decode_block(index, device)
         expected = (self.header.chunk_labels[index], self.num_classes)
         if tuple(rows.shape) != expected:
             raise ArchiveFormatError(
@@ -325,7 +360,7 @@ class ArchiveReader:
 
     def _stored_chunks(self, device: torch.device) -> Iterator[torch.Tensor]:
         for cid in range(self.num_chunks):
-            yield self.codec.decode(self.read_chunk(cid), device=device)
+            yield self._decode_block(cid, device)
 
     def verify(self) -> None:
         """Check every tensor against its sha256; raise ChecksumError on the first bad one."""

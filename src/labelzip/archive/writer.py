@@ -41,7 +41,7 @@ from labelzip.archive.format import (
     static_order,
     tensor_bytes,
 )
-from labelzip.codecs.base import Codec, check_logits
+from labelzip.codecs.base import Codec, LabelContext, check_logits
 from labelzip.codecs.prune import PrunePlan
 from labelzip.errors import ConfigError, InputError
 from labelzip.io import atomic_path
@@ -68,6 +68,12 @@ class ArchiveWriter:
         side_tensors: side information stored as ``side/<name>`` (counted as
             side bytes), e.g. augmentation parameters.
         reference: dense reference of the stored ratio (``fp16``).
+
+    Context codecs (``codec.needs_context``, e.g. ``vqae-ctx``) encode each
+    label with its view context, which the writer rebuilds from the relabel
+    view recipe in ``metadata`` (the reader does the same), so the archive
+    stays self-contained; they need ``layout`` ``[epoch, sample]`` and that
+    recipe. A ``context`` passed to :meth:`write` is checked against it.
 
     Example:
         >>> with ArchiveWriter("labels.lz", codec, layout=Layout.for_shape((N, E))) as w:
@@ -131,7 +137,11 @@ class ArchiveWriter:
             for name, t in (side_tensors or {}).items()
         }
         self._pending: list[torch.Tensor] = []
+        self._pending_flat: list[torch.Tensor] = []
         self._pending_rows = 0
+        self._pushed = 0  # labels handed to the chunker (emitted or pending)
+        if codec.needs_context:
+            self._context_at(torch.zeros(0, dtype=torch.int64))  # recipe usable?
         self._seen = 0  # labels received through write()
         self._stored = 0  # labels handed to the chunker
         self._mode: str | None = None  # "all" (write) or "kept" (write_kept)
@@ -147,8 +157,12 @@ class ArchiveWriter:
         """Labels write() expects in all (``None`` if the layout is open)."""
         return self.layout.num_labels if self.layout is not None else None
 
-    def write(self, logits: torch.Tensor) -> None:
-        """Append labels in row-major layout order: (B, C) or (..., C) logits."""
+    def write(self, logits: torch.Tensor, context: LabelContext | None = None) -> None:
+        """Append labels in row-major layout order: (B, C) or (..., C) logits.
+
+        ``context`` (one entry per row, optional) is checked against the
+        context rebuilt from the view recipe; plain codecs ignore it.
+        """
         rows = self._rows(logits, "write", "all")
         start = self._seen
         total = self.num_expected
@@ -158,12 +172,17 @@ class ArchiveWriter:
                 f"{total} labels but {start + rows.shape[0]} were written"
             )
         self._seen += rows.shape[0]
+        flat = torch.arange(start, start + rows.shape[0], dtype=torch.int64)
         if self.prune is not None:
             keep = self.prune.kept_mask()[start : start + rows.shape[0]]
             rows = rows[keep.to(rows.device)]
-        self._push(rows)
+            flat = flat[keep]
+            context = context.select(keep) if context is not None else None
+        self._push(rows, flat, context)
 
-    def write_kept(self, logits: torch.Tensor) -> None:
+    def write_kept(
+        self, logits: torch.Tensor, context: LabelContext | None = None
+    ) -> None:
         """Append only the kept labels of a pruned archive, in increasing flat index.
 
         Lets a relabel pipeline run the teacher on kept views only
@@ -172,12 +191,33 @@ class ArchiveWriter:
         if self.prune is None:
             raise ConfigError("write_kept() is for pruned archives; use write()")
         rows = self._rows(logits, "write_kept", "kept")
-        if self._stored + rows.shape[0] > self.prune.num_kept:
+        if self._pushed + rows.shape[0] > self.prune.num_kept:
             raise InputError(
                 f"the prune plan keeps {self.prune.num_kept} labels but "
-                f"{self._stored + rows.shape[0]} were written"
+                f"{self._pushed + rows.shape[0]} were written"
             )
-        self._push(rows)
+        flat = None
+        if self.codec.needs_context:
+            flat = self.prune.kept_indices()[self._pushed : self._pushed + len(rows)]
+        self._push(rows, flat, context)
+
+    def _context_at(self, flat: torch.Tensor) -> LabelContext:
+        """The view context of flat labels, from the metadata's relabel recipe."""
+        from labelzip.pipelines.relabel_types import recipe_context
+
+        if self.layout is None:
+            raise ConfigError(
+                f"codec {self.codec.kind} encodes labels with their view context and "
+                "needs the relabel layout [epoch, sample]; pass layout= and the "
+                "relabel metadata (or write with `labelzip relabel`)"
+            )
+        return recipe_context(
+            self.metadata.user,
+            self.layout.dims,
+            self.layout.shape,
+            flat,
+            error=ConfigError,
+        )
 
     def _rows(self, logits: torch.Tensor, method: str, mode: str) -> torch.Tensor:
         if self._spill is None:
@@ -192,14 +232,34 @@ class ArchiveWriter:
             raise InputError(f"{method}() needs (B, C) or (..., C) logits, got {shape}")
         return check_logits(logits.reshape(-1, logits.shape[-1]), self.num_classes)
 
-    def _push(self, rows: torch.Tensor) -> None:
+    def _push(
+        self,
+        rows: torch.Tensor,
+        flat: torch.Tensor | None = None,
+        context: LabelContext | None = None,
+    ) -> None:
+        if not self.codec.needs_context:
+            flat = None
+        elif flat is not None and context is not None:
+            if len(context) != len(flat) or not context.equals(self._context_at(flat)):
+                raise InputError(
+                    "the context passed to write() differs from the one the archive's "
+                    "view recipe gives for these labels; write labels in layout order "
+                    "with the metadata of the relabel run that made them"
+                )
+        self._pushed += rows.shape[0]
         while rows.shape[0]:
             need = self.chunk_size - self._pending_rows
             take, rows = rows[:need], rows[need:]
+            part = None
+            if flat is not None:
+                part, flat = flat[:need], flat[need:]
             if not self._pending and take.shape[0] == self.chunk_size:
-                self._emit(take)
+                self._emit(take, part)
                 continue
             self._pending.append(take.detach().to("cpu").clone())
+            if part is not None:
+                self._pending_flat.append(part)
             self._pending_rows += take.shape[0]
             if self._pending_rows == self.chunk_size:
                 self._flush()
@@ -212,12 +272,17 @@ class ArchiveWriter:
                 if len(dtypes) == 1
                 else [t.float() for t in self._pending]
             )
-            self._emit(torch.cat(parts))
-        self._pending, self._pending_rows = [], 0
+            flat = torch.cat(self._pending_flat) if self._pending_flat else None
+            self._emit(torch.cat(parts), flat)
+        self._pending, self._pending_rows, self._pending_flat = [], 0, []
 
-    def _emit(self, rows: torch.Tensor) -> None:
+    def _emit(self, rows: torch.Tensor, flat: torch.Tensor | None = None) -> None:
         assert self._spill is not None
-        block = self.codec.encode(rows)
+        if self.codec.needs_context:
+            assert flat is not None and len(flat) == rows.shape[0]
+            block = self.codec.encode_in_context(rows, self._context_at(flat))
+        else:
+            block = self.codec.encode(rows)
         if block.num_labels != rows.shape[0]:
             raise ConfigError(
                 f"{self.codec.kind} encoded {block.num_labels} labels from {rows.shape[0]}"
@@ -320,7 +385,7 @@ class ArchiveWriter:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
-        self._pending, self._pending_rows = [], 0
+        self._pending, self._pending_rows, self._pending_flat = [], 0, []
 
     def __enter__(self) -> ArchiveWriter:
         return self
@@ -363,6 +428,7 @@ def save_archive(
     metadata: ArchiveMetadata | None = None,
     side_tensors: Mapping[str, torch.Tensor] | None = None,
     batch_size: int = 4096,
+    context: LabelContext | None = None,
 ) -> StorageAccount:
     """Encode a whole in-memory label set into an archive (fits the codec if needed).
 
@@ -371,6 +437,9 @@ def save_archive(
         codec: a codec; fitted on the (kept) labels here if it is not yet.
         logits: (N, C), (N, E, C) or any (*layout.shape, C) float tensor.
         layout: defaults to :meth:`Layout.for_shape` of ``logits.shape[:-1]``.
+
+        context: the view context of every label (flat order), for context
+            codecs; default: rebuilt from the relabel recipe in ``metadata``.
 
     Returns:
         The archive's :class:`StorageAccount`; ``total_bytes`` is its file size.
@@ -382,9 +451,29 @@ def save_archive(
         raise InputError("save_archive needs (..., C) logits")
     layout = layout if layout is not None else Layout.for_shape(logits.shape[:-1])
     rows = _flat(logits, layout)
+    if codec.needs_context and context is None:
+        from labelzip.pipelines.relabel_types import recipe_context
+
+        context = recipe_context(
+            (metadata or ArchiveMetadata()).user,
+            layout.dims,
+            layout.shape,
+            torch.arange(layout.num_labels),
+            error=ConfigError,
+        )
+    if context is not None and len(context) != rows.shape[0]:
+        raise InputError(f"{rows.shape[0]} labels but a context of {len(context)}")
     if not codec.is_fitted:
-        kept = rows[prune.kept_indices()] if prune is not None else rows
-        codec.fit(lambda: _batches(kept, batch_size), num_labels=kept.shape[0])
+        index = prune.kept_indices() if prune is not None else None
+        kept = rows[index] if index is not None else rows
+        kept_ctx = (
+            context.select(index)
+            if context is not None and index is not None
+            else context
+        )
+        codec.fit_in_context(
+            lambda: _batches(kept, batch_size), kept_ctx, num_labels=kept.shape[0]
+        )
     with ArchiveWriter(
         path,
         codec,
@@ -394,7 +483,12 @@ def save_archive(
         metadata=metadata,
         side_tensors=side_tensors,
     ) as writer:
-        for batch in _batches(rows, batch_size):
-            writer.write(batch)
+        for start in range(0, rows.shape[0], batch_size):
+            part = (
+                context.select(slice(start, start + batch_size))
+                if context is not None and codec.needs_context
+                else None
+            )
+            writer.write(rows[start : start + batch_size], part)
     assert writer.account is not None
     return writer.account

@@ -25,6 +25,7 @@ __all__ = [
     "Codec",
     "CodecConfig",
     "EncodedBlock",
+    "LabelContext",
     "LogitSource",
     "check_logits",
     "iterate_source",
@@ -57,6 +58,100 @@ class EncodedBlock:
     @property
     def nbytes(self) -> int:
         return int(self.data.numel())
+
+
+@dataclass(frozen=True, eq=False)
+class LabelContext:
+    """What is known for free about N labels at encode and decode time.
+
+    Relabelled views are replayed from a stored seed, so for label (epoch e,
+    image i) both sides know the image, its mix partner and the mixing weight
+    without storing a byte per label. Context codecs (``needs_context``) spend
+    their per-label bits only on what this context does not predict.
+
+    Attributes:
+        image: (N,) int64 index of the view's own image, in ``[0, num_images)``.
+        partner: (N,) int64 index of the mix partner, ``-1`` when not mixed.
+        weight: (N,) float32 weight of the own image in the mix (1 when not
+            mixed; CutMix: its area fraction).
+        num_images: M, the number of images the indices address.
+    """
+
+    image: torch.Tensor
+    partner: torch.Tensor
+    weight: torch.Tensor
+    num_images: int
+
+    def __post_init__(self) -> None:
+        n = self.image.shape[0] if self.image.dim() == 1 else -1
+        for name in ("image", "partner", "weight"):
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != n:
+                raise InputError(
+                    f"LabelContext.{name} must be a 1-D tensor of the same length "
+                    f"as image ({n}), got "
+                    f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}"
+                )
+        if self.image.dtype != torch.int64 or self.partner.dtype != torch.int64:
+            raise InputError("LabelContext.image and .partner must be int64 tensors")
+        if not self.weight.is_floating_point():
+            raise InputError("LabelContext.weight must be a floating-point tensor")
+        if self.num_images < 1:
+            raise InputError(f"num_images must be >= 1, got {self.num_images}")
+        if n and (
+            int(self.image.min()) < 0
+            or int(self.image.max()) >= self.num_images
+            or int(self.partner.min()) < -1
+            or int(self.partner.max()) >= self.num_images
+        ):
+            raise InputError(
+                f"LabelContext indices must lie in [0, {self.num_images}) "
+                "(partner -1 for unmixed views)"
+            )
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def select(self, index: torch.Tensor | slice) -> LabelContext:
+        """The context of labels ``index`` (a slice, bool mask or int tensor)."""
+        if isinstance(index, torch.Tensor):
+            index = index.to(self.image.device)
+        return LabelContext(
+            self.image[index], self.partner[index], self.weight[index], self.num_images
+        )
+
+    def to(self, device: torch.device | str) -> LabelContext:
+        return LabelContext(
+            self.image.to(device),
+            self.partner.to(device),
+            self.weight.to(device),
+            self.num_images,
+        )
+
+    def equals(self, other: LabelContext) -> bool:
+        """Same labels, images, partners and weights (weights to fp32 precision)."""
+        return (
+            self.num_images == other.num_images
+            and torch.equal(self.image.cpu(), other.image.cpu())
+            and torch.equal(self.partner.cpu(), other.partner.cpu())
+            and torch.equal(self.weight.float().cpu(), other.weight.float().cpu())
+        )
+
+    @staticmethod
+    def cat(parts: Iterable[LabelContext]) -> LabelContext:
+        """Concatenate contexts of consecutive label runs (same ``num_images``)."""
+        items = list(parts)
+        if not items:
+            raise InputError("LabelContext.cat needs at least one context")
+        sizes = {c.num_images for c in items}
+        if len(sizes) != 1:
+            raise InputError(f"contexts address different image counts {sorted(sizes)}")
+        return LabelContext(
+            torch.cat([c.image for c in items]),
+            torch.cat([c.partner for c in items]),
+            torch.cat([c.weight for c in items]),
+            items[0].num_images,
+        )
 
 
 def check_logits(logits: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
@@ -100,6 +195,9 @@ class Codec(ABC):
     kind: ClassVar[str]
     codec_id: ClassVar[int]
     config_class: ClassVar[type[CodecConfig]]
+    # True for codecs whose fit/encode/decode need a LabelContext (the *_in_context
+    # methods); the archive then rebuilds it from its stored view recipe.
+    needs_context: ClassVar[bool] = False
 
     def __init__(self, config: CodecConfig) -> None:
         self.config = config
@@ -140,6 +238,40 @@ class Codec(ABC):
         The result may be log-probabilities (equal to logits up to a per-row
         constant) and may contain ``-inf`` where a decoder assigns no mass.
         """
+
+    # -- with a label context (additive; plain codecs ignore the context) -------------
+    def fit_in_context(
+        self,
+        source: LogitSource,
+        context: LabelContext | None,
+        *,
+        num_labels: int | None = None,
+    ) -> Codec:
+        """:meth:`fit` on labels whose context is ``context`` (rows in source order)."""
+        return self.fit(source, num_labels=num_labels)
+
+    def encode_in_context(
+        self, logits: torch.Tensor, context: LabelContext | None
+    ) -> EncodedBlock:
+        """:meth:`encode` (N, C) logits whose context is ``context`` (N labels)."""
+        return self.encode(logits)
+
+    def decode_in_context(
+        self,
+        block: EncodedBlock,
+        context: LabelContext | None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """:meth:`decode` a block whose labels have context ``context``."""
+        return self.decode(block, device)
+
+    def planned_model_tensors(self, num_classes: int) -> dict[str, torch.Tensor] | None:
+        """Zero tensors of the shapes and dtypes an unfitted codec will store, if known.
+
+        Lets archive rate control size the header exactly before fit; ``None``
+        (the default) means unknown until fit.
+        """
+        return None
 
     # -- what is shipped once ------------------------------------------------------
     @abstractmethod

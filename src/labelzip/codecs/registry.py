@@ -30,6 +30,7 @@ CODEC_IDS: dict[str, tuple[int, str]] = {
     "rskd": (3, "labelzip.codecs.rskd:RSKDCodec"),
     "vqae": (4, "labelzip.codecs.vq.codec:VQAECodec"),
     "topk-tail": (5, "labelzip.codecs.topk_tail:TopKTailCodec"),
+    "vqae-ctx": (6, "labelzip.codecs.vq.viewmix:ViewMixCodec"),
     "vqae-sparse": (7, "labelzip.codecs.vqae_sparse:VQAESparseCodec"),
 }
 

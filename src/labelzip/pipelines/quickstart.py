@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 # Row name -> how its archive is made. ``ratio`` comes from the config (all but dense).
 ROW_SPECS: dict[str, dict[str, Any]] = {
     "dense": {"codec": "dense", "options": {"dtype": "fp16"}},
+    "vqae-ctx": {"codec": "vqae-ctx"},
     "vqae": {"codec": "vqae", "auto_prune": True},
     "topk-ms": {
         "codec": "topk",

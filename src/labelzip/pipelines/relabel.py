@@ -67,6 +67,7 @@ from labelzip.pipelines.relabel_types import (
     RelabelOutput,
     RelabelResult,
     default_view_config,
+    recipe_context,
 )
 
 __all__ = [
@@ -252,7 +253,7 @@ def _plan_job(
             side_bytes_per_label=side_per_view,
             side_entry=side_entry_bytes(records),
             seed=out.prune_seed,
-            options=out.options,
+            options=_plan_options(out, layout),
         )
     stored = _stored_flat(plan, layout.num_labels)
     side = {name: t[stored] for name, t in records.items()}
@@ -268,11 +269,23 @@ def _plan_job(
 # ---------------------------------------------------------------- fitting, writing
 
 
-def _codec_options(out: RelabelOutput, device: torch.device) -> dict[str, Any]:
+def _plan_options(out: RelabelOutput, layout: Layout) -> dict[str, Any]:
+    """The output's options plus num_images for context codecs (rate control)."""
+    options = dict(out.options)
+    if "num_images" in codec_class(out.codec).config_class.model_fields:
+        options.setdefault("num_images", int(layout.shape[1]))
+    return options
+
+
+def _codec_options(
+    out: RelabelOutput, device: torch.device, layout: Layout | None = None
+) -> dict[str, Any]:
     options = dict(out.options)
     fields = codec_class(out.codec).config_class.model_fields
     if "device" in fields:
         options.setdefault("device", str(device))
+    if "num_images" in fields and layout is not None:  # context codecs: M prototypes
+        options.setdefault("num_images", int(layout.shape[1]))
     return options
 
 
@@ -293,9 +306,16 @@ def _fit(
         for start in range(0, rows.shape[0], _FIT_BATCH):
             yield rows[start : start + _FIT_BATCH]
 
-    options = _codec_options(out, device)
+    options = _codec_options(out, device, layout)
+    context = None
+    if codec_class(out.codec).needs_context:  # view context of the fit sample
+        context = recipe_context(
+            metadata.user, layout.dims, layout.shape, job.fit_flat, error=ConfigError
+        )
     if out.ratio is None and out.bits_per_label is None:
-        return create_codec(out.codec, **options).fit(source, num_labels=num_stored)
+        return create_codec(out.codec, **options).fit_in_context(
+            source, context, num_labels=num_stored
+        )
     side = sum(t.numel() * t.element_size() for t in job.side.values())
     return fit_for_target(
         out.codec,
@@ -308,6 +328,7 @@ def _fit(
         prune=job.plan,
         metadata=metadata,
         side_bytes=side + side_entry_bytes(job.side),
+        context=context,
         **options,
     )
 

@@ -1,0 +1,631 @@
+"""VQAE-ctx: soft labels predicted from the replayed view's context, plus a VQ residual.
+
+A relabelled view (epoch e, image i) is rendered from a stored seed, so encoder
+and decoder both know for free its image i, its CutMix/Mixup partner j and the
+own image's weight lambda (a :class:`~labelzip.codecs.base.LabelContext`). The
+teacher's label of such a view is close to a mix of per-image prototypes::
+
+    prior = lambda * P[i] + (1 - lambda) * P[j]        (logit space, (N, C))
+
+so the codec stores P (M x C, fp16, once) and per label only the index of one
+codeword of a small residual codebook B (K x C, fp16), ANS-coded with a stored
+frequency table (:mod:`labelzip.codecs.entropy`)::
+
+    decoded = prior + B[code]
+
+K = 1 stores no per-label bits at all (the prior plus one learned offset).
+Prototypes and codebook are fitted jointly by minimising KL(teacher || decoded)
+summed over KD temperatures, alternating code assignment (exhaustive: the
+codeword with the least KL) and Adam steps. Logit-space mixing measured better
+than mixing probabilities (quickstart label set: KL(T=4) 0.023 vs 0.031 with no
+per-label bits; docs/vqae-design.md, "Context prior").
+
+Everything the decoder needs is stored, so a codec rebuilt with
+:meth:`ViewMixCodec.from_stored` encodes as well as decodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from labelzip.codecs.base import (
+    Codec,
+    CodecConfig,
+    EncodedBlock,
+    LabelContext,
+    LogitSource,
+    check_logits,
+    iterate_source,
+)
+from labelzip.codecs.entropy import CategoricalStreamCoder, quantize_counts
+from labelzip.errors import (
+    ArchiveFormatError,
+    ConfigError,
+    InputError,
+    UnreachableTargetError,
+)
+
+__all__ = [
+    "BLOCK_OVERHEAD_BYTES",
+    "CONTEXT_KIND",
+    "RATE_MARGIN",
+    "ViewMixCodec",
+    "ViewMixConfig",
+    "view_mix_prior",
+]
+
+logger = logging.getLogger(__name__)
+
+CONTEXT_KIND = "view-mix"  # the context the codec needs, recorded in its config
+# Rate control reserves this many bytes per block for ANS flushing/padding and
+# assumes blocks of ASSUMED_BLOCK_LABELS labels (archives use 4096).
+BLOCK_OVERHEAD_BYTES = 8
+ASSUMED_BLOCK_LABELS = 1024
+# Coded bits may exceed the fitted entropy on labels the table was not fitted
+# on; rate control and the fit's check keep this relative margin.
+RATE_MARGIN = 0.03
+MAX_CODEBOOK = 256
+_ASSIGN_CHUNK = 4096
+
+
+class ViewMixConfig(CodecConfig):
+    """Configuration of :class:`ViewMixCodec`."""
+
+    kind: Literal["vqae-ctx"] = "vqae-ctx"
+    num_images: int | None = Field(
+        default=None,
+        ge=2,
+        le=10_000_000,
+        description="M: images the context indexes (prototypes stored); "
+        "default: the fit context's",
+    )
+    codebook_size: int = Field(
+        default=8,
+        ge=1,
+        le=MAX_CODEBOOK,
+        description="K: residual codewords (1: no per-label bits)",
+    )
+    payload_budget_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="payload the fit may spend on the labels it is told of; it "
+        "lowers K until the coded codes fit (set by rate control)",
+    )
+    mix: Literal["logit", "prob"] = Field(
+        default="logit", description="mix prototypes' logits or probabilities"
+    )
+    temperatures: tuple[float, ...] = Field(
+        default=(1.0, 4.0), min_length=1, description="KD temperatures of the loss"
+    )
+    prior_steps: int = Field(
+        default=200, ge=0, le=100_000, description="Adam steps fitting P alone"
+    )
+    rounds: int = Field(
+        default=6, ge=0, le=1000, description="assign/update rounds with the codebook"
+    )
+    round_steps: int = Field(
+        default=50, ge=1, le=100_000, description="Adam steps per round"
+    )
+    learning_rate: float = Field(default=0.03, gt=0.0, le=10.0, description="Adam LR")
+    max_train_labels: int = Field(
+        default=65536, ge=1, le=4_000_000, description="labels kept for fitting"
+    )
+    fit_threads: int | None = Field(
+        default=1, ge=1, le=256, description="torch CPU threads while fitting"
+    )
+    seed: int = Field(default=0, ge=0, description="seed of sampling and init")
+
+    @model_validator(mode="after")
+    def _check(self) -> ViewMixConfig:
+        if any(t <= 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be > 0, got {self.temperatures}")
+        return self
+
+
+def view_mix_prior(
+    prototypes: torch.Tensor, context: LabelContext, mix: str = "logit"
+) -> torch.Tensor:
+    """(N, C) prior logits of views from (M, C) prototypes and their context.
+
+    ``logit``: lambda * P[i] + (1 - lambda) * P[j]; ``prob``: the log of the
+    same mix of the prototypes' softmaxes. Unmixed views (partner -1) get P[i].
+    """
+    image = context.image.to(prototypes.device)
+    partner = context.partner.to(prototypes.device)
+    partner = torch.where(partner >= 0, partner, image)
+    lam = context.weight.to(prototypes.device, prototypes.dtype).unsqueeze(1)
+    if mix == "logit":
+        return lam * prototypes[image] + (1.0 - lam) * prototypes[partner]
+    logp = torch.log_softmax(prototypes, dim=1)
+    own = logp[image] + torch.log(lam.clamp(min=1e-12))
+    other = logp[partner] + torch.log((1.0 - lam).clamp(min=1e-12))
+    return torch.logaddexp(own, other)
+
+
+def _kl_sum(teacher: torch.Tensor, decoded: torch.Tensor, temps: tuple[float, ...]):
+    """Sum over temperatures of KL(teacher_T || decoded_T); decoded may be (N, K, C)."""
+    out: torch.Tensor | float = 0.0
+    for t in temps:
+        pt = torch.log_softmax(teacher / t, dim=-1)
+        pd = torch.log_softmax(decoded / t, dim=-1)
+        if decoded.dim() == 3:
+            pt = pt.unsqueeze(1)
+        out = out + (pt.exp() * (pt - pd)).sum(-1)
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+def _entropy_bits(counts: torch.Tensor) -> float:
+    p = counts.double() / counts.sum().clamp(min=1)
+    p = p[p > 0]
+    return float(-(p * p.log2()).sum())
+
+
+class ViewMixCodec(Codec):
+    """Context prior (per-image prototypes mixed like the view) + VQ residual code."""
+
+    kind: ClassVar[str] = "vqae-ctx"
+    codec_id: ClassVar[int] = 6
+    config_class: ClassVar[type[CodecConfig]] = ViewMixConfig
+    needs_context: ClassVar[bool] = True
+
+    config: ViewMixConfig
+
+    def __init__(self, config: ViewMixConfig | None = None) -> None:
+        super().__init__(config if config is not None else ViewMixConfig())
+        self._prototypes: torch.Tensor | None = None  # (M, C) fp16
+        self._codebook: torch.Tensor | None = None  # (K, C) fp16
+        self._coder: CategoricalStreamCoder | None = None
+        self._float: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.fit_report: dict[str, float] = {}
+
+    # -- the plain contract: refuse without context --------------------------------
+    def _no_context(self, action: str) -> InputError:
+        return InputError(
+            f"the {self.kind} codec {action}s labels from their view context (image, "
+            "mix partner, weight) and got none; use "
+            f"{action}_in_context(..., LabelContext) or an archive written by "
+            "`labelzip relabel`, which rebuilds it from the stored view recipe"
+        )
+
+    def fit(self, source: LogitSource, *, num_labels: int | None = None) -> Codec:
+        raise self._no_context("fit")
+
+    def encode(self, logits: torch.Tensor) -> EncodedBlock:
+        raise self._no_context("encode")
+
+    def decode(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        raise self._no_context("decode")
+
+    # -- sizes -------------------------------------------------------------------------
+    @property
+    def num_images(self) -> int:
+        if self._prototypes is not None:
+            return int(self._prototypes.shape[0])
+        if self.config.num_images is None:
+            raise ConfigError(
+                "vqae-ctx needs num_images (the images its context indexes)"
+            )
+        return self.config.num_images
+
+    @staticmethod
+    def model_bytes_for(num_images: int, num_classes: int, codebook_size: int) -> int:
+        """fp16 prototypes and codebook plus the int16 frequency table (K > 1)."""
+        table = 2 * codebook_size if codebook_size > 1 else 0
+        return 2 * num_images * num_classes + 2 * codebook_size * num_classes + table
+
+    @staticmethod
+    def payload_bytes_for(num_labels: int, codebook_size: int) -> int:
+        """Rate control's bound on the coded payload of ``num_labels`` labels."""
+        if codebook_size <= 1:
+            return 0
+        blocks = max(1, math.ceil(num_labels / ASSUMED_BLOCK_LABELS))
+        bits = num_labels * math.log2(codebook_size) * (1.0 + RATE_MARGIN)
+        return math.ceil(bits / 8) + blocks * BLOCK_OVERHEAD_BYTES
+
+    def planned_model_tensors(self, num_classes: int) -> dict[str, torch.Tensor] | None:
+        if self.config.num_images is None:
+            return None
+        k = self.config.codebook_size
+        out = {
+            "codebook": torch.zeros(k, num_classes, dtype=torch.float16),
+            "prototypes": torch.zeros(
+                self.config.num_images, num_classes, dtype=torch.float16
+            ),
+        }
+        if k > 1:
+            out["code_freq"] = torch.zeros(1, k, dtype=torch.int16)
+        return out
+
+    # -- fitting -------------------------------------------------------------------------
+    def fit_in_context(
+        self,
+        source: LogitSource,
+        context: LabelContext | None,
+        *,
+        num_labels: int | None = None,
+    ) -> ViewMixCodec:
+        """Fit prototypes and codebook on (N, C) logits whose context is ``context``.
+
+        Args:
+            source: (B, C) logit batches (or a factory); their rows, in order,
+                are the labels of ``context``.
+            context: one entry per source row.
+            num_labels: labels that will be encoded; with
+                ``payload_budget_bytes`` the codebook shrinks until their coded
+                codes fit (default: the rows seen).
+
+        Raises:
+            InputError: no context, rows and context of different lengths, bad
+                logits.
+        """
+        if context is None:
+            raise self._no_context("fit")
+        threads = torch.get_num_threads()
+        if self.config.fit_threads is not None:
+            torch.set_num_threads(self.config.fit_threads)
+        try:
+            return self._fit(source, context, num_labels)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(
+        self, source: LogitSource, context: LabelContext, num_labels: int | None
+    ) -> ViewMixCodec:
+        cfg = self.config
+        batches = [
+            check_logits(b).detach().to("cpu", torch.float32)
+            for b in iterate_source(source)
+        ]
+        if not batches:
+            raise InputError("vqae-ctx fit got no logits")
+        data = torch.cat(batches)
+        if data.shape[0] != len(context):
+            raise InputError(
+                f"vqae-ctx fit got {data.shape[0]} labels but a context of "
+                f"{len(context)}; give one context entry per label"
+            )
+        if cfg.num_images is not None and context.num_images != cfg.num_images:
+            raise InputError(
+                f"the context addresses {context.num_images} images, the config "
+                f"says num_images={cfg.num_images}"
+            )
+        context = context.to("cpu")
+        gen = torch.Generator().manual_seed(cfg.seed)
+        if data.shape[0] > cfg.max_train_labels:
+            pick = torch.randperm(data.shape[0], generator=gen)[: cfg.max_train_labels]
+            pick = pick.sort().values
+            data, context = data[pick], context.select(pick)
+        num_classes = int(data.shape[1])
+        total = num_labels if num_labels is not None else data.shape[0]
+        teacher = data - data.mean(dim=1, keepdim=True)
+        prototypes = self._fit_prior(teacher, context)
+        k = cfg.codebook_size
+        while True:
+            codebook, codes = self._fit_codebook(teacher, context, prototypes, k, gen)
+            coder, coded = self._fit_coder(codes, k)
+            if cfg.payload_budget_bytes is None or k == 1:
+                break
+            bits = coded * (1.0 + RATE_MARGIN) * total / max(1, len(codes))
+            blocks = max(1, math.ceil(total / ASSUMED_BLOCK_LABELS))
+            need = math.ceil(bits / 8) + blocks * BLOCK_OVERHEAD_BYTES
+            if need <= cfg.payload_budget_bytes:
+                break
+            logger.info("vqae-ctx: K=%d codes need %d bytes > budget; K-1", k, need)
+            k -= 1
+        self.config = cfg.model_copy(update={"codebook_size": k})
+        self.num_classes = num_classes
+        self._prototypes = prototypes.detach().to(torch.float16).contiguous()
+        self._codebook = codebook.detach().to(torch.float16).contiguous()
+        self._coder = coder
+        self._float = {}
+        with torch.no_grad():
+            decoded = self._decode_codes(codes, context, torch.device("cpu"))
+            kl = _kl_sum(teacher, decoded, cfg.temperatures).mean()
+        self.fit_report = {
+            "labels": float(len(codes)),
+            "codebook_size": float(k),
+            "code_bits": coded / max(1, len(codes)),
+            "kl_sum": float(kl),
+        }
+        logger.info("vqae-ctx fit: %s", self.fit_report)
+        return self
+
+    def _prior(self, prototypes: torch.Tensor, context: LabelContext) -> torch.Tensor:
+        return view_mix_prior(prototypes, context, self.config.mix)
+
+    def _fit_prior(self, teacher: torch.Tensor, context: LabelContext) -> torch.Tensor:
+        """(M, C) prototypes: weighted mean of own-image logits, then Adam on KL."""
+        cfg = self.config
+        m = context.num_images
+        weight = context.weight.float()
+        sums = torch.zeros(m, teacher.shape[1]).index_add_(
+            0, context.image, teacher * weight.unsqueeze(1)
+        )
+        mass = torch.zeros(m).index_add_(0, context.image, weight).clamp(min=1e-6)
+        protos = (sums / mass.unsqueeze(1)).requires_grad_(True)
+        opt = torch.optim.Adam([protos], lr=cfg.learning_rate)
+        for _ in range(cfg.prior_steps):
+            loss = _kl_sum(teacher, self._prior(protos, context), cfg.temperatures)
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+        return protos.detach()
+
+    def _assign(
+        self,
+        teacher: torch.Tensor,
+        prior: torch.Tensor,
+        codebook: torch.Tensor,
+    ) -> torch.Tensor:
+        """(N,) int64 index of the codeword with the least summed KL."""
+        if codebook.shape[0] == 1:
+            return torch.zeros(teacher.shape[0], dtype=torch.int64)
+        out = []
+        for s in range(0, teacher.shape[0], _ASSIGN_CHUNK):
+            cand = prior[s : s + _ASSIGN_CHUNK].unsqueeze(1) + codebook.unsqueeze(0)
+            kl = _kl_sum(teacher[s : s + _ASSIGN_CHUNK], cand, self.config.temperatures)
+            out.append(kl.argmin(dim=1))
+        return torch.cat(out)
+
+    def _fit_codebook(
+        self,
+        teacher: torch.Tensor,
+        context: LabelContext,
+        prototypes: torch.Tensor,
+        k: int,
+        gen: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Jointly refine (M, C) prototypes in place and fit a (K, C) codebook.
+
+        Returns the fp16-rounded codebook (float32) and the (N,) codes assigned
+        with the fp16-rounded model, exactly what encode will produce.
+        """
+        cfg = self.config
+        protos = prototypes.clone().requires_grad_(True)
+        with torch.no_grad():
+            residual = teacher - self._prior(prototypes, context)
+        pick = torch.randperm(teacher.shape[0], generator=gen)[:k]
+        book = residual[pick].clone()
+        if k < 2:
+            book = residual.mean(dim=0, keepdim=True)
+        else:
+            book[0] = 0.0
+        book.requires_grad_(True)
+        opt = torch.optim.Adam([protos, book], lr=cfg.learning_rate)
+        for _ in range(cfg.rounds):
+            with torch.no_grad():
+                codes = self._assign(teacher, self._prior(protos, context), book)
+            for _ in range(cfg.round_steps):
+                decoded = self._prior(protos, context) + book[codes]
+                loss = _kl_sum(teacher, decoded, cfg.temperatures).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        prototypes.copy_(protos.detach().half().float())
+        frozen = book.detach().half().float()
+        with torch.no_grad():
+            codes = self._assign(teacher, self._prior(prototypes, context), frozen)
+        return frozen, codes
+
+    @staticmethod
+    def _fit_coder(
+        codes: torch.Tensor, k: int
+    ) -> tuple[CategoricalStreamCoder | None, float]:
+        """The ANS coder of the codes and their coded bits (None, 0 when K = 1)."""
+        if k == 1:
+            return None, 0.0
+        counts = torch.bincount(codes, minlength=k).reshape(1, k)
+        coder = CategoricalStreamCoder(quantize_counts(counts), [0])
+        return coder, coder.cost_bits(codes.reshape(-1, 1))
+
+    # -- byte path -------------------------------------------------------------------------
+    def _check_context(self, context: LabelContext | None, n: int) -> LabelContext:
+        if context is None:
+            raise self._no_context("decode")
+        if len(context) != n:
+            raise InputError(f"{n} labels but a context of {len(context)} entries")
+        if context.num_images != self.num_images:
+            raise InputError(
+                f"the context addresses {context.num_images} images but the codec "
+                f"stores prototypes of {self.num_images}; use the archive's own "
+                "view recipe and image set"
+            )
+        return context
+
+    def encode_in_context(
+        self, logits: torch.Tensor, context: LabelContext | None
+    ) -> EncodedBlock:
+        """(N, C) logits -> the ANS-coded (N,) codeword indices (no bytes if K = 1)."""
+        num_classes = self._require_fitted("encode")
+        check_logits(logits, num_classes)
+        if context is None:
+            raise self._no_context("encode")
+        n = int(logits.shape[0])
+        ctx = self._check_context(context, n).to("cpu")
+        protos, book = self._float_state(torch.device("cpu"))
+        teacher = logits.detach().to("cpu", torch.float32)
+        teacher = teacher - teacher.mean(dim=1, keepdim=True)
+        with torch.no_grad():
+            codes = self._assign(teacher, self._prior(protos, ctx), book)
+        if self._coder is None or n == 0:
+            data = torch.zeros(0, dtype=torch.uint8)
+        else:
+            data = self._coder.encode(codes.reshape(-1, 1))
+        return EncodedBlock(num_labels=n, data=data)
+
+    def decode_codes(self, block: EncodedBlock) -> torch.Tensor:
+        """A block's (N,) int64 codeword indices (CPU)."""
+        self._require_fitted("decode")
+        if self._coder is None:
+            if block.nbytes:
+                raise ArchiveFormatError(
+                    f"vqae-ctx block with K=1 must be empty, has {block.nbytes} bytes"
+                )
+            return torch.zeros(block.num_labels, dtype=torch.int64)
+        try:
+            codes = self._coder.decode(block.data.cpu(), block.num_labels)
+        except Exception as exc:
+            raise ArchiveFormatError(
+                f"corrupt vqae-ctx block of {block.num_labels} labels: {exc}"
+            ) from exc
+        return codes.reshape(-1)
+
+    def decode_in_context(
+        self,
+        block: EncodedBlock,
+        context: LabelContext | None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Block + context -> (N, C) float32 logits on ``device``."""
+        self._require_fitted("decode")
+        ctx = self._check_context(context, block.num_labels)
+        dev = torch.device(device if device is not None else "cpu")
+        codes = self.decode_codes(block).to(dev)
+        return self._decode_codes(codes, ctx, dev)
+
+    def _decode_codes(
+        self, codes: torch.Tensor, context: LabelContext, device: torch.device
+    ) -> torch.Tensor:
+        protos, book = self._float_state(device)
+        with torch.no_grad():
+            return self._prior(protos, context.to(device)) + book[codes.to(device)]
+
+    def _float_state(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(device)
+        if key not in self._float:
+            assert self._prototypes is not None and self._codebook is not None
+            self._float[key] = (
+                self._prototypes.to(device, torch.float32),
+                self._codebook.to(device, torch.float32),
+            )
+        return self._float[key]
+
+    # -- stored once -------------------------------------------------------------------------
+    def model_tensors(self) -> dict[str, torch.Tensor]:
+        self._require_fitted("model_tensors")
+        assert self._prototypes is not None and self._codebook is not None
+        out = {"prototypes": self._prototypes, "codebook": self._codebook}
+        if self._coder is not None:
+            out["code_freq"] = self._coder.tables
+        return out
+
+    def to_config(self) -> dict[str, Any]:
+        num_classes = self._require_fitted("to_config")
+        return {
+            **self.config.model_dump(mode="json"),
+            "num_images": self.num_images,
+            "num_classes": num_classes,
+            "context": CONTEXT_KIND,
+        }
+
+    @classmethod
+    def from_stored(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> ViewMixCodec:
+        """Rebuild a fitted codec (it can encode too: nothing is left out).
+
+        Raises:
+            ArchiveFormatError: bad config, missing or misshapen tensors.
+        """
+        options = dict(config)
+        context = options.pop("context", None)
+        if context != CONTEXT_KIND:
+            raise ArchiveFormatError(
+                f"vqae-ctx config needs context={CONTEXT_KIND!r}, got {context!r}"
+            )
+        base, num_classes = cls._unfitted_from_stored(options)
+        codec = base
+        assert isinstance(codec, ViewMixCodec)
+        cfg = codec.config
+        k, m = cfg.codebook_size, cfg.num_images
+        shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+            "prototypes": ((m or 0, num_classes), torch.float16),
+            "codebook": ((k, num_classes), torch.float16),
+        }
+        if k > 1:
+            shapes["code_freq"] = ((1, k), torch.int16)
+        for name, (shape, dtype) in shapes.items():
+            t = tensors.get(name)
+            if t is None or tuple(t.shape) != shape or t.dtype != dtype:
+                got = None if t is None else (tuple(t.shape), t.dtype)
+                raise ArchiveFormatError(
+                    f"vqae-ctx tensor {name!r} should be {shape} {dtype}, got {got}"
+                )
+        extra = set(tensors) - set(shapes)
+        if extra:
+            raise ArchiveFormatError(f"unexpected vqae-ctx tensors {sorted(extra)}")
+        codec._prototypes = tensors["prototypes"].cpu().contiguous()
+        codec._codebook = tensors["codebook"].cpu().contiguous()
+        if k > 1:
+            try:
+                codec._coder = CategoricalStreamCoder(tensors["code_freq"], [0])
+            except InputError as exc:
+                raise ArchiveFormatError(f"invalid vqae-ctx code table: {exc}") from exc
+        codec.num_classes = num_classes
+        return codec
+
+    # -- rate control ------------------------------------------------------------------------
+    @classmethod
+    def for_target(
+        cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
+    ) -> ViewMixCodec:
+        """The largest codebook whose payload bound + model bytes fit the budget.
+
+        The prototypes (M x C fp16) count in the model bytes, so ``num_images``
+        must be given. The payload bound assumes log2(K) bits per label plus
+        :data:`RATE_MARGIN`; the fit re-checks the coded size and lowers K if
+        its measured codes would not fit ``payload_budget_bytes``.
+
+        Raises:
+            ConfigError: no num_images, or invalid options.
+            UnreachableTargetError: even K = 1 (no per-label bits) is over.
+        """
+        fixed = {k: v for k, v in options.items() if k != "kind"}
+        try:
+            base = ViewMixConfig(**fixed)
+        except Exception as exc:
+            raise ConfigError(f"invalid vqae-ctx options: {exc}") from exc
+        if base.num_images is None:
+            raise ConfigError(
+                "vqae-ctx rate control needs num_images (the prototypes are stored "
+                "per image and count in the budget); pass num_images=M"
+            )
+        m = base.num_images
+        top = base.codebook_size if "codebook_size" in fixed else MAX_CODEBOOK
+        best = None
+        for k in range(top, 0, -1):
+            model = cls.model_bytes_for(m, num_classes, k)
+            if model + cls.payload_bytes_for(num_labels, k) <= budget_bytes:
+                best = k
+                break
+        if best is None:
+            smallest = cls.model_bytes_for(m, num_classes, 1)
+            if "codebook_size" in fixed:
+                smallest = cls.model_bytes_for(
+                    m, num_classes, base.codebook_size
+                ) + cls.payload_bytes_for(num_labels, base.codebook_size)
+            dense = 2 * num_labels * num_classes
+            raise UnreachableTargetError(
+                f"no vqae-ctx configuration fits {budget_bytes} bytes for {num_labels} "
+                f"labels: the prototypes of {m} images alone take {2 * m * num_classes} "
+                f"bytes and the smallest configuration {smallest} (best reachable "
+                f"ratio {dense / max(1, smallest):.1f}x vs fp16 before the header); "
+                "lower the ratio"
+            )
+        model = cls.model_bytes_for(m, num_classes, best)
+        return cls(
+            base.model_copy(
+                update={
+                    "codebook_size": best,
+                    "payload_budget_bytes": budget_bytes - model,
+                }
+            )
+        )

@@ -1,0 +1,175 @@
+"""vqae-ctx: context prior + VQ residual (round trip, determinism, rate, errors)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labelzip.codecs.base import LabelContext
+from labelzip.codecs.registry import CODEC_IDS, create_codec
+from labelzip.codecs.vq.viewmix import ViewMixCodec, ViewMixConfig, view_mix_prior
+from labelzip.errors import (
+    ArchiveFormatError,
+    ConfigError,
+    InputError,
+    UnreachableTargetError,
+)
+from labelzip.ops.metrics import kl_divergence
+
+torch.set_num_threads(1)
+
+M, C, E = 8, 6, 40
+FAST = {"prior_steps": 30, "rounds": 2, "round_steps": 15, "learning_rate": 0.05}
+
+
+def _context(seed: int = 0) -> LabelContext:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.arange(M).repeat(E)
+    partner = (image + torch.randint(1, M, (M * E,), generator=g)) % M
+    partner[::5] = -1  # some unmixed views
+    weight = 0.4 + 0.6 * torch.rand(M * E, generator=g)
+    weight[partner < 0] = 1.0
+    return LabelContext(image, partner, weight, M)
+
+
+def _logits(context: LabelContext, seed: int = 1) -> torch.Tensor:
+    """Teacher logits = the true mixed prototypes + noise (what the codec models)."""
+    g = torch.Generator().manual_seed(seed)
+    protos = 3 * torch.randn(M, C, generator=g)
+    prior = view_mix_prior(protos, context)
+    return prior + 0.8 * torch.randn(prior.shape, generator=g)
+
+
+def _fit(k: int = 8, **kw: object) -> tuple[ViewMixCodec, torch.Tensor, LabelContext]:
+    ctx = _context()
+    logits = _logits(ctx)
+    codec = create_codec("vqae-ctx", codebook_size=k, **FAST, **kw)
+    assert isinstance(codec, ViewMixCodec)
+    codec.fit_in_context([logits[:150], logits[150:]], ctx)
+    return codec, logits, ctx
+
+
+def test_registered_with_its_own_id() -> None:
+    assert CODEC_IDS["vqae-ctx"][0] == 6
+    assert ViewMixCodec.needs_context and ViewMixCodec.codec_id == 6
+
+
+def test_round_trip_beats_prior_alone_and_is_deterministic() -> None:
+    codec, logits, ctx = _fit(8)
+    block = codec.encode_in_context(logits, ctx)
+    decoded = codec.decode_in_context(block, ctx)
+    assert decoded.shape == logits.shape and decoded.dtype == torch.float32
+    assert block.num_labels == len(ctx) and 0 < block.nbytes < len(ctx)  # < 8 bits
+    prior_only, _, _ = _fit(1)
+    empty = prior_only.encode_in_context(logits, ctx)
+    assert empty.nbytes == 0  # K = 1: no per-label bits
+    kl8 = kl_divergence(logits, decoded, 4.0).mean()
+    kl1 = kl_divergence(logits, prior_only.decode_in_context(empty, ctx), 4.0).mean()
+    assert kl8 < 0.8 * kl1
+    again, _, _ = _fit(8)
+    assert torch.equal(again.encode_in_context(logits, ctx).data, block.data)
+    for name, tensor in codec.model_tensors().items():
+        assert torch.equal(again.model_tensors()[name], tensor)
+
+
+def test_from_stored_decodes_and_encodes_identically() -> None:
+    codec, logits, ctx = _fit(8)
+    block = codec.encode_in_context(logits, ctx)
+    config = codec.to_config()
+    assert config["context"] == "view-mix" and config["num_images"] == M
+    loaded = ViewMixCodec.from_stored(config, codec.model_tensors())
+    assert torch.equal(
+        loaded.decode_in_context(block, ctx), codec.decode_in_context(block, ctx)
+    )
+    assert torch.equal(loaded.encode_in_context(logits, ctx).data, block.data)
+    assert codec.model_bytes() == ViewMixCodec.model_bytes_for(M, C, 8)
+
+
+def test_without_context_is_a_clear_error() -> None:
+    codec, logits, ctx = _fit(4)
+    block = codec.encode_in_context(logits, ctx)
+    with pytest.raises(InputError, match="view context"):
+        codec.encode(logits)
+    with pytest.raises(InputError, match="view context"):
+        codec.decode(block)
+    with pytest.raises(InputError, match="view context"):
+        codec.decode_in_context(block, None)
+    with pytest.raises(InputError, match="view context"):
+        ViewMixCodec().fit([logits])
+    with pytest.raises(InputError, match="context of"):
+        codec.decode_in_context(block, ctx.select(slice(0, 10)))
+    other = LabelContext(ctx.image, ctx.partner, ctx.weight, M + 1)
+    with pytest.raises(InputError, match="prototypes of 8"):
+        codec.encode_in_context(logits, other)
+
+
+def test_label_context_validates() -> None:
+    i = torch.arange(3)
+    with pytest.raises(InputError, match="same length"):
+        LabelContext(i, torch.arange(2), torch.ones(3), 4)
+    with pytest.raises(InputError, match=r"lie in \[0, 3\)"):
+        LabelContext(i, torch.tensor([-1, 3, 0]), torch.ones(3), 3)
+    with pytest.raises(InputError, match="int64"):
+        LabelContext(i.float().long().int(), i, torch.ones(3), 4)
+    joined = LabelContext.cat(
+        [_context().select(slice(0, 5)), _context().select(slice(5, 9))]
+    )
+    assert joined.equals(_context().select(slice(0, 9)))
+
+
+def test_corrupt_stored_parts_are_archive_errors() -> None:
+    codec, _, _ = _fit(4)
+    tensors = codec.model_tensors()
+    with pytest.raises(ArchiveFormatError, match="prototypes"):
+        ViewMixCodec.from_stored(
+            codec.to_config(), {**tensors, "prototypes": tensors["prototypes"][:3]}
+        )
+    bad = {**codec.to_config(), "context": None}
+    with pytest.raises(ArchiveFormatError, match="context"):
+        ViewMixCodec.from_stored(bad, tensors)
+
+
+def test_for_target_counts_prototypes_and_fits_the_budget() -> None:
+    n = 30000
+    codec = ViewMixCodec.for_target(
+        num_labels=n, num_classes=10, budget_bytes=10000, num_images=100
+    )
+    k = codec.config.codebook_size
+    assert k > 1
+    total = ViewMixCodec.model_bytes_for(100, 10, k) + ViewMixCodec.payload_bytes_for(
+        n, k
+    )
+    assert (
+        total
+        <= 10000
+        < ViewMixCodec.model_bytes_for(100, 10, k + 1)
+        + ViewMixCodec.payload_bytes_for(n, k + 1)
+    )
+    assert codec.config.payload_budget_bytes == 10000 - ViewMixCodec.model_bytes_for(
+        100, 10, k
+    )
+    # Just the prototypes (2000 B) and a 1-word codebook fit: K = 1.
+    tiny = ViewMixCodec.for_target(
+        num_labels=n, num_classes=10, budget_bytes=2100, num_images=100
+    )
+    assert tiny.config.codebook_size == 1
+    with pytest.raises(UnreachableTargetError, match="prototypes of 100 images"):
+        ViewMixCodec.for_target(
+            num_labels=n, num_classes=10, budget_bytes=1500, num_images=100
+        )
+    with pytest.raises(ConfigError, match="num_images"):
+        ViewMixCodec.for_target(num_labels=n, num_classes=10, budget_bytes=9000)
+
+
+def test_fit_shrinks_the_codebook_to_the_payload_budget() -> None:
+    # 320 labels: 16 codes need ~160 bytes; 70 bytes leave room for ~1 bit each.
+    codec, logits, ctx = _fit(16, payload_budget_bytes=70)
+    assert codec.config.codebook_size < 16
+    assert codec.encode_in_context(logits, ctx).nbytes <= 70
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError):
+        ViewMixConfig(codebook_size=0)
+    with pytest.raises(ValueError):
+        ViewMixConfig(temperatures=(0.0,))

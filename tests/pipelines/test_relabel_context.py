@@ -1,0 +1,105 @@
+"""Relabel + replay with a context codec (vqae-ctx): what the student sees is decoded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from labelzip.archive import ArchiveReader, load_archive
+from labelzip.augment import ViewConfig, make_views
+from labelzip.codecs.base import LabelContext
+from labelzip.codecs.registry import target_total_bytes
+from labelzip.distill import DistilledSet
+from labelzip.pipelines.quickstart import ROW_SPECS
+from labelzip.pipelines.relabel import RelabelConfig, RelabelOutput, relabel
+from labelzip.pipelines.replay import ReplayDataset
+
+VIEW = ViewConfig(output_size=(28, 28), scale=(0.5, 1.0), mix="cutmix")
+FAST = {"prior_steps": 30, "rounds": 2, "round_steps": 15, "learning_rate": 0.05}
+EPOCHS = 20
+
+
+def _run(
+    tmp_path: Path, tiny_set: DistilledSet, teacher: nn.Module, **out: object
+) -> Path:
+    path = tmp_path / "ctx.lz"
+    options = {"codebook_size": 6, **FAST}
+    output = RelabelOutput(path=path, codec="vqae-ctx", options=options, **out)  # type: ignore[arg-type]
+    config = RelabelConfig(epochs=EPOCHS, view=VIEW, batch_size=64, chunk_size=100)
+    relabel(tiny_set, teacher, [output], config, teacher_id="lin:1")
+    return path
+
+
+def test_replay_batch_is_the_decode_of_the_teachers_view_labels(
+    tmp_path: Path, tiny_set: DistilledSet, teacher: nn.Module
+) -> None:
+    path = _run(tmp_path, tiny_set, teacher)
+    replay = ReplayDataset(tiny_set, path)
+    codec = replay.reader.codec
+    m = len(tiny_set.images)
+    for epoch in (0, 7, EPOCHS - 1):
+        index = torch.tensor([5, 0, 11, 3])
+        batch = replay.batch(epoch, index)
+        # The context the student's views were rendered with (partner, lambda).
+        ctx = LabelContext(index, batch.partner, batch.lam.float(), m)
+        views, _ = make_views(tiny_set.images, index, seed=0, epoch=epoch, config=VIEW)
+        with torch.no_grad():
+            logits = teacher(views)
+        want = codec.decode_in_context(codec.encode_in_context(logits, ctx), ctx)
+        assert torch.equal(batch.logits, want)
+        assert torch.equal(batch.views, views)
+    replay.close()
+
+
+def test_rate_target_is_met_by_the_file(
+    tmp_path: Path, tiny_set: DistilledSet, teacher: nn.Module
+) -> None:
+    # 240 labels: the ~2.6 KB header dominates, hence the generous target.
+    path = _run(tmp_path, tiny_set, teacher, bits_per_label=130.0)
+    size = os.path.getsize(path)
+    budget = target_total_bytes(
+        num_labels=EPOCHS * 12, num_classes=4, bits_per_label=130.0
+    )
+    with ArchiveReader(path) as reader:
+        assert reader.account().total_bytes == size <= budget
+        assert reader.header.codec.config["num_images"] == 12
+        assert reader.account().model_bytes >= 2 * 12 * 4  # prototypes counted
+        assert reader.header.codec.config["codebook_size"] > 1
+
+
+def test_decompress_cli_rebuilds_the_context_from_the_archive(
+    tmp_path: Path, tiny_set: DistilledSet, teacher: nn.Module
+) -> None:
+    from labelzip.cli import main
+
+    path = _run(tmp_path, tiny_set, teacher)
+    out = tmp_path / "dense.safetensors"
+    assert main(["decompress", str(path), "-o", str(out), "--quiet"]) == 0
+    decoded = load_file(str(out))["logits"]
+    assert torch.equal(decoded, load_archive(path))
+    assert decoded.shape == (EPOCHS, 12, 4) and bool(torch.isfinite(decoded).all())
+
+
+def test_quickstart_has_a_context_row() -> None:
+    assert ROW_SPECS["vqae-ctx"]["codec"] == "vqae-ctx"
+    assert "auto_prune" not in ROW_SPECS["vqae-ctx"]
+
+
+@pytest.mark.parametrize("epochs", [1])
+def test_fit_sample_smaller_than_the_views(
+    tmp_path: Path, tiny_set: DistilledSet, teacher: nn.Module, epochs: int
+) -> None:
+    """Two-pass relabel (fit on a sample): the fit context is the sample's."""
+    path = tmp_path / "two.lz"
+    output = RelabelOutput(
+        path=path, codec="vqae-ctx", options={"codebook_size": 3, **FAST}
+    )
+    config = RelabelConfig(epochs=EPOCHS, view=VIEW, batch_size=64, fit_views=100)
+    result = relabel(tiny_set, teacher, [output], config)
+    assert not result.single_pass
+    assert load_archive(path).shape == (EPOCHS, 12, 4) and epochs == 1
