@@ -59,7 +59,7 @@ framework's shipped labels (LPLD: 40x-pruned), the teacher and a full-data
 baseline. Writes <out-dir>/vision_bench.{json,md,png}.
 
 The default (random, sre2l, rded, lpld x IPC 10, 50 x 5 codecs x 10/40/100/300x,
-300 views per image) trains ~170 students: about 5-6 hours on one CPU thread
+300 views per image) trains ~150 students: about 5-6 hours on one CPU thread
 (an IPC 10 student ~30 s, an IPC 50 student ~2.5 min). See docs/bench-vision.md.
 """
 
