@@ -20,7 +20,7 @@ from labelzip.pipelines.quickstart import ROW_SPECS
 from labelzip.pipelines.train_student import StudentConfig
 from labelzip.storage import storage_table
 
-from ..pipelines.conftest import make_dataset
+from ..pipelines.conftest import LinearTeacher, make_dataset
 
 
 def _config(**kw: object) -> VisionBenchConfig:
@@ -139,13 +139,18 @@ def test_unreachable_fixed_rate_row_is_skipped_before_relabelling(
     # A row without auto-pruning is checked by the codec's own rate control.
     spec = {"codec": "topk", "options": {"decoder": "ms", "k": 2}}
     monkeypatch.setitem(ROW_SPECS, "topk-fixed", spec)
+    config = _config(frameworks=("random",), codecs=("topk-fixed",), ratios=(50.0,))
     report = run_vision_bench(
-        _config(frameworks=("random",), codecs=("topk-fixed",), ratios=(50.0,)),
+        config.model_copy(update={"baseline_epochs": 0}),
         train_set=make_dataset(200, seed=1),
         test_set=make_dataset(40, seed=2),
         work_dir=tmp_path / "work",
-        cache_dir=tmp_path / "teachers",
+        teacher=(LinearTeacher(4, seed=0), "linear"),  # a given teacher: no training
     )
+    assert report["teacher"]["id"] == "linear" and not report["teacher"]["from_cache"]
+    assert report["teacher"]["accuracy"] > 0.5  # the class blocks are easy
+    assert report["full_data_baseline"] is None
+    assert not (tmp_path / "teachers").exists()
     assert [r["codec"] for r in report["rows"]] == ["dense"]
     (item,) = report["skipped"]
     assert item["codec"] == "topk-fixed" and item["target_ratio"] == 50.0

@@ -574,6 +574,7 @@ def run_vision_bench(
     work_dir: str | Path,
     device: torch.device | str = "cpu",
     cache_dir: Path | None = None,
+    teacher: tuple[torch.nn.Module, str] | None = None,
     log: LogFn | None = None,
 ) -> dict[str, Any]:
     """Teacher, then per (framework, IPC): distil, relabel once, one student per archive.
@@ -585,6 +586,9 @@ def run_vision_bench(
         work_dir: where the archives are written (kept).
         device: where everything runs.
         cache_dir: teacher cache folder (default ``~/.cache/labelzip/teachers``).
+        teacher: (model, id) of a ready teacher taking 0..255 images (e.g. the
+            EfficientNet-Lite0 for ImageNet); default: the small teacher of
+            ``config.teacher_arch`` trained on ``train_set`` (cached).
         log: called with one line per stage and per trained student.
 
     Returns:
@@ -598,10 +602,16 @@ def run_vision_bench(
     spec = _dataset_spec(train_set)
     pairs = config.pairs()
     first = _quickstart_config(config, *pairs[0])
-    _log(log, f"teacher: {config.teacher_arch}, {config.teacher_epochs} epochs")
-    model, teacher_id, teacher_acc, cached = _teacher(
-        first, train_set, test_set, device, cache_dir
-    )
+    if teacher is None:
+        _log(log, f"teacher: {config.teacher_arch}, {config.teacher_epochs} epochs")
+        model, teacher_id, teacher_acc, cached = _teacher(
+            first, train_set, test_set, device, cache_dir
+        )
+    else:
+        model, teacher_id = teacher
+        model.to(device).eval()
+        teacher_acc = evaluate_student(model, test_set, device=device)
+        cached = False
     _log(log, f"teacher test accuracy {100 * teacher_acc:.2f}%")
     baseline: dict[str, Any] | None = None
     if config.baseline_epochs:
