@@ -63,7 +63,12 @@ def test_logits() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def codec(fit_logits: torch.Tensor) -> VQAESparseCodec:
-    return _fit(fit_logits, k=24)
+    return _fit(fit_logits, k=24, k_levels=1)
+
+
+@pytest.fixture(scope="module")
+def leveled(fit_logits: torch.Tensor) -> VQAESparseCodec:
+    return _fit(fit_logits, k=32, k_levels=4, rate_lambda=0.002)
 
 
 def _fit(fit_logits: torch.Tensor, **options: Any) -> VQAESparseCodec:
@@ -109,7 +114,9 @@ def test_same_input_same_bytes_and_stored_round_trip(
 ) -> None:
     block = codec.encode(test_logits)
     assert torch.equal(block.data, codec.encode(test_logits).data)
-    again = _fit(fit_logits, k=24)  # same data and seed: same model and bytes
+    again = _fit(
+        fit_logits, k=24, k_levels=1
+    )  # same data and seed: same model and bytes
     assert torch.equal(again.encode(test_logits).data, block.data)
     stored = VQAESparseCodec.from_stored(codec.to_config(), codec.model_tensors())
     assert torch.equal(stored.decode(block), codec.decode(block))
@@ -191,6 +198,8 @@ def test_errors(fit_logits: torch.Tensor, codec: VQAESparseCodec) -> None:
         create_codec("vqae-sparse", k=4).fit([])
     with pytest.raises(ConfigError, match="budget_bytes"):
         create_codec("vqae-sparse", **FAST).fit([fit_logits])
+    with pytest.raises(ConfigError, match="budget_bytes"):
+        create_codec("vqae-sparse", k_levels=1, **FAST).fit([fit_logits])
     with pytest.raises(ConfigError, match="below the 2000 classes"):
         create_codec("vqae-sparse", k=2000, **FAST).fit([fit_logits])
     with pytest.raises(InputError, match="fitted for 2000 classes"):
@@ -219,3 +228,33 @@ def test_archive_at_a_target_ratio_meets_it(
     save_archive(tmp_path / "r.lz", codec, fit_logits, chunk_size=128)
     size = (tmp_path / "r.lz").stat().st_size
     assert 0.8 * 512 * C * 2 / 50 < size <= 512 * C * 2 / 50
+
+
+def test_per_label_levels_round_trip_and_bytes(
+    leveled: VQAESparseCodec, test_logits: torch.Tensor
+) -> None:
+    assert leveled._levels() == [4, 8, 16, 32]
+    block = leveled.encode(test_logits)
+    which, _ = leveled._choose(
+        torch.log_softmax(test_logits, 1),
+        *torch.log_softmax(test_logits, 1).topk(32, dim=1),
+        0.002,
+    )
+    assert len(set(which.tolist())) > 1  # labels really get different K
+    kept = torch.tensor([4, 8, 16, 32])[which]
+    assert leveled._rank is not None
+    buckets = _bucket(leveled._rank[test_logits.topk(32, dim=1).indices])
+    widths = int(buckets.masked_fill(torch.arange(32)[None] >= kept[:, None], 0).sum())
+    length = int(block.data[:4].clone().view(torch.int32)[0])
+    cfg = leveled.config
+    assert block.nbytes == 4 + length + math.ceil(widths / 8) + 96 * cfg.code_bytes + 36
+    decoded = leveled.decode(block)
+    stored = VQAESparseCodec.from_stored(leveled.to_config(), leveled.model_tensors())
+    assert torch.equal(stored.decode(block), decoded)
+    total = torch.logsumexp(decoded.double(), dim=1)
+    assert torch.allclose(total, torch.zeros_like(total), atol=1e-4)
+    assert float(topk_overlap(test_logits, decoded, k=3)) > 0.9
+    tensors = dict(leveled.model_tensors())
+    tensors.pop("level_table")
+    with pytest.raises(ArchiveFormatError, match="level_table"):
+        VQAESparseCodec.from_stored(leveled.to_config(), tensors)

@@ -101,6 +101,17 @@ class VQAESparseConfig(CodecConfig):
         le=4096,
         description="ids kept per label (K); None = the largest K the budget allows",
     )
+    k_levels: int = Field(
+        default=4,
+        ge=1,
+        le=8,
+        description="per-label K choices K, K/2, ..., K/2**(L-1) (1 = one K for all)",
+    )
+    rate_lambda: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="nats of KL one id bit must save to be spent; None = fitted",
+    )
     max_k: int = Field(
         default=512, ge=1, le=4096, description="largest K rate control considers"
     )
@@ -131,7 +142,10 @@ class VQAESparseConfig(CodecConfig):
         ge=1,
         description="all-in bytes (payload + model) for num_labels; needed when k=None",
     )
-    steps: int = Field(default=1500, ge=0, le=1 << 20, description="training steps")
+    monotone: bool = Field(
+        default=True, description="decode the K slots in non-increasing order"
+    )
+    steps: int = Field(default=3000, ge=0, le=1 << 20, description="training steps")
     batch_size: int = Field(default=256, ge=1, le=1 << 16, description="training batch")
     lr: float = Field(default=3e-3, gt=0.0, le=1.0, description="Adam learning rate")
     max_fit_labels: int = Field(
@@ -153,17 +167,30 @@ class _AE(nn.Module):
         self.encoder = nn.Sequential(
             nn.Linear(k + 1, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, latent)
         )
-        self.decoder = _Decoder(latent, cfg.hidden, k + 1)
+        self.decoder = _Decoder(latent, cfg.hidden, k + 1, cfg.monotone)
 
 
 class _Decoder(nn.Module):
-    def __init__(self, latent: int, hidden: int, out: int) -> None:
+    """(n, M D) latent -> (n, K + 1) log-probs of the K kept slots and the tail.
+
+    With ``monotone`` the K head logits are ``a - cumsum(softplus(d))``: slot j
+    never decodes above slot j - 1, so the stored id order (the teacher's) is the
+    decoded order and top-1 agreement is exact.
+    """
+
+    def __init__(self, latent: int, hidden: int, out: int, monotone: bool) -> None:
         super().__init__()
         self.fc1 = nn.Linear(latent, hidden)
         self.fc2 = nn.Linear(hidden, out)
+        self.monotone = monotone
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.fc2(nn.functional.gelu(self.fc1(z))), dim=-1)
+        raw = self.fc2(nn.functional.gelu(self.fc1(z)))
+        if self.monotone:
+            steps = nn.functional.softplus(raw[:, 1:-1]).cumsum(dim=1)
+            head = torch.cat([raw[:, :1], raw[:, :1] - steps], dim=1)
+            raw = torch.cat([head, raw[:, -1:]], dim=1)
+        return torch.log_softmax(raw, dim=-1)
 
 
 class VQAESparseCodec(Codec):
@@ -183,7 +210,10 @@ class VQAESparseCodec(Codec):
         self._encoder: nn.Module | None = None
         self._decoder: _Decoder | None = None
         self._codebooks: torch.Tensor | None = None  # (R, M, 256, D) fp16
-        self._id_coder: CategoricalStreamCoder | None = None
+        self._id_tables = torch.zeros(0, 0, dtype=torch.int16)
+        self._level_table: torch.Tensor | None = None
+        self._id_coders: list[CategoricalStreamCoder] = []
+        self._level_coder: CategoricalStreamCoder | None = None
         self._grid: torch.Tensor | None = None
         self._log_z: torch.Tensor | None = None
 
@@ -201,57 +231,241 @@ class VQAESparseCodec(Codec):
         decoder = latent * cfg.hidden + cfg.hidden + cfg.hidden * (k + 1) + k + 1
         books = cfg.num_stages * cfg.num_chunks * CODEBOOK_SIZE * cfg.chunk_dim
         tables = _num_groups(k) * _alphabet(num_classes)
+        levels = len(_levels(k, cfg.k_levels))
+        tables += levels if levels > 1 else 0
         return 2 * (num_classes + decoder + books + tables)
 
     # -- fitting -----------------------------------------------------------------
     def fit(
         self, source: LogitSource, *, num_labels: int | None = None
     ) -> VQAESparseCodec:
-        """Fit the prior, choose K, fit the id tables, train the AE and tail grid."""
+        """Fit the prior, choose K (and the per-label rule), the tables, the AE."""
         cfg = self.config
         log_p = _collect(source, cfg.max_fit_labels)
         n, num_classes = log_p.shape
         if num_classes < 2:
             raise InputError(f"vqae-sparse needs >= 2 classes, got {num_classes}")
+        if cfg.k is not None and cfg.k >= num_classes:
+            raise ConfigError(
+                f"vqae-sparse k={cfg.k} must be below the {num_classes} classes"
+            )
         prior = torch.logsumexp(log_p, dim=0) - math.log(n)
         self._set_prior(prior.clamp_min(_LOG_PRIOR_FLOOR).to(torch.float16))
         k_cap = min(cfg.k or cfg.max_k, num_classes - 1)
         top, ids = log_p.topk(k_cap, dim=1)
         assert self._rank is not None
         buckets = _bucket(self._rank[ids])
-        if cfg.k is None:
-            k = self._choose_k(buckets, num_classes, num_labels)
-        else:
-            if cfg.k >= num_classes:
-                raise ConfigError(
-                    f"vqae-sparse k={cfg.k} must be below the {num_classes} classes"
-                )
-            k = cfg.k
-        top, ids, buckets = top[:, :k], ids[:, :k], buckets[:, :k]
-        self._id_coder = CategoricalStreamCoder.fit(
-            buckets, _alphabet(num_classes), _column_tables(k)
-        )
         lo, hi = cfg.tail_min, cfg.tail_max
         if lo is None or hi is None:
-            best = torch.cat(
-                [
-                    _tail_scores(rows, rid, prior.double(), _FIT_GRID).argmax(dim=1)
-                    for rows, rid in zip(
-                        log_p.split(ROW_BLOCK), ids.split(ROW_BLOCK), strict=True
-                    )
-                ]
-            )
+            ks = sorted({max(1, k_cap // (1 << (cfg.k_levels - 1))), k_cap})
+            best = torch.cat([self._best_alpha(log_p, ids[:, :k]) for k in ks])
             q = torch.tensor(_RANGE_QUANTILES, dtype=torch.float64)
             fit_lo, fit_hi = (float(v) for v in _FIT_GRID[best].quantile(q))
             lo = fit_lo if lo is None else lo
             hi = max(lo, fit_hi if hi is None else hi)
             if cfg.tail_bits == 0:
                 lo = hi = float(_FIT_GRID[best].median())
-        self.config = cfg.model_copy(update={"k": k, "tail_min": lo, "tail_max": hi})
-        self.num_classes = num_classes
+        self.config = cfg = cfg.model_copy(update={"tail_min": lo, "tail_max": hi})
         self._set_grid()
+        lam = cfg.rate_lambda
+        if cfg.k_levels == 1:
+            k = cfg.k or self._choose_k(buckets, num_classes, num_labels)
+        else:
+            k, lam = self._choose_levels(log_p, top, ids, buckets, num_labels)
+        top, ids, buckets = top[:, :k], ids[:, :k], buckets[:, :k]
+        self.config = cfg.model_copy(update={"k": k, "rate_lambda": lam})
+        self.num_classes = num_classes
+        levels = _levels(k, cfg.k_levels)
+        tables = _tables(buckets, _alphabet(num_classes), _column_tables(k))
+        self._set_coders(tables, None)
+        if len(levels) > 1:
+            assert lam is not None
+            kl, _ = self._level_kl(log_p, top, ids)
+            which = (kl + lam * self._level_bits(ids)).argmin(1)
+            budgeted = cfg.rate_lambda is None and cfg.budget_bytes is not None
+            for attempt in range(3):
+                chosen = torch.tensor(levels)[which]
+                kept = torch.arange(k)[None] < chosen[:, None]
+                tables = _tables(
+                    buckets.masked_fill(~kept, -1),
+                    _alphabet(num_classes),
+                    _column_tables(k),
+                )
+                level_counts = torch.bincount(which, minlength=len(levels))[None]
+                self._set_coders(tables, quantize_counts(level_counts))
+                if not budgeted or num_labels is None or attempt == 2:
+                    break
+                # re-fit lam with the real tables: spend the budget, not an estimate
+                assert cfg.budget_bytes is not None
+                slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
+                model = self.model_bytes_for(cfg, k, num_classes)
+                avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
+                avail = avail * (1 - _MARGIN) - 8 * cfg.code_bytes - cfg.tail_bits
+                bits = self._level_bits(ids)
+                lam = _fit_lambda(kl, bits, avail)
+                which = (kl + lam * bits).argmin(1)
+            self.config = self.config.model_copy(update={"rate_lambda": lam})
         self._train(_features(top), k)
         return self
+
+    def _best_alpha(self, log_p: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(n,) index on the fine fit grid of each label's best tail exponent."""
+        assert self._log_prior is not None
+        prior = self._log_prior.double()
+        return torch.cat(
+            [
+                _tail_scores(rows, rid, prior, _FIT_GRID).argmax(dim=1)
+                for rows, rid in zip(
+                    log_p.split(ROW_BLOCK), ids.split(ROW_BLOCK), strict=True
+                )
+            ]
+        )
+
+    def _set_coders(
+        self, tables: torch.Tensor, level_table: torch.Tensor | None
+    ) -> None:
+        k = self.k
+        levels = _levels(k, self.config.k_levels)
+        cols = _column_tables(k)
+        self._id_tables = tables
+        self._level_table = level_table
+        self._id_coders = [CategoricalStreamCoder(tables, cols[:kk]) for kk in levels]
+        self._level_coder = (
+            CategoricalStreamCoder(level_table, [0])
+            if level_table is not None
+            else None
+        )
+
+    def _oracle(
+        self, log_p: torch.Tensor, top: torch.Tensor, ids: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n,) KL at T=1 with the exact top-k values and the modelled tail, and
+        the (n,) best tail index on the stored grid."""
+        assert self._grid is not None and self._log_z is not None
+        prior = self._log_prior_wide(log_p.device)
+        kl, which = [], []
+        for lp, tp, ii in zip(
+            log_p.split(ROW_BLOCK),
+            top.split(ROW_BLOCK),
+            ids.split(ROW_BLOCK),
+            strict=True,
+        ):
+            tk, ik = tp[:, :k], ii[:, :k]
+            w = (
+                _tail_scores(lp, ik, prior, self._grid).argmax(1)
+                if self.config.tail_bits
+                else torch.zeros(lp.shape[0], dtype=torch.int64)
+            )
+            tail = (1.0 - tk.double().exp().sum(1)).clamp_min(_TAIL_FLOOR).log()
+            q = self._densify(torch.cat([tk, tail.float()[:, None]], 1), ik, w)
+            kl.append((lp.exp() * (lp - q.clamp_min(math.log(1e-8)))).sum(1))
+            which.append(w)
+        return torch.cat(kl), torch.cat(which)
+
+    def _slot_bits(self, buckets: torch.Tensor) -> torch.Tensor:
+        """(n, K) cumulative id bits of the first j + 1 slots under the stored tables."""
+        log2p = torch.log2(
+            self._id_tables.double() / self._id_tables.double().sum(1, keepdim=True)
+        )
+        cols = torch.tensor(_column_tables(buckets.shape[1]))
+        return (-log2p[cols[None], buckets] + buckets.double()).cumsum(dim=1)
+
+    def _level_kl(
+        self, log_p: torch.Tensor, top: torch.Tensor, ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, L) oracle KL and (n, L) best tail index of every level."""
+        pairs = [self._oracle(log_p, top, ids, kk) for kk in self._levels()]
+        kl = torch.stack([p[0].double() for p in pairs], 1)
+        return kl, torch.stack([p[1] for p in pairs], 1)
+
+    def _level_bits(self, ids: torch.Tensor) -> torch.Tensor:
+        """(n, L) id bits (plus the level symbol's) of every level, stored tables."""
+        assert self._rank is not None
+        cum = self._slot_bits(_bucket(self._rank[ids]))
+        bits = torch.stack([cum[:, kk - 1] for kk in self._levels()], 1)
+        if self._level_table is not None:
+            t = self._level_table[0].double()
+            bits = bits - torch.log2(t / t.sum())[None]
+        return bits
+
+    def _levels(self) -> list[int]:
+        return _levels(self.k, self.config.k_levels)
+
+    def _choose(
+        self, log_p: torch.Tensor, top: torch.Tensor, ids: torch.Tensor, lam: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n,) level index minimising KL + lam * bits, and its (n,) tail index."""
+        kl, tails = self._level_kl(log_p, top, ids)
+        which = (kl + lam * self._level_bits(ids)).argmin(1)
+        return which, tails.gather(1, which[:, None])[:, 0]
+
+    def _choose_levels(
+        self,
+        log_p: torch.Tensor,
+        top: torch.Tensor,
+        ids: torch.Tensor,
+        buckets: torch.Tensor,
+        num_labels: int | None,
+    ) -> tuple[int, float]:
+        """K and lam: the pair with the least oracle KL whose mean payload fits."""
+        cfg = self.config
+        n, k_cap = buckets.shape
+        num_classes = log_p.shape[1]
+        if cfg.k is not None and (
+            cfg.rate_lambda is not None or cfg.budget_bytes is None
+        ):
+            # a fixed K without a budget: lam = 0 keeps K ids wherever that helps
+            return cfg.k, cfg.rate_lambda or 0.0
+        if cfg.budget_bytes is None or num_labels is None:
+            raise ConfigError(
+                "vqae-sparse with k=None needs budget_bytes and fit(num_labels=...); "
+                "use create_codec_for_target or give k"
+            )
+        self._id_tables = _tables(
+            buckets, _alphabet(num_classes), _column_tables(k_cap)
+        )
+        cum = self._slot_bits(buckets)
+        slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
+        fixed = 8 * cfg.code_bytes + cfg.tail_bits + math.log2(cfg.k_levels)
+        cands = sorted(
+            {k for k in _K_GRID if k <= k_cap} | {k_cap} if cfg.k is None else {cfg.k}
+        )
+        kl_cache: dict[int, torch.Tensor] = {}
+        best: tuple[float, int, float] | None = None
+        for k in cands:
+            levels = _levels(k, cfg.k_levels)
+            model = self.model_bytes_for(cfg, k, num_classes)
+            avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
+            avail = avail * (1 - _MARGIN) - fixed
+            bits = torch.stack([cum[:, kk - 1] for kk in levels], 1)
+            if float(bits[:, 0].mean()) > avail:
+                continue
+            for kk in levels:
+                if kk not in kl_cache:
+                    kl_cache[kk] = self._oracle(log_p, top, ids, kk)[0].double()
+            kl = torch.stack([kl_cache[kk] for kk in levels], 1)
+            lam = _fit_lambda(kl, bits, avail)
+            pick = (kl + lam * bits).argmin(1, keepdim=True)
+            score = float(kl.gather(1, pick).mean())
+            if best is None or score < best[0]:
+                best = (score, k, lam)
+        if best is None:
+            ref = reference_bytes(num_labels, num_classes, "fp16")
+            k1 = self.model_bytes_for(cfg, 1, num_classes)
+            need = (
+                k1
+                + slack
+                + math.ceil((float(cum[:, 0].mean()) + fixed) * num_labels / 8)
+            )
+            raise UnreachableTargetError(
+                f"vqae-sparse with K=1 needs ~{need} bytes for {num_labels} labels, "
+                f"the budget is {cfg.budget_bytes}; the best reachable ratio is "
+                f"~{ref / need:.1f}x vs fp16; choose a lower ratio"
+            )
+        logger.info(
+            "vqae-sparse: K=%d, lambda=%.3g, oracle KL %.4f", best[1], best[2], best[0]
+        )
+        return best[1], best[2]
 
     def _choose_k(
         self, buckets: torch.Tensor, num_classes: int, num_labels: int | None
@@ -369,14 +583,15 @@ class VQAESparseCodec(Codec):
                 "fit a codec to encode new labels"
             )
         assert self._rank is not None and self._codebooks is not None
-        assert self._id_coder is not None and self._grid is not None
+        assert self._grid is not None
         cfg, k = self.config, self.k
+        levels = _levels(k, cfg.k_levels)
         n = int(logits.shape[0])
         if n == 0:
             return EncodedBlock(num_labels=0, data=torch.zeros(0, dtype=torch.uint8))
         books = self._codebooks.float()
         prior = self._log_prior_wide()
-        all_ids, all_codes, all_tail = [], [], []
+        all_ids, all_codes, all_tail, all_level = [], [], [], []
         with torch.no_grad():
             for rows in logits.detach().split(ROW_BLOCK):
                 log_p = torch.log_softmax(rows.float().cpu(), dim=1)
@@ -386,20 +601,34 @@ class VQAESparseCodec(Codec):
                     _quantize(z.view(-1, cfg.num_chunks, cfg.chunk_dim), books)
                 )
                 all_ids.append(ids)
-                if cfg.tail_bits:
+                if len(levels) > 1:
+                    assert cfg.rate_lambda is not None
+                    which, tail = self._choose(log_p, top, ids, cfg.rate_lambda)
+                    all_level.append(which)
+                    all_tail.append(tail)
+                elif cfg.tail_bits:
                     all_tail.append(
                         _tail_scores(log_p, ids, prior, self._grid).argmax(1)
                     )
         ids = torch.cat(all_ids)
         ranks = self._rank[ids]
         buckets = _bucket(ranks)
-        stream = encode_joint([(self._id_coder, buckets)])
+        level = torch.cat(all_level) if all_level else torch.zeros(n, dtype=torch.int64)
+        parts_ans: list[tuple[CategoricalStreamCoder, torch.Tensor]] = []
+        if self._level_coder is not None:
+            parts_ans.append((self._level_coder, level[:, None]))
+        flat_ranks, flat_widths = [], []
+        for c, kk in enumerate(levels):
+            rows = level == c
+            parts_ans.append((self._id_coders[c], buckets[rows, :kk]))
+            flat_ranks.append(ranks[rows, :kk].reshape(-1))
+            flat_widths.append(buckets[rows, :kk].reshape(-1))
+        stream = encode_joint(parts_ans)
+        r, w = torch.cat(flat_ranks), torch.cat(flat_widths)
         parts = [
             torch.tensor([stream.numel()], dtype=torch.int32).view(torch.uint8),
             stream,
-            _pack_varbits(
-                (ranks + 1 - (1 << buckets)).reshape(-1), buckets.reshape(-1)
-            ),
+            _pack_varbits(r + 1 - (1 << w), w),
             torch.cat(all_codes).to(torch.uint8).reshape(-1),
         ]
         if cfg.tail_bits:
@@ -411,9 +640,9 @@ class VQAESparseCodec(Codec):
     ) -> torch.Tensor:
         """Block -> (N, C) float32 log-probabilities (finite everywhere)."""
         num_classes = self._require_fitted("decode")
-        assert self._order is not None and self._id_coder is not None
-        assert self._decoder is not None and self._codebooks is not None
+        assert self._order is not None
         cfg, k = self.config, self.k
+        levels = _levels(k, cfg.k_levels)
         n = block.num_labels
         data = block.data.cpu().reshape(-1)
         if n == 0:
@@ -427,11 +656,20 @@ class VQAESparseCodec(Codec):
                 f"vqae-sparse block names an ANS stream of {length} bytes in "
                 f"{data.numel()} bytes"
             )
+        plan: list[tuple[CategoricalStreamCoder, Any]] = []
+        if self._level_coder is not None:
+            plan.append((self._level_coder, n))
+        for c in range(len(levels)):
+            plan.append((self._id_coders[c], _rows_of_level(c, n, len(levels))))
         try:
-            buckets = decode_joint(data[4:pos], [(self._id_coder, n)])[0]
+            decoded = decode_joint(data[4:pos], plan)
         except InputError as exc:
             raise ArchiveFormatError(f"vqae-sparse block is corrupt: {exc}") from exc
-        widths = buckets.reshape(-1)
+        if self._level_coder is not None:
+            level, groups = decoded[0][:, 0], decoded[1:]
+        else:
+            level, groups = torch.zeros(n, dtype=torch.int64), decoded
+        widths = torch.cat([g.reshape(-1) for g in groups])
         raw_bytes = packed_size(int(widths.sum()), 1)
         code_count = n * cfg.code_bytes
         expected = pos + raw_bytes + code_count + packed_size(n, cfg.tail_bits)
@@ -440,32 +678,39 @@ class VQAESparseCodec(Codec):
                 f"vqae-sparse block of {n} labels must hold {expected} bytes, got "
                 f"{data.numel()}"
             )
-        offsets = _unpack_varbits(data[pos : pos + raw_bytes], widths)
-        ranks = (offsets + (1 << widths) - 1).reshape(n, k)
-        if int(ranks.max()) >= num_classes:
+        flat = _unpack_varbits(data[pos : pos + raw_bytes], widths) + (1 << widths) - 1
+        if flat.numel() and int(flat.max()) >= num_classes:
             raise ArchiveFormatError(
-                f"vqae-sparse block holds token rank {int(ranks.max())} >= {num_classes}"
+                f"vqae-sparse block holds token rank {int(flat.max())} >= {num_classes}"
             )
         pos += raw_bytes
-        codes = (
-            data[pos : pos + code_count]
-            .long()
-            .reshape(n, cfg.num_stages, cfg.num_chunks)
-        )
+        codes = data[pos : pos + code_count].long()
+        codes = codes.reshape(n, cfg.num_stages, cfg.num_chunks)
         pos += code_count
         if cfg.tail_bits:
             which = unpack_bits(data[pos:], cfg.tail_bits, n)
         else:
             which = torch.zeros(n, dtype=torch.int64)
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        ids = self._order.to(dev)[ranks.to(dev)]
+        order = self._order.to(dev)
         log_q = self._decode_groups(codes.to(dev))  # (n, K + 1)
         out = torch.empty(n, num_classes, device=dev)
-        for start in range(0, n, ROW_BLOCK):
-            stop = min(start + ROW_BLOCK, n)
-            out[start:stop] = self._densify(
-                log_q[start:stop], ids[start:stop], which[start:stop].to(dev)
-            )
+        start = 0
+        for c, kk in enumerate(levels):
+            rows = torch.nonzero(level == c).reshape(-1)
+            count = rows.numel() * kk
+            ids = order[flat[start : start + count].to(dev)].reshape(-1, kk)
+            start += count
+            rows = rows.to(dev)
+            for part in range(0, rows.numel(), ROW_BLOCK):
+                r = rows[part : part + ROW_BLOCK]
+                q = log_q[r]
+                merged = torch.cat(
+                    [q[:, :kk], torch.logsumexp(q[:, kk:], dim=1, keepdim=True)], 1
+                )
+                out[r] = self._densify(
+                    merged, ids[part : part + ROW_BLOCK], which[r.cpu()].to(dev)
+                )
         return out
 
     def _decode_groups(self, codes: torch.Tensor) -> torch.Tensor:
@@ -508,16 +753,17 @@ class VQAESparseCodec(Codec):
                 "VQAESparseCodec.model_tensors called before fit(); call "
                 "codec.fit(batches) first"
             )
-        assert self._codebooks is not None and self._id_coder is not None
+        assert self._codebooks is not None
         d = self._decoder
-        return {
+        extra = {} if self._level_table is None else {"level_table": self._level_table}
+        return extra | {
             "log_prior": self._log_prior,
             "dec1_weight": d.fc1.weight.detach().half(),
             "dec1_bias": d.fc1.bias.detach().half(),
             "dec2_weight": d.fc2.weight.detach().half(),
             "dec2_bias": d.fc2.bias.detach().half(),
             "codebooks": self._codebooks,
-            "id_tables": self._id_coder.tables,
+            "id_tables": self._id_tables,
         }
 
     @classmethod
@@ -556,7 +802,7 @@ class VQAESparseCodec(Codec):
                     f"got {got}"
                 )
         codec._set_prior(tensors["log_prior"].cpu())
-        decoder = _Decoder(latent, cfg.hidden, k + 1)
+        decoder = _Decoder(latent, cfg.hidden, k + 1, cfg.monotone)
         with torch.no_grad():
             decoder.fc1.weight.copy_(tensors["dec1_weight"].float())
             decoder.fc1.bias.copy_(tensors["dec1_bias"].float())
@@ -564,10 +810,22 @@ class VQAESparseCodec(Codec):
             decoder.fc2.bias.copy_(tensors["dec2_bias"].float())
         codec._decoder = decoder.eval()
         codec._codebooks = tensors["codebooks"].cpu()
-        codec._id_coder = CategoricalStreamCoder(
-            tensors["id_tables"].cpu(), _column_tables(k)
-        )
         codec.num_classes = num_classes
+        num_levels = len(_levels(k, cfg.k_levels))
+        level_table = tensors.get("level_table")
+        if num_levels > 1 and (
+            level_table is None
+            or tuple(level_table.shape) != (1, num_levels)
+            or level_table.dtype != torch.int16
+        ):
+            raise ArchiveFormatError(
+                f"vqae-sparse archive with {num_levels} K levels needs model tensor "
+                f"level_table (1, {num_levels}) int16"
+            )
+        codec._set_coders(
+            tensors["id_tables"].cpu(),
+            level_table.cpu() if level_table is not None and num_levels > 1 else None,
+        )
         codec._set_grid()
         return codec
 
@@ -618,10 +876,49 @@ def _column_tables(k: int) -> list[int]:
 
 
 def _tables(buckets: torch.Tensor, alphabet: int, cols: list[int]) -> torch.Tensor:
+    """(groups, alphabet) int16 frequencies of the buckets (entries < 0 skipped)."""
     counts = torch.zeros(max(cols) + 1, alphabet, dtype=torch.int64)
     for j, t in enumerate(cols):
-        counts[t] += torch.bincount(buckets[:, j], minlength=alphabet)
+        col = buckets[:, j]
+        counts[t] += torch.bincount(col[col >= 0], minlength=alphabet)
     return quantize_counts(counts)
+
+
+# candidate K of rate control with per-label levels
+_K_GRID = tuple(
+    sorted(
+        {int(b * m) for b in (4, 8, 16, 32, 64, 128, 256) for m in (1, 1.25, 1.5, 1.75)}
+        | {512}
+    )
+)
+
+
+def _levels(k: int, num_levels: int) -> list[int]:
+    """The per-label K choices, ascending: K / 2**(L-1), ..., K / 2, K."""
+    return sorted({max(1, round(k / (1 << i))) for i in range(num_levels)})
+
+
+def _rows_of_level(c: int, n: int, num_levels: int) -> Any:
+    """Row count of level c's id matrix, read from the decoded level symbols."""
+    if num_levels == 1:
+        return n
+    return lambda out: int((out[0][:, 0] == c).sum())
+
+
+def _fit_lambda(kl: torch.Tensor, bits: torch.Tensor, avail: float) -> float:
+    """Smallest lam whose per-label choice argmin(kl + lam bits) fits ``avail``."""
+
+    def mean_bits(lam: float) -> float:
+        pick = (kl + lam * bits).argmin(1, keepdim=True)
+        return float(bits.gather(1, pick).mean())
+
+    if mean_bits(0.0) <= avail:
+        return 0.0
+    lo, hi = -12.0, 2.0  # log10 lam
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if mean_bits(10**mid) <= avail else (mid, hi)
+    return float(10**hi)
 
 
 def _bucket(ranks: torch.Tensor) -> torch.Tensor:
