@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "relabel-lm": ("labelzip.cli.relabel_lm", "label a text corpus with an LM teacher"),
     "train-lm": ("labelzip.cli.train_lm", "train an LM student (labels, CE, online)"),
-    "bench": ("labelzip.cli.bench", "benchmarks that train students (lm, vision)"),
+    "bench": ("labelzip.cli.bench", "benchmarks (lm, vision, imagenet)"),
 }
 
 

@@ -1,17 +1,27 @@
-"""``labelzip bench``: benchmarks that train students.
+"""``labelzip bench``: benchmarks (students trained from compressed labels, label fidelity).
 
 ``lm``: LM distillation (teacher labels once, one student per codec and ratio).
 ``vision``: dataset distillation on Fashion-MNIST (per framework and IPC, one
 relabel pass, one student per codec and ratio).
+``imagenet``: the vision benchmark's 1000-class track (SRe2L images recovered
+from EfficientNet-Lite0, their labels compressed per codec and ratio, label
+fidelity and the ImageNet-1K storage table; no students).
+
+The imagenet flags and config (:func:`add_imagenet_flags`, :func:`imagenet_config`,
+:func:`run_imagenet_report`) are public: benchmarks/imagenet_track.py reuses them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,7 +36,17 @@ from labelzip.cli._common import (
 from labelzip.cli.relabel_lm import quiet_transformers
 from labelzip.errors import ConfigError
 
-__all__ = ["build_parser", "main"]
+if TYPE_CHECKING:
+    from labelzip.bench.imagenet import ImagenetTrackConfig, ImagenetTrackResult
+
+__all__ = [
+    "add_imagenet_flags",
+    "add_machine_flags",
+    "build_parser",
+    "imagenet_config",
+    "main",
+    "run_imagenet_report",
+]
 
 LM_EPILOG = """examples:
   labelzip bench lm                                  # 200k tokens, 3 codecs x 3 ratios
@@ -64,24 +84,54 @@ The default (random, sre2l, rded, lpld x IPC 10, 50 x 5 codecs x 10/40/100/300x,
 """
 
 
+IMAGENET_EPILOG = """examples:
+  labelzip bench imagenet --threads 1         # 10 classes x IPC 4, 64 px, 40/100/300x
+  labelzip bench imagenet --codecs vqae topk-ms --ratios 40 --vqae-steps 1000
+  labelzip bench imagenet --device cuda --threads 8 --image-size 224 \\
+      --recover-steps 1000 --ipc 10 --classes $(seq 0 99)
+
+Recovers IPC SRe2L images per class from EfficientNet-Lite0 (data-free), relabels
+them with EPOCHS seeded views into dense fp32 reference labels (1000 classes),
+compresses those into one archive per (codec, ratio) through rate control
+(all-in bytes = the file, header included; an unreachable target is reported
+with the codec's reason), decodes each and measures KL at T = 1, 4, 20, top-1
+agreement and top-5 overlap, then projects the measured bits per label to
+ImageNet-1K at --storage-ipc next to the published frameworks' storage. Writes
+<out-dir>/imagenet_track.{json,md,png}. No students are trained.
+
+Codec labels: vqae, topk-ms, topk-mrs, rskd (measured sizing), lpld (dense fp16
+with LPLD view pruning). CPU cost: the committed result (the defaults with
+--vqae-steps 1000, 12,000 labels) took ~11 min (652 s: recover 308 s, relabel
+58 s, compress + measure 285 s) on 1 busy thread of a shared 2-core machine; the
+default 2000 VQAE steps take longer. See docs/imagenet-track.md.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="labelzip bench",
-        description="Run a labelzip benchmark that trains students.",
-        epilog="suites: lm (LM distillation), vision (dataset distillation); "
-        "labelzip bench SUITE --help for each",
+        description="Run a labelzip benchmark: students trained from compressed "
+        "labels (lm, vision) or label fidelity at scale (imagenet).",
+        epilog="suites: lm (LM distillation), vision (dataset distillation), "
+        "imagenet (1000-class label fidelity); labelzip bench SUITE --help for each",
     )
     sub = p.add_subparsers(dest="suite", required=True, metavar="SUITE")
     _lm_parser(sub)
     _vision_parser(sub)
+    _imagenet_parser(sub)
     return p
+
+
+def add_machine_flags(p: argparse.ArgumentParser) -> None:
+    """``--threads``, ``--device``, ``--quiet``: how a suite runs, not what."""
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="benchmarks/results", help="report folder")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_machine_flags(p)
     add_json_option(p)
 
 
@@ -195,8 +245,192 @@ def _vision_parser(sub: Any) -> None:
     _common_flags(p)
 
 
+def _imagenet_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "imagenet",
+        help="1000-class track: label fidelity of EfficientNet-Lite0 labels",
+        description="The vision benchmark's 1000-class track: KL, top-1 and top-5\n"
+        "of compressed EfficientNet-Lite0 labels of SRe2L images per codec and\n"
+        "all-in ratio, and the ImageNet-1K storage table.",
+        epilog=IMAGENET_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_imagenet_flags(p)
+    _common_flags(p)
+
+
+def add_imagenet_flags(p: argparse.ArgumentParser) -> None:
+    """The 1000-class track's config flags; :func:`imagenet_config` reads them."""
+    from labelzip.bench.imagenet import DEFAULT_CODECS, ImagenetTrackConfig
+
+    d = ImagenetTrackConfig()
+    p.add_argument(
+        "--classes",
+        type=int,
+        nargs="+",
+        default=list(d.classes),
+        help="ImageNet-1K class ids, 0..999 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ipc",
+        type=int,
+        default=d.ipc,
+        help="recovered images per class (default: %(default)s)",
+    )
+    p.add_argument(
+        "--recover-steps",
+        type=int,
+        default=d.recover_steps,
+        help="SRe2L steps (default: %(default)s)",
+    )
+    p.add_argument(
+        "--recover-bn-weight",
+        type=float,
+        default=d.recover_bn_weight,
+        help="BN-statistics loss weight (default: %(default)s); SRe2L: 0.01, needs ~1000 steps",
+    )
+    p.add_argument(
+        "--recover-crop-scale",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=list(d.recover_crop_scale),
+        help="crop area range per recovery step (default: %(default)s); SRe2L: 0.08 1",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help="pixels, native 224 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=d.epochs,
+        help="relabel views per image (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=list(d.ratios),
+        help="all-in targets vs dense fp16 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--codecs",
+        nargs="+",
+        default=[c.label for c in DEFAULT_CODECS],
+        metavar="LABEL",
+        help="codec labels (default: all; see below)",
+    )
+    p.add_argument(
+        "--vqae-steps",
+        type=int,
+        help="VQAE training steps (default: the codec's, 2000)",
+    )
+    p.add_argument(
+        "--storage-ipc",
+        type=int,
+        nargs="+",
+        default=list(d.storage_ipc),
+        help="IPCs of the ImageNet-1K storage table (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed of everything (default: %(default)s)",
+    )
+
+
+def imagenet_config(args: argparse.Namespace) -> ImagenetTrackConfig:
+    """The track's config from :func:`add_imagenet_flags` (plus --device, --threads).
+
+    Raises:
+        ConfigError: an unknown codec label or an invalid value, on one line.
+    """
+    from labelzip.bench.imagenet import DEFAULT_CODECS, ImagenetTrackConfig
+
+    known = {c.label: c for c in DEFAULT_CODECS}
+    unknown = [c for c in args.codecs if c not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown codec label(s) {unknown} for --codecs; choose from "
+            f"{', '.join(known)}"
+        )
+    codecs = tuple(known[c] for c in args.codecs)
+    if args.vqae_steps is not None:
+        codecs = tuple(
+            c.model_copy(update={"options": {**c.options, "steps": args.vqae_steps}})
+            if c.codec == "vqae"
+            else c
+            for c in codecs
+        )
+    try:
+        return ImagenetTrackConfig(
+            classes=tuple(args.classes),
+            ipc=args.ipc,
+            recover_steps=args.recover_steps,
+            recover_bn_weight=args.recover_bn_weight,
+            recover_crop_scale=tuple(args.recover_crop_scale),
+            image_size=args.image_size,
+            epochs=args.epochs,
+            ratios=tuple(args.ratios),
+            codecs=codecs,
+            storage_ipc=tuple(args.storage_ipc),
+            seed=args.seed,
+            device=args.device,
+            threads=args.threads,
+        )
+    except ValueError as exc:  # pydantic ValidationError -> one line
+        raise ConfigError(f"invalid benchmark options: {one_line(exc)}") from exc
+
+
+def run_imagenet_report(
+    args: argparse.Namespace,
+    *,
+    command: str,
+    stem: str = "imagenet_track",
+    machine_note: str | None = None,
+) -> tuple[ImagenetTrackResult, dict[str, Path]]:
+    """Run the track from parsed flags and write ``<args.out_dir>/<stem>.{json,md,png}``.
+
+    Progress goes to stderr (at most every 15 s per stage) unless ``args.quiet``.
+    The report's meta holds ``command`` and the machine's load average at start
+    and end (plus ``machine_note``): the CPU is usually shared.
+    """
+    from labelzip.bench.imagenet import run_imagenet_track, write_imagenet_report
+
+    config = imagenet_config(args)
+    if config.device != "cpu":
+        resolve_device(config.device)  # a one-line error before the teacher loads
+    last = [0.0]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not args.quiet and (done == total or now - last[0] > 15):
+            last[0] = now
+            print(f"  {stage}: {done}/{total}", file=sys.stderr, flush=True)
+
+    load_before = os.getloadavg()[0]
+    result = run_imagenet_track(config, progress=progress)
+    note = (
+        f"1-min load average {load_before:.1f} at start, "
+        f"{os.getloadavg()[0]:.1f} at end (shared machine)"
+    )
+    if machine_note:
+        note += f"; {machine_note}"
+    meta = {"command": command, "machine_note": note}
+    paths = write_imagenet_report(result, args.out_dir, meta=meta, stem=stem)
+    return result, paths
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.suite == "imagenet":
+        command = "labelzip bench " + shlex.join(argv)
+        return run_command("bench", lambda: _run_imagenet(args, command))
     run = _run_vision if args.suite == "vision" else _run
     return run_command("bench", lambda: run(args))
 
@@ -382,4 +616,15 @@ def _run_vision(args: argparse.Namespace) -> int:
         return 0
     print(markdown_report(report), end="")
     print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _run_imagenet(args: argparse.Namespace, command: str) -> int:
+    _, paths = run_imagenet_report(args, command=command)
+    if args.json:
+        saved = json.loads(paths["json"].read_text())
+        print_json({**saved, "files": [str(p) for p in paths.values()]})
+        return 0
+    print(paths["md"].read_text(), end="")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
