@@ -85,9 +85,12 @@ def test_decompress_cli_rebuilds_the_context_from_the_archive(
     assert decoded.shape == (EPOCHS, 12, 4) and bool(torch.isfinite(decoded).all())
 
 
-def test_quickstart_has_a_context_row() -> None:
+def test_quickstart_has_context_rows() -> None:
+    from labelzip.pipelines.quickstart import DEFAULT_CODECS
+
     assert ROW_SPECS["vqae-ctx"]["codec"] == "vqae-ctx"
-    assert "auto_prune" not in ROW_SPECS["vqae-ctx"]
+    assert ROW_SPECS["vqae-ctx-third"]["keep_fraction"] == pytest.approx(1 / 3)
+    assert "vqae-ctx-third" in DEFAULT_CODECS and "vqae-ctx" not in DEFAULT_CODECS
 
 
 @pytest.mark.parametrize("epochs", [1])

@@ -161,11 +161,16 @@ def test_for_target_counts_prototypes_and_fits_the_budget() -> None:
         ViewMixCodec.for_target(num_labels=n, num_classes=10, budget_bytes=9000)
 
 
-def test_fit_shrinks_the_codebook_to_the_payload_budget() -> None:
-    # 320 labels: 16 codes need ~160 bytes; 70 bytes leave room for ~1 bit each.
-    codec, logits, ctx = _fit(16, payload_budget_bytes=70)
-    assert codec.config.codebook_size < 16
-    assert codec.encode_in_context(logits, ctx).nbytes <= 70
+def test_fit_meets_the_payload_budget_by_rate_distortion_assignment() -> None:
+    # 320 labels: 16 near-uniform codes need ~160 bytes; 70 force a rate penalty.
+    free, logits, ctx = _fit(16)
+    assert free.config.rate_penalty == 0.0
+    codec, _, _ = _fit(16, payload_budget_bytes=70)
+    assert codec.config.rate_penalty > 0 and codec.config.codebook_size == 16
+    block = codec.encode_in_context(logits, ctx)
+    assert block.nbytes <= 70 < free.encode_in_context(logits, ctx).nbytes
+    loaded = ViewMixCodec.from_stored(codec.to_config(), codec.model_tensors())
+    assert torch.equal(loaded.encode_in_context(logits, ctx).data, block.data)
 
 
 def test_config_rejects_bad_values() -> None:

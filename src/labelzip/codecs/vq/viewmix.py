@@ -54,6 +54,7 @@ __all__ = [
     "BLOCK_OVERHEAD_BYTES",
     "CONTEXT_KIND",
     "RATE_MARGIN",
+    "RD_SLACK_BITS",
     "ViewMixCodec",
     "ViewMixConfig",
     "view_mix_prior",
@@ -69,6 +70,10 @@ ASSUMED_BLOCK_LABELS = 1024
 # Coded bits may exceed the fitted entropy on labels the table was not fitted
 # on; rate control and the fit's check keep this relative margin.
 RATE_MARGIN = 0.03
+# Rate control plans codebooks one bit per label larger than uniform codes would
+# fit; the fit's rate-distortion assignment (rate_penalty) brings the coded
+# size back under payload_budget_bytes.
+RD_SLACK_BITS = 1.0
 MAX_CODEBOOK = 256
 _ASSIGN_CHUNK = 4096
 
@@ -95,6 +100,13 @@ class ViewMixConfig(CodecConfig):
         ge=0,
         description="payload the fit may spend on the labels it is told of; it "
         "lowers K until the coded codes fit (set by rate control)",
+    )
+    rate_penalty: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="lambda of the rate-distortion assignment: a label takes the "
+        "codeword minimising KL + lambda * its code length in bits (set by the fit "
+        "to meet payload_budget_bytes)",
     )
     mix: Literal["logit", "prob"] = Field(
         default="logit", description="mix prototypes' logits or probabilities"
@@ -223,11 +235,17 @@ class ViewMixCodec(Codec):
 
     @staticmethod
     def payload_bytes_for(num_labels: int, codebook_size: int) -> int:
-        """Rate control's bound on the coded payload of ``num_labels`` labels."""
+        """Rate control's planned payload of ``num_labels`` labels at codebook K.
+
+        log2(K) - :data:`RD_SLACK_BITS` bits per label (plus the margin and
+        block overhead): the fit's rate-distortion assignment spends at most
+        ``payload_budget_bytes``, so K may exceed what uniform codes would allow.
+        """
         if codebook_size <= 1:
             return 0
         blocks = max(1, math.ceil(num_labels / ASSUMED_BLOCK_LABELS))
-        bits = num_labels * math.log2(codebook_size) * (1.0 + RATE_MARGIN)
+        per_label = max(math.log2(codebook_size) - RD_SLACK_BITS, 0.25)
+        bits = num_labels * per_label * (1.0 + RATE_MARGIN)
         return math.ceil(bits / 8) + blocks * BLOCK_OVERHEAD_BYTES
 
     def planned_model_tensors(self, num_classes: int) -> dict[str, torch.Tensor] | None:
@@ -308,19 +326,20 @@ class ViewMixCodec(Codec):
         teacher = data - data.mean(dim=1, keepdim=True)
         prototypes = self._fit_prior(teacher, context)
         k = cfg.codebook_size
+        penalty = 0.0
         while True:
             codebook, codes = self._fit_codebook(teacher, context, prototypes, k, gen)
-            coder, coded = self._fit_coder(codes, k)
-            if cfg.payload_budget_bytes is None or k == 1:
+            costs = self._costs(teacher, self._prior(prototypes, context), codebook)
+            found = self._rate_search(costs, k, total)
+            if found is not None or k == 1:
+                coder, codes, penalty = found or (None, codes, 0.0)
                 break
-            bits = coded * (1.0 + RATE_MARGIN) * total / max(1, len(codes))
-            blocks = max(1, math.ceil(total / ASSUMED_BLOCK_LABELS))
-            need = math.ceil(bits / 8) + blocks * BLOCK_OVERHEAD_BYTES
-            if need <= cfg.payload_budget_bytes:
-                break
-            logger.info("vqae-ctx: K=%d codes need %d bytes > budget; K-1", k, need)
+            logger.info("vqae-ctx: K=%d codes cannot meet the budget; K-1", k)
             k -= 1
-        self.config = cfg.model_copy(update={"codebook_size": k})
+        coded = coder.cost_bits(codes.reshape(-1, 1)) if coder is not None else 0.0
+        self.config = cfg.model_copy(
+            update={"codebook_size": k, "rate_penalty": penalty}
+        )
         self.num_classes = num_classes
         self._prototypes = prototypes.detach().to(torch.float16).contiguous()
         self._codebook = codebook.detach().to(torch.float16).contiguous()
@@ -359,21 +378,33 @@ class ViewMixCodec(Codec):
             opt.step()
         return protos.detach()
 
+    def _costs(
+        self, teacher: torch.Tensor, prior: torch.Tensor, codebook: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, K) summed KL of every label under every codeword."""
+        out = []
+        for s in range(0, teacher.shape[0], _ASSIGN_CHUNK):
+            cand = prior[s : s + _ASSIGN_CHUNK].unsqueeze(1) + codebook.unsqueeze(0)
+            out.append(
+                _kl_sum(teacher[s : s + _ASSIGN_CHUNK], cand, self.config.temperatures)
+            )
+        return torch.cat(out) if out else torch.zeros(0, codebook.shape[0])
+
     def _assign(
         self,
         teacher: torch.Tensor,
         prior: torch.Tensor,
         codebook: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        penalty: float = 0.0,
     ) -> torch.Tensor:
-        """(N,) int64 index of the codeword with the least summed KL."""
+        """(N,) int64 codeword with the least KL (+ penalty x code length in bits)."""
         if codebook.shape[0] == 1:
             return torch.zeros(teacher.shape[0], dtype=torch.int64)
-        out = []
-        for s in range(0, teacher.shape[0], _ASSIGN_CHUNK):
-            cand = prior[s : s + _ASSIGN_CHUNK].unsqueeze(1) + codebook.unsqueeze(0)
-            kl = _kl_sum(teacher[s : s + _ASSIGN_CHUNK], cand, self.config.temperatures)
-            out.append(kl.argmin(dim=1))
-        return torch.cat(out)
+        costs = self._costs(teacher, prior, codebook)
+        if lengths is not None and penalty > 0:
+            costs = costs + penalty * lengths
+        return costs.argmin(dim=1)
 
     def _fit_codebook(
         self,
@@ -415,16 +446,68 @@ class ViewMixCodec(Codec):
             codes = self._assign(teacher, self._prior(prototypes, context), frozen)
         return frozen, codes
 
-    @staticmethod
-    def _fit_coder(
-        codes: torch.Tensor, k: int
-    ) -> tuple[CategoricalStreamCoder | None, float]:
-        """The ANS coder of the codes and their coded bits (None, 0 when K = 1)."""
+    def _payload_need(self, bits: float, num_fit: int, total: int) -> int:
+        """Payload bytes of ``total`` labels whose ``num_fit`` fit labels code in ``bits``."""
+        scaled = bits * (1.0 + RATE_MARGIN) * total / max(1, num_fit)
+        blocks = max(1, math.ceil(total / ASSUMED_BLOCK_LABELS))
+        return math.ceil(scaled / 8) + blocks * BLOCK_OVERHEAD_BYTES
+
+    def _coded(
+        self, costs: torch.Tensor, k: int, penalty: float
+    ) -> tuple[CategoricalStreamCoder, torch.Tensor, float]:
+        """Rate-distortion codes at ``penalty``: (coder, (N,) codes, coded bits).
+
+        Alternates assignment under the current code lengths and refitting the
+        table (3 times); the codes are then re-assigned under the final table,
+        exactly as :meth:`encode_in_context` will.
+        """
+        lengths = torch.full((k,), math.log2(k))
+        coder: CategoricalStreamCoder | None = None
+        codes = costs.argmin(dim=1)
+        for _ in range(3):
+            codes = (costs + penalty * lengths).argmin(dim=1)
+            counts = torch.bincount(codes, minlength=k).reshape(1, k)
+            coder = CategoricalStreamCoder(quantize_counts(counts), [0])
+            freq = coder.tables[0].to(torch.float64)
+            lengths = (-torch.log2(freq / freq.sum())).float()
+            if penalty == 0:
+                break
+        assert coder is not None
+        codes = (costs + penalty * lengths).argmin(dim=1) if penalty > 0 else codes
+        return coder, codes, coder.cost_bits(codes.reshape(-1, 1))
+
+    def _rate_search(
+        self, costs: torch.Tensor, k: int, total: int
+    ) -> tuple[CategoricalStreamCoder | None, torch.Tensor, float] | None:
+        """The smallest rate penalty whose codes fit the payload budget.
+
+        Returns (coder, codes, penalty), or None when no penalty fits. Without
+        a budget the penalty is 0 (plain least-KL codes).
+        """
         if k == 1:
-            return None, 0.0
-        counts = torch.bincount(codes, minlength=k).reshape(1, k)
-        coder = CategoricalStreamCoder(quantize_counts(counts), [0])
-        return coder, coder.cost_bits(codes.reshape(-1, 1))
+            return None, torch.zeros(costs.shape[0], dtype=torch.int64), 0.0
+        budget = self.config.payload_budget_bytes
+        n = costs.shape[0]
+        coder, codes, bits = self._coded(costs, k, 0.0)
+        if budget is None or self._payload_need(bits, n, total) <= budget:
+            return coder, codes, 0.0
+        lo, hi = 0.0, 1e-3
+        while True:
+            coder, codes, bits = self._coded(costs, k, hi)
+            if self._payload_need(bits, n, total) <= budget:
+                break
+            lo, hi = hi, hi * 4
+            if hi > 1e3:
+                return None
+        best = (coder, codes, hi)
+        for _ in range(10):  # bisection in log space
+            mid = math.sqrt(max(lo, hi * 1e-3) * hi)
+            coder, codes, bits = self._coded(costs, k, mid)
+            if self._payload_need(bits, n, total) <= budget:
+                hi, best = mid, (coder, codes, mid)
+            else:
+                lo = mid
+        return best
 
     # -- byte path -------------------------------------------------------------------------
     def _check_context(self, context: LabelContext | None, n: int) -> LabelContext:
@@ -454,12 +537,25 @@ class ViewMixCodec(Codec):
         teacher = logits.detach().to("cpu", torch.float32)
         teacher = teacher - teacher.mean(dim=1, keepdim=True)
         with torch.no_grad():
-            codes = self._assign(teacher, self._prior(protos, ctx), book)
+            codes = self._assign(
+                teacher,
+                self._prior(protos, ctx),
+                book,
+                self._lengths(),
+                self.config.rate_penalty,
+            )
         if self._coder is None or n == 0:
             data = torch.zeros(0, dtype=torch.uint8)
         else:
             data = self._coder.encode(codes.reshape(-1, 1))
         return EncodedBlock(num_labels=n, data=data)
+
+    def _lengths(self) -> torch.Tensor | None:
+        """(K,) code lengths in bits under the stored table (None when K = 1)."""
+        if self._coder is None:
+            return None
+        freq = self._coder.tables[0].to(torch.float64)
+        return (-torch.log2(freq / freq.sum())).float()
 
     def decode_codes(self, block: EncodedBlock) -> torch.Tensor:
         """A block's (N,) int64 codeword indices (CPU)."""
