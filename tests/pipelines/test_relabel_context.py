@@ -90,7 +90,7 @@ def test_quickstart_has_context_rows() -> None:
 
     assert ROW_SPECS["vqae-ctx"]["codec"] == "vqae-ctx"
     assert ROW_SPECS["vqae-ctx-third"]["keep_fraction"] == pytest.approx(1 / 3)
-    assert "vqae-ctx-third" in DEFAULT_CODECS and "vqae-ctx" not in DEFAULT_CODECS
+    assert {"vqae-ctx", "vqae-ctx-third"} <= set(DEFAULT_CODECS)
 
 
 @pytest.mark.parametrize("epochs", [1])

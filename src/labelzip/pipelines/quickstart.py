@@ -62,11 +62,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Row name -> how its archive is made. ``ratio`` comes from the config (all but dense).
-# vqae-ctx-third is the VQAE row: labels predicted from the replayed view's context
-# (per-image prototypes mixed like the view) plus a VQ residual, for a third of the
-# views (more bits each); vqae-ctx labels every view. Measured at 40x (IPC 10, one
-# seed; docs/vqae-design.md, "Context prior"): retention 98.0% (third), 96.5%
-# (every view), plain vqae 88.4%, top-k MS 97.8%.
+# vqae-ctx: labels predicted from the replayed view's context (per-image prototypes
+# mixed like the view) plus a VQ residual, for every view; vqae-ctx-third: for a
+# third of the views, more bits each. Retention (IPC 10, one seed; docs/vqae-design.md,
+# "Context prior"): 40x: 96.5% (every view), 98.0% (third), plain vqae 88.4%, top-k
+# MS 97.8%; 100x: 94.0% (every view), 90.7% (third), vqae 92.4%, top-k MS 94.8%.
 ROW_SPECS: dict[str, dict[str, Any]] = {
     "dense": {"codec": "dense", "options": {"dtype": "fp16"}},
     "vqae-ctx-third": {"codec": "vqae-ctx", "keep_fraction": 1 / 3},
@@ -85,8 +85,7 @@ ROW_SPECS: dict[str, dict[str, Any]] = {
     "lpld": {"codec": "dense", "options": {"dtype": "fp16"}, "auto_prune": True},
     "rskd": {"codec": "rskd", "auto_prune": True},
 }
-# Every row but vqae-ctx (every view; run it with codecs=...): one student each.
-DEFAULT_CODECS: tuple[str, ...] = tuple(n for n in ROW_SPECS if n != "vqae-ctx")
+DEFAULT_CODECS: tuple[str, ...] = tuple(ROW_SPECS)
 
 StageProgress = Callable[[str, int, int], None]
 """``progress(stage, done, total)`` for the stages: teacher, distill, relabel, students."""
