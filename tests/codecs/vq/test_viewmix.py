@@ -85,6 +85,34 @@ def test_from_stored_decodes_and_encodes_identically() -> None:
     assert codec.model_bytes() == ViewMixCodec.model_bytes_for(M, C, 8)
 
 
+def test_eight_bit_prototypes_halve_their_bytes_and_round_trip() -> None:
+    codec, logits, ctx = _fit(4, prototype_bits=8)
+    tensors = codec.model_tensors()
+    assert tensors["prototypes"].dtype == torch.uint8
+    assert codec.model_bytes() == ViewMixCodec.model_bytes_for(M, C, 4, 8)
+    assert codec.model_bytes() == M * C + 8 + 2 * 4 * C + 2 * 4
+    block = codec.encode_in_context(logits, ctx)
+    loaded = ViewMixCodec.from_stored(codec.to_config(), tensors)
+    assert torch.equal(
+        loaded.decode_in_context(block, ctx), codec.decode_in_context(block, ctx)
+    )
+    assert torch.equal(loaded.encode_in_context(logits, ctx).data, block.data)
+    planned = ViewMixCodec(
+        ViewMixConfig(num_images=M, codebook_size=4, prototype_bits=8)
+    )
+    shapes = planned.planned_model_tensors(C)
+    assert shapes is not None
+    assert {n: (t.shape, t.dtype) for n, t in shapes.items()} == {
+        n: (t.shape, t.dtype) for n, t in tensors.items()
+    }
+    full, _, _ = _fit(4)
+    kl8 = kl_divergence(logits, codec.decode_in_context(block, ctx), 4.0).mean()
+    kl16 = kl_divergence(
+        logits, full.decode_in_context(full.encode_in_context(logits, ctx), ctx), 4.0
+    ).mean()
+    assert kl8 < 1.1 * kl16
+
+
 def test_without_context_is_a_clear_error() -> None:
     codec, logits, ctx = _fit(4)
     block = codec.encode_in_context(logits, ctx)

@@ -57,6 +57,8 @@ __all__ = [
     "RD_SLACK_BITS",
     "ViewMixCodec",
     "ViewMixConfig",
+    "dequantize_prototypes",
+    "quantize_prototypes",
     "view_mix_prior",
 ]
 
@@ -107,6 +109,11 @@ class ViewMixConfig(CodecConfig):
         description="lambda of the rate-distortion assignment: a label takes the "
         "codeword minimising KL + lambda * its code length in bits (set by the fit "
         "to meet payload_budget_bytes)",
+    )
+    prototype_bits: Literal[8, 16] = Field(
+        default=16,
+        description="16: fp16 prototypes; 8: uint8 on one shared affine grid "
+        "(half the bytes; frees budget for codes at high ratios)",
     )
     mix: Literal["logit", "prob"] = Field(
         default="logit", description="mix prototypes' logits or probabilities"
@@ -159,6 +166,36 @@ def view_mix_prior(
     return torch.logaddexp(own, other)
 
 
+def quantize_prototypes(
+    prototypes: torch.Tensor, bits: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Stored tensors of (M, C) prototypes and the float32 values they decode to.
+
+    16 bits: fp16. 8 bits: uint8 levels on one grid ``low + step * level``
+    (``prototype_grid`` = [low, step], float32), with the grid's range the
+    prototypes' own, so the error is at most step / 2.
+    """
+    if bits == 16:
+        stored = prototypes.detach().to("cpu", torch.float16).contiguous()
+        return {"prototypes": stored}, stored.float()
+    flat = prototypes.detach().to("cpu", torch.float32)
+    low, high = float(flat.min()), float(flat.max())
+    step = max((high - low) / 255.0, 1e-6)
+    grid = torch.tensor([low, step], dtype=torch.float32)
+    levels = torch.round((flat - grid[0]) / grid[1]).clamp(0, 255).to(torch.uint8)
+    tensors = {"prototypes": levels.contiguous(), "prototype_grid": grid}
+    return tensors, dequantize_prototypes(tensors)
+
+
+def dequantize_prototypes(stored: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(M, C) float32 CPU prototypes from their stored tensors (bit-exact on CPU)."""
+    protos = stored["prototypes"]
+    if protos.dtype == torch.float16:
+        return protos.to("cpu", torch.float32)
+    grid = stored["prototype_grid"].to("cpu", torch.float32)
+    return grid[0] + grid[1] * protos.to("cpu", torch.float32)
+
+
 def _kl_sum(teacher: torch.Tensor, decoded: torch.Tensor, temps: tuple[float, ...]):
     """Sum over temperatures of KL(teacher_T || decoded_T); decoded may be (N, K, C)."""
     out: torch.Tensor | float = 0.0
@@ -190,7 +227,8 @@ class ViewMixCodec(Codec):
 
     def __init__(self, config: ViewMixConfig | None = None) -> None:
         super().__init__(config if config is not None else ViewMixConfig())
-        self._prototypes: torch.Tensor | None = None  # (M, C) fp16
+        self._prototypes: torch.Tensor | None = None  # (M, C) float32, as decoded
+        self._proto_stored: dict[str, torch.Tensor] = {}  # what the archive stores
         self._codebook: torch.Tensor | None = None  # (K, C) fp16
         self._coder: CategoricalStreamCoder | None = None
         self._float: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -228,10 +266,19 @@ class ViewMixCodec(Codec):
         return self.config.num_images
 
     @staticmethod
-    def model_bytes_for(num_images: int, num_classes: int, codebook_size: int) -> int:
-        """fp16 prototypes and codebook plus the int16 frequency table (K > 1)."""
+    def model_bytes_for(
+        num_images: int,
+        num_classes: int,
+        codebook_size: int,
+        prototype_bits: int = 16,
+    ) -> int:
+        """Prototypes, fp16 codebook and the int16 frequency table (K > 1)."""
         table = 2 * codebook_size if codebook_size > 1 else 0
-        return 2 * num_images * num_classes + 2 * codebook_size * num_classes + table
+        if prototype_bits == 16:
+            protos = 2 * num_images * num_classes
+        else:
+            protos = num_images * num_classes + 8  # + the float32 [low, step] grid
+        return protos + 2 * codebook_size * num_classes + table
 
     @staticmethod
     def payload_bytes_for(num_labels: int, codebook_size: int) -> int:
@@ -252,11 +299,12 @@ class ViewMixCodec(Codec):
         if self.config.num_images is None:
             return None
         k = self.config.codebook_size
+        protos, _ = quantize_prototypes(
+            torch.zeros(self.config.num_images, num_classes), self.config.prototype_bits
+        )
         out = {
             "codebook": torch.zeros(k, num_classes, dtype=torch.float16),
-            "prototypes": torch.zeros(
-                self.config.num_images, num_classes, dtype=torch.float16
-            ),
+            **protos,
         }
         if k > 1:
             out["code_freq"] = torch.zeros(1, k, dtype=torch.int16)
@@ -341,7 +389,9 @@ class ViewMixCodec(Codec):
             update={"codebook_size": k, "rate_penalty": penalty}
         )
         self.num_classes = num_classes
-        self._prototypes = prototypes.detach().to(torch.float16).contiguous()
+        self._proto_stored, self._prototypes = quantize_prototypes(
+            prototypes, cfg.prototype_bits
+        )
         self._codebook = codebook.detach().to(torch.float16).contiguous()
         self._coder = coder
         self._float = {}
@@ -440,7 +490,8 @@ class ViewMixCodec(Codec):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        prototypes.copy_(protos.detach().half().float())
+        _, rounded = quantize_prototypes(protos.detach(), cfg.prototype_bits)
+        prototypes.copy_(rounded)
         frozen = book.detach().half().float()
         with torch.no_grad():
             codes = self._assign(teacher, self._prior(prototypes, context), frozen)
@@ -608,7 +659,7 @@ class ViewMixCodec(Codec):
     def model_tensors(self) -> dict[str, torch.Tensor]:
         self._require_fitted("model_tensors")
         assert self._prototypes is not None and self._codebook is not None
-        out = {"prototypes": self._prototypes, "codebook": self._codebook}
+        out = {**self._proto_stored, "codebook": self._codebook}
         if self._coder is not None:
             out["code_freq"] = self._coder.tables
         return out
@@ -646,6 +697,9 @@ class ViewMixCodec(Codec):
             "prototypes": ((m or 0, num_classes), torch.float16),
             "codebook": ((k, num_classes), torch.float16),
         }
+        if cfg.prototype_bits == 8:
+            shapes["prototypes"] = ((m or 0, num_classes), torch.uint8)
+            shapes["prototype_grid"] = ((2,), torch.float32)
         if k > 1:
             shapes["code_freq"] = ((1, k), torch.int16)
         for name, (shape, dtype) in shapes.items():
@@ -658,7 +712,12 @@ class ViewMixCodec(Codec):
         extra = set(tensors) - set(shapes)
         if extra:
             raise ArchiveFormatError(f"unexpected vqae-ctx tensors {sorted(extra)}")
-        codec._prototypes = tensors["prototypes"].cpu().contiguous()
+        codec._proto_stored = {
+            name: tensors[name].cpu().contiguous()
+            for name in ("prototypes", "prototype_grid")
+            if name in shapes
+        }
+        codec._prototypes = dequantize_prototypes(codec._proto_stored)
         codec._codebook = tensors["codebook"].cpu().contiguous()
         if k > 1:
             try:
@@ -698,25 +757,26 @@ class ViewMixCodec(Codec):
         top = base.codebook_size if "codebook_size" in fixed else MAX_CODEBOOK
         best = None
         for k in range(top, 0, -1):
-            model = cls.model_bytes_for(m, num_classes, k)
+            model = cls.model_bytes_for(m, num_classes, k, base.prototype_bits)
             if model + cls.payload_bytes_for(num_labels, k) <= budget_bytes:
                 best = k
                 break
         if best is None:
-            smallest = cls.model_bytes_for(m, num_classes, 1)
+            smallest = cls.model_bytes_for(m, num_classes, 1, base.prototype_bits)
             if "codebook_size" in fixed:
                 smallest = cls.model_bytes_for(
-                    m, num_classes, base.codebook_size
+                    m, num_classes, base.codebook_size, base.prototype_bits
                 ) + cls.payload_bytes_for(num_labels, base.codebook_size)
             dense = 2 * num_labels * num_classes
             raise UnreachableTargetError(
                 f"no vqae-ctx configuration fits {budget_bytes} bytes for {num_labels} "
-                f"labels: the prototypes of {m} images alone take {2 * m * num_classes} "
+                f"labels: the prototypes of {m} images alone take "
+                f"{cls.model_bytes_for(m, num_classes, 0, base.prototype_bits)} "
                 f"bytes and the smallest configuration {smallest} (best reachable "
                 f"ratio {dense / max(1, smallest):.1f}x vs fp16 before the header); "
                 "lower the ratio"
             )
-        model = cls.model_bytes_for(m, num_classes, best)
+        model = cls.model_bytes_for(m, num_classes, best, base.prototype_bits)
         return cls(
             base.model_copy(
                 update={
