@@ -113,6 +113,19 @@ def test_eight_bit_prototypes_halve_their_bytes_and_round_trip() -> None:
     assert kl8 < 1.1 * kl16
 
 
+def test_a_block_that_codes_to_zero_bytes_decodes() -> None:
+    """Only the most likely code in a block: ANS may emit no words at all."""
+    codec, logits, ctx = _fit(2, payload_budget_bytes=12)
+    assert codec.config.rate_penalty > 0
+    codes = codec.decode_codes(codec.encode_in_context(logits, ctx))
+    common = codes == torch.mode(codes).values
+    block = codec.encode_in_context(logits[common], ctx.select(common))
+    assert block.nbytes == 0 and block.num_labels == int(common.sum()) > 200
+    decoded = codec.decode_in_context(block, ctx.select(common))
+    full = codec.decode_in_context(codec.encode_in_context(logits, ctx), ctx)
+    assert torch.equal(decoded, full[common])
+
+
 def test_without_context_is_a_clear_error() -> None:
     codec, logits, ctx = _fit(4)
     block = codec.encode_in_context(logits, ctx)

@@ -30,6 +30,8 @@ import logging
 import math
 from typing import Any, ClassVar, Literal
 
+import constriction
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
@@ -76,6 +78,9 @@ RATE_MARGIN = 0.03
 # fit; the fit's rate-distortion assignment (rate_penalty) brings the coded
 # size back under payload_budget_bytes.
 RD_SLACK_BITS = 1.0
+# ... but at least this many bits per label (the RD fit reaches any budget down
+# to ~0.01 bits per label by sending almost every label to one codeword).
+MIN_PLANNED_BITS = 0.1
 MAX_CODEBOOK = 256
 _ASSIGN_CHUNK = 4096
 
@@ -291,7 +296,7 @@ class ViewMixCodec(Codec):
         if codebook_size <= 1:
             return 0
         blocks = max(1, math.ceil(num_labels / ASSUMED_BLOCK_LABELS))
-        per_label = max(math.log2(codebook_size) - RD_SLACK_BITS, 0.25)
+        per_label = max(math.log2(codebook_size) - RD_SLACK_BITS, MIN_PLANNED_BITS)
         bits = num_labels * per_label * (1.0 + RATE_MARGIN)
         return math.ceil(bits / 8) + blocks * BLOCK_OVERHEAD_BYTES
 
@@ -618,7 +623,14 @@ class ViewMixCodec(Codec):
                 )
             return torch.zeros(block.num_labels, dtype=torch.int64)
         try:
-            codes = self._coder.decode(block.data.cpu(), block.num_labels)
+            if block.nbytes == 0 and block.num_labels:
+                # A block of only very likely codes can code to zero words; the
+                # ANS state then is the initial one (entropy.decode_joint refuses
+                # empty data, so pop from an empty coder here).
+                empty = constriction.stream.stack.AnsCoder(np.zeros(0, np.uint32))
+                codes = self._coder._pop(empty, block.num_labels)
+            else:
+                codes = self._coder.decode(block.data.cpu(), block.num_labels)
         except Exception as exc:
             raise ArchiveFormatError(
                 f"corrupt vqae-ctx block of {block.num_labels} labels: {exc}"
