@@ -258,3 +258,25 @@ def test_per_label_levels_round_trip_and_bytes(
     tensors.pop("level_table")
     with pytest.raises(ArchiveFormatError, match="level_table"):
         VQAESparseCodec.from_stored(leveled.to_config(), tensors)
+
+
+def test_closed_form_oracle_kl_matches_the_dense_one(
+    codec: VQAESparseCodec, test_logits: torch.Tensor
+) -> None:
+    log_p = torch.log_softmax(test_logits, dim=1)
+    top, ids = log_p.topk(24, dim=1)
+    for k in (3, 24):
+        kl, which = codec._oracle(log_p, top, ids, k)
+        tail = (1.0 - top[:, :k].double().exp().sum(1)).log().float()[:, None]
+        q = codec._densify(torch.cat([top[:, :k], tail], 1), ids[:, :k], which)
+        dense = (log_p.exp() * (log_p - q)).sum(dim=1)
+        assert torch.allclose(kl.float(), dense, atol=1e-4)
+        # the chosen tail exponent is the best one on the grid
+        assert codec._grid is not None
+        for other in range(codec._grid.numel()):
+            q2 = codec._densify(
+                torch.cat([top[:, :k], tail], 1),
+                ids[:, :k],
+                torch.full_like(which, other),
+            )
+            assert bool(((log_p.exp() * (log_p - q2)).sum(1) >= dense - 1e-4).all())

@@ -355,8 +355,13 @@ class VQAESparseCodec(Codec):
     def _oracle(
         self, log_p: torch.Tensor, top: torch.Tensor, ids: torch.Tensor, k: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n,) KL at T=1 with the exact top-k values and the modelled tail, and
-        the (n,) best tail index on the stored grid."""
+        """(n,) KL(p || q) at T=1 for q = the exact top-k values + the modelled
+        tail, and the (n,) best tail index on the stored grid.
+
+        Closed form, one O(C) pass per label: the head contributes nothing, and
+        the tail part is ``sum_tail p log p - P log P - max_a score(a)`` with
+        ``score(a) = a A - P log Z_n(a)`` (see :func:`_tail_terms`).
+        """
         assert self._grid is not None and self._log_z is not None
         prior = self._log_prior_wide(log_p.device)
         kl, which = [], []
@@ -366,17 +371,19 @@ class VQAESparseCodec(Codec):
             ids.split(ROW_BLOCK),
             strict=True,
         ):
-            tk, ik = tp[:, :k], ii[:, :k]
-            w = (
-                _tail_scores(lp, ik, prior, self._grid).argmax(1)
-                if self.config.tail_bits
-                else torch.zeros(lp.shape[0], dtype=torch.int64)
-            )
-            tail = (1.0 - tk.double().exp().sum(1)).clamp_min(_TAIL_FLOOR).log()
-            q = self._densify(torch.cat([tk, tail.float()[:, None]], 1), ik, w)
-            kl.append((lp.exp() * (lp - q.clamp_min(math.log(1e-8)))).sum(1))
-            which.append(w)
-        return torch.cat(kl), torch.cat(which)
+            p = lp.exp()
+            neg_ent = (p * lp).sum(dim=1, dtype=torch.float64)
+            p_prior = (p @ prior.float()).double()
+            tk = tp[:, :k].double()
+            score = _tail_terms(p_prior, tk, ii[:, :k], prior, self._grid, self._log_z)
+            best = score.max(dim=1)
+            pk = tk.exp()
+            mass = (1.0 - pk.sum(dim=1)).clamp_min(0.0)
+            tail_neg_ent = neg_ent - (pk * tk).sum(dim=1)
+            log_mass = mass.clamp_min(_TAIL_FLOOR).log()
+            kl.append((tail_neg_ent - mass * log_mass - best.values).clamp_min(0.0))
+            which.append(best.indices)
+        return torch.cat(kl).cpu(), torch.cat(which).cpu()
 
     def _slot_bits(self, buckets: torch.Tensor) -> torch.Tensor:
         """(n, K) cumulative id bits of the first j + 1 slots under the stored tables."""
@@ -453,7 +460,12 @@ class VQAESparseCodec(Codec):
             model = self.model_bytes_for(cfg, k, num_classes)
             avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
             avail = avail * (1 - _MARGIN) - fixed
-            bits = torch.stack([cum[:, kk - 1] for kk in levels], 1)
+            # id cost with tables pooled over exactly these K slots
+            self._id_tables = _tables(
+                buckets[:, :k], _alphabet(num_classes), _column_tables(k)
+            )
+            cum_k = self._slot_bits(buckets[:, :k])
+            bits = torch.stack([cum_k[:, kk - 1] for kk in levels], 1)
             if float(bits[:, 0].mean()) > avail:
                 continue
             for kk in levels:
@@ -606,7 +618,6 @@ class VQAESparseCodec(Codec):
         if n == 0:
             return EncodedBlock(num_labels=0, data=torch.zeros(0, dtype=torch.uint8))
         books = self._codebooks.float()
-        prior = self._log_prior_wide()
         all_ids, all_codes, all_tail, all_level = [], [], [], []
         with torch.no_grad():
             for rows in logits.detach().split(ROW_BLOCK):
@@ -623,9 +634,7 @@ class VQAESparseCodec(Codec):
                     all_level.append(which)
                     all_tail.append(tail)
                 elif cfg.tail_bits:
-                    all_tail.append(
-                        _tail_scores(log_p, ids, prior, self._grid).argmax(1)
-                    )
+                    all_tail.append(self._oracle(log_p, top, ids, k)[1])
         ids = torch.cat(all_ids)
         ranks = self._rank[ids]
         buckets = _bucket(ranks)
@@ -1014,6 +1023,32 @@ def _tail_scores(
     kept = torch.exp(prior[ids][:, :, None] * g[None, None]).sum(dim=1)
     z = (log_z.exp()[None] - kept).clamp_min(torch.finfo(torch.float64).tiny)
     return (g[None] * a[:, None] - mass[:, None] * z.log()).cpu()
+
+
+def _tail_terms(
+    p_prior: torch.Tensor,
+    top: torch.Tensor,
+    ids: torch.Tensor,
+    prior: torch.Tensor,
+    grid: torch.Tensor,
+    log_z: torch.Tensor,
+) -> torch.Tensor:
+    """(n, G) ``a A - P log Z_n(a)`` from (n,) ``sum_v p_v lp_v``, (n, K) kept log-probs.
+
+    ``A = sum_tail p_v lp_v`` (lp: the log prior), ``P`` the tail mass and
+    ``Z_n(a) = Z(a) - sum_kept e^{a lp_v}`` with ``log Z(a)`` precomputed: O(K G).
+    """
+    dtype = _wide(top.device)
+    prior = prior.to(top.device, dtype)
+    pk = top.to(dtype).exp()
+    a = p_prior.to(dtype) - (pk * prior[ids]).sum(dim=1)
+    mass = (1.0 - pk.sum(dim=1)).clamp_min(0.0)
+    g = grid.to(top.device, dtype)
+    kept = torch.exp(prior[ids][:, :, None] * g[None, None]).sum(dim=1)
+    z = (log_z.to(top.device, dtype).exp()[None] - kept).clamp_min(
+        torch.finfo(dtype).tiny
+    )
+    return g[None] * a[:, None] - mass[:, None] * z.log()
 
 
 def _collect(source: LogitSource, limit: int) -> torch.Tensor:
