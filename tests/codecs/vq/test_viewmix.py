@@ -85,7 +85,7 @@ def test_from_stored_decodes_and_encodes_identically() -> None:
     assert codec.model_bytes() == ViewMixCodec.model_bytes_for(M, C, 8)
 
 
-def test_eight_bit_prototypes_halve_their_bytes_and_round_trip() -> None:
+def test_eight_and_sixteen_bit_prototypes() -> None:
     codec, logits, ctx = _fit(4, prototype_bits=8)
     tensors = codec.model_tensors()
     assert tensors["prototypes"].dtype == torch.uint8
@@ -105,7 +105,9 @@ def test_eight_bit_prototypes_halve_their_bytes_and_round_trip() -> None:
     assert {n: (t.shape, t.dtype) for n, t in shapes.items()} == {
         n: (t.shape, t.dtype) for n, t in tensors.items()
     }
-    full, _, _ = _fit(4)
+    full, _, _ = _fit(4, prototype_bits=16)
+    assert full.model_tensors()["prototypes"].dtype == torch.float16
+    assert full.model_bytes() == ViewMixCodec.model_bytes_for(M, C, 4, 16)
     kl8 = kl_divergence(logits, codec.decode_in_context(block, ctx), 4.0).mean()
     kl16 = kl_divergence(
         logits, full.decode_in_context(full.encode_in_context(logits, ctx), ctx), 4.0
@@ -189,14 +191,14 @@ def test_for_target_counts_prototypes_and_fits_the_budget() -> None:
     assert codec.config.payload_budget_bytes == 10000 - ViewMixCodec.model_bytes_for(
         100, 10, k
     )
-    # Just the prototypes (2000 B) and a 1-word codebook fit: K = 1.
+    # Just the uint8 prototypes (1008 B) and a 1-word codebook fit: K = 1.
     tiny = ViewMixCodec.for_target(
-        num_labels=n, num_classes=10, budget_bytes=2100, num_images=100
+        num_labels=n, num_classes=10, budget_bytes=1100, num_images=100
     )
     assert tiny.config.codebook_size == 1
     with pytest.raises(UnreachableTargetError, match="prototypes of 100 images"):
         ViewMixCodec.for_target(
-            num_labels=n, num_classes=10, budget_bytes=1500, num_images=100
+            num_labels=n, num_classes=10, budget_bytes=900, num_images=100
         )
     with pytest.raises(ConfigError, match="num_images"):
         ViewMixCodec.for_target(num_labels=n, num_classes=10, budget_bytes=9000)
