@@ -296,7 +296,7 @@ class VQAESparseCodec(Codec):
         self._set_coders(tables, None)
         if len(levels) > 1:
             assert lam is not None
-            kl, _ = self._level_kl(log_p, top, ids)
+            kl, _ = self._level_kl(self._row_stats(log_p), top, ids)
             which = (kl + lam * self._level_bits(ids)).argmin(1)
             budgeted = cfg.rate_lambda is None and cfg.budget_bytes is not None
             for attempt in range(3):
@@ -352,38 +352,43 @@ class VQAESparseCodec(Codec):
             else None
         )
 
+    def _row_stats(self, log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n,) ``sum_v p_v log p_v`` and (n,) ``sum_v p_v lp_v``: the O(C) pass."""
+        prior = self._log_prior_wide(log_p.device).float()
+        neg_ent, p_prior = [], []
+        for lp in log_p.split(ROW_BLOCK):
+            p = lp.exp()
+            neg_ent.append((p * lp).sum(dim=1, dtype=torch.float64))
+            p_prior.append((p @ prior).double())
+        return torch.cat(neg_ent), torch.cat(p_prior)
+
     def _oracle(
-        self, log_p: torch.Tensor, top: torch.Tensor, ids: torch.Tensor, k: int
+        self,
+        stats: tuple[torch.Tensor, torch.Tensor],
+        top: torch.Tensor,
+        ids: torch.Tensor,
+        k: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(n,) KL(p || q) at T=1 for q = the exact top-k values + the modelled
         tail, and the (n,) best tail index on the stored grid.
 
-        Closed form, one O(C) pass per label: the head contributes nothing, and
-        the tail part is ``sum_tail p log p - P log P - max_a score(a)`` with
+        Closed form in O(K G) per label given :meth:`_row_stats`: the head
+        contributes nothing, and the tail part is
+        ``sum_tail p log p - P log P - max_a score(a)`` with
         ``score(a) = a A - P log Z_n(a)`` (see :func:`_tail_terms`).
         """
         assert self._grid is not None and self._log_z is not None
-        prior = self._log_prior_wide(log_p.device)
-        kl, which = [], []
-        for lp, tp, ii in zip(
-            log_p.split(ROW_BLOCK),
-            top.split(ROW_BLOCK),
-            ids.split(ROW_BLOCK),
-            strict=True,
-        ):
-            p = lp.exp()
-            neg_ent = (p * lp).sum(dim=1, dtype=torch.float64)
-            p_prior = (p @ prior.float()).double()
-            tk = tp[:, :k].double()
-            score = _tail_terms(p_prior, tk, ii[:, :k], prior, self._grid, self._log_z)
-            best = score.max(dim=1)
-            pk = tk.exp()
-            mass = (1.0 - pk.sum(dim=1)).clamp_min(0.0)
-            tail_neg_ent = neg_ent - (pk * tk).sum(dim=1)
-            log_mass = mass.clamp_min(_TAIL_FLOOR).log()
-            kl.append((tail_neg_ent - mass * log_mass - best.values).clamp_min(0.0))
-            which.append(best.indices)
-        return torch.cat(kl).cpu(), torch.cat(which).cpu()
+        neg_ent, p_prior = stats
+        prior = self._log_prior_wide(top.device)
+        tk = top[:, :k].double()
+        score = _tail_terms(p_prior, tk, ids[:, :k], prior, self._grid, self._log_z)
+        best = score.max(dim=1)
+        pk = tk.exp()
+        mass = (1.0 - pk.sum(dim=1)).clamp_min(0.0)
+        tail_neg_ent = neg_ent - (pk * tk).sum(dim=1)
+        log_mass = mass.clamp_min(_TAIL_FLOOR).log()
+        kl = (tail_neg_ent - mass * log_mass - best.values).clamp_min(0.0)
+        return kl.cpu(), best.indices.cpu()
 
     def _slot_bits(self, buckets: torch.Tensor) -> torch.Tensor:
         """(n, K) cumulative id bits of the first j + 1 slots under the stored tables."""
@@ -394,10 +399,13 @@ class VQAESparseCodec(Codec):
         return (-log2p[cols[None], buckets] + buckets.double()).cumsum(dim=1)
 
     def _level_kl(
-        self, log_p: torch.Tensor, top: torch.Tensor, ids: torch.Tensor
+        self,
+        stats: tuple[torch.Tensor, torch.Tensor],
+        top: torch.Tensor,
+        ids: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, L) oracle KL and (n, L) best tail index of every level."""
-        pairs = [self._oracle(log_p, top, ids, kk) for kk in self._levels()]
+        pairs = [self._oracle(stats, top, ids, kk) for kk in self._levels()]
         kl = torch.stack([p[0].double() for p in pairs], 1)
         return kl, torch.stack([p[1] for p in pairs], 1)
 
@@ -415,10 +423,14 @@ class VQAESparseCodec(Codec):
         return _levels(self.k, self.config.k_levels)
 
     def _choose(
-        self, log_p: torch.Tensor, top: torch.Tensor, ids: torch.Tensor, lam: float
+        self,
+        stats: tuple[torch.Tensor, torch.Tensor],
+        top: torch.Tensor,
+        ids: torch.Tensor,
+        lam: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(n,) level index minimising KL + lam * bits, and its (n,) tail index."""
-        kl, tails = self._level_kl(log_p, top, ids)
+        kl, tails = self._level_kl(stats, top, ids)
         which = (kl + lam * self._level_bits(ids)).argmin(1)
         return which, tails.gather(1, which[:, None])[:, 0]
 
@@ -454,6 +466,7 @@ class VQAESparseCodec(Codec):
             {k for k in _K_GRID if k <= k_cap} | {k_cap} if cfg.k is None else {cfg.k}
         )
         kl_cache: dict[int, torch.Tensor] = {}
+        stats = self._row_stats(log_p)
         best: tuple[float, int, float] | None = None
         for k in cands:
             levels = _levels(k, cfg.k_levels)
@@ -470,7 +483,7 @@ class VQAESparseCodec(Codec):
                 continue
             for kk in levels:
                 if kk not in kl_cache:
-                    kl_cache[kk] = self._oracle(log_p, top, ids, kk)[0].double()
+                    kl_cache[kk] = self._oracle(stats, top, ids, kk)[0].double()
             kl = torch.stack([kl_cache[kk] for kk in levels], 1)
             lam = _fit_lambda(kl, bits, avail)
             pick = (kl + lam * bits).argmin(1, keepdim=True)
@@ -630,11 +643,15 @@ class VQAESparseCodec(Codec):
                 all_ids.append(ids)
                 if len(levels) > 1:
                     assert cfg.rate_lambda is not None
-                    which, tail = self._choose(log_p, top, ids, cfg.rate_lambda)
+                    which, tail = self._choose(
+                        self._row_stats(log_p), top, ids, cfg.rate_lambda
+                    )
                     all_level.append(which)
                     all_tail.append(tail)
                 elif cfg.tail_bits:
-                    all_tail.append(self._oracle(log_p, top, ids, k)[1])
+                    all_tail.append(
+                        self._oracle(self._row_stats(log_p), top, ids, k)[1]
+                    )
         ids = torch.cat(all_ids)
         ranks = self._rank[ids]
         buckets = _bucket(ranks)
