@@ -64,9 +64,10 @@ logger = logging.getLogger(__name__)
 # Row name -> how its archive is made. ``ratio`` comes from the config (all but dense).
 # vqae-ctx: labels predicted from the replayed view's context (per-image prototypes
 # mixed like the view) plus a VQ residual, for every view; vqae-ctx-third: for a
-# third of the views, more bits each. Retention (IPC 10, one seed; docs/vqae-design.md,
-# "Context prior"): 40x: 96.5% (every view), 98.0% (third), plain vqae 88.4%, top-k
-# MS 97.8%; 100x: 94.0% (every view), 90.7% (third), vqae 92.4%, top-k MS 94.8%.
+# third of the views, more bits each. Retention (IPC 10, seed 0; docs/vqae-design.md,
+# "Context prior"): 40x: 96.4% (every view), 97.8% (third), plain vqae 88.4%, top-k
+# MS 97.8%; 100x: 94.4% at 140x (every view, no per-label bits), 94.7% (third),
+# vqae 92.4%, top-k MS 94.8%.
 ROW_SPECS: dict[str, dict[str, Any]] = {
     "dense": {"codec": "dense", "options": {"dtype": "fp16"}},
     "vqae-ctx-third": {"codec": "vqae-ctx", "keep_fraction": 1 / 3},
