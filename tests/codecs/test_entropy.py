@@ -91,3 +91,14 @@ def test_errors_name_the_problem() -> None:
         CategoricalStreamCoder(torch.ones(1, 8, dtype=torch.int32), [0])
     with pytest.raises(InputError, match="column_tables"):
         CategoricalStreamCoder(coder.tables, [5])
+
+
+def test_a_run_of_near_certain_symbols_may_code_to_zero_words() -> None:
+    """A valid empty stream decodes (it used to be refused as 'empty')."""
+    train = torch.zeros(1_000_000, 1, dtype=torch.int64)
+    train[0] = 1  # symbol 0 gets almost all of the table's precision
+    coder = CategoricalStreamCoder.fit(train, 2)
+    run = torch.zeros(20, 1, dtype=torch.int64)
+    data = coder.encode(run)
+    assert data.numel() == 0
+    assert torch.equal(coder.decode(data, 20), run)

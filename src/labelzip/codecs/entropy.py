@@ -296,13 +296,9 @@ def decode_joint(
             f"{raw.numel()} bytes of {raw.dtype}"
         )
     out: list[torch.Tensor] = []
-    if raw.numel() == 0:
-        for coder, rows in parts:
-            count = rows(out) if callable(rows) else rows
-            if count * coder.num_columns:
-                raise InputError("entropy-coded data is empty but symbols are expected")
-            out.append(torch.zeros(count, coder.num_columns, dtype=torch.int64))
-        return out
+    # Symbols of (near-)certain probability cost less than one bit each: a long
+    # run of them can code to zero words, so an empty stream is valid and decodes
+    # from the coder's initial state (block checksums catch truncation).
     words = raw.numpy().view("<u4").astype(np.uint32)
     ans = constriction.stream.stack.AnsCoder(words)
     try:

@@ -30,8 +30,6 @@ import logging
 import math
 from typing import Any, ClassVar, Literal
 
-import constriction
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 
@@ -623,14 +621,8 @@ class ViewMixCodec(Codec):
                 )
             return torch.zeros(block.num_labels, dtype=torch.int64)
         try:
-            if block.nbytes == 0 and block.num_labels:
-                # A block of only very likely codes can code to zero words; the
-                # ANS state then is the initial one (entropy.decode_joint refuses
-                # empty data, so pop from an empty coder here).
-                empty = constriction.stream.stack.AnsCoder(np.zeros(0, np.uint32))
-                codes = self._coder._pop(empty, block.num_labels)
-            else:
-                codes = self._coder.decode(block.data.cpu(), block.num_labels)
+            # A block of only very likely codes can code to zero words.
+            codes = self._coder.decode(block.data.cpu(), block.num_labels)
         except Exception as exc:
             raise ArchiveFormatError(
                 f"corrupt vqae-ctx block of {block.num_labels} labels: {exc}"
