@@ -755,7 +755,10 @@ class ViewMixCodec(Codec):
         if base.num_images is None:
             raise ConfigError(
                 "vqae-ctx rate control needs num_images (the prototypes are stored "
-                "per image and count in the budget); pass num_images=M"
+                "per image and count in the budget), and the codec needs each label's "
+                "view context: use it through `labelzip relabel` / the relabel "
+                "pipeline, which pass both; plain logits (`labelzip compress`) have "
+                "no view context, so choose vqae or another codec there"
             )
         m = base.num_images
         top = base.codebook_size if "codebook_size" in fixed else MAX_CODEBOOK
