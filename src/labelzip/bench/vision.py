@@ -45,19 +45,19 @@ from labelzip.pipelines.quickstart import (
     ROW_SPECS,
     QuickstartConfig,
     QuickstartRow,
-    _distilled,
-    _students,
-    _teacher,
-    _with_input_stats,
+    build_distilled_set,
+    prepare_teacher,
     quickstart_view_config,
+    train_students,
+    with_input_stats,
 )
 from labelzip.pipelines.relabel import (
     LAYOUT_DIMS,
     RelabelConfig,
     RelabelOutput,
-    _metadata,
-    _plan_job,
+    plan_output,
     relabel,
+    relabel_metadata,
 )
 from labelzip.pipelines.students import build_student
 from labelzip.pipelines.train_student import StudentConfig, evaluate_student
@@ -302,7 +302,7 @@ def full_data_baseline(
     device = torch.device(device)
     images = check_image_tensor(train_set.images, "training images")
     h, w = images.shape[-2:]
-    student = _with_input_stats(student, train_set)
+    student = with_input_stats(student, train_set)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_student(
@@ -385,7 +385,7 @@ def _reachable_outputs(
     layout = Layout(LAYOUT_DIMS, (relabel_config.epochs, len(images)))
     view = relabel_config.view
     assert view is not None
-    metadata = _metadata(image_set, images, relabel_config, view, teacher_id)
+    metadata = relabel_metadata(image_set, images, relabel_config, view, teacher_id)
     num_classes = len(image_set.class_names)
     stem = f"{framework}_ipc{ipc}"
     outputs = [
@@ -434,7 +434,7 @@ def _check_reachable(
     Auto-pruned outputs go through relabel's own planning (the LPLD search);
     the others through the codec's rate control at every view.
     """
-    _plan_job(out, layout, num_classes, metadata, {}, relabel_config)
+    plan_output(out, layout, num_classes, metadata, {}, relabel_config)
     if out.auto_prune or out.ratio is None:
         return
     options = dict(out.options)
@@ -491,7 +491,7 @@ def _run_setting(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     _log(log, f"[{framework} IPC {ipc}] distilling {ipc} images per class")
-    image_set = _distilled(
+    image_set = build_distilled_set(
         qconfig, train_set, model, teacher_id, device, lambda *_: None
     )
     seconds["distill"] = time.perf_counter() - t0
@@ -539,8 +539,8 @@ def _run_setting(
                 f"({time.perf_counter() - t0:.0f} s)",
             )
 
-    student = _with_input_stats(config.student, train_set)
-    rows = _students(qconfig, student, image_set, result, test_set, device, report)
+    student = with_input_stats(config.student, train_set)
+    rows = train_students(qconfig, student, image_set, result, test_set, device, report)
     seconds["students"] = time.perf_counter() - t0
     num_images = len(image_set.labels)
     image_bytes = num_images * image_bytes_per_image(spec, config.image_format)
@@ -604,7 +604,7 @@ def run_vision_bench(
     first = _quickstart_config(config, *pairs[0])
     if teacher is None:
         _log(log, f"teacher: {config.teacher_arch}, {config.teacher_epochs} epochs")
-        model, teacher_id, teacher_acc, cached = _teacher(
+        model, teacher_id, teacher_acc, cached = prepare_teacher(
             first, train_set, test_set, device, cache_dir
         )
     else:

@@ -54,8 +54,12 @@ __all__ = [
     "QuickstartResult",
     "QuickstartRow",
     "StageProgress",
+    "build_distilled_set",
+    "prepare_teacher",
     "quickstart_view_config",
     "run_quickstart",
+    "train_students",
+    "with_input_stats",
     "write_plot",
 ]
 
@@ -184,13 +188,14 @@ def _outputs(config: QuickstartConfig, workdir: Path) -> list[RelabelOutput]:
     return outputs
 
 
-def _teacher(
+def prepare_teacher(
     config: QuickstartConfig,
     train_set: ImageDataset,
     test_set: ImageDataset,
     device: torch.device,
     cache_dir: Path | None,
 ) -> tuple[torch.nn.Module, str, float, bool]:
+    """Train or load the cached small teacher; (model, id, test accuracy, from cache)."""
     from labelzip.teachers import evaluate_teacher, train_teacher
 
     trained = train_teacher(
@@ -211,7 +216,7 @@ def _teacher(
     )
 
 
-def _distilled(
+def build_distilled_set(
     config: QuickstartConfig,
     train_set: ImageDataset,
     teacher: torch.nn.Module,
@@ -219,6 +224,7 @@ def _distilled(
     device: torch.device,
     progress: StageProgress,
 ) -> ImageSet:
+    """Distil the configured framework at the configured IPC with this teacher."""
     from labelzip.distill import distill
 
     return distill(
@@ -272,14 +278,16 @@ def run_quickstart(
     outputs = _outputs(config, workdir)
     t0 = time.perf_counter()
     report("teacher", 0, 1)
-    teacher, teacher_id, teacher_acc, cached = _teacher(
+    teacher, teacher_id, teacher_acc, cached = prepare_teacher(
         config, train_set, test_set, device, cache_dir
     )
     report("teacher", 1, 1)
     seconds["teacher"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     report("distill", 0, 1)
-    image_set = _distilled(config, train_set, teacher, teacher_id, device, report)
+    image_set = build_distilled_set(
+        config, train_set, teacher, teacher_id, device, report
+    )
     report("distill", 1, 1)
     seconds["distill"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -301,13 +309,13 @@ def run_quickstart(
     )
     seconds["relabel"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    student = _with_input_stats(config.student, train_set)
-    rows = _students(config, student, image_set, result, test_set, device, report)
+    student = with_input_stats(config.student, train_set)
+    rows = train_students(config, student, image_set, result, test_set, device, report)
     seconds["students"] = time.perf_counter() - t0
     return QuickstartResult(rows, teacher_acc, cached, result, seconds, workdir)
 
 
-def _with_input_stats(student: StudentConfig, train_set: ImageDataset) -> StudentConfig:
+def with_input_stats(student: StudentConfig, train_set: ImageDataset) -> StudentConfig:
     """Normalise students with the real training data's statistics.
 
     Synthetic sets (SRe2L) have other pixel statistics than the real test
@@ -324,7 +332,7 @@ def _with_input_stats(student: StudentConfig, train_set: ImageDataset) -> Studen
     return student.model_copy(update={"input_mean": mean, "input_std": std})
 
 
-def _students(
+def train_students(
     config: QuickstartConfig,
     student_config: StudentConfig,
     image_set: ImageSet,

@@ -80,7 +80,9 @@ __all__ = [
     "RelabelResult",
     "RelabelledArchive",
     "default_view_config",
+    "plan_output",
     "relabel",
+    "relabel_metadata",
 ]
 
 logger = logging.getLogger(__name__)
@@ -169,13 +171,14 @@ class _ViewLabeller:
 # ---------------------------------------------------------------- planning
 
 
-def _metadata(
+def relabel_metadata(
     image_set: ImageSet,
     images: torch.Tensor,
     config: RelabelConfig,
     view: ViewConfig,
     teacher_id: str,
 ) -> ArchiveMetadata:
+    """The archive metadata of a relabel run: set fingerprint, teacher, view recipe."""
     num_views = config.epochs * len(images)
     record = {
         "protocol": PROTOCOL,
@@ -228,7 +231,7 @@ def _stored_flat(plan: PrunePlan | None, num_views: int) -> torch.Tensor:
     return plan.kept_indices()
 
 
-def _plan_job(
+def plan_output(
     out: RelabelOutput,
     layout: Layout,
     num_classes: int,
@@ -236,6 +239,7 @@ def _plan_job(
     records: dict[str, torch.Tensor],
     config: RelabelConfig,
 ) -> _Job:
+    """Codec, prune plan and side bytes of one output (raises if its target is unreachable)."""
     mix = str(metadata.user[RELABEL_KEY]["view"]["mix"])
     side_per_view = explicit_param_bytes(1, mix) if records else 0
     plan: PrunePlan | None = None
@@ -434,14 +438,14 @@ def relabel(
     num_classes = len(image_set.class_names)
     view = config.view or default_view_config(*images.shape[-2:])
     layout = Layout(LAYOUT_DIMS, (config.epochs, len(images)))
-    metadata = _metadata(
+    metadata = relabel_metadata(
         image_set, images, config, view, teacher_id or model_id(teacher)
     )
     records = (
         _explicit_records(images, config, view) if config.store_augmentations else {}
     )
     jobs = [
-        _plan_job(o, layout, num_classes, metadata, records, config) for o in outputs
+        plan_output(o, layout, num_classes, metadata, records, config) for o in outputs
     ]
     labeller = _ViewLabeller(images, teacher, view, config, num_classes, device)
     return _run(jobs, labeller, layout, metadata, config, device, progress, start)
