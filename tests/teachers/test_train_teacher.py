@@ -90,3 +90,22 @@ def test_training_is_seeded(toy: ImageDataset, tmp_path: Path) -> None:
     train_teacher(small, config=_config(seed=3), cache_dir=tmp_path / "c")
     assert a.model.training is False and a.path.name.startswith("convnet-")
     assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+
+
+def test_same_weights_whatever_the_callers_thread_count(
+    toy: ImageDataset, tmp_path: Path
+) -> None:
+    """The cache key cannot see torch's thread count, so training pins its own."""
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            trained = train_teacher(
+                toy, config=_config(arch="convnet"), cache_dir=tmp_path / str(threads)
+            )
+            assert torch.get_num_threads() == threads  # restored afterwards
+            weights.append(trained.path.read_bytes())
+    finally:
+        torch.set_num_threads(before)
+    assert weights[0] == weights[1]

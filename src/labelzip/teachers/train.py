@@ -31,6 +31,7 @@ from labelzip.teachers.small import ARCHITECTURES, build_small_teacher
 
 __all__ = [
     "TRAINING_VERSION",
+    "TRAIN_THREADS",
     "TeacherTrainConfig",
     "TrainedTeacher",
     "default_cache_dir",
@@ -41,7 +42,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TRAINING_VERSION = 1  # bump when the training procedure changes (invalidates caches)
+# Bump when the training procedure changes (invalidates caches). 2: CPU training
+# pinned to TRAIN_THREADS (the same key trained with 1 or 2 threads gave different
+# weights, so a cache filled under another load was not reproducible).
+TRAINING_VERSION = 2
+TRAIN_THREADS = 1
 
 
 class TeacherTrainConfig(BaseModel):
@@ -206,7 +211,12 @@ def train_teacher(
         if cached is not None:
             return TrainedTeacher(model, key, path, True, cached)
         start = time.perf_counter()
-        _train(model, dataset, config, device)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(TRAIN_THREADS)  # same bytes whatever the caller's setting
+        try:
+            _train(model, dataset, config, device)
+        finally:
+            torch.set_num_threads(threads)
         seconds = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -216,6 +226,7 @@ def train_teacher(
         "dataset_fingerprint": dataset.fingerprint,
         "num_images": len(dataset),
         "training_version": TRAINING_VERSION,
+        "train_threads": TRAIN_THREADS if device.type == "cpu" else None,
         "train_seconds": round(seconds, 3),
         "torch": torch.__version__,
         **config.model_dump(),
