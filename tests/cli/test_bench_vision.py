@@ -11,20 +11,7 @@ import torch
 
 from labelzip.cli import main
 
-from .test_quickstart import _write_split
-
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """300 train and 50 test images in Fashion-MNIST's file format; a fresh cache."""
-    folder = tmp_path / "fmnist"
-    folder.mkdir()
-    _write_split(folder, "train", 300, seed=0)
-    _write_split(folder, "t10k", 50, seed=1)
-    monkeypatch.setenv("LABELZIP_CACHE", str(tmp_path / "cache"))
-    return folder
 
 
 def test_bench_vision_json_and_report_files(
