@@ -25,11 +25,32 @@ from labelzip.codecs.prune import PrunePlan
 from labelzip.errors import UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement, topk_overlap
 
-__all__ = ["CodecSpec", "FidelityRow", "measure_point", "rate_distortion"]
+__all__ = [
+    "CodecSpec",
+    "FidelityRow",
+    "fidelity_scores",
+    "measure_point",
+    "rate_distortion",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPERATURES = (1.0, 4.0, 20.0)
+
+
+def fidelity_scores(
+    reference: torch.Tensor, decoded: torch.Tensor, temperatures: Sequence[float]
+) -> tuple[dict[str, float], float, float]:
+    """Mean KL per temperature (keys ``T1``, ``T4``...), top-1 agreement, top-5 overlap.
+
+    Both (N, C); every fidelity table in the benchmarks uses these three numbers.
+    """
+    kl = {
+        f"T{t:g}": float(kl_divergence(reference, decoded, temperature=t).mean())
+        for t in temperatures
+    }
+    top1 = top1_agreement(reference, decoded)
+    return kl, top1, topk_overlap(reference, decoded, k=5)
 
 
 @dataclass(frozen=True)
@@ -139,10 +160,7 @@ def measure_point(
         if account.total_bytes != os.path.getsize(path):
             raise AssertionError("archive account disagrees with the file size")
         decoded, decode_rate = _timed_decode(path, decode_repeats)
-    kl = {
-        f"T{t:g}": float(kl_divergence(rows, decoded, temperature=t).mean())
-        for t in temperatures
-    }
+    kl, top1, top5 = fidelity_scores(rows, decoded, temperatures)
     return FidelityRow(
         label=spec.label,
         codec=spec.codec,
@@ -154,8 +172,8 @@ def measure_point(
         model_bytes=account.model_bytes,
         header_bytes=account.header_bytes,
         kl=kl,
-        top1=top1_agreement(rows, decoded),
-        top5=topk_overlap(rows, decoded, k=5),
+        top1=top1,
+        top5=top5,
         fit_s=fit_s,
         encode_labels_per_s=encode_rate,
         decode_labels_per_s=decode_rate,

@@ -42,12 +42,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 
 from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
+from labelzip.bench.fidelity import fidelity_scores
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import codec_class
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.io import atomic_path
-from labelzip.ops.metrics import kl_divergence, top1_agreement, topk_overlap
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -595,10 +595,7 @@ def _measure(
     with ArchiveReader(path) as reader:
         decoded = torch.cat(list(reader.decode_all()))
     path.unlink()
-    kl = {
-        f"T{t:g}": float(kl_divergence(reference, decoded, temperature=t).mean())
-        for t in config.temperatures
-    }
+    kl, top1, top5 = fidelity_scores(reference, decoded, config.temperatures)
     epochs = layout.shape[0]
     return TrackRow(
         label=choice.label,
@@ -613,8 +610,8 @@ def _measure(
         stored_labels=int(stored.shape[0]),
         kept_per_image=plan.keep_per_group if plan is not None else epochs,
         kl=kl,
-        top1=top1_agreement(reference, decoded),
-        top5=topk_overlap(reference, decoded, k=5),
+        top1=top1,
+        top5=top5,
         fit_s=fit_s,
         config=codec.to_config(),
     )
