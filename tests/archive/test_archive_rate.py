@@ -69,6 +69,15 @@ def test_header_estimate_is_a_tight_upper_bound(
             account.header_bytes <= fitted_est <= account.header_bytes + 42 * chunks + 7
         )
         assert fitted_est <= named_est <= fitted_est + 256
+        # Bounded by the file size (the rate target), offsets get its digits.
+        size = os.path.getsize(tmp_path / "a.lz")
+        bounded = estimate_header_bytes(
+            192, chunk_size, codec, **common, max_file_bytes=size
+        )
+        assert account.header_bytes <= bounded <= fitted_est
+        assert bounded - account.header_bytes <= 3 * chunks * (len(str(size)) - 1) + 7
+        if chunks > 10:
+            assert bounded < fitted_est
 
 
 @pytest.fixture

@@ -61,6 +61,12 @@ def _unfitted_parts(
     config = {**probe.config.model_dump(), "num_classes": num_classes}
     planned = probe.planned_model_tensors(num_classes)
     if planned is not None:  # shapes known before fit (e.g. vqae-ctx)
+        # A codec that can also bound its stored config (``planned_config``,
+        # duck-typed: vqae-ctx) needs no slack for fitted config fields.
+        bound = getattr(probe, "planned_config", None)
+        stored = bound(num_classes) if callable(bound) else None
+        if isinstance(stored, dict):
+            return stored, planned, 0
         return config, planned, _FITTED_CONFIG_SLACK
     try:
         model = probe.model_tensors()
@@ -85,6 +91,7 @@ def estimate_header_bytes(
     side_tensors: Mapping[str, torch.Tensor] | None = None,
     reference: str = "fp16",
     options: Mapping[str, Any] | None = None,
+    max_file_bytes: int | None = None,
 ) -> int:
     """An estimate of an archive's header bytes (file size minus tensor bytes).
 
@@ -101,6 +108,9 @@ def estimate_header_bytes(
         num_classes: C.
         layout, prune, metadata, side_tensors, reference: as given to the writer.
         options: codec options, when ``codec`` is a name.
+        max_file_bytes: a bound on the file size (the rate target); chunk sizes
+            and offsets then get its number of digits instead of 15. The
+            estimate is an upper bound only for files within this bound.
     """
     layout = layout if layout is not None else Layout(("sample",), (num_labels,))
     if layout.num_labels != num_labels:
@@ -136,7 +146,10 @@ def estimate_header_bytes(
     )
     # Chunk sizes/offsets written as 0 here; real ones have up to _OFFSET_DIGITS digits.
     prefix = container_prefix(header, static, [0] * len(chunk_labels))
-    slack = len(chunk_labels) * 3 * (_OFFSET_DIGITS - 1)
+    digits = _OFFSET_DIGITS
+    if max_file_bytes is not None:
+        digits = min(digits, len(str(max(1, max_file_bytes))))
+    slack = len(chunk_labels) * 3 * (digits - 1)
     return len(prefix) + slack + allowance + 7  # + 7: alignment padding
 
 
@@ -193,6 +206,7 @@ def codec_for_target(
             metadata=metadata,
             reference=reference,
             options=options,
+            max_file_bytes=total,
         )
     overhead = header_bytes + side_bytes
     budget = total - overhead
@@ -295,8 +309,16 @@ def fit_for_target(
     }
     num_labels = layout.num_labels
     num_stored = prune.num_kept if prune is not None else num_labels
+    total = target_total_bytes(
+        num_labels=num_labels,
+        num_classes=num_classes,
+        ratio=ratio,
+        bits_per_label=bits_per_label,
+        reference=reference,
+    )
+    bound = total if total > 0 else None
     header = estimate_header_bytes(
-        num_labels, chunk_size, name, **shared, options=options
+        num_labels, chunk_size, name, **shared, options=options, max_file_bytes=bound
     )
     for attempt in range(3):
         codec = codec_for_target(
@@ -310,7 +332,9 @@ def fit_for_target(
             **options,
         )
         codec.fit_in_context(source, context, num_labels=num_stored)
-        actual = estimate_header_bytes(num_labels, chunk_size, codec, **shared)
+        actual = estimate_header_bytes(
+            num_labels, chunk_size, codec, **shared, max_file_bytes=bound
+        )
         if actual <= header:
             return codec
         logger.info(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -191,14 +193,29 @@ def test_for_target_counts_prototypes_and_fits_the_budget() -> None:
     assert codec.config.payload_budget_bytes == 10000 - ViewMixCodec.model_bytes_for(
         100, 10, k
     )
+    # 1000 B of 8-bit prototypes free 0.13 bits per label as 4-bit: 8-bit kept.
+    assert codec.config.prototype_bits == 8
     # Just the uint8 prototypes (1008 B) and a 1-word codebook fit: K = 1.
     tiny = ViewMixCodec.for_target(
         num_labels=n, num_classes=10, budget_bytes=1100, num_images=100
     )
-    assert tiny.config.codebook_size == 1
+    assert tiny.config.codebook_size == 1 and tiny.config.prototype_bits == 8
+    # 8-bit prototypes do not fit 900 B, 4-bit ones (508 B) do.
+    small = ViewMixCodec.for_target(
+        num_labels=n, num_classes=10, budget_bytes=900, num_images=100
+    )
+    assert small.config.prototype_bits == 4 and small.config.codebook_size == 1
     with pytest.raises(UnreachableTargetError, match="prototypes of 100 images"):
         ViewMixCodec.for_target(
-            num_labels=n, num_classes=10, budget_bytes=900, num_images=100
+            num_labels=n, num_classes=10, budget_bytes=500, num_images=100
+        )
+    with pytest.raises(UnreachableTargetError, match=r"1008 bytes \(8-bit\)"):
+        ViewMixCodec.for_target(
+            num_labels=n,
+            num_classes=10,
+            budget_bytes=900,
+            num_images=100,
+            prototype_bits=8,
         )
     with pytest.raises(ConfigError, match="num_images.*labelzip relabel"):
         ViewMixCodec.for_target(num_labels=n, num_classes=10, budget_bytes=9000)
@@ -221,3 +238,68 @@ def test_config_rejects_bad_values() -> None:
         ViewMixConfig(codebook_size=0)
     with pytest.raises(ValueError):
         ViewMixConfig(temperatures=(0.0,))
+
+
+def test_four_bit_prototypes_round_trip_and_are_chosen_when_they_free_bits() -> None:
+    codec, logits, ctx = _fit(4, prototype_bits=4)
+    tensors = codec.model_tensors()
+    # M x C = 48 levels, two per byte, plus the float32 grid.
+    assert tensors["prototypes"].shape == (M * C // 2,)
+    assert codec.model_bytes() == ViewMixCodec.model_bytes_for(M, C, 4, 4)
+    assert codec.model_bytes() == M * C // 2 + 8 + 2 * 4 * C + 2 * 4
+    block = codec.encode_in_context(logits, ctx)
+    loaded = ViewMixCodec.from_stored(codec.to_config(), tensors)
+    assert torch.equal(
+        loaded.decode_in_context(block, ctx), codec.decode_in_context(block, ctx)
+    )
+    assert torch.equal(loaded.encode_in_context(logits, ctx).data, block.data)
+    planned = ViewMixCodec(
+        ViewMixConfig(num_images=M, codebook_size=4, prototype_bits=4)
+    ).planned_model_tensors(C)
+    assert planned is not None
+    assert {n: (t.shape, t.dtype) for n, t in planned.items()} == {
+        n: (t.shape, t.dtype) for n, t in tensors.items()
+    }
+    eight, _, _ = _fit(4, prototype_bits=8)
+    kl4 = kl_divergence(logits, codec.decode_in_context(block, ctx), 4.0).mean()
+    kl8 = kl_divergence(
+        logits, eight.decode_in_context(eight.encode_in_context(logits, ctx), ctx), 4.0
+    ).mean()
+    assert kl4 < 1.3 * kl8
+    with pytest.raises(ArchiveFormatError, match="prototypes"):
+        ViewMixCodec.from_stored(
+            codec.to_config(), {**tensors, "prototypes": tensors["prototypes"][:-1]}
+        )
+    # IPC 50: 500 x 10 prototypes, 50,000 labels: 4-bit frees 0.4 bits per label.
+    auto = ViewMixCodec.for_target(
+        num_labels=50000, num_classes=10, budget_bytes=8000, num_images=500
+    )
+    assert auto.config.prototype_bits == 4
+    fixed = ViewMixCodec.for_target(
+        num_labels=50000,
+        num_classes=10,
+        budget_bytes=8000,
+        num_images=500,
+        prototype_bits=8,
+    )
+    assert fixed.config.prototype_bits == 8
+    assert fixed.config.codebook_size < auto.config.codebook_size
+
+
+def test_stored_config_leaves_out_default_fit_fields_and_is_bounded() -> None:
+    codec, _, _ = _fit(4)
+    config = codec.to_config()
+    # FAST changes prior_steps, rounds, round_steps, learning_rate: stored;
+    # seed, temperatures, ... keep their defaults: left out.
+    assert {"prior_steps", "rounds", "round_steps", "learning_rate"} <= set(config)
+    assert not {"seed", "temperatures", "fit_threads", "max_train_labels"} & set(config)
+    loaded = ViewMixCodec.from_stored(config, codec.model_tensors())
+    assert loaded.config == codec.config.model_copy(update={"num_images": M})
+    bound = ViewMixCodec(
+        codec.config.model_copy(
+            update={"rate_penalty": 0.0, "codebook_size": 4, "num_images": M}
+        )
+    ).planned_config(C)
+    assert bound is not None and set(bound) == set(config)
+    assert len(json.dumps(bound)) >= len(json.dumps(config))
+    assert ViewMixCodec(ViewMixConfig()).planned_config(C) is None

@@ -49,15 +49,19 @@ from labelzip.errors import (
     InputError,
     UnreachableTargetError,
 )
+from labelzip.ops.bitpack import pack_bits, packed_size, unpack_bits
 
 __all__ = [
     "BLOCK_OVERHEAD_BYTES",
     "CONTEXT_KIND",
+    "FIT_ONLY_FIELDS",
+    "PROTOTYPE_SWITCH_BITS",
     "RATE_MARGIN",
     "RD_SLACK_BITS",
     "ViewMixCodec",
     "ViewMixConfig",
     "dequantize_prototypes",
+    "prototype_bytes",
     "quantize_prototypes",
     "view_mix_prior",
 ]
@@ -80,6 +84,27 @@ RD_SLACK_BITS = 1.0
 # every label to one codeword, worse than K = 1 (measured: KL(T=4) 0.029 vs 0.023).
 MIN_PLANNED_BITS = 0.25
 MAX_CODEBOOK = 256
+# Rate control stores 4-bit instead of 8-bit prototypes (unless the user fixed
+# prototype_bits) when the bytes this frees give every stored label at least
+# this many more code bits. Measured (IPC 50 RDED set, prior only): 4-bit levels
+# cost KL(T=4) +0.0006 (0.0298 vs 0.0292); one more code bit per label is worth
+# ~0.004 (K = 2 -> 4, docs/vqae-design.md), so 0.15 bits break even.
+PROTOTYPE_SWITCH_BITS = 0.15
+_GRID_BYTES = 8  # the float32 [low, step] grid of 4/8-bit prototypes
+# Config fields only the fit reads; to_config stores them when not default.
+FIT_ONLY_FIELDS = frozenset(
+    {
+        "fit_threads",
+        "learning_rate",
+        "max_train_labels",
+        "prior_steps",
+        "round_steps",
+        "rounds",
+        "seed",
+        "temperatures",
+    }
+)
+_WIDEST_FLOAT = 2.2250738585072014e-308  # repr: 23 characters, the most of any x >= 0
 _ASSIGN_CHUNK = 4096
 
 
@@ -113,10 +138,13 @@ class ViewMixConfig(CodecConfig):
         "codeword minimising KL + lambda * its code length in bits (set by the fit "
         "to meet payload_budget_bytes)",
     )
-    prototype_bits: Literal[8, 16] = Field(
+    prototype_bits: Literal[4, 8, 16] = Field(
         default=8,
         description="8: uint8 prototypes on one shared affine grid (half the bytes "
-        "of 16, same label fidelity: KL(T=4) 0.0234 both, quickstart set); 16: fp16",
+        "of 16, same label fidelity: KL(T=4) 0.0234 both, quickstart set); 4: two "
+        "levels per byte on one grid (KL(T=4) of the prior 0.0298 vs 0.0292, IPC 50 "
+        "RDED set; rate control picks it when the bytes it frees buy >= "
+        "PROTOTYPE_SWITCH_BITS per label); 16: fp16",
     )
     mix: Literal["logit", "prob"] = Field(
         default="logit", description="mix prototypes' logits or probabilities"
@@ -169,33 +197,59 @@ def view_mix_prior(
     return torch.logaddexp(own, other)
 
 
+def prototype_bytes(num_images: int, num_classes: int, bits: int) -> int:
+    """Stored bytes of (M, C) prototypes at ``bits`` (grid included)."""
+    if bits == 16:
+        return 2 * num_images * num_classes
+    return packed_size(num_images * num_classes, bits) + _GRID_BYTES
+
+
 def quantize_prototypes(
     prototypes: torch.Tensor, bits: int
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Stored tensors of (M, C) prototypes and the float32 values they decode to.
 
-    16 bits: fp16. 8 bits: uint8 levels on one grid ``low + step * level``
-    (``prototype_grid`` = [low, step], float32), with the grid's range the
-    prototypes' own, so the error is at most step / 2.
+    16 bits: fp16. 8 or 4 bits: integer levels on one grid ``low + step *
+    level`` (``prototype_grid`` = [low, step], float32), with the grid's range
+    the prototypes' own, so the error is at most step / 2. 8 bits store an
+    (M, C) uint8 tensor; 4 bits the levels packed two per byte, row-major, low
+    nibble first (:func:`labelzip.ops.bitpack.pack_bits`), an (ceil(M C / 2),)
+    uint8 tensor.
     """
     if bits == 16:
         stored = prototypes.detach().to("cpu", torch.float16).contiguous()
         return {"prototypes": stored}, stored.float()
+    top = (1 << bits) - 1
     flat = prototypes.detach().to("cpu", torch.float32)
     low, high = float(flat.min()), float(flat.max())
-    step = max((high - low) / 255.0, 1e-6)
+    step = max((high - low) / top, 1e-6)
     grid = torch.tensor([low, step], dtype=torch.float32)
-    levels = torch.round((flat - grid[0]) / grid[1]).clamp(0, 255).to(torch.uint8)
+    levels = torch.round((flat - grid[0]) / grid[1]).clamp(0, top).to(torch.uint8)
+    if bits < 8:
+        levels = pack_bits(levels, bits)
     tensors = {"prototypes": levels.contiguous(), "prototype_grid": grid}
-    return tensors, dequantize_prototypes(tensors)
+    shape = (int(flat.shape[0]), int(flat.shape[1]))
+    return tensors, dequantize_prototypes(tensors, shape, bits)
 
 
-def dequantize_prototypes(stored: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(M, C) float32 CPU prototypes from their stored tensors (bit-exact on CPU)."""
+def dequantize_prototypes(
+    stored: dict[str, torch.Tensor],
+    shape: tuple[int, int] | None = None,
+    bits: int = 8,
+) -> torch.Tensor:
+    """(M, C) float32 CPU prototypes from their stored tensors (bit-exact on CPU).
+
+    ``shape`` (M, C) is needed for packed (4-bit) levels.
+    """
     protos = stored["prototypes"]
     if protos.dtype == torch.float16:
         return protos.to("cpu", torch.float32)
     grid = stored["prototype_grid"].to("cpu", torch.float32)
+    if bits < 8:
+        if shape is None:
+            raise InputError("packed prototypes need their (M, C) shape")
+        count = shape[0] * shape[1]
+        protos = unpack_bits(protos.cpu(), bits, count).reshape(shape)
     return grid[0] + grid[1] * protos.to("cpu", torch.float32)
 
 
@@ -277,10 +331,7 @@ class ViewMixCodec(Codec):
     ) -> int:
         """Prototypes, fp16 codebook and the int16 frequency table (K > 1)."""
         table = 2 * codebook_size if codebook_size > 1 else 0
-        if prototype_bits == 16:
-            protos = 2 * num_images * num_classes
-        else:
-            protos = num_images * num_classes + 8  # + the float32 [low, step] grid
+        protos = prototype_bytes(num_images, num_classes, prototype_bits)
         return protos + 2 * codebook_size * num_classes + table
 
     @staticmethod
@@ -669,13 +720,43 @@ class ViewMixCodec(Codec):
         return out
 
     def to_config(self) -> dict[str, Any]:
+        """The stored config: every field that decoding or encoding reads.
+
+        Fit-only fields (:data:`FIT_ONLY_FIELDS`) are left out when they hold
+        their default (``from_stored`` restores the same config); at 100x on a
+        500-image set each header byte is 0.01% of the budget.
+        """
         num_classes = self._require_fitted("to_config")
+        return self._stored_config(self.config, self.num_images, num_classes)
+
+    @staticmethod
+    def _stored_config(
+        config: ViewMixConfig, num_images: int, num_classes: int
+    ) -> dict[str, Any]:
+        defaults = ViewMixConfig()
+        dumped = config.model_dump(mode="json")
         return {
-            **self.config.model_dump(mode="json"),
-            "num_images": self.num_images,
+            **{
+                name: value
+                for name, value in dumped.items()
+                if name not in FIT_ONLY_FIELDS
+                or getattr(config, name) != getattr(defaults, name)
+            },
+            "num_images": num_images,
             "num_classes": num_classes,
             "context": CONTEXT_KIND,
         }
+
+    def planned_config(self, num_classes: int) -> dict[str, Any] | None:
+        """An upper bound of :meth:`to_config` before fit (archive rate control).
+
+        The fit may lower ``codebook_size`` and sets ``rate_penalty``; the
+        placeholder penalty has the longest JSON form a non-negative double has.
+        """
+        if self.config.num_images is None:
+            return None
+        widest = self.config.model_copy(update={"rate_penalty": _WIDEST_FLOAT})
+        return self._stored_config(widest, self.config.num_images, num_classes)
 
     @classmethod
     def from_stored(
@@ -703,6 +784,10 @@ class ViewMixCodec(Codec):
         }
         if cfg.prototype_bits == 8:
             shapes["prototypes"] = ((m or 0, num_classes), torch.uint8)
+        elif cfg.prototype_bits < 8:
+            packed = packed_size((m or 0) * num_classes, cfg.prototype_bits)
+            shapes["prototypes"] = ((packed,), torch.uint8)
+        if cfg.prototype_bits < 16:
             shapes["prototype_grid"] = ((2,), torch.float32)
         if k > 1:
             shapes["code_freq"] = ((1, k), torch.int16)
@@ -721,7 +806,9 @@ class ViewMixCodec(Codec):
             for name in ("prototypes", "prototype_grid")
             if name in shapes
         }
-        codec._prototypes = dequantize_prototypes(codec._proto_stored)
+        codec._prototypes = dequantize_prototypes(
+            codec._proto_stored, (m or 0, num_classes), cfg.prototype_bits
+        )
         codec._codebook = tensors["codebook"].cpu().contiguous()
         if k > 1:
             try:
@@ -732,16 +819,26 @@ class ViewMixCodec(Codec):
         return codec
 
     # -- rate control ------------------------------------------------------------------------
+    @staticmethod
+    def _auto_prototype_bits(num_images: int, num_classes: int, num_labels: int) -> int:
+        """4 when 4-bit prototypes free >= PROTOTYPE_SWITCH_BITS per label, else 8."""
+        freed = prototype_bytes(num_images, num_classes, 8) - prototype_bytes(
+            num_images, num_classes, 4
+        )
+        return 4 if 8 * freed >= PROTOTYPE_SWITCH_BITS * max(1, num_labels) else 8
+
     @classmethod
     def for_target(
         cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
     ) -> ViewMixCodec:
         """The largest codebook whose payload bound + model bytes fit the budget.
 
-        The prototypes (M x C fp16) count in the model bytes, so ``num_images``
-        must be given. The payload bound assumes log2(K) bits per label plus
-        :data:`RATE_MARGIN`; the fit re-checks the coded size and lowers K if
-        its measured codes would not fit ``payload_budget_bytes``.
+        The prototypes (M x C levels) count in the model bytes, so
+        ``num_images`` must be given. Unless ``prototype_bits`` is fixed they
+        are 4-bit when that frees at least :data:`PROTOTYPE_SWITCH_BITS` per
+        label (or when only 4-bit fits), else 8-bit. The payload bound is
+        :meth:`payload_bytes_for`; the fit re-checks the coded size and lowers K
+        if its measured codes would not fit ``payload_budget_bytes``.
 
         Raises:
             ConfigError: no num_images, or invalid options.
@@ -761,29 +858,45 @@ class ViewMixCodec(Codec):
                 "no view context, so choose vqae or another codec there"
             )
         m = base.num_images
+        if "prototype_bits" not in fixed:
+            base = base.model_copy(
+                update={
+                    "prototype_bits": cls._auto_prototype_bits(
+                        m, num_classes, num_labels
+                    )
+                }
+            )
+        bits = base.prototype_bits
         top = base.codebook_size if "codebook_size" in fixed else MAX_CODEBOOK
         best = None
         for k in range(top, 0, -1):
-            model = cls.model_bytes_for(m, num_classes, k, base.prototype_bits)
+            model = cls.model_bytes_for(m, num_classes, k, bits)
             if model + cls.payload_bytes_for(num_labels, k) <= budget_bytes:
                 best = k
                 break
+        if best is None and "prototype_bits" not in fixed and bits != 4:
+            return cls.for_target(
+                num_labels=num_labels,
+                num_classes=num_classes,
+                budget_bytes=budget_bytes,
+                **{**fixed, "prototype_bits": 4},
+            )
         if best is None:
-            smallest = cls.model_bytes_for(m, num_classes, 1, base.prototype_bits)
+            smallest = cls.model_bytes_for(m, num_classes, 1, bits)
             if "codebook_size" in fixed:
                 smallest = cls.model_bytes_for(
-                    m, num_classes, base.codebook_size, base.prototype_bits
+                    m, num_classes, base.codebook_size, bits
                 ) + cls.payload_bytes_for(num_labels, base.codebook_size)
             dense = 2 * num_labels * num_classes
             raise UnreachableTargetError(
                 f"no vqae-ctx configuration fits {budget_bytes} bytes for {num_labels} "
                 f"labels: the prototypes of {m} images alone take "
-                f"{cls.model_bytes_for(m, num_classes, 0, base.prototype_bits)} "
-                f"bytes and the smallest configuration {smallest} (best reachable "
-                f"ratio {dense / max(1, smallest):.1f}x vs fp16 before the header); "
-                "lower the ratio"
+                f"{cls.model_bytes_for(m, num_classes, 0, bits)} "
+                f"bytes ({bits}-bit) and the smallest configuration {smallest} (best "
+                f"reachable ratio {dense / max(1, smallest):.1f}x vs fp16 before the "
+                "header); lower the ratio"
             )
-        model = cls.model_bytes_for(m, num_classes, best, base.prototype_bits)
+        model = cls.model_bytes_for(m, num_classes, best, bits)
         return cls(
             base.model_copy(
                 update={
