@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,35 +31,14 @@ C = 2000
 FAST = {"steps": 150, "hidden": 32}
 
 
-def lm_logits(num_labels: int, seed: int) -> torch.Tensor:
-    """(N, C) next-token-like logits: a shared Zipf law over a fixed token order,
-    per-label noise and decay, and a few boosted context tokens."""
-    order = torch.randperm(C, generator=torch.Generator().manual_seed(99))
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(C)
-    g = torch.Generator().manual_seed(seed)
-    decay = 0.8 + 0.6 * torch.rand(num_labels, 1, generator=g)
-    logits = -decay * (rank.float() + 1.0).log()[None]
-    logits = logits + 0.7 * torch.randn(num_labels, C, generator=g)
-    boost = torch.cat(
-        [
-            order[torch.randint(0, 50, (num_labels, 4), generator=g)],
-            torch.randint(0, C, (num_labels, 4), generator=g),
-        ],
-        dim=1,
-    )
-    amount = 4.0 + 3.0 * torch.rand(num_labels, 8, generator=g)
-    return logits.scatter_add(1, boost, amount)
+@pytest.fixture(scope="module")
+def fit_logits(make_lm_logits: Callable[..., torch.Tensor]) -> torch.Tensor:
+    return make_lm_logits(512, seed=0)
 
 
 @pytest.fixture(scope="module")
-def fit_logits() -> torch.Tensor:
-    return lm_logits(512, seed=0)
-
-
-@pytest.fixture(scope="module")
-def test_logits() -> torch.Tensor:
-    return lm_logits(96, seed=1)
+def test_logits(make_lm_logits: Callable[..., torch.Tensor]) -> torch.Tensor:
+    return make_lm_logits(96, seed=1)
 
 
 @pytest.fixture(scope="module")

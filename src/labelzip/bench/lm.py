@@ -68,6 +68,7 @@ CODEC_PRESETS: dict[str, dict[str, Any]] = {
     "rskd": {"sizing": "measured"},  # fill the budget (worst_case under-uses it)
     "vqae": {},
     "vqae-sparse": {},  # VQAE on the top-K support (large V)
+    "vqae-rs": {},  # VQAE head + unbiased sampled tail
     "dense": {},
 }
 

@@ -32,6 +32,7 @@ CODEC_IDS: dict[str, tuple[int, str]] = {
     "topk-tail": (5, "labelzip.codecs.topk_tail:TopKTailCodec"),
     "vqae-ctx": (6, "labelzip.codecs.vq.viewmix:ViewMixCodec"),
     "vqae-sparse": (7, "labelzip.codecs.vqae_sparse:VQAESparseCodec"),
+    "vqae-rs": (8, "labelzip.codecs.vqae_rs:VQAERSCodec"),
 }
 
 

@@ -30,7 +30,6 @@ Size: ``ceil(N w / 8) + ceil(D b / 8) + ceil((D - N) w / 8)`` bytes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from typing import Any, ClassVar, Literal
@@ -56,6 +55,12 @@ from labelzip.errors import (
 )
 from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
 from labelzip.ops.reservoir import reservoir_sample
+from labelzip.ops.sampling import (
+    content_key,
+    draw_categorical,
+    seeded_generator,
+    u64_bytes,
+)
 
 __all__ = ["MAX_SAMPLES", "RSKDCodec", "RSKDConfig"]
 
@@ -68,9 +73,6 @@ MAX_SAMPLES = 4096
 # and measures on at most this many fit labels.
 _MEASURED_MARGIN = 0.02
 _MEASURE_LABELS = 2048
-
-# Elements per float64 working chunk while sampling (rows x max(C, S)).
-_CHUNK_ELEMENTS = 1 << 21
 
 
 class RSKDConfig(CodecConfig):
@@ -157,11 +159,11 @@ class RSKDCodec(Codec):
         target = self.config.target_bits_per_label
         assert target is not None
         limit = target * (1.0 - _MEASURED_MARGIN)
-        ids = _draw(
+        ids = draw_categorical(
             logits,
             MAX_SAMPLES,
             self.config.temperature,
-            _generator(self.config.seed, b"fit", logits.shape[0]),
+            seeded_generator(self.config.seed, b"fit", logits.shape[0]),
         )
         ordered, perm = ids.sort(dim=1, stable=True)
         first = torch.ones_like(ordered, dtype=torch.bool)
@@ -201,9 +203,11 @@ class RSKDCodec(Codec):
         check_logits(logits, num_classes)
         s = self.num_samples
         x = logits.detach().to(device="cpu", dtype=torch.float32)
-        key = _content_key(x) if offset is None else b"offset" + _u64(offset)
-        gen = _generator(self.config.seed, key, x.shape[0])
-        ids = _draw(x, s, self.config.temperature, gen).sort(dim=1).values  # (N, S)
+        key = content_key(x) if offset is None else b"offset" + u64_bytes(offset)
+        gen = seeded_generator(self.config.seed, key, x.shape[0])
+        ids = (
+            draw_categorical(x, s, self.config.temperature, gen).sort(dim=1).values
+        )  # (N, S)
         n = ids.shape[0]
         is_new = torch.ones_like(ids, dtype=torch.bool)
         is_new[:, 1:] = ids[:, 1:] != ids[:, :-1]
@@ -348,46 +352,3 @@ def _pack(values: torch.Tensor, bits: int) -> torch.Tensor:
     if bits == 0:
         return torch.zeros(0, dtype=torch.uint8)
     return pack_bits(values, bits)
-
-
-def _u64(value: int) -> bytes:
-    return (value % (1 << 64)).to_bytes(8, "little")
-
-
-def _content_key(x: torch.Tensor) -> bytes:
-    """Digest of a (N, C) float32 CPU tensor's shape and bytes."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(b"content" + _u64(x.shape[0]) + _u64(x.shape[1]))
-    digest.update(x.contiguous().numpy().data)
-    return digest.digest()
-
-
-def _generator(seed: int, key: bytes, num_labels: int) -> torch.Generator:
-    """CPU generator seeded from (seed, stream key)."""
-    digest = hashlib.blake2b(_u64(seed) + key + _u64(num_labels), digest_size=8)
-    return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
-
-
-def _draw(
-    logits: torch.Tensor, num_samples: int, temperature: float, gen: torch.Generator
-) -> torch.Tensor:
-    """(N, S) int64 ids drawn with replacement from softmax(logits / T), on the CPU.
-
-    Inverse-CDF sampling in float64 from uniforms of ``gen``, processed in row
-    chunks; the draws depend only on the generator state, not on thread count.
-    """
-    n, c = logits.shape
-    out = torch.empty(n, num_samples, dtype=torch.int64)
-    rows = max(1, _CHUNK_ELEMENTS // max(c, num_samples))
-    for lo in range(0, n, rows):
-        z = logits[lo : lo + rows].to(torch.float64) / temperature
-        cdf = torch.softmax(z, dim=1).cumsum(dim=1)
-        u = torch.rand(z.shape[0], num_samples, generator=gen, dtype=torch.float64)
-        idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
-        over = idx >= c  # u * total rounded up to total: use the last class with mass
-        if bool(over.any()):
-            has_mass = torch.diff(cdf, dim=1, prepend=cdf.new_zeros(len(cdf), 1)) > 0
-            last = c - 1 - has_mass.flip(1).to(torch.int8).argmax(dim=1)
-            idx = torch.where(over, last[:, None], idx)
-        out[lo : lo + rows] = idx
-    return out

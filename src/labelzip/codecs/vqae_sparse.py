@@ -240,6 +240,33 @@ class VQAESparseCodec(Codec):
             raise NotFittedError("vqae-sparse K is chosen by fit(); call fit first")
         return self.config.k
 
+    @property
+    def log_prior(self) -> torch.Tensor:
+        """(C,) fp16 log unigram prior the ids are ranked by (stored)."""
+        if self._log_prior is None:
+            raise NotFittedError(
+                "vqae-sparse has no prior before fit(); call fit first"
+            )
+        return self._log_prior
+
+    @property
+    def token_rank(self) -> torch.Tensor:
+        """(C,) int64: token id -> its rank in the prior order (0 = most frequent)."""
+        if self._rank is None:
+            raise NotFittedError(
+                "vqae-sparse has no prior before fit(); call fit first"
+            )
+        return self._rank
+
+    @property
+    def token_order(self) -> torch.Tensor:
+        """(C,) int64: rank -> token id (the inverse of :attr:`token_rank`)."""
+        if self._order is None:
+            raise NotFittedError(
+                "vqae-sparse has no prior before fit(); call fit first"
+            )
+        return self._order
+
     @staticmethod
     def model_bytes_for(cfg: VQAESparseConfig, k: int, num_classes: int) -> int:
         """Bytes of every stored tensor for K kept ids and C classes."""
@@ -677,18 +704,14 @@ class VQAESparseCodec(Codec):
             parts.append(pack_bits(torch.cat(all_tail), cfg.tail_bits))
         return EncodedBlock(num_labels=n, data=torch.cat(parts))
 
-    def decode(
-        self, block: EncodedBlock, device: torch.device | str | None = None
-    ) -> torch.Tensor:
-        """Block -> (N, C) float32 log-probabilities (finite everywhere)."""
-        num_classes = self._require_fitted("decode")
-        assert self._order is not None
+    def _parse(
+        self, block: EncodedBlock, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Block -> (N,) level, flat token ranks, (N, R, M) codes, (N,) tail index."""
         cfg, k = self.config, self.k
         levels = _levels(k, cfg.k_levels)
         n = block.num_labels
         data = block.data.cpu().reshape(-1)
-        if n == 0:
-            return torch.zeros(0, num_classes, device=device)
         if data.numel() < 4:
             raise ArchiveFormatError(f"vqae-sparse block of {n} labels is too short")
         length = int(data[:4].clone().view(torch.int32)[0])
@@ -733,6 +756,42 @@ class VQAESparseCodec(Codec):
             which = unpack_bits(data[pos:], cfg.tail_bits, n)
         else:
             which = torch.zeros(n, dtype=torch.int64)
+        return level, flat, codes, which
+
+    def decode_support(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block -> (N, K) kept token ids and (N, K + 1) decoded head + tail log-probs.
+
+        For codecs that model the tail themselves (``vqae-rs``); needs one K
+        level (``k_levels=1``) so every label keeps the same K ids.
+        """
+        num_classes = self._require_fitted("decode")
+        assert self._order is not None
+        if len(self._levels()) != 1:
+            raise ConfigError(
+                "decode_support needs a vqae-sparse codec with k_levels=1"
+            )
+        n = block.num_labels
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        if n == 0:
+            empty = torch.zeros(0, self.k, dtype=torch.int64, device=dev)
+            return empty, torch.zeros(0, self.k + 1, device=dev)
+        _, flat, codes, _ = self._parse(block, num_classes)
+        ids = self._order.to(dev)[flat.to(dev)].reshape(n, self.k)
+        return ids, self._decode_groups(codes.to(dev))
+
+    def decode(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Block -> (N, C) float32 log-probabilities (finite everywhere)."""
+        num_classes = self._require_fitted("decode")
+        assert self._order is not None
+        levels = _levels(self.k, self.config.k_levels)
+        n = block.num_labels
+        if n == 0:
+            return torch.zeros(0, num_classes, device=device)
+        level, flat, codes, which = self._parse(block, num_classes)
         dev = torch.device(device) if device is not None else torch.device("cpu")
         order = self._order.to(dev)
         log_q = self._decode_groups(codes.to(dev))  # (n, K + 1)
