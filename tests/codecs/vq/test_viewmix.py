@@ -9,13 +9,20 @@ import torch
 
 from labelzip.codecs.base import LabelContext
 from labelzip.codecs.registry import CODEC_IDS, create_codec
-from labelzip.codecs.vq.viewmix import ViewMixCodec, ViewMixConfig, view_mix_prior
+from labelzip.codecs.vq.viewmix import (
+    ViewMixCodec,
+    ViewMixConfig,
+    decode_prototypes,
+    store_prototypes,
+    view_mix_prior,
+)
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
     InputError,
     UnreachableTargetError,
 )
+from labelzip.ops.bitpack import packed_size
 from labelzip.ops.metrics import kl_divergence
 
 torch.set_num_threads(1)
@@ -303,3 +310,99 @@ def test_stored_config_leaves_out_default_fit_fields_and_is_bounded() -> None:
     assert bound is not None and set(bound) == set(config)
     assert len(json.dumps(bound)) >= len(json.dumps(config))
     assert ViewMixCodec(ViewMixConfig()).planned_config(C) is None
+
+
+def test_ans_prototypes_code_levels_losslessly_and_choose_the_smallest_form() -> None:
+    g = torch.Generator().manual_seed(3)
+    # 160 images stored class by class (4 classes x 40): neighbours look alike.
+    centres = 3 * torch.randn(4, C, generator=g)
+    protos = centres.repeat_interleave(40, dim=0) + 0.3 * torch.randn(
+        160, C, generator=g
+    )
+    packed, want, coding, _ = store_prototypes(protos, 4, "packed")
+    assert coding == "packed" and set(packed) == {"prototypes", "prototype_grid"}
+    stored, decoded, coding, delta = store_prototypes(protos, 4, "ans")
+    assert coding == "ans" and delta  # differences from the previous image win
+    assert torch.equal(decoded, want)
+    assert stored["prototype_freq"].shape == (1, 16)
+    size = sum(t.numel() * t.element_size() for t in stored.values())
+    assert size < sum(t.numel() * t.element_size() for t in packed.values())
+    assert torch.equal(decode_prototypes(stored, (160, C), 4, "ans", True), want)
+    # Shuffled images: the levels as they are code smaller than differences.
+    shuffled = protos[torch.randperm(160, generator=g)]
+    _, _, coding, delta = store_prototypes(shuffled, 4, "ans")
+    assert coding == "ans" and not delta
+    # Too few values to pay for the table: packed.
+    _, _, coding, _ = store_prototypes(protos[:2], 4, "ans")
+    assert coding == "packed"
+    with pytest.raises(ArchiveFormatError, match="prototype stream"):
+        decode_prototypes(
+            {**stored, "prototypes": stored["prototypes"][:4]}, (160, C), 4, "ans", True
+        )
+
+
+def test_ans_prototypes_round_trip_through_the_codec_and_free_payload() -> None:
+    ctx = _context()
+    logits = _logits(ctx)
+    codecs = {}
+    for coding in ("packed", "ans"):
+        codec = create_codec(
+            "vqae-ctx",
+            codebook_size=8,
+            prototype_bits=4,
+            prototype_coding=coding,
+            payload_budget_bytes=60,
+            **FAST,
+        )
+        assert isinstance(codec, ViewMixCodec)
+        codecs[coding] = codec.fit_in_context([logits], ctx)
+    ans, packed = codecs["ans"], codecs["packed"]
+    tensors = ans.model_tensors()
+    config = ans.to_config()
+    # 8 images are too few to pay for a 16-entry table: packed after all, and
+    # the 32 table bytes the plan held go to the codes.
+    assert config.get("prototype_coding", "packed") == "packed"
+    assert ans.config.payload_budget_bytes == 60 + 32
+    assert packed.config.payload_budget_bytes == 60
+    assert ans.model_bytes() == packed.model_bytes()
+    block = ans.encode_in_context(logits, ctx)
+    assert 60 < block.nbytes <= 92
+    loaded = ViewMixCodec.from_stored(config, tensors)
+    assert torch.equal(
+        loaded.decode_in_context(block, ctx), ans.decode_in_context(block, ctx)
+    )
+
+
+def test_ans_prototypes_from_stored() -> None:
+    g = torch.Generator().manual_seed(5)
+    m = 60
+    image = torch.arange(m).repeat(6)
+    partner = (image + 1) % m
+    ctx = LabelContext(
+        image, partner, 0.5 + 0.5 * torch.rand(len(image), generator=g), m
+    )
+    protos = (3 * torch.randn(6, C, generator=g)).repeat_interleave(10, dim=0)
+    protos = protos + 0.2 * torch.randn(m, C, generator=g)
+    logits = view_mix_prior(protos, ctx) + 0.3 * torch.randn(len(image), C, generator=g)
+    codec = create_codec(
+        "vqae-ctx", codebook_size=2, prototype_bits=4, prototype_coding="ans", **FAST
+    )
+    assert isinstance(codec, ViewMixCodec)
+    codec.fit_in_context([logits], ctx)
+    config, tensors = codec.to_config(), codec.model_tensors()
+    assert config["prototype_coding"] == "ans" and "prototype_freq" in tensors
+    assert tensors["prototypes"].numel() < packed_size(m * C, 4)
+    loaded = ViewMixCodec.from_stored(config, tensors)
+    block = codec.encode_in_context(logits, ctx)
+    assert torch.equal(
+        loaded.decode_in_context(block, ctx), codec.decode_in_context(block, ctx)
+    )
+    assert torch.equal(loaded.encode_in_context(logits, ctx).data, block.data)
+    with pytest.raises(ArchiveFormatError, match="prototype_freq"):
+        ViewMixCodec.from_stored(
+            config, {k: v for k, v in tensors.items() if k != "prototype_freq"}
+        )
+    auto = ViewMixCodec.for_target(
+        num_labels=50000, num_classes=10, budget_bytes=8000, num_images=500
+    )
+    assert auto.config.prototype_coding == "ans"

@@ -58,11 +58,14 @@ __all__ = [
     "PROTOTYPE_SWITCH_BITS",
     "RATE_MARGIN",
     "RD_SLACK_BITS",
+    "SEEN_RATE_MARGIN",
     "ViewMixCodec",
     "ViewMixConfig",
+    "decode_prototypes",
     "dequantize_prototypes",
     "prototype_bytes",
     "quantize_prototypes",
+    "store_prototypes",
     "view_mix_prior",
 ]
 
@@ -76,6 +79,9 @@ ASSUMED_BLOCK_LABELS = 1024
 # Coded bits may exceed the fitted entropy on labels the table was not fitted
 # on; rate control and the fit's check keep this relative margin.
 RATE_MARGIN = 0.03
+# ... and this one on the labels the fit saw (they encode to the codes it
+# measured; float rounding may flip a near tie).
+SEEN_RATE_MARGIN = 0.005
 # Rate control plans codebooks one bit per label larger than uniform codes would
 # fit; the fit's rate-distortion assignment (rate_penalty) brings the coded
 # size back under payload_budget_bytes.
@@ -95,6 +101,8 @@ _GRID_BYTES = 8  # the float32 [low, step] grid of 4/8-bit prototypes
 FIT_ONLY_FIELDS = frozenset(
     {
         "fit_threads",
+        "prototype_coding",  # its default (and prototype_delta's) is what
+        "prototype_delta",  # archives without the field were written with
         "learning_rate",
         "max_train_labels",
         "prior_steps",
@@ -145,6 +153,18 @@ class ViewMixConfig(CodecConfig):
         "levels per byte on one grid (KL(T=4) of the prior 0.0298 vs 0.0292, IPC 50 "
         "RDED set; rate control picks it when the bytes it frees buy >= "
         "PROTOTYPE_SWITCH_BITS per label); 16: fp16",
+    )
+    prototype_coding: Literal["packed", "ans"] = Field(
+        default="packed",
+        description="packed: fixed-width levels; ans: levels entropy-coded with a "
+        "stored table (rate control picks it with 4-bit prototypes: 1.5-2 KB "
+        "instead of 2.5 KB for 500 x 10); the fit falls back to packed if smaller",
+    )
+    prototype_delta: bool = Field(
+        default=False,
+        description="ans only: code each image's levels as differences (mod "
+        "2**bits) from the previous image's; set by the fit when smaller "
+        "(distilled sets store images class by class)",
     )
     mix: Literal["logit", "prob"] = Field(
         default="logit", description="mix prototypes' logits or probabilities"
@@ -230,6 +250,84 @@ def quantize_prototypes(
     tensors = {"prototypes": levels.contiguous(), "prototype_grid": grid}
     shape = (int(flat.shape[0]), int(flat.shape[1]))
     return tensors, dequantize_prototypes(tensors, shape, bits)
+
+
+def store_prototypes(
+    prototypes: torch.Tensor, bits: int, coding: str = "packed"
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, str, bool]:
+    """Stored tensors of (M, C) prototypes, their decoded values, coding and delta.
+
+    ``coding="ans"`` (4 or 8 bits) entropy-codes the levels of
+    :func:`quantize_prototypes` with one stored frequency table
+    (``prototype_freq``, (1, 2**bits) int16; ``prototypes`` becomes the ANS
+    stream), either as they are or as differences from the previous image's
+    levels (mod 2**bits; ``delta``), whichever is smaller, and falls back to
+    ``packed`` when that is smaller still. The decoded values do not depend on
+    the coding.
+    """
+    tensors, decoded = quantize_prototypes(prototypes, bits)
+    if coding != "ans" or bits >= 16:
+        return tensors, decoded, "packed", False
+    if coding == "ans" and bits not in (4, 8):
+        raise ConfigError(f"ans prototype coding needs 4 or 8 bits, got {bits}")
+    shape = (int(decoded.shape[0]), int(decoded.shape[1]))
+    levels = _prototype_levels(tensors, shape, bits)
+    best = (_stored_bytes(tensors), tensors, "packed", False)
+    for delta in (False, True):
+        symbols = _delta_levels(levels, bits) if delta else levels
+        coder = CategoricalStreamCoder.fit(symbols, 1 << bits, [0] * symbols.shape[1])
+        coded = {
+            "prototypes": coder.encode(symbols),
+            "prototype_grid": tensors["prototype_grid"],
+            "prototype_freq": coder.tables,
+        }
+        if _stored_bytes(coded) < best[0]:
+            best = (_stored_bytes(coded), coded, "ans", delta)
+    return best[1], decoded, best[2], best[3]
+
+
+def _stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _prototype_levels(
+    stored: dict[str, torch.Tensor], shape: tuple[int, int], bits: int
+) -> torch.Tensor:
+    """(M, C) int64 levels of packed 4/8-bit prototypes."""
+    protos = stored["prototypes"].cpu()
+    if bits < 8:
+        return unpack_bits(protos, bits, shape[0] * shape[1]).reshape(shape)
+    return protos.to(torch.int64).reshape(shape)
+
+
+def _delta_levels(levels: torch.Tensor, bits: int) -> torch.Tensor:
+    """Each row minus the previous row (the first minus 0), mod 2**bits."""
+    previous = torch.cat([torch.zeros_like(levels[:1]), levels[:-1]])
+    return (levels - previous) % (1 << bits)
+
+
+def decode_prototypes(
+    stored: dict[str, torch.Tensor],
+    shape: tuple[int, int],
+    bits: int,
+    coding: str = "packed",
+    delta: bool = False,
+) -> torch.Tensor:
+    """(M, C) float32 CPU prototypes from :func:`store_prototypes`' tensors.
+
+    Raises:
+        ArchiveFormatError: an ANS stream that does not hold M x C levels.
+    """
+    if coding != "ans":
+        return dequantize_prototypes(stored, shape, bits)
+    try:
+        coder = CategoricalStreamCoder(stored["prototype_freq"], [0] * shape[1])
+        symbols = coder.decode(stored["prototypes"].cpu(), shape[0])
+    except Exception as exc:
+        raise ArchiveFormatError(f"corrupt vqae-ctx prototype stream: {exc}") from exc
+    levels = torch.cumsum(symbols, dim=0) % (1 << bits) if delta else symbols
+    grid = stored["prototype_grid"].to("cpu", torch.float32)
+    return grid[0] + grid[1] * levels.to(torch.float32)
 
 
 def dequantize_prototypes(
@@ -328,10 +426,17 @@ class ViewMixCodec(Codec):
         num_classes: int,
         codebook_size: int,
         prototype_bits: int = 8,
+        prototype_coding: str = "packed",
     ) -> int:
-        """Prototypes, fp16 codebook and the int16 frequency table (K > 1)."""
+        """Prototypes, fp16 codebook and the int16 frequency table (K > 1).
+
+        ANS-coded prototypes are planned at their packed size plus their table
+        (an upper bound: the fit falls back to packed when coding does not pay).
+        """
         table = 2 * codebook_size if codebook_size > 1 else 0
         protos = prototype_bytes(num_images, num_classes, prototype_bits)
+        if prototype_coding == "ans" and prototype_bits < 16:
+            protos += 2 << prototype_bits
         return protos + 2 * codebook_size * num_classes + table
 
     @staticmethod
@@ -353,9 +458,13 @@ class ViewMixCodec(Codec):
         if self.config.num_images is None:
             return None
         k = self.config.codebook_size
+        bits = self.config.prototype_bits
         protos, _ = quantize_prototypes(
-            torch.zeros(self.config.num_images, num_classes), self.config.prototype_bits
+            torch.zeros(self.config.num_images, num_classes), bits
         )
+        if self.config.prototype_coding == "ans" and bits < 16:
+            protos["prototypes"] = protos["prototypes"].reshape(-1)
+            protos["prototype_freq"] = torch.zeros(1, 1 << bits, dtype=torch.int16)
         out = {
             "codebook": torch.zeros(k, num_classes, dtype=torch.float16),
             **protos,
@@ -429,23 +538,36 @@ class ViewMixCodec(Codec):
         prototypes = self._fit_prior(teacher, context)
         k = cfg.codebook_size
         penalty = 0.0
+        planned = self.model_bytes_for(
+            context.num_images, num_classes, 0, cfg.prototype_bits, cfg.prototype_coding
+        )
         while True:
             codebook, codes = self._fit_codebook(teacher, context, prototypes, k, gen)
+            stored, rounded, coding, delta = store_prototypes(
+                prototypes, cfg.prototype_bits, cfg.prototype_coding
+            )
+            prototypes.copy_(rounded)  # exactly what the decoder will see
+            # Bytes the prototypes leave of their plan go to the codes.
+            spare = max(0, planned - _stored_bytes(stored))
             costs = self._costs(teacher, self._prior(prototypes, context), codebook)
-            found = self._rate_search(costs, k, total)
+            found = self._rate_search(costs, k, total, spare)
             if found is not None or k == 1:
                 coder, codes, penalty = found or (None, codes, 0.0)
                 break
             logger.info("vqae-ctx: K=%d codes cannot meet the budget; K-1", k)
             k -= 1
         coded = coder.cost_bits(codes.reshape(-1, 1)) if coder is not None else 0.0
-        self.config = cfg.model_copy(
-            update={"codebook_size": k, "rate_penalty": penalty}
-        )
+        update: dict[str, Any] = {
+            "codebook_size": k,
+            "rate_penalty": penalty,
+            "prototype_coding": coding,
+            "prototype_delta": delta,
+        }
+        if cfg.payload_budget_bytes is not None:
+            update["payload_budget_bytes"] = cfg.payload_budget_bytes + spare
+        self.config = cfg.model_copy(update=update)
         self.num_classes = num_classes
-        self._proto_stored, self._prototypes = quantize_prototypes(
-            prototypes, cfg.prototype_bits
-        )
+        self._proto_stored, self._prototypes = stored, rounded
         self._codebook = codebook.detach().to(torch.float16).contiguous()
         self._coder = coder
         self._float = {}
@@ -552,8 +674,19 @@ class ViewMixCodec(Codec):
         return frozen, codes
 
     def _payload_need(self, bits: float, num_fit: int, total: int) -> int:
-        """Payload bytes of ``total`` labels whose ``num_fit`` fit labels code in ``bits``."""
-        scaled = bits * (1.0 + RATE_MARGIN) * total / max(1, num_fit)
+        """Payload bytes of ``total`` labels whose ``num_fit`` fit labels code in ``bits``.
+
+        The fit labels are among the stored ones (the fit sees a sample of the
+        labels it will encode) and encode to the codes measured here, so only
+        the labels it did not see get :data:`RATE_MARGIN`; the seen ones
+        :data:`SEEN_RATE_MARGIN`.
+        """
+        n = max(1, num_fit)
+        if total < n:
+            scaled = bits * (1.0 + RATE_MARGIN) * total / n
+        else:
+            unseen = bits / n * (total - n) * (1.0 + RATE_MARGIN)
+            scaled = bits * (1.0 + SEEN_RATE_MARGIN) + unseen
         blocks = max(1, math.ceil(total / ASSUMED_BLOCK_LABELS))
         return math.ceil(scaled / 8) + blocks * BLOCK_OVERHEAD_BYTES
 
@@ -582,16 +715,19 @@ class ViewMixCodec(Codec):
         return coder, codes, coder.cost_bits(codes.reshape(-1, 1))
 
     def _rate_search(
-        self, costs: torch.Tensor, k: int, total: int
+        self, costs: torch.Tensor, k: int, total: int, spare: int = 0
     ) -> tuple[CategoricalStreamCoder | None, torch.Tensor, float] | None:
         """The smallest rate penalty whose codes fit the payload budget.
 
         Returns (coder, codes, penalty), or None when no penalty fits. Without
-        a budget the penalty is 0 (plain least-KL codes).
+        a budget the penalty is 0 (plain least-KL codes). ``spare``: bytes the
+        model left of its plan, added to the budget.
         """
         if k == 1:
             return None, torch.zeros(costs.shape[0], dtype=torch.int64), 0.0
         budget = self.config.payload_budget_bytes
+        if budget is not None:
+            budget += spare
         n = costs.shape[0]
         coder, codes, bits = self._coded(costs, k, 0.0)
         if budget is None or self._payload_need(bits, n, total) <= budget:
@@ -755,7 +891,10 @@ class ViewMixCodec(Codec):
         """
         if self.config.num_images is None:
             return None
-        widest = self.config.model_copy(update={"rate_penalty": _WIDEST_FLOAT})
+        update: dict[str, Any] = {"rate_penalty": _WIDEST_FLOAT}
+        if self.config.prototype_coding == "ans":  # the widest the fit may store
+            update["prototype_delta"] = True
+        widest = self.config.model_copy(update=update)
         return self._stored_config(widest, self.config.num_images, num_classes)
 
     @classmethod
@@ -789,6 +928,12 @@ class ViewMixCodec(Codec):
             shapes["prototypes"] = ((packed,), torch.uint8)
         if cfg.prototype_bits < 16:
             shapes["prototype_grid"] = ((2,), torch.float32)
+        ans = cfg.prototype_coding == "ans" and cfg.prototype_bits < 16
+        if ans:  # a stream of any length
+            stream = tensors.get("prototypes")
+            length = stream.numel() if stream is not None else 0
+            shapes["prototypes"] = ((length,), torch.uint8)
+            shapes["prototype_freq"] = ((1, 1 << cfg.prototype_bits), torch.int16)
         if k > 1:
             shapes["code_freq"] = ((1, k), torch.int16)
         for name, (shape, dtype) in shapes.items():
@@ -803,11 +948,15 @@ class ViewMixCodec(Codec):
             raise ArchiveFormatError(f"unexpected vqae-ctx tensors {sorted(extra)}")
         codec._proto_stored = {
             name: tensors[name].cpu().contiguous()
-            for name in ("prototypes", "prototype_grid")
+            for name in ("prototypes", "prototype_grid", "prototype_freq")
             if name in shapes
         }
-        codec._prototypes = dequantize_prototypes(
-            codec._proto_stored, (m or 0, num_classes), cfg.prototype_bits
+        codec._prototypes = decode_prototypes(
+            codec._proto_stored,
+            (m or 0, num_classes),
+            cfg.prototype_bits,
+            cfg.prototype_coding if ans else "packed",
+            cfg.prototype_delta,
         )
         codec._codebook = tensors["codebook"].cpu().contiguous()
         if k > 1:
@@ -867,10 +1016,15 @@ class ViewMixCodec(Codec):
                 }
             )
         bits = base.prototype_bits
+        if "prototype_coding" not in fixed:
+            base = base.model_copy(
+                update={"prototype_coding": "ans" if bits == 4 else "packed"}
+            )
+        coding = base.prototype_coding
         top = base.codebook_size if "codebook_size" in fixed else MAX_CODEBOOK
         best = None
         for k in range(top, 0, -1):
-            model = cls.model_bytes_for(m, num_classes, k, bits)
+            model = cls.model_bytes_for(m, num_classes, k, bits, coding)
             if model + cls.payload_bytes_for(num_labels, k) <= budget_bytes:
                 best = k
                 break
@@ -882,21 +1036,21 @@ class ViewMixCodec(Codec):
                 **{**fixed, "prototype_bits": 4},
             )
         if best is None:
-            smallest = cls.model_bytes_for(m, num_classes, 1, bits)
+            smallest = cls.model_bytes_for(m, num_classes, 1, bits, coding)
             if "codebook_size" in fixed:
                 smallest = cls.model_bytes_for(
-                    m, num_classes, base.codebook_size, bits
+                    m, num_classes, base.codebook_size, bits, coding
                 ) + cls.payload_bytes_for(num_labels, base.codebook_size)
             dense = 2 * num_labels * num_classes
             raise UnreachableTargetError(
                 f"no vqae-ctx configuration fits {budget_bytes} bytes for {num_labels} "
                 f"labels: the prototypes of {m} images alone take "
-                f"{cls.model_bytes_for(m, num_classes, 0, bits)} "
+                f"{cls.model_bytes_for(m, num_classes, 0, bits, coding)} "
                 f"bytes ({bits}-bit) and the smallest configuration {smallest} (best "
                 f"reachable ratio {dense / max(1, smallest):.1f}x vs fp16 before the "
                 "header); lower the ratio"
             )
-        model = cls.model_bytes_for(m, num_classes, best, bits)
+        model = cls.model_bytes_for(m, num_classes, best, bits, coding)
         return cls(
             base.model_copy(
                 update={
