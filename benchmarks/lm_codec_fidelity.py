@@ -85,6 +85,21 @@ def main() -> None:
                     float(kl_divergence(test, decoded, temperature=4.0).mean()), 4
                 ),
                 "top1": round(float(top1_agreement(test, decoded)), 4),
+                # squared L2 between decoded and teacher probabilities: bias^2 +
+                # variance of the target, what a KD gradient sees (KL punishes an
+                # unbiased sampled label for its zeros; this does not)
+                "sq_err": round(
+                    float(
+                        (
+                            torch.softmax(decoded.double(), 1)
+                            - torch.softmax(test.double(), 1)
+                        )
+                        .square()
+                        .sum(1)
+                        .mean()
+                    ),
+                    5,
+                ),
                 "fit_s": round(fit_s, 1),
                 "encode_ms_per_token": round(1000 * enc_s / test.shape[0], 2),
                 "decode_ms_per_token": round(1000 * dec_s / test.shape[0], 2),
