@@ -133,7 +133,8 @@ def test_corrupted_metadata(archive: Path) -> None:
 def test_unknown_format_version(archive: Path) -> None:
     rewrite_header(archive, lambda doc: doc.update(format_version=99))
     with pytest.raises(
-        ArchiveFormatError, match="format version 99; this labelzip reads version 1"
+        ArchiveFormatError,
+        match="format version 99; this labelzip reads version 1 or 2",
     ):
         ArchiveReader(archive)
 
@@ -177,3 +178,26 @@ def test_any_flipped_byte_is_detected(archive: Path) -> None:
             with ArchiveReader(archive) as reader:
                 reader.verify()
                 list(reader.decode_all())
+
+
+def test_renamed_tensor_fails_its_digest(archive: Path) -> None:
+    """Format 2 digests cover names: a renamed side tensor no longer verifies."""
+    data = archive.read_bytes()
+    assert data.count(b'"side/aug"') == 1
+    archive.write_bytes(data.replace(b'"side/aug"', b'"side/auh"'))
+    with ArchiveReader(archive) as reader:
+        assert torch.equal(reader.decode(0), reader.decode(0))  # chunks intact
+        with pytest.raises(ChecksumError, match="'side/auh' does not match"):
+            reader.verify()
+
+
+def test_digests_table_must_cover_every_tensor(archive: Path) -> None:
+    container = read_container_header(archive)
+    assert container.entries["digests"].shape == (5, 32)  # 4 chunks and the side
+    data = archive.read_bytes()
+    archive.write_bytes(data.replace(b'"shape":[5,32]', b'"shape":[4,32]'))
+    with pytest.raises(ArchiveFormatError, match="'digests' tensor does not have"):
+        ArchiveReader(archive)
+    rewrite_header(archive, lambda doc: doc.update(checksums={"chunk/000000": "0"}))
+    with pytest.raises(ArchiveFormatError, match="should name only 'digests'"):
+        ArchiveReader(archive)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -296,9 +298,20 @@ def test_archive_is_plain_safetensors(
     codec = fitted("dense", views)
     save_archive(tmp_path / "a.lz", codec, views, chunk_size=100)
     with safe_open(str(tmp_path / "a.lz"), framework="pt") as handle:
-        assert sorted(handle.keys()) == ["chunk/000000", "chunk/000001"]
+        assert sorted(handle.keys()) == ["chunk/000000", "chunk/000001", "digests"]
         assert '"format":"labelzip"' in handle.metadata()["labelzip"]
-        assert handle.get_tensor("chunk/000001").dtype == torch.uint8
+        chunk = handle.get_tensor("chunk/000001")
+        assert chunk.dtype == torch.uint8
+        # Format 2: one binary sha256 of (name, 0, bytes) per tensor, sorted by name.
+        digests = handle.get_tensor("digests")
+        assert digests.shape == (2, 32) and digests.dtype == torch.uint8
+        want = hashlib.sha256(b"chunk/000001\x00" + chunk.numpy().tobytes()).digest()
+        assert bytes(digests[1].tolist()) == want
+        doc = json.loads(handle.metadata()["labelzip"])
+        assert doc["format_version"] == 2
+        assert doc["checksums"] == {
+            "digests": hashlib.sha256(digests.numpy().tobytes()).hexdigest()
+        }
 
 
 def test_writer_rejects_wrong_label_counts_and_leaves_no_file(

@@ -80,7 +80,7 @@ def test_json_account_matches_file(
         and info["num_stored"] == 60
     )
     assert info["layout"] == {"dims": ["sample", "view"], "shape": [30, 4]}
-    assert info["format_version"] == 1 and info["prune"]["keep_fraction"] == 0.5
+    assert info["format_version"] == 2 and info["prune"]["keep_fraction"] == 0.5
     assert info["teacher"] == "effnet" and info["verified"] is False
 
 

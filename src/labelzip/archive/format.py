@@ -8,7 +8,12 @@ open it and memory-map it. labelzip adds:
   describes the codec, the label layout, the chunks, pruning and checksums;
 - ``__metadata__["labelzip_sha256"]``: the sha256 of that document's UTF-8 bytes;
 - tensors ``model/<name>`` (stored once), ``side/<name>`` (side information) and
-  ``chunk/<000000>`` (``uint8`` blocks of consecutive stored labels).
+  ``chunk/<000000>`` (``uint8`` blocks of consecutive stored labels);
+- (version 2) tensor ``digests``: the binary sha256 of every other tensor's
+  name and bytes (:func:`sha256_named`), one 32-byte row per tensor in sorted
+  name order; the document's ``checksums`` holds only the hex sha256 of
+  ``digests`` (version 1 listed every tensor's hex sha256 of its bytes there:
+  ~84 header bytes per tensor instead of 32).
 
 docs/format.md is the human-readable specification of the same rules.
 """
@@ -32,11 +37,14 @@ from labelzip.errors import ArchiveFormatError, ConfigError
 __all__ = [
     "CHUNK_PREFIX",
     "DEFAULT_CHUNK_SIZE",
+    "DIGESTS_NAME",
+    "DIGEST_BYTES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "METADATA_KEY",
     "METADATA_SHA_KEY",
     "MODEL_PREFIX",
+    "READABLE_VERSIONS",
     "SIDE_PREFIX",
     "ArchiveHeader",
     "ArchiveMetadata",
@@ -48,17 +56,23 @@ __all__ = [
     "build_header",
     "chunk_name",
     "container_prefix",
+    "digest_map",
+    "digest_table",
     "dtype_from_code",
     "dtype_to_code",
     "encode_container_header",
     "read_container_header",
+    "sha256_named",
     "sha256_tensor",
     "static_order",
     "tensor_bytes",
 ]
 
 FORMAT_NAME = "labelzip"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what the writer writes
+READABLE_VERSIONS = (1, 2)  # what the reader reads
+DIGESTS_NAME = "digests"  # version 2: the (T, 32) uint8 sha256 table
+DIGEST_BYTES = 32
 METADATA_KEY = "labelzip"
 METADATA_SHA_KEY = "labelzip_sha256"
 MODEL_PREFIX = "model/"
@@ -112,6 +126,58 @@ def sha256_tensor(tensor: torch.Tensor) -> str:
     """Hex sha256 of a tensor's bytes exactly as stored (row-major, little-endian)."""
     data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
     return hashlib.sha256(data.numpy().tobytes()).hexdigest()
+
+
+def sha256_named(name: str, tensor: torch.Tensor) -> str:
+    """Hex sha256 of a tensor's name (UTF-8), one zero byte, then its stored bytes.
+
+    Format 2's per-tensor digest: it covers the name too, so a renamed tensor
+    fails its check as in format 1, where the names were in the checksummed
+    document.
+    """
+    data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+    digest = hashlib.sha256(name.encode("utf-8") + b"\x00")
+    digest.update(data.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def digest_table(checksums: Mapping[str, str]) -> torch.Tensor:
+    """The version-2 ``digests`` tensor: (T, 32) uint8, one binary sha256 per row.
+
+    ``checksums`` maps names to :func:`sha256_named` digests. Rows follow the
+    tensor names in sorted order (Python string order), so a reader ties each
+    digest to a name without a stored list of names.
+    """
+    rows = [bytes.fromhex(checksums[name]) for name in sorted(checksums)]
+    if any(len(row) != DIGEST_BYTES for row in rows):
+        raise ConfigError("checksums must be hex sha256 digests (64 characters)")
+    data = bytearray(b"".join(rows))
+    if not data:
+        return torch.zeros(0, DIGEST_BYTES, dtype=torch.uint8)
+    table = torch.frombuffer(data, dtype=torch.uint8)
+    return table.reshape(len(rows), DIGEST_BYTES).clone()
+
+
+def digest_map(table: torch.Tensor, names: Sequence[str]) -> dict[str, str]:
+    """Inverse of :func:`digest_table`: tensor name -> hex sha256.
+
+    Raises:
+        ArchiveFormatError: the table does not have one 32-byte row per name.
+    """
+    ordered = sorted(names)
+    if table.dtype != torch.uint8 or tuple(table.shape) != (
+        len(ordered),
+        DIGEST_BYTES,
+    ):
+        raise ArchiveFormatError(
+            f"the {DIGESTS_NAME!r} tensor should be ({len(ordered)}, {DIGEST_BYTES}) "
+            f"uint8, got {tuple(table.shape)} {table.dtype}"
+        )
+    raw = table.contiguous().numpy().tobytes()
+    return {
+        name: raw[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES].hex()
+        for i, name in enumerate(ordered)
+    }
 
 
 # -- label layout ----------------------------------------------------------------------
@@ -253,7 +319,8 @@ class ArchiveHeader(_Strict):
     teacher: str | None = Field(default=None, description="teacher model identifier")
     user: dict[str, Any] = Field(default_factory=dict, description="free-form metadata")
     checksums: dict[str, str] = Field(
-        description="tensor name -> hex sha256 of its bytes"
+        description="tensor name -> hex sha256 of its bytes: every tensor (version "
+        "1), or only 'digests', which holds the others' (version 2)"
     )
 
     def to_json(self) -> str:

@@ -16,6 +16,8 @@ import torch
 from labelzip.accounting import reference_bytes
 from labelzip.archive.format import (
     DEFAULT_CHUNK_SIZE,
+    DIGEST_BYTES,
+    DIGESTS_NAME,
     MODEL_PREFIX,
     SIDE_PREFIX,
     ArchiveMetadata,
@@ -130,6 +132,9 @@ def estimate_header_bytes(
     full, rest = divmod(num_stored, chunk_size)
     chunk_labels = [chunk_size] * full + ([rest] if rest else [])
     names = [n for n, _ in static] + [chunk_name(i) for i in range(len(chunk_labels))]
+    # Format 2: a (T, 32) table of the tensors' sha256 (counted as header).
+    digests = torch.zeros(len(names), DIGEST_BYTES, dtype=torch.uint8)
+    static = static_order({**dict(static), DIGESTS_NAME: digests})
     header = build_header(
         codec_name=cls.kind,
         codec_id=cls.codec_id,
@@ -141,7 +146,7 @@ def estimate_header_bytes(
         chunk_labels=chunk_labels,
         prune=prune.to_dict() if prune is not None else None,
         metadata=metadata or ArchiveMetadata(),
-        checksums=dict.fromkeys(names, "f" * 64),
+        checksums={DIGESTS_NAME: "f" * 64},
         reference=reference,
     )
     # Chunk sizes/offsets written as 0 here; real ones have up to _OFFSET_DIGITS digits.
@@ -150,7 +155,8 @@ def estimate_header_bytes(
     if max_file_bytes is not None:
         digits = min(digits, len(str(max(1, max_file_bytes))))
     slack = len(chunk_labels) * 3 * (digits - 1)
-    return len(prefix) + slack + allowance + 7  # + 7: alignment padding
+    # + 7: alignment padding
+    return len(prefix) + digests.numel() + slack + allowance + 7
 
 
 def codec_for_target(

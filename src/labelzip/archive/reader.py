@@ -24,18 +24,22 @@ import torch
 from labelzip.accounting import StorageAccount
 from labelzip.archive.format import (
     CHUNK_PREFIX,
+    DIGEST_BYTES,
+    DIGESTS_NAME,
     FORMAT_NAME,
-    FORMAT_VERSION,
     METADATA_KEY,
     METADATA_SHA_KEY,
     MODEL_PREFIX,
+    READABLE_VERSIONS,
     SIDE_PREFIX,
     ArchiveHeader,
     ArchiveMetadata,
     ContainerHeader,
     Layout,
     chunk_name,
+    digest_map,
     read_container_header,
+    sha256_named,
     sha256_tensor,
 )
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext
@@ -96,6 +100,7 @@ class ArchiveReader:
             starts.append(starts[-1] + count)
         self._chunk_starts = torch.tensor(starts, dtype=torch.int64)
         self._handle: Any = None
+        self._checksums: dict[str, str] | None = None  # every tensor's hex sha256
 
     # -- description ---------------------------------------------------------------
     @property
@@ -133,7 +138,10 @@ class ArchiveReader:
             payload_bytes=nbytes(CHUNK_PREFIX),
             model_bytes=nbytes(MODEL_PREFIX),
             side_bytes=nbytes(SIDE_PREFIX),
-            header_bytes=self.container.file_size - self.container.tensor_bytes,
+            # Everything but payload, model and side: the framing, the JSON and,
+            # in format 2, the digests table.
+            header_bytes=self.container.file_size
+            - sum(nbytes(p) for p in (CHUNK_PREFIX, MODEL_PREFIX, SIDE_PREFIX)),
             reference=self.header.reference,
         )
 
@@ -171,9 +179,36 @@ class ArchiveReader:
                 ) from exc
         return self._handle
 
+    @property
+    def checksums(self) -> dict[str, str]:
+        """Tensor name -> hex sha256, for every tensor of the file.
+
+        Format 1 lists them in the header; format 2 stores them in the
+        ``digests`` tensor, which is read and checked on first use.
+        """
+        if self._checksums is None:
+            if self.header.format_version == 1:
+                self._checksums = dict(self.header.checksums)
+            else:
+                table = self._raw_tensor(
+                    DIGESTS_NAME, self.header.checksums[DIGESTS_NAME]
+                )
+                names = [n for n in self.container.entries if n != DIGESTS_NAME]
+                self._checksums = {
+                    **digest_map(table, names),
+                    DIGESTS_NAME: self.header.checksums[DIGESTS_NAME],
+                }
+        return self._checksums
+
     def _tensor(self, name: str) -> torch.Tensor:
+        # Format 2 digests cover the name too (the digests table: its bytes only).
+        named = self.header.format_version > 1 and name != DIGESTS_NAME
+        return self._raw_tensor(name, self.checksums[name], named)
+
+    def _raw_tensor(self, name: str, want: str, named: bool = False) -> torch.Tensor:
         tensor: torch.Tensor = self._open().get_tensor(name)
-        if sha256_tensor(tensor) != self.header.checksums[name]:
+        got = sha256_named(name, tensor) if named else sha256_tensor(tensor)
+        if got != want:
             raise ChecksumError(
                 f"archive {str(self.path)!r} is corrupted: tensor {name!r} does not "
                 "match its checksum; re-create or re-download the file"
@@ -364,7 +399,7 @@ class ArchiveReader:
 
     def verify(self) -> None:
         """Check every tensor against its sha256; raise ChecksumError on the first bad one."""
-        for name in sorted(self.header.checksums):
+        for name in sorted(self.checksums):
             self._tensor(name)
 
     # -- lifetime -----------------------------------------------------------------------
@@ -421,10 +456,11 @@ def _parse_header(container: ContainerHeader, name: str) -> ArchiveHeader:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise ArchiveFormatError(f"{name!r} is not a labelzip archive (format field)")
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = " or ".join(str(v) for v in READABLE_VERSIONS)
         raise ArchiveFormatError(
             f"archive {name!r} has format version {version!r}; this labelzip reads "
-            f"version {FORMAT_VERSION}; upgrade labelzip to read it"
+            f"version {readable}; upgrade labelzip to read it"
         )
     codec = raw.get("codec") or {}
     known = {cid: cname for cname, (cid, _) in CODEC_IDS.items()}
@@ -449,8 +485,17 @@ def _check_tensors(
     bad = ""
     chunk_names = {chunk_name(i) for i in range(len(header.chunk_labels))}
     found = set(container.entries)
-    if found != set(header.checksums):
+    digests = container.entries.get(DIGESTS_NAME)
+    if header.format_version == 1 and found != set(header.checksums):
         bad = f"tensors {sorted(found ^ set(header.checksums))[:4]} are not in both"
+    elif header.format_version > 1 and set(header.checksums) != {DIGESTS_NAME}:
+        bad = f"checksums should name only {DIGESTS_NAME!r}"
+    elif header.format_version > 1 and (
+        digests is None
+        or digests.dtype != "U8"
+        or digests.shape != (len(found) - 1, DIGEST_BYTES)
+    ):
+        bad = f"the {DIGESTS_NAME!r} tensor does not have one row per tensor"
     elif {n for n in found if n.startswith(CHUNK_PREFIX)} != chunk_names:
         bad = "chunk tensors do not match chunk_labels"
     elif sum(header.chunk_labels) != header.num_stored or min(header.chunk_labels) < 1:

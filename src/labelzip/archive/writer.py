@@ -29,6 +29,7 @@ import torch
 from labelzip.accounting import StorageAccount, reference_bytes
 from labelzip.archive.format import (
     DEFAULT_CHUNK_SIZE,
+    DIGESTS_NAME,
     MODEL_PREFIX,
     SIDE_PREFIX,
     ArchiveHeader,
@@ -37,6 +38,8 @@ from labelzip.archive.format import (
     build_header,
     chunk_name,
     container_prefix,
+    digest_table,
+    sha256_named,
     sha256_tensor,
     static_order,
     tensor_bytes,
@@ -289,7 +292,8 @@ class ArchiveWriter:
             )
         data = block.data.detach().to("cpu", torch.uint8).contiguous().reshape(-1)
         self._spill.write(tensor_bytes(data))
-        self._chunks.append((rows.shape[0], data.numel(), sha256_tensor(data)))
+        name = chunk_name(len(self._chunks))
+        self._chunks.append((rows.shape[0], data.numel(), sha256_named(name, data)))
         self._stored += rows.shape[0]
 
     # -- finishing ----------------------------------------------------------------
@@ -311,8 +315,12 @@ class ArchiveWriter:
                     **self.side_tensors,
                 }
             )
-            checksums = {name: sha256_tensor(t) for name, t in static}
+            checksums = {name: sha256_named(name, t) for name, t in static}
             checksums.update({chunk_name(i): c[2] for i, c in enumerate(self._chunks)})
+            # Format 2: the digests as one binary table, its own sha256 in the doc.
+            digests = digest_table(checksums)
+            static = static_order({**dict(static), DIGESTS_NAME: digests})
+            checksums = {DIGESTS_NAME: sha256_tensor(digests)}
             header = build_header(
                 codec_name=self.codec.kind,
                 codec_id=self.codec.codec_id,
@@ -336,7 +344,8 @@ class ArchiveWriter:
                 shutil.copyfileobj(self._spill, out, _COPY_BYTES)
                 out.flush()
                 os.fsync(out.fileno())
-            self.account = self._account(header, static, len(prefix))
+            head = len(prefix) + digests.numel()  # the table counts as header
+            self.account = self._account(header, static, head)
             logger.info("wrote %s: %s", self.path, self.account)
             return self.account
         finally:
