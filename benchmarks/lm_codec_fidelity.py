@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from labelzip.bench.lm import CODEC_PRESETS
 from labelzip.codecs.registry import create_codec_for_target
+from labelzip.codecs.vqae_rs import VQAERSCodec
 from labelzip.ops.metrics import kl_divergence, top1_agreement
 
 
@@ -104,7 +105,18 @@ def main() -> None:
                 "encode_ms_per_token": round(1000 * enc_s / test.shape[0], 2),
                 "decode_ms_per_token": round(1000 * dec_s / test.shape[0], 2),
             }
+            if isinstance(codec, VQAERSCodec):  # its only bias: the VQ head profile
+                row["head_tv"] = round(_head_tv(codec, test), 4)
             print(json.dumps(row), flush=True)
+
+
+def _head_tv(codec: VQAERSCodec, test: torch.Tensor) -> float:
+    """Mean total variation between the decoded and the teacher's K + 1 profile."""
+    ids, log_q = codec.head.decode_support(codec.head.encode(test))
+    p = torch.softmax(test.double(), dim=1).gather(1, ids)
+    q = log_q.double().exp()
+    tv = (q[:, :-1] - p).abs().sum(1) + (q[:, -1] - (1 - p.sum(1))).abs()
+    return float(0.5 * tv.mean())
 
 
 if __name__ == "__main__":

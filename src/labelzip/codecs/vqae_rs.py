@@ -187,6 +187,11 @@ class VQAERSCodec(Codec):
 
     # -- sizes -------------------------------------------------------------------
     @property
+    def head(self) -> VQAESparseCodec:
+        """The fitted ``vqae-sparse`` codec of the top-K head (one K, no tail)."""
+        return self._require_head("head")
+
+    @property
     def levels(self) -> tuple[int, ...]:
         """The per-label sample counts this codec may use."""
         return tuple(s for s in SAMPLE_LEVELS if s <= self.config.max_samples)
