@@ -54,7 +54,6 @@ from labelzip.ops.bitpack import pack_bits, packed_size, unpack_bits
 __all__ = [
     "BLOCK_OVERHEAD_BYTES",
     "CONTEXT_KIND",
-    "FIT_ONLY_FIELDS",
     "PROTOTYPE_SWITCH_BITS",
     "RATE_MARGIN",
     "RD_SLACK_BITS",
@@ -97,15 +96,17 @@ MAX_CODEBOOK = 256
 # ~0.004 (K = 2 -> 4, docs/vqae-design.md), so 0.15 bits break even.
 PROTOTYPE_SWITCH_BITS = 0.15
 _GRID_BYTES = 8  # the float32 [low, step] grid of 4/8-bit prototypes
-# Config fields only the fit reads; to_config stores them when not default.
-FIT_ONLY_FIELDS = frozenset(
+# Config fields to_config leaves out while they hold their default: the ones
+# only the fit reads, and the prototype coding fields, whose defaults are what
+# archives written before those fields existed use (so they can never change).
+OMITTED_WHEN_DEFAULT = frozenset(
     {
         "fit_threads",
-        "prototype_coding",  # its default (and prototype_delta's) is what
-        "prototype_delta",  # archives without the field were written with
         "learning_rate",
         "max_train_labels",
         "prior_steps",
+        "prototype_coding",
+        "prototype_delta",
         "round_steps",
         "rounds",
         "seed",
@@ -268,7 +269,7 @@ def store_prototypes(
     tensors, decoded = quantize_prototypes(prototypes, bits)
     if coding != "ans" or bits >= 16:
         return tensors, decoded, "packed", False
-    if coding == "ans" and bits not in (4, 8):
+    if bits not in (4, 8):
         raise ConfigError(f"ans prototype coding needs 4 or 8 bits, got {bits}")
     shape = (int(decoded.shape[0]), int(decoded.shape[1]))
     levels = _prototype_levels(tensors, shape, bits)
@@ -858,7 +859,7 @@ class ViewMixCodec(Codec):
     def to_config(self) -> dict[str, Any]:
         """The stored config: every field that decoding or encoding reads.
 
-        Fit-only fields (:data:`FIT_ONLY_FIELDS`) are left out when they hold
+        Fields in :data:`OMITTED_WHEN_DEFAULT` are left out while they hold
         their default (``from_stored`` restores the same config); at 100x on a
         500-image set each header byte is 0.01% of the budget.
         """
@@ -875,7 +876,7 @@ class ViewMixCodec(Codec):
             **{
                 name: value
                 for name, value in dumped.items()
-                if name not in FIT_ONLY_FIELDS
+                if name not in OMITTED_WHEN_DEFAULT
                 or getattr(config, name) != getattr(defaults, name)
             },
             "num_images": num_images,
