@@ -16,6 +16,11 @@ from labelzip.distill import (
 )
 from labelzip.distill.bnstats import running_statistics
 from labelzip.distill.recover import _crop_lower_bound
+from labelzip.distill.recover_config import (
+    SMALL_IMAGE_BN_WEIGHT,
+    SMALL_IMAGE_CROP_SCALE,
+    resolve_image_defaults,
+)
 from labelzip.errors import ConfigError, InputError
 from labelzip.teachers import predict_logits
 
@@ -109,6 +114,30 @@ def test_cda_anneals_the_crop_scale_lower_bound() -> None:
     assert _crop_lower_bound(half, 60, 100) == pytest.approx(0.08)
     sre2l = RecoverConfig()
     assert {_crop_lower_bound(sre2l, s, 100) for s in (0, 50, 99)} == {0.08}
+
+
+def test_unset_crop_scale_and_bn_weight_resolve_by_image_side(
+    fmnist_slice: ImageDataset, small_teacher: nn.Module
+) -> None:
+    small = resolve_image_defaults(RecoverConfig(), 28)
+    assert small.crop_scale == SMALL_IMAGE_CROP_SCALE == (0.5, 1.0)
+    assert small.bn_weight == SMALL_IMAGE_BN_WEIGHT == 0.3
+    large = resolve_image_defaults(RecoverConfig(), 64)  # SRe2L from 64 px on
+    assert large.crop_scale == (0.08, 1.0) and large.bn_weight == 0.01
+    mine = resolve_image_defaults(RecoverConfig(crop_scale=(0.2, 0.9)), 28)
+    assert mine.crop_scale == (0.2, 0.9) and mine.bn_weight == 0.3
+    mine = resolve_image_defaults(RecoverConfig(bn_weight=0.01), 28)
+    assert mine.crop_scale == (0.5, 1.0) and mine.bn_weight == 0.01
+    cda = resolve_image_defaults(CDAConfig(curriculum="linear"), 28)
+    assert isinstance(cda, CDAConfig) and cda.curriculum == "linear"
+    # the set records the values it was recovered with
+    ds = distill("sre2l", fmnist_slice, small_teacher, ipc=1, steps=1, classes=[0])
+    assert ds.config["crop_scale"] == [0.5, 1.0] and ds.config["bn_weight"] == 0.3
+    ds = distill(
+        "lpld", fmnist_slice, small_teacher, ipc=1, steps=1, classes=[0],
+        crop_scale=(0.08, 1.0), bn_weight=0.01,
+    )  # fmt: skip
+    assert ds.config["crop_scale"] == [0.08, 1.0] and ds.config["bn_weight"] == 0.01
 
 
 def test_cda_and_lpld_sets(

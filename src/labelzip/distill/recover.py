@@ -63,9 +63,11 @@ from labelzip.distill.recover_config import (
     CPU_STEPS,
     PAPER_IMAGE_SIZE,
     PAPER_STEPS,
+    SRE2L_CROP_SCALE,
     CDAConfig,
     LPLDConfig,
     RecoverConfig,
+    resolve_image_defaults,
 )
 from labelzip.errors import ConfigError, InputError
 
@@ -145,7 +147,8 @@ def _views(
 
 
 def _crop_lower_bound(config: RecoverConfig, step: int, steps: int) -> float:
-    end = config.crop_scale[0]
+    crop_hi = (config.crop_scale or SRE2L_CROP_SCALE)[1]
+    end = (config.crop_scale or SRE2L_CROP_SCALE)[0]
     if not isinstance(config, CDAConfig):
         return end
     span = max(1.0, config.curriculum_milestone * steps)
@@ -156,7 +159,7 @@ def _crop_lower_bound(config: RecoverConfig, step: int, steps: int) -> float:
         else 1.0 - t
     )
     start = max(config.curriculum_start, end)
-    return min(end + (start - end) * shape, config.crop_scale[1])
+    return min(end + (start - end) * shape, crop_hi)
 
 
 def recover_batch(
@@ -179,7 +182,9 @@ def recover_batch(
             images only).
         targets: (B,) int64 class ids.
         image_shape: (C, H, W).
-        config: the recovery settings (``steps`` is given separately).
+        config: the recovery settings (``steps`` is given separately); unset
+            ``crop_scale`` / ``bn_weight`` resolve by the image side
+            (:func:`resolve_image_defaults`).
         generator: CPU generator for the initial noise and every view.
         steps: optimisation steps.
         bn_targets: ``(weight, [(mean, var) per BN layer])`` pairs to match;
@@ -195,6 +200,9 @@ def recover_batch(
     layers = bn_layers(teacher)
     c, h, w = image_shape
     jitter = config.jitter if config.jitter is not None else min(h, w) // 7
+    config = resolve_image_defaults(config, min(h, w))
+    crop_scale, bn_weight = config.crop_scale, config.bn_weight
+    assert crop_scale is not None and bn_weight is not None
     noise = torch.randn(len(targets), c, h, w, generator=generator)
     z = noise.to(device).requires_grad_(True)
     z_lo, z_hi = -_PIXEL_MEAN / _PIXEL_STD, (1.0 - _PIXEL_MEAN) / _PIXEL_STD
@@ -216,11 +224,9 @@ def recover_batch(
                 group["lr"] = 0.5 * config.lr * (1.0 + math.cos(math.pi * step / steps))
             pixels = 255.0 * (_PIXEL_MEAN + _PIXEL_STD * z)
             lo = _crop_lower_bound(config, step, steps)
-            views = _views(
-                pixels, generator, lo, config.crop_scale[1], jitter, config.flip
-            )
+            views = _views(pixels, generator, lo, crop_scale[1], jitter, config.flip)
             ce = F.cross_entropy(teacher(views), y)
-            bn = config.bn_weight * matcher.take(config.first_bn_multiplier)
+            bn = bn_weight * matcher.take(config.first_bn_multiplier)
             loss = ce + bn
             (grad,) = torch.autograd.grad(loss, [z])
             z.grad = grad
@@ -319,6 +325,7 @@ def recover(
     device = resolve_device(device, teacher)
     teacher = teacher.to(device)
     shape = _image_shape(config, dataset, device, method)
+    config = resolve_image_defaults(config, min(shape[1:]))
     num_classes = teacher_num_classes(teacher, shape[0], shape[1:], device)
     names = class_names_for(dataset, teacher, num_classes)
     classes = resolve_classes(config.classes, num_classes)
