@@ -95,6 +95,8 @@ _BLOCK_SLACK = 20  # bytes per block: two u32 lengths, ANS tails, bit padding
 _SLACK_LABELS = 256  # labels per block assumed by rate control (LM chunk = 1 window)
 _MEASURE_LABELS = 1024  # fit labels the tail rate is measured on
 _LOG_PRIOR_FLOOR = -60.0
+_RESIDUAL_RANGE = 31  # stored residual steps z in [-31, 31]
+_PROB_FLOOR = 1e-12
 
 
 class VQAERSConfig(CodecConfig):
@@ -118,6 +120,13 @@ class VQAERSConfig(CodecConfig):
         ge=1,
         le=SAMPLE_LEVELS[-1],
         description="largest per-label tail sample count",
+    )
+    residual_step: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=0.5,
+        description="grid step of the dithered head residual (stochastic rounding "
+        "makes the decoded head probabilities unbiased); 0 = VQ head only",
     )
     num_chunks: int = Field(
         default=4, ge=1, le=64, description="VQ chunks per label (M), 8 bits each"
@@ -184,6 +193,8 @@ class VQAERSCodec(Codec):
         self._rank_table: torch.Tensor | None = None  # (1, A) int16
         self._level_coder: CategoricalStreamCoder | None = None
         self._rank_coder: CategoricalStreamCoder | None = None
+        self._residual_table: torch.Tensor | None = None  # (G, 2 R + 1) int16
+        self._residual_coder: CategoricalStreamCoder | None = None
 
     # -- sizes -------------------------------------------------------------------
     @property
@@ -201,7 +212,9 @@ class VQAERSCodec(Codec):
         """Bytes of every stored tensor for K head ids and C classes."""
         levels = sum(1 for s in SAMPLE_LEVELS if s <= cfg.max_samples)
         head = VQAESparseCodec.model_bytes_for(cfg.head_config(k), k, num_classes)
-        return head + 2 * (levels + _alphabet(num_classes))
+        return head + 2 * (
+            levels + _alphabet(num_classes) + _residual_table_size(cfg, k)
+        )
 
     # -- fitting -----------------------------------------------------------------
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> VQAERSCodec:
@@ -220,6 +233,7 @@ class VQAERSCodec(Codec):
         # evenly spaced rows: label streams are sorted by sequence and position
         meas = log_p[torch.linspace(0, n - 1, min(n, _MEASURE_LABELS)).long()]
         k, scale = cfg.k, cfg.sample_scale
+        fitted_scale = False
         if k is None or scale is None:
             if cfg.budget_bytes is None or num_labels is None:
                 raise ConfigError(
@@ -227,10 +241,29 @@ class VQAERSCodec(Codec):
                     "fit(num_labels=...); use create_codec_for_target or give both"
                 )
             k, scale = self._rate_control(log_p, meas, rank, num_labels)
+            fitted_scale = True
         self.config = cfg = cfg.model_copy(update={"k": k, "sample_scale": scale})
         head = VQAESparseCodec(cfg.head_config(k)).fit([log_p], num_labels=num_labels)
         self._head = head
         self.num_classes = num_classes
+        residual_table = None
+        if cfg.residual_step > 0:
+            ids, log_q = head.decode_support(head.encode(meas))
+            gen = seeded_generator(cfg.seed, b"vqae-rs-res", 0)
+            z = self._residuals(meas, ids, log_q, gen)
+            counts = torch.zeros(_residual_groups(k), 2 * _RESIDUAL_RANGE + 1)
+            cols = torch.tensor(_column_tables(k))
+            counts.index_put_((cols[None].expand_as(z), z), torch.ones(z.shape), True)
+            residual_table = quantize_counts(counts.long())
+            if cfg.sample_scale is not None and scale is not None and fitted_scale:
+                # the residual symbols' bits come off the tail's share: refit S
+                t = residual_table.double()
+                log2p = torch.log2(t / t.sum(1, keepdim=True))
+                res_bits = float(-log2p[cols[None], z].sum(1).mean())
+                _, scale = self._rate_control(
+                    log_p, meas, rank, num_labels or 0, extra_bits=res_bits, ks=[k]
+                )
+                self.config = cfg = cfg.model_copy(update={"sample_scale": scale})
         # tail tables from the measured rows' real draws
         top, ids = meas.topk(k, dim=1)
         level = self._level_of(1.0 - top.double().exp().sum(dim=1))
@@ -246,8 +279,29 @@ class VQAERSCodec(Codec):
         self._set_tables(
             quantize_counts(torch.bincount(level, minlength=len(self.levels))[None]),
             quantize_counts(torch.bincount(flat, minlength=alphabet)[None]),
+            residual_table,
         )
         return self
+
+    def _residuals(
+        self,
+        log_p: torch.Tensor,
+        ids: torch.Tensor,
+        log_q: torch.Tensor,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        """(n, K) residual symbols of the head ``ids`` with decoded profile ``log_q``.
+
+        Stochastic rounding of ``(p_k - q_k) / step`` (``q``: the VQ-decoded head)
+        with uniforms of ``gen``: ``E[q_k + step * z_k] = p_k``, the head becomes
+        unbiased. Symbols are offset by the range (0 .. 2 R).
+        """
+        step = self.config.residual_step
+        p = log_p.gather(1, ids).double().exp()
+        x = (p - log_q[:, :-1].double().exp()) / step
+        u = torch.rand(x.shape, generator=gen, dtype=torch.float64)
+        z = torch.floor(x + u).clamp(-_RESIDUAL_RANGE, _RESIDUAL_RANGE).long()
+        return z + _RESIDUAL_RANGE
 
     def _rate_control(
         self,
@@ -255,8 +309,15 @@ class VQAERSCodec(Codec):
         meas: torch.Tensor,
         rank: torch.Tensor,
         num_labels: int,
+        *,
+        extra_bits: float = 0.0,
+        ks: list[int] | None = None,
     ) -> tuple[int, float]:
-        """(K, scale) with the least predicted tail variance whose bits fit."""
+        """(K, scale) with the least predicted tail variance whose bits fit.
+
+        ``extra_bits`` per label (the head residual, measured once the head is
+        trained) come off the budget; ``ks`` restricts the K candidates.
+        """
         cfg = self.config
         assert cfg.budget_bytes is not None
         num_classes = log_p.shape[1]
@@ -269,6 +330,8 @@ class VQAERSCodec(Codec):
         ]
         if cfg.k is not None:
             cands = [cfg.k]
+        if ks is not None:
+            cands = ks
         best: tuple[float, int, float] | None = None
         least_need: float | None = None
         for k in cands:
@@ -277,7 +340,7 @@ class VQAERSCodec(Codec):
             avail = avail * (1 - _MARGIN)
             _, fit_ids = log_p.topk(k, dim=1)
             head_bits = _mean_id_bits(_bucket(rank[fit_ids]), alphabet, k)
-            head_bits += 8 * cfg.code_bytes
+            head_bits += 8 * cfg.code_bytes + extra_bits
             if least_need is None or head_bits < least_need:
                 least_need = head_bits
             tail_avail = avail - head_bits
@@ -336,10 +399,27 @@ class VQAERSCodec(Codec):
         levels = torch.tensor(self.levels, dtype=torch.float64)
         return _nearest_level(scale * mass.double(), levels)
 
-    def _set_tables(self, level_table: torch.Tensor, rank_table: torch.Tensor) -> None:
+    def _set_tables(
+        self,
+        level_table: torch.Tensor,
+        rank_table: torch.Tensor,
+        residual_table: torch.Tensor | None,
+    ) -> None:
         self._level_table, self._rank_table = level_table, rank_table
         self._level_coder = CategoricalStreamCoder(level_table, [0])
         self._rank_coder = CategoricalStreamCoder(rank_table, [0])
+        self._residual_table = residual_table
+        self._residual_coder = (
+            None
+            if residual_table is None
+            else CategoricalStreamCoder(residual_table, _column_tables(self.k_fitted))
+        )
+
+    @property
+    def k_fitted(self) -> int:
+        if self.config.k is None:
+            raise NotFittedError("vqae-rs K is chosen by fit(); call fit first")
+        return self.config.k
 
     def _require_head(self, action: str) -> VQAESparseCodec:
         self._require_fitted(action)
@@ -360,12 +440,20 @@ class VQAERSCodec(Codec):
             return EncodedBlock(num_labels=0, data=torch.zeros(0, dtype=torch.uint8))
         x = logits.detach().to(device="cpu", dtype=torch.float32)
         head_block = head.encode(x)
-        ids, _ = head.decode_support(head_block)  # the exact ids the decoder sees
+        ids, log_q = head.decode_support(head_block)  # exactly what the decoder sees
         log_p = torch.log_softmax(x, dim=1)
         mass = 1.0 - log_p.gather(1, ids).double().exp().sum(dim=1)
         level = self._level_of(mass.clamp_min(0.0))
         masked = log_p.scatter(1, ids, float("-inf"))
         gen = seeded_generator(self.config.seed, content_key(x), n)
+        assert self._level_coder is not None and self._rank_coder is not None
+        parts_ans: list[tuple[CategoricalStreamCoder, torch.Tensor]] = [
+            (self._level_coder, level[:, None])
+        ]
+        if self._residual_coder is not None:
+            parts_ans.append(
+                (self._residual_coder, self._residuals(log_p, ids, log_q, gen))
+            )
         rank = head.token_rank
         row_parts, rank_parts, count_parts, distinct = (
             [],
@@ -392,10 +480,7 @@ class VQAERSCodec(Codec):
         is_last = torch.ones_like(label_rows, dtype=torch.bool)
         is_last[:-1] = label_rows[1:] != label_rows[:-1]
         has = distinct > 0
-        assert self._level_coder is not None and self._rank_coder is not None
-        stream = encode_joint(
-            [(self._level_coder, level[:, None]), (self._rank_coder, buckets[:, None])]
-        )
+        stream = encode_joint([*parts_ans, (self._rank_coder, buckets[:, None])])
         raw = _pack_varbits(
             torch.cat(
                 [(distinct - 1)[has], ranks + 1 - (1 << buckets), counts[~is_last] - 1]
@@ -450,9 +535,12 @@ class VQAERSCodec(Codec):
             return int(d.sum())
 
         assert self._level_coder is not None and self._rank_coder is not None
+        plan: list[tuple[CategoricalStreamCoder, Any]] = [(self._level_coder, n)]
+        if self._residual_coder is not None:
+            plan.append((self._residual_coder, n))
         try:
-            _, bucket_rows = decode_joint(
-                ans, [(self._level_coder, n), (self._rank_coder, num_distinct)]
+            *decoded, bucket_rows = decode_joint(
+                ans, [*plan, (self._rank_coder, num_distinct)]
             )
         except InputError as exc:
             raise ArchiveFormatError(f"vqae-rs block is corrupt: {exc}") from exc
@@ -484,6 +572,8 @@ class VQAERSCodec(Codec):
         if num_ids and (int(counts.min()) < 1 or int(ranks.max()) >= num_classes):
             raise ArchiveFormatError("vqae-rs block holds invalid tail counts or ranks")
         out = torch.full((n, num_classes), float("-inf"), device=dev)
+        if self._residual_coder is not None:
+            log_q = self._dither(log_q, decoded[1].to(dev) - _RESIDUAL_RANGE)
         out.scatter_(1, ids, log_q[:, :-1].float())
         log_mass = log_q[:, -1].float()
         tokens = head.token_order[ranks].to(dev)
@@ -496,6 +586,21 @@ class VQAERSCodec(Codec):
         if empty.numel():  # no draws: the tail mass follows the unigram prior
             out[empty] = self._prior_tail(ids[empty], log_q[empty])
         return out
+
+    def _dither(self, log_q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(n, K + 1) profile with the stored residual steps added to the head.
+
+        Head ``q_k + step * z_k`` (unbiased for the teacher's ``p_k``), tail mass
+        ``1 - sum``; both floored at 1e-12 and renormalised (the floors are the
+        only bias left, on probabilities below one step).
+        """
+        wide = log_q.double().exp()
+        head = (wide[:, :-1] + self.config.residual_step * z.double()).clamp_min(
+            _PROB_FLOOR
+        )
+        tail = (1.0 - head.sum(dim=1, keepdim=True)).clamp_min(_PROB_FLOOR)
+        both = torch.cat([head, tail], dim=1)
+        return (both / both.sum(dim=1, keepdim=True)).log().float()
 
     def _prior_tail(self, ids: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
         """(n, C) head log-probs with the tail mass spread by the unigram prior."""
@@ -511,10 +616,17 @@ class VQAERSCodec(Codec):
     def model_tensors(self) -> dict[str, torch.Tensor]:
         head = self._require_head("model_tensors")
         assert self._level_table is not None and self._rank_table is not None
-        return head.model_tensors() | {
-            "sample_level_table": self._level_table,
-            "tail_rank_table": self._rank_table,
-        }
+        extra = {}
+        if self._residual_table is not None:
+            extra["residual_table"] = self._residual_table
+        return (
+            head.model_tensors()
+            | extra
+            | {
+                "sample_level_table": self._level_table,
+                "tail_rank_table": self._rank_table,
+            }
+        )
 
     def to_config(self) -> dict[str, Any]:
         head = self._require_head("to_config")
@@ -537,14 +649,19 @@ class VQAERSCodec(Codec):
                 f"stored vqae-rs config needs a fitted k and sample_scale, got "
                 f"k={cfg.k}, sample_scale={cfg.sample_scale}"
             )
-        ours = {"sample_level_table": len(codec.levels)}
-        ours["tail_rank_table"] = _alphabet(num_classes)
-        for name, width in ours.items():
+        ours = {
+            "sample_level_table": (1, len(codec.levels)),
+            "tail_rank_table": (1, _alphabet(num_classes)),
+        }
+        if cfg.residual_step > 0:
+            groups = _residual_groups(cfg.k)
+            ours["residual_table"] = (groups, 2 * _RESIDUAL_RANGE + 1)
+        for name, shape in ours.items():
             t = tensors.get(name)
-            if t is None or tuple(t.shape) != (1, width) or t.dtype != torch.int16:
+            if t is None or tuple(t.shape) != shape or t.dtype != torch.int16:
                 got = None if t is None else (tuple(t.shape), t.dtype)
                 raise ArchiveFormatError(
-                    f"vqae-rs archive needs model tensor {name} (1, {width}) int16, "
+                    f"vqae-rs archive needs model tensor {name} {shape} int16, "
                     f"got {got}"
                 )
         head_tensors = {k: v for k, v in tensors.items() if k not in ours}
@@ -556,8 +673,11 @@ class VQAERSCodec(Codec):
             )
         codec._head = head
         codec.num_classes = num_classes
+        residual = tensors.get("residual_table") if cfg.residual_step > 0 else None
         codec._set_tables(
-            tensors["sample_level_table"].cpu(), tensors["tail_rank_table"].cpu()
+            tensors["sample_level_table"].cpu(),
+            tensors["tail_rank_table"].cpu(),
+            None if residual is None else residual.cpu(),
         )
         return codec
 
@@ -600,6 +720,17 @@ def _prior_rank(log_p: torch.Tensor) -> torch.Tensor:
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel())
     return rank
+
+
+def _residual_groups(k: int) -> int:
+    """Residual tables: one per slot group 0 | 1-2 | 3-6 | ... (as the id tables)."""
+    return max(_column_tables(k)) + 1
+
+
+def _residual_table_size(cfg: VQAERSConfig, k: int) -> int:
+    if cfg.residual_step <= 0:
+        return 0
+    return _residual_groups(k) * (2 * _RESIDUAL_RANGE + 1)
 
 
 def _count_bits(num_samples: int) -> int:
