@@ -55,7 +55,10 @@ EPILOG = """examples:
 EfficientNet-Lite0 teacher (class ids 0..999), and --method import reads a
 released ImageNet set. Small teachers (convnet, resnet) are trained on the data
 once and cached. Recovery defaults: SRe2L's recipe (1000 steps, 224 px for
-data-free runs) on a GPU, 200 steps (64 px) on a CPU; --steps overrides.
+data-free runs) on a GPU, 200 steps (64 px) on a CPU; --steps overrides. Images
+under 64 px (Fashion-MNIST, MNIST, digits) use crops of 50-100% and BN weight 0.3
+instead of SRe2L's 8-100% and 0.01, which collapse a class to one pattern there
+(set --opt crop_scale=... / --opt bn_weight=... to override).
 Method settings not covered by a flag: --opt KEY=VALUE (see docs/distill.md).
 """
 
