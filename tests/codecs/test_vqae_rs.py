@@ -230,3 +230,18 @@ def test_errors(fit_logits: torch.Tensor, codec: VQAERSCodec) -> None:
     tensors.pop("tail_rank_table")
     with pytest.raises(ArchiveFormatError, match="tail_rank_table"):
         VQAERSCodec.from_stored(codec.to_config(), tensors)
+
+
+def test_without_the_head_residual_and_archives_from_before_it(
+    fit_logits: torch.Tensor, test_logits: torch.Tensor
+) -> None:
+    plain = _fit(fit_logits, k=16, sample_scale=64.0, residual_step=0.0)
+    assert "residual_table" not in plain.model_tensors()
+    block = plain.encode(test_logits)
+    # the VQ head alone: every label decodes its head exactly as the VQ says
+    ids, log_q = plain.head.decode_support(plain.head.encode(test_logits))
+    assert torch.equal(plain.decode(block).gather(1, ids), log_q[:, :-1].float())
+    config = plain.to_config()
+    config.pop("residual_step")  # stored before the field existed: no residual
+    stored = VQAERSCodec.from_stored(config, plain.model_tensors())
+    assert torch.equal(stored.decode(block), plain.decode(block))

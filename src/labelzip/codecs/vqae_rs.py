@@ -638,6 +638,8 @@ class VQAERSCodec(Codec):
     ) -> VQAERSCodec:
         """Rebuild a decode-only codec (the head's encoder is not stored)."""
         options = dict(config)
+        # archives written before the head residual existed have none
+        options.setdefault("residual_step", 0.0)
         head_config = options.pop("head", None)
         if not isinstance(head_config, dict):
             raise ArchiveFormatError("stored vqae-rs config needs its head config")
