@@ -36,7 +36,7 @@ def test_logits(make_lm_logits: Callable[..., torch.Tensor]) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def codec(fit_logits: torch.Tensor) -> VQAERSCodec:
-    return _fit(fit_logits, k=16, sample_scale=64.0)
+    return _fit(fit_logits, k=16, sample_scale=64.0, residual_step=0.01)
 
 
 def _fit(fit_logits: torch.Tensor, **options: Any) -> VQAERSCodec:
@@ -117,7 +117,7 @@ def test_same_input_same_bytes_and_stored_round_trip(
 ) -> None:
     block = codec.encode(test_logits)
     assert torch.equal(block.data, codec.encode(test_logits).data)
-    again = _fit(fit_logits, k=16, sample_scale=64.0)
+    again = _fit(fit_logits, k=16, sample_scale=64.0, residual_step=0.01)
     assert torch.equal(again.encode(test_logits).data, block.data)
     stored = VQAERSCodec.from_stored(codec.to_config(), codec.model_tensors())
     assert torch.equal(stored.decode(block), codec.decode(block))
@@ -235,7 +235,7 @@ def test_errors(fit_logits: torch.Tensor, codec: VQAERSCodec) -> None:
 def test_without_the_head_residual_and_archives_from_before_it(
     fit_logits: torch.Tensor, test_logits: torch.Tensor
 ) -> None:
-    plain = _fit(fit_logits, k=16, sample_scale=64.0, residual_step=0.0)
+    plain = _fit(fit_logits, k=16, sample_scale=64.0)  # default: no residual
     assert "residual_table" not in plain.model_tensors()
     block = plain.encode(test_logits)
     # the VQ head alone: every label decodes its head exactly as the VQ says

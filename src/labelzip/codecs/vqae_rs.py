@@ -21,6 +21,12 @@ and makes the rest unbiased:
   proportional to the tail mass): peaked labels spend no samples, flat ones
   many. The level is one ANS symbol per label.
 
+- **optional head residual** (``residual_step`` > 0): per head slot the
+  stochastic rounding of ``(p_k - q_k) / step`` (``q``: the VQ-decoded head),
+  ANS-coded per slot group, makes the decoded head unbiased as well. Off by
+  default: on the 200k-token benchmark it did not train better students
+  (docs/lm.md).
+
 Rate control (``budget_bytes`` for ``num_labels``; ``fit``): for each candidate
 K the head's measured id bits and code bytes come off the per-label budget, the
 sampling scale is fitted by bisection so the measured tail bits fill the rest,
@@ -29,7 +35,7 @@ wins (``r``: the tail distribution; a label with S = 0 scores ``m²``).
 
 Block layout for N labels: u32 byte count of the head block; the head block
 (``vqae-sparse``'s layout); u32 byte count of the tail ANS stream; the ANS
-stream (the N sample-level symbols, then the rank buckets of every label's
+stream (the N sample-level symbols, the N x K residual symbols when on, then the rank buckets of every label's
 distinct tail ids, labels in order, ids in ascending rank); one raw bit stream
 padded to a byte: for every label ``d_n - 1`` in ``w_n`` bits (``w_n`` =
 ``ceil(log2 S_n)``, 0 when S_n <= 1), then the low bits of every distinct rank,
@@ -122,7 +128,7 @@ class VQAERSConfig(CodecConfig):
         description="largest per-label tail sample count",
     )
     residual_step: float = Field(
-        default=0.01,
+        default=0.0,
         ge=0.0,
         le=0.5,
         description="grid step of the dithered head residual (stochastic rounding "
