@@ -35,8 +35,9 @@ wins (``r``: the tail distribution; a label with S = 0 scores ``m²``).
 
 Block layout for N labels: u32 byte count of the head block; the head block
 (``vqae-sparse``'s layout); u32 byte count of the tail ANS stream; the ANS
-stream (the N sample-level symbols, the N x K residual symbols when on, then the rank buckets of every label's
-distinct tail ids, labels in order, ids in ascending rank); one raw bit stream
+stream (the N sample-level symbols, the N x K residual symbols when on, then
+the rank buckets of every label's distinct tail ids, labels in order, ids in
+ascending rank); one raw bit stream
 padded to a byte: for every label ``d_n - 1`` in ``w_n`` bits (``w_n`` =
 ``ceil(log2 S_n)``, 0 when S_n <= 1), then the low bits of every distinct rank,
 then ``count - 1`` of every distinct id but each label's last in ``w_n`` bits.
