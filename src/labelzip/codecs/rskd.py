@@ -57,6 +57,8 @@ from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
 from labelzip.ops.reservoir import reservoir_sample
 from labelzip.ops.sampling import (
     content_key,
+    count_field_bits,
+    distinct_with_counts,
     draw_categorical,
     seeded_generator,
     u64_bytes,
@@ -205,21 +207,15 @@ class RSKDCodec(Codec):
         x = logits.detach().to(device="cpu", dtype=torch.float32)
         key = content_key(x) if offset is None else b"offset" + u64_bytes(offset)
         gen = seeded_generator(self.config.seed, key, x.shape[0])
-        ids = (
-            draw_categorical(x, s, self.config.temperature, gen).sort(dim=1).values
-        )  # (N, S)
-        n = ids.shape[0]
-        is_new = torch.ones_like(ids, dtype=torch.bool)
-        is_new[:, 1:] = ids[:, 1:] != ids[:, :-1]
-        starts = torch.nonzero(is_new.reshape(-1)).reshape(-1)  # flat run starts
-        ends = torch.cat([starts, starts.new_tensor([n * s])])[1:]  # next run start
-        counts = ends - starts  # (D,) run lengths, rows concatenated
-        is_last = ends % s == 0  # each row's last run ends on a row boundary
-        distinct = is_new.sum(dim=1)
-        width = _count_bits(s)
+        draws = draw_categorical(x, s, self.config.temperature, gen)  # (N, S)
+        n = draws.shape[0]
+        values, counts, distinct = distinct_with_counts(draws)
+        is_last = torch.zeros_like(counts, dtype=torch.bool)
+        is_last[distinct.cumsum(0) - 1] = True  # each row's last distinct id
+        width = count_field_bits(s)
         parts = [
             _pack(distinct - 1, width),
-            pack_bits(ids.reshape(-1)[starts], bits_for(num_classes)),
+            pack_bits(values, bits_for(num_classes)),
             _pack(counts[~is_last] - 1, width),
         ]
         return EncodedBlock(num_labels=n, data=torch.cat(parts))
@@ -230,7 +226,7 @@ class RSKDCodec(Codec):
         """Block -> (N, C) float32 ``T * log(counts / S)``, ``-inf`` off support."""
         num_classes = self._require_fitted("decode")
         s, n = self.num_samples, block.num_labels
-        width, id_bits = _count_bits(s), bits_for(num_classes)
+        width, id_bits = count_field_bits(s), bits_for(num_classes)
         data = block.data.to(device=device, dtype=torch.uint8).reshape(-1)
         head = packed_size(n, width) if width else 0
         if data.numel() < head:
@@ -336,15 +332,10 @@ class RSKDCodec(Codec):
         )
 
 
-def _count_bits(num_samples: int) -> int:
-    """Width of a stored count-1 or distinct-1 value (0 when S = 1: nothing stored)."""
-    return bits_for(num_samples) if num_samples > 1 else 0
-
-
 def _worst_bits(num_samples: int, num_classes: int) -> int:
     """Payload bits of one label whose draws are all distinct."""
     distinct = min(num_samples, num_classes)
-    width = _count_bits(num_samples)
+    width = count_field_bits(num_samples)
     return width + distinct * bits_for(num_classes) + (distinct - 1) * width
 
 

@@ -13,7 +13,16 @@ import hashlib
 
 import torch
 
-__all__ = ["content_key", "draw_categorical", "seeded_generator", "u64_bytes"]
+from labelzip.ops.bitpack import bits_for
+
+__all__ = [
+    "content_key",
+    "count_field_bits",
+    "distinct_with_counts",
+    "draw_categorical",
+    "seeded_generator",
+    "u64_bytes",
+]
 
 # Elements per float64 working chunk while sampling (rows x max(C, S)).
 _CHUNK_ELEMENTS = 1 << 21
@@ -64,3 +73,22 @@ def draw_categorical(
             idx = torch.where(over, last[:, None], idx)
         out[lo : lo + rows] = idx
     return out
+
+
+def count_field_bits(num_samples: int) -> int:
+    """Width of a stored ``distinct - 1`` or ``count - 1`` of S draws (0 when S <= 1)."""
+    return bits_for(num_samples) if num_samples > 1 else 0
+
+
+def distinct_with_counts(
+    draws: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, S) draws -> distinct values ascending per row (flat), their counts, (n,)
+    distinct values per row: the run-length form the sampling codecs store."""
+    n, s = draws.shape
+    ordered = draws.sort(dim=1).values
+    is_new = torch.ones_like(ordered, dtype=torch.bool)
+    is_new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    starts = torch.nonzero(is_new.reshape(-1)).reshape(-1)  # flat run starts
+    ends = torch.cat([starts, starts.new_tensor([n * s])])[1:]  # next run start
+    return ordered.reshape(-1)[starts], ends - starts, is_new.sum(dim=1)
