@@ -100,6 +100,11 @@ def test_same_input_same_bytes_and_stored_round_trip(
     assert torch.equal(again.encode(test_logits).data, block.data)
     stored = VQAESparseCodec.from_stored(codec.to_config(), codec.model_tensors())
     assert torch.equal(stored.decode(block), codec.decode(block))
+    # what encode_support hands out is what decode_support reads back
+    again_block, ids, log_q = codec.encode_support(test_logits)
+    assert torch.equal(again_block.data, block.data)
+    read_ids, read_q = stored.decode_support(block)
+    assert torch.equal(ids, read_ids) and torch.equal(log_q, read_q)
     with pytest.raises(NotFittedError, match="no encoder"):
         stored.encode(test_logits)
 

@@ -76,6 +76,8 @@ from labelzip.codecs.vqae_sparse import (
     _pack_varbits,
     _tables,
     _unpack_varbits,
+    prior_order,
+    unigram_log_prior,
 )
 from labelzip.errors import (
     ArchiveFormatError,
@@ -84,8 +86,14 @@ from labelzip.errors import (
     NotFittedError,
     UnreachableTargetError,
 )
-from labelzip.ops.bitpack import bits_for, packed_size
-from labelzip.ops.sampling import content_key, draw_categorical, seeded_generator
+from labelzip.ops.bitpack import packed_size
+from labelzip.ops.sampling import (
+    content_key,
+    count_field_bits,
+    distinct_with_counts,
+    draw_categorical,
+    seeded_generator,
+)
 
 __all__ = ["SAMPLE_LEVELS", "VQAERSCodec", "VQAERSConfig"]
 
@@ -101,7 +109,6 @@ _MARGIN = 0.02  # measured payload stays this far under the per-label budget
 _BLOCK_SLACK = 20  # bytes per block: two u32 lengths, ANS tails, bit padding
 _SLACK_LABELS = 256  # labels per block assumed by rate control (LM chunk = 1 window)
 _MEASURE_LABELS = 1024  # fit labels the tail rate is measured on
-_LOG_PRIOR_FLOOR = -60.0
 _RESIDUAL_RANGE = 31  # stored residual steps z in [-31, 31]
 _PROB_FLOOR = 1e-12
 
@@ -236,7 +243,7 @@ class VQAERSCodec(Codec):
                 f"vqae-rs k={cfg.k} must leave >= 2 of the {num_classes} classes "
                 "to the tail"
             )
-        rank = _prior_rank(log_p)
+        rank = prior_order(unigram_log_prior(log_p))[1]  # the order the head fits
         # evenly spaced rows: label streams are sorted by sequence and position
         meas = log_p[torch.linspace(0, n - 1, min(n, _MEASURE_LABELS)).long()]
         k, scale = cfg.k, cfg.sample_scale
@@ -255,7 +262,7 @@ class VQAERSCodec(Codec):
         self.num_classes = num_classes
         residual_table = None
         if cfg.residual_step > 0:
-            ids, log_q = head.decode_support(head.encode(meas))
+            _, ids, log_q = head.encode_support(meas)
             gen = seeded_generator(cfg.seed, b"vqae-rs-res", 0)
             z = self._residuals(meas, ids, log_q, gen)
             counts = torch.zeros(_residual_groups(k), 2 * _RESIDUAL_RANGE + 1)
@@ -279,7 +286,7 @@ class VQAERSCodec(Codec):
         for j, s in enumerate(self.levels):
             rows = level == j
             if s and bool(rows.any()):
-                distinct, _, _ = _distinct(head.token_rank[pool[rows, :s]])
+                distinct, _, _ = distinct_with_counts(head.token_rank[pool[rows, :s]])
                 buckets.append(_bucket(distinct))
         alphabet = _alphabet(num_classes)
         flat = torch.cat(buckets) if buckets else torch.zeros(0, dtype=torch.int64)
@@ -331,7 +338,7 @@ class VQAERSCodec(Codec):
         alphabet = _alphabet(num_classes)
         slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
         levels = torch.tensor(self.levels, dtype=torch.float64)
-        widths = torch.tensor([_count_bits(int(s)) for s in self.levels]).double()
+        widths = torch.tensor([count_field_bits(int(s)) for s in self.levels]).double()
         cands = [
             k for k in _K_CANDIDATES if k <= min(cfg.k or cfg.max_k, num_classes - 2)
         ]
@@ -446,8 +453,7 @@ class VQAERSCodec(Codec):
         if n == 0:
             return EncodedBlock(num_labels=0, data=torch.zeros(0, dtype=torch.uint8))
         x = logits.detach().to(device="cpu", dtype=torch.float32)
-        head_block = head.encode(x)
-        ids, log_q = head.decode_support(head_block)  # exactly what the decoder sees
+        head_block, ids, log_q = head.encode_support(x)  # what the decoder will see
         log_p = torch.log_softmax(x, dim=1)
         mass = 1.0 - log_p.gather(1, ids).double().exp().sum(dim=1)
         level = self._level_of(mass.clamp_min(0.0))
@@ -473,7 +479,7 @@ class VQAERSCodec(Codec):
             if s == 0 or rows.numel() == 0:
                 continue
             draws = draw_categorical(masked[rows], s, 1.0, gen)
-            ranks, counts, per_row = _distinct(rank[draws])
+            ranks, counts, per_row = distinct_with_counts(rank[draws])
             distinct[rows] = per_row
             row_parts.append(torch.repeat_interleave(rows, per_row))
             rank_parts.append(ranks)
@@ -721,16 +727,6 @@ class VQAERSCodec(Codec):
 
 
 # -- helpers --------------------------------------------------------------------------
-def _prior_rank(log_p: torch.Tensor) -> torch.Tensor:
-    """(C,) rank of each id in the unigram order ``vqae-sparse`` fits (same ties)."""
-    prior = torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])
-    prior = prior.clamp_min(_LOG_PRIOR_FLOOR).to(torch.float16).float()
-    order = torch.argsort(prior, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
-    return rank
-
-
 def _residual_groups(k: int) -> int:
     """Residual tables: one per slot group 0 | 1-2 | 3-6 | ... (as the id tables)."""
     return max(_column_tables(k)) + 1
@@ -742,13 +738,8 @@ def _residual_table_size(cfg: VQAERSConfig, k: int) -> int:
     return _residual_groups(k) * (2 * _RESIDUAL_RANGE + 1)
 
 
-def _count_bits(num_samples: int) -> int:
-    """Width of a stored distinct-1 or count-1 value (0 when S <= 1)."""
-    return bits_for(num_samples) if num_samples > 1 else 0
-
-
 def _widths(level: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
-    table = torch.tensor([_count_bits(s) for s in levels], dtype=torch.int64)
+    table = torch.tensor([count_field_bits(s) for s in levels], dtype=torch.int64)
     return table[level]
 
 
@@ -764,17 +755,6 @@ def _tail_draws(
     masked = log_p.scatter(1, ids, float("-inf"))
     gen = seeded_generator(seed, b"vqae-rs-fit", log_p.shape[0])
     return draw_categorical(masked, num_samples, 1.0, gen)
-
-
-def _distinct(ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(n, S) ranks -> distinct ranks ascending per row (flat), counts, (n,) per row."""
-    n, s = ranks.shape
-    ordered = ranks.sort(dim=1).values
-    is_new = torch.ones_like(ordered, dtype=torch.bool)
-    is_new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    starts = torch.nonzero(is_new.reshape(-1)).reshape(-1)
-    ends = torch.cat([starts, starts.new_tensor([n * s])])[1:]
-    return ordered.reshape(-1)[starts], ends - starts, is_new.sum(dim=1)
 
 
 def _take(parts: list[torch.Tensor], order: torch.Tensor | None) -> torch.Tensor:

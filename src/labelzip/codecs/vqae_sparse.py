@@ -292,8 +292,7 @@ class VQAESparseCodec(Codec):
             raise ConfigError(
                 f"vqae-sparse k={cfg.k} must be below the {num_classes} classes"
             )
-        prior = torch.logsumexp(log_p, dim=0) - math.log(n)
-        self._set_prior(prior.clamp_min(_LOG_PRIOR_FLOOR).to(torch.float16))
+        self._set_prior(unigram_log_prior(log_p))
         k_cap = min(cfg.k or cfg.max_k, num_classes - 1)
         top, ids = log_p.topk(k_cap, dim=1)
         assert self._rank is not None
@@ -624,10 +623,7 @@ class VQAESparseCodec(Codec):
 
     def _set_prior(self, log_prior: torch.Tensor) -> None:
         self._log_prior = log_prior
-        order = torch.argsort(log_prior.float(), descending=True, stable=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(order.numel())
-        self._order, self._rank = order, rank
+        self._order, self._rank = prior_order(log_prior)
 
     def _set_grid(self) -> None:
         cfg = self.config
@@ -643,6 +639,24 @@ class VQAESparseCodec(Codec):
     # -- byte path ---------------------------------------------------------------
     def encode(self, logits: torch.Tensor) -> EncodedBlock:
         """(N, C) logits -> ranked ids, VQ codes and tail exponent indices."""
+        return self._encode(logits)[0]
+
+    def encode_support(
+        self, logits: torch.Tensor
+    ) -> tuple[EncodedBlock, torch.Tensor, torch.Tensor]:
+        """:meth:`encode`, plus what :meth:`decode_support` will read from the block:
+        (N, K) kept ids and (N, K + 1) decoded log-probs, without decoding it."""
+        if len(self._levels()) != 1:
+            raise ConfigError(
+                "encode_support needs a vqae-sparse codec with k_levels=1"
+            )
+        block, ids, codes = self._encode(logits)
+        return block, ids, self._decode_groups(codes)
+
+    def _encode(
+        self, logits: torch.Tensor
+    ) -> tuple[EncodedBlock, torch.Tensor, torch.Tensor]:
+        """The block, (N, K) top ids and (N, R, M) codes of (N, C) logits."""
         num_classes = self._require_fitted("encode")
         check_logits(logits, num_classes)
         if self._encoder is None:
@@ -656,7 +670,9 @@ class VQAESparseCodec(Codec):
         levels = _levels(k, cfg.k_levels)
         n = int(logits.shape[0])
         if n == 0:
-            return EncodedBlock(num_labels=0, data=torch.zeros(0, dtype=torch.uint8))
+            empty = EncodedBlock(num_labels=0, data=torch.zeros(0, dtype=torch.uint8))
+            none = torch.zeros(0, k, dtype=torch.int64)
+            return empty, none, torch.zeros(0, cfg.num_stages, cfg.num_chunks).long()
         books = self._codebooks.float()
         all_ids, all_codes, all_tail, all_level = [], [], [], []
         with torch.no_grad():
@@ -702,7 +718,8 @@ class VQAESparseCodec(Codec):
         ]
         if cfg.tail_bits:
             parts.append(pack_bits(torch.cat(all_tail), cfg.tail_bits))
-        return EncodedBlock(num_labels=n, data=torch.cat(parts))
+        codes = torch.cat(all_codes)
+        return EncodedBlock(num_labels=n, data=torch.cat(parts)), ids, codes
 
     def _parse(
         self, block: EncodedBlock, num_classes: int
@@ -962,6 +979,20 @@ class VQAESparseCodec(Codec):
 
 
 # -- helpers --------------------------------------------------------------------------
+def unigram_log_prior(log_p: torch.Tensor) -> torch.Tensor:
+    """(C,) fp16 log of the mean teacher distribution of (n, C) log-probs (floored)."""
+    prior = torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])
+    return prior.clamp_min(_LOG_PRIOR_FLOOR).to(torch.float16)
+
+
+def prior_order(log_prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C,) rank -> id and (C,) id -> rank, most probable first (stable ties)."""
+    order = torch.argsort(log_prior.float(), descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    return order, rank
+
+
 def _alphabet(num_classes: int) -> int:
     """Rank buckets: b = floor(log2(r + 1)) for ranks 0..C-1."""
     return int(math.floor(math.log2(num_classes))) + 1
