@@ -62,9 +62,12 @@ __all__ = [
     "ViewMixConfig",
     "decode_prototypes",
     "dequantize_prototypes",
+    "fit_view_mix_prior",
+    "payload_need_bytes",
     "prototype_bytes",
     "quantize_prototypes",
     "store_prototypes",
+    "stored_bytes",
     "view_mix_prior",
 ]
 
@@ -273,7 +276,7 @@ def store_prototypes(
         raise ConfigError(f"ans prototype coding needs 4 or 8 bits, got {bits}")
     shape = (int(decoded.shape[0]), int(decoded.shape[1]))
     levels = _prototype_levels(tensors, shape, bits)
-    best = (_stored_bytes(tensors), tensors, "packed", False)
+    best = (stored_bytes(tensors), tensors, "packed", False)
     for delta in (False, True):
         symbols = _delta_levels(levels, bits) if delta else levels
         coder = CategoricalStreamCoder.fit(symbols, 1 << bits, [0] * symbols.shape[1])
@@ -282,13 +285,9 @@ def store_prototypes(
             "prototype_grid": tensors["prototype_grid"],
             "prototype_freq": coder.tables,
         }
-        if _stored_bytes(coded) < best[0]:
-            best = (_stored_bytes(coded), coded, "ans", delta)
+        if stored_bytes(coded) < best[0]:
+            best = (stored_bytes(coded), coded, "ans", delta)
     return best[1], decoded, best[2], best[3]
-
-
-def _stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _prototype_levels(
@@ -369,6 +368,55 @@ def _entropy_bits(counts: torch.Tensor) -> float:
     p = counts.double() / counts.sum().clamp(min=1)
     p = p[p > 0]
     return float(-(p * p.log2()).sum())
+
+
+def stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    """Bytes of a dict of stored tensors."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def fit_view_mix_prior(
+    teacher: torch.Tensor,
+    context: LabelContext,
+    *,
+    mix: str,
+    temperatures: tuple[float, ...],
+    steps: int,
+    learning_rate: float,
+) -> torch.Tensor:
+    """(M, C) prototypes: weighted mean of own-image logits, then Adam on KL."""
+    m = context.num_images
+    weight = context.weight.float()
+    sums = torch.zeros(m, teacher.shape[1]).index_add_(
+        0, context.image, teacher * weight.unsqueeze(1)
+    )
+    mass = torch.zeros(m).index_add_(0, context.image, weight).clamp(min=1e-6)
+    protos = (sums / mass.unsqueeze(1)).requires_grad_(True)
+    opt = torch.optim.Adam([protos], lr=learning_rate)
+    for _ in range(steps):
+        loss = _kl_sum(teacher, view_mix_prior(protos, context, mix), temperatures)
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+    return protos.detach()
+
+
+def payload_need_bytes(bits: float, num_fit: int, total: int) -> int:
+    """Payload bytes of ``total`` labels whose ``num_fit`` fit labels code in ``bits``.
+
+    The fit labels are among the stored ones (the fit sees a sample of the
+    labels it will encode) and encode to the codes measured here, so only
+    the labels it did not see get :data:`RATE_MARGIN`; the seen ones
+    :data:`SEEN_RATE_MARGIN`.
+    """
+    n = max(1, num_fit)
+    if total < n:
+        scaled = bits * (1.0 + RATE_MARGIN) * total / n
+    else:
+        unseen = bits / n * (total - n) * (1.0 + RATE_MARGIN)
+        scaled = bits * (1.0 + SEEN_RATE_MARGIN) + unseen
+    blocks = max(1, math.ceil(total / ASSUMED_BLOCK_LABELS))
+    return math.ceil(scaled / 8) + blocks * BLOCK_OVERHEAD_BYTES
 
 
 class ViewMixCodec(Codec):
@@ -549,7 +597,7 @@ class ViewMixCodec(Codec):
             )
             prototypes.copy_(rounded)  # exactly what the decoder will see
             # Bytes the prototypes leave of their plan go to the codes.
-            spare = max(0, planned - _stored_bytes(stored))
+            spare = max(0, planned - stored_bytes(stored))
             costs = self._costs(teacher, self._prior(prototypes, context), codebook)
             found = self._rate_search(costs, k, total, spare)
             if found is not None or k == 1:
@@ -588,22 +636,15 @@ class ViewMixCodec(Codec):
         return view_mix_prior(prototypes, context, self.config.mix)
 
     def _fit_prior(self, teacher: torch.Tensor, context: LabelContext) -> torch.Tensor:
-        """(M, C) prototypes: weighted mean of own-image logits, then Adam on KL."""
         cfg = self.config
-        m = context.num_images
-        weight = context.weight.float()
-        sums = torch.zeros(m, teacher.shape[1]).index_add_(
-            0, context.image, teacher * weight.unsqueeze(1)
+        return fit_view_mix_prior(
+            teacher,
+            context,
+            mix=cfg.mix,
+            temperatures=cfg.temperatures,
+            steps=cfg.prior_steps,
+            learning_rate=cfg.learning_rate,
         )
-        mass = torch.zeros(m).index_add_(0, context.image, weight).clamp(min=1e-6)
-        protos = (sums / mass.unsqueeze(1)).requires_grad_(True)
-        opt = torch.optim.Adam([protos], lr=cfg.learning_rate)
-        for _ in range(cfg.prior_steps):
-            loss = _kl_sum(teacher, self._prior(protos, context), cfg.temperatures)
-            opt.zero_grad()
-            loss.mean().backward()
-            opt.step()
-        return protos.detach()
 
     def _costs(
         self, teacher: torch.Tensor, prior: torch.Tensor, codebook: torch.Tensor
@@ -675,21 +716,7 @@ class ViewMixCodec(Codec):
         return frozen, codes
 
     def _payload_need(self, bits: float, num_fit: int, total: int) -> int:
-        """Payload bytes of ``total`` labels whose ``num_fit`` fit labels code in ``bits``.
-
-        The fit labels are among the stored ones (the fit sees a sample of the
-        labels it will encode) and encode to the codes measured here, so only
-        the labels it did not see get :data:`RATE_MARGIN`; the seen ones
-        :data:`SEEN_RATE_MARGIN`.
-        """
-        n = max(1, num_fit)
-        if total < n:
-            scaled = bits * (1.0 + RATE_MARGIN) * total / n
-        else:
-            unseen = bits / n * (total - n) * (1.0 + RATE_MARGIN)
-            scaled = bits * (1.0 + SEEN_RATE_MARGIN) + unseen
-        blocks = max(1, math.ceil(total / ASSUMED_BLOCK_LABELS))
-        return math.ceil(scaled / 8) + blocks * BLOCK_OVERHEAD_BYTES
+        return payload_need_bytes(bits, num_fit, total)
 
     def _coded(
         self, costs: torch.Tensor, k: int, penalty: float
