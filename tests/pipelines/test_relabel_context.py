@@ -15,6 +15,7 @@ from labelzip.augment import ViewConfig, make_views
 from labelzip.codecs.base import LabelContext
 from labelzip.codecs.registry import target_total_bytes
 from labelzip.distill import DistilledSet
+from labelzip.ops.metrics import kl_divergence
 from labelzip.pipelines.quickstart import ROW_SPECS
 from labelzip.pipelines.relabel import RelabelConfig, RelabelOutput, relabel
 from labelzip.pipelines.replay import ReplayDataset
@@ -106,3 +107,50 @@ def test_fit_sample_smaller_than_the_views(
     result = relabel(tiny_set, teacher, [output], config)
     assert not result.single_pass
     assert load_archive(path).shape == (EPOCHS, 12, 4) and epochs == 1
+
+
+def test_ctx_transform_auto_prunes_to_its_bit_floor_and_replays_the_decode(
+    tmp_path: Path, tiny_set: DistilledSet, teacher: nn.Module
+) -> None:
+    """ctx-transform keeps the most views whose labels get >= min_label_bits each."""
+    path = tmp_path / "tc.lz"
+    bits = 160.0  # all-in per label; the header takes most of it at 240 labels
+    output = RelabelOutput(
+        path=path,
+        codec="ctx-transform",
+        options={"prior_steps": 30, "min_label_bits": 120.0},
+        bits_per_label=bits,
+        auto_prune=True,
+    )
+    config = RelabelConfig(epochs=EPOCHS, view=VIEW, batch_size=64, chunk_size=100)
+    relabel(tiny_set, teacher, [output], config, teacher_id="lin:1")
+    budget = target_total_bytes(
+        num_labels=EPOCHS * 12, num_classes=4, bits_per_label=bits
+    )
+    with ArchiveReader(path) as reader:
+        assert reader.account().total_bytes == os.path.getsize(path) <= budget
+        assert reader.prune is not None  # fewer views, more bits each
+        stored = reader.header.num_stored
+        planned = reader.header.codec.config["payload_budget_bytes"]
+        assert 8 * planned / stored >= 120.0  # the floor holds for what it may spend
+        assert reader.account().payload_bytes <= planned
+        codec = reader.codec
+    replay = ReplayDataset(tiny_set, path)
+    m = len(tiny_set.images)
+    index = torch.tensor([2, 9, 4])
+    for epoch in (0, EPOCHS - 1):
+        batch = replay.batch(epoch, index)
+        want = replay.reader.decode(batch.source_epoch * m + index)
+        assert torch.equal(batch.logits, want)
+        views, _ = make_views(tiny_set.images, index, seed=0, epoch=epoch, config=VIEW)
+        with torch.no_grad():
+            teacher_logits = teacher(views)
+        # Pruned views reuse a kept view's label *and* view: the student's
+        # pair is the kept view's decoded label and that same view.
+        kept = batch.source_epoch == epoch
+        if bool(kept.any()):
+            kl = kl_divergence(teacher_logits[kept], batch.logits[kept], 4.0)
+            assert float(kl.max()) < 0.05
+    replay.close()
+    assert ROW_SPECS["ctx-transform"] == {"codec": "ctx-transform", "auto_prune": True}
+    assert codec.kind == "ctx-transform"

@@ -33,6 +33,7 @@ CODEC_IDS: dict[str, tuple[int, str]] = {
     "vqae-ctx": (6, "labelzip.codecs.vq.viewmix:ViewMixCodec"),
     "vqae-sparse": (7, "labelzip.codecs.vqae_sparse:VQAESparseCodec"),
     "vqae-rs": (8, "labelzip.codecs.vqae_rs:VQAERSCodec"),
+    "ctx-transform": (9, "labelzip.codecs.vq.ctx_transform:ContextTransformCodec"),
 }
 
 
