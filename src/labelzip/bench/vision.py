@@ -150,6 +150,13 @@ class VisionBenchConfig(BaseModel):
         default_factory=lambda: StudentConfig(batch_size=50, lr=1e-2),
         description="student settings (epochs None: the relabel epochs)",
     )
+    student_seeds: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="students per archive (seeds student.seed, +1, ...); accuracy "
+        "and retention are their mean",
+    )
     teacher_arch: str = Field(default="convnet", description="small teacher arch")
     teacher_epochs: int = Field(default=3, ge=1, le=100, description="teacher epochs")
     seed: int = Field(default=0, ge=0, description="seed of sets, views and students")
@@ -245,6 +252,7 @@ class VisionBenchRow:
     kl: float  # mean KL(dense || decoded) at the student's temperature
     decode_share: float
     train_seconds: float
+    accuracies: tuple[float, ...] = ()  # one per student seed; accuracy is the mean
 
     @property
     def total_bytes(self) -> int:
@@ -363,6 +371,7 @@ def _quickstart_config(
         view=config.view,
         fit_views=config.fit_views,
         student=config.student,
+        student_seeds=config.student_seeds,
     )
 
 
@@ -470,6 +479,7 @@ def _bench_row(
         kl=row.kl,
         decode_share=row.decode_share,
         train_seconds=row.train_seconds,
+        accuracies=row.accuracies,
     )
 
 
@@ -531,7 +541,7 @@ def _run_setting(
     done = [0]
 
     def report(stage: str, count: int, total: int) -> None:
-        if stage == "students" and count % student_epochs == 0:
+        if stage == "students" and count % (student_epochs * config.student_seeds) == 0:
             done[0] += 1
             _log(
                 log,
@@ -723,6 +733,14 @@ def _pct(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
 
 
+def _accuracy_cell(row: dict[str, Any]) -> str:
+    """The mean accuracy, and each student seed's when there are several."""
+    each = row.get("accuracies") or ()
+    if len(each) < 2:
+        return _pct(row["accuracy"])
+    return f"{_pct(row['accuracy'])} ({' / '.join(f'{100 * a:.1f}' for a in each)})"
+
+
 def _table_rows(report: dict[str, Any], framework: str, ipc: int) -> list[str]:
     lines = [
         "| labels | target | all-in vs fp16 | vs shipped | views kept | bits/label "
@@ -738,7 +756,7 @@ def _table_rows(report: dict[str, Any], framework: str, ipc: int) -> list[str]:
             f"{row['ratio_vs_shipped']:.2f}x | {100 * row['views_kept']:.1f}% | "
             f"{row['bits_per_label']:.2f} | {format_bytes(row['label_bytes'])} | "
             f"{format_bytes(row['image_bytes'])} | {row['kl']:.3f} | "
-            f"{_pct(row['accuracy'])} | {_pct(row['retention'])} |"
+            f"{_accuracy_cell(row)} | {_pct(row['retention'])} |"
         )
     for item in report["skipped"]:
         if item["framework"] == framework and item["ipc"] == ipc:

@@ -217,6 +217,13 @@ def _vision_parser(sub: Any) -> None:
         help="views per image: N for every IPC, or IPC:N pairs (10:300 50:100)",
     )
     p.add_argument("--student-epochs", type=int, help="default: the views per image")
+    p.add_argument(
+        "--student-seeds",
+        type=int,
+        default=1,
+        help="students per archive (seeds --seed, +1, ...); accuracy and "
+        "retention are their mean",
+    )
     p.add_argument("--student-arch", default=d.student.arch, help="convnet, resnet")
     p.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs)
     p.add_argument(
@@ -572,6 +579,7 @@ def _vision_config(args: argparse.Namespace) -> Any:
                 "epochs": default,
                 "epochs_per_ipc": per_ipc,
                 "student": student.model_dump(),
+                "student_seeds": args.student_seeds,
                 "teacher_epochs": args.teacher_epochs,
                 "baseline_epochs": args.baseline_epochs,
                 "seed": args.seed,
