@@ -158,3 +158,29 @@ def test_unreachable_fixed_rate_row_is_skipped_before_relabelling(
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [
         "random_ipc5_dense.lz"
     ]
+
+
+def test_several_student_seeds_report_their_mean(tmp_path: Path) -> None:
+    train, test = make_dataset(200, seed=1), make_dataset(80, seed=2)
+    config = _config(
+        frameworks=("random",), codecs=("topk-ms",), ratios=(2.0,), student_seeds=2,
+        baseline_epochs=0,
+    )  # fmt: skip
+    report = run_vision_bench(
+        config,
+        train_set=train,
+        test_set=test,
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "teachers",
+    )
+    rows = report["rows"]
+    assert [r["codec"] for r in rows] == ["dense", "topk-ms"]
+    for row in rows:
+        assert len(row["accuracies"]) == 2
+        assert row["accuracy"] == pytest.approx(sum(row["accuracies"]) / 2)
+    assert rows[1]["retention"] == pytest.approx(
+        rows[1]["accuracy"] / rows[0]["accuracy"]
+    )
+    table = markdown_report(report)
+    each = " / ".join(f"{100 * a:.1f}" for a in rows[1]["accuracies"])
+    assert f"({each})" in table

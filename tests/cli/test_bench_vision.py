@@ -43,8 +43,9 @@ def test_bench_vision_json_and_report_files(
     assert (out / "vision_archives" / "random_ipc3_topk-ms_2x.lz").is_file()
     # Markdown on stdout, progress lines on stderr; the teacher is cached now.
     again = ["--baseline-epochs", "0", "--ratios", "2", "--settings", "random:3"]
-    assert main([*argv, *again]) == 0
+    assert main([*argv, *again, "--student-seeds", "2"]) == 0
     captured = capsys.readouterr()
+    assert re.search(r"\| topk-ms \| 2x \|.*\d%\ \(\d+\.\d / \d+\.\d\)", captured.out)
     assert "## random, IPC 3" in captured.out and "wrote " in captured.out
     assert "Full-data baseline" not in captured.out
     assert "[random IPC 3] student 2/2 trained" in captured.err
@@ -58,6 +59,7 @@ def test_bench_vision_json_and_report_files(
         (["--epochs", "ten"], r"--epochs expects N or IPC:N .* got 'ten'"),
         (["--ratios", "0.5"], r"ratios must be > 1, got \[0.5\]"),
         (["--threads", "0"], r"--threads must be >= 1, got 0"),
+        (["--student-seeds", "0"], r"student_seeds: .*greater than or equal to 1"),
         (["--distill-option", "steps=3"], r"expects FRAMEWORK:KEY=VALUE"),
         (["--settings", "sre2l"], r"--settings expects FRAMEWORK:IPC .* got 'sre2l'"),
         (["--frameworks", "fkd"], r"frameworks: unknown frameworks \['fkd'\]"),

@@ -259,7 +259,11 @@ class VisionBenchRow:
         return self.label_bytes + self.image_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total_bytes": self.total_bytes}
+        return {
+            **asdict(self),
+            "accuracies": list(self.accuracies),  # JSON round trips to a list
+            "total_bytes": self.total_bytes,
+        }
 
 
 def _log(log: LogFn | None, message: str) -> None:

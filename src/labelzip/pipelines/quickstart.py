@@ -156,7 +156,7 @@ class QuickstartRow:
     accuracies: tuple[float, ...] = ()  # one per student seed; accuracy is the mean
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "accuracies": list(self.accuracies)}
 
 
 @dataclass
