@@ -99,6 +99,24 @@ def test_relabel_rate_target_with_auto_prune(
     assert report["teacher_views"] == 8 * report["views_kept_per_image"]
 
 
+def test_relabel_ctx_transform_with_auto_prune(
+    tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The context codec through the CLI: the archive decodes from the file alone."""
+    out = tmp_path / "tc.lz"
+    argv = [str(files["set"]), "--teacher-file", str(files["pickled"]), "--json"]
+    argv += ["--epochs", "200", "--codec", "ctx-transform", "--ratio", "4"]
+    argv += ["--auto-prune", "-o", str(out)]
+    code, stdout, err = _run(argv, capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["ratio"] >= 4.0 and report["views_kept_per_image"] < 200
+    with ArchiveReader(out) as reader:
+        assert reader.codec_name == "ctx-transform"
+        decoded = torch.cat(list(reader.decode_all()))
+    assert decoded.shape == (200 * 8, 4) and bool(torch.isfinite(decoded).all())
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
