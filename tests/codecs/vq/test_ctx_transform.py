@@ -203,3 +203,44 @@ def test_stored_config_is_bounded_by_the_planned_one() -> None:
     assert planned is not None
     assert len(stored) <= len(json.dumps(planned, separators=(",", ":")))
     assert "seed" not in codec.to_config() and "min_label_bits" not in codec.to_config()
+
+
+def test_max_axes_bounds_the_basis_at_many_classes() -> None:
+    ctx = _context()
+    g = torch.Generator().manual_seed(3)
+    wide = 40
+    prior = view_mix_prior(3 * torch.randn(M, wide, generator=g), ctx)
+    logits = prior + 0.5 * torch.randn(prior.shape, generator=g)
+    codec = create_codec("ctx-transform", step=0.3, max_axes=5, **FAST)
+    assert isinstance(codec, ContextTransformCodec)
+    codec.fit_in_context([logits], ctx)
+    tensors = codec.model_tensors()
+    assert tensors["basis"].shape == (5, wide) and tensors["decay"].shape == (5,)
+    assert codec.to_config()["max_axes"] == 5  # not the default: stored
+    block = codec.encode_in_context(logits, ctx)
+    rebuilt = ContextTransformCodec.from_stored(codec.to_config(), tensors)
+    decoded = rebuilt.decode_in_context(block, ctx)
+    assert torch.equal(decoded, codec.decode_in_context(block, ctx))
+    planned = ContextTransformCodec.model_bytes_for(M, wide, 8, "packed", 5)
+    assert planned == 8 * wide + 8 + 2 * 5 * wide + 2 * wide + 4 * 5
+    # five axes carry most of a residual of 39 dimensions only partly: the KL is
+    # above the all-axes codec's at the same step, and below the prior's alone.
+    full = create_codec("ctx-transform", step=0.3, **FAST)
+    assert isinstance(full, ContextTransformCodec)
+    full.fit_in_context([logits], ctx)
+    kl5 = float(kl_divergence(logits, decoded, 4.0).mean())
+    kl_all = kl_divergence(
+        logits, full.decode_in_context(full.encode_in_context(logits, ctx), ctx), 4.0
+    )
+    assert float(kl_all.mean()) < kl5
+
+
+def test_fewer_labels_than_axes_still_round_trip() -> None:
+    ctx = _context().select(torch.arange(4))
+    logits = _logits(_context())[:4]
+    codec = create_codec("ctx-transform", step=0.5, **FAST)
+    assert isinstance(codec, ContextTransformCodec)
+    codec.fit_in_context([logits], ctx)
+    assert codec.model_tensors()["basis"].shape == (C - 1, C)
+    block = codec.encode_in_context(logits, ctx)
+    assert codec.decode_in_context(block, ctx).shape == (4, C)

@@ -4,7 +4,7 @@ Same prior as :mod:`labelzip.codecs.vq.viewmix` (per-image prototypes mixed like
 the replayed view, known to encoder and decoder for free), but the residual is
 coded by a scalar quantiser on its principal axes instead of one VQ codeword::
 
-    y = (teacher - prior - mean) @ basis.T       # C - 1 coordinates per label
+    y = (teacher - prior - mean) @ basis.T       # min(C - 1, max_axes) per label
     q = round(y / step)                          # integers, ANS-coded per axis
     decoded = prior + mean + (q * step) @ basis
 
@@ -65,6 +65,7 @@ from labelzip.errors import (
 from labelzip.ops.bitpack import packed_size
 
 __all__ = [
+    "DEFAULT_MAX_AXES",
     "MIN_LABEL_BITS",
     "ContextTransformCodec",
     "ContextTransformConfig",
@@ -78,6 +79,9 @@ logger = logging.getLogger(__name__)
 # views). Measured, SRe2L IPC 10, 40x budget: 9.2 bits on a third of the views
 # 92% retention, 16.5 bits on a fifth 94.5%, 21 bits on a tenth 95.5%.
 MIN_LABEL_BITS = 16.0
+# Principal axes coded at most: all C - 1 at small C; at C = 1000 the basis stays
+# 128 KB. (Not measured on 1000-class students: the vision bench is C = 10.)
+DEFAULT_MAX_AXES = 64
 _DECAY_ONE = 1 << 16  # geometric parameter a / 2**16
 _DECAY_GRID = 96  # candidate parameters tried per axis
 _COUNT_TOP = 1 << 40  # integer count of |k| = 0 before the geometric decay
@@ -87,6 +91,7 @@ OMITTED_WHEN_DEFAULT = frozenset(
     {
         "fit_threads",
         "learning_rate",
+        "max_axes",  # stored when not the default, which therefore never changes
         "max_train_labels",
         "min_label_bits",
         "prior_steps",
@@ -120,6 +125,13 @@ class ContextTransformConfig(CodecConfig):
         le=_MAX_BOUND,
         description="largest |q| coded (set by the fit: the largest it saw); "
         "larger values are clamped",
+    )
+    max_axes: int = Field(
+        default=DEFAULT_MAX_AXES,
+        ge=1,
+        le=65536,
+        description="principal axes coded: min(C - 1, max_axes); the rest of the "
+        "residual is dropped (bounds the fp16 basis at large C: 64 x 1000 x 2 B)",
     )
     payload_budget_bytes: int | None = Field(
         default=None,
@@ -201,6 +213,16 @@ def _best_decays(hists: torch.Tensor, bound: int) -> tuple[torch.Tensor, float]:
     return grid[best].to(torch.int32), total
 
 
+def _num_axes(num_classes: int, max_axes: int) -> int:
+    return max(1, min(num_classes - 1, max_axes))
+
+
+def _residual_model_bytes(num_classes: int, max_axes: int) -> int:
+    """fp16 basis (A x C) and mean (C), int32 decays (A)."""
+    axes = _num_axes(num_classes, max_axes)
+    return 2 * axes * num_classes + 2 * num_classes + 4 * axes
+
+
 class ContextTransformCodec(Codec):
     """Context prior (prototypes mixed like the view) + scalar-quantised PCA residual."""
 
@@ -258,13 +280,13 @@ class ContextTransformCodec(Codec):
         num_classes: int,
         prototype_bits: int = 8,
         prototype_coding: str = "packed",
+        max_axes: int = DEFAULT_MAX_AXES,
     ) -> int:
         """Prototypes (packed-size bound when ANS), fp16 basis and mean, decays."""
         protos = prototype_bytes(num_images, num_classes, prototype_bits)
         if prototype_coding == "ans" and prototype_bits < 16:
             protos += 2 << prototype_bits
-        axes = num_classes - 1
-        return protos + 2 * axes * num_classes + 2 * num_classes + 4 * axes
+        return protos + _residual_model_bytes(num_classes, max_axes)
 
     def planned_model_tensors(self, num_classes: int) -> dict[str, torch.Tensor] | None:
         if self.config.num_images is None:
@@ -278,7 +300,7 @@ class ContextTransformCodec(Codec):
             # (a stream plus a frequency table): plan the table's entry always.
             protos["prototypes"] = protos["prototypes"].reshape(-1)
             protos["prototype_freq"] = torch.zeros(1, 1 << bits, dtype=torch.int16)
-        axes = num_classes - 1
+        axes = _num_axes(num_classes, self.config.max_axes)
         return {
             **protos,
             "basis": torch.zeros(axes, num_classes, dtype=torch.float16),
@@ -361,16 +383,27 @@ class ContextTransformCodec(Codec):
             prototypes, cfg.prototype_bits, cfg.prototype_coding
         )
         planned = self.model_bytes_for(
-            context.num_images, num_classes, cfg.prototype_bits, cfg.prototype_coding
+            context.num_images,
+            num_classes,
+            cfg.prototype_bits,
+            cfg.prototype_coding,
+            cfg.max_axes,
         )
-        spare = max(0, planned - self.model_bytes_of(stored, num_classes))
+        residual_bytes = _residual_model_bytes(num_classes, cfg.max_axes)
+        spare = max(0, planned - stored_bytes(stored) - residual_bytes)
+        axes = _num_axes(num_classes, cfg.max_axes)
         with torch.no_grad():
             residual = teacher - view_mix_prior(rounded, context)
             residual = residual - residual.mean(dim=1, keepdim=True)
             mean = residual.mean(dim=0).half()
             centred = residual - mean.float()
             _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-            basis = vh[: num_classes - 1].contiguous().half()
+            basis = vh[:axes]
+            if basis.shape[0] < axes:  # fewer labels than axes: pad unused axes
+                basis = torch.cat(
+                    [basis, basis.new_zeros(axes - basis.shape[0], num_classes)]
+                )
+            basis = basis.contiguous().half()
             coords = centred @ basis.float().T
         budget = cfg.payload_budget_bytes
         step, bound, decay, bits = self._search_step(
@@ -390,7 +423,7 @@ class ContextTransformCodec(Codec):
         self._basis, self._mean = basis, mean
         self._decay = decay
         self._coder = CategoricalStreamCoder(
-            geometric_tables(decay, bound), list(range(num_classes - 1))
+            geometric_tables(decay, bound), list(range(axes))
         )
         with torch.no_grad():
             q = self._quantise(coords)
@@ -404,14 +437,6 @@ class ContextTransformCodec(Codec):
         }
         logger.info("ctx-transform fit: %s", self.fit_report)
         return self
-
-    @staticmethod
-    def model_bytes_of(stored: dict[str, torch.Tensor], num_classes: int) -> int:
-        """Model bytes with these stored prototype tensors."""
-        axes = num_classes - 1
-        return (
-            stored_bytes(stored) + 2 * axes * num_classes + 2 * num_classes + 4 * axes
-        )
 
     def _coded_bits(
         self, coords: torch.Tensor, step: float
@@ -610,7 +635,7 @@ class ContextTransformCodec(Codec):
         assert isinstance(base, ContextTransformCodec)
         codec = base
         cfg = codec.config
-        m, axes = cfg.num_images or 0, num_classes - 1
+        m, axes = cfg.num_images or 0, _num_axes(num_classes, cfg.max_axes)
         shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
             "prototypes": ((m, num_classes), torch.float16),
             "basis": ((axes, num_classes), torch.float16),
@@ -707,7 +732,7 @@ class ContextTransformCodec(Codec):
             coding = "ans" if base.prototype_bits == 4 else "packed"
             base = base.model_copy(update={"prototype_coding": coding})
         model = cls.model_bytes_for(
-            m, num_classes, base.prototype_bits, base.prototype_coding
+            m, num_classes, base.prototype_bits, base.prototype_coding, base.max_axes
         )
         payload = budget_bytes - model
         need = math.ceil(base.min_label_bits * num_labels / 8)
