@@ -49,6 +49,12 @@ TINY = dict(
     codecs=(
         CodecChoice(label="topk-ms", codec="topk", options={"decoder": "ms"}),
         CodecChoice(label="lpld", codec="dense", options={"dtype": "fp16"}, prune=True),
+        CodecChoice(
+            label="ctx-transform",
+            codec="ctx-transform",
+            options={"max_axes": 4, "prior_steps": 20},
+            prune=True,
+        ),
     ),
     storage_ipc=(10,),
 )
@@ -73,11 +79,13 @@ def test_rows_cover_every_codec_and_ratio_or_say_why(
     measured = {(r.label, r.target_ratio) for r in tiny_result.rows}
     missing = {(u["label"], u["ratio"]) for u in tiny_result.unreachable}
     expected = {("dense-fp16", None)} | {
-        (c, r) for c in ("topk-ms", "lpld") for r in (4.0, 20.0)
+        (c, r) for c in ("topk-ms", "lpld", "ctx-transform") for r in (4.0, 20.0)
     }
     assert measured | missing == expected and not measured & missing
     # 80 labels x 1000 classes: the 4x targets fit beside the ~10 KB header
     assert ("topk-ms", 4.0) in measured and ("lpld", 4.0) in measured
+    # the context codec: its context rebuilt from the relabel recipe, as a reader does
+    assert ("ctx-transform", 4.0) in measured
     assert tiny_result.relabel["num_labels"] == 80
     assert tiny_result.relabel["num_classes"] == 1000
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
 from labelzip.bench.fidelity import fidelity_scores
-from labelzip.codecs.base import Codec
+from labelzip.codecs.base import Codec, LabelContext
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import codec_class
 from labelzip.errors import ConfigError, UnreachableTargetError
@@ -539,6 +539,9 @@ def _measure(
 
     num_classes = reference.shape[1]
     options = _codec_options(choice, config.device)
+    cls = codec_class(choice.codec)
+    if "num_images" in cls.config_class.model_fields:  # context codecs: M prototypes
+        options.setdefault("num_images", int(layout.shape[1]))
     plan: PrunePlan | None = None
     if choice.prune:
         if ratio is None:
@@ -555,6 +558,14 @@ def _measure(
             options=options,
         )
     stored = reference[plan.kept_indices()] if plan is not None else reference
+    context: LabelContext | None = None
+    if cls.needs_context:  # rebuilt from the relabel recipe, as the reader will
+        from labelzip.pipelines.relabel_types import recipe_context
+
+        flat = plan.kept_indices() if plan is not None else torch.arange(len(reference))
+        context = recipe_context(
+            metadata.user, tuple(layout.dims), tuple(layout.shape), flat
+        )
 
     def batches() -> list[torch.Tensor]:
         return list(stored.split(4096))
@@ -565,7 +576,7 @@ def _measure(
         from labelzip.codecs.registry import create_codec
 
         codec = create_codec(choice.codec, **options)
-        codec.fit(batches, num_labels=stored.shape[0])
+        codec.fit_in_context(batches, context, num_labels=stored.shape[0])
     else:
         codec = fit_for_target(
             choice.codec,
@@ -575,6 +586,7 @@ def _measure(
             ratio=ratio,
             prune=plan,
             metadata=metadata,
+            context=context,
             **options,
         )
     fit_s = time.perf_counter() - t0
