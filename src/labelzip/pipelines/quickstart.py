@@ -83,6 +83,11 @@ ROW_SPECS: dict[str, dict[str, Any]] = {
         "options": {"decoder": "ms", "k": 2},
         "auto_prune": True,
     },
+    "topk-mr": {
+        "codec": "topk",
+        "options": {"decoder": "mr", "k": 2},
+        "auto_prune": True,
+    },
     "topk-mrs": {
         "codec": "topk",
         "options": {"decoder": "mrs", "k": 3},
