@@ -52,6 +52,7 @@ from labelzip.io import atomic_path
 __all__ = [
     "DEFAULT_CLASSES",
     "DEFAULT_CODECS",
+    "OPTIONAL_CODECS",
     "CodecChoice",
     "ImagenetTrackConfig",
     "ImagenetTrackResult",
@@ -107,6 +108,11 @@ DEFAULT_CODECS = (
     CodecChoice(label="topk-mrs", codec="topk", options={"decoder": "mrs"}),
     CodecChoice(label="rskd", codec="rskd", options={"sizing": "measured"}),
     CodecChoice(label="lpld", codec="dense", options={"dtype": "fp16"}, prune=True),
+)
+# Codecs the track can run on request (``--codecs``) but does not by default.
+# ctx-transform needs the relabel recipe's view context (rebuilt from the header).
+OPTIONAL_CODECS = (
+    CodecChoice(label="ctx-transform", codec="ctx-transform", prune=True),
 )
 
 

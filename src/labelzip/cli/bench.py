@@ -328,7 +328,7 @@ def add_imagenet_flags(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[c.label for c in DEFAULT_CODECS],
         metavar="LABEL",
-        help="codec labels (default: all; see below)",
+        help="codec labels (default: %(default)s; also: ctx-transform)",
     )
     p.add_argument(
         "--vqae-steps",
@@ -356,9 +356,13 @@ def imagenet_config(args: argparse.Namespace) -> ImagenetTrackConfig:
     Raises:
         ConfigError: an unknown codec label or an invalid value, on one line.
     """
-    from labelzip.bench.imagenet import DEFAULT_CODECS, ImagenetTrackConfig
+    from labelzip.bench.imagenet import (
+        DEFAULT_CODECS,
+        OPTIONAL_CODECS,
+        ImagenetTrackConfig,
+    )
 
-    known = {c.label: c for c in DEFAULT_CODECS}
+    known = {c.label: c for c in (*DEFAULT_CODECS, *OPTIONAL_CODECS)}
     unknown = [c for c in args.codecs if c not in known]
     if unknown:
         raise ConfigError(
