@@ -214,7 +214,10 @@ def _table(
     )
     headers = ("codec", "ratio", "bits/lbl", "views", "KL@T", "acc", "retain", "decode")
     for name in headers:
-        table.add_column(name, justify="left" if name == "codec" else "right")
+        if name == "codec":  # never truncate a row's name (ctx-transform, ...)
+            table.add_column(name, justify="left", no_wrap=True, min_width=14)
+        else:
+            table.add_column(name, justify="right")
     for row in result.rows:
         table.add_row(
             row.codec,
