@@ -40,20 +40,25 @@ from labelzip.codecs.base import (
     LabelContext,
     LogitSource,
     check_logits,
-    iterate_source,
 )
 from labelzip.codecs.entropy import CategoricalStreamCoder, quantize_counts
 from labelzip.codecs.vq.viewmix import (
     CONTEXT_KIND,
     PROTOTYPE_SWITCH_BITS,
     _kl_sum,
-    decode_prototypes,
+    check_label_context,
+    check_stored_tensors,
+    fit_sample,
     fit_view_mix_prior,
+    no_context_error,
     payload_need_bytes,
     prototype_bytes,
+    prototype_shapes,
     quantize_prototypes,
+    restore_prototypes,
     store_prototypes,
     stored_bytes,
+    stored_context_config,
     view_mix_prior,
 )
 from labelzip.errors import (
@@ -62,7 +67,6 @@ from labelzip.errors import (
     InputError,
     UnreachableTargetError,
 )
-from labelzip.ops.bitpack import packed_size
 
 __all__ = [
     "DEFAULT_MAX_AXES",
@@ -245,12 +249,7 @@ class ContextTransformCodec(Codec):
 
     # -- the plain contract: refuse without context --------------------------------
     def _no_context(self, action: str) -> InputError:
-        return InputError(
-            f"the {self.kind} codec {action}s labels from their view context (image, "
-            f"mix partner, weight) and got none; use {action}_in_context(..., "
-            "LabelContext) or an archive written by `labelzip relabel`, which "
-            "rebuilds it from the stored view recipe"
-        )
+        return no_context_error(self.kind, action)
 
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> Codec:
         raise self._no_context("fit")
@@ -343,23 +342,14 @@ class ContextTransformCodec(Codec):
         self, source: LogitSource, context: LabelContext, num_labels: int | None
     ) -> ContextTransformCodec:
         cfg = self.config
-        batches = [
-            check_logits(b).detach().to("cpu", torch.float32)
-            for b in iterate_source(source)
-        ]
-        if not batches:
-            raise InputError("ctx-transform fit got no logits")
-        data = torch.cat(batches)
-        if data.shape[0] != len(context):
-            raise InputError(
-                f"ctx-transform fit got {data.shape[0]} labels but a context of "
-                f"{len(context)}; give one context entry per label"
-            )
-        if cfg.num_images is not None and context.num_images != cfg.num_images:
-            raise InputError(
-                f"the context addresses {context.num_images} images, the config "
-                f"says num_images={cfg.num_images}"
-            )
+        data, context, gen = fit_sample(
+            self.kind,
+            source,
+            context,
+            num_images=cfg.num_images,
+            max_train_labels=cfg.max_train_labels,
+            seed=cfg.seed,
+        )
         num_classes = int(data.shape[1])
         if num_classes < 2:
             raise InputError("ctx-transform needs at least 2 classes")
@@ -504,17 +494,7 @@ class ContextTransformCodec(Codec):
 
     # -- byte path -------------------------------------------------------------------------
     def _check_context(self, context: LabelContext | None, n: int) -> LabelContext:
-        if context is None:
-            raise self._no_context("decode")
-        if len(context) != n:
-            raise InputError(f"{n} labels but a context of {len(context)} entries")
-        if context.num_images != self.num_images:
-            raise InputError(
-                f"the context addresses {context.num_images} images but the codec "
-                f"stores prototypes of {self.num_images}; use the archive's own "
-                "view recipe and image set"
-            )
-        return context
+        return check_label_context(self.kind, context, n, self.num_images)
 
     def encode_in_context(
         self, logits: torch.Tensor, context: LabelContext | None
@@ -589,19 +569,13 @@ class ContextTransformCodec(Codec):
     def _stored_config(
         config: ContextTransformConfig, num_images: int, num_classes: int
     ) -> dict[str, Any]:
-        defaults = ContextTransformConfig()
-        dumped = config.model_dump(mode="json")
-        return {
-            **{
-                name: value
-                for name, value in dumped.items()
-                if name not in OMITTED_WHEN_DEFAULT
-                or getattr(config, name) != getattr(defaults, name)
-            },
-            "num_images": num_images,
-            "num_classes": num_classes,
-            "context": CONTEXT_KIND,
-        }
+        return stored_context_config(
+            config,
+            ContextTransformConfig(),
+            OMITTED_WHEN_DEFAULT,
+            num_images,
+            num_classes,
+        )
 
     def planned_config(self, num_classes: int) -> dict[str, Any] | None:
         """An upper bound of :meth:`to_config` before fit (archive rate control)."""
@@ -636,49 +610,14 @@ class ContextTransformCodec(Codec):
         codec = base
         cfg = codec.config
         m, axes = cfg.num_images or 0, _num_axes(num_classes, cfg.max_axes)
-        shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
-            "prototypes": ((m, num_classes), torch.float16),
-            "basis": ((axes, num_classes), torch.float16),
-            "residual_mean": ((num_classes,), torch.float16),
-            "decay": ((axes,), torch.int32),
-        }
-        if cfg.prototype_bits == 8:
-            shapes["prototypes"] = ((m, num_classes), torch.uint8)
-        elif cfg.prototype_bits < 8:
-            packed = packed_size(m * num_classes, cfg.prototype_bits)
-            shapes["prototypes"] = ((packed,), torch.uint8)
-        if cfg.prototype_bits < 16:
-            shapes["prototype_grid"] = ((2,), torch.float32)
-        ans = cfg.prototype_coding == "ans" and cfg.prototype_bits < 16
-        if ans:
-            stream = tensors.get("prototypes")
-            length = stream.numel() if stream is not None else 0
-            shapes["prototypes"] = ((length,), torch.uint8)
-            shapes["prototype_freq"] = ((1, 1 << cfg.prototype_bits), torch.int16)
-        for name, (shape, dtype) in shapes.items():
-            t = tensors.get(name)
-            if t is None or tuple(t.shape) != shape or t.dtype != dtype:
-                got = None if t is None else (tuple(t.shape), t.dtype)
-                raise ArchiveFormatError(
-                    f"ctx-transform tensor {name!r} should be {shape} {dtype}, "
-                    f"got {got}"
-                )
-        extra = set(tensors) - set(shapes)
-        if extra:
-            raise ArchiveFormatError(
-                f"unexpected ctx-transform tensors {sorted(extra)}"
-            )
-        codec._proto_stored = {
-            name: tensors[name].cpu().contiguous()
-            for name in ("prototypes", "prototype_grid", "prototype_freq")
-            if name in shapes
-        }
-        codec._prototypes = decode_prototypes(
-            codec._proto_stored,
-            (m, num_classes),
-            cfg.prototype_bits,
-            cfg.prototype_coding if ans else "packed",
-            cfg.prototype_delta,
+        bits, coding = cfg.prototype_bits, cfg.prototype_coding
+        shapes = prototype_shapes(m, num_classes, bits, coding, tensors)
+        shapes["basis"] = ((axes, num_classes), torch.float16)
+        shapes["residual_mean"] = ((num_classes,), torch.float16)
+        shapes["decay"] = ((axes,), torch.int32)
+        check_stored_tensors(codec.kind, shapes, tensors)
+        codec._proto_stored, codec._prototypes = restore_prototypes(
+            tensors, m, num_classes, bits, coding, cfg.prototype_delta
         )
         codec._basis = tensors["basis"].cpu().contiguous()
         codec._mean = tensors["residual_mean"].cpu().contiguous()

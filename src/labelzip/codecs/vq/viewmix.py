@@ -61,7 +61,14 @@ __all__ = [
     "ViewMixCodec",
     "ViewMixConfig",
     "decode_prototypes",
+    "check_label_context",
+    "check_stored_tensors",
     "dequantize_prototypes",
+    "fit_sample",
+    "no_context_error",
+    "prototype_shapes",
+    "restore_prototypes",
+    "stored_context_config",
     "fit_view_mix_prior",
     "payload_need_bytes",
     "prototype_bytes",
@@ -419,6 +426,158 @@ def payload_need_bytes(bits: float, num_fit: int, total: int) -> int:
     return math.ceil(scaled / 8) + blocks * BLOCK_OVERHEAD_BYTES
 
 
+def no_context_error(kind: str, action: str) -> InputError:
+    """The error of a view-context codec called without a context."""
+    return InputError(
+        f"the {kind} codec {action}s labels from their view context (image, "
+        f"mix partner, weight) and got none; use {action}_in_context(..., "
+        "LabelContext) or an archive written by `labelzip relabel`, which "
+        "rebuilds it from the stored view recipe"
+    )
+
+
+def check_label_context(
+    kind: str, context: LabelContext | None, n: int, num_images: int
+) -> LabelContext:
+    """``context`` if it has one entry per label and addresses ``num_images`` images."""
+    if context is None:
+        raise no_context_error(kind, "decode")
+    if len(context) != n:
+        raise InputError(f"{n} labels but a context of {len(context)} entries")
+    if context.num_images != num_images:
+        raise InputError(
+            f"the context addresses {context.num_images} images but the codec "
+            f"stores prototypes of {num_images}; use the archive's own "
+            "view recipe and image set"
+        )
+    return context
+
+
+def fit_sample(
+    kind: str,
+    source: LogitSource,
+    context: LabelContext,
+    *,
+    num_images: int | None,
+    max_train_labels: int,
+    seed: int,
+) -> tuple[torch.Tensor, LabelContext, torch.Generator]:
+    """(N, C) float32 CPU logits with their context, at most ``max_train_labels``.
+
+    Also returns the seeded generator the subsample drew from (fits go on
+    drawing from it). Raises InputError on no logits or mismatched lengths.
+    """
+    batches = [
+        check_logits(b).detach().to("cpu", torch.float32)
+        for b in iterate_source(source)
+    ]
+    if not batches:
+        raise InputError(f"{kind} fit got no logits")
+    data = torch.cat(batches)
+    if data.shape[0] != len(context):
+        raise InputError(
+            f"{kind} fit got {data.shape[0]} labels but a context of "
+            f"{len(context)}; give one context entry per label"
+        )
+    if num_images is not None and context.num_images != num_images:
+        raise InputError(
+            f"the context addresses {context.num_images} images, the config "
+            f"says num_images={num_images}"
+        )
+    context = context.to("cpu")
+    gen = torch.Generator().manual_seed(seed)
+    if data.shape[0] > max_train_labels:
+        pick = torch.randperm(data.shape[0], generator=gen)[:max_train_labels]
+        pick = pick.sort().values
+        data, context = data[pick], context.select(pick)
+    return data, context, gen
+
+
+def stored_context_config(
+    config: CodecConfig,
+    defaults: CodecConfig,
+    omitted: frozenset[str],
+    num_images: int,
+    num_classes: int,
+) -> dict[str, Any]:
+    """A context codec's stored config: fields in ``omitted`` only when not default."""
+    dumped = config.model_dump(mode="json")
+    return {
+        **{
+            name: value
+            for name, value in dumped.items()
+            if name not in omitted or getattr(config, name) != getattr(defaults, name)
+        },
+        "num_images": num_images,
+        "num_classes": num_classes,
+        "context": CONTEXT_KIND,
+    }
+
+
+def prototype_shapes(
+    num_images: int,
+    num_classes: int,
+    bits: int,
+    coding: str,
+    tensors: dict[str, torch.Tensor],
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Expected (shape, dtype) of the stored prototype tensors (ANS: any length)."""
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+        "prototypes": ((num_images, num_classes), torch.float16)
+    }
+    if bits == 8:
+        shapes["prototypes"] = ((num_images, num_classes), torch.uint8)
+    elif bits < 8:
+        packed = packed_size(num_images * num_classes, bits)
+        shapes["prototypes"] = ((packed,), torch.uint8)
+    if bits < 16:
+        shapes["prototype_grid"] = ((2,), torch.float32)
+    if coding == "ans" and bits < 16:  # a stream of any length
+        stream = tensors.get("prototypes")
+        length = stream.numel() if stream is not None else 0
+        shapes["prototypes"] = ((length,), torch.uint8)
+        shapes["prototype_freq"] = ((1, 1 << bits), torch.int16)
+    return shapes
+
+
+def check_stored_tensors(
+    kind: str,
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
+    tensors: dict[str, torch.Tensor],
+) -> None:
+    """ArchiveFormatError unless ``tensors`` are exactly ``shapes``."""
+    for name, (shape, dtype) in shapes.items():
+        t = tensors.get(name)
+        if t is None or tuple(t.shape) != shape or t.dtype != dtype:
+            got = None if t is None else (tuple(t.shape), t.dtype)
+            raise ArchiveFormatError(
+                f"{kind} tensor {name!r} should be {shape} {dtype}, got {got}"
+            )
+    extra = set(tensors) - set(shapes)
+    if extra:
+        raise ArchiveFormatError(f"unexpected {kind} tensors {sorted(extra)}")
+
+
+def restore_prototypes(
+    tensors: dict[str, torch.Tensor],
+    num_images: int,
+    num_classes: int,
+    bits: int,
+    coding: str,
+    delta: bool,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The stored prototype tensors (CPU) and the (M, C) float32 values they decode to."""
+    ans = coding == "ans" and bits < 16
+    names: tuple[str, ...] = ("prototypes", "prototype_grid", "prototype_freq")
+    stored = {
+        name: tensors[name].cpu().contiguous() for name in names if name in tensors
+    }
+    decoded = decode_prototypes(
+        stored, (num_images, num_classes), bits, coding if ans else "packed", delta
+    )
+    return stored, decoded
+
+
 class ViewMixCodec(Codec):
     """Context prior (per-image prototypes mixed like the view) + VQ residual code."""
 
@@ -440,12 +599,7 @@ class ViewMixCodec(Codec):
 
     # -- the plain contract: refuse without context --------------------------------
     def _no_context(self, action: str) -> InputError:
-        return InputError(
-            f"the {self.kind} codec {action}s labels from their view context (image, "
-            "mix partner, weight) and got none; use "
-            f"{action}_in_context(..., LabelContext) or an archive written by "
-            "`labelzip relabel`, which rebuilds it from the stored view recipe"
-        )
+        return no_context_error(self.kind, action)
 
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> Codec:
         raise self._no_context("fit")
@@ -558,29 +712,14 @@ class ViewMixCodec(Codec):
         self, source: LogitSource, context: LabelContext, num_labels: int | None
     ) -> ViewMixCodec:
         cfg = self.config
-        batches = [
-            check_logits(b).detach().to("cpu", torch.float32)
-            for b in iterate_source(source)
-        ]
-        if not batches:
-            raise InputError("vqae-ctx fit got no logits")
-        data = torch.cat(batches)
-        if data.shape[0] != len(context):
-            raise InputError(
-                f"vqae-ctx fit got {data.shape[0]} labels but a context of "
-                f"{len(context)}; give one context entry per label"
-            )
-        if cfg.num_images is not None and context.num_images != cfg.num_images:
-            raise InputError(
-                f"the context addresses {context.num_images} images, the config "
-                f"says num_images={cfg.num_images}"
-            )
-        context = context.to("cpu")
-        gen = torch.Generator().manual_seed(cfg.seed)
-        if data.shape[0] > cfg.max_train_labels:
-            pick = torch.randperm(data.shape[0], generator=gen)[: cfg.max_train_labels]
-            pick = pick.sort().values
-            data, context = data[pick], context.select(pick)
+        data, context, gen = fit_sample(
+            self.kind,
+            source,
+            context,
+            num_images=cfg.num_images,
+            max_train_labels=cfg.max_train_labels,
+            seed=cfg.seed,
+        )
         num_classes = int(data.shape[1])
         total = num_labels if num_labels is not None else data.shape[0]
         teacher = data - data.mean(dim=1, keepdim=True)
@@ -780,17 +919,7 @@ class ViewMixCodec(Codec):
 
     # -- byte path -------------------------------------------------------------------------
     def _check_context(self, context: LabelContext | None, n: int) -> LabelContext:
-        if context is None:
-            raise self._no_context("decode")
-        if len(context) != n:
-            raise InputError(f"{n} labels but a context of {len(context)} entries")
-        if context.num_images != self.num_images:
-            raise InputError(
-                f"the context addresses {context.num_images} images but the codec "
-                f"stores prototypes of {self.num_images}; use the archive's own "
-                "view recipe and image set"
-            )
-        return context
+        return check_label_context(self.kind, context, n, self.num_images)
 
     def encode_in_context(
         self, logits: torch.Tensor, context: LabelContext | None
@@ -897,19 +1026,9 @@ class ViewMixCodec(Codec):
     def _stored_config(
         config: ViewMixConfig, num_images: int, num_classes: int
     ) -> dict[str, Any]:
-        defaults = ViewMixConfig()
-        dumped = config.model_dump(mode="json")
-        return {
-            **{
-                name: value
-                for name, value in dumped.items()
-                if name not in OMITTED_WHEN_DEFAULT
-                or getattr(config, name) != getattr(defaults, name)
-            },
-            "num_images": num_images,
-            "num_classes": num_classes,
-            "context": CONTEXT_KIND,
-        }
+        return stored_context_config(
+            config, ViewMixConfig(), OMITTED_WHEN_DEFAULT, num_images, num_classes
+        )
 
     def planned_config(self, num_classes: int) -> dict[str, Any] | None:
         """An upper bound of :meth:`to_config` before fit (archive rate control).
@@ -944,47 +1063,15 @@ class ViewMixCodec(Codec):
         codec = base
         assert isinstance(codec, ViewMixCodec)
         cfg = codec.config
-        k, m = cfg.codebook_size, cfg.num_images
-        shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
-            "prototypes": ((m or 0, num_classes), torch.float16),
-            "codebook": ((k, num_classes), torch.float16),
-        }
-        if cfg.prototype_bits == 8:
-            shapes["prototypes"] = ((m or 0, num_classes), torch.uint8)
-        elif cfg.prototype_bits < 8:
-            packed = packed_size((m or 0) * num_classes, cfg.prototype_bits)
-            shapes["prototypes"] = ((packed,), torch.uint8)
-        if cfg.prototype_bits < 16:
-            shapes["prototype_grid"] = ((2,), torch.float32)
-        ans = cfg.prototype_coding == "ans" and cfg.prototype_bits < 16
-        if ans:  # a stream of any length
-            stream = tensors.get("prototypes")
-            length = stream.numel() if stream is not None else 0
-            shapes["prototypes"] = ((length,), torch.uint8)
-            shapes["prototype_freq"] = ((1, 1 << cfg.prototype_bits), torch.int16)
+        k, m = cfg.codebook_size, cfg.num_images or 0
+        bits, coding = cfg.prototype_bits, cfg.prototype_coding
+        shapes = prototype_shapes(m, num_classes, bits, coding, tensors)
+        shapes["codebook"] = ((k, num_classes), torch.float16)
         if k > 1:
             shapes["code_freq"] = ((1, k), torch.int16)
-        for name, (shape, dtype) in shapes.items():
-            t = tensors.get(name)
-            if t is None or tuple(t.shape) != shape or t.dtype != dtype:
-                got = None if t is None else (tuple(t.shape), t.dtype)
-                raise ArchiveFormatError(
-                    f"vqae-ctx tensor {name!r} should be {shape} {dtype}, got {got}"
-                )
-        extra = set(tensors) - set(shapes)
-        if extra:
-            raise ArchiveFormatError(f"unexpected vqae-ctx tensors {sorted(extra)}")
-        codec._proto_stored = {
-            name: tensors[name].cpu().contiguous()
-            for name in ("prototypes", "prototype_grid", "prototype_freq")
-            if name in shapes
-        }
-        codec._prototypes = decode_prototypes(
-            codec._proto_stored,
-            (m or 0, num_classes),
-            cfg.prototype_bits,
-            cfg.prototype_coding if ans else "packed",
-            cfg.prototype_delta,
+        check_stored_tensors(codec.kind, shapes, tensors)
+        codec._proto_stored, codec._prototypes = restore_prototypes(
+            tensors, m, num_classes, bits, coding, cfg.prototype_delta
         )
         codec._codebook = tensors["codebook"].cpu().contiguous()
         if k > 1:
