@@ -34,7 +34,6 @@ import torch
 from pydantic import Field
 
 from labelzip.codecs.base import (
-    Codec,
     CodecConfig,
     EncodedBlock,
     LabelContext,
@@ -45,12 +44,11 @@ from labelzip.codecs.entropy import CategoricalStreamCoder, quantize_counts
 from labelzip.codecs.vq.viewmix import (
     CONTEXT_KIND,
     PROTOTYPE_SWITCH_BITS,
+    ViewContextCodec,
     _kl_sum,
-    check_label_context,
     check_stored_tensors,
     fit_sample,
     fit_view_mix_prior,
-    no_context_error,
     payload_need_bytes,
     prototype_bytes,
     prototype_shapes,
@@ -227,13 +225,12 @@ def _residual_model_bytes(num_classes: int, max_axes: int) -> int:
     return 2 * axes * num_classes + 2 * num_classes + 4 * axes
 
 
-class ContextTransformCodec(Codec):
+class ContextTransformCodec(ViewContextCodec):
     """Context prior (prototypes mixed like the view) + scalar-quantised PCA residual."""
 
     kind: ClassVar[str] = "ctx-transform"
     codec_id: ClassVar[int] = 9
     config_class: ClassVar[type[CodecConfig]] = ContextTransformConfig
-    needs_context: ClassVar[bool] = True
 
     config: ContextTransformConfig
 
@@ -246,31 +243,6 @@ class ContextTransformCodec(Codec):
         self._decay: torch.Tensor | None = None  # (C - 1,) int32
         self._coder: CategoricalStreamCoder | None = None
         self.fit_report: dict[str, float] = {}
-
-    # -- the plain contract: refuse without context --------------------------------
-    def _no_context(self, action: str) -> InputError:
-        return no_context_error(self.kind, action)
-
-    def fit(self, source: LogitSource, *, num_labels: int | None = None) -> Codec:
-        raise self._no_context("fit")
-
-    def encode(self, logits: torch.Tensor) -> EncodedBlock:
-        raise self._no_context("encode")
-
-    def decode(
-        self, block: EncodedBlock, device: torch.device | str | None = None
-    ) -> torch.Tensor:
-        raise self._no_context("decode")
-
-    @property
-    def num_images(self) -> int:
-        if self._prototypes is not None:
-            return int(self._prototypes.shape[0])
-        if self.config.num_images is None:
-            raise ConfigError(
-                "ctx-transform needs num_images (the images its context indexes)"
-            )
-        return self.config.num_images
 
     # -- sizes -------------------------------------------------------------------------
     @staticmethod
@@ -308,41 +280,11 @@ class ContextTransformCodec(Codec):
         }
 
     # -- fitting -------------------------------------------------------------------------
-    def fit_in_context(
-        self,
-        source: LogitSource,
-        context: LabelContext | None,
-        *,
-        num_labels: int | None = None,
-    ) -> ContextTransformCodec:
-        """Fit prototypes, residual axes and step on logits of views ``context``.
-
-        Args:
-            source: (B, C) logit batches; their rows, in order, are the labels
-                of ``context``.
-            context: one entry per source row.
-            num_labels: labels that will be encoded; with
-                ``payload_budget_bytes`` the step grows until they fit.
-
-        Raises:
-            InputError: no context, lengths differ, bad logits.
-            UnreachableTargetError: even the coarsest step does not fit the budget.
-        """
-        if context is None:
-            raise self._no_context("fit")
-        threads = torch.get_num_threads()
-        if self.config.fit_threads is not None:
-            torch.set_num_threads(self.config.fit_threads)
-        try:
-            return self._fit(source, context, num_labels)
-        finally:
-            torch.set_num_threads(threads)
-
     def _fit(
         self, source: LogitSource, context: LabelContext, num_labels: int | None
     ) -> ContextTransformCodec:
         cfg = self.config
-        data, context, gen = fit_sample(
+        data, context, _ = fit_sample(
             self.kind,
             source,
             context,
@@ -353,12 +295,6 @@ class ContextTransformCodec(Codec):
         num_classes = int(data.shape[1])
         if num_classes < 2:
             raise InputError("ctx-transform needs at least 2 classes")
-        context = context.to("cpu")
-        gen = torch.Generator().manual_seed(cfg.seed)
-        if data.shape[0] > cfg.max_train_labels:
-            pick = torch.randperm(data.shape[0], generator=gen)[: cfg.max_train_labels]
-            pick = pick.sort().values
-            data, context = data[pick], context.select(pick)
         total = num_labels if num_labels is not None else data.shape[0]
         teacher = data - data.mean(dim=1, keepdim=True)
         prototypes = fit_view_mix_prior(
@@ -493,9 +429,6 @@ class ContextTransformCodec(Codec):
         return mean + (q.to(torch.float32) * self.config.step) @ basis
 
     # -- byte path -------------------------------------------------------------------------
-    def _check_context(self, context: LabelContext | None, n: int) -> LabelContext:
-        return check_label_context(self.kind, context, n, self.num_images)
-
     def encode_in_context(
         self, logits: torch.Tensor, context: LabelContext | None
     ) -> EncodedBlock:

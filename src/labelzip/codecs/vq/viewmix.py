@@ -58,6 +58,7 @@ __all__ = [
     "RATE_MARGIN",
     "RD_SLACK_BITS",
     "SEEN_RATE_MARGIN",
+    "ViewContextCodec",
     "ViewMixCodec",
     "ViewMixConfig",
     "decode_prototypes",
@@ -578,26 +579,19 @@ def restore_prototypes(
     return stored, decoded
 
 
-class ViewMixCodec(Codec):
-    """Context prior (per-image prototypes mixed like the view) + VQ residual code."""
+class ViewContextCodec(Codec):
+    """What the view-context codecs (vqae-ctx, ctx-transform) share.
 
-    kind: ClassVar[str] = "vqae-ctx"
-    codec_id: ClassVar[int] = 6
-    config_class: ClassVar[type[CodecConfig]] = ViewMixConfig
+    They refuse the plain contract (no context, no labels), fit on a limited
+    number of torch threads, and check a context against their M prototypes.
+    Subclasses implement :meth:`_fit`; their config has ``num_images`` and
+    ``fit_threads``.
+    """
+
     needs_context: ClassVar[bool] = True
+    config: Any  # ViewMixConfig / ContextTransformConfig (num_images, fit_threads)
+    _prototypes: torch.Tensor | None  # (M, C) float32 as decoded, once fitted
 
-    config: ViewMixConfig
-
-    def __init__(self, config: ViewMixConfig | None = None) -> None:
-        super().__init__(config if config is not None else ViewMixConfig())
-        self._prototypes: torch.Tensor | None = None  # (M, C) float32, as decoded
-        self._proto_stored: dict[str, torch.Tensor] = {}  # what the archive stores
-        self._codebook: torch.Tensor | None = None  # (K, C) fp16
-        self._coder: CategoricalStreamCoder | None = None
-        self._float: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.fit_report: dict[str, float] = {}
-
-    # -- the plain contract: refuse without context --------------------------------
     def _no_context(self, action: str) -> InputError:
         return no_context_error(self.kind, action)
 
@@ -612,17 +606,76 @@ class ViewMixCodec(Codec):
     ) -> torch.Tensor:
         raise self._no_context("decode")
 
-    # -- sizes -------------------------------------------------------------------------
     @property
     def num_images(self) -> int:
         if self._prototypes is not None:
             return int(self._prototypes.shape[0])
         if self.config.num_images is None:
             raise ConfigError(
-                "vqae-ctx needs num_images (the images its context indexes)"
+                f"{self.kind} needs num_images (the images its context indexes)"
             )
-        return self.config.num_images
+        return int(self.config.num_images)
 
+    def fit_in_context(
+        self,
+        source: LogitSource,
+        context: LabelContext | None,
+        *,
+        num_labels: int | None = None,
+    ) -> Codec:
+        """Fit on (N, C) logits whose context is ``context``, on ``fit_threads``.
+
+        Args:
+            source: (B, C) logit batches (or a factory); their rows, in order,
+                are the labels of ``context``.
+            context: one entry per source row.
+            num_labels: labels that will be encoded (default: the rows seen);
+                with ``payload_budget_bytes`` the fit makes their payload fit.
+
+        Raises:
+            InputError: no context, rows and context of different lengths, bad
+                logits.
+            UnreachableTargetError: ctx-transform: even its coarsest step does
+                not fit the payload budget.
+        """
+        if context is None:
+            raise self._no_context("fit")
+        threads = torch.get_num_threads()
+        if self.config.fit_threads is not None:
+            torch.set_num_threads(self.config.fit_threads)
+        try:
+            return self._fit(source, context, num_labels)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(
+        self, source: LogitSource, context: LabelContext, num_labels: int | None
+    ) -> Codec:
+        raise NotImplementedError
+
+    def _check_context(self, context: LabelContext | None, n: int) -> LabelContext:
+        return check_label_context(self.kind, context, n, self.num_images)
+
+
+class ViewMixCodec(ViewContextCodec):
+    """Context prior (per-image prototypes mixed like the view) + VQ residual code."""
+
+    kind: ClassVar[str] = "vqae-ctx"
+    codec_id: ClassVar[int] = 6
+    config_class: ClassVar[type[CodecConfig]] = ViewMixConfig
+
+    config: ViewMixConfig
+
+    def __init__(self, config: ViewMixConfig | None = None) -> None:
+        super().__init__(config if config is not None else ViewMixConfig())
+        self._prototypes: torch.Tensor | None = None  # (M, C) float32, as decoded
+        self._proto_stored: dict[str, torch.Tensor] = {}  # what the archive stores
+        self._codebook: torch.Tensor | None = None  # (K, C) fp16
+        self._coder: CategoricalStreamCoder | None = None
+        self._float: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.fit_report: dict[str, float] = {}
+
+    # -- sizes -------------------------------------------------------------------------
     @staticmethod
     def model_bytes_for(
         num_images: int,
@@ -677,37 +730,6 @@ class ViewMixCodec(Codec):
         return out
 
     # -- fitting -------------------------------------------------------------------------
-    def fit_in_context(
-        self,
-        source: LogitSource,
-        context: LabelContext | None,
-        *,
-        num_labels: int | None = None,
-    ) -> ViewMixCodec:
-        """Fit prototypes and codebook on (N, C) logits whose context is ``context``.
-
-        Args:
-            source: (B, C) logit batches (or a factory); their rows, in order,
-                are the labels of ``context``.
-            context: one entry per source row.
-            num_labels: labels that will be encoded; with
-                ``payload_budget_bytes`` the codebook shrinks until their coded
-                codes fit (default: the rows seen).
-
-        Raises:
-            InputError: no context, rows and context of different lengths, bad
-                logits.
-        """
-        if context is None:
-            raise self._no_context("fit")
-        threads = torch.get_num_threads()
-        if self.config.fit_threads is not None:
-            torch.set_num_threads(self.config.fit_threads)
-        try:
-            return self._fit(source, context, num_labels)
-        finally:
-            torch.set_num_threads(threads)
-
     def _fit(
         self, source: LogitSource, context: LabelContext, num_labels: int | None
     ) -> ViewMixCodec:
@@ -918,9 +940,6 @@ class ViewMixCodec(Codec):
         return best
 
     # -- byte path -------------------------------------------------------------------------
-    def _check_context(self, context: LabelContext | None, n: int) -> LabelContext:
-        return check_label_context(self.kind, context, n, self.num_images)
-
     def encode_in_context(
         self, logits: torch.Tensor, context: LabelContext | None
     ) -> EncodedBlock:
