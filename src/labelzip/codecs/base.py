@@ -11,7 +11,7 @@ bytes counted by :meth:`Codec.account` are the bytes on disk.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,6 +28,7 @@ __all__ = [
     "LabelContext",
     "LogitSource",
     "check_logits",
+    "check_model_tensors",
     "iterate_source",
 ]
 
@@ -152,6 +153,30 @@ class LabelContext:
             torch.cat([c.weight for c in items]),
             items[0].num_images,
         )
+
+
+def check_model_tensors(
+    kind: str,
+    shapes: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    exact: bool = False,
+) -> None:
+    """ArchiveFormatError unless every named tensor has its (shape, dtype).
+
+    For ``from_stored``: a missing or misshapen model tensor names itself. With
+    ``exact``, tensors not in ``shapes`` are an error too.
+    """
+    for name, (shape, dtype) in shapes.items():
+        t = tensors.get(name)
+        if t is None or tuple(t.shape) != shape or t.dtype != dtype:
+            got = None if t is None else (tuple(t.shape), t.dtype)
+            raise ArchiveFormatError(
+                f"{kind} tensor {name!r} should be {shape} {dtype}, got {got}"
+            )
+    extra = set(tensors) - set(shapes)
+    if exact and extra:
+        raise ArchiveFormatError(f"unexpected {kind} tensors {sorted(extra)}")
 
 
 def check_logits(logits: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:

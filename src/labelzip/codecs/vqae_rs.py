@@ -59,6 +59,7 @@ from labelzip.codecs.base import (
     EncodedBlock,
     LogitSource,
     check_logits,
+    check_model_tensors,
 )
 from labelzip.codecs.entropy import (
     CategoricalStreamCoder,
@@ -665,20 +666,13 @@ class VQAERSCodec(Codec):
                 f"k={cfg.k}, sample_scale={cfg.sample_scale}"
             )
         ours = {
-            "sample_level_table": (1, len(codec.levels)),
-            "tail_rank_table": (1, _alphabet(num_classes)),
+            "sample_level_table": ((1, len(codec.levels)), torch.int16),
+            "tail_rank_table": ((1, _alphabet(num_classes)), torch.int16),
         }
         if cfg.residual_step > 0:
             groups = _residual_groups(cfg.k)
-            ours["residual_table"] = (groups, 2 * _RESIDUAL_RANGE + 1)
-        for name, shape in ours.items():
-            t = tensors.get(name)
-            if t is None or tuple(t.shape) != shape or t.dtype != torch.int16:
-                got = None if t is None else (tuple(t.shape), t.dtype)
-                raise ArchiveFormatError(
-                    f"vqae-rs archive needs model tensor {name} {shape} int16, "
-                    f"got {got}"
-                )
+            ours["residual_table"] = ((groups, 2 * _RESIDUAL_RANGE + 1), torch.int16)
+        check_model_tensors(cls.kind, ours, tensors)
         head_tensors = {k: v for k, v in tensors.items() if k not in ours}
         head = VQAESparseCodec.from_stored(head_config, head_tensors)
         if head.k != cfg.k or head.num_classes != num_classes:

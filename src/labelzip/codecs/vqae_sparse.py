@@ -72,6 +72,7 @@ from labelzip.codecs.base import (
     EncodedBlock,
     LogitSource,
     check_logits,
+    check_model_tensors,
     iterate_source,
 )
 from labelzip.codecs.entropy import (
@@ -911,14 +912,7 @@ class VQAESparseCodec(Codec):
             ),
             "id_tables": ((_num_groups(k), _alphabet(num_classes)), torch.int16),
         }
-        for name, (shape, dtype) in shapes.items():
-            t = tensors.get(name)
-            if t is None or tuple(t.shape) != shape or t.dtype != dtype:
-                got = None if t is None else (tuple(t.shape), t.dtype)
-                raise ArchiveFormatError(
-                    f"vqae-sparse archive needs model tensor {name} {shape} {dtype}, "
-                    f"got {got}"
-                )
+        check_model_tensors(cls.kind, shapes, tensors)
         codec._set_prior(tensors["log_prior"].cpu())
         decoder = _Decoder(latent, cfg.hidden, k + 1, cfg.monotone)
         with torch.no_grad():

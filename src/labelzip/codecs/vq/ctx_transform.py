@@ -39,6 +39,7 @@ from labelzip.codecs.base import (
     LabelContext,
     LogitSource,
     check_logits,
+    check_model_tensors,
 )
 from labelzip.codecs.entropy import CategoricalStreamCoder, quantize_counts
 from labelzip.codecs.vq.viewmix import (
@@ -46,7 +47,6 @@ from labelzip.codecs.vq.viewmix import (
     PROTOTYPE_SWITCH_BITS,
     ViewContextCodec,
     _kl_sum,
-    check_stored_tensors,
     fit_sample,
     fit_view_mix_prior,
     payload_need_bytes,
@@ -548,7 +548,7 @@ class ContextTransformCodec(ViewContextCodec):
         shapes["basis"] = ((axes, num_classes), torch.float16)
         shapes["residual_mean"] = ((num_classes,), torch.float16)
         shapes["decay"] = ((axes,), torch.int32)
-        check_stored_tensors(codec.kind, shapes, tensors)
+        check_model_tensors(codec.kind, shapes, tensors, exact=True)
         codec._proto_stored, codec._prototypes = restore_prototypes(
             tensors, m, num_classes, bits, coding, cfg.prototype_delta
         )

@@ -40,6 +40,7 @@ from labelzip.codecs.base import (
     LabelContext,
     LogitSource,
     check_logits,
+    check_model_tensors,
     iterate_source,
 )
 from labelzip.codecs.entropy import CategoricalStreamCoder, quantize_counts
@@ -63,7 +64,6 @@ __all__ = [
     "ViewMixConfig",
     "decode_prototypes",
     "check_label_context",
-    "check_stored_tensors",
     "dequantize_prototypes",
     "fit_sample",
     "no_context_error",
@@ -539,24 +539,6 @@ def prototype_shapes(
         shapes["prototypes"] = ((length,), torch.uint8)
         shapes["prototype_freq"] = ((1, 1 << bits), torch.int16)
     return shapes
-
-
-def check_stored_tensors(
-    kind: str,
-    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
-    tensors: dict[str, torch.Tensor],
-) -> None:
-    """ArchiveFormatError unless ``tensors`` are exactly ``shapes``."""
-    for name, (shape, dtype) in shapes.items():
-        t = tensors.get(name)
-        if t is None or tuple(t.shape) != shape or t.dtype != dtype:
-            got = None if t is None else (tuple(t.shape), t.dtype)
-            raise ArchiveFormatError(
-                f"{kind} tensor {name!r} should be {shape} {dtype}, got {got}"
-            )
-    extra = set(tensors) - set(shapes)
-    if extra:
-        raise ArchiveFormatError(f"unexpected {kind} tensors {sorted(extra)}")
 
 
 def restore_prototypes(
@@ -1088,7 +1070,7 @@ class ViewMixCodec(ViewContextCodec):
         shapes["codebook"] = ((k, num_classes), torch.float16)
         if k > 1:
             shapes["code_freq"] = ((1, k), torch.int16)
-        check_stored_tensors(codec.kind, shapes, tensors)
+        check_model_tensors(codec.kind, shapes, tensors, exact=True)
         codec._proto_stored, codec._prototypes = restore_prototypes(
             tensors, m, num_classes, bits, coding, cfg.prototype_delta
         )
