@@ -95,3 +95,11 @@ def test_create_for_target_returns_fitting_codec(name: str) -> None:
         name, num_labels=4096, num_classes=1000, bits_per_label=16_000
     )
     assert codec.kind == name and not codec.is_fitted
+
+
+def test_with_num_images_only_for_codecs_with_the_field_and_keeps_user_values() -> None:
+    from labelzip.codecs.registry import with_num_images
+
+    assert with_num_images("topk", {"k": 3}, 10) == {"k": 3}
+    assert with_num_images("ctx-transform", {}, 10) == {"num_images": 10}
+    assert with_num_images("vqae-ctx", {"num_images": 4}, 10) == {"num_images": 4}

@@ -45,7 +45,7 @@ from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
 from labelzip.bench.fidelity import fidelity_scores
 from labelzip.codecs.base import Codec, LabelContext
 from labelzip.codecs.prune import PrunePlan
-from labelzip.codecs.registry import codec_class
+from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.io import atomic_path
 
@@ -524,13 +524,6 @@ def _compress_all(
     return rows, unreachable
 
 
-def _codec_options(choice: CodecChoice, device: str) -> dict[str, Any]:
-    options = dict(choice.options)
-    if "device" in codec_class(choice.codec).config_class.model_fields:
-        options.setdefault("device", device)
-    return options
-
-
 def _measure(
     choice: CodecChoice,
     ratio: float | None,
@@ -544,10 +537,8 @@ def _measure(
     from labelzip.pipelines.ratecontrol import auto_prune_plan
 
     num_classes = reference.shape[1]
-    options = _codec_options(choice, config.device)
+    options = with_num_images(choice.codec, choice.options, int(layout.shape[1]))
     cls = codec_class(choice.codec)
-    if "num_images" in cls.config_class.model_fields:  # context codecs: M prototypes
-        options.setdefault("num_images", int(layout.shape[1]))
     plan: PrunePlan | None = None
     if choice.prune:
         if ratio is None:
@@ -563,14 +554,14 @@ def _measure(
             seed=config.seed,
             options=options,
         )
-    stored = reference[plan.kept_indices()] if plan is not None else reference
+    kept = plan.kept_indices() if plan is not None else torch.arange(len(reference))
+    stored = reference[kept] if plan is not None else reference
     context: LabelContext | None = None
     if cls.needs_context:  # rebuilt from the relabel recipe, as the reader will
         from labelzip.pipelines.relabel_types import recipe_context
 
-        flat = plan.kept_indices() if plan is not None else torch.arange(len(reference))
         context = recipe_context(
-            metadata.user, tuple(layout.dims), tuple(layout.shape), flat
+            metadata.user, tuple(layout.dims), tuple(layout.shape), kept
         )
 
     def batches() -> list[torch.Tensor]:

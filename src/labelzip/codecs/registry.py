@@ -8,6 +8,7 @@ new id; never reuse one.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from labelzip.accounting import reference_bytes
@@ -21,6 +22,7 @@ __all__ = [
     "create_codec",
     "create_codec_for_target",
     "target_total_bytes",
+    "with_num_images",
 ]
 
 # name -> (stable id, "module:Class"). Imported lazily so `import labelzip` stays light.
@@ -50,6 +52,20 @@ def codec_class(name: str) -> type[Codec]:
     module_name, _, attr = CODEC_IDS[name][1].partition(":")
     cls: type[Codec] = getattr(importlib.import_module(module_name), attr)
     return cls
+
+
+def with_num_images(
+    name: str, options: Mapping[str, Any], num_images: int
+) -> dict[str, Any]:
+    """``options`` plus ``num_images`` for codecs whose config has that field.
+
+    View-context codecs store one prototype per image, counted by rate control;
+    a value the user set wins.
+    """
+    out = dict(options)
+    if "num_images" in codec_class(name).config_class.model_fields:
+        out.setdefault("num_images", num_images)
+    return out
 
 
 def create_codec(name: str, **options: Any) -> Codec:

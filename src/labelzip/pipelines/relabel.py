@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -52,7 +51,7 @@ from labelzip.augment import (
 )
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
-from labelzip.codecs.registry import codec_class, create_codec
+from labelzip.codecs.registry import codec_class, create_codec, with_num_images
 from labelzip.errors import CodecMismatchError, ConfigError, InputError
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor, model_id
 from labelzip.pipelines.ratecontrol import auto_prune_plan, side_entry_bytes
@@ -257,7 +256,7 @@ def plan_output(
             side_bytes_per_label=side_per_view,
             side_entry=side_entry_bytes(records),
             seed=out.prune_seed,
-            options=_plan_options(out, layout),
+            options=with_num_images(out.codec, out.options, int(layout.shape[1])),
         )
     stored = _stored_flat(plan, layout.num_labels)
     side = {name: t[stored] for name, t in records.items()}
@@ -273,26 +272,6 @@ def plan_output(
 # ---------------------------------------------------------------- fitting, writing
 
 
-def _plan_options(out: RelabelOutput, layout: Layout) -> dict[str, Any]:
-    """The output's options plus num_images for context codecs (rate control)."""
-    options = dict(out.options)
-    if "num_images" in codec_class(out.codec).config_class.model_fields:
-        options.setdefault("num_images", int(layout.shape[1]))
-    return options
-
-
-def _codec_options(
-    out: RelabelOutput, device: torch.device, layout: Layout | None = None
-) -> dict[str, Any]:
-    options = dict(out.options)
-    fields = codec_class(out.codec).config_class.model_fields
-    if "device" in fields:
-        options.setdefault("device", str(device))
-    if "num_images" in fields and layout is not None:  # context codecs: M prototypes
-        options.setdefault("num_images", int(layout.shape[1]))
-    return options
-
-
 def _fit(
     job: _Job,
     rows: torch.Tensor,
@@ -300,7 +279,6 @@ def _fit(
     num_classes: int,
     metadata: ArchiveMetadata,
     config: RelabelConfig,
-    device: torch.device,
 ) -> Codec:
     """Fit the job's codec on ``rows`` (its sample's logits), meeting its target."""
     out = job.out
@@ -310,7 +288,7 @@ def _fit(
         for start in range(0, rows.shape[0], _FIT_BATCH):
             yield rows[start : start + _FIT_BATCH]
 
-    options = _codec_options(out, device, layout)
+    options = with_num_images(out.codec, out.options, int(layout.shape[1]))
     context = None
     if codec_class(out.codec).needs_context:  # view context of the fit sample
         context = recipe_context(
@@ -486,9 +464,7 @@ def _run(
     t_fit = time.perf_counter()
     for job in jobs:
         rows = _gather(cache_flat, cache_rows, job.fit_flat)
-        job.codec = _fit(
-            job, rows, layout, labeller.num_classes, metadata, config, device
-        )
+        job.codec = _fit(job, rows, layout, labeller.num_classes, metadata, config)
     seconds = {"fit": time.perf_counter() - t_fit}
     if single:  # every needed label is in memory: write from there
         size = config.batch_size
