@@ -24,26 +24,12 @@ from labelzip.errors import (
 )
 from labelzip.ops.metrics import kl_divergence
 
+# The same views and teacher model as vqae-ctx's tests (M images, C classes).
+from .test_viewmix import C, M, _context, _logits
+
 torch.set_num_threads(1)
 
-M, C, E = 8, 6, 40
 FAST = {"prior_steps": 30, "learning_rate": 0.05}
-
-
-def _context(seed: int = 0) -> LabelContext:
-    g = torch.Generator().manual_seed(seed)
-    image = torch.arange(M).repeat(E)
-    partner = (image + torch.randint(1, M, (M * E,), generator=g)) % M
-    partner[::5] = -1
-    weight = 0.4 + 0.6 * torch.rand(M * E, generator=g)
-    weight[partner < 0] = 1.0
-    return LabelContext(image, partner, weight, M)
-
-
-def _logits(context: LabelContext, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    prior = view_mix_prior(3 * torch.randn(M, C, generator=g), context)
-    return prior + 0.8 * torch.randn(prior.shape, generator=g)
 
 
 def _fit(**kw: object) -> tuple[ContextTransformCodec, torch.Tensor, LabelContext]:
