@@ -26,6 +26,7 @@ machine and cost 4 bytes per axis instead of a stored table.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any, ClassVar, Literal
@@ -200,14 +201,25 @@ def _decay_grid() -> torch.Tensor:
     return torch.unique(grid).to(torch.int64)
 
 
+@functools.lru_cache(maxsize=64)
+def _grid_bits(bound: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grid decays, (grid, bound + 1) code lengths of |k| = 0..bound) for a bound.
+
+    The step search evaluates many steps whose bounds repeat; the tables depend
+    on the bound only.
+    """
+    grid = _decay_grid()
+    tables = geometric_tables(grid, bound).to(torch.float64)
+    bits = -torch.log2(tables / tables.sum(dim=1, keepdim=True))[:, bound:]
+    return grid, bits
+
+
 def _best_decays(hists: torch.Tensor, bound: int) -> tuple[torch.Tensor, float]:
     """Per axis the grid decay coding its |q| histogram (A, bound + 1) in the fewest bits.
 
     Returns the (A,) int32 decays and the total coded bits.
     """
-    grid = _decay_grid()
-    tables = geometric_tables(grid, bound).to(torch.float64)
-    bits = -torch.log2(tables / tables.sum(dim=1, keepdim=True))[:, bound:]
+    grid, bits = _grid_bits(bound)
     # |k| = 0 is the middle symbol; +k and -k cost the same.
     costs = hists.to(torch.float64) @ bits.T  # (A, grid)
     best = costs.argmin(dim=1)
