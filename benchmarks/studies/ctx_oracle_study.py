@@ -1,7 +1,8 @@
 """Oracle study: what do SRe2L students lose to a context codec's error, and to fewer views?
 
 The exploratory script behind docs/vqae-design.md, "Transform-coded residual"
-(the oracle table), kept as it ran. Inputs: the archives of a bench run
+(the oracle table), as it ran except that its two scalar-quantiser variants
+now share ``sq_labels`` (rerun after that: the same bits and students). Inputs: the archives of a bench run
 (``labelzip bench vision --settings sre2l:10 --codecs vqae-ctx-third vqae-ctx
 topk-ms --ratios 40 100 --baseline-epochs 0 --student-epochs 1 --threads 2
 --work-dir WORK``: the dense archive and the vqae-ctx-third archives are read),
@@ -109,6 +110,25 @@ if "raise" in variants:  # raise the true argmax just above the decoded max
         fixed[torch.arange(len(dec)), t1], m + 0.05
     )
     paths["raise"] = write("raise", fixed)
+
+
+def sq_labels(teacher, ctx, step):
+    """The archive's prior + a step-s scalar quantiser on the residual's principal
+    axes: (labels, summed empirical entropy of the integers per axis, in bits)."""
+    protos, _ = src.codec._float_state(dev)
+    prior = src.codec._prior(protos, ctx)
+    R = teacher - teacher.mean(1, keepdim=True) - prior
+    mu = R.mean(0)
+    _, _, V = torch.linalg.svd(R - mu, full_matrices=False)
+    Q = torch.round(((R - mu) @ V.T) / step)
+    ent = 0.0
+    for j in range(Q.shape[1]):
+        _, c = torch.unique(Q[:, j], return_counts=True)
+        pp = c.double() / c.sum()
+        ent += float(-(pp * pp.log2()).sum())
+    return prior + mu + (Q * step) @ V, ent
+
+
 for v in variants:
     if "@" in v:
         kind, keep = v.split("@")
@@ -120,20 +140,8 @@ for v in variants:
             paths[v] = write(v.replace("@", "_"), Tk, pl)
         else:
             step = float(kind[2:])
-            codec = src.codec
             ctx = recipe_context(src.header.user, src.layout.dims, src.layout.shape, kk)
-            protos, book = codec._float_state(dev)
-            prior = codec._prior(protos, ctx)
-            Tc = Tk - Tk.mean(1, keepdim=True)
-            R = Tc - prior
-            mu = R.mean(0)
-            U, S, V = torch.linalg.svd(R - mu, full_matrices=False)
-            Q = torch.round(((R - mu) @ V.T) / step)
-            ent = 0.0
-            for j in range(Q.shape[1]):
-                _, c = torch.unique(Q[:, j], return_counts=True)
-                pp = c.double() / c.sum()
-                ent += float(-(pp * pp.log2()).sum())
+            labels, ent = sq_labels(Tk, ctx, step)
             print(
                 v,
                 "bits",
@@ -143,26 +151,14 @@ for v in variants:
                 "KB",
                 round(ent * len(kk) / 8 / 1024, 2),
             )
-            paths[v] = write(v.replace("@", "_"), prior + mu + (Q * step) @ V, pl)
+            paths[v] = write(v.replace("@", "_"), labels, pl)
         continue
     if v.startswith("sq"):
         step = float(v[2:])
-        codec = src.codec
         ctx = src.stored_context(torch.arange(len(kept)))
-        protos, book = codec._float_state(dev)
-        prior = codec._prior(protos, ctx)
-        Tc = T - T.mean(1, keepdim=True)
-        R = Tc - prior
-        mu = R.mean(0)
-        U, S, V = torch.linalg.svd(R - mu, full_matrices=False)
-        Q = torch.round(((R - mu) @ V.T) / step)
-        ent = 0.0
-        for j in range(Q.shape[1]):
-            _, c = torch.unique(Q[:, j], return_counts=True)
-            pp = c.double() / c.sum()
-            ent += float(-(pp * pp.log2()).sum())
+        labels, ent = sq_labels(T, ctx, step)
         print(v, "bits", round(ent, 2))
-        paths[v] = write(v, prior + mu + (Q * step) @ V)
+        paths[v] = write(v, labels)
 
 
 def kl(t, d, T=4.0):
