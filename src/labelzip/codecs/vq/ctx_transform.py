@@ -47,6 +47,7 @@ from labelzip.codecs.vq.viewmix import (
     CONTEXT_KIND,
     PROTOTYPE_SWITCH_BITS,
     ViewContextCodec,
+    ViewContextConfig,
     _kl_sum,
     fit_sample,
     fit_view_mix_prior,
@@ -104,17 +105,10 @@ OMITTED_WHEN_DEFAULT = frozenset(
 )
 
 
-class ContextTransformConfig(CodecConfig):
+class ContextTransformConfig(ViewContextConfig):
     """Configuration of :class:`ContextTransformCodec`."""
 
     kind: Literal["ctx-transform"] = "ctx-transform"
-    num_images: int | None = Field(
-        default=None,
-        ge=2,
-        le=10_000_000,
-        description="M: images the context indexes (prototypes stored); "
-        "default: the fit context's",
-    )
     step: float = Field(
         default=1.0,
         gt=0.0,
@@ -136,12 +130,6 @@ class ContextTransformConfig(CodecConfig):
         description="principal axes coded: min(C - 1, max_axes); the rest of the "
         "residual is dropped (bounds the fp16 basis at large C: 64 x 1000 x 2 B)",
     )
-    payload_budget_bytes: int | None = Field(
-        default=None,
-        ge=0,
-        description="payload the fit may spend on the labels it is told of "
-        "(set by rate control)",
-    )
     min_label_bits: float = Field(
         default=MIN_LABEL_BITS,
         ge=0.0,
@@ -149,29 +137,6 @@ class ContextTransformConfig(CodecConfig):
         description="rate control: refuse budgets that leave stored labels fewer "
         "payload bits, so auto-pruning keeps fewer views with more bits each",
     )
-    prototype_bits: Literal[4, 8, 16] = Field(
-        default=8, description="prototype levels: 4, 8 (one shared grid) or fp16"
-    )
-    prototype_coding: Literal["packed", "ans"] = Field(
-        default="packed", description="ans: entropy-coded 4/8-bit levels"
-    )
-    prototype_delta: bool = Field(
-        default=False, description="ans: levels as differences from the last image"
-    )
-    temperatures: tuple[float, ...] = Field(
-        default=(1.0, 4.0), min_length=1, description="KD temperatures of the prior fit"
-    )
-    prior_steps: int = Field(
-        default=200, ge=0, le=100_000, description="Adam steps fitting P"
-    )
-    learning_rate: float = Field(default=0.03, gt=0.0, le=10.0, description="Adam LR")
-    max_train_labels: int = Field(
-        default=65536, ge=1, le=4_000_000, description="labels kept for fitting"
-    )
-    fit_threads: int | None = Field(
-        default=1, ge=1, le=256, description="torch CPU threads while fitting"
-    )
-    seed: int = Field(default=0, ge=0, description="seed of the fit sample")
 
 
 def geometric_tables(decay: torch.Tensor, bound: int) -> torch.Tensor:

@@ -60,6 +60,7 @@ __all__ = [
     "RD_SLACK_BITS",
     "SEEN_RATE_MARGIN",
     "ViewContextCodec",
+    "ViewContextConfig",
     "ViewMixCodec",
     "ViewMixConfig",
     "decode_prototypes",
@@ -128,10 +129,9 @@ _WIDEST_FLOAT = 2.2250738585072014e-308  # repr: 23 characters, the most of any 
 _ASSIGN_CHUNK = 4096
 
 
-class ViewMixConfig(CodecConfig):
-    """Configuration of :class:`ViewMixCodec`."""
+class ViewContextConfig(CodecConfig):
+    """Fields every view-context codec has: prototypes, payload budget, the fit."""
 
-    kind: Literal["vqae-ctx"] = "vqae-ctx"
     num_images: int | None = Field(
         default=None,
         ge=2,
@@ -139,24 +139,11 @@ class ViewMixConfig(CodecConfig):
         description="M: images the context indexes (prototypes stored); "
         "default: the fit context's",
     )
-    codebook_size: int = Field(
-        default=8,
-        ge=1,
-        le=MAX_CODEBOOK,
-        description="K: residual codewords (1: no per-label bits)",
-    )
     payload_budget_bytes: int | None = Field(
         default=None,
         ge=0,
-        description="payload the fit may spend on the labels it is told of; it "
-        "lowers K until the coded codes fit (set by rate control)",
-    )
-    rate_penalty: float = Field(
-        default=0.0,
-        ge=0.0,
-        description="lambda of the rate-distortion assignment: a label takes the "
-        "codeword minimising KL + lambda * its code length in bits (set by the fit "
-        "to meet payload_budget_bytes)",
+        description="payload the fit may spend on the labels it is told of "
+        "(set by rate control; the fit makes its coded labels fit)",
     )
     prototype_bits: Literal[4, 8, 16] = Field(
         default=8,
@@ -178,20 +165,11 @@ class ViewMixConfig(CodecConfig):
         "2**bits) from the previous image's; set by the fit when smaller "
         "(distilled sets store images class by class)",
     )
-    mix: Literal["logit", "prob"] = Field(
-        default="logit", description="mix prototypes' logits or probabilities"
-    )
     temperatures: tuple[float, ...] = Field(
         default=(1.0, 4.0), min_length=1, description="KD temperatures of the loss"
     )
     prior_steps: int = Field(
         default=200, ge=0, le=100_000, description="Adam steps fitting P alone"
-    )
-    rounds: int = Field(
-        default=6, ge=0, le=1000, description="assign/update rounds with the codebook"
-    )
-    round_steps: int = Field(
-        default=50, ge=1, le=100_000, description="Adam steps per round"
     )
     learning_rate: float = Field(default=0.03, gt=0.0, le=10.0, description="Adam LR")
     max_train_labels: int = Field(
@@ -203,10 +181,39 @@ class ViewMixConfig(CodecConfig):
     seed: int = Field(default=0, ge=0, description="seed of sampling and init")
 
     @model_validator(mode="after")
-    def _check(self) -> ViewMixConfig:
+    def _check_temperatures(self) -> ViewContextConfig:
         if any(t <= 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be > 0, got {self.temperatures}")
         return self
+
+
+class ViewMixConfig(ViewContextConfig):
+    """Configuration of :class:`ViewMixCodec`."""
+
+    kind: Literal["vqae-ctx"] = "vqae-ctx"
+    codebook_size: int = Field(
+        default=8,
+        ge=1,
+        le=MAX_CODEBOOK,
+        description="K: residual codewords (1: no per-label bits); the fit lowers "
+        "it until the coded codes fit payload_budget_bytes",
+    )
+    rate_penalty: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="lambda of the rate-distortion assignment: a label takes the "
+        "codeword minimising KL + lambda * its code length in bits (set by the fit "
+        "to meet payload_budget_bytes)",
+    )
+    mix: Literal["logit", "prob"] = Field(
+        default="logit", description="mix prototypes' logits or probabilities"
+    )
+    rounds: int = Field(
+        default=6, ge=0, le=1000, description="assign/update rounds with the codebook"
+    )
+    round_steps: int = Field(
+        default=50, ge=1, le=100_000, description="Adam steps per round"
+    )
 
 
 def view_mix_prior(
@@ -571,7 +578,7 @@ class ViewContextCodec(Codec):
     """
 
     needs_context: ClassVar[bool] = True
-    config: Any  # ViewMixConfig / ContextTransformConfig (num_images, fit_threads)
+    config: ViewContextConfig
     _prototypes: torch.Tensor | None  # (M, C) float32 as decoded, once fitted
 
     def _no_context(self, action: str) -> InputError:
@@ -596,7 +603,7 @@ class ViewContextCodec(Codec):
             raise ConfigError(
                 f"{self.kind} needs num_images (the images its context indexes)"
             )
-        return int(self.config.num_images)
+        return self.config.num_images
 
     def fit_in_context(
         self,
