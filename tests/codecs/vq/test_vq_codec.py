@@ -115,7 +115,7 @@ def test_stored_codec_decodes_identically(
         loaded.encode(data[:2])
     broken = dict(tensors)
     broken["out_weight"] = broken["out_weight"][:5]
-    with pytest.raises(ArchiveFormatError, match="out_weight has shape"):
+    with pytest.raises(ArchiveFormatError, match="tensor .out_weight. should be"):
         VQAECodec.from_stored(config, broken)
     with pytest.raises(ArchiveFormatError, match="lack codebooks"):
         VQAECodec.from_stored(config, {})
