@@ -117,7 +117,7 @@ def test_stored_codec_decodes_identically(
     broken["out_weight"] = broken["out_weight"][:5]
     with pytest.raises(ArchiveFormatError, match="tensor .out_weight. should be"):
         VQAECodec.from_stored(config, broken)
-    with pytest.raises(ArchiveFormatError, match="lack codebooks"):
+    with pytest.raises(ArchiveFormatError, match="tensor 'codebooks' should be"):
         VQAECodec.from_stored(config, {})
     with pytest.raises(ArchiveFormatError, match="num_classes"):
         VQAECodec.from_stored({**config, "num_classes": 0}, tensors)
