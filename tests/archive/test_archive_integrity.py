@@ -82,6 +82,7 @@ def test_format_2_model_tensor_edits_are_refused_by_the_codec(
             reader.verify()
         with pytest.raises(ArchiveFormatError, match="out_weight"):
             reader.decode(0)
+    assert info_main([str(path), "--verify"]) == 2
 
 
 @pytest.fixture(scope="module")
