@@ -17,7 +17,9 @@ from labelzip.errors import InputError
 from labelzip.outputs import (
     STALE_AFTER_S,
     TEMP_TAG,
+    atomic_folder,
     atomic_path,
+    check_output_folder,
     check_output_path,
     remove_stale_temps,
     scratch_folder,
@@ -195,3 +197,30 @@ def test_scratch_folder_is_removed_and_stale_ones_cleaned(tmp_path: Path) -> Non
         (folder / "b.lz").write_bytes(b"y")
         assert [p.name for p in tmp_path.iterdir()] == [folder.name]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_folder_replaces_a_folder_whole(tmp_path: Path) -> None:
+    dest = tmp_path / "students" / "labels"
+    with atomic_folder(dest) as tmp:  # parents are created
+        (tmp / "config.json").write_text("1")
+    assert [p.name for p in dest.iterdir()] == ["config.json"]
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_folder(dest) as tmp:
+            (tmp / "half.bin").write_text("x")
+            raise RuntimeError("boom")
+    assert [p.name for p in dest.iterdir()] == ["config.json"]
+    with atomic_folder(dest) as tmp:
+        (tmp / "model.safetensors").write_text("2")
+    assert [p.name for p in dest.iterdir()] == ["model.safetensors"]
+    assert [p.name for p in dest.parent.iterdir()] == ["labels"]  # no leftovers
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    with pytest.raises(InputError, match="exists and is not a folder"):
+        with atomic_folder(afile):
+            pass
+    with pytest.raises(InputError, match="is a file; give a folder"):
+        check_output_folder(afile)
+    with pytest.raises(InputError, match="does not accept new files"):
+        check_output_folder("/proc")
+    assert afile.read_text() == "keep"
+    assert check_output_folder(tmp_path / "new") == tmp_path / "new"

@@ -40,7 +40,9 @@ from labelzip.errors import InputError
 __all__ = [
     "STALE_AFTER_S",
     "TEMP_TAG",
+    "atomic_folder",
     "atomic_path",
+    "check_output_folder",
     "check_output_path",
     "remove_stale_temps",
     "resolve_output",
@@ -279,6 +281,57 @@ def atomic_path(dest: PathLike) -> Iterator[Path]:
             tmp.unlink()
         except FileNotFoundError:
             pass
+
+
+def check_output_folder(output: PathLike) -> Path:
+    """Check a folder a command will write into (created if missing), before work.
+
+    Raises:
+        InputError: it exists and is not a folder, or it exists and does not
+            accept new files.
+    """
+    shown = str(output)
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output folder {shown!r} is a file; give a folder")
+    if folder.is_dir():
+        _create_temp(folder / "probe", shown).unlink()
+    return folder
+
+
+@contextmanager
+def atomic_folder(dest: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``dest``; it becomes ``dest`` on success.
+
+    An existing ``dest`` folder is replaced (moved aside under a temporary name,
+    then removed); a ``dest`` that is not a folder is refused. On any exception
+    the temporary folder is removed and ``dest`` is untouched.
+    """
+    shown = str(dest)
+    dest = Path(dest)
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise InputError(f"output folder {shown!r} exists and is not a folder")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(dest)
+        tmp = temp_sibling(dest)
+        tmp.mkdir()
+    except OSError as exc:
+        raise InputError(f"cannot create {shown!r}: {_reason(exc)}") from exc
+    try:
+        try:
+            yield tmp
+            if dest.exists():
+                old = temp_sibling(dest)  # a killed run leaves it to the cleanup
+                os.replace(dest, old)
+                os.replace(tmp, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, dest)
+        except OSError as exc:
+            raise InputError(f"writing {shown!r} failed: {_reason(exc)}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(dest: PathLike, text: str) -> Path:

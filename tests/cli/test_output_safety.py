@@ -191,6 +191,16 @@ def test_every_writing_command_checks_its_output_first(
     assert [p.name for p in tmp_path.iterdir()] == ["input.safetensors"]
 
 
+def test_train_lm_checks_its_save_folder_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "students"
+    afile.write_text("not a folder")
+    _refused(["train-lm", "--save-dir", str(afile)], capsys, "is a file")
+    _refused(["train-lm", "--save-dir", "/proc"], capsys, "does not accept new files")
+    assert afile.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("suite", ["lm", "vision", "imagenet"])
 def test_bench_checks_its_report_files_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], suite: str
