@@ -207,7 +207,7 @@ class ImagenetTrackConfig(BaseModel):
             )
         return value
 
-    @field_validator("ratios", "temperatures")
+    @field_validator("temperatures")
     @classmethod
     def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if any(not v > 0 for v in value):
