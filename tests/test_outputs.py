@@ -142,8 +142,11 @@ def test_stale_temps_of_dead_writers_are_removed_and_reported(
     legacy.write_bytes(b"u")
     fresh_legacy = tmp_path / ".labels.lz.zzzzzzzz.tmp"
     fresh_legacy.write_bytes(b"t")
+    busy_foreign = _temp_of(dest, 3, host="otherhost")  # old folder, fresh file
+    busy_foreign.mkdir()
+    (busy_foreign / "chunk").write_bytes(b"r")
     past = time.time() - STALE_AFTER_S - 60
-    for path in (old_foreign, legacy):
+    for path in (old_foreign, legacy, busy_foreign):
         os.utime(path, (past, past))
     other = tmp_path / ".other.lz.labelzip-tmp-x-1-00000000"  # another destination
     other.write_bytes(b"s")
@@ -151,7 +154,8 @@ def test_stale_temps_of_dead_writers_are_removed_and_reported(
         removed = remove_stale_temps(dest)
     assert sorted(removed) == sorted([dead, dead_dir, old_foreign, legacy])
     left = {p.name for p in tmp_path.iterdir()}
-    assert left == {alive.name, foreign.name, fresh_legacy.name, other.name}
+    kept = {alive, foreign, fresh_legacy, other, busy_foreign}
+    assert left == {p.name for p in kept}
     (message,) = [r.getMessage() for r in caplog.records]
     assert "removed 4 stale temporary file(s) of killed runs" in message
     assert "1012 bytes" in message and dead.name in message

@@ -16,7 +16,7 @@
   ``.<name>.labelzip-tmp-<host>-<pid>-<random>``. A run killed with ``SIGKILL``
   cannot remove its own; the next write to the same destination removes those of
   writers that are gone (same host and the pid no longer runs, or another host
-  and untouched for :data:`STALE_AFTER_S`) and logs one warning line naming them.
+  and nothing in it changed for :data:`STALE_AFTER_S`) and logs one warning line naming them.
   A writer that is still running keeps its temporary file.
 """
 
@@ -57,9 +57,9 @@ PathLike = str | os.PathLike[str]
 
 TEMP_TAG = ".labelzip-tmp-"
 # Temporary files of another host (a shared filesystem: its pids mean nothing
-# here) and of labelzip versions before this naming count as stale once
-# untouched this long; a live writer touches its file far more often.
-STALE_AFTER_S = 3600.0
+# here) and of labelzip versions before this naming count as stale once nothing
+# in them changed for this long; a live writer touches its files far more often.
+STALE_AFTER_S = 24 * 3600.0
 # Leaves room for the tag, host, pid and random part under NAME_MAX (255).
 _MAX_STEM = 150
 _TEMP_RE = re.compile(r"(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)-(?P<rand>[0-9a-f]{8})")
@@ -94,24 +94,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_stale(entry: os.DirEntry[str], prefix: str, legacy: str, now: float) -> bool:
-    try:
-        age = now - entry.stat(follow_symlinks=False).st_mtime
-    except OSError:
-        return False
+def _last_change(entry: os.DirEntry[str]) -> float:
+    """mtime of a file, or the newest mtime anywhere inside a folder."""
+    newest = entry.stat(follow_symlinks=False).st_mtime
+    if entry.is_dir(follow_symlinks=False):
+        for root, _, files in os.walk(entry.path):
+            for name in (".", *files):
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def _is_stale(entry: os.DirEntry[str], prefix: str, legacy: str) -> bool:
+    """Whether ``entry`` is a temporary file or folder of a writer that is gone."""
     if entry.name.startswith(prefix):
         match = _TEMP_RE.fullmatch(entry.name[len(prefix) :])
         if match is None:
             return False
         if match["host"] == _host():
             return not _pid_alive(int(match["pid"]))
-        return age > STALE_AFTER_S
-    rest = entry.name[len(legacy) :]
-    return (
+    elif not (
         entry.name.startswith(legacy)
-        and bool(_LEGACY_RE.fullmatch(rest))
-        and (age > STALE_AFTER_S)
-    )
+        and _LEGACY_RE.fullmatch(entry.name[len(legacy) :])
+    ):
+        return False
+    try:  # another host's, or an earlier version's: judged by age
+        return time.time() - _last_change(entry) > STALE_AFTER_S
+    except OSError:
+        return False
 
 
 def remove_stale_temps(dest: PathLike) -> list[Path]:
@@ -128,7 +137,6 @@ def remove_stale_temps(dest: PathLike) -> list[Path]:
     dest = Path(dest)
     folder = dest.parent if str(dest.parent) else Path(".")
     prefix, legacy = _prefix(dest), f".{dest.name}."
-    now = time.time()
     removed: list[Path] = []
     freed = 0
     try:
@@ -136,7 +144,7 @@ def remove_stale_temps(dest: PathLike) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        if not _is_stale(entry, prefix, legacy, now):
+        if not _is_stale(entry, prefix, legacy):
             continue
         path = Path(entry.path)
         try:
