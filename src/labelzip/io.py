@@ -1,53 +1,25 @@
 """Read and write the logit files users already have (.safetensors, .npy, .pt).
 
-Writes are atomic: data goes to a temporary file in the target folder, which is
-renamed over the destination only once complete, so an interrupted write never
-leaves a half-written file under the user's name.
+Writes go through :mod:`labelzip.outputs` (re-exported here): atomic, never onto
+an input or a non-regular file, with recognisable temporary names that the next
+run cleans up after a killed one.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from labelzip.errors import InputError
+from labelzip.outputs import atomic_path, check_output_path
 
-__all__ = ["atomic_path", "load_logits", "save_logits"]
+__all__ = ["atomic_path", "check_output_path", "load_logits", "save_logits"]
 
 SUPPORTED_SUFFIXES = (".safetensors", ".npy", ".pt", ".pth")
-
-
-@contextmanager
-def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; rename it over ``dest`` on success.
-
-    On any exception the temporary file is removed and ``dest`` is untouched.
-    """
-    dest = Path(dest)
-    folder = dest.parent if str(dest.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(
-            f"output folder {str(folder)!r} does not exist; create it first"
-        )
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates 0600; give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_logits(path: str | os.PathLike[str], key: str | None = None) -> torch.Tensor:

@@ -143,7 +143,7 @@ def test_config_rejects_bad_values() -> None:
         ImagenetTrackConfig(classes=(3, 3))
     with pytest.raises(ValueError, match="recover_crop_scale must satisfy"):
         ImagenetTrackConfig(recover_crop_scale=(0.9, 0.5))
-    with pytest.raises(ValueError, match="must be > 0"):
+    with pytest.raises(ValueError, match="ratios.1\n  Input should be greater than 0"):
         ImagenetTrackConfig(ratios=(40.0, 0.0))
     with pytest.raises(ValueError, match="must be distinct and not 'dense-fp16'"):
         ImagenetTrackConfig(codecs=(CodecChoice(label="dense-fp16", codec="dense"),))

@@ -72,7 +72,7 @@ def test_script_reuses_the_cli_flags() -> None:
          r"choose from vqae, topk-ms, topk-mrs, rskd, lpld"),
         (["--classes", "1", "1000"], r"invalid benchmark options: classes: class "
          r"ids must be in 0..999, got \[1000\]"),
-        (["--ratios", "0"], r"ratios: values must be > 0, got \[0.0\]"),
+        (["--ratios", "0"], r"ratios.0: Input should be greater than 0"),
         (["--recover-crop-scale", "0.9", "0.5"], r"recover_crop_scale must satisfy"),
         (["--ipc", "0"], r"ipc: Input should be greater than or equal to 1"),
         (["--threads", "0"], r"threads: Input should be greater than or equal to 1"),

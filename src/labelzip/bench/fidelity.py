@@ -24,6 +24,7 @@ from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
 from labelzip.codecs.prune import PrunePlan
 from labelzip.errors import UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement, topk_overlap
+from labelzip.outputs import scratch_folder
 
 __all__ = [
     "CodecSpec",
@@ -152,7 +153,7 @@ def measure_point(
             **spec.options,
         )
     fit_s = time.perf_counter() - start
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    with scratch_folder(workdir or tempfile.gettempdir(), "labelzip-fidelity") as tmp:
         path = os.path.join(tmp, "labels.lz")
         start = time.perf_counter()
         account = save_archive(path, codec, logits, layout=layout, prune=prune)

@@ -41,6 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
+from labelzip.accounting import RateTarget
 from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
 from labelzip.bench.fidelity import fidelity_scores
 from labelzip.codecs.base import Codec, LabelContext
@@ -48,6 +49,7 @@ from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.io import atomic_path
+from labelzip.outputs import scratch_folder
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -160,7 +162,7 @@ class ImagenetTrackConfig(BaseModel):
     epochs: int = Field(
         default=300, ge=1, le=100_000, description="relabel views per image (E)"
     )
-    ratios: tuple[float, ...] = Field(
+    ratios: tuple[RateTarget, ...] = Field(
         default=(40.0, 100.0, 300.0),
         min_length=1,
         description="all-in target ratios vs dense fp16 logits",
@@ -205,7 +207,7 @@ class ImagenetTrackConfig(BaseModel):
             )
         return value
 
-    @field_validator("ratios", "temperatures")
+    @field_validator("temperatures")
     @classmethod
     def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         if any(not v > 0 for v in value):
@@ -412,7 +414,9 @@ def run_imagenet_track(
             "teacher": distilled.teacher_id,
             **distilled.config.get("diagnostics", {}),
         }
-        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        with scratch_folder(
+            workdir or tempfile.gettempdir(), "labelzip-imagenet"
+        ) as tmp:
             relabel_config = RelabelConfig(
                 epochs=config.epochs,
                 seed=config.seed,

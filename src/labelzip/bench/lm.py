@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from labelzip.accounting import RateTarget
 from labelzip.archive import ArchiveReader, Layout, codec_for_target
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.lm.corpus import CorpusConfig, build_corpus
@@ -39,6 +40,7 @@ from labelzip.lm.relabel import (
 from labelzip.lm.student import StudentConfig, build_student_for_teacher
 from labelzip.lm.teacher import load_teacher, max_context
 from labelzip.lm.train import ArchiveLabels, TeacherLabels, TrainLMConfig, train_student
+from labelzip.outputs import atomic_path, write_text
 
 __all__ = [
     "CODEC_PRESETS",
@@ -91,7 +93,7 @@ class LMBenchConfig(BaseModel):
     codecs: tuple[str, ...] = Field(
         default=("topk-tail", "topk", "rskd"), description="codecs compared"
     )
-    ratios: tuple[float, ...] = Field(
+    ratios: tuple[RateTarget, ...] = Field(
         default=(100.0, 500.0, 2000.0), description="all-in target ratios vs fp16"
     )
     options: dict[str, dict[str, Any]] = Field(
@@ -386,8 +388,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
-    paths[0].write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    paths[1].write_text(markdown_table(report))
+    write_text(paths[0], json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_text(paths[1], markdown_table(report))
     png = _plot(report, out / f"{stem}.png")
     return paths + ([png] if png is not None else [])
 
@@ -429,6 +431,7 @@ def _plot(report: dict[str, Any], path: Path) -> Path | None:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path

@@ -35,11 +35,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from labelzip.accounting import RateTarget
 from labelzip.archive import ArchiveMetadata, Layout, codec_for_target
 from labelzip.augment import ViewConfig, make_views
 from labelzip.codecs.registry import codec_class
 from labelzip.data.base import ImageDataset
 from labelzip.errors import InputError, UnreachableTargetError
+from labelzip.outputs import atomic_path, write_text
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor
 from labelzip.pipelines.quickstart import (
     ROW_SPECS,
@@ -135,7 +137,7 @@ class VisionBenchConfig(BaseModel):
         default=DEFAULT_VISION_CODECS,
         description="compressed rows, quickstart ROW_SPECS names (dense always runs)",
     )
-    ratios: tuple[float, ...] = Field(
+    ratios: tuple[RateTarget, ...] = Field(
         default=(10.0, 40.0, 100.0, 300.0),
         min_length=1,
         description="all-in target ratios vs dense fp16 labels",
@@ -847,8 +849,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
-    paths[0].write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    paths[1].write_text(markdown_report(report))
+    write_text(paths[0], json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_text(paths[1], markdown_report(report))
     _plot(report, paths[2])
     return paths
 
@@ -929,6 +931,7 @@ def _plot(report: dict[str, Any], path: Path) -> Path:
     legend_rows = math.ceil(len(labels) / 4) if handles else 0
     bottom = (0.25 + 0.2 * legend_rows) / fig.get_figheight()
     fig.tight_layout(rect=(0, bottom, 1, 0.97))
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path

@@ -2,18 +2,24 @@
 
 Each subcommand module exposes ``build_parser()`` and ``main(argv) -> int`` so it
 can be tested in-process. Errors labelzip raises on purpose become one line on
-stderr and exit code 2; nothing else is caught.
+stderr and exit code 2. A reader that closes stdout early (``labelzip info --json
+| head -1``) ends the command quietly with exit code 141 (128 + SIGPIPE, what a
+process killed by SIGPIPE reports); nothing else is caught.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from labelzip.errors import LabelzipError
 
-__all__ = ["COMMANDS", "main", "run_command"]
+__all__ = ["BROKEN_PIPE_EXIT", "COMMANDS", "main", "run_command"]
+
+# 128 + SIGPIPE: the status of a process that SIGPIPE ended, as shells report it.
+BROKEN_PIPE_EXIT = 141
 
 # subcommand -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -72,7 +78,29 @@ def run_command(name: str, body: Callable[[], int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run ``labelzip COMMAND ...``; returns the exit code."""
+    try:
+        code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_EXIT
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of what is still
+    buffered cannot raise BrokenPipeError again (the recipe of Python's signal docs)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (tests): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _dispatch(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0

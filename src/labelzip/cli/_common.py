@@ -8,7 +8,6 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -22,7 +21,6 @@ __all__ = [
     "add_device_option",
     "add_json_option",
     "add_rate_options",
-    "check_output_folder",
     "codec_options",
     "format_bytes",
     "load_codec_class",
@@ -135,19 +133,6 @@ def load_codec_class(name: str) -> type[Codec]:
         raise ConfigError(
             f"codec {name!r} is not available in this installation ({exc})"
         ) from exc
-
-
-def check_output_folder(path: str | Path) -> Path:
-    """Fail before any work when the output's folder does not exist."""
-    out = Path(path)
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(
-            f"output folder {str(folder)!r} does not exist; create it first"
-        )
-    if out.is_dir():
-        raise InputError(f"output {str(out)!r} is a folder; give a file name")
-    return out
 
 
 def _coerce(text: str) -> Any:

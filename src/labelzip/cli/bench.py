@@ -34,7 +34,8 @@ from labelzip.cli._common import (
     resolve_device,
 )
 from labelzip.cli.relabel_lm import quiet_transformers
-from labelzip.errors import ConfigError
+from labelzip.errors import ConfigError, InputError
+from labelzip.io import check_output_path
 
 if TYPE_CHECKING:
     from labelzip.bench.imagenet import ImagenetTrackConfig, ImagenetTrackResult
@@ -397,6 +398,17 @@ def imagenet_config(args: argparse.Namespace) -> ImagenetTrackConfig:
         raise ConfigError(f"invalid benchmark options: {one_line(exc)}") from exc
 
 
+def check_report_paths(out_dir: str, stem: str) -> None:
+    """Fail before a long run when ``<out_dir>/<stem>.{json,md,png}`` cannot be
+    written (the folder is a file, a report name is a device or folder, ...)."""
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--out-dir {out_dir!r} is a file; give a folder")
+    if folder.is_dir():  # else the report writer creates it
+        for kind in ("json", "md", "png"):
+            check_output_path(folder / f"{stem}.{kind}")
+
+
 def run_imagenet_report(
     args: argparse.Namespace,
     *,
@@ -415,6 +427,7 @@ def run_imagenet_report(
     config = imagenet_config(args)
     if config.device != "cpu":
         resolve_device(config.device)  # a one-line error before the teacher loads
+    check_report_paths(args.out_dir, stem)
     last = [0.0]
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -483,7 +496,7 @@ def _config(args: argparse.Namespace) -> object:
             online=not args.no_online,
         )
     except Exception as exc:  # pydantic ValidationError -> one line
-        raise ConfigError(f"invalid benchmark options: {exc}") from exc
+        raise ConfigError(f"invalid benchmark options: {one_line(exc)}") from exc
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -498,6 +511,7 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(1, args.threads))
     device = resolve_device(args.device)
     config = _config(args)
+    check_report_paths(args.out_dir, "lm_bench")
     assert isinstance(config, LMBenchConfig)
     out = Path(args.out_dir)
     work = Path(args.work_dir) if args.work_dir else out / "lm_archives"
@@ -605,6 +619,7 @@ def _run_vision(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = _vision_config(args)
     device = resolve_device(args.device)
+    check_report_paths(args.out_dir, "vision_bench")
     out = Path(args.out_dir)
     work = Path(args.work_dir) if args.work_dir else out / "vision_archives"
     train_set = load_fashion_mnist("train", root=args.data_dir)

@@ -24,7 +24,6 @@ from labelzip.cli._common import (
     add_device_option,
     add_json_option,
     add_rate_options,
-    check_output_folder,
     codec_options,
     format_bytes,
     load_codec_class,
@@ -38,7 +37,7 @@ from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import available_codecs, create_codec
 from labelzip.errors import ConfigError, InputError
-from labelzip.io import load_logits
+from labelzip.io import check_output_path, load_logits
 
 __all__ = ["build_parser", "main"]
 
@@ -102,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = check_output_folder(args.output)
+    out = check_output_path(args.output, [args.logits, args.class_names])
     device = resolve_device(args.device)
     if args.chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {args.chunk_size}")

@@ -14,14 +14,13 @@ from labelzip.cli import run_command
 from labelzip.cli._common import (
     add_device_option,
     add_json_option,
-    check_output_folder,
     format_bytes,
     print_json,
     progress,
     resolve_device,
 )
 from labelzip.errors import InputError
-from labelzip.io import atomic_path
+from labelzip.io import atomic_path, check_output_path
 
 __all__ = ["build_parser", "main"]
 
@@ -56,9 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = check_output_folder(args.output)
-    if out.suffix.lower() != ".safetensors":
-        raise InputError(f"output {out.name!r} must end in .safetensors")
+    if not args.output.lower().endswith(".safetensors"):
+        raise InputError(f"output {args.output!r} must end in .safetensors")
+    out = check_output_path(args.output, [args.archive])
     device = resolve_device(args.device)
     with ArchiveReader(args.archive) as reader:
         shape = [*reader.layout.shape, reader.num_classes]

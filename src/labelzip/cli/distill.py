@@ -16,7 +16,6 @@ from labelzip.cli import run_command
 from labelzip.cli._common import (
     add_device_option,
     add_json_option,
-    check_output_folder,
     format_bytes,
     parse_key_values,
     print_json,
@@ -35,6 +34,7 @@ from labelzip.distill import (
 from labelzip.distill._common import build_config
 from labelzip.distill.rded import resolve_factor
 from labelzip.errors import ConfigError, InputError
+from labelzip.io import check_output_path
 
 __all__ = ["build_parser", "main"]
 
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = check_output_folder(args.output)
+    out = check_output_path(args.output, [args.from_folder, args.data_dir])
     device = resolve_device(args.device)
     options = _options(args)
     if args.method != "import" and args.ipc is None:

@@ -20,6 +20,8 @@ from labelzip.cli._common import (
 )
 from labelzip.cli.relabel import one_line
 from labelzip.errors import ConfigError, InputError
+from labelzip.io import check_output_path
+from labelzip.outputs import scratch_folder
 from labelzip.pipelines.quickstart import (
     DEFAULT_CODECS,
     ROW_SPECS,
@@ -164,6 +166,7 @@ def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     config = _config(args)
     device = resolve_device(args.device)
+    plot_path = check_output_path(args.plot, [args.data_dir]) if args.plot else None
     start = time.perf_counter()
     train_set = load_fashion_mnist("train", root=args.data_dir)
     test_set = load_fashion_mnist("test", root=args.data_dir)
@@ -177,8 +180,8 @@ def _run(args: argparse.Namespace) -> int:
             progress=update,
         )
     plot = (
-        write_plot(result.rows, Path(args.plot), result.teacher_accuracy)
-        if args.plot
+        write_plot(result.rows, plot_path, result.teacher_accuracy)
+        if plot_path is not None
         else None
     )
     wall = time.perf_counter() - start
@@ -192,8 +195,8 @@ def _run(args: argparse.Namespace) -> int:
 @contextmanager
 def _workdir(path: str | None) -> Iterator[Path]:
     if path is None:
-        with tempfile.TemporaryDirectory(prefix="labelzip-quickstart-") as tmp:
-            yield Path(tmp)
+        with scratch_folder(tempfile.gettempdir(), "labelzip-quickstart") as tmp:
+            yield tmp
         return
     folder = Path(path)
     if folder.exists() and not folder.is_dir():

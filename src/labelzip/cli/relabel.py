@@ -12,7 +12,6 @@ from labelzip.cli._common import (
     add_device_option,
     add_json_option,
     add_rate_options,
-    check_output_folder,
     codec_options,
     format_bytes,
     one_line,
@@ -23,6 +22,7 @@ from labelzip.cli._common import (
 )
 from labelzip.codecs.registry import available_codecs
 from labelzip.errors import ConfigError
+from labelzip.io import check_output_path
 from labelzip.pipelines.relabel import (
     RelabelConfig,
     RelabelOutput,
@@ -142,7 +142,7 @@ def _output(args: argparse.Namespace) -> RelabelOutput:
     return validated(
         RelabelOutput,
         "codec",
-        path=check_output_folder(args.output),
+        path=check_output_path(args.output, [args.set, args.teacher_file]),
         codec=args.codec,
         options=codec_options(args),
         ratio=args.ratio,

@@ -18,7 +18,6 @@ from labelzip.cli._common import (
     add_device_option,
     add_json_option,
     add_rate_options,
-    check_output_folder,
     codec_options,
     format_bytes,
     print_json,
@@ -28,6 +27,7 @@ from labelzip.cli._common import (
 )
 from labelzip.codecs.registry import available_codecs
 from labelzip.errors import ConfigError
+from labelzip.io import check_output_path
 from labelzip.lm.corpus import CorpusConfig, build_corpus
 from labelzip.lm.provenance import corpus_record
 from labelzip.lm.relabel import (
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = check_output_folder(args.output)
+    out = check_output_path(args.output, [args.teacher, *(args.corpus or ())])
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     device = resolve_device(args.device)

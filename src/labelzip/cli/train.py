@@ -16,13 +16,13 @@ from labelzip.cli import run_command
 from labelzip.cli._common import (
     add_device_option,
     add_json_option,
-    check_output_folder,
     print_json,
     progress_bar,
     resolve_device,
     validated,
 )
 from labelzip.errors import ConfigError
+from labelzip.io import atomic_path, check_output_path
 from labelzip.pipelines.students import STUDENT_ARCHS
 from labelzip.pipelines.train_student import EpochLog, StudentConfig, StudentResult
 
@@ -153,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     from labelzip.pipelines.train_student import train_student
 
     config = _config(args)
-    save = check_output_folder(args.save) if args.save else None
+    save = check_output_path(args.save, [args.set, args.archive]) if args.save else None
     device = _init_distributed(resolve_device(args.device))
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     distilled = DistilledSet.load(args.set)
@@ -188,8 +188,6 @@ def _save(
     result: StudentResult, config: StudentConfig, args: argparse.Namespace, path: Path
 ) -> None:
     from safetensors.torch import save_file
-
-    from labelzip.io import atomic_path
 
     state = {
         k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()

@@ -54,6 +54,7 @@ from labelzip.lm.train import (
     init_distributed,
     train_student,
 )
+from labelzip.outputs import atomic_folder, check_output_folder
 
 __all__ = ["build_parser", "main"]
 
@@ -153,6 +154,8 @@ def _configs(args: argparse.Namespace) -> TrainLMConfig:
 def _run(args: argparse.Namespace) -> int:
     modes = _modes(args)
     config = _configs(args)
+    if args.save_dir:
+        check_output_folder(args.save_dir)
     if args.labels and not Path(args.labels).is_file():
         raise InputError(f"label archive {args.labels!r} does not exist")
     if args.threads is not None:
@@ -278,10 +281,9 @@ def _progress_line(mode: str, result: TrainLMResult) -> None:
 
 def _save(folder: Path, students: dict[str, Any], tokenizer: Any) -> None:
     for mode, student in students.items():
-        target = folder / mode
-        target.mkdir(parents=True, exist_ok=True)
-        student.save_pretrained(target)
-        tokenizer.save_pretrained(target)
+        with atomic_folder(folder / mode) as tmp:
+            student.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
 
 
 def _report(

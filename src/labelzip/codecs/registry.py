@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from labelzip.accounting import reference_bytes
+from labelzip.accounting import check_rate_target, reference_bytes
 from labelzip.codecs.base import Codec
 from labelzip.errors import ConfigError, UnreachableTargetError
 
@@ -91,12 +91,10 @@ def target_total_bytes(
     if (ratio is None) == (bits_per_label is None):
         raise ConfigError("give exactly one of ratio or bits_per_label")
     if ratio is not None:
-        if ratio <= 0:
-            raise ConfigError(f"ratio must be > 0, got {ratio}")
+        ratio = check_rate_target(ratio, "ratio")
         return int(reference_bytes(num_labels, num_classes, reference) / ratio)
     assert bits_per_label is not None
-    if bits_per_label <= 0:
-        raise ConfigError(f"bits_per_label must be > 0, got {bits_per_label}")
+    bits_per_label = check_rate_target(bits_per_label, "bits_per_label")
     return int(bits_per_label * num_labels / 8)
 
 

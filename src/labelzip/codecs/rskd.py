@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from labelzip.accounting import reference_bytes
+from labelzip.accounting import RateTarget, reference_bytes
 from labelzip.codecs.base import (
     Codec,
     CodecConfig,
@@ -103,9 +103,8 @@ class RSKDConfig(CodecConfig):
         description="rate control: worst_case budgets S distinct ids per label "
         "(guaranteed fit); measured picks S from the fit data's mean size",
     )
-    target_bits_per_label: float | None = Field(
+    target_bits_per_label: RateTarget | None = Field(
         default=None,
-        gt=0.0,
         description="measured sizing: mean payload bits per label fit() aims for",
     )
 

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labelzip.accounting import StorageAccount
+from labelzip.accounting import RateTarget, StorageAccount
 from labelzip.archive import (
     ArchiveMetadata,
     ArchiveWriter,
@@ -118,11 +118,11 @@ class LMOutput(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="codec options the user fixed"
     )
-    ratio: float | None = Field(
-        default=None, gt=0, description="all-in ratio vs dense fp16 to meet"
+    ratio: RateTarget | None = Field(
+        default=None, description="all-in ratio vs dense fp16 to meet"
     )
-    bits_per_label: float | None = Field(
-        default=None, gt=0, description="all-in bits per label to meet"
+    bits_per_label: RateTarget | None = Field(
+        default=None, description="all-in bits per label to meet"
     )
 
     @model_validator(mode="after")

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from labelzip.errors import InputError
+from labelzip.outputs import remove_stale_temps, temp_sibling
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -284,7 +284,9 @@ def _write_cache_atomically(
 ) -> None:
     """Export into a temporary sibling folder, then rename it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    remove_stale_temps(folder)  # exports of killed runs
+    tmp = temp_sibling(folder)
+    tmp.mkdir()
     try:
         export_teacher(model, tokenizer, tmp)
         (tmp / _MARKER).write_text(json.dumps(marker, sort_keys=True))

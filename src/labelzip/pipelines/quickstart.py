@@ -37,6 +37,7 @@ from labelzip.augment import ViewConfig
 from labelzip.data.base import ImageDataset
 from labelzip.errors import ConfigError
 from labelzip.ops.metrics import kl_divergence
+from labelzip.outputs import atomic_path
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor
 from labelzip.pipelines.relabel import (
     RelabelConfig,
@@ -113,7 +114,11 @@ class QuickstartConfig(BaseModel):
         default=300, ge=1, le=10_000, description="relabel epochs (views per image)"
     )
     ratio: float = Field(
-        default=40.0, gt=1.0, le=1e6, description="all-in ratio of every compressed row"
+        default=40.0,
+        gt=1.0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="all-in ratio of every compressed row",
     )
     codecs: tuple[str, ...] = Field(
         default=DEFAULT_CODECS, min_length=1, description="rows, from ROW_SPECS"
@@ -446,6 +451,7 @@ def write_plot(
     ax.set_title(f"labelzip quickstart: {title}")
     ax.grid(True, which="both", lw=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path

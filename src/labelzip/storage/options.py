@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from labelzip.accounting import RateTarget
 from labelzip.errors import CodecMismatchError, ConfigError, InputError
 
 __all__ = [
@@ -59,8 +60,8 @@ class StorageOptions(BaseModel):
     teacher_bytes: int | None = Field(
         None, ge=0, description="RDED: bytes of the teacher that must be shipped"
     )
-    codec_bits_per_label: float | None = Field(
-        None, gt=0, description="labelzip: payload bits per stored label"
+    codec_bits_per_label: RateTarget | None = Field(
+        None, description="labelzip: payload bits per stored label"
     )
     codec_model_bytes: int | None = Field(
         None, ge=0, description="labelzip: bytes stored once (decoder, codebook)"
