@@ -242,3 +242,15 @@ def test_test_folder_is_resized_and_mapped_by_class_name(
     assert loaded is not None and loaded.images.shape == (14, 3, 28, 28)
     assert sorted(set(loaded.labels.tolist())) == list(range(3, 10))
     _ok(train_main, [str(out), str(archive), "--test-set", str(test), *STUDENT], capsys)
+
+
+@pytest.mark.parametrize("command", [distill_main, relabel_main])
+def test_teacher_and_teacher_file_exclude_each_other(
+    command: Command, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--teacher", "convnet", "--teacher-file", "t.ts", "-o", str(tmp_path / "o")]
+    argv += ["--method", "random"] if command is distill_main else ["set.safetensors"]
+    with pytest.raises(SystemExit) as exit_info:
+        command(argv)
+    assert exit_info.value.code == 2
+    assert "not allowed with argument --teacher" in capsys.readouterr().err
