@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-__all__ = ["ArchiveForge", "make_teacher_logits"]
+__all__ = ["ArchiveForge", "make_teacher_logits", "write_image_folder"]
 
 # Test tensors are small: one intra-op thread is as fast, and avoids the 10x
 # slowdowns of oversubscribed thread pools on a shared machine. Override with
@@ -192,3 +192,68 @@ class ArchiveForge:
 def forge() -> type[ArchiveForge]:
     """:class:`ArchiveForge`: header edits with checksums recomputed."""
     return ArchiveForge
+def write_image_folder(
+    root: Path,
+    *,
+    channels: int,
+    per_class: int = 4,
+    num_classes: int = 10,
+    size: int | tuple[int, int] = 28,
+    seed: int = 0,
+) -> Path:
+    """A class-per-subfolder tree of PNGs (``root/class<k>/<n>.png``), as a user's.
+
+    Class k has its own brightness (per channel in RGB, so also its own colour)
+    and a bright row at a class-specific height on noise: both survive crops and
+    flips, so a small teacher learns the classes in a few steps. ``size`` is one
+    side, one (H, W), or a list of them that the images cycle through.
+    """
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    sides = size if isinstance(size, list) else [size]
+    count = 0
+    for k in range(num_classes):
+        folder = root / f"class{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            side = sides[count % len(sides)]
+            count += 1
+            h, w = (side, side) if isinstance(side, int) else side
+            levels = torch.tensor([20 + 22 * ((k + 3 * c) % 10) for c in range(3)])
+            pixels = torch.randint(0, 40, (h, w, channels), generator=g)
+            pixels += levels[:channels]
+            row = (k * h) // num_classes
+            pixels[row : row + max(1, h // 10)] += 60
+            array = pixels.clamp(0, 255).to(torch.uint8).numpy()
+            mode = "L" if channels == 1 else "RGB"
+            Image.fromarray(array[..., 0] if channels == 1 else array, mode).save(
+                folder / f"{n:03d}.png"
+            )
+    return root
+
+
+class _CreatesFile:
+    """Unpickling this calls ``open(path, "w")``: the file appears on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+@pytest.fixture
+def evil_pickle(tmp_path: Path) -> tuple[Path, Path]:
+    """(a ``torch.save`` file whose unpickling creates a file, that file's path)."""
+    marker = tmp_path / "unpickled-marker"
+    path = tmp_path / "evil.pt"
+    torch.save(_CreatesFile(marker), path)
+    assert not marker.exists()
+    return path, marker
+
+
+@pytest.fixture
+def image_folder() -> Callable[..., Path]:
+    """:func:`write_image_folder`, for tests that build a user's image folder."""
+    return write_image_folder

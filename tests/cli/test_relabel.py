@@ -1,4 +1,8 @@
-"""`labelzip relabel`, in-process: archives from a saved set and teacher file, errors."""
+"""`labelzip relabel`, in-process: archives from a saved set and teacher file, errors.
+
+Teacher files are TorchScript; a pickled one loads only with --trust-pickle, and
+without it a malicious pickle is refused before any of its code runs.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def _teacher(num_classes: int = 4) -> nn.Module:
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    """A saved 8-image set, a pickled teacher and a TorchScript teacher."""
+    """A saved 8-image set, TorchScript teachers (4 and 7 classes), a pickled one."""
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (8, 1, 28, 28), generator=g, dtype=torch.uint8)
     labels = torch.arange(4).repeat_interleave(2)
@@ -36,12 +40,12 @@ def files(tmp_path: Path) -> dict[str, Path]:
         "set": distilled.save(tmp_path / "set.safetensors"),
         "pickled": tmp_path / "teacher.pt",
         "script": tmp_path / "teacher.ts",
-        "seven": tmp_path / "seven.pt",
+        "seven": tmp_path / "seven.ts",
     }
     torch.save(_teacher(), paths["pickled"])
     with pytest.warns(DeprecationWarning):  # TorchScript still works in torch 2.13
         torch.jit.script(_teacher()).save(str(paths["script"]))
-    torch.save(_teacher(7), paths["seven"])
+        torch.jit.script(_teacher(7)).save(str(paths["seven"]))
     return paths
 
 
@@ -55,7 +59,12 @@ def test_relabel_writes_a_replayable_archive(
     tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "d.lz"
-    argv = [str(files["set"]), "--teacher-file", str(files["pickled"])]
+    argv = [
+        str(files["set"]),
+        "--teacher-file",
+        str(files["pickled"]),
+        "--trust-pickle",
+    ]
     argv += ["--epochs", "3", "--seed", "5", "--scale", "0.5,1", "--mix", "mixup"]
     code, stdout, err = _run([*argv, "-o", str(out), "--json"], capsys)
     assert code == 0, err
@@ -90,7 +99,7 @@ def test_relabel_rate_target_with_auto_prune(
     tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "p.lz"
-    argv = [str(files["set"]), "--teacher-file", str(files["pickled"]), "--json"]
+    argv = [str(files["set"]), "--teacher-file", str(files["script"]), "--json"]
     argv += ["--epochs", "60", "--ratio", "2", "--auto-prune", "-o", str(out)]
     code, stdout, err = _run(argv, capsys)
     assert code == 0, err
@@ -104,7 +113,7 @@ def test_relabel_ctx_transform_with_auto_prune(
 ) -> None:
     """The context codec through the CLI: the archive decodes from the file alone."""
     out = tmp_path / "tc.lz"
-    argv = [str(files["set"]), "--teacher-file", str(files["pickled"]), "--json"]
+    argv = [str(files["set"]), "--teacher-file", str(files["script"]), "--json"]
     argv += ["--epochs", "200", "--codec", "ctx-transform", "--ratio", "4"]
     argv += ["--auto-prune", "-o", str(out)]
     code, stdout, err = _run(argv, capsys)
@@ -122,12 +131,14 @@ def test_relabel_ctx_transform_with_auto_prune(
     [
         (["--teacher-file", "{seven}"], "outputs \\(8, 7\\).*4 classes"),
         (["--teacher-file", "{nowhere}"], "teacher file .* does not exist"),
-        (["--teacher-file", "{pickled}", "--scale", "0.5"], "--scale expects two"),
-        (["--teacher-file", "{pickled}", "--scale", "0,1"], "invalid view options"),
-        (["--teacher-file", "{pickled}", "--auto-prune"], "auto_prune needs a ratio"),
-        (["--teacher-file", "{pickled}", "--ratio", "500", "--auto-prune"],
+        (["--teacher-file", "{pickled}"],
+         "is a torch.save pickle, not TorchScript.*torch.jit.save.*--trust-pickle"),
+        (["--teacher-file", "{script}", "--scale", "0.5"], "--scale expects two"),
+        (["--teacher-file", "{script}", "--scale", "0,1"], "invalid view options"),
+        (["--teacher-file", "{script}", "--auto-prune"], "auto_prune needs a ratio"),
+        (["--teacher-file", "{script}", "--ratio", "500", "--auto-prune"],
          "cannot meet the target even with the label of 1 of 30"),
-        (["--teacher-file", "{pickled}", "--epochs", "0"], "invalid relabel options"),
+        (["--teacher-file", "{script}", "--epochs", "0"], "invalid relabel options"),
     ],
 )  # fmt: skip
 def test_relabel_bad_input_is_one_line(
@@ -150,7 +161,7 @@ def test_relabel_bad_input_is_one_line(
 def test_relabel_missing_set_and_output_folder(
     tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    teacher = ["--teacher-file", str(files["pickled"])]
+    teacher = ["--teacher-file", str(files["script"])]
     code, _, err = _run(
         [str(tmp_path / "no.safetensors"), *teacher, "-o", str(tmp_path / "o.lz")],
         capsys,

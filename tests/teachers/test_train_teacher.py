@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from labelzip.data import ImageDataset, fingerprint_tensors
+from labelzip.data import ImageDataset, fingerprint_tensors, load_image_folder
+from labelzip.errors import InputError
 from labelzip.teachers import (
     TeacherTrainConfig,
     default_cache_dir,
     evaluate_teacher,
     predict_logits,
+    teacher_cache_path,
     train_teacher,
 )
 
@@ -109,3 +113,38 @@ def test_same_weights_whatever_the_callers_thread_count(
     finally:
         torch.set_num_threads(before)
     assert weights[0] == weights[1]
+
+
+@pytest.mark.parametrize("arch", ["convnet", "resnet"])
+def test_rgb_data_of_another_size(
+    arch: str, tmp_path: Path, image_folder: Callable[..., Path]
+) -> None:
+    """A user's RGB folder at 20 px: the teacher takes 3 channels, learns the set and
+    is cached by that data's fingerprint (another entry than the grayscale data's)."""
+    rgb = load_image_folder(
+        image_folder(tmp_path / "rgb", channels=3, per_class=8, num_classes=4, size=20)
+    )
+    gray = load_image_folder(
+        image_folder(tmp_path / "gray", channels=1, per_class=8, num_classes=4, size=20)
+    )
+    config = _config(arch=arch).model_copy(update={"epochs": 8, "batch_size": 8})
+    first = train_teacher(rgb, config=config, cache_dir=tmp_path / "cache")
+    assert first.model.in_channels == 3 and first.key == config.key(rgb.fingerprint)
+    assert first.path == teacher_cache_path(config, rgb.fingerprint, tmp_path / "cache")
+    record = json.loads(first.path.with_suffix(".json").read_text())
+    assert record["image_shape"] == [3, 20, 20]
+    assert record["dataset_fingerprint"] == rgb.fingerprint
+    assert evaluate_teacher(first.model, rgb) > 0.9  # chance is 0.25
+    assert train_teacher(rgb, config=config, cache_dir=tmp_path / "cache").from_cache
+    other = train_teacher(gray, config=config, cache_dir=tmp_path / "cache")
+    assert not other.from_cache and other.key != first.key
+    assert other.model.in_channels == 1
+
+
+def test_refuses_images_of_several_sizes(toy: ImageDataset, tmp_path: Path) -> None:
+    mixed = ImageDataset(
+        "mixed", [toy.images[0], toy.images[1][:, :20]], toy.labels[:2],
+        toy.class_names, "f",
+    )  # fmt: skip
+    with pytest.raises(InputError, match="equal-size images only; resize them"):
+        train_teacher(mixed, config=_config(), cache_dir=tmp_path)

@@ -24,6 +24,7 @@ from labelzip.cli._common import (
 )
 from labelzip.data.base import ImageDataset
 from labelzip.distill import (
+    METHOD_CONFIGS,
     METHODS,
     DistilledSet,
     RDEDConfig,
@@ -35,6 +36,7 @@ from labelzip.distill._common import build_config
 from labelzip.distill.rded import resolve_factor
 from labelzip.errors import ConfigError, InputError
 from labelzip.io import check_output_path
+from labelzip.teachers.files import TRUST_PICKLE_HELP
 
 __all__ = ["build_parser", "main"]
 
@@ -50,6 +52,15 @@ EPILOG = """examples:
       --steps 100 -o in1k-sre2l.safetensors
   labelzip distill --dataset imagenet --method import --from-folder syn_data/ --image-size 224 \\
       -o released.safetensors
+  labelzip distill --dataset folder --data-dir train/ --method sre2l --ipc 10 -o mine.safetensors
+  labelzip distill --dataset folder --data-dir train/ --method rded --ipc 10 \\
+      --teacher-file teacher.ts -o mine-rded.safetensors
+
+--dataset folder reads root/<class>/*.png|jpg, grayscale or RGB (from the files,
+which must agree, or --channels 1|3), at the files' own size (which must agree)
+or resized to --image-size. A small teacher (convnet, resnet) trains on that
+data, once, cached by its fingerprint; --teacher-file loads your own teacher as
+TorchScript (a pickled nn.Module only with --trust-pickle: unpickling runs code).
 
 --dataset imagenet has no real images here: recovery is data-free from the
 EfficientNet-Lite0 teacher (class ids 0..999), and --method import reads a
@@ -75,13 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         help="folder of the data: IDX files (fashion-mnist) or root/<class>/",
     )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="folder: convert every image to 1 (grayscale) or 3 (RGB) channels "
+        "(default: the files' own; all must agree)",
+    )
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--ipc", type=int, help="images per class (import: optional cap)")
-    p.add_argument(
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
         "--teacher",
         choices=TEACHERS,
         help="default: convnet for fashion-mnist/folder, efficientnet-lite0 for imagenet",
     )
+    source.add_argument(
+        "--teacher-file",
+        help="your own teacher: a TorchScript file (torch.jit.save) taking "
+        "(B, C, H, W) images in 0..255 and returning logits",
+    )
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     p.add_argument(
         "--teacher-epochs",
         type=int,
@@ -94,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="recovery steps per batch")
     p.add_argument("--batch-size", type=int, help="recovery: images optimised together")
     p.add_argument("--lr", type=float, help="recovery: Adam learning rate")
-    p.add_argument("--image-size", type=int, help="side of the output images")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="side of the output images; folder: every image is resized to it "
+        "(default: the files' own size)",
+    )
     p.add_argument(
         "--factor",
         type=int,
@@ -166,11 +196,17 @@ def parse_classes(text: str) -> list[int]:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     options = parse_key_values(args.opt, "--opt")
+    image_size = args.image_size
+    if (
+        args.dataset == "folder"
+        and "image_size" not in METHOD_CONFIGS[args.method].model_fields
+    ):
+        image_size = None  # it resizes the folder; this method keeps the data's size
     flags = {
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
-        "image_size": args.image_size,
+        "image_size": image_size,
         "factor": args.factor,
         "folder": args.from_folder,
     }
@@ -185,18 +221,20 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _dataset(args: argparse.Namespace) -> ImageDataset | None:
-    if args.dataset == "fashion-mnist":
-        from labelzip.data import load_fashion_mnist
+    if args.channels is not None and args.dataset != "folder":
+        raise ConfigError(
+            "--channels applies to --dataset folder (a method's own: --opt channels=N)"
+        )
+    if args.dataset in ("fashion-mnist", "folder"):
+        from labelzip.pipelines.sources import load_train_data
 
-        return load_fashion_mnist("train", root=args.data_dir)
-    if args.dataset == "folder":
-        from labelzip.data import load_image_folder
-
-        if not args.data_dir:
-            raise ConfigError(
-                "--dataset folder needs --data-dir ROOT (root/<class>/*.png)"
-            )
-        return load_image_folder(args.data_dir)
+        folder = args.dataset == "folder"
+        return load_train_data(
+            args.dataset,
+            args.data_dir,
+            channels=args.channels,
+            image_size=args.image_size if folder else None,
+        )
     if args.method in ("random", "rded"):
         raise InputError(
             f"--method {args.method} draws real images, and no ImageNet training "
@@ -233,6 +271,12 @@ def _check_data_allows(
 def _teacher(
     args: argparse.Namespace, dataset: ImageDataset | None, device: Any
 ) -> tuple[nn.Module | None, str | None]:
+    if args.teacher_file is not None:
+        from labelzip.pipelines.sources import load_teacher
+
+        return load_teacher(
+            None, file=args.teacher_file, trust_pickle=args.trust_pickle, device=device
+        )
     name = args.teacher
     if name is None:
         if args.method in ("random", "import"):
@@ -249,14 +293,12 @@ def _teacher(
             f"teacher {name!r} is trained on the dataset, but --dataset {args.dataset} "
             "has no training images here; use --teacher efficientnet-lite0"
         )
-    from labelzip.teachers import TeacherTrainConfig, default_cache_dir, train_teacher
+    from labelzip.teachers import TeacherTrainConfig, teacher_cache_path, train_teacher
 
     config = build_config(
         TeacherTrainConfig, {"arch": name, "epochs": args.teacher_epochs, "seed": 0}
     )
-    cached = (
-        default_cache_dir() / f"{name}-{config.key(dataset.fingerprint)}.safetensors"
-    )
+    cached = teacher_cache_path(config, dataset.fingerprint)
     if not args.quiet and not cached.is_file():
         print(
             f"labelzip distill: training the {name} teacher on {dataset.name} "

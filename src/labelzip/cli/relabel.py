@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+import torch
+from torch import nn
+
 from labelzip.augment import ViewConfig
 from labelzip.cli import run_command
 from labelzip.cli._common import (
@@ -21,6 +24,7 @@ from labelzip.cli._common import (
     validated,
 )
 from labelzip.codecs.registry import available_codecs
+from labelzip.distill import DistilledSet
 from labelzip.errors import ConfigError
 from labelzip.io import check_output_path
 from labelzip.pipelines.relabel import (
@@ -29,7 +33,13 @@ from labelzip.pipelines.relabel import (
     RelabelResult,
     relabel,
 )
-from labelzip.pipelines.sources import TEACHERS, load_teacher
+from labelzip.pipelines.sources import (
+    DATA_SOURCES,
+    TEACHERS,
+    load_teacher,
+    load_train_data,
+)
+from labelzip.teachers.files import TRUST_PICKLE_HELP
 
 # one_line and progress_bar live in _common; still importable from here for the
 # commands that import them from this module (quickstart).
@@ -43,6 +53,14 @@ EPILOG = """examples:
   labelzip relabel random10.safetensors --prune-keep 0.025 -o lpld.lz
   labelzip relabel in1k.safetensors --teacher efficientnet-lite0 --epochs 300 \\
       --codec vqae --ratio 40 --device cuda -o in1k-vqae.lz
+  labelzip relabel mine.safetensors --dataset folder --data-dir train/ --epochs 30 -o mine.lz
+  labelzip relabel mine.safetensors --teacher-file teacher.ts --epochs 30 -o mine.lz
+
+Teacher: a small one (convnet, resnet) trains on --dataset/--data-dir (give the
+data options you gave `labelzip distill`: the set's source fingerprint is
+checked), once, cached by the data's fingerprint; --teacher-file loads your own
+as TorchScript (a pickled nn.Module only with --trust-pickle: unpickling runs
+code from the file).
 
 Every view (epoch e, image i) is a RandomResizedCrop + flip (+ CutMix/Mixup)
 drawn from (seed, e, i): the archive stores the recipe once and `labelzip train`
@@ -76,14 +94,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("set", help="distilled set (.safetensors from `labelzip distill`)")
     p.add_argument("-o", "--output", required=True, help="archive to write")
     t = p.add_argument_group("teacher")
-    t.add_argument(
+    which = t.add_mutually_exclusive_group()
+    which.add_argument(
         "--teacher",
         choices=TEACHERS,
-        help="default: convnet for 1-channel sets, efficientnet-lite0 for RGB",
+        help="default: efficientnet-lite0 for 1000-class RGB sets without "
+        "--dataset folder, else convnet",
     )
-    t.add_argument("--teacher-file", help="TorchScript or torch.save-d nn.Module")
+    which.add_argument(
+        "--teacher-file",
+        help="your own teacher: a TorchScript file (torch.jit.save) taking "
+        "(B, C, H, W) views in 0..255 and returning logits",
+    )
+    t.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     t.add_argument("--teacher-epochs", type=int, default=3, help="small teacher epochs")
-    t.add_argument("--data-dir", help="Fashion-MNIST IDX folder (small teachers)")
+    t.add_argument(
+        "--dataset",
+        choices=DATA_SOURCES,
+        default="fashion-mnist",
+        help="what a small teacher trains on: fashion-mnist, or folder (--data-dir "
+        "root/<class>/*.png, the data the set was distilled from)",
+    )
+    t.add_argument("--data-dir", help="Fashion-MNIST IDX folder, or the folder root")
+    t.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="folder: convert images to 1 or 3 channels (default: the files' own)",
+    )
+    t.add_argument(
+        "--image-size",
+        type=int,
+        help="folder: resize images to this side (default: the files' own size)",
+    )
     c = p.add_argument_group("codec and rate")
     c.add_argument("--codec", default="dense", choices=available_codecs())
     add_codec_option_flags(c, opt_help="codec option")
@@ -154,8 +197,6 @@ def _output(args: argparse.Namespace) -> RelabelOutput:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from labelzip.distill import DistilledSet
-
     output = _output(args)
     device = resolve_device(args.device)
     distilled = DistilledSet.load(args.set)
@@ -170,16 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         store_augmentations=args.store_augmentations,
     )
-    name = args.teacher or (
-        "convnet" if distilled.channels == 1 else "efficientnet-lite0"
-    )
-    teacher, teacher_id = load_teacher(
-        name,
-        file=args.teacher_file,
-        epochs=args.teacher_epochs,
-        device=device,
-        data_root=args.data_dir,
-    )
+    teacher, teacher_id = _teacher(args, distilled, device)
     with progress_bar("relabelling views", enabled=not args.quiet) as update:
         result = relabel(
             distilled,
@@ -192,6 +224,35 @@ def _run(args: argparse.Namespace) -> int:
         )
     _report(result, config, teacher_id, args)
     return 0
+
+
+def _teacher(
+    args: argparse.Namespace, distilled: DistilledSet, device: torch.device
+) -> tuple[nn.Module, str]:
+    """The teacher the flags name; a small one trains on the set's source data."""
+    if args.teacher_file is not None:
+        return load_teacher(
+            None, file=args.teacher_file, trust_pickle=args.trust_pickle, device=device
+        )
+    imagenet = distilled.channels == 3 and distilled.num_classes == 1000
+    default = (
+        "efficientnet-lite0" if imagenet and args.dataset != "folder" else "convnet"
+    )
+    name = args.teacher or default
+    if name not in ("convnet", "resnet"):
+        return load_teacher(name, device=device)
+    data = load_train_data(
+        args.dataset, args.data_dir, channels=args.channels, image_size=args.image_size
+    )
+    source = distilled.source_fingerprint
+    if distilled.method != "import" and source not in (None, data.fingerprint):
+        raise ConfigError(
+            f"{args.set} was distilled from other data (source fingerprint "
+            f"{source[:12]}) than the {name} teacher would train on ({data.name}, "
+            f"{data.fingerprint[:12]}); pass the --dataset, --data-dir, --channels "
+            "and --image-size you gave `labelzip distill`, or a --teacher-file"
+        )
+    return load_teacher(name, epochs=args.teacher_epochs, device=device, data=data)
 
 
 def _report(

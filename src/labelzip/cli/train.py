@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,10 @@ from labelzip.errors import ConfigError
 from labelzip.io import atomic_path, check_output_path
 from labelzip.pipelines.students import STUDENT_ARCHS
 from labelzip.pipelines.train_student import EpochLog, StudentConfig, StudentResult
+
+if TYPE_CHECKING:
+    from labelzip.distill import DistilledSet
+    from labelzip.pipelines.replay import ReplayDataset
 
 __all__ = ["PRESETS", "build_parser", "main"]
 
@@ -49,6 +53,7 @@ EPILOG = """examples:
   labelzip train random10.safetensors dense.lz --arch resnet --epochs 300 --json
   labelzip train in1k.safetensors in1k-vqae.lz --preset sre2l-imagenet \\
       --test-set /data/imagenet/val --device cuda --save student.safetensors
+  labelzip train mine.safetensors mine.lz --test-set test/
   torchrun --nproc_per_node 8 -m labelzip train in1k.safetensors in1k-vqae.lz \\
       --preset sre2l-imagenet --device cuda
 
@@ -74,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--test-set",
         default="fashion-mnist",
-        help="fashion-mnist, none, or a folder root/<class>/*.png (default fashion-mnist)",
+        help="fashion-mnist, none, or a folder root/<class>/*.png, converted to the "
+        "set's channels and resized to the view size (default fashion-mnist)",
     )
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder")
     p.add_argument(
@@ -149,18 +155,44 @@ def _init_distributed(device: torch.device) -> torch.device:
 def _run(args: argparse.Namespace) -> int:
     from labelzip.distill import DistilledSet
     from labelzip.pipelines.replay import ReplayDataset
-    from labelzip.pipelines.sources import load_test_set
-    from labelzip.pipelines.train_student import train_student
 
     config = _config(args)
     save = check_output_path(args.save, [args.set, args.archive]) if args.save else None
     device = _init_distributed(resolve_device(args.device))
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     distilled = DistilledSet.load(args.set)
-    test_set = load_test_set(
-        args.test_set, channels=distilled.channels, data_root=args.data_dir
-    )
     replay = ReplayDataset(distilled, args.archive, device=device)
+    try:
+        result = _train(args, config, distilled, replay, rank)
+    finally:
+        replay.close()
+    if rank == 0:
+        if save is not None:
+            _save(result, config, args, save)
+        _report(result, config, args)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def _train(
+    args: argparse.Namespace,
+    config: StudentConfig,
+    distilled: DistilledSet,
+    replay: ReplayDataset,
+    rank: int,
+) -> StudentResult:
+    """Load the test set (at the views' size) and train, one line per epoch."""
+    from labelzip.pipelines.sources import load_test_set
+    from labelzip.pipelines.train_student import train_student
+
+    test_set = load_test_set(
+        args.test_set,
+        channels=distilled.channels,
+        data_root=args.data_dir,
+        image_size=replay.view.output_size,
+        class_names=distilled.class_names,
+    )
     epochs = config.epochs or replay.num_epochs
     logs: list[EpochLog] = []
     live = not args.json and rank == 0  # text mode: one line per epoch as it ends
@@ -173,15 +205,7 @@ def _run(args: argparse.Namespace) -> int:
             if live:
                 print(_epoch_line(log), flush=True)
 
-        result = train_student(replay, config, test_set=test_set, on_epoch=on_epoch)
-    replay.close()
-    if rank == 0:
-        if save is not None:
-            _save(result, config, args, save)
-        _report(result, config, args)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return 0
+        return train_student(replay, config, test_set=test_set, on_epoch=on_epoch)
 
 
 def _save(

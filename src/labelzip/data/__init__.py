@@ -13,7 +13,13 @@ from labelzip.data.fashion_mnist import (
     load_fashion_mnist,
     read_idx,
 )
-from labelzip.data.folder import IMAGE_EXTENSIONS, load_image_folder
+from labelzip.data.folder import (
+    IMAGE_EXTENSIONS,
+    file_channels,
+    load_image_folder,
+    require_one_size,
+    resize_image,
+)
 from labelzip.data.samples import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
@@ -32,10 +38,13 @@ __all__ = [
     "SAMPLE_SETS",
     "ImageDataset",
     "decode_image",
+    "file_channels",
     "fingerprint_tensors",
     "foolbox_data_dir",
     "load_fashion_mnist",
     "load_foolbox_samples",
     "load_image_folder",
     "read_idx",
+    "require_one_size",
+    "resize_image",
 ]

@@ -11,7 +11,8 @@ wrong silently permutes labels, so it is explicit here:
 - ``auto``: ``name`` if every folder is a known class name, else ``index`` if
   every folder name ends in digits, else ``sorted``.
 
-Images are resized (antialiased bilinear, aspect not kept) to ``image_size``.
+Images are resized to ``image_size`` (antialiased bilinear, aspect not kept:
+:func:`labelzip.data.resize_image`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelzip.data.base import ImageDataset
-from labelzip.data.folder import load_image_folder
-from labelzip.distill._common import quantize, teacher_identity
+from labelzip.data.folder import load_image_folder, resize_image
+from labelzip.distill._common import teacher_identity
 from labelzip.distill.base import DistilledSet, check_ipc
 from labelzip.errors import ConfigError, InputError
 
@@ -115,18 +115,6 @@ def folder_class_map(
     raise ConfigError(f"class_map must be auto, name, index or sorted, got {mode!r}")
 
 
-def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(image.shape[-2:]) == size:
-        return image.float()
-    return F.interpolate(
-        image[None].float(),
-        size=size,
-        mode="bilinear",
-        align_corners=False,
-        antialias=True,
-    )[0]
-
-
 def import_folder(
     config: ImportConfig,
     dataset: ImageDataset | None = None,
@@ -163,8 +151,8 @@ def import_folder(
         raise ConfigError(f"channels must be 1 or 3, got {channels}")
     folder = load_image_folder(root, class_to_idx=mapping, channels=channels)
     size = _target_size(config, dataset, folder)
-    pixels = quantize(
-        torch.stack([_resize(folder.images[i], size) for i in range(len(folder))])
+    pixels = torch.stack(
+        [resize_image(folder.images[i], size) for i in range(len(folder))]
     )
     labels = folder.labels
     if known is not None:

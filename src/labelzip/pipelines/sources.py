@@ -1,16 +1,16 @@
-"""Teachers and test sets by name, for the vision commands.
+"""Teachers, training data and test sets by name, for the vision commands.
 
-``convnet`` / ``resnet`` are trained on Fashion-MNIST once and cached (the same
-cache entry ``labelzip distill`` uses); ``efficientnet-lite0`` is the real
-ImageNet-1K teacher; any other model comes from a file (TorchScript, or a
-whole pickled ``nn.Module``).
+``convnet`` / ``resnet`` are trained once on the given data (Fashion-MNIST by
+default, or the user's own folder) and cached by that data's fingerprint (the
+same cache entry ``labelzip distill`` uses); ``efficientnet-lite0`` is the real
+ImageNet-1K teacher; any other model comes from a TorchScript file (a pickled
+``nn.Module`` only with ``trust_pickle``: see :mod:`labelzip.teachers.files`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,50 +19,104 @@ from torch import nn
 from labelzip.data.base import ImageDataset
 from labelzip.errors import ConfigError, InputError
 
-__all__ = ["TEACHERS", "TEST_SETS", "load_teacher", "load_test_set"]
+__all__ = [
+    "DATA_SOURCES",
+    "TEACHERS",
+    "TEST_SETS",
+    "load_teacher",
+    "load_test_set",
+    "load_train_data",
+]
 
 logger = logging.getLogger(__name__)
 
 TEACHERS: tuple[str, ...] = ("convnet", "resnet", "efficientnet-lite0")
 TEST_SETS: tuple[str, ...] = ("fashion-mnist", "none")
+DATA_SOURCES: tuple[str, ...] = ("fashion-mnist", "folder")
+
+
+def load_train_data(
+    kind: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    channels: int | None = None,
+    image_size: int | None = None,
+) -> ImageDataset:
+    """The real training data a small teacher (or a distillation method) uses.
+
+    Args:
+        kind: ``fashion-mnist`` (IDX files in ``data_dir``, default Debian's
+            folder) or ``folder`` (``data_dir/<class>/*.png|jpg``).
+        channels: folder only: force 1 or 3 (default the files' own).
+        image_size: folder only: resize every image to this side (default the
+            files' own size, which must then be one size).
+
+    Raises:
+        ConfigError: unknown kind, folder options for Fashion-MNIST, no folder.
+        InputError: unreadable data, mixed channels or sizes.
+    """
+    if kind == "fashion-mnist":
+        if channels is not None and channels != 1:
+            raise ConfigError("Fashion-MNIST is grayscale; --channels 3 needs a folder")
+        if image_size is not None:
+            raise ConfigError(
+                "Fashion-MNIST is 28x28; --image-size resizes --dataset folder only"
+            )
+        from labelzip.data import load_fashion_mnist
+
+        return load_fashion_mnist("train", root=data_dir)
+    if kind != "folder":
+        raise ConfigError(f"unknown dataset {kind!r}; use one of {DATA_SOURCES}")
+    if not data_dir:
+        raise ConfigError("--dataset folder needs --data-dir ROOT (root/<class>/*.png)")
+    from labelzip.data import load_image_folder, require_one_size
+
+    dataset = load_image_folder(data_dir, channels=channels, image_size=image_size)
+    require_one_size(dataset, "pass --image-size N to resize them all")
+    return dataset
 
 
 def load_teacher(
     name: str | None,
     *,
     file: str | os.PathLike[str] | None = None,
+    trust_pickle: bool = False,
     epochs: int = 3,
     device: torch.device | str = "cpu",
+    data: ImageDataset | None = None,
     data_root: str | os.PathLike[str] | None = None,
 ) -> tuple[nn.Module, str]:
     """A teacher in eval mode on ``device`` and its identifier.
 
     Args:
         name: one of :data:`TEACHERS` (ignored when ``file`` is given).
-        file: a TorchScript file or a ``torch.save``-d ``nn.Module`` taking
-            (B, ch, H, W) views in 0..255 (unpickling runs code: only load
-            files you trust).
-        epochs: training epochs of a small Fashion-MNIST teacher (cache key).
+        file: a TorchScript file taking (B, ch, H, W) views in 0..255.
+        trust_pickle: also load a pickled ``nn.Module`` file (runs its code).
+        epochs: training epochs of a small teacher (part of the cache key).
         device: where the teacher runs.
-        data_root: folder with the Fashion-MNIST IDX files (default Debian's).
+        data: what a small teacher trains on; default Fashion-MNIST train.
+        data_root: folder with the Fashion-MNIST IDX files (when ``data`` is None).
 
     Raises:
-        ConfigError: unknown name. InputError: unreadable file.
+        ConfigError: unknown name. InputError: unreadable or refused file.
     """
     if file is not None:
-        return _from_file(Path(file), device)
+        from labelzip.teachers.files import load_teacher_file
+
+        path = Path(file)
+        model = load_teacher_file(path, device, trust_pickle=trust_pickle)
+        return model, f"{path.stem}:{_short_id(model)}"
     if name == "efficientnet-lite0":
         from labelzip.teachers import load_efficientnet_lite0
 
         model = load_efficientnet_lite0(device)
         return model, f"efficientnet-lite0:{_short_id(model)}"
     if name in ("convnet", "resnet"):
-        from labelzip.data import load_fashion_mnist
         from labelzip.teachers import train_teacher
 
-        trained = train_teacher(
-            load_fashion_mnist("train", root=data_root), name, epochs, 0, device
-        )
+        if data is None:
+            data = load_train_data("fashion-mnist", data_root)
+        trained = train_teacher(data, name, epochs, 0, device)
         return trained.model.eval(), f"{name}:{trained.key}"
     raise ConfigError(f"unknown teacher {name!r}; use one of {TEACHERS} or a file")
 
@@ -73,35 +127,23 @@ def _short_id(model: nn.Module) -> str:
     return model_id(model).rsplit(":", 1)[1]
 
 
-def _from_file(path: Path, device: torch.device | str) -> tuple[nn.Module, str]:
-    if not path.is_file():
-        raise InputError(f"teacher file {str(path)!r} does not exist")
-    model: nn.Module
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated but still loads
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model = torch.jit.load(str(path), map_location=device)
-    except (RuntimeError, ValueError):
-        try:
-            loaded = torch.load(str(path), map_location=device, weights_only=False)
-        except Exception as exc:
-            raise InputError(
-                f"cannot load teacher {str(path)!r} as TorchScript or a pickled "
-                f"nn.Module: {exc}"
-            ) from exc
-        if not isinstance(loaded, nn.Module):
-            raise InputError(
-                f"{str(path)!r} holds a {type(loaded).__name__}, not an nn.Module; "
-                "save the whole model (torch.save(model, path)) or TorchScript"
-            ) from None
-        model = loaded
-    return model.eval(), f"{path.stem}:{_short_id(model)}"
-
-
 def load_test_set(
-    name: str, *, channels: int = 1, data_root: str | os.PathLike[str] | None = None
+    name: str,
+    *,
+    channels: int = 1,
+    data_root: str | os.PathLike[str] | None = None,
+    image_size: tuple[int, int] | None = None,
+    class_names: tuple[str, ...] | None = None,
 ) -> ImageDataset | None:
-    """The real test set: ``fashion-mnist`` (t10k), ``none``, or a class-folder path."""
+    """The real test set: ``fashion-mnist`` (t10k), ``none``, or a class-folder path.
+
+    A folder's images are converted to ``channels`` and, when ``image_size`` is
+    given, resized to it (the student's view size). When every class folder is
+    named after one of ``class_names`` (the distilled set's, e.g. made from a
+    train folder of the same layout), folders map to those ids, so a test folder
+    without some classes keeps the right labels; otherwise sorted folder names
+    give ids 0, 1, ...
+    """
     if name == "none":
         return None
     if name == "fashion-mnist":
@@ -116,4 +158,10 @@ def load_test_set(
         )
     from labelzip.data import load_image_folder
 
-    return load_image_folder(path, channels=channels)
+    mapping = None
+    folders = {p.name for p in path.iterdir() if p.is_dir()}
+    if class_names and folders and folders <= set(class_names):
+        mapping = {name: i for i, name in enumerate(class_names)}
+    return load_image_folder(
+        path, class_to_idx=mapping, channels=channels, image_size=image_size
+    )

@@ -8,7 +8,7 @@ student of a distilled set has). Architectures:
   [conv3x3, instance norm, ReLU, avg-pool 2], then a linear head), width 32,
   about 2.5M multiply-adds per 28x28 view; any channel count and size.
 - ``resnet``: the narrow ResNet of :mod:`labelzip.teachers` (16-32-64
-  channels; grayscale only).
+  channels; 1 or 3 input channels, any size).
 - ``resnet18``: ResNet-18 (64-128-256-512, BatchNorm), the paper's student,
   with a 3x3 stride-1 stem for views up to 64 px and the ImageNet 7x7/stride-2
   stem plus max-pool above. Meant for GPUs (about 54 views/s training on 2 CPU
@@ -179,12 +179,7 @@ def build_student(
             num_classes, channels, view_size, mu, sigma, width=width, depth=depth
         )
     if arch == "resnet":
-        if channels != 1:
-            raise ConfigError(
-                f"the narrow 'resnet' student is grayscale; the images have {channels} "
-                "channels: use convnet or resnet18"
-            )
-        return GrayResNet(num_classes)
+        return GrayResNet(num_classes, in_channels=channels)
     if arch == "resnet18":
         return ResNet18Student(num_classes, channels, view_size, mu, sigma)
     raise ConfigError(f"unknown student arch {arch!r}; use one of {STUDENT_ARCHS}")

@@ -1,11 +1,17 @@
-"""Small teachers for 28x28 grayscale images (Fashion-MNIST), trained by labelzip.
+"""Small teachers for grayscale or RGB images of any size, trained by labelzip.
 
+Made for Fashion-MNIST (28x28 grayscale, hence the class names), they take 1 or
+3 input channels (``in_channels``, from the training data) and any image size.
 Like :class:`~labelzip.teachers.efficientnet.ImageNetTeacher`, every teacher
 takes images in 0..255 (uint8 or float) and normalises inside, so augmented
-views go straight in. Two architectures:
+views go straight in. The normalisation constants are Fashion-MNIST's for
+every channel and every dataset: the first convolution has no bias and is
+followed by BatchNorm, which absorbs any affine input scaling but at the
+zero-padded border. Two architectures:
 
 - ``convnet``: three conv-BN-ReLU layers (32-64-64 channels, two max-pools) and
-  an MLP head, about 0.46M parameters and 6M MACs per image. Trained 3 epochs
+  an MLP head on a 7x7 map (other sizes are average-pooled to 7x7), about 0.46M
+  parameters and 6M MACs per 28x28 grayscale image. Trained 3 epochs
   (defaults of ``train_teacher``, crops 0.5-1): 89.3% Fashion-MNIST test
   accuracy, 86.3% on crop views; without crops (``crop_scale=None``) 92.2%
   clean but only ~68% on crop views.
@@ -39,30 +45,40 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
 
 
 class _GrayTeacher(nn.Module):
-    """Shared input handling: (B, 1, H, W) in 0..255 -> normalised float."""
+    """Shared input handling: (B, in_channels, H, W) in 0..255 -> normalised float."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, in_channels: int) -> None:
         super().__init__()
+        if in_channels not in (1, 3):
+            raise ConfigError(f"in_channels must be 1 or 3, got {in_channels}")
         self.num_classes = num_classes
+        self.in_channels = in_channels
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or images.shape[1] != 1:
+        if images.dim() != 4 or images.shape[1] != self.in_channels:
+            kind = "grayscale" if self.in_channels == 1 else "RGB"
             raise InputError(
-                f"{type(self).__name__} takes grayscale images (B, 1, H, W), "
-                f"got {tuple(images.shape)}"
+                f"{type(self).__name__} was built for {kind} images "
+                f"(B, {self.in_channels}, H, W), got {tuple(images.shape)}"
             )
         return (images.to(torch.float32) / 255.0 - _MEAN) / _STD
 
 
 class GrayConvNet(_GrayTeacher):
-    """VGG-style ConvNet for 28x28 grayscale: (B, 1, 28, 28) -> (B, num_classes)."""
+    """VGG-style ConvNet: (B, in_channels, H, W) -> (B, num_classes).
 
-    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
-        super().__init__(num_classes)
+    Native size 28x28; other sizes (at least 4x4) are average-pooled (or
+    repeated, when smaller) to the head's 7x7 map after the two max-pools.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, width: int = 32, in_channels: int = 1
+    ) -> None:
+        super().__init__(num_classes, in_channels)
         # One conv per resolution keeps it cheap (~6M MACs per image): the
-        # expensive full-resolution layer has a single input channel.
+        # expensive full-resolution layer has few input channels.
         self.features = nn.Sequential(
-            *_conv_bn(1, width),
+            *_conv_bn(in_channels, width),
             nn.MaxPool2d(2),  # 28 -> 14
             *_conv_bn(width, 2 * width),
             nn.MaxPool2d(2),  # 14 -> 7
@@ -75,13 +91,17 @@ class GrayConvNet(_GrayTeacher):
             nn.ReLU(inplace=True),
             nn.Linear(128, num_classes),
         )
+        # No parameters: state dicts (and cached weights) are those of 28x28 nets.
+        self.pool = nn.AdaptiveAvgPool2d((7, 7))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.features(self._normalise(images))
-        if x.shape[-2:] != (7, 7):
+        if images.dim() == 4 and min(images.shape[-2:]) < 4:
             raise InputError(
-                f"GrayConvNet needs 28x28 images, got {tuple(images.shape)}"
+                f"GrayConvNet needs images of at least 4x4, got {tuple(images.shape)}"
             )
+        x = self.features(self._normalise(images))
+        if x.shape[-2:] != (7, 7):  # 28x28 inputs skip it: bit for bit as before
+            x = self.pool(x)
         out: torch.Tensor = self.head(x)
         return out
 
@@ -108,11 +128,13 @@ class _BasicBlock(nn.Module):
 
 
 class GrayResNet(_GrayTeacher):
-    """Narrow ResNet for grayscale images of any size: (B, 1, H, W) -> (B, classes)."""
+    """Narrow ResNet for images of any size: (B, in_channels, H, W) -> (B, classes)."""
 
-    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
-        super().__init__(num_classes)
-        self.stem = nn.Sequential(*_conv_bn(1, width))
+    def __init__(
+        self, num_classes: int = 10, width: int = 16, in_channels: int = 1
+    ) -> None:
+        super().__init__(num_classes, in_channels)
+        self.stem = nn.Sequential(*_conv_bn(in_channels, width))
         self.stages = nn.Sequential(
             _BasicBlock(width, width, 1),
             _BasicBlock(width, 2 * width, 2),
@@ -127,14 +149,16 @@ class GrayResNet(_GrayTeacher):
         return out
 
 
-def build_small_teacher(arch: str, num_classes: int = 10) -> nn.Module:
+def build_small_teacher(
+    arch: str, num_classes: int = 10, in_channels: int = 1
+) -> nn.Module:
     """A freshly initialised small teacher (initialise under a seeded RNG).
 
     Raises:
-        ConfigError: unknown architecture.
+        ConfigError: unknown architecture, ``in_channels`` not 1 or 3.
     """
     if arch == "convnet":
-        return GrayConvNet(num_classes)
+        return GrayConvNet(num_classes, in_channels=in_channels)
     if arch == "resnet":
-        return GrayResNet(num_classes)
+        return GrayResNet(num_classes, in_channels=in_channels)
     raise ConfigError(f"unknown teacher arch {arch!r}; use one of {ARCHITECTURES}")

@@ -1,7 +1,10 @@
 """Train a small teacher once per (dataset, architecture, hyperparameters), then reuse it.
 
-The cache key is a sha256 over the dataset fingerprint, the architecture and
-every training hyperparameter, so a changed dataset or setting retrains and an
+A teacher trains on the dataset it is given (Fashion-MNIST, or a user's folder of
+grayscale or RGB images); its input channels are the data's. The cache key is a
+sha256 over the dataset fingerprint (which covers the pixels, and so the channels
+and size), the architecture and every training hyperparameter, so a changed
+dataset or setting retrains and an
 unchanged one loads the stored weights (``<cache>/<key>.safetensors`` plus a
 JSON record of how it was made). The cache folder is ``~/.cache/labelzip/teachers``,
 or ``$LABELZIP_CACHE/teachers`` when that variable is set, or ``cache_dir``.
@@ -37,6 +40,7 @@ __all__ = [
     "default_cache_dir",
     "evaluate_teacher",
     "predict_logits",
+    "teacher_cache_path",
     "train_teacher",
 ]
 
@@ -95,6 +99,16 @@ def default_cache_dir() -> Path:
     return base / "teachers"
 
 
+def teacher_cache_path(
+    config: TeacherTrainConfig,
+    dataset_fingerprint: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Where :func:`train_teacher` stores (and looks for) this teacher's weights."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return folder / f"{config.arch}-{config.key(dataset_fingerprint)}.safetensors"
+
+
 def _augment(
     images: torch.Tensor,
     idx: torch.Tensor,
@@ -103,7 +117,7 @@ def _augment(
     generator: torch.Generator,
     device: torch.device,
 ) -> torch.Tensor:
-    """A training batch (B, 1, H, W): replayable crop+flip views or plain flips."""
+    """A training batch (B, C, H, W): replayable crop+flip views or plain flips."""
     if config.crop_scale is not None:
         views = ViewConfig(
             output_size=(images.shape[-2], images.shape[-1]),
@@ -128,9 +142,7 @@ def _train(
     device: torch.device,
 ) -> None:
     """AdamW + OneCycle, label smoothing 0.05, crops and flips; in-place."""
-    images = dataset.images
-    if not isinstance(images, torch.Tensor):
-        raise InputError(f"{dataset.name}: teachers train on equal-size images only")
+    images = _stacked(dataset)
     generator = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = -(-len(dataset) // config.batch_size)
     optimizer = torch.optim.AdamW(
@@ -155,6 +167,21 @@ def _train(
             total += float(loss.detach()) * len(idx)
         logger.info("teacher epoch %d: train loss %.4f", epoch + 1, total / len(order))
     model.eval()
+
+
+def _stacked(dataset: ImageDataset) -> torch.Tensor:
+    images = dataset.images
+    if not isinstance(images, torch.Tensor):
+        raise InputError(
+            f"{dataset.name}: teachers train on equal-size images only; resize them "
+            "(image_size=, --image-size)"
+        )
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise InputError(
+            f"{dataset.name}: teachers train on (N, 1 or 3, H, W) images, got "
+            f"{tuple(images.shape)}"
+        )
+    return images
 
 
 def _load_cached(model: nn.Module, path: Path, device: torch.device) -> float | None:
@@ -187,7 +214,8 @@ def train_teacher(
     """Train (or load from the cache) a small teacher on ``dataset``.
 
     Args:
-        dataset: grayscale training images (N, 1, H, W) uint8 with labels.
+        dataset: training images (N, C, H, W) uint8 with labels, C = 1 or 3 (the
+            teacher's input channels); any one size.
         arch, epochs, seed: the main settings (ignored when ``config`` is given).
         device: where to train/run; default CPU.
         config: full hyperparameters (batch size, LR, ...).
@@ -199,14 +227,15 @@ def train_teacher(
     if config is None:
         config = TeacherTrainConfig(arch=arch, epochs=epochs, seed=seed)
     device = torch.device(device if device is not None else "cpu")
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = config.key(dataset.fingerprint)
-    path = folder / f"{config.arch}-{key}.safetensors"
+    path = teacher_cache_path(config, dataset.fingerprint, cache_dir)
+    folder, key = path.parent, config.key(dataset.fingerprint)
+    channels, height, width = (int(v) for v in _stacked(dataset).shape[1:])
     with torch.random.fork_rng(
         devices=[]
     ):  # init and dropout without global side effects
         torch.manual_seed(config.seed)
-        model = build_small_teacher(config.arch, dataset.num_classes).to(device)
+        model = build_small_teacher(config.arch, dataset.num_classes, channels)
+        model = model.to(device)
         cached = _load_cached(model, path, device)
         if cached is not None:
             return TrainedTeacher(model, key, path, True, cached)
@@ -225,6 +254,7 @@ def train_teacher(
         "dataset": dataset.name,
         "dataset_fingerprint": dataset.fingerprint,
         "num_images": len(dataset),
+        "image_shape": [channels, height, width],
         "training_version": TRAINING_VERSION,
         "train_threads": TRAIN_THREADS if device.type == "cpu" else None,
         "train_seconds": round(seconds, 3),
