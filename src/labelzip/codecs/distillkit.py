@@ -57,6 +57,7 @@ __all__ = [
     "DistillKitCodec",
     "DistillKitCodecConfig",
     "preset_config",
+    "spread_missing_mass",
 ]
 
 # DistillKit's SYMMETRIC_UNIFORM floor on the mass of one missing class.
@@ -85,6 +86,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         "error_diffusion": False,
     },
 }
+
+
+def spread_missing_mass(
+    values: torch.Tensor,
+    ids: torch.Tensor,
+    num_classes: int,
+    *,
+    floor: float = MISSING_FLOOR,
+) -> torch.Tensor:
+    """(N, k) kept log-probabilities at (N, k) ids -> (N, C) float32 log-probabilities.
+
+    The classes outside the k get the missing mass ``1 - sum exp(kept)`` in equal
+    shares, each at least ``floor`` (DistillKit's ``SYMMETRIC_UNIFORM``; Megatron's
+    "ghost token" of the residual mass, spread over the tokens it stands for).
+    """
+    values = values.float()
+    n, k = values.shape
+    missing = 1.0 - torch.logsumexp(values, dim=1, keepdim=True).exp()
+    fill = (missing / max(num_classes - k, 1)).clamp(min=floor).log()
+    out = fill.expand(n, num_classes).contiguous()
+    return out.scatter_(1, ids.to(out.device, torch.int64), values)
 
 
 def preset_config(name: str, vocab: int) -> DistillKitQuantConfig:
@@ -263,15 +285,10 @@ class DistillKitCodec(Codec):
     def densify(self, values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(N, k) kept log-probabilities at (N, k) ids -> (N, C) float32 labels."""
         num_classes = self._require_fitted("densify")
+        if self.config.missing == "symmetric_uniform":
+            return spread_missing_mass(values, ids, num_classes)
         values = values.float()
-        n, k = values.shape
-        if self.config.missing == "zero":
-            fill = values.new_full((n, 1), float("-inf"))
-        else:
-            missing = 1.0 - torch.logsumexp(values, dim=1, keepdim=True).exp()
-            share = missing / max(num_classes - k, 1)
-            fill = share.clamp(min=MISSING_FLOOR).log()
-        out = fill.expand(n, num_classes).contiguous()
+        out = values.new_full((values.shape[0], num_classes), float("-inf"))
         return out.scatter_(1, ids.to(out.device, torch.int64), values)
 
     def decode(

@@ -1,6 +1,6 @@
 """Top-K logits per label: the LPQLD / FKD / LLM-KD sparse baseline.
 
-Each label keeps its K largest values (fp16 or fp32) and their class ids
+Each label keeps its K largest values (fp16, fp32 or bf16) and their class ids
 (bit-packed at ``ceil(log2 C)`` bits), sorted by value, descending. Three
 decoders rebuild a dense label from them (LPQLD's names):
 
@@ -77,7 +77,11 @@ ASSUMED_BLOCK_LABELS = 1024
 # Smallest missing mass per class an MS decoder assigns (keeps log finite).
 _MS_MASS_FLOOR = 1e-12
 
-_VALUE_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "fp32": torch.float32}
+_VALUE_DTYPES: dict[str, torch.dtype] = {
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+}
 
 
 class TopKConfig(CodecConfig):
@@ -92,8 +96,9 @@ class TopKConfig(CodecConfig):
         description="how missing classes are rebuilt: mr (no mass), ms (uniform "
         "missing mass), mrs (fill with the minimum kept logit)",
     )
-    value_dtype: Literal["fp16", "fp32"] = Field(
-        default="fp16", description="storage dtype of the kept values"
+    value_dtype: Literal["fp16", "fp32", "bf16"] = Field(
+        default="fp16",
+        description="storage dtype of the kept values (bf16: Megatron captures)",
     )
     relative: bool = Field(
         default=False,
@@ -155,7 +160,7 @@ class TopKCodec(Codec):
 
     @property
     def value_bytes(self) -> int:
-        return 2 if self.config.value_dtype == "fp16" else 4
+        return 4 if self.config.value_dtype == "fp32" else 2
 
     def block_bytes(self, num_labels: int) -> int:
         """Exact size of a block of ``num_labels`` labels."""
@@ -351,7 +356,7 @@ class TopKCodec(Codec):
 
 
 def _block_bytes(cfg: TopKConfig, num_labels: int, num_classes: int) -> int:
-    value_bytes = 2 if cfg.value_dtype == "fp16" else 4
+    value_bytes = 4 if cfg.value_dtype == "fp32" else 2
     stored = cfg.k - int(cfg.relative)
     ids = packed_size(num_labels * cfg.k, bits_for(num_classes))
     return num_labels * stored * value_bytes + ids

@@ -18,9 +18,8 @@ import torch
 from labelzip.archive.format import SIDE_PREFIX, dtype_from_code
 from labelzip.archive.reader import ArchiveReader
 from labelzip.codecs.dense import DTYPES, DenseCodec
-from labelzip.codecs.topk import TopKCodec
 from labelzip.errors import ArchiveFormatError, ChecksumError, InputError
-from labelzip.interop.base import INTEROP_KEY, LabelRows, LabelSource
+from labelzip.interop.base import INTEROP_KEY, LabelRows, LabelSource, SparseCodec
 
 __all__ = ["ArchiveLabelSource", "interop_document"]
 
@@ -57,7 +56,7 @@ class ArchiveLabelSource(LabelSource):
         self._verified: set[str] = set()
         codec = reader.codec
         lossless = bool(self.interop.get("lossless"))
-        self._sparse = lossless and isinstance(codec, TopKCodec)
+        self._sparse = lossless and isinstance(codec, SparseCodec)
         self._dense_dtype: torch.dtype | None = None
         if lossless and isinstance(codec, DenseCodec):
             self._dense_dtype = DTYPES[codec.config.dtype]
@@ -74,7 +73,7 @@ class ArchiveLabelSource(LabelSource):
         self._start += self.reader.header.chunk_labels[index]
         codec = self.reader.codec
         if self._sparse:
-            assert isinstance(codec, TopKCodec)
+            assert isinstance(codec, SparseCodec)
             values, ids = codec.decode_topk(self.reader.read_chunk(index))
             return LabelRows(values=values, ids=ids)
         rows = self.reader.decode(slice(start, self._start))

@@ -15,11 +15,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 
 from labelzip.archive.format import Layout
+from labelzip.codecs.base import Codec, EncodedBlock
 from labelzip.errors import InputError
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "ImportedStore",
     "LabelRows",
     "LabelSource",
+    "SparseCodec",
     "StoreFormat",
     "StoreRecord",
 ]
@@ -81,13 +83,17 @@ class StoreRecord:
         source: the file's path relative to the store (``epoch_3/batch_7.tar``),
             plus ``:member`` inside a container; errors name it.
         dense: (B, C) values exactly as stored (dtype kept).
-        topk_values: (B, K) kept values as stored (dtype kept, stored order).
+        topk_values: (B, K) kept values as stored (dtype kept, stored order);
+            for a store with its own :meth:`ImportedStore.lossless_codec`, the
+            rows that codec keeps (DistillKit: (B, R) uint8 quantised rows).
         topk_ids: (B, K) int64 class ids in the stored order.
         side: per-label tensors, first dimension B (``coords``, ``flip``,
             ``mix_index``, ...), appended to the archive's ``side/<name>``.
         file_side: per-file tensors whose first dimension is 1 (``mix_lam``,
             ``mix_bbox``, row counts ...), appended as ``side/<name>``: one row
-            per record.
+            per record. They are appended as given, so a record may also add
+            any number of rows, or none (the LM formats add one row per
+            sequence on its first record, and the bytes of per-row JSON).
     """
 
     source: str
@@ -104,6 +110,23 @@ class StoreRecord:
         if held is None:
             raise InputError(f"{self.source} holds no labels")
         return int(held.shape[0])
+
+
+@runtime_checkable
+class SparseCodec(Protocol):
+    """A codec that stores (values, ids) pairs exactly as a store holds them.
+
+    ``TopKCodec`` (values in their float dtype) and ``DistillKitCodec``
+    (DistillKit's quantised rows as uint8) are the two; a lossless import feeds
+    ``encode_topk`` the records' ``topk_values`` / ``topk_ids`` and an export gets
+    them back from ``decode_topk``.
+    """
+
+    def encode_topk(self, values: torch.Tensor, ids: torch.Tensor) -> EncodedBlock: ...
+
+    def decode_topk(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class ImportedStore(ABC):
@@ -134,6 +157,12 @@ class ImportedStore(ABC):
     num_labels: int
     value_convention: str
     layout: Layout
+
+    def lossless_codec(self) -> Codec | None:
+        """A fitted codec that keeps this store's values exactly, when the driver's
+        default (``dense`` / ``topk`` in the stored dtype) does not: DistillKit
+        stores quantised byte rows, not floats. ``None``: the default."""
+        return None
 
     @abstractmethod
     def records(self) -> Iterator[StoreRecord]:

@@ -32,7 +32,6 @@ from labelzip.archive.reader import ArchiveReader
 from labelzip.archive.writer import ArchiveWriter
 from labelzip.codecs.base import Codec
 from labelzip.codecs.registry import codec_class, create_codec
-from labelzip.codecs.topk import TopKCodec
 from labelzip.errors import ConfigError, InputError
 from labelzip.interop.archive_source import ArchiveLabelSource, interop_document
 from labelzip.interop.base import (
@@ -40,6 +39,7 @@ from labelzip.interop.base import (
     ExportOptions,
     ImportedStore,
     ImportOptions,
+    SparseCodec,
     StoreRecord,
 )
 from labelzip.interop.formats import get_format, resolve_format_name
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_FIT_SAMPLE = 200_000
 
 _STORED_DENSE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-_STORED_TOPK = {torch.float32: "fp32", torch.float16: "fp16"}
+_STORED_TOPK = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @dataclass
@@ -82,6 +82,9 @@ def lossless_codec(store: ImportedStore) -> Codec:
     Raises:
         ConfigError: a value dtype no lossless codec stores (use --codec).
     """
+    own = store.lossless_codec()
+    if own is not None:
+        return own
     dtype = store.value_dtype
     if store.kind == "dense":
         if dtype not in _STORED_DENSE:
@@ -223,7 +226,7 @@ def _write(
 ) -> StorageAccount:
     """Pass 2 (or the only pass): every record into the archive, in order."""
     sparse = (
-        isinstance(codec, TopKCodec)
+        isinstance(codec, SparseCodec)
         and store.kind == "topk"
         and bool(metadata.user[INTEROP_KEY]["lossless"])
     )
@@ -270,10 +273,10 @@ def _check_side(record: StoreRecord, name: str, rows: torch.Tensor) -> None:
 
 
 class _Blocks:
-    """Re-cut (values, ids) pairs into full chunks for ``TopKCodec.encode_topk``."""
+    """Re-cut (values, ids) pairs into full chunks for a codec's ``encode_topk``."""
 
     def __init__(self, codec: Codec, chunk_size: int) -> None:
-        assert isinstance(codec, TopKCodec)
+        assert isinstance(codec, SparseCodec)
         self.codec = codec
         self.size = chunk_size
         self.values: list[torch.Tensor] = []
