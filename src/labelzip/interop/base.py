@@ -91,9 +91,9 @@ class StoreRecord:
             ``mix_index``, ...), appended to the archive's ``side/<name>``.
         file_side: per-file tensors whose first dimension is 1 (``mix_lam``,
             ``mix_bbox``, row counts ...), appended as ``side/<name>``: one row
-            per record. They are appended as given, so a record may also add
-            any number of rows, or none (the LM formats add one row per
-            sequence on its first record, and the bytes of per-row JSON).
+            per record.
+        blobs: tensors appended as they are (any number of rows), e.g. the
+            bytes of a side file kept verbatim; usually only on one record.
     """
 
     source: str
@@ -102,6 +102,7 @@ class StoreRecord:
     topk_ids: torch.Tensor | None = None
     side: dict[str, torch.Tensor] = field(default_factory=dict)
     file_side: dict[str, torch.Tensor] = field(default_factory=dict)
+    blobs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -232,6 +233,10 @@ class LabelSource(ABC):
     @abstractmethod
     def has_side(self, name: str) -> bool:
         """Whether the archive holds side tensor ``name``."""
+
+    @abstractmethod
+    def side_rows(self, name: str) -> int:
+        """Rows (first dimension) of side tensor ``name``."""
 
 
 class StoreFormat(ABC):
