@@ -280,7 +280,7 @@ class DistillKitStore(ImportedStore):
                     side={_SIDE_TOKENS: seq_tokens[part].clone()},
                 )
                 if i == 0:
-                    record.file_side[_SIDE_SEQUENCE] = torch.tensor(
+                    record.blobs[_SIDE_SEQUENCE] = torch.tensor(
                         [[n, int(seq_tokens[-1])]], dtype=torch.int64
                     )
                 yield record
