@@ -40,7 +40,9 @@ __all__ = [
 ]
 
 
-def lm_logits(sequences: int, positions: int, vocab: int, seed: int = 0) -> torch.Tensor:
+def lm_logits(
+    sequences: int, positions: int, vocab: int, seed: int = 0
+) -> torch.Tensor:
     """(sequences, positions, V) float32 logits with an LM's power-law shape."""
     g = torch.Generator().manual_seed(seed)
     order = torch.stack([torch.randperm(vocab, generator=g) for _ in range(sequences)])
@@ -73,7 +75,9 @@ def write_distillkit(
     )
     g = torch.Generator().manual_seed(seed)
     legacy = isinstance(config, DistillKitLegacyConfig)
-    vocab = config.vocab_size if isinstance(config, DistillKitLegacyConfig) else config.d
+    vocab = (
+        config.vocab_size if isinstance(config, DistillKitLegacyConfig) else config.d
+    )
     schema = schema_of("legacy" if legacy else "quantized")
     rows, all_tokens = [], []
     for s in range(logits.shape[0]):
@@ -118,7 +122,9 @@ def _legacy_row(
     coeffs = torch.zeros(values.shape[0], 0)
     if cfg.num_coeffs:
         a = torch.arange(cfg.k - cfg.exact_k, dtype=torch.float32) + 1
-        powers = [-i if cfg.invert_polynomial else i for i in range(cfg.polynomial_degree + 1)]
+        powers = [
+            -i if cfg.invert_polynomial else i for i in range(cfg.polynomial_degree + 1)
+        ]
         cols = [a**p for p in powers] + ([a.sqrt()] if cfg.with_sqrt_term else [])
         design = torch.stack(cols, dim=-1)
         coeffs = torch.linalg.lstsq(
@@ -151,7 +157,11 @@ def _microbatch(
         values, idx, keep = values[..., :kept], idx[..., :kept], keep[..., :kept]
         values = torch.where(keep, values, -1e3)
         idx = torch.where(keep, idx, -1)
-    return (idx & 0xFFFF).to(torch.uint16), (idx >> 16).to(torch.bool), values.to(_DTYPES[dtype])
+    return (
+        (idx & 0xFFFF).to(torch.uint16),
+        (idx >> 16).to(torch.bool),
+        values.to(_DTYPES[dtype]),
+    )
 
 
 def write_megatron(
@@ -174,14 +184,23 @@ def write_megatron(
     microbatches`` sequences (in order), each microbatch stored as (S, B, K).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    identifiers = {"seed": 1234, "sequence_length": logits.shape[1], "train_samples": 8,
-                   "blend": {"kind": "mock", "mock": True}}
+    identifiers = {
+        "seed": 1234,
+        "sequence_length": logits.shape[1],
+        "train_samples": 8,
+        "blend": {"kind": "mock", "mock": True},
+    }
     digest = hashlib.md5(
         json.dumps(identifiers, separators=(",", ":")).encode(), usedforsecurity=False
     ).hexdigest()
-    meta = {"hash": digest, "identifiers": identifiers,
-            "saver": {"k": k, "p": p, "min_k": min_k, "save_dtype": save_dtype}}
-    meta_bytes = json.dumps(meta, sort_keys=False, separators=(",", ":")).encode("utf-8")
+    meta = {
+        "hash": digest,
+        "identifiers": identifiers,
+        "saver": {"k": k, "p": p, "min_k": min_k, "save_dtype": save_dtype},
+    }
+    meta_bytes = json.dumps(meta, sort_keys=False, separators=(",", ":")).encode(
+        "utf-8"
+    )
     per_iter = micro_batch * microbatches
     pending: dict[int, bytes] = {}
     written = []

@@ -112,7 +112,9 @@ def spread_missing_mass(
 def preset_config(name: str, vocab: int) -> DistillKitQuantConfig:
     """DistillKit's ``name`` preset (``recommended`` or ``budget``) for ``vocab`` ids."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown DistillKit preset {name!r}; choose {sorted(PRESETS)}")
+        raise ConfigError(
+            f"unknown DistillKit preset {name!r}; choose {sorted(PRESETS)}"
+        )
     return DistillKitQuantConfig(d=vocab, **PRESETS[name])
 
 
@@ -186,7 +188,9 @@ class DistillKitCodec(Codec):
         return num_labels * self.row_bytes + ids
 
     # -- fitting -----------------------------------------------------------------
-    def fit(self, source: LogitSource, *, num_labels: int | None = None) -> DistillKitCodec:
+    def fit(
+        self, source: LogitSource, *, num_labels: int | None = None
+    ) -> DistillKitCodec:
         """Read C from the first (B, C) batch; a preset gets d = C."""
         for batch in iterate_source(source):
             check_logits(batch)
@@ -242,7 +246,10 @@ class DistillKitCodec(Codec):
                 f"token ids {int(ids.min())}..{int(ids.max())} outside [0, {num_classes})"
             )
         data = torch.cat(
-            [rows.detach().cpu().reshape(-1), pack_bits(ids, bits_for(num_classes)).cpu()]
+            [
+                rows.detach().cpu().reshape(-1),
+                pack_bits(ids, bits_for(num_classes)).cpu(),
+            ]
         )
         return EncodedBlock(num_labels=n, data=data)
 
@@ -261,7 +268,9 @@ class DistillKitCodec(Codec):
         data = block.data.to(dtype=torch.uint8).reshape(-1).cpu()
         split = n * self.row_bytes
         rows = data[:split].reshape(n, self.row_bytes)
-        ids = unpack_bits(data[split:], bits_for(num_classes), n * self.k).reshape(n, self.k)
+        ids = unpack_bits(data[split:], bits_for(num_classes), n * self.k).reshape(
+            n, self.k
+        )
         if n and int(ids.max()) >= num_classes:
             raise ArchiveFormatError(
                 f"distillkit block holds token id {int(ids.max())} >= {num_classes}"
@@ -274,9 +283,13 @@ class DistillKitCodec(Codec):
         gets them (its dtype: float32 for most configs, bf16 with delta encoding)."""
         cfg = self.config
         if cfg.legacy is not None:
-            split = 4 * cfg.legacy.exact_k
-            exact = rows[:, :split].contiguous().view(torch.float32)
-            coeffs = rows[:, split:].contiguous().view(torch.float32)
+            n = rows.shape[0]
+            width = cfg.legacy.row_bytes() // 4
+            floats = rows.reshape(-1).clone().view(torch.float32).reshape(n, width)
+            exact, coeffs = (
+                floats[:, : cfg.legacy.exact_k],
+                floats[:, cfg.legacy.exact_k :],
+            )
             return legacy_decompress(exact, coeffs, cfg.legacy)
         if cfg.quant is None:
             raise ConfigError("the distillkit codec has no quant config before fit()")
@@ -321,4 +334,3 @@ class DistillKitCodec(Codec):
     def expected_payload_bits(self) -> float | None:
         num_classes = self._require_fitted("expected_payload_bits")
         return float(8 * self.row_bytes + self.k * bits_for(num_classes))
-

@@ -81,7 +81,9 @@ class QuantBin(BaseModel):
     num_elements: int = Field(gt=0)
 
     def nbytes(self) -> int:
-        return _width(self.scale_dtype) + (self.num_elements * self.element_bits + 7) // 8
+        return (
+            _width(self.scale_dtype) + (self.num_elements * self.element_bits + 7) // 8
+        )
 
 
 class DistillKitQuantConfig(BaseModel):
@@ -103,7 +105,11 @@ class DistillKitQuantConfig(BaseModel):
     def _check(self) -> DistillKitQuantConfig:
         if self.k < self.exact_k:
             raise ValueError("k must be >= exact_k")
-        if self.exact_k < self.k and not self.polynomial_terms and not self.residual_bins:
+        if (
+            self.exact_k < self.k
+            and not self.polynomial_terms
+            and not self.residual_bins
+        ):
             raise ValueError(
                 "exact_k < k needs polynomial_terms or residual_bins for the rest"
             )
@@ -358,7 +364,8 @@ def decompress_logprobs(rows: torch.Tensor, cfg: DistillKitQuantConfig) -> torch
 
     def take(count: int) -> torch.Tensor:
         nonlocal pos
-        part = rows[:, pos : pos + count].contiguous()
+        # a fresh (n, count) tensor: dtype views need aligned, packed rows
+        part = rows[:, pos : pos + count].reshape(-1).clone().reshape(n, count)
         pos += count
         return part
 
@@ -403,7 +410,9 @@ def decompress_logprobs(rows: torch.Tensor, cfg: DistillKitQuantConfig) -> torch
 # -- the legacy scheme ---------------------------------------------------------------
 def _legacy_terms(cfg: DistillKitLegacyConfig) -> torch.Tensor:
     a = torch.arange(cfg.k - cfg.exact_k, dtype=torch.float32) + 1
-    powers = [-i if cfg.invert_polynomial else i for i in range(cfg.polynomial_degree + 1)]
+    powers = [
+        -i if cfg.invert_polynomial else i for i in range(cfg.polynomial_degree + 1)
+    ]
     cols = [a**p for p in powers]
     if cfg.with_sqrt_term:
         cols.append(a.sqrt())

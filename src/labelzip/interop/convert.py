@@ -45,12 +45,21 @@ from labelzip.interop.base import (
 from labelzip.interop.formats import get_format, resolve_format_name
 from labelzip.ops.reservoir import Reservoir
 
-__all__ = ["CodecChoice", "export_archive", "import_store", "lossless_codec"]
+__all__ = [
+    "CodecChoice",
+    "export_archive",
+    "fit_rows",
+    "import_store",
+    "lossless_codec",
+]
 
 logger = logging.getLogger(__name__)
 
 # Labels a re-encoding codec is fitted on at most (the reservoir of pass 1).
 DEFAULT_FIT_SAMPLE = 200_000
+# ... and the reservoir's memory at most: an LM label is V float32 values (SmolLM2:
+# 192 KiB), so 200k of them would need 37 GiB; 2 GiB keeps 10,922.
+FIT_SAMPLE_BYTES = 2 << 30
 
 _STORED_DENSE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _STORED_TOPK = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -180,9 +189,15 @@ def _fit(
     fields = cls.config_class.model_fields
     if "seed" in fields:
         options.setdefault("seed", choice.seed)
-    reservoir = Reservoir(
-        min(choice.fit_sample, store.num_labels), store.num_classes, seed=choice.seed
-    )
+    capacity = min(choice.fit_sample, store.num_labels, fit_rows(store.num_classes))
+    if capacity < choice.fit_sample < store.num_labels:
+        logger.info(
+            "fit sample capped at %d labels (%d classes: %.1f GiB of float32)",
+            capacity,
+            store.num_classes,
+            FIT_SAMPLE_BYTES / 2**30,
+        )
+    reservoir = Reservoir(capacity, store.num_classes, seed=choice.seed)
     side_bytes = 0
     for record in store.records():
         reservoir.add(store.to_dense(record))
@@ -210,6 +225,11 @@ def _fit(
         reference=reference,
         **options,
     )
+
+
+def fit_rows(num_classes: int) -> int:
+    """Labels of ``num_classes`` float32 values that fit in :data:`FIT_SAMPLE_BYTES`."""
+    return max(1, FIT_SAMPLE_BYTES // (4 * num_classes))
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

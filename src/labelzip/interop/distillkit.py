@@ -44,7 +44,11 @@ import yaml
 from pydantic import ValidationError
 
 from labelzip.codecs.base import Codec
-from labelzip.codecs.distillkit import DistillKitCodec, DistillKitCodecConfig, spread_missing_mass
+from labelzip.codecs.distillkit import (
+    DistillKitCodec,
+    DistillKitCodecConfig,
+    spread_missing_mass,
+)
 from labelzip.codecs.distillkit_quant import (
     DistillKitLegacyConfig,
     DistillKitQuantConfig,
@@ -64,7 +68,7 @@ from labelzip.interop.base import (
     StoreFormat,
     StoreRecord,
 )
-from labelzip.interop.lm_common import RECORD_LABELS, lm_layout, pieces
+from labelzip.interop.lm_common import RECORD_LABELS, decoded_topk, lm_layout, pieces
 
 __all__ = ["CONFIG_NAME", "DistillKitFormat", "DistillKitStore", "schema_of"]
 
@@ -80,7 +84,11 @@ def schema_of(variant: str) -> pa.Schema:
     if variant == "quantized":
         rows = pa.list_(pa.list_(pa.uint8()))
         return pa.schema(
-            [ids, pa.field("compressed_logprobs", rows), pa.field("bytepacked_indices", rows)]
+            [
+                ids,
+                pa.field("compressed_logprobs", rows),
+                pa.field("bytepacked_indices", rows),
+            ]
         )
     floats = pa.list_(pa.list_(pa.float32()))
     return pa.schema(
@@ -99,7 +107,9 @@ def _data_files(root: Path) -> list[Path]:
         if m := _DATA_RE.match(path.name):
             found[int(m.group(1))] = path
     if not found:
-        raise InputError(f"no data_<i>.parquet files in {str(root)!r} (DistillKit capture)")
+        raise InputError(
+            f"no data_<i>.parquet files in {str(root)!r} (DistillKit capture)"
+        )
     for i in range(max(found) + 1):
         if i not in found:
             raise InputError(
@@ -109,14 +119,18 @@ def _data_files(root: Path) -> list[Path]:
     return [found[i] for i in sorted(found)]
 
 
-def _load_config(path: Path) -> tuple[str, DistillKitQuantConfig | DistillKitLegacyConfig]:
+def _load_config(
+    path: Path,
+) -> tuple[str, DistillKitQuantConfig | DistillKitLegacyConfig]:
     if not path.is_file():
         raise InputError(f"{path.name} is missing from {str(path.parent)!r}")
     text = path.read_text(encoding="utf-8")
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InputError(f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise InputError(
+            f"{path.name}: not valid YAML ({str(exc).splitlines()[0]})"
+        ) from exc
     if not isinstance(doc, dict):
         raise InputError(f"{path.name}: expected a mapping of DistillKit config keys")
     legacy = "vocab_size" in doc or "polynomial_degree" in doc
@@ -162,7 +176,9 @@ def _nested(column: pa.ChunkedArray | pa.Array, width: int, what: str) -> np.nda
     lengths = pc.list_value_length(inner).to_numpy(zero_copy_only=False)
     if lengths.size and (lengths != width).any():
         bad = int(lengths[lengths != width][0])
-        raise InputError(f"{what}: a position holds {bad} entries, the config says {width}")
+        raise InputError(
+            f"{what}: a position holds {bad} entries, the config says {width}"
+        )
     flat = inner.flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(-1, width)
 
@@ -229,7 +245,9 @@ class DistillKitStore(ImportedStore):
         return str(meta.row_group(0).column(0).compression).lower()
 
     @staticmethod
-    def _read(pf: pq.ParquetFile, path: Path, group: int, columns: list[str]) -> pa.Table:
+    def _read(
+        pf: pq.ParquetFile, path: Path, group: int, columns: list[str]
+    ) -> pa.Table:
         try:
             return pf.read_row_group(group, columns=columns)
         except (pa.ArrowException, OSError) as exc:
@@ -290,19 +308,30 @@ class DistillKitStore(ImportedStore):
     def _label_counts(self, table: pa.Table) -> np.ndarray:
         name = "compressed_logprobs" if self.variant == "quantized" else "exact_values"
         column = table.column(name).combine_chunks()
-        return pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        return (
+            pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        )
 
-    def _positions(self, table: pa.Table, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _positions(
+        self, table: pa.Table, where: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions, R) uint8 rows and (positions, k) ids of a row group, checked."""
         cfg = self.config
         if isinstance(cfg, DistillKitLegacyConfig):
-            exact = _nested(table.column("exact_values"), cfg.exact_k, f"{where} exact_values")
+            exact = _nested(
+                table.column("exact_values"), cfg.exact_k, f"{where} exact_values"
+            )
             coeffs = _nested(table.column("coeffs"), cfg.num_coeffs, f"{where} coeffs")
             words = _nested(
-                table.column("packed_indices"), cfg.index_words(), f"{where} packed_indices"
+                table.column("packed_indices"),
+                cfg.index_words(),
+                f"{where} packed_indices",
             )
             values = np.concatenate(
-                [exact.astype("<f4").view(np.uint8), coeffs.astype("<f4").view(np.uint8)],
+                [
+                    exact.astype("<f4").view(np.uint8),
+                    coeffs.astype("<f4").view(np.uint8),
+                ],
                 axis=1,
             )
             packed = torch.from_numpy(words.astype(np.uint64).view(np.int64))
@@ -310,11 +339,15 @@ class DistillKitStore(ImportedStore):
             canonical = legacy_pack_ids(ids, cfg.index_bits())
         else:
             values = _nested(
-                table.column("compressed_logprobs"), cfg.row_bytes(), f"{where} compressed_logprobs"
+                table.column("compressed_logprobs"),
+                cfg.row_bytes(),
+                f"{where} compressed_logprobs",
             )
             packed = torch.from_numpy(
                 _nested(
-                    table.column("bytepacked_indices"), cfg.index_bytes(), f"{where} bytepacked_indices"
+                    table.column("bytepacked_indices"),
+                    cfg.index_bytes(),
+                    f"{where} bytepacked_indices",
                 ).copy()
             )
             ids = unpack_msb(packed, cfg.index_bits(), cfg.k)
@@ -364,7 +397,9 @@ class _Writer:
         text = str(doc["config_yaml"])
         loaded = yaml.safe_load(text)
         if self.variant == "legacy":
-            self.legacy: DistillKitLegacyConfig | None = DistillKitLegacyConfig.model_validate(loaded)
+            self.legacy: DistillKitLegacyConfig | None = (
+                DistillKitLegacyConfig.model_validate(loaded)
+            )
             self.quant: DistillKitQuantConfig | None = None
         else:
             self.legacy = None
@@ -398,8 +433,7 @@ class _Writer:
                 "this archive was re-encoded"
             )
         assert got.dense is not None
-        logprobs = torch.log_softmax(got.dense.float(), dim=1)
-        top, ids = logprobs.topk(self.quant.k, dim=1)
+        top, ids = decoded_topk(got.dense, self.quant.k)
         return compress_logprobs(top, self.quant).numpy(), ids.numpy()
 
     def _arrow(
@@ -431,7 +465,9 @@ class _Writer:
             ]
         else:
             assert self.quant is not None
-            packed = pack_msb(torch.from_numpy(id_rows), self.quant.index_bits()).numpy()
+            packed = pack_msb(
+                torch.from_numpy(id_rows), self.quant.index_bits()
+            ).numpy()
             columns = [rows, packed]
         arrays = [input_ids] + [
             _list_of_lists(col, row_offsets, field.type)
@@ -440,7 +476,9 @@ class _Writer:
         return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _list_of_lists(matrix: np.ndarray, row_offsets: np.ndarray, kind: pa.DataType) -> pa.Array:
+def _list_of_lists(
+    matrix: np.ndarray, row_offsets: np.ndarray, kind: pa.DataType
+) -> pa.Array:
     """(positions, width) matrix -> list<list<T>> with ``row_offsets`` per row."""
     assert isinstance(kind, pa.ListType) and isinstance(kind.value_type, pa.ListType)
     width = matrix.shape[1] if matrix.ndim == 2 else 0
@@ -461,12 +499,16 @@ class DistillKitFormat(StoreFormat):
 
     def export(self, source: LabelSource, dest: Path, options: ExportOptions) -> None:
         doc = source.interop
-        (dest / str(doc["config_name"])).write_text(str(doc["config_yaml"]), encoding="utf-8")
+        (dest / str(doc["config_name"])).write_text(
+            str(doc["config_yaml"]), encoding="utf-8"
+        )
         writer = _Writer(source)
         schema = schema_of(writer.variant)
         for entry in doc["files"]:
             with pq.ParquetWriter(
-                dest / str(entry["name"]), schema=schema, compression=str(doc["compression"])
+                dest / str(entry["name"]),
+                schema=schema,
+                compression=str(doc["compression"]),
             ) as out:
                 for rows in entry["row_groups"]:
                     out.write_table(writer.table(int(rows)))

@@ -18,8 +18,10 @@ from labelzip.archive.format import Layout
 from labelzip.errors import InputError
 
 __all__ = [
+    "LOGPROB_FLOOR",
     "RECORD_LABELS",
     "check_ids",
+    "decoded_topk",
     "lm_layout",
     "pieces",
     "vocabulary",
@@ -28,6 +30,11 @@ __all__ = [
 # Labels per record at most: one densified record is RECORD_LABELS x V float32
 # (512 x 49,152 x 4 bytes = 96 MiB for SmolLM2's vocabulary).
 RECORD_LABELS = 512
+
+# Smallest log-probability an export writes: decoders may give classes no mass
+# (-inf), which the frameworks' losses turn into NaN (0 * -inf); e^-100 is 0 to
+# them all the same.
+LOGPROB_FLOOR = -100.0
 
 
 def pieces(count: int, limit: int = RECORD_LABELS) -> Iterator[slice]:
@@ -47,7 +54,9 @@ def lm_layout(labels_per_sequence: Sequence[int]) -> Layout:
         raise InputError("the store holds no labels")
     lengths = set(labels_per_sequence)
     if len(lengths) == 1:
-        return Layout(("sequence", "position"), (len(labels_per_sequence), lengths.pop()))
+        return Layout(
+            ("sequence", "position"), (len(labels_per_sequence), lengths.pop())
+        )
     return Layout(("token",), (total,))
 
 
@@ -73,3 +82,11 @@ def check_ids(ids: torch.Tensor, num_classes: int, where: str) -> None:
             f"{where}: token ids {int(ids.min())}..{int(ids.max())} outside the "
             f"vocabulary of {num_classes}"
         )
+
+
+def decoded_topk(dense: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top k log-probabilities (at least :data:`LOGPROB_FLOOR`) and their ids
+    of (N, C) decoded labels: what an export of a re-encoded archive writes."""
+    logprobs = torch.log_softmax(dense.float(), dim=1).clamp(min=LOGPROB_FLOOR)
+    values, ids = logprobs.topk(k, dim=1)
+    return values, ids

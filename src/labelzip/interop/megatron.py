@@ -55,7 +55,12 @@ from labelzip.interop.base import (
     StoreFormat,
     StoreRecord,
 )
-from labelzip.interop.lm_common import RECORD_LABELS, lm_layout, vocabulary
+from labelzip.interop.lm_common import (
+    RECORD_LABELS,
+    decoded_topk,
+    lm_layout,
+    vocabulary,
+)
 
 __all__ = ["PAD_ID", "PAD_VALUE", "MegatronFormat", "MegatronStore", "read_payload"]
 
@@ -103,7 +108,9 @@ def _members(path: Path) -> Iterator[tuple[str, bytes]]:
         with tarfile.open(path, mode="r|") as tar:
             for member in tar:
                 if not member.isreg():
-                    raise InputError(f"{path.name}: member {member.name!r} is not a file")
+                    raise InputError(
+                        f"{path.name}: member {member.name!r} is not a file"
+                    )
                 handle: IO[bytes] | None = tar.extractfile(member)
                 assert handle is not None
                 yield member.name, handle.read()
@@ -129,18 +136,31 @@ def read_payload(data: bytes, where: str) -> dict[str, list[torch.Tensor]]:
         loaded = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{where}: not a tensors-only torch.save ({first[:160]})") from exc
+        raise InputError(
+            f"{where}: not a tensors-only torch.save ({first[:160]})"
+        ) from exc
     keys = ("values", "indices_low", "bit_17")
     if not isinstance(loaded, dict) or set(loaded) != set(keys):
         raise InputError(f"{where}: expected a dict of {', '.join(keys)}")
     lists = [loaded[key] for key in keys]
     if not all(isinstance(x, list) for x in lists) or len({len(x) for x in lists}) != 1:
-        raise InputError(f"{where}: values, indices_low, bit_17 must be equal-length lists")
+        raise InputError(
+            f"{where}: values, indices_low, bit_17 must be equal-length lists"
+        )
     for values, low, bit in zip(*lists, strict=True):
-        shapes = {tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in (values, low, bit)}
+        shapes = {
+            tuple(t.shape) if isinstance(t, torch.Tensor) else None
+            for t in (values, low, bit)
+        }
         if len(shapes) != 1 or None in shapes or len(next(iter(shapes)) or ()) != 3:
-            raise InputError(f"{where}: a microbatch's tensors are not three (S, B, K) tensors")
-        if low.dtype != torch.uint16 or bit.dtype != torch.bool or not values.is_floating_point():
+            raise InputError(
+                f"{where}: a microbatch's tensors are not three (S, B, K) tensors"
+            )
+        if (
+            low.dtype != torch.uint16
+            or bit.dtype != torch.bool
+            or not values.is_floating_point()
+        ):
             raise InputError(
                 f"{where}: expected float values, uint16 indices_low, bool bit_17; got "
                 f"{values.dtype}, {low.dtype}, {bit.dtype}"
@@ -171,7 +191,9 @@ class MegatronStore(ImportedStore):
                     continue
                 m = _MEMBER_RE.match(name)
                 if m is None:
-                    raise InputError(f"{where}: unexpected member (not <iteration>.pt.zst)")
+                    raise InputError(
+                        f"{where}: unexpected member (not <iteration>.pt.zst)"
+                    )
                 if not shard.meta:
                     raise InputError(f"{shard.path.name}: no leading {META}")
                 payload = read_payload(data, where)
@@ -180,7 +202,9 @@ class MegatronStore(ImportedStore):
                     if dtype is None:
                         dtype = values.dtype
                     if values.dtype != dtype:
-                        raise InputError(f"{where}: values are {values.dtype}, earlier {dtype}")
+                        raise InputError(
+                            f"{where}: values are {values.dtype}, earlier {dtype}"
+                        )
                     ids = _ids(low, bit)
                     real = ids[values != PAD_VALUE]
                     if real.numel():
@@ -199,15 +223,19 @@ class MegatronStore(ImportedStore):
         self.variant = "top-p" if saver.get("p") is not None else "top-k"
         expected = _DTYPES.get(str(saver.get("save_dtype")))
         if expected is not None and expected != dtype:
-            raise InputError(f"{META} says {saver['save_dtype']} but the values are {dtype}")
+            raise InputError(
+                f"{META} says {saver['save_dtype']} but the values are {dtype}"
+            )
         self.value_dtype = dtype
-        self.k = k
+        self.k = self.width = k
         self.num_classes = vocabulary(options.num_classes, largest, str(root))
         self.layout = lm_layout(per_sequence)
         self.num_labels = self.layout.num_labels
 
     @staticmethod
-    def _check_meta(data: bytes, where: str, saver: dict[str, Any] | None) -> dict[str, Any]:
+    def _check_meta(
+        data: bytes, where: str, saver: dict[str, Any] | None
+    ) -> dict[str, Any]:
         try:
             meta = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -224,7 +252,11 @@ class MegatronStore(ImportedStore):
     def lossless_codec(self) -> Codec | None:
         names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
         codec = create_codec(
-            "topk", k=self.k, decoder="ms", temperature=1.0, relative=False,
+            "topk",
+            k=self.k,
+            decoder="ms",
+            temperature=1.0,
+            relative=False,
             value_dtype=names[self.value_dtype],
         )
         return codec.fit([torch.zeros(1, self.num_classes)])
@@ -247,14 +279,18 @@ class MegatronStore(ImportedStore):
                     mb = torch.tensor([[index, iteration, s, b, kk]], dtype=torch.int64)
                     for i, start in enumerate(range(0, b * s, RECORD_LABELS)):
                         stop = min(start + RECORD_LABELS, b * s)
-                        record = StoreRecord(where, topk_values=v[start:stop], topk_ids=ids[start:stop])
+                        record = StoreRecord(
+                            where, topk_values=v[start:stop], topk_ids=ids[start:stop]
+                        )
                         if i == 0:
                             record.blobs[_SIDE_MB] = mb
                         if i == 0 and first:
                             record.blobs[_SIDE_META] = torch.frombuffer(
                                 bytearray(shard.meta), dtype=torch.uint8
                             )
-                            record.blobs[_SIDE_META_LEN] = torch.tensor([len(shard.meta)])
+                            record.blobs[_SIDE_META_LEN] = torch.tensor(
+                                [len(shard.meta)]
+                            )
                             first = False
                         yield record
 
@@ -263,12 +299,16 @@ class MegatronStore(ImportedStore):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Widen to K with padding entries; move every padding id to a free id."""
         n, kk = values.shape
-        if kk < self.k:
-            values = torch.cat([values, values.new_full((n, self.k - kk), PAD_VALUE)], 1)
-            ids = torch.cat([ids, ids.new_full((n, self.k - kk), PAD_ID)], 1)
+        if kk < self.width:
+            values = torch.cat(
+                [values, values.new_full((n, self.width - kk), PAD_VALUE)], 1
+            )
+            ids = torch.cat([ids, ids.new_full((n, self.width - kk), PAD_ID)], 1)
         pad = values == PAD_VALUE
         if bool((ids[pad] != PAD_ID).any()):
-            raise InputError(f"{where}: an entry holds the padding value -1000 with a real id")
+            raise InputError(
+                f"{where}: an entry holds the padding value -1000 with a real id"
+            )
         real = torch.where(pad, -1, ids)
         if bool((real >= self.num_classes).any()):
             raise InputError(
@@ -276,17 +316,19 @@ class MegatronStore(ImportedStore):
                 f"{self.num_classes} (--num-classes)"
             )
         if bool(pad.any()):
-            taken = torch.zeros(n, self.k + 1, dtype=torch.bool)
-            inside = (real >= 0) & (real <= self.k)
-            taken.scatter_(1, torch.where(inside, real, self.k).long(), inside)
+            taken = torch.zeros(n, self.width + 1, dtype=torch.bool)
+            inside = (real >= 0) & (real <= self.width)
+            taken.scatter_(1, torch.where(inside, real, self.width).long(), inside)
             free = torch.argmin(taken.to(torch.int8), dim=1, keepdim=True)
-            ids = torch.where(pad, free.expand(n, self.k), ids)
+            ids = torch.where(pad, free.expand(n, self.width), ids)
         return values, ids
 
     def to_dense(self, record: StoreRecord) -> torch.Tensor:
         """Top-k log-probabilities, the residual mass spread (Megatron's ghost token)."""
         assert record.topk_values is not None and record.topk_ids is not None
-        return spread_missing_mass(record.topk_values, record.topk_ids, self.num_classes)
+        return spread_missing_mass(
+            record.topk_values, record.topk_ids, self.num_classes
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -314,21 +356,27 @@ class MegatronFormat(StoreFormat):
     """Megatron-LM's cached top-k log-probability shards."""
 
     name = "megatron"
-    summary = "Megatron-LM logit shards: cp<C>_dp<D>__<iteration>.tar of zstd torch.save"
+    summary = (
+        "Megatron-LM logit shards: cp<C>_dp<D>__<iteration>.tar of zstd torch.save"
+    )
 
     def open(self, path: Path, options: ImportOptions) -> ImportedStore:
         return MegatronStore(path, options)
 
     def export(self, source: LabelSource, dest: Path, options: ExportOptions) -> None:
         doc = source.interop
-        dtype = _DTYPES[{"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[
-            str(doc["value_dtype"])
-        ]]
+        dtype = _DTYPES[
+            {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[
+                str(doc["value_dtype"])
+            ]
+        ]
         mb_row = 0
         meta_at = 0
         for index, shard in enumerate(doc["shards"]):
             size = int(source.side(_SIDE_META_LEN, index, index + 1)[0])
-            meta = bytes(source.side(_SIDE_META, meta_at, meta_at + size).numpy().tobytes())
+            meta = bytes(
+                source.side(_SIDE_META, meta_at, meta_at + size).numpy().tobytes()
+            )
             meta_at += size
             writes: list[tuple[int, bytes]] = []
             for _ in range(int(shard["members"])):
@@ -371,7 +419,7 @@ def _labels(
     if got.exact and got.values is not None and got.ids is not None:
         return got.values, got.ids
     assert got.dense is not None
-    values, ids = torch.log_softmax(got.dense.float(), dim=1).topk(k, dim=1)
+    values, ids = decoded_topk(got.dense, k)
     return values.to(dtype), ids
 
 

@@ -47,7 +47,7 @@ from labelzip.interop.base import (
     StoreFormat,
     StoreRecord,
 )
-from labelzip.interop.lm_common import lm_layout, pieces, vocabulary
+from labelzip.interop.lm_common import decoded_topk, lm_layout, pieces, vocabulary
 
 __all__ = ["LABEL_KEYS", "NemoAlignerFormat", "NemoAlignerStore"]
 
@@ -66,7 +66,9 @@ def _files(root: Path) -> list[Path]:
         raise InputError(f"NeMo-Aligner store {str(root)!r} does not exist")
     found = [p for p in root.iterdir() if p.suffix == ".jsonl"]
     if not found:
-        raise InputError(f"no .jsonl files in {str(root)!r} (NeMo-Aligner top-k logits)")
+        raise InputError(
+            f"no .jsonl files in {str(root)!r} (NeMo-Aligner top-k logits)"
+        )
 
     def key(path: Path) -> list[Any]:
         return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", path.name)]
@@ -121,8 +123,14 @@ class NemoAlignerStore(ImportedStore):
                 if k is None:
                     k = int(values.shape[1])
                 if values.shape[1] != k:
-                    raise InputError(f"{where}: {values.shape[1]} top-k entries, earlier rows {k}")
-                keys = [key for key in obj if key not in LABEL_KEYS and _is_int_list(obj[key], len(values))]
+                    raise InputError(
+                        f"{where}: {values.shape[1]} top-k entries, earlier rows {k}"
+                    )
+                keys = [
+                    key
+                    for key in obj
+                    if key not in LABEL_KEYS and _is_int_list(obj[key], len(values))
+                ]
                 if self.position_keys is None:
                     self.position_keys = keys
                 if keys != self.position_keys:
@@ -131,7 +139,9 @@ class NemoAlignerStore(ImportedStore):
                         f"{self.position_keys}"
                     )
                 for dtype in _FLOATS:
-                    exact[dtype] = exact[dtype] and torch.equal(values.to(dtype).double(), values)
+                    exact[dtype] = exact[dtype] and torch.equal(
+                        values.to(dtype).double(), values
+                    )
                 lse32 = lse32 and torch.equal(lse.float().double(), lse)
                 if ids.numel():
                     largest = max(largest, int(ids.max()))
@@ -140,13 +150,13 @@ class NemoAlignerStore(ImportedStore):
             self.file_rows.append(count)
         if k is None:
             raise InputError(f"no rows in {str(root)!r}")
-        dtype = next((d for d in _FLOATS if exact[d]), None)
-        if dtype is None:
+        exact_dtypes = [d for d in _FLOATS if exact[d]]
+        if not exact_dtypes:
             raise InputError(
                 f"{str(root)!r}: top-k logits need float64 to stay exact; no lossless "
                 "codec keeps them (import with --codec)"
             )
-        self.value_dtype = dtype
+        self.value_dtype = exact_dtypes[0]
         self.lse_dtype = torch.float32 if lse32 else torch.float64
         self.k = k
         self.num_classes = vocabulary(options.num_classes, largest, str(root))
@@ -154,7 +164,9 @@ class NemoAlignerStore(ImportedStore):
         self.num_labels = self.layout.num_labels
 
     @staticmethod
-    def _labels(obj: dict[str, Any], where: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _labels(
+        obj: dict[str, Any], where: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         missing = [key for key in LABEL_KEYS if key not in obj]
         if missing:
             raise InputError(f"{where}: no {', '.join(missing)}")
@@ -163,8 +175,14 @@ class NemoAlignerStore(ImportedStore):
             ids = torch.tensor(obj["topk_token_ids"], dtype=torch.int64)
             lse = torch.tensor(obj[_LSE], dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise InputError(f"{where}: top-k fields are not numeric lists ({exc})") from exc
-        if values.dim() != 2 or ids.shape != values.shape or lse.shape != values.shape[:1]:
+            raise InputError(
+                f"{where}: top-k fields are not numeric lists ({exc})"
+            ) from exc
+        if (
+            values.dim() != 2
+            or ids.shape != values.shape
+            or lse.shape != values.shape[:1]
+        ):
             raise InputError(
                 f"{where}: topk_logits {tuple(values.shape)}, topk_token_ids "
                 f"{tuple(ids.shape)}, log_sum_exp_logits {tuple(lse.shape)} do not match"
@@ -183,13 +201,24 @@ class NemoAlignerStore(ImportedStore):
                 where = f"{path.name}:{number}"
                 values, ids, lse = self._labels(obj, where)
                 if int(ids.max()) >= self.num_classes:
-                    raise InputError(f"{where}: token id {int(ids.max())} >= {self.num_classes}")
-                rest = {key: obj[key] for key in obj if key not in LABEL_KEYS and key not in keys}
-                text = json.dumps({"order": list(obj), "rest": rest}, ensure_ascii=False)
+                    raise InputError(
+                        f"{where}: token id {int(ids.max())} >= {self.num_classes}"
+                    )
+                rest = {
+                    key: obj[key]
+                    for key in obj
+                    if key not in LABEL_KEYS and key not in keys
+                }
+                text = json.dumps(
+                    {"order": list(obj), "rest": rest}, ensure_ascii=False
+                )
                 blob = text.encode("utf-8")
                 n = int(values.shape[0])
                 stored = values.to(self.value_dtype)
-                side_all = {_POS + key: torch.tensor(obj[key], dtype=torch.int64) for key in keys}
+                side_all = {
+                    _POS + key: torch.tensor(obj[key], dtype=torch.int64)
+                    for key in keys
+                }
                 side_all[_LSE] = lse.to(self.lse_dtype)
                 for i, part in enumerate(pieces(n)):
                     record = StoreRecord(
@@ -199,8 +228,12 @@ class NemoAlignerStore(ImportedStore):
                         side={name: t[part] for name, t in side_all.items()},
                     )
                     if i == 0:
-                        record.blobs[_ROW] = torch.tensor([[n, len(blob)]], dtype=torch.int64)
-                        record.blobs[_ROW_JSON] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+                        record.blobs[_ROW] = torch.tensor(
+                            [[n, len(blob)]], dtype=torch.int64
+                        )
+                        record.blobs[_ROW_JSON] = torch.frombuffer(
+                            bytearray(blob), dtype=torch.uint8
+                        )
                     yield record
 
     def to_dense(self, record: StoreRecord) -> torch.Tensor:
@@ -274,8 +307,7 @@ def _row(
             lse.append(source.side(_LSE, label + part.start, label + part.stop))
             continue
         assert got.dense is not None
-        logprobs = torch.log_softmax(got.dense.float(), dim=1)
-        top, top_ids = logprobs.topk(k, dim=1)
+        top, top_ids = decoded_topk(got.dense, k)
         values.append((top - top[:, :1]).to(dtype))
         ids.append(top_ids)
         lse.append(-top[:, 0])
