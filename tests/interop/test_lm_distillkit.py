@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from labelzip.archive import ArchiveReader
+from labelzip.bench.lm_stores import lm_logits, write_distillkit
 from labelzip.cli import main as cli_main
 from labelzip.codecs.distillkit import DistillKitCodec, preset_config
 from labelzip.codecs.distillkit_quant import (
@@ -25,8 +26,6 @@ from labelzip.errors import ConfigError, InputError
 from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import CodecChoice, export_archive, import_store
 from labelzip.interop.formats import get_format
-
-from .lm_writers import lm_logits, write_distillkit
 
 V = 300
 # Delta encoding with error diffusion, two residual bins (one of 1 bit): the

@@ -12,13 +12,12 @@ import torch
 import zstandard
 
 from labelzip.archive import ArchiveReader
+from labelzip.bench.lm_stores import lm_logits, write_megatron
 from labelzip.errors import InputError
 from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import CodecChoice, export_archive, import_store
 from labelzip.interop.formats import get_format
 from labelzip.interop.megatron import PAD_ID, PAD_VALUE, read_payload
-
-from .lm_writers import lm_logits, write_megatron
 
 V = 700
 

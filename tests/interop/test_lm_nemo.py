@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from labelzip.archive import ArchiveReader
+from labelzip.bench.lm_stores import lm_logits, write_nemo
 from labelzip.errors import InputError
 from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import CodecChoice, export_archive, import_store
 from labelzip.interop.formats import get_format
-
-from .lm_writers import lm_logits, write_nemo
 
 V = 500
 

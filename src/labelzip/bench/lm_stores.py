@@ -1,8 +1,9 @@
-"""Small LM capture writers that follow DistillKit's, Megatron-LM's and NeMo-Aligner's.
+"""LM capture stores written the way DistillKit, Megatron-LM and NeMo-Aligner write them.
 
-Each writes what the framework's own capture script writes, from (sequences,
-positions, V) teacher logits, so the importers are tested on files shaped like the
-real ones: DistillKit @a61c2e7 ``sample_logits_vllm.py`` + ``StreamingParquetWriter``;
+Each writer produces what the framework's own capture script writes, from
+(sequences, positions, V) teacher logits: the test fixtures of the importers and
+the stores of ``benchmarks/interop_lm.py`` (each framework's bytes at its usual
+settings). Followed, not copied: DistillKit @a61c2e7 ``sample_logits_vllm.py`` + ``StreamingParquetWriter``;
 Megatron-LM 277c4f8 ``LogitsSaverHooks`` (``_process_single_microbatch``,
 ``_apply_topp_truncation``, ``_write_batched_tar``); NeMo-Aligner @af2b3bd
 ``compute_topk_logits.py`` (``write_generations``) with
@@ -58,14 +59,16 @@ def write_distillkit(
     config: DistillKitQuantConfig | DistillKitLegacyConfig,
     *,
     lengths: list[int] | None = None,
+    tokens: torch.Tensor | None = None,
     write_batch_size: int = 1000,
     file_max_rows: int = 256,
     seed: int = 0,
 ) -> list[torch.Tensor]:
     """Write ``data_<i>.parquet`` + ``compression_config.yaml`` as DistillKit does.
 
-    Row s has ``lengths[s]`` input ids (default: all positions + 1) and a label
-    for each position after the first. Rows are buffered ``write_batch_size`` at
+    Row s has ``lengths[s]`` input ids (default: all positions + 1; ``tokens[s]``
+    when given, else seeded random ids) and a label for each position after the
+    first. Rows are buffered ``write_batch_size`` at
     a time and written as one table; a file is closed once it holds
     ``file_max_rows`` rows or more. Returns the input ids of each row.
     """
@@ -82,8 +85,9 @@ def write_distillkit(
     rows, all_tokens = [], []
     for s in range(logits.shape[0]):
         n = (lengths[s] if lengths else logits.shape[1] + 1) - 1
-        tokens = torch.randint(0, vocab, (n + 1,), generator=g)
-        all_tokens.append(tokens)
+        ids_in = torch.randint(0, vocab, (n + 1,), generator=g)
+        row_tokens = tokens[s, : n + 1] if tokens is not None else ids_in
+        all_tokens.append(row_tokens)
         logprobs = torch.log_softmax(logits[s, :n].float(), dim=-1)
         values, ids = logprobs.topk(config.k, dim=-1)
         if isinstance(config, DistillKitLegacyConfig):
@@ -93,7 +97,7 @@ def write_distillkit(
                 "compressed_logprobs": compress_logprobs(values, config).tolist(),
                 "bytepacked_indices": pack_msb(ids, config.index_bits()).tolist(),
             }
-        rows.append({"input_ids": tokens.tolist(), **row})
+        rows.append({"input_ids": row_tokens.tolist(), **row})
     writer, index, in_file = None, 0, 0
     for start in range(0, len(rows), write_batch_size):
         batch = rows[start : start + write_batch_size]
@@ -249,6 +253,7 @@ def write_nemo(
     k: int,
     batch_size: int = 2,
     precision: torch.dtype = torch.bfloat16,
+    tokens: torch.Tensor | None = None,
     seed: int = 0,
 ) -> None:
     """Append rows to ``path`` as ``compute_topk_logits.py`` does (padded batches).
@@ -256,6 +261,7 @@ def write_nemo(
     Sequences of a batch share its padded length; each row holds the SFT keys
     (tokens, labels, loss_mask, contexts, context_lengths, answers, metadata),
     then topk_logits [seq, K], topk_token_ids, log_sum_exp_logits [seq], index.
+    ``tokens`` (sequences, seq) are the input ids (default: seeded random ids).
     """
     g = torch.Generator().manual_seed(seed)
     vocab = logits.shape[-1]
@@ -268,15 +274,17 @@ def write_nemo(
             top, ids = torch.topk(shifted, k)
             seq = batch.shape[1]
             for i in range(batch.shape[0]):
-                tokens = torch.randint(0, vocab, (seq,), generator=g).tolist()
+                drawn = torch.randint(0, vocab, (seq,), generator=g)
+                row_ids = tokens[start + i] if tokens is not None else drawn
+                ids_list = [int(t) for t in row_ids.tolist()]
                 context = int(torch.randint(1, seq, (1,), generator=g))
                 obj = {
-                    "tokens": tokens,
-                    "labels": tokens[1:] + [0],
+                    "tokens": ids_list,
+                    "labels": ids_list[1:] + [0],
                     "loss_mask": [0] * context + [1] * (seq - context),
-                    "contexts": tokens[:context] + [0] * (seq - context),
+                    "contexts": ids_list[:context] + [0] * (seq - context),
                     "context_lengths": context,
-                    "answers": tokens[context:] + [0] * context,
+                    "answers": ids_list[context:] + [0] * context,
                     "metadata": {"system": "", "mask": "User", "type": None},
                     "topk_logits": top[i].tolist(),
                     "topk_token_ids": ids[i].tolist(),
