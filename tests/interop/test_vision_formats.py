@@ -485,3 +485,24 @@ def test_cli_import_export_and_destination_rules(
         ]
     )
     assert code == 2 and "--codec" in capsys.readouterr().err
+
+
+def test_fkd_lossy_import_keeps_the_reader_distribution(tmp_path: Path) -> None:
+    """FKD labels re-encoded: export gives back the top-k probabilities."""
+    write_fkd(tmp_path / "f", temp=4.0)
+    options = ImportOptions(num_classes=12, temperature=4.0)
+    choice = CodecChoice(name="dense", options={"dtype": "fp32"})
+    import_store(
+        tmp_path / "f", "fkd", tmp_path / "a.lz", options=options, codec=choice
+    )
+    export_archive(tmp_path / "a.lz", None, tmp_path / "out")
+    for name in files_of(tmp_path / "f"):
+        a = load_torch_file(tmp_path / "f" / name)
+        b = load_torch_file(tmp_path / "out" / name)
+        assert (
+            same(a[:2], b[:2]) and b[2].dtype == a[2].dtype and b[2].shape == a[2].shape
+        )
+        assert np.array_equal(
+            b[2][:, 0], a[2][:, 0]
+        )  # same class ids in the same order
+        assert np.allclose(b[2][:, 1], a[2][:, 1], atol=1e-5)
