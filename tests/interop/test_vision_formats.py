@@ -63,6 +63,8 @@ def assert_same_store(src: Path, out: Path) -> None:
         else:
             a, b = load_torch_file(src / name), load_torch_file(out / name)
             assert same(a, b), name
+            size_a, size_b = (src / name).stat().st_size, (out / name).stat().st_size
+            assert size_a == size_b, name  # same storages: nothing extra saved
 
 
 # name -> (format, writer, writer kwargs, import options, expected variant)
