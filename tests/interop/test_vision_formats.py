@@ -508,3 +508,44 @@ def test_fkd_lossy_import_keeps_the_reader_distribution(tmp_path: Path) -> None:
             b[2][:, 0], a[2][:, 0]
         )  # same class ids in the same order
         assert np.allclose(b[2][:, 1], a[2][:, 1], atol=1e-5)
+
+
+def test_import_and_export_hold_one_file_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every loaded file's tensors are freed before the next file but one is read."""
+    import gc
+    import weakref
+
+    import labelzip.interop.fkd_mix as fkd_mix
+
+    write_sre2l(tmp_path / "s", num_images=24, batch_size=4, epochs=3)
+    live: list[list[weakref.ref[torch.Tensor]]] = []
+    peak = 0
+
+    def tracked(path: Path, *, root: Path | None = None) -> Any:
+        nonlocal peak
+        gc.collect()
+        alive = sum(any(r() is not None for r in refs) for refs in live)
+        peak = max(peak, alive)
+        obj = load_torch_file(path, root=root)
+        live.append([weakref.ref(x) for x in obj if isinstance(x, torch.Tensor)])
+        return obj
+
+    monkeypatch.setattr(fkd_mix, "load_torch_file", tracked)
+    import_store(tmp_path / "s", "sre2l", tmp_path / "a.lz", options=SRE2L_OPTIONS)
+    assert len(live) > 18 and peak <= 1
+    saved: list[weakref.ref[torch.Tensor]] = []
+    real_save = torch.save
+
+    def save(obj: Any, path: Path) -> None:
+        nonlocal peak
+        gc.collect()
+        peak = max(peak, sum(r() is not None for r in saved))
+        saved.extend(weakref.ref(x) for x in obj if isinstance(x, torch.Tensor))
+        real_save(obj, path)
+
+    peak = 0
+    monkeypatch.setattr(torch, "save", save)
+    export_archive(tmp_path / "a.lz", None, tmp_path / "out")
+    assert len(saved) > 18 * 3 and peak <= 4  # at most the previous file's tensors

@@ -351,6 +351,7 @@ class FKDMixStore(ImportedStore):
             self.num_classes = options.num_classes
         self.specs = self._flatten(first, files[0].name, self.batch_rows)[0]
         self.variant = self.first_variant.name + _mix_name(first, self.names)
+        del first, labels  # one file in memory: _rows() loads others
         self.file_rows = self._rows()
         self.num_labels = sum(self.file_rows)
         self.layout = Layout(("label",), (self.num_labels,))
