@@ -17,6 +17,7 @@ from labelzip.cli import main as cli_main
 from labelzip.errors import ConfigError, InputError
 from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import CodecChoice, export_archive, import_store
+from labelzip.interop.formats import get_format
 from labelzip.interop.safe_load import load_torch_file
 
 from .fixtures import (
@@ -549,3 +550,20 @@ def test_import_and_export_hold_one_file_at_a_time(
     monkeypatch.setattr(torch, "save", save)
     export_archive(tmp_path / "a.lz", None, tmp_path / "out")
     assert len(saved) > 18 * 3 and peak <= 4  # at most the previous file's tensors
+
+
+def test_fkd_reader_option(tmp_path: Path) -> None:
+    write_fkd(tmp_path / "f", classes=1, images_per_class=1)
+    renorm = ImportOptions(num_classes=12, extra={"reader": "renorm"})
+    store = get_format("fkd").open(tmp_path / "f", renorm)
+    record = next(iter(store.records()))
+    probs = torch.softmax(store.to_dense(record), dim=1)
+    assert record.topk_values is not None and record.topk_ids is not None
+    kept = record.topk_values.double() / record.topk_values.double().sum(
+        1, keepdim=True
+    )
+    assert torch.allclose(probs.gather(1, record.topk_ids).double(), kept, atol=1e-5)
+    with pytest.raises(InputError, match="reader='x'"):
+        get_format("fkd").open(
+            tmp_path / "f", ImportOptions(num_classes=12, extra={"reader": "x"})
+        )

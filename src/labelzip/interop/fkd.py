@@ -139,6 +139,12 @@ class FKDStore(ImportedStore):
         assert options.num_classes is not None
         self.num_classes = options.num_classes
         self.temperature = options.temperature
+        self.reader = str(options.extra.get("reader", "smoothing"))
+        if self.reader not in ("smoothing", "renorm"):
+            raise InputError(
+                f"fkd --store-opt reader={self.reader!r}: choose smoothing (the "
+                "marginal_smoothing label types) or renorm (marginal_renorm)"
+            )
         t = "?" if options.temperature is None else f"{options.temperature:g}"
         self.value_convention = f"probabilities@{t}"
         first = self._load(files[0])
@@ -207,6 +213,7 @@ class FKDStore(ImportedStore):
             "per_label_side": ["coords", "flip"],
             "per_file_side": ["file_rows"],
             "file_list": "file_names",
+            "reader": self.reader,
         }
 
     def records(self) -> Iterator[StoreRecord]:
@@ -243,12 +250,19 @@ class FKDStore(ImportedStore):
             )
 
     def to_dense(self, record: StoreRecord) -> torch.Tensor:
-        """FKD's reader semantics: the kept probabilities, the missing mass spread
-        uniformly over the other classes; as ``T * log p`` (T = --temperature, or 1)."""
+        """FKD's reader semantics (``Recover_soft_label``) as ``T * log p`` (T =
+        --temperature, or 1): the kept probabilities with the missing mass spread
+        uniformly over the other classes (``smoothing``, the default), or the kept
+        ones renormalised and nothing elsewhere (``--store-opt reader=renorm``; the
+        other classes get a 1e-12 floor so the logits stay finite)."""
         assert record.topk_values is not None and record.topk_ids is not None
         probs = record.topk_values.double()
         kept = probs.shape[1]
-        rest = (1.0 - probs.sum(dim=1, keepdim=True)).clamp_min(0.0)
+        if self.reader == "renorm":
+            probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(_MASS_FLOOR)
+            rest = torch.zeros(probs.shape[0], 1, dtype=torch.float64)
+        else:
+            rest = (1.0 - probs.sum(dim=1, keepdim=True)).clamp_min(0.0)
         fill = (rest / max(self.num_classes - kept, 1)).clamp_min(_MASS_FLOOR)
         out = fill.expand(probs.shape[0], self.num_classes).contiguous()
         out.scatter_(1, record.topk_ids, probs.clamp_min(_MASS_FLOOR))
