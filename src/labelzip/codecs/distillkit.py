@@ -48,7 +48,12 @@ from labelzip.codecs.distillkit_quant import (
     decompress_logprobs,
     legacy_decompress,
 )
-from labelzip.errors import ArchiveFormatError, ConfigError, InputError
+from labelzip.errors import (
+    ArchiveFormatError,
+    ConfigError,
+    InputError,
+    UnreachableTargetError,
+)
 from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
 
 __all__ = [
@@ -330,6 +335,30 @@ class DistillKitCodec(Codec):
             )
         codec.num_classes = num_classes
         return codec
+
+    @classmethod
+    def for_target(
+        cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
+    ) -> DistillKitCodec:
+        """DistillKit's settings are fixed-rate: the configured ones if they fit.
+
+        Raises:
+            UnreachableTargetError: they need more than ``budget_bytes``.
+        """
+        try:
+            codec = cls(DistillKitCodecConfig(**options))
+        except Exception as exc:
+            raise ConfigError(f"invalid distillkit codec options: {exc}") from exc
+        codec.fit([torch.zeros(1, num_classes)])
+        need = codec.block_bytes(num_labels)
+        if need > budget_bytes:
+            raise UnreachableTargetError(
+                f"distillkit (k={codec.k}, {codec.row_bytes} value bytes a label) "
+                f"needs {need} bytes for {num_labels} labels, the budget is "
+                f"{budget_bytes}; DistillKit's settings set its rate (choose a smaller "
+                "preset, or a lower ratio)"
+            )
+        return cls(DistillKitCodecConfig(**options))
 
     def expected_payload_bits(self) -> float | None:
         num_classes = self._require_fitted("expected_payload_bits")
