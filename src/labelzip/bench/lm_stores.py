@@ -15,14 +15,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
-import zstandard
 
 from labelzip.codecs.distillkit_quant import (
     DistillKitLegacyConfig,
@@ -32,6 +30,7 @@ from labelzip.codecs.distillkit_quant import (
     pack_msb,
 )
 from labelzip.interop.distillkit import schema_of
+from labelzip.interop.megatron import write_shard
 
 __all__ = [
     "lm_logits",
@@ -232,16 +231,7 @@ def write_megatron(
 
 def _write_tar(folder: Path, dp: int, writes: dict[int, bytes], meta: bytes) -> Path:
     path = folder / f"cp0_dp{dp}__{max(writes)}.tar"
-    compressor = zstandard.ZstdCompressor(level=3)
-    with open(path, "wb") as stream, tarfile.open(fileobj=stream, mode="w") as tar:
-        info = tarfile.TarInfo(name="_meta.json")
-        info.size = len(meta)
-        tar.addfile(info, io.BytesIO(meta))
-        for iteration, data in writes.items():
-            packed = compressor.compress(data)
-            info = tarfile.TarInfo(name=f"{iteration}.pt.zst")
-            info.size = len(packed)
-            tar.addfile(info, io.BytesIO(packed))
+    write_shard(path, meta, list(writes.items()))
     return path
 
 

@@ -192,12 +192,14 @@ class DistillKitStore(ImportedStore):
         config_path = Path(options.extra.get("config", root / CONFIG_NAME))
         self.config_text, self.config = _load_config(config_path)
         self.format = "distillkit"
-        legacy = isinstance(self.config, DistillKitLegacyConfig)
-        self.variant = "legacy" if legacy else "quantized"
+        cfg = self.config
+        self.variant = (
+            "legacy" if isinstance(cfg, DistillKitLegacyConfig) else "quantized"
+        )
         self.kind = "topk"
         self.value_dtype = torch.uint8
         self.k = self.config.k
-        vocab = self.config.vocab_size if legacy else self.config.d  # type: ignore[union-attr]
+        vocab = cfg.vocab_size if isinstance(cfg, DistillKitLegacyConfig) else cfg.d
         if options.num_classes is not None and options.num_classes != vocab:
             raise ConfigError(
                 f"{config_path.name} says the vocabulary has {vocab} ids; "

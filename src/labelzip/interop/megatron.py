@@ -62,7 +62,14 @@ from labelzip.interop.lm_common import (
     vocabulary,
 )
 
-__all__ = ["PAD_ID", "PAD_VALUE", "MegatronFormat", "MegatronStore", "read_payload"]
+__all__ = [
+    "PAD_ID",
+    "PAD_VALUE",
+    "MegatronFormat",
+    "MegatronStore",
+    "read_payload",
+    "write_shard",
+]
 
 PAD_VALUE = -1e3  # CACHED_LOGITS_LOGPROB_SENTINEL
 PAD_ID = (1 << 17) - 1  # the index sentinel -1 after the 17-bit split
@@ -382,7 +389,7 @@ class MegatronFormat(StoreFormat):
             for _ in range(int(shard["members"])):
                 iteration, payload, mb_row = _member(source, doc, dtype, index, mb_row)
                 writes.append((iteration, payload))
-            _write_shard(dest / str(shard["name"]), meta, writes)
+            write_shard(dest / str(shard["name"]), meta, writes)
 
 
 def _member(
@@ -423,7 +430,7 @@ def _labels(
     return values.to(dtype), ids
 
 
-def _write_shard(path: Path, meta: bytes, writes: list[tuple[int, bytes]]) -> None:
+def write_shard(path: Path, meta: bytes, writes: list[tuple[int, bytes]]) -> None:
     """The tar as ``LogitsSaverHooks._write_batched_tar`` lays it out."""
     compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
     with open(path, "wb") as stream, tarfile.open(fileobj=stream, mode="w") as tar:
