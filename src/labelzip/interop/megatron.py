@@ -407,7 +407,12 @@ def _member(
         v, ids = _labels(source, b * s, int(doc["k"]), dtype)
         v, ids = v[:, :kk], ids[:, :kk]
         ids = torch.where(v == PAD_VALUE, PAD_ID, ids)
-        values.append(v.reshape(b, s, kk).permute(1, 0, 2).contiguous())
+        # copies, never views: torch.save writes a view's whole storage
+        values.append(
+            v.reshape(b, s, kk)
+            .permute(1, 0, 2)
+            .clone(memory_format=torch.contiguous_format)
+        )
         ids = ids.reshape(b, s, kk).permute(1, 0, 2).contiguous()
         low.append((ids & 0xFFFF).to(torch.uint16))
         high.append((ids >> 16).to(torch.bool))
