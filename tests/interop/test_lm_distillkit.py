@@ -272,3 +272,15 @@ def test_cli_import_export_and_one_line_errors(
     )
     err = capsys.readouterr().err.strip()
     assert "compression_config.yaml" in err and len(err.splitlines()) == 1
+
+
+def test_long_sequences_stream_in_bounded_records(tmp_path: Path) -> None:
+    store = tmp_path / "long"
+    write_distillkit(store, lm_logits(2, 1100, V), ODD, lengths=[1101, 40])
+    opened = get_format("distillkit").open(store, ImportOptions())
+    sizes, firsts = [], []
+    for record in opened.records():
+        sizes.append(record.rows)
+        firsts.append("sequence" in record.blobs)
+    assert sizes == [512, 512, 76, 39] and firsts == [True, False, False, True]
+    assert opened.layout.dims == ("token",) and opened.num_labels == 1100 + 39
