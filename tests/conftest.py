@@ -192,6 +192,8 @@ class ArchiveForge:
 def forge() -> type[ArchiveForge]:
     """:class:`ArchiveForge`: header edits with checksums recomputed."""
     return ArchiveForge
+
+
 def write_image_folder(
     root: Path,
     *,

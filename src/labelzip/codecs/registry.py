@@ -36,6 +36,7 @@ CODEC_IDS: dict[str, tuple[int, str]] = {
     "vqae-sparse": (7, "labelzip.codecs.vqae_sparse:VQAESparseCodec"),
     "vqae-rs": (8, "labelzip.codecs.vqae_rs:VQAERSCodec"),
     "ctx-transform": (9, "labelzip.codecs.vq.ctx_transform:ContextTransformCodec"),
+    "distillkit": (10, "labelzip.codecs.distillkit:DistillKitCodec"),
 }
 
 

@@ -1,6 +1,6 @@
 """Top-K logits per label: the LPQLD / FKD / LLM-KD sparse baseline.
 
-Each label keeps its K largest values (fp16 or fp32) and their class ids
+Each label keeps its K largest values (fp16, fp32 or bf16) and their class ids
 (bit-packed at ``ceil(log2 C)`` bits), sorted by value, descending. Three
 decoders rebuild a dense label from them (LPQLD's names):
 
@@ -78,7 +78,11 @@ ASSUMED_BLOCK_LABELS = 1024
 # Smallest missing mass per class an MS decoder assigns (keeps log finite).
 _MS_MASS_FLOOR = 1e-12
 
-_VALUE_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "fp32": torch.float32}
+_VALUE_DTYPES: dict[str, torch.dtype] = {
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+}
 
 
 class TopKConfig(CodecConfig):
@@ -93,8 +97,9 @@ class TopKConfig(CodecConfig):
         description="how missing classes are rebuilt: mr (no mass), ms (uniform "
         "missing mass), mrs (fill with the minimum kept logit)",
     )
-    value_dtype: Literal["fp16", "fp32"] = Field(
-        default="fp16", description="storage dtype of the kept values"
+    value_dtype: Literal["fp16", "fp32", "bf16"] = Field(
+        default="fp16",
+        description="storage dtype of the kept values (bf16: Megatron captures)",
     )
     relative: bool = Field(
         default=False,
@@ -156,7 +161,7 @@ class TopKCodec(Codec):
 
     @property
     def value_bytes(self) -> int:
-        return 2 if self.config.value_dtype == "fp16" else 4
+        return 4 if self.config.value_dtype == "fp32" else 2
 
     def block_bytes(self, num_labels: int) -> int:
         """Exact size of a block of ``num_labels`` labels."""
@@ -201,11 +206,56 @@ class TopKCodec(Codec):
         data = torch.cat([value_bytes, id_bytes])
         return EncodedBlock(num_labels=int(logits.shape[0]), data=data)
 
-    def decode(
+    def encode_topk(self, values: torch.Tensor, ids: torch.Tensor) -> EncodedBlock:
+        """Already-sparse labels -> a block, kept exactly as given.
+
+        For stores that hold top-k values themselves (LPQLD, FKD, LM captures):
+        ``values`` (N, K) in the configured ``value_dtype`` and ``ids`` (N, K)
+        class ids are stored in the given order, unsorted and unconverted, so
+        :meth:`decode_topk` gives both back bit for bit. Same block layout as
+        :meth:`encode`; absolute values only (``relative=False``).
+
+        Raises:
+            ConfigError: a relative config.
+            InputError: shapes, dtype or ids that do not fit the codec.
+        """
+        num_classes = self._require_fitted("encode_topk")
+        cfg = self.config
+        if cfg.relative:
+            raise ConfigError(
+                "encode_topk() stores absolute values; use relative=False"
+            )
+        want = _VALUE_DTYPES[cfg.value_dtype]
+        if values.dim() != 2 or values.shape[1] != cfg.k or values.dtype != want:
+            raise InputError(
+                f"encode_topk() needs (N, {cfg.k}) {want} values, got "
+                f"{tuple(values.shape)} {values.dtype}"
+            )
+        if tuple(ids.shape) != tuple(values.shape) or ids.is_floating_point():
+            raise InputError(
+                f"encode_topk() needs integer ids shaped like the values, got "
+                f"{tuple(ids.shape)} {ids.dtype}"
+            )
+        ids = ids.detach().to("cpu", torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+            raise InputError(
+                f"class ids {int(ids.min())}..{int(ids.max())} outside "
+                f"[0, {num_classes})"
+            )
+        value_bytes = values.detach().cpu().contiguous().view(torch.uint8).reshape(-1)
+        id_bytes = pack_bits(ids, bits_for(num_classes)).cpu()
+        data = torch.cat([value_bytes, id_bytes])
+        return EncodedBlock(num_labels=int(values.shape[0]), data=data)
+
+    def decode_topk(
         self, block: EncodedBlock, device: torch.device | str | None = None
-    ) -> torch.Tensor:
-        """Block -> (N, C) float32 logits (mr, mrs) or T_s * log-probs (ms)."""
-        num_classes = self._require_fitted("decode")
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block -> ((N, K') values in ``value_dtype``, (N, K) int64 ids), as stored.
+
+        ``K' = K - 1`` for a relative config (differences to the dropped top
+        value). The inverse of :meth:`encode_topk`.
+        """
+        num_classes = self._require_fitted("decode_topk")
         cfg = self.config
         n, k = block.num_labels, cfg.k
         expected = self.block_bytes(n)
@@ -217,16 +267,25 @@ class TopKCodec(Codec):
         data = block.data.to(device=device, dtype=torch.uint8).reshape(-1)
         split = n * self.stored_values * self.value_bytes
         raw = data[:split].clone()  # aligned copy for the dtype view
-        values = raw.view(_VALUE_DTYPES[cfg.value_dtype]).float()
+        values = raw.view(_VALUE_DTYPES[cfg.value_dtype])
         values = values.reshape(n, self.stored_values)
         ids = unpack_bits(data[split:], bits_for(num_classes), n * k).reshape(n, k)
         if n and int(ids.max()) >= num_classes:
             raise ArchiveFormatError(
                 f"topk block holds class id {int(ids.max())} >= {num_classes} classes"
             )
-        if cfg.relative:
-            values = torch.cat([values.new_zeros(n, 1), values], dim=1)
-        return _densify(values, ids, num_classes, cfg)
+        return values, ids
+
+    def decode(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Block -> (N, C) float32 logits (mr, mrs) or T_s * log-probs (ms)."""
+        num_classes = self._require_fitted("decode")
+        stored, ids = self.decode_topk(block, device)
+        values = stored.float()
+        if self.config.relative:
+            values = torch.cat([values.new_zeros(values.shape[0], 1), values], dim=1)
+        return _densify(values, ids, num_classes, self.config)
 
     # -- what is shipped once ------------------------------------------------------
     def model_tensors(self) -> dict[str, torch.Tensor]:
@@ -299,7 +358,7 @@ class TopKCodec(Codec):
 
 
 def _block_bytes(cfg: TopKConfig, num_labels: int, num_classes: int) -> int:
-    value_bytes = 2 if cfg.value_dtype == "fp16" else 4
+    value_bytes = 4 if cfg.value_dtype == "fp32" else 2
     stored = cfg.k - int(cfg.relative)
     ids = packed_size(num_labels * cfg.k, bits_for(num_classes))
     return num_labels * stored * value_bytes + ids
