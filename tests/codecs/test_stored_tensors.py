@@ -21,6 +21,7 @@ torch.set_num_threads(1)
 
 QUICK: dict[str, dict[str, object]] = {
     "dense": {},
+    "distillkit": {"quant": {"d": 24, "k": 6, "exact_k": 6, "residual_bins": []}},
     "topk": {"k": 3},
     "rskd": {"num_samples": 8},
     "topk-tail": {"k": 3},

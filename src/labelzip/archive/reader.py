@@ -43,6 +43,8 @@ from labelzip.archive.format import (
     chunk_name,
     digest_map,
     dtype_from_code,
+    entry_descriptor,
+    entry_digest,
     read_container_header,
     sha256_entry,
     sha256_named,
@@ -68,6 +70,9 @@ LabelIndex = int | slice | Sequence[int] | torch.Tensor
 
 # decode_all holds a pruned archive's stored labels decoded up to this many bytes.
 DECODE_ALL_MEMORY = 1 << 29
+
+
+_HASH_PIECE_BYTES = 1 << 20
 
 
 class ArchiveReader:
@@ -242,6 +247,45 @@ class ArchiveReader:
                 "match its checksum; re-create or re-download the file"
             )
         return tensor
+
+    def verify_tensor(self, name: str) -> None:
+        """Check one stored tensor against its digest, reading it in 1 MiB pieces.
+
+        The same check as a full read (what the digest covers depends on the
+        format version), for tensors too large to hold in memory at once, e.g.
+        the per-label side tensors of an imported store.
+
+        Raises:
+            ChecksumError: the tensor's bytes (or, in format 3, its header entry)
+                do not match the stored digest.
+        """
+        entry = self.container.entries[name]
+        version = self.header.format_version
+        if version == 2 and name != DIGESTS_NAME:
+            digest = hashlib.sha256(name.encode("utf-8") + b"\x00")
+        else:
+            digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            handle.seek(self.container.data_start + entry.start)
+            left = entry.end - entry.start
+            while left:
+                piece = handle.read(min(left, _HASH_PIECE_BYTES))
+                if not piece:
+                    break
+                digest.update(piece)
+                left -= len(piece)
+        if version >= 3:
+            descriptor = entry_descriptor(
+                entry.name, entry.dtype, entry.shape, entry.start, entry.end
+            )
+            got = entry_digest(descriptor, digest.digest())
+        else:
+            got = digest.hexdigest()
+        if left or got != self.checksums.get(name):
+            raise ChecksumError(
+                f"archive {str(self.path)!r} is corrupted: tensor {name!r} does not "
+                "match its checksum; re-create or re-download the file"
+            )
 
     @property
     def codec(self) -> Codec:

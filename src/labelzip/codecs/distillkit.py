@@ -39,6 +39,7 @@ from labelzip.codecs.base import (
     EncodedBlock,
     LogitSource,
     check_logits,
+    check_model_tensors,
     iterate_source,
 )
 from labelzip.codecs.distillkit_quant import (
@@ -325,6 +326,7 @@ class DistillKitCodec(Codec):
     def from_stored(
         cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
     ) -> DistillKitCodec:
+        check_model_tensors(cls.kind, {}, tensors, exact=True)  # none are stored
         codec, num_classes = cls._unfitted_from_stored(config)
         assert isinstance(codec, cls)
         if codec.config.scheme == "quantized" and codec.config.quant is None:

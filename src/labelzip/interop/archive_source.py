@@ -10,7 +10,6 @@ whole side tensor or the whole label set in memory.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
@@ -18,12 +17,10 @@ import torch
 from labelzip.archive.format import SIDE_PREFIX, TensorEntry, dtype_from_code
 from labelzip.archive.reader import ArchiveReader
 from labelzip.codecs.dense import DTYPES, DenseCodec
-from labelzip.errors import ArchiveFormatError, ChecksumError, InputError
+from labelzip.errors import ArchiveFormatError, InputError
 from labelzip.interop.base import INTEROP_KEY, LabelRows, LabelSource, SparseCodec
 
 __all__ = ["ArchiveLabelSource", "interop_document"]
-
-_HASH_BYTES = 1 << 20
 
 
 def interop_document(reader: ArchiveReader) -> dict[str, Any]:
@@ -112,7 +109,7 @@ class ArchiveLabelSource(LabelSource):
         key = SIDE_PREFIX + name
         entry = self._entry(name)
         if key not in self._verified:
-            self._verify(key, entry.start, entry.end)
+            self.reader.verify_tensor(key)
             self._verified.add(key)
         dtype = dtype_from_code(entry.dtype)
         shape = entry.shape
@@ -132,26 +129,6 @@ class ArchiveLabelSource(LabelSource):
             return torch.empty((stop - start, *shape[1:]), dtype=dtype)
         flat = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
         return flat.reshape(stop - start, *shape[1:])
-
-    def _verify(self, key: str, begin: int, end: int) -> None:
-        digest = hashlib.sha256(key.encode("utf-8") + b"\x00")
-        if self.reader.header.format_version == 1:
-            digest = hashlib.sha256()
-        base = self.reader.container.data_start
-        with open(self.reader.path, "rb") as handle:
-            handle.seek(base + begin)
-            left = end - begin
-            while left:
-                piece = handle.read(min(left, _HASH_BYTES))
-                if not piece:
-                    break
-                digest.update(piece)
-                left -= len(piece)
-        if digest.hexdigest() != self.reader.checksums.get(key):
-            raise ChecksumError(
-                f"archive {str(self.reader.path)!r} is corrupted: tensor {key!r} does "
-                "not match its checksum; re-create or re-download the file"
-            )
 
 
 def _rows(part: LabelRows) -> int:
