@@ -590,3 +590,49 @@ def test_recorded_sampler_rebuilds_the_batches(tmp_path: Path) -> None:
     order = torch.utils.data.RandomSampler(range(sampler["num_images"]), generator=gen)
     batcher = torch.utils.data.BatchSampler(order, sampler["batch_size"], False)
     assert [[list(b) for b in batcher] for _ in range(3)] == batches
+
+
+def test_unknown_format_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_sre2l(tmp_path / "store")
+    code = cli_main(
+        [
+            "import",
+            "--format",
+            "fkd-mix",
+            str(tmp_path / "store"),
+            "-o",
+            str(tmp_path / "a.lz"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0
+    assert "unknown label-store format 'fkd-mix'" in err and "sre2l" in err
+    assert not (tmp_path / "a.lz").exists()
+
+
+def test_output_inside_the_store_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    write_sre2l(store)
+    before = sorted(p.name for p in store.rglob("*"))
+    code = cli_main(
+        [
+            "import",
+            "--format",
+            "sre2l",
+            str(store),
+            "--sampler-seed",
+            "42",
+            "--batch-size",
+            "4",
+            "-o",
+            str(store / "labels.lz"),
+        ]
+    )
+    assert code == 2
+    assert "inside the store" in capsys.readouterr().err
+    assert sorted(p.name for p in store.rglob("*")) == before

@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive", help="archive made by `labelzip import`")
     p.add_argument(
         "--format",
-        choices=available_formats(),
-        help="format to write (default and only choice: the one imported from)",
+        metavar="FORMAT",
+        help=f"one of {', '.join(available_formats())}; format to write (default and only choice: the one imported from)",
     )
     p.add_argument("-o", "--output", required=True, help="folder to create")
     p.add_argument(

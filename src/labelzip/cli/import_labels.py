@@ -24,7 +24,7 @@ from labelzip.codecs.registry import available_codecs
 from labelzip.errors import ConfigError
 from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import DEFAULT_FIT_SAMPLE, CodecChoice, import_store
-from labelzip.interop.formats import available_formats
+from labelzip.interop.formats import available_formats, resolve_format_name
 from labelzip.io import check_output_path
 
 __all__ = ["build_parser", "main"]
@@ -50,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("path", help="the store's folder (e.g. FKD_soft_label/)")
-    p.add_argument("--format", required=True, choices=available_formats())
+    p.add_argument(
+        "--format",
+        required=True,
+        metavar="FORMAT",
+        help=f"the store's framework: {', '.join(available_formats())}",
+    )
     p.add_argument("-o", "--output", required=True, help="archive to write")
     p.add_argument(
         "--codec",
@@ -103,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    args.format = resolve_format_name(args.format)
     out = check_output_path(args.output, [args.path])
     store = Path(args.path).resolve()
     if store.is_dir() and store in Path(args.output).resolve().parents:
