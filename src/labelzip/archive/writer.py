@@ -15,7 +15,9 @@ memory all at once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -24,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+import numpy as np
 import torch
 
 from labelzip.accounting import StorageAccount, reference_bytes
@@ -44,7 +47,7 @@ from labelzip.archive.format import (
     static_order,
     tensor_bytes,
 )
-from labelzip.codecs.base import Codec, LabelContext, check_logits
+from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, check_logits
 from labelzip.codecs.prune import PrunePlan
 from labelzip.errors import ConfigError, InputError
 from labelzip.io import atomic_path
@@ -152,6 +155,8 @@ class ArchiveWriter:
         self._spill: IO[bytes] | None = tempfile.TemporaryFile(
             prefix=f".{self.path.name}.", suffix=".chunks", dir=folder
         )
+        self._folder = folder
+        self._side_spills: dict[str, _SideSpill] = {}  # streamed by append_side()
         self.account: StorageAccount | None = None
 
     # -- feeding labels ------------------------------------------------------------
@@ -203,6 +208,63 @@ class ArchiveWriter:
         if self.codec.needs_context:
             flat = self.prune.kept_indices()[self._pushed : self._pushed + len(rows)]
         self._push(rows, flat, context)
+
+    def write_block(self, block: EncodedBlock) -> None:
+        """Append labels the caller encoded itself (e.g. ``TopKCodec.encode_topk``).
+
+        Blocks become chunks as they are: every block but the last must hold
+        exactly ``chunk_size`` labels, and nothing may be pending from
+        :meth:`write`. Unpruned archives of plain (context-free) codecs only.
+        """
+        if self._spill is None:
+            raise ConfigError("write_block() called on a closed ArchiveWriter")
+        if self.prune is not None or self.codec.needs_context or self._pending:
+            raise ConfigError(
+                "write_block() needs an unpruned archive of a plain codec and no "
+                "labels pending from write()"
+            )
+        if self._chunks and self._chunks[-1][0] != self.chunk_size:
+            raise ConfigError("only the last block may be shorter than chunk_size")
+        if not 1 <= block.num_labels <= self.chunk_size:
+            raise ConfigError(
+                f"a block holds 1..{self.chunk_size} labels, got {block.num_labels}"
+            )
+        total = self.num_expected
+        if total is not None and self._seen + block.num_labels > total:
+            raise InputError(
+                f"the layout holds {total} labels but "
+                f"{self._seen + block.num_labels} were written"
+            )
+        self._mode = "all"
+        data = block.data.detach().to("cpu", torch.uint8).contiguous().reshape(-1)
+        self._spill.write(tensor_bytes(data))
+        name = chunk_name(len(self._chunks))
+        self._chunks.append((block.num_labels, data.numel(), sha256_named(name, data)))
+        self._seen += block.num_labels
+        self._pushed += block.num_labels
+        self._stored += block.num_labels
+
+    def append_side(self, name: str, rows: torch.Tensor) -> None:
+        """Append rows to side tensor ``side/<name>``, spilled to a temporary file.
+
+        The tensor grows along its first dimension; every call must give the
+        same dtype and trailing shape. Memory does not grow with the rows
+        appended: they are written to disk at once and copied into the archive
+        on :meth:`close`. A name may not also be given in ``side_tensors``.
+        """
+        if self._spill is None:
+            raise ConfigError("append_side() called on a closed ArchiveWriter")
+        key = SIDE_PREFIX + name
+        if key in self.side_tensors:
+            raise ConfigError(f"side tensor {name!r} was given in side_tensors too")
+        rows = rows.detach().to("cpu").contiguous()
+        if rows.dim() < 1:
+            raise ConfigError(f"append_side({name!r}) needs rows with a first dim")
+        spill = self._side_spills.get(key)
+        if spill is None:
+            spill = _SideSpill(key, rows.dtype, tuple(rows.shape[1:]), self._folder)
+            self._side_spills[key] = spill
+        spill.append(rows)
 
     def _context_at(self, flat: torch.Tensor) -> LabelContext:
         """The view context of flat labels, from the metadata's relabel recipe."""
@@ -313,9 +375,15 @@ class ArchiveWriter:
                         for k, v in self.codec.model_tensors().items()
                     },
                     **self.side_tensors,
+                    **{k: v.tensor() for k, v in self._side_spills.items()},
                 }
             )
-            checksums = {name: sha256_named(name, t) for name, t in static}
+            checksums = {
+                name: self._side_spills[name].digest()
+                if name in self._side_spills
+                else sha256_named(name, t)
+                for name, t in static
+            }
             checksums.update({chunk_name(i): c[2] for i, c in enumerate(self._chunks)})
             # Format 2: the digests as one binary table, its own sha256 in the doc.
             digests = digest_table(checksums)
@@ -339,7 +407,7 @@ class ArchiveWriter:
             with atomic_path(self.path) as tmp, open(tmp, "wb") as out:
                 out.write(prefix)
                 for _, tensor in static:
-                    out.write(tensor_bytes(tensor))
+                    _write_tensor(out, tensor)
                 self._spill.seek(0)
                 shutil.copyfileobj(self._spill, out, _COPY_BYTES)
                 out.flush()
@@ -394,6 +462,9 @@ class ArchiveWriter:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
+        for spill in self._side_spills.values():
+            spill.close()
+        self._side_spills = {}
         self._pending, self._pending_rows, self._pending_flat = [], 0, []
 
     def __enter__(self) -> ArchiveWriter:
@@ -409,6 +480,54 @@ class ArchiveWriter:
             self.close()
         else:
             self.abort()
+
+
+class _SideSpill:
+    """One side tensor streamed to an unnamed temporary file, hashed as it grows."""
+
+    def __init__(
+        self, name: str, dtype: torch.dtype, tail: tuple[int, ...], folder: Path
+    ) -> None:
+        self.name, self.dtype, self.tail = name, dtype, tail
+        self.rows = 0
+        self._file: IO[bytes] = tempfile.TemporaryFile(
+            prefix=".side.", suffix=".tmp", dir=folder
+        )
+        self._hash = hashlib.sha256(name.encode("utf-8") + b"\x00")
+
+    def append(self, rows: torch.Tensor) -> None:
+        if rows.dtype != self.dtype or tuple(rows.shape[1:]) != self.tail:
+            raise ConfigError(
+                f"side tensor {self.name!r} has rows of {self.dtype} {list(self.tail)}; "
+                f"got {rows.dtype} {list(rows.shape[1:])}"
+            )
+        data = tensor_bytes(rows)
+        self._file.write(data)
+        self._hash.update(data)
+        self.rows += int(rows.shape[0])
+
+    def digest(self) -> str:
+        """:func:`sha256_named` of the whole tensor, without reading it back."""
+        return self._hash.hexdigest()
+
+    def tensor(self) -> torch.Tensor:
+        """The rows as a tensor mapped from the spill file (not read into memory)."""
+        shape = (self.rows, *self.tail)
+        if math.prod(shape) == 0:
+            return torch.empty(shape, dtype=self.dtype)
+        self._file.flush()
+        raw = np.memmap(self._file, dtype=np.uint8, mode="r")
+        return torch.from_numpy(raw).view(self.dtype).reshape(shape)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _write_tensor(out: IO[bytes], tensor: torch.Tensor) -> None:
+    """Write a tensor's stored bytes in pieces (a mapped side tensor stays on disk)."""
+    flat = tensor.detach().reshape(-1).view(torch.uint8)
+    for start in range(0, flat.numel(), _COPY_BYTES):
+        out.write(flat[start : start + _COPY_BYTES].numpy().tobytes())
 
 
 def _flat(logits: torch.Tensor, layout: Layout) -> torch.Tensor:

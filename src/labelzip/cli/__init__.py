@@ -29,6 +29,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compress a logits file into a labelzip archive",
     ),
     "decompress": ("labelzip.cli.decompress", "decode an archive back to dense logits"),
+    "import": (
+        "labelzip.cli.import_labels",
+        "import SRe2L, LPLD, LPQLD, FKD, ... label files into an archive",
+    ),
+    "export": (
+        "labelzip.cli.export_labels",
+        "write an imported archive back as the framework's files",
+    ),
     "info": ("labelzip.cli.info", "show an archive's codec, layout and all-in size"),
     "eval-codec": (
         "labelzip.cli.eval_codec",

@@ -200,11 +200,56 @@ class TopKCodec(Codec):
         data = torch.cat([value_bytes, id_bytes])
         return EncodedBlock(num_labels=int(logits.shape[0]), data=data)
 
-    def decode(
+    def encode_topk(self, values: torch.Tensor, ids: torch.Tensor) -> EncodedBlock:
+        """Already-sparse labels -> a block, kept exactly as given.
+
+        For stores that hold top-k values themselves (LPQLD, FKD, LM captures):
+        ``values`` (N, K) in the configured ``value_dtype`` and ``ids`` (N, K)
+        class ids are stored in the given order, unsorted and unconverted, so
+        :meth:`decode_topk` gives both back bit for bit. Same block layout as
+        :meth:`encode`; absolute values only (``relative=False``).
+
+        Raises:
+            ConfigError: a relative config.
+            InputError: shapes, dtype or ids that do not fit the codec.
+        """
+        num_classes = self._require_fitted("encode_topk")
+        cfg = self.config
+        if cfg.relative:
+            raise ConfigError(
+                "encode_topk() stores absolute values; use relative=False"
+            )
+        want = _VALUE_DTYPES[cfg.value_dtype]
+        if values.dim() != 2 or values.shape[1] != cfg.k or values.dtype != want:
+            raise InputError(
+                f"encode_topk() needs (N, {cfg.k}) {want} values, got "
+                f"{tuple(values.shape)} {values.dtype}"
+            )
+        if tuple(ids.shape) != tuple(values.shape) or ids.is_floating_point():
+            raise InputError(
+                f"encode_topk() needs integer ids shaped like the values, got "
+                f"{tuple(ids.shape)} {ids.dtype}"
+            )
+        ids = ids.detach().to("cpu", torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+            raise InputError(
+                f"class ids {int(ids.min())}..{int(ids.max())} outside "
+                f"[0, {num_classes})"
+            )
+        value_bytes = values.detach().cpu().contiguous().view(torch.uint8).reshape(-1)
+        id_bytes = pack_bits(ids, bits_for(num_classes)).cpu()
+        data = torch.cat([value_bytes, id_bytes])
+        return EncodedBlock(num_labels=int(values.shape[0]), data=data)
+
+    def decode_topk(
         self, block: EncodedBlock, device: torch.device | str | None = None
-    ) -> torch.Tensor:
-        """Block -> (N, C) float32 logits (mr, mrs) or T_s * log-probs (ms)."""
-        num_classes = self._require_fitted("decode")
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block -> ((N, K') values in ``value_dtype``, (N, K) int64 ids), as stored.
+
+        ``K' = K - 1`` for a relative config (differences to the dropped top
+        value). The inverse of :meth:`encode_topk`.
+        """
+        num_classes = self._require_fitted("decode_topk")
         cfg = self.config
         n, k = block.num_labels, cfg.k
         expected = self.block_bytes(n)
@@ -216,16 +261,25 @@ class TopKCodec(Codec):
         data = block.data.to(device=device, dtype=torch.uint8).reshape(-1)
         split = n * self.stored_values * self.value_bytes
         raw = data[:split].clone()  # aligned copy for the dtype view
-        values = raw.view(_VALUE_DTYPES[cfg.value_dtype]).float()
+        values = raw.view(_VALUE_DTYPES[cfg.value_dtype])
         values = values.reshape(n, self.stored_values)
         ids = unpack_bits(data[split:], bits_for(num_classes), n * k).reshape(n, k)
         if n and int(ids.max()) >= num_classes:
             raise ArchiveFormatError(
                 f"topk block holds class id {int(ids.max())} >= {num_classes} classes"
             )
-        if cfg.relative:
-            values = torch.cat([values.new_zeros(n, 1), values], dim=1)
-        return _densify(values, ids, num_classes, cfg)
+        return values, ids
+
+    def decode(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Block -> (N, C) float32 logits (mr, mrs) or T_s * log-probs (ms)."""
+        num_classes = self._require_fitted("decode")
+        stored, ids = self.decode_topk(block, device)
+        values = stored.float()
+        if self.config.relative:
+            values = torch.cat([values.new_zeros(values.shape[0], 1), values], dim=1)
+        return _densify(values, ids, num_classes, self.config)
 
     # -- what is shipped once ------------------------------------------------------
     def model_tensors(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,168 @@
+"""``labelzip import``: another framework's label store -> labelzip archive."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
+from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata
+from labelzip.cli import run_command
+from labelzip.cli._common import (
+    add_codec_option_flags,
+    add_json_option,
+    add_rate_options,
+    check_output_folder,
+    codec_options,
+    format_bytes,
+    load_codec_class,
+    parse_key_values,
+    print_json,
+    progress,
+)
+from labelzip.codecs.registry import available_codecs
+from labelzip.errors import ConfigError
+from labelzip.interop.base import ImportOptions
+from labelzip.interop.convert import DEFAULT_FIT_SAMPLE, CodecChoice, import_store
+from labelzip.interop.formats import available_formats
+
+__all__ = ["build_parser", "main"]
+
+EPILOG = """examples:
+  labelzip import --format sre2l FKD_soft_label/ --sampler-seed 42 --batch-size 1024 -o labels.lz
+  labelzip import --format lpqld soft_labels/ -o labels.lz            # lossless: top-k stays top-k
+  labelzip import --format lpld soft_labels/ --codec vqae --ratio 40 -o labels.lz
+  labelzip import --format fkd FKD_soft_label/ --num-classes 1000 -o labels.lz
+
+Without --codec the import is lossless (fp16 logits stay fp16, top-k stays top-k):
+`labelzip export` gives every file back element for element. --ratio counts every
+byte of the archive (augmentation side information included) against dense fp16.
+See docs/interop.md for each format.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="labelzip import",
+        description="Import another framework's soft-label store into an archive.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", help="the store's folder (e.g. FKD_soft_label/)")
+    p.add_argument("--format", required=True, choices=available_formats())
+    p.add_argument("-o", "--output", required=True, help="archive to write")
+    p.add_argument(
+        "--codec",
+        choices=available_codecs(),
+        help="re-encode with this codec (default: lossless for what the files hold)",
+    )
+    add_rate_options(p, suffix=" to meet (needs --codec)")
+    add_codec_option_flags(p)
+    store = p.add_argument_group("what the files do not say")
+    store.add_argument(
+        "--sampler-seed",
+        type=int,
+        help="seed of the RandomSampler that ordered the images (sre2l / cda)",
+    )
+    store.add_argument(
+        "--batch-size", type=int, help="images per batch of that sampler (sre2l / cda)"
+    )
+    store.add_argument("--num-classes", type=int, help="C (fkd: files hold top-k only)")
+    store.add_argument(
+        "--temperature", type=float, help="temperature of stored probabilities (fkd)"
+    )
+    store.add_argument(
+        "--store-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="format-specific option (repeatable)",
+    )
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fit sample and fit")
+    p.add_argument(
+        "--fit-sample",
+        type=int,
+        default=DEFAULT_FIT_SAMPLE,
+        help="labels a re-encoding codec is fitted on at most (a seeded sample)",
+    )
+    p.add_argument(
+        "--reference", default="fp16", choices=sorted(REFERENCE_BYTES_PER_VALUE)
+    )
+    p.add_argument("--teacher", help="teacher model identifier to record")
+    p.add_argument("--dataset-fingerprint", help="dataset identifier to record")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="user metadata")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_option(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("import", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = check_output_folder(args.output)
+    if args.chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if args.fit_sample < 1:
+        raise ConfigError(f"--fit-sample must be >= 1, got {args.fit_sample}")
+    if args.codec is not None:
+        load_codec_class(args.codec)
+    options = ImportOptions(
+        sampler_seed=args.sampler_seed,
+        batch_size=args.batch_size,
+        num_classes=args.num_classes,
+        temperature=args.temperature,
+        extra=parse_key_values(args.store_opt, "--store-opt"),
+    )
+    choice = CodecChoice(
+        name=args.codec,
+        options=codec_options(args),
+        ratio=args.ratio,
+        bits_per_label=args.bits_per_label,
+        seed=args.seed,
+        fit_sample=args.fit_sample,
+    )
+    if args.codec is None and choice.options:
+        raise ConfigError("codec options (--opt, --k, --decoder) need --codec")
+    metadata = ArchiveMetadata(
+        dataset_fingerprint=args.dataset_fingerprint,
+        teacher=args.teacher,
+        user=parse_key_values(args.meta, "--meta"),
+    )
+    with progress("importing", None, enabled=not args.quiet) as advance:
+        account = import_store(
+            args.path,
+            args.format,
+            out,
+            options=options,
+            codec=choice,
+            chunk_size=args.chunk_size,
+            metadata=metadata,
+            reference=args.reference,
+            on_progress=advance,
+        )
+    _report(out, account, args)
+    return 0
+
+
+def _report(out: Path, account: StorageAccount, args: argparse.Namespace) -> None:
+    if args.json:
+        print_json({"output": str(out), "format": args.format, **account.to_dict()})
+        return
+    print(
+        f"wrote {out}: {account.num_labels} labels x {account.num_classes} classes "
+        f"from {args.format}, codec {account.codec}"
+    )
+    print(
+        f"  {format_bytes(account.total_bytes)} all-in = payload "
+        f"{format_bytes(account.payload_bytes)} + side {format_bytes(account.side_bytes)}"
+        f" + model {format_bytes(account.model_bytes)} + header "
+        f"{format_bytes(account.header_bytes)}"
+    )
+    print(
+        f"  ratio {account.ratio:.2f}x vs dense {account.reference}, "
+        f"{account.bits_per_label:.1f} bits per label"
+    )

@@ -1,0 +1,373 @@
+"""The two streaming drivers: a label store into an archive, an archive into a store.
+
+``import_store`` opens a store through its :class:`StoreFormat` and writes its
+records in the files' own order. With no codec it is lossless: dense stores go
+to the ``dense`` codec in the stored dtype, top-k stores to ``topk`` fed the
+stored (values, ids) directly. A re-encoding codec (``--codec vqae --ratio 40``)
+sees the format's dense logits; when it must be fitted, a first pass keeps a
+seeded reservoir sample, a second pass encodes. Side information goes through
+``ArchiveWriter.append_side``, so memory holds one file at a time.
+
+``export_archive`` builds the store in a temporary sibling folder and renames it
+into place only once complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from labelzip.accounting import StorageAccount
+from labelzip.archive.format import DEFAULT_CHUNK_SIZE, ArchiveMetadata
+from labelzip.archive.rate import fit_for_target
+from labelzip.archive.reader import ArchiveReader
+from labelzip.archive.writer import ArchiveWriter
+from labelzip.codecs.base import Codec
+from labelzip.codecs.registry import codec_class, create_codec
+from labelzip.codecs.topk import TopKCodec
+from labelzip.errors import ConfigError, InputError
+from labelzip.interop.archive_source import ArchiveLabelSource, interop_document
+from labelzip.interop.base import (
+    INTEROP_KEY,
+    ExportOptions,
+    ImportedStore,
+    ImportOptions,
+    StoreRecord,
+)
+from labelzip.interop.formats import get_format, resolve_format_name
+from labelzip.ops.reservoir import Reservoir
+
+__all__ = ["CodecChoice", "export_archive", "import_store", "lossless_codec"]
+
+logger = logging.getLogger(__name__)
+
+# Labels a re-encoding codec is fitted on at most (the reservoir of pass 1).
+DEFAULT_FIT_SAMPLE = 200_000
+
+_STORED_DENSE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_STORED_TOPK = {torch.float32: "fp32", torch.float16: "fp16"}
+
+
+@dataclass
+class CodecChoice:
+    """How ``import`` encodes: lossless (``name`` None) or a named codec.
+
+    Attributes:
+        name: registry name, or None for the lossless default.
+        options: codec options (``--opt``).
+        ratio / bits_per_label: an all-in rate target (needs ``name``).
+        seed: seed of the fit sample and of the codec's own fit.
+        fit_sample: labels the codec is fitted on at most.
+    """
+
+    name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    ratio: float | None = None
+    bits_per_label: float | None = None
+    seed: int = 0
+    fit_sample: int = DEFAULT_FIT_SAMPLE
+
+
+def lossless_codec(store: ImportedStore) -> Codec:
+    """The fitted codec that stores exactly what the files hold.
+
+    Raises:
+        ConfigError: a value dtype no lossless codec stores (use --codec).
+    """
+    dtype = store.value_dtype
+    if store.kind == "dense":
+        if dtype not in _STORED_DENSE:
+            raise ConfigError(
+                f"{store.format} stores {dtype} values, which no lossless codec keeps; "
+                "choose a codec with --codec"
+            )
+        codec = create_codec("dense", dtype=_STORED_DENSE[dtype])
+    else:
+        if dtype not in _STORED_TOPK or store.k is None:
+            raise ConfigError(
+                f"{store.format} stores top-k values of {dtype}, which the topk codec "
+                "does not keep exactly; choose a codec with --codec"
+            )
+        codec = create_codec(
+            "topk",
+            k=store.k,
+            decoder="mr",
+            relative=False,
+            value_dtype=_STORED_TOPK[dtype],
+        )
+    return codec.fit([torch.zeros(1, store.num_classes)])
+
+
+def import_store(
+    path: str | os.PathLike[str],
+    format_name: str,
+    output: str | os.PathLike[str],
+    *,
+    options: ImportOptions | None = None,
+    codec: CodecChoice | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    metadata: ArchiveMetadata | None = None,
+    reference: str = "fp16",
+    on_progress: Callable[[int], None] | None = None,
+) -> StorageAccount:
+    """Import a label store into an archive (see the module docstring).
+
+    Args:
+        path: the store's folder.
+        format_name: a registry name or alias (``sre2l``, ``cda``, ``lpqld`` ...).
+        output: the archive to write (atomically).
+        options: what the files cannot say (sampler seed, batch size, C ...).
+        codec: lossless by default; else a codec, its options and rate target.
+        metadata: class names, teacher, fingerprint, user keys to record too.
+        on_progress: called with the labels of each record encoded.
+
+    Returns:
+        The archive's storage account (side bytes included).
+    """
+    source = Path(path)
+    if not source.exists():
+        raise InputError(f"label store {str(source)!r} does not exist")
+    choice = codec or CodecChoice()
+    if choice.name is None and (choice.ratio or choice.bits_per_label):
+        raise ConfigError(
+            "--ratio / --bits-per-label re-encode the labels; name the codec with "
+            "--codec (e.g. --codec vqae)"
+        )
+    fmt = get_format(format_name)
+    store = fmt.open(source, options or ImportOptions())
+    doc = {**store.describe(), "lossless": choice.name is None}
+    base = metadata or ArchiveMetadata()
+    meta = ArchiveMetadata(
+        class_names=base.class_names,
+        dataset_fingerprint=base.dataset_fingerprint,
+        teacher=base.teacher,
+        user={**dict(base.user), INTEROP_KEY: doc},
+    )
+    if choice.name is None:
+        fitted = lossless_codec(store)
+    else:
+        fitted = _fit(store, choice, meta, chunk_size, reference)
+    return _write(store, fitted, output, chunk_size, meta, reference, on_progress)
+
+
+def _fit(
+    store: ImportedStore,
+    choice: CodecChoice,
+    metadata: ArchiveMetadata,
+    chunk_size: int,
+    reference: str,
+) -> Codec:
+    """Pass 1: a seeded reservoir sample of the dense logits, then the fit."""
+    assert choice.name is not None
+    cls = codec_class(choice.name)
+    if create_codec(choice.name, **choice.options).needs_context:
+        raise ConfigError(
+            f"codec {choice.name} encodes labels with labelzip's own view recipe, "
+            "which imported stores do not have; choose another codec"
+        )
+    options = dict(choice.options)
+    fields = cls.config_class.model_fields
+    if "seed" in fields:
+        options.setdefault("seed", choice.seed)
+    reservoir = Reservoir(
+        min(choice.fit_sample, store.num_labels), store.num_classes, seed=choice.seed
+    )
+    side_bytes = 0
+    for record in store.records():
+        reservoir.add(store.to_dense(record))
+        side_bytes += sum(_nbytes(t) for t in record.side.values())
+        side_bytes += sum(_nbytes(t) for t in record.file_side.values())
+
+    def sample() -> Iterator[torch.Tensor]:
+        return reservoir.batches()
+
+    if choice.ratio is None and choice.bits_per_label is None:
+        return create_codec(choice.name, **options).fit(
+            sample, num_labels=store.num_labels
+        )
+    return fit_for_target(
+        choice.name,
+        sample,
+        layout=store.layout,
+        num_classes=store.num_classes,
+        ratio=choice.ratio,
+        bits_per_label=choice.bits_per_label,
+        chunk_size=chunk_size,
+        metadata=metadata,
+        side_bytes=side_bytes,
+        reference=reference,
+        **options,
+    )
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _write(
+    store: ImportedStore,
+    codec: Codec,
+    output: str | os.PathLike[str],
+    chunk_size: int,
+    metadata: ArchiveMetadata,
+    reference: str,
+    on_progress: Callable[[int], None] | None,
+) -> StorageAccount:
+    """Pass 2 (or the only pass): every record into the archive, in order."""
+    sparse = (
+        isinstance(codec, TopKCodec)
+        and store.kind == "topk"
+        and bool(metadata.user[INTEROP_KEY]["lossless"])
+    )
+    blocks = _Blocks(codec, chunk_size) if sparse else None
+    with ArchiveWriter(
+        output,
+        codec,
+        layout=store.layout,
+        chunk_size=chunk_size,
+        metadata=metadata,
+        reference=reference,
+    ) as writer:
+        for record in store.records():
+            if blocks is not None:
+                assert record.topk_values is not None and record.topk_ids is not None
+                for block in blocks.add(record.topk_values, record.topk_ids):
+                    writer.write_block(block)
+            elif record.dense is not None and bool(
+                metadata.user[INTEROP_KEY]["lossless"]
+            ):
+                writer.write(record.dense)
+            else:
+                writer.write(store.to_dense(record))
+            for name, rows in record.side.items():
+                _check_side(record, name, rows)
+                writer.append_side(name, rows)
+            for name, rows in record.file_side.items():
+                writer.append_side(name, rows)
+            if on_progress is not None:
+                on_progress(record.rows)
+        if blocks is not None:
+            for block in blocks.finish():
+                writer.write_block(block)
+    assert writer.account is not None
+    return writer.account
+
+
+def _check_side(record: StoreRecord, name: str, rows: torch.Tensor) -> None:
+    if rows.dim() < 1 or rows.shape[0] != record.rows:
+        raise InputError(
+            f"{record.source}: {name} has {rows.shape[0] if rows.dim() else 0} rows "
+            f"but the file holds {record.rows} labels"
+        )
+
+
+class _Blocks:
+    """Re-cut (values, ids) pairs into full chunks for ``TopKCodec.encode_topk``."""
+
+    def __init__(self, codec: Codec, chunk_size: int) -> None:
+        assert isinstance(codec, TopKCodec)
+        self.codec = codec
+        self.size = chunk_size
+        self.values: list[torch.Tensor] = []
+        self.ids: list[torch.Tensor] = []
+        self.held = 0
+
+    def add(self, values: torch.Tensor, ids: torch.Tensor) -> Iterator[Any]:
+        self.values.append(values)
+        self.ids.append(ids)
+        self.held += int(values.shape[0])
+        while self.held >= self.size:
+            v, i = torch.cat(self.values), torch.cat(self.ids)
+            yield self.codec.encode_topk(v[: self.size], i[: self.size])
+            self.values, self.ids = [v[self.size :]], [i[self.size :]]
+            self.held -= self.size
+
+    def finish(self) -> Iterator[Any]:
+        if self.held:
+            yield self.codec.encode_topk(torch.cat(self.values), torch.cat(self.ids))
+
+
+def export_archive(
+    archive: str | os.PathLike[str],
+    format_name: str | None,
+    dest: str | os.PathLike[str],
+    *,
+    options: ExportOptions | None = None,
+    force: bool = False,
+) -> Path:
+    """Write an imported archive back as the framework's own folder at ``dest``.
+
+    The folder is built beside ``dest`` under a temporary name and renamed into
+    place when complete. An existing ``dest`` is refused unless it is an empty
+    folder, or ``force`` is given and it is a folder (then it is replaced only
+    after the new one is complete). ``dest`` may not be or hold the archive.
+
+    Returns:
+        ``dest``.
+    """
+    src = Path(archive)
+    out = Path(dest)
+    with ArchiveReader(src) as reader:
+        doc = interop_document(reader)
+        stored = str(doc["format"])
+        name = resolve_format_name(format_name) if format_name else stored
+        if name != stored:
+            raise InputError(
+                f"archive {str(src)!r} holds labels imported from {stored}; export "
+                f"them with --format {stored}"
+            )
+        _check_destination(src, out, force)
+        fmt = get_format(name)
+        parent = out.parent if str(out.parent) else Path(".")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+        try:
+            fmt.export(ArchiveLabelSource(reader), tmp, options or ExportOptions())
+            _replace_folder(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    return out
+
+
+def _check_destination(src: Path, out: Path, force: bool) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(
+            f"output folder {str(parent)!r} does not exist; create it first"
+        )
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {str(out)!r} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(
+            f"output folder {str(out)!r} is not empty; choose a new one or pass "
+            "--force to replace it"
+        )
+    archive = src.resolve()
+    target = out.resolve()
+    if target == archive or target in archive.parents:
+        raise InputError(
+            f"output {str(out)!r} holds the archive {str(src)!r}; choose another"
+        )
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` folder to ``out`` (replacing a previous one)."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old)
