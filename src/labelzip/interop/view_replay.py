@@ -19,7 +19,8 @@ seeded ``RandomSampler``; :func:`seeded_batches` re-derives them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,8 +34,11 @@ __all__ = [
     "apply_mix",
     "coords_to_boxes",
     "crop_with_fill",
+    "mix_pairs",
     "replay_view",
     "seeded_batches",
+    "seeded_epochs",
+    "stack_views",
 ]
 
 MixKind = Literal["none", "cutmix", "mixup"]
@@ -164,8 +168,43 @@ def _check_mix(mix: MixParams, views: torch.Tensor) -> torch.Tensor | None:
     return index.to(views.device)
 
 
+def mix_pairs(own: torch.Tensor, partner: torch.Tensor, mix: MixParams) -> torch.Tensor:
+    """Mix each view with its partner's view, elementwise as ``mix_aug`` does.
+
+    Args:
+        own: (n, C, H, W) float views.
+        partner: (n, C, H, W) the views at each one's stored mix index.
+        mix: the batch's stored parameters (``index`` is not read here).
+
+    Returns:
+        CutMix: ``own`` with the box taken from ``partner``; Mixup:
+        ``lam * own + (1 - lam) * partner``; no mix: a copy of ``own``.
+
+    Raises:
+        InputError: a missing or out-of-range lambda or box.
+    """
+    if mix.kind == "none":
+        return own.clone()
+    if mix.kind == "mixup":
+        if mix.lam is None or not 0.0 <= float(mix.lam) <= 1.0:
+            raise InputError(f"mixup needs a lambda in [0, 1], got {mix.lam}")
+        lam = float(mix.lam)
+        return lam * own + (1 - lam) * partner
+    if mix.bbox is None:
+        raise InputError("a cutmix batch needs its stored box")
+    x1, y1, x2, y2 = (int(v) for v in mix.bbox)
+    rows, cols = own.shape[-2:]
+    if not (0 <= x1 <= x2 <= rows and 0 <= y1 <= y2 <= cols):
+        raise InputError(
+            f"cutmix box {(x1, y1, x2, y2)} does not fit {rows}x{cols} views"
+        )
+    out = own.clone()
+    out[..., x1:x2, y1:y2] = partner[..., x1:x2, y1:y2]
+    return out
+
+
 def apply_mix(views: torch.Tensor, mix: MixParams) -> torch.Tensor:
-    """Mix a batch of (transformed) views as the frameworks' ``mix_aug`` replays it.
+    """Mix a whole batch of (transformed) views as the frameworks' ``mix_aug`` replays it.
 
     Args:
         views: (B, C, H, W) float views, already normalised (the frameworks mix
@@ -181,54 +220,53 @@ def apply_mix(views: torch.Tensor, mix: MixParams) -> torch.Tensor:
     index = _check_mix(mix, views)
     if index is None:
         return views.clone()
-    if mix.kind == "mixup":
-        if mix.lam is None or not 0.0 <= mix.lam <= 1.0:
-            raise InputError(f"mixup needs a lambda in [0, 1], got {mix.lam}")
-        return mix.lam * views + (1 - mix.lam) * views[index]
-    if mix.bbox is None:
-        raise InputError("a cutmix batch needs its stored box")
-    x1, y1, x2, y2 = (int(v) for v in mix.bbox)
-    rows, cols = views.shape[-2:]
-    if not (0 <= x1 <= x2 <= rows and 0 <= y1 <= y2 <= cols):
-        raise InputError(
-            f"cutmix box {(x1, y1, x2, y2)} does not fit {rows}x{cols} views"
-        )
-    out = views.clone()
-    out[..., x1:x2, y1:y2] = views[index][..., x1:x2, y1:y2]
-    return out
+    return mix_pairs(views, views[index], mix)
 
 
 # ------------------------------------------------------------------------- batches
 
 
-def seeded_batches(
-    num_images: int, batch_size: int, seed: int, epoch: int
-) -> list[list[int]]:
-    """Image indices of each batch of ``epoch`` under SRe2L's seeded sampler.
+def seeded_epochs(
+    num_images: int,
+    batch_size: int,
+    seed: int,
+    epochs: int,
+    *,
+    drop_last: bool = False,
+) -> Iterator[list[list[int]]]:
+    """Each epoch's batches of image indices under SRe2L's seeded sampler.
 
-    SRe2L's relabel and training both iterate a ``RandomSampler`` whose
-    generator is seeded once (``--fkd-seed``, 42) and then advanced epoch by
-    epoch, batched without dropping the last batch. This builds that sampler
-    and runs it through epochs ``0..epoch``, so the order is torch's own for
-    the installed torch (a store relabelled under a torch whose ``randperm``
-    differs cannot be matched; store the indices in that case).
+    SRe2L's relabel and training (and LPLD's, G-VBSM's, EDC's relabel) iterate
+    a ``RandomSampler`` whose generator is seeded once (``--fkd-seed``, 42) and
+    then advanced epoch by epoch, batched by a ``BatchSampler``. This runs that
+    very sampler, so the order is torch's own for the installed torch (a store
+    relabelled under a torch whose ``randperm`` differs cannot be matched; its
+    image indices must be stored instead).
 
     Raises:
-        InputError: a non-positive size or a negative epoch.
+        InputError: a non-positive size or a negative epoch count.
     """
-    if num_images < 1 or batch_size < 1 or epoch < 0:
+    if num_images < 1 or batch_size < 1 or epochs < 0:
         raise InputError(
-            f"seeded batches need num_images >= 1, batch_size >= 1 and epoch >= 0, "
-            f"got {num_images}, {batch_size}, {epoch}"
+            f"seeded batches need num_images >= 1, batch_size >= 1 and epochs >= 0, "
+            f"got {num_images}, {batch_size}, {epochs}"
         )
     generator = torch.Generator()
     generator.manual_seed(seed)
     sampler = torch.utils.data.RandomSampler(range(num_images), generator=generator)
-    batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)
-    out: list[list[int]] = []
-    for _ in range(epoch + 1):
-        out = list(batches)
-    return out
+    batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=drop_last)
+    for _ in range(epochs):
+        yield list(batches)
+
+
+def seeded_batches(
+    num_images: int, batch_size: int, seed: int, epoch: int, *, drop_last: bool = False
+) -> list[list[int]]:
+    """The batches of one ``epoch`` of :func:`seeded_epochs` (epochs before it are run)."""
+    if epoch < 0:
+        raise InputError(f"epoch must be >= 0, got {epoch}")
+    epochs = seeded_epochs(num_images, batch_size, seed, epoch + 1, drop_last=drop_last)
+    return collections.deque(epochs, maxlen=1)[0]
 
 
 def stack_views(views: Sequence[torch.Tensor]) -> torch.Tensor:
