@@ -516,7 +516,9 @@ class _SideSpill:
         if math.prod(shape) == 0:
             return torch.empty(shape, dtype=self.dtype)
         self._file.flush()
-        raw = np.memmap(self._file, dtype=np.uint8, mode="r")
+        raw = np.memmap(
+            self._file, dtype=np.uint8, mode="c"
+        )  # copy-on-write: writable view
         return torch.from_numpy(raw).view(self.dtype).reshape(shape)
 
     def close(self) -> None:

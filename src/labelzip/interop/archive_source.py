@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from labelzip.archive.format import SIDE_PREFIX, dtype_from_code
+from labelzip.archive.format import SIDE_PREFIX, TensorEntry, dtype_from_code
 from labelzip.archive.reader import ArchiveReader
 from labelzip.codecs.dense import DTYPES, DenseCodec
 from labelzip.codecs.topk import TopKCodec
@@ -97,14 +97,21 @@ class ArchiveLabelSource(LabelSource):
     def has_side(self, name: str) -> bool:
         return SIDE_PREFIX + name in self.reader.container.entries
 
-    def side(self, name: str, start: int, stop: int) -> torch.Tensor:
-        key = SIDE_PREFIX + name
-        entry = self.reader.container.entries.get(key)
+    def side_rows(self, name: str) -> int:
+        return int(self._entry(name).shape[0])
+
+    def _entry(self, name: str) -> TensorEntry:
+        entry = self.reader.container.entries.get(SIDE_PREFIX + name)
         if entry is None:
             raise ArchiveFormatError(
                 f"archive {str(self.reader.path)!r} has no side tensor {name!r}, "
                 "which its import recorded"
             )
+        return entry
+
+    def side(self, name: str, start: int, stop: int) -> torch.Tensor:
+        key = SIDE_PREFIX + name
+        entry = self._entry(name)
         if key not in self._verified:
             self._verify(key, entry.start, entry.end)
             self._verified.add(key)

@@ -88,6 +88,8 @@ class StoreRecord:
         file_side: per-file tensors whose first dimension is 1 (``mix_lam``,
             ``mix_bbox``, row counts ...), appended as ``side/<name>``: one row
             per record.
+        blobs: tensors appended as they are (any number of rows), e.g. the
+            bytes of a side file kept verbatim; usually only on one record.
     """
 
     source: str
@@ -96,6 +98,7 @@ class StoreRecord:
     topk_ids: torch.Tensor | None = None
     side: dict[str, torch.Tensor] = field(default_factory=dict)
     file_side: dict[str, torch.Tensor] = field(default_factory=dict)
+    blobs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -203,6 +206,10 @@ class LabelSource(ABC):
     @abstractmethod
     def has_side(self, name: str) -> bool:
         """Whether the archive holds side tensor ``name``."""
+
+    @abstractmethod
+    def side_rows(self, name: str) -> int:
+        """Rows (first dimension) of side tensor ``name``."""
 
 
 class StoreFormat(ABC):

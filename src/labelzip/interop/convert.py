@@ -185,6 +185,7 @@ def _fit(
         reservoir.add(store.to_dense(record))
         side_bytes += sum(_nbytes(t) for t in record.side.values())
         side_bytes += sum(_nbytes(t) for t in record.file_side.values())
+        side_bytes += sum(_nbytes(t) for t in record.blobs.values())
 
     def sample() -> Iterator[torch.Tensor]:
         return reservoir.batches()
@@ -251,6 +252,8 @@ def _write(
                 _check_side(record, name, rows)
                 writer.append_side(name, rows)
             for name, rows in record.file_side.items():
+                writer.append_side(name, rows)
+            for name, rows in record.blobs.items():
                 writer.append_side(name, rows)
             if on_progress is not None:
                 on_progress(record.rows)
