@@ -137,11 +137,13 @@ class ReplayPlan:
             return "mixup"
         return "none"
 
-    def _file_value(self, spec: dict[str, Any], f: int) -> float:
+    def _file_column(self, spec: dict[str, Any], num_files: int) -> list[float]:
+        """One per-file scalar (``mix_lam``, a box corner) of every file, read at once."""
         side = _leaf_side(spec)
         if side is None:
             raise InputError(f"a {spec.get('t')} mix element has no stored value")
-        return float(self.source.side(side, f, f + 1).reshape(-1)[0].item())
+        rows = self.source.side(side, 0, num_files).reshape(num_files, -1)
+        return [float(v) for v in rows[:, 0].tolist()]
 
     def _read_batches(self, doc: dict[str, Any]) -> list[StoredBatch]:
         num_files = int(doc["num_files"])
@@ -160,18 +162,22 @@ class ReplayPlan:
                 f"of {sum(rows)} labels but holds {self.num_labels}"
             )
         kind = self._mix_kind()
-        bbox_spec = self._elements.get("mix_bbox", {"t": "none"})
+        lams: list[float] | None = None
+        boxes: list[list[float]] = []
+        if kind != "none":
+            lams = self._file_column(self._elements["mix_lam"], num_files)
+        if kind == "cutmix":
+            items = self._elements["mix_bbox"].get("items", [])
+            if len(items) != 4:
+                raise InputError(f"a cutmix box holds {len(items)} values, not 4")
+            boxes = [self._file_column(item, num_files) for item in items]
         out: list[StoredBatch] = []
         start = 0
         for f, ((epoch, number), size) in enumerate(zip(places, rows, strict=True)):
-            lam = bbox = None
-            if kind != "none":
-                lam = self._file_value(self._elements["mix_lam"], f)
-            if kind == "cutmix":
-                items = bbox_spec.get("items", [])
-                if len(items) != 4:
-                    raise InputError(f"a cutmix box holds {len(items)} values, not 4")
-                x1, y1, x2, y2 = (int(self._file_value(item, f)) for item in items)
+            lam = None if lams is None else lams[f]
+            bbox = None
+            if boxes:
+                x1, y1, x2, y2 = (int(column[f]) for column in boxes)
                 bbox = (x1, y1, x2, y2)
             mix = MixParams(kind, None, lam, bbox)
             out.append(StoredBatch(f, start, int(size), epoch, number, mix))
