@@ -49,8 +49,12 @@ __all__ = ["CodecChoice", "export_archive", "import_store", "lossless_codec"]
 
 logger = logging.getLogger(__name__)
 
-# Labels a re-encoding codec is fitted on at most (the reservoir of pass 1).
-DEFAULT_FIT_SAMPLE = 200_000
+# Labels a re-encoding codec is fitted on at most (the reservoir of pass 1; at
+# C = 1000 this is 200 MB of float32).
+DEFAULT_FIT_SAMPLE = 50_000
+
+# Codecs whose fit reads only C from the data: no first pass without a rate target.
+_SHAPE_ONLY_FIT = ("dense", "topk")
 
 _STORED_DENSE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _STORED_TOPK = {torch.float32: "fp32", torch.float16: "fp16"}
@@ -177,6 +181,10 @@ def _fit(
     fields = cls.config_class.model_fields
     if "seed" in fields:
         options.setdefault("seed", choice.seed)
+    target = choice.ratio is not None or choice.bits_per_label is not None
+    if choice.name in _SHAPE_ONLY_FIT and not target:
+        probe = [torch.zeros(1, store.num_classes)]
+        return create_codec(choice.name, **options).fit(probe)
     reservoir = Reservoir(
         min(choice.fit_sample, store.num_labels), store.num_classes, seed=choice.seed
     )
@@ -190,7 +198,7 @@ def _fit(
     def sample() -> Iterator[torch.Tensor]:
         return reservoir.batches()
 
-    if choice.ratio is None and choice.bits_per_label is None:
+    if not target:
         return create_codec(choice.name, **options).fit(
             sample, num_labels=store.num_labels
         )

@@ -305,13 +305,15 @@ def _file_names(doc: dict[str, Any]) -> Iterator[str]:
 def _export_labels(got: Any, labels: dict[str, Any]) -> tuple[torch.Tensor, Any]:
     """The file's label element(s) in the stored dtypes (top-k of decoded labels
     after a lossy import)."""
+    # Copies, never views: torch.save of a view writes its whole storage (the
+    # archive chunk the file's rows were cut from).
     dtype = torch_dtype(labels["dtype"])
     if labels["kind"] == "dense":
         assert got.dense is not None
-        return got.dense.to(dtype), None
+        return got.dense.to(dtype, copy=True), None
     ids_dtype = torch_dtype(labels["ids_dtype"])
     if got.values is not None:
-        return got.values.to(dtype), got.ids.to(ids_dtype)
+        return got.values.to(dtype, copy=True), got.ids.to(ids_dtype, copy=True)
     values, ids = got.dense.topk(int(labels["k"]), dim=1)
     return values.to(dtype), ids.to(ids_dtype)
 
@@ -349,6 +351,7 @@ class FKDMixStore(ImportedStore):
             self.num_classes = options.num_classes
         self.specs = self._flatten(first, files[0].name, self.batch_rows)[0]
         self.variant = self.first_variant.name + _mix_name(first, self.names)
+        del first, labels  # one file in memory: _rows() loads others
         self.file_rows = self._rows()
         self.num_labels = sum(self.file_rows)
         self.layout = Layout(("label",), (self.num_labels,))
