@@ -567,3 +567,26 @@ def test_fkd_reader_option(tmp_path: Path) -> None:
         get_format("fkd").open(
             tmp_path / "f", ImportOptions(num_classes=12, extra={"reader": "x"})
         )
+
+
+def test_non_finite_logits_name_the_file(tmp_path: Path) -> None:
+    write_sre2l(tmp_path / "s", epochs=1)
+    path = tmp_path / "s/epoch_0/batch_1.tar"
+    obj = torch.load(path, weights_only=False)
+    obj[5][0, 0] = float("inf")  # an fp16 overflow
+    torch.save(obj, path)
+    with pytest.raises(InputError, match=r"^epoch_0/batch_1.tar: .*NaN or Inf"):
+        import_store(tmp_path / "s", "sre2l", tmp_path / "a.lz", options=SRE2L_OPTIONS)
+    assert not (tmp_path / "a.lz").exists()
+
+
+def test_recorded_sampler_rebuilds_the_batches(tmp_path: Path) -> None:
+    """SRe2L files name no images: seed, batch size and image count rebuild them."""
+    batches = write_sre2l(tmp_path / "s", num_images=10, batch_size=4, epochs=3)
+    import_store(tmp_path / "s", "sre2l", tmp_path / "a.lz", options=SRE2L_OPTIONS)
+    with ArchiveReader(tmp_path / "a.lz") as reader:
+        sampler = reader.header.user["interop"]["sampler"]
+    gen = torch.Generator().manual_seed(sampler["seed"])
+    order = torch.utils.data.RandomSampler(range(sampler["num_images"]), generator=gen)
+    batcher = torch.utils.data.BatchSampler(order, sampler["batch_size"], False)
+    assert [[list(b) for b in batcher] for _ in range(3)] == batches

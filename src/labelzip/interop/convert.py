@@ -231,11 +231,8 @@ def _write(
     on_progress: Callable[[int], None] | None,
 ) -> StorageAccount:
     """Pass 2 (or the only pass): every record into the archive, in order."""
-    sparse = (
-        isinstance(codec, TopKCodec)
-        and store.kind == "topk"
-        and bool(metadata.user[INTEROP_KEY]["lossless"])
-    )
+    lossless = bool(metadata.user[INTEROP_KEY]["lossless"])
+    sparse = isinstance(codec, TopKCodec) and store.kind == "topk" and lossless
     blocks = _Blocks(codec, chunk_size) if sparse else None
     with ArchiveWriter(
         output,
@@ -246,23 +243,12 @@ def _write(
         reference=reference,
     ) as writer:
         for record in store.records():
-            if blocks is not None:
-                assert record.topk_values is not None and record.topk_ids is not None
-                for block in blocks.add(record.topk_values, record.topk_ids):
-                    writer.write_block(block)
-            elif record.dense is not None and bool(
-                metadata.user[INTEROP_KEY]["lossless"]
-            ):
-                writer.write(record.dense)
-            else:
-                writer.write(store.to_dense(record))
-            for name, rows in record.side.items():
-                _check_side(record, name, rows)
-                writer.append_side(name, rows)
-            for name, rows in record.file_side.items():
-                writer.append_side(name, rows)
-            for name, rows in record.blobs.items():
-                writer.append_side(name, rows)
+            try:
+                _write_record(writer, store, record, blocks, lossless)
+            except InputError as exc:  # the writer's checks, with the file named
+                if record.source in str(exc):
+                    raise
+                raise InputError(f"{record.source}: {exc}") from exc
             if on_progress is not None:
                 on_progress(record.rows)
         if blocks is not None:
@@ -270,6 +256,31 @@ def _write(
                 writer.write_block(block)
     assert writer.account is not None
     return writer.account
+
+
+def _write_record(
+    writer: ArchiveWriter,
+    store: ImportedStore,
+    record: StoreRecord,
+    blocks: _Blocks | None,
+    lossless: bool,
+) -> None:
+    """One record's labels and side rows into the writer."""
+    if blocks is not None:
+        assert record.topk_values is not None and record.topk_ids is not None
+        for block in blocks.add(record.topk_values, record.topk_ids):
+            writer.write_block(block)
+    elif record.dense is not None and lossless:
+        writer.write(record.dense)
+    else:
+        writer.write(store.to_dense(record))
+    for name, rows in record.side.items():
+        _check_side(record, name, rows)
+        writer.append_side(name, rows)
+    for name, rows in record.file_side.items():
+        writer.append_side(name, rows)
+    for name, rows in record.blobs.items():
+        writer.append_side(name, rows)
 
 
 def _check_side(record: StoreRecord, name: str, rows: torch.Tensor) -> None:
