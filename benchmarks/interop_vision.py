@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -307,7 +308,7 @@ def main() -> None:
     source = tiled_source(logits)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     args.work.mkdir(parents=True, exist_ok=False)
-    command = "python " + " ".join(sys.argv)
+    command = "python " + shlex.join(sys.argv)
     rows: list[dict[str, Any]] = []
     try:
         for k, fmt in enumerate(args.formats):
