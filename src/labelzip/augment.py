@@ -40,8 +40,10 @@ __all__ = [
     "explicit_params",
     "explicit_param_bytes",
     "hash_uniform",
+    "image_sizes",
     "make_views",
     "render_views",
+    "resize_crop",
     "sample_view_params",
 ]
 
@@ -178,7 +180,7 @@ def hash_uniform(keys: torch.Tensor, draw: int) -> torch.Tensor:
 # --------------------------------------------------------------------- sampling
 
 
-def _image_sizes(images: ImageSource, index: torch.Tensor) -> torch.Tensor:
+def image_sizes(images: ImageSource, index: torch.Tensor) -> torch.Tensor:
     """(B, 2) int64 (height, width) of the addressed images."""
     if isinstance(images, torch.Tensor):
         h, w = images.shape[-2:]
@@ -318,7 +320,7 @@ def sample_view_params(
     num_images = len(images)
     index = _check_indices(indices, num_images)
     keys = _view_keys(seed, epoch, index)
-    sizes = _image_sizes(images, index)
+    sizes = image_sizes(images, index)
     crop = _crop_boxes(keys, sizes, config)
     flip = hash_uniform(keys, _D_FLIP) < config.flip_prob
     b = len(index)
@@ -346,7 +348,7 @@ def sample_view_params(
         # The partner contributes its own (seed, epoch, partner) base view.
         sel = partner[mixed]
         pkeys = _view_keys(seed, epoch, sel)
-        partner_crop[mixed] = _crop_boxes(pkeys, _image_sizes(images, sel), config)
+        partner_crop[mixed] = _crop_boxes(pkeys, image_sizes(images, sel), config)
         partner_flip[mixed] = hash_uniform(pkeys, _D_FLIP) < config.flip_prob
     return ViewParams(
         index, crop, flip, partner, lam, mix_box, partner_crop, partner_flip, sizes
@@ -354,6 +356,29 @@ def sample_view_params(
 
 
 # -------------------------------------------------------------------- rendering
+
+
+def resize_crop(
+    crop: torch.Tensor,
+    output_size: tuple[int, int],
+    *,
+    antialias: bool = True,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Resize a cropped (C, h, w) region to ``output_size``: (C, H, W) float32.
+
+    Bilinear with ``align_corners=False``; with ``antialias`` the filter widens
+    when shrinking, as torchvision's and PIL's bilinear resize do. Any input
+    dtype; the result keeps the input's value range.
+    """
+    device = crop.device if device is None else torch.device(device)
+    return F.interpolate(
+        crop.to(device, torch.float32).unsqueeze(0),
+        size=output_size,
+        mode="bilinear",
+        align_corners=False,
+        antialias=antialias,
+    )[0]
 
 
 def _base_view(
@@ -364,14 +389,10 @@ def _base_view(
     device: torch.device,
 ) -> torch.Tensor:
     top, left, h, w = (int(v) for v in box)
-    crop = image[..., top : top + h, left : left + w].to(device, torch.float32)
-    view = F.interpolate(
-        crop.unsqueeze(0),
-        size=config.output_size,
-        mode="bilinear",
-        align_corners=False,
-        antialias=config.antialias,
-    )[0]
+    crop = image[..., top : top + h, left : left + w]
+    view = resize_crop(
+        crop, config.output_size, antialias=config.antialias, device=device
+    )
     return view.flip(-1) if flip else view
 
 
