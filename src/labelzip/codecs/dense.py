@@ -137,6 +137,14 @@ class DenseCodec(Codec):
         num_classes = self._require_fitted("expected_payload_bits")
         return float(8 * self.bytes_per_value * num_classes)
 
+    def rate_limit(self) -> str:
+        num_classes = self._require_fitted("rate_limit")
+        bits = 8 * self.bytes_per_value * num_classes
+        return (
+            f"dense stores all {num_classes} values of every label, {bits} bits per "
+            f"label in {self.config.dtype}; no dense dtype lies between fp16 and fp32"
+        )
+
     # -- rate control ----------------------------------------------------------------
     @classmethod
     def for_target(

@@ -418,6 +418,19 @@ class TopKTailCodec(Codec):
         cfg = self.config
         return float(16 * cfg.k + cfg.k * bits_for(num_classes) + cfg.decay_bits)
 
+    def rate_limit(self) -> str:
+        num_classes = self._require_fitted("rate_limit")
+        k = self.config.k
+        if k >= num_classes:
+            return f"k={k} already keeps every class"
+        now = self.expected_payload_bits() or 0.0
+        step = 16 + bits_for(num_classes)  # one more fp16 value and id per label
+        floor = "k=1 is the smallest topk-tail; " if k == 1 else ""
+        return (
+            f"{floor}K is a whole number of entries: k={k} takes {now:g} payload bits "
+            f"per label and k={k + 1} would take {now + step:g}, over the budget"
+        )
+
     # -- rate control ----------------------------------------------------------------
     @classmethod
     def for_target(
