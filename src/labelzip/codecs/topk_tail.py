@@ -372,6 +372,11 @@ class TopKTailCodec(Codec):
         return out.scatter_(1, ids, values)
 
     # -- what is shipped once ------------------------------------------------------
+    def planned_model_tensors(self, num_classes: int) -> dict[str, torch.Tensor] | None:
+        """The (C,) fp16 log prior: known before fit, so rate control sizes the
+        header exactly instead of reserving a 2 KiB allowance for it."""
+        return {"log_prior": torch.zeros(num_classes, dtype=torch.float16)}
+
     def model_tensors(self) -> dict[str, torch.Tensor]:
         if self._log_prior is None:
             raise NotFittedError(
