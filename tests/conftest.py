@@ -9,13 +9,18 @@ tail. For C=1000 the mean max probability is about 0.83 and logits span about
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import struct
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-__all__ = ["make_teacher_logits"]
+__all__ = ["ArchiveForge", "make_teacher_logits"]
 
 # Test tensors are small: one intra-op thread is as fast, and avoids the 10x
 # slowdowns of oversubscribed thread pools on a shared machine. Override with
@@ -86,3 +91,104 @@ def teacher_logits_c10() -> torch.Tensor:
 def make_logits() -> Callable[..., torch.Tensor]:
     """The generator itself, for tests that need other shapes or seeds."""
     return make_teacher_logits
+
+
+# -- forging archives: header edits with every checksum recomputed ------------------
+
+
+class ArchiveForge:
+    """Edit an archive's headers and recompute its checksums as an attacker would.
+
+    Tests of the integrity rules (and the fuzz suite) use it: an edit made with
+    ``reseal`` passes every digest of the chosen scheme, so only the reader's
+    own checks stand between it and a wrong decode.
+    """
+
+    @staticmethod
+    def read(path: Path) -> tuple[dict[str, Any], bytes]:
+        """(safetensors header as a dict, tensor data bytes)."""
+        raw = path.read_bytes()
+        (length,) = struct.unpack("<Q", raw[:8])
+        return json.loads(raw[8 : 8 + length]), raw[8 + length :]
+
+    @staticmethod
+    def write(path: Path, outer: dict[str, Any], data: bytes) -> None:
+        head = json.dumps(outer, separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)
+        path.write_bytes(struct.pack("<Q", len(head)) + head + data)
+
+    @classmethod
+    def edit(cls, path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+        """Change the safetensors header (tensor entries, metadata) in place."""
+        outer, data = cls.read(path)
+        change(outer)
+        cls.write(path, outer, data)
+
+    @classmethod
+    def edit_document(
+        cls, path: Path, change: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Change the labelzip document and store it with a matching sha256."""
+        outer, data = cls.read(path)
+        doc = json.loads(outer["__metadata__"]["labelzip"])
+        change(doc)
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        outer["__metadata__"] = {
+            "labelzip": text,
+            "labelzip_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        }
+        cls.write(path, outer, data)
+
+    @classmethod
+    def reseal(cls, path: Path, scheme: str) -> None:
+        """Recompute the ``digests`` table, the document's checksum of it and the
+        document's sha256 of a format 2/3 archive.
+
+        ``scheme``: ``"named"`` hashes each tensor's name and bytes (format 2's
+        rule, which a format 3 reader must refuse); ``"entry"`` hashes each
+        tensor's header entry and bytes (format 3's own rule).
+        """
+        outer, data = cls.read(path)
+        entries = {k: v for k, v in outer.items() if k != "__metadata__"}
+
+        def digest(name: str, payload: bytes) -> bytes:
+            if scheme == "named":
+                return hashlib.sha256(name.encode() + b"\x00" + payload).digest()
+            entry = entries[name]
+            text = json.dumps(
+                {
+                    "data_offsets": entry["data_offsets"],
+                    "dtype": entry["dtype"],
+                    "name": name,
+                    "shape": entry["shape"],
+                },
+                sort_keys=True,
+                separators=(",", ":"),
+            )
+            inner = hashlib.sha256(payload).digest()
+            return hashlib.sha256(text.encode() + b"\n" + inner).digest()
+
+        def payload(name: str) -> bytes:
+            start, end = entries[name]["data_offsets"]
+            return data[start:end]
+
+        table = b"".join(
+            digest(n, payload(n)) for n in sorted(entries) if n != "digests"
+        )
+        start, end = entries["digests"]["data_offsets"]
+        if end - start != len(table):
+            raise ValueError("the digests table changed size; cannot reseal")
+        data = data[:start] + table + data[end:]
+        own = (
+            hashlib.sha256(table).hexdigest()
+            if scheme == "named"
+            else digest("digests", table).hex()
+        )
+        cls.write(path, outer, data)
+        cls.edit_document(path, lambda doc: doc.update(checksums={"digests": own}))
+
+
+@pytest.fixture
+def forge() -> type[ArchiveForge]:
+    """:class:`ArchiveForge`: header edits with checksums recomputed."""
+    return ArchiveForge

@@ -196,6 +196,9 @@ def test_digests_table_must_cover_every_tensor(archive: Path) -> None:
     assert container.entries["digests"].shape == (5, 32)  # 4 chunks and the side
     data = archive.read_bytes()
     archive.write_bytes(data.replace(b'"shape":[5,32]', b'"shape":[4,32]'))
+    with pytest.raises(ArchiveFormatError, match="'digests' has shape"):
+        ArchiveReader(archive)  # the entry no longer matches its byte range
+    archive.write_bytes(data.replace(b'"shape":[5,32]', b'"shape":[4,40]'))
     with pytest.raises(ArchiveFormatError, match="'digests' tensor does not have"):
         ArchiveReader(archive)
     rewrite_header(archive, lambda doc: doc.update(checksums={"chunk/000000": "0"}))

@@ -1,4 +1,4 @@
-"""Format 1 archives (checksums in the header) stay readable after format 2.
+"""Format 1 archives (checksums in the header) stay readable after formats 2 and 3.
 
 The files in ``data/`` were written by labelzip at commit ceab43b (format 1):
 ``make_v1``-style code, a pruned top-k archive with a side tensor and class
@@ -59,7 +59,7 @@ def test_format_1_corruption_is_still_detected(tmp_path: Path) -> None:
         reader.verify()
 
 
-def test_format_2_rewrite_is_smaller_and_decodes_the_same(tmp_path: Path) -> None:
+def test_current_format_rewrite_is_smaller_and_decodes_the_same(tmp_path: Path) -> None:
     """Same codec, labels, layout, metadata: ~54 bytes less per tensor."""
     with ArchiveReader(DATA / "v1_topk_pruned.lz") as old:
         codec, meta, plan = old.codec, old.metadata, old.prune
@@ -68,7 +68,7 @@ def test_format_2_rewrite_is_smaller_and_decodes_the_same(tmp_path: Path) -> Non
         tensors = len(old.container.entries)
         old_header = old.account().header_bytes
         decoded_old = load_archive(DATA / "v1_topk_pruned.lz")
-    path = tmp_path / "v2.lz"
+    path = tmp_path / "v3.lz"
     # The archive stores decoded top-k labels: re-encoding them is lossless.
     account = save_archive(
         path,
@@ -81,7 +81,7 @@ def test_format_2_rewrite_is_smaller_and_decodes_the_same(tmp_path: Path) -> Non
     )
     assert account.total_bytes == os.path.getsize(path)
     with ArchiveReader(path) as new:
-        assert new.header.format_version == 2
+        assert new.header.format_version == 3
         assert len(new.container.entries) == tensors + 1  # + digests
         new.verify()
     # Each tensor's escaped '"name":"<64 hex>",' (~86 B) becomes a 32-byte row;

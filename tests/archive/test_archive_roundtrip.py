@@ -20,6 +20,7 @@ from labelzip.archive import (
     load_archive,
     save_archive,
 )
+from labelzip.archive.format import read_container_header
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import create_codec
@@ -302,16 +303,33 @@ def test_archive_is_plain_safetensors(
         assert '"format":"labelzip"' in handle.metadata()["labelzip"]
         chunk = handle.get_tensor("chunk/000001")
         assert chunk.dtype == torch.uint8
-        # Format 2: one binary sha256 of (name, 0, bytes) per tensor, sorted by name.
+        # Format 3: per tensor, sorted by name, the sha256 of its header entry
+        # as canonical JSON, a newline, then the binary sha256 of its bytes.
         digests = handle.get_tensor("digests")
         assert digests.shape == (2, 32) and digests.dtype == torch.uint8
-        want = hashlib.sha256(b"chunk/000001\x00" + chunk.numpy().tobytes()).digest()
-        assert bytes(digests[1].tolist()) == want
+        container = read_container_header(tmp_path / "a.lz")
+
+        def digest(name: str, tensor: torch.Tensor) -> bytes:
+            e = container.entries[name]
+            entry = {
+                "data_offsets": [e.start, e.end],
+                "dtype": e.dtype,
+                "name": name,
+                "shape": list(e.shape),
+            }
+            text = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+            data = hashlib.sha256(tensor.numpy().tobytes()).digest()
+            return hashlib.sha256(text.encode() + b"\n" + data).digest()
+
+        assert bytes(digests[1].tolist()) == digest("chunk/000001", chunk)
         doc = json.loads(handle.metadata()["labelzip"])
-        assert doc["format_version"] == 2
-        assert doc["checksums"] == {
-            "digests": hashlib.sha256(digests.numpy().tobytes()).hexdigest()
-        }
+        assert doc["format_version"] == 3
+        assert doc["checksums"] == {"digests": digest("digests", digests).hex()}
+        meta = handle.metadata()
+        assert (
+            meta["labelzip_sha256"]
+            == hashlib.sha256(meta["labelzip"].encode()).hexdigest()
+        )
 
 
 def test_writer_rejects_wrong_label_counts_and_leaves_no_file(

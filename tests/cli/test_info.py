@@ -31,6 +31,7 @@ REQUIRED = {
     "bits_per_label",
     "layout",
     "format_version",
+    "integrity",
 }
 
 
@@ -80,7 +81,7 @@ def test_json_account_matches_file(
         and info["num_stored"] == 60
     )
     assert info["layout"] == {"dims": ["sample", "view"], "shape": [30, 4]}
-    assert info["format_version"] == 2 and info["prune"]["keep_fraction"] == 0.5
+    assert info["format_version"] == 3 and info["prune"]["keep_fraction"] == 0.5
     assert info["teacher"] == "effnet" and info["verified"] is False
 
 

@@ -9,11 +9,18 @@ open it and memory-map it. labelzip adds:
 - ``__metadata__["labelzip_sha256"]``: the sha256 of that document's UTF-8 bytes;
 - tensors ``model/<name>`` (stored once), ``side/<name>`` (side information) and
   ``chunk/<000000>`` (``uint8`` blocks of consecutive stored labels);
-- (version 2) tensor ``digests``: the binary sha256 of every other tensor's
-  name and bytes (:func:`sha256_named`), one 32-byte row per tensor in sorted
-  name order; the document's ``checksums`` holds only the hex sha256 of
-  ``digests`` (version 1 listed every tensor's hex sha256 of its bytes there:
-  ~84 header bytes per tensor instead of 32).
+- (version 2 and 3) tensor ``digests``: one binary sha256 per other tensor,
+  32-byte rows in sorted name order; the document's ``checksums`` holds only
+  the hex digest of ``digests`` (version 1 listed every tensor's hex sha256 of
+  its bytes there: ~84 header bytes per tensor instead of 32).
+
+What a digest covers (:data:`INTEGRITY`): version 3 (:func:`sha256_entry`)
+binds each tensor's whole header entry (name, dtype, shape, data offsets) and
+its bytes, and the document binds the ``digests`` tensor the same way, so the
+document's own sha256 covers everything a decoder reads. Version 2
+(:func:`sha256_named`) covers each tensor's name and bytes, version 1 its
+bytes only: a dtype or shape edit in the safetensors header is not detected by
+their digests (the codecs' own tensor checks still refuse most of them).
 
 docs/format.md is the human-readable specification of the same rules.
 """
@@ -32,6 +39,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from labelzip.archive.jsonlimits import load_json
 from labelzip.errors import ArchiveFormatError, ConfigError
 
 __all__ = [
@@ -41,6 +49,11 @@ __all__ = [
     "DIGEST_BYTES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "INTEGRITY",
+    "MAX_CHUNK_LABELS",
+    "MAX_CHUNK_VALUES",
+    "MAX_NUM_CLASSES",
+    "MAX_NUM_LABELS",
     "METADATA_KEY",
     "METADATA_SHA_KEY",
     "MODEL_PREFIX",
@@ -60,8 +73,12 @@ __all__ = [
     "digest_table",
     "dtype_from_code",
     "dtype_to_code",
+    "entry_descriptor",
+    "entry_digest",
     "encode_container_header",
     "read_container_header",
+    "plan_entries",
+    "sha256_entry",
     "sha256_named",
     "sha256_tensor",
     "static_order",
@@ -69,9 +86,15 @@ __all__ = [
 ]
 
 FORMAT_NAME = "labelzip"
-FORMAT_VERSION = 2  # what the writer writes
-READABLE_VERSIONS = (1, 2)  # what the reader reads
-DIGESTS_NAME = "digests"  # version 2: the (T, 32) uint8 sha256 table
+FORMAT_VERSION = 3  # what the writer writes
+READABLE_VERSIONS = (1, 2, 3)  # what the reader reads
+# What `--verify` checks, per version (reported by `labelzip info`).
+INTEGRITY = {
+    1: "tensor bytes only (format 1)",
+    2: "tensor names and bytes only (format 2)",
+    3: "header entries, labelzip document and tensor bytes (format 3)",
+}
+DIGESTS_NAME = "digests"  # version 2 and 3: the (T, 32) uint8 sha256 table
 DIGEST_BYTES = 32
 METADATA_KEY = "labelzip"
 METADATA_SHA_KEY = "labelzip_sha256"
@@ -82,6 +105,13 @@ DEFAULT_CHUNK_SIZE = 4096
 
 # safetensors refuses headers above 100 MB; we refuse earlier with our own words.
 MAX_HEADER_BYTES = 100_000_000
+# Limits of the format, checked by the reader before it allocates anything and
+# by the writer before it writes (docs/format.md, "Limits").
+MAX_NUM_CLASSES = 1 << 24  # C: 16.7 M values per label (LLM vocabularies: < 1 M)
+MAX_NUM_LABELS = 1 << 48  # labels represented (pruned included)
+MAX_CHUNK_LABELS = 1 << 24  # stored labels per chunk
+MAX_CHUNK_VALUES = 1 << 31  # chunk labels x C: one decoded chunk, 8 GiB of float32
+MAX_TENSOR_DIMS = 16  # dimensions of a stored tensor
 
 _DTYPE_CODES: dict[torch.dtype, str] = {
     torch.float64: "F64",
@@ -139,6 +169,46 @@ def sha256_named(name: str, tensor: torch.Tensor) -> str:
     digest = hashlib.sha256(name.encode("utf-8") + b"\x00")
     digest.update(data.numpy().tobytes())
     return digest.hexdigest()
+
+
+def entry_descriptor(
+    name: str, code: str, shape: Sequence[int], start: int, end: int
+) -> bytes:
+    """Canonical bytes of one safetensors header entry, as format 3 hashes it.
+
+    Compact JSON with sorted keys:
+    ``{"data_offsets":[start,end],"dtype":code,"name":name,"shape":[...]}``
+    (ASCII, non-ASCII characters escaped as ``\\uXXXX``).
+    """
+    doc = {
+        "data_offsets": [int(start), int(end)],
+        "dtype": code,
+        "name": name,
+        "shape": [int(s) for s in shape],
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def entry_digest(descriptor: bytes, data_sha256: bytes) -> str:
+    """Format 3 digest: hex sha256 of ``descriptor``, one newline, then the
+    32-byte binary sha256 of the tensor's bytes.
+
+    The data digest has a fixed length at the end, so no two (entry, bytes)
+    pairs hash the same input; the writer hashes each chunk once while
+    streaming and binds its entry when the offsets are known.
+    """
+    if len(data_sha256) != DIGEST_BYTES:
+        raise ConfigError("entry_digest needs the 32-byte binary sha256 of the data")
+    return hashlib.sha256(descriptor + b"\n" + data_sha256).hexdigest()
+
+
+def sha256_entry(entry: TensorEntry, tensor: torch.Tensor) -> str:
+    """Format 3 digest of a tensor stored under ``entry`` (see :func:`entry_digest`)."""
+    data = hashlib.sha256(tensor_bytes(tensor)).digest()
+    descriptor = entry_descriptor(
+        entry.name, entry.dtype, entry.shape, entry.start, entry.end
+    )
+    return entry_digest(descriptor, data)
 
 
 def digest_table(checksums: Mapping[str, str]) -> torch.Tensor:
@@ -346,6 +416,23 @@ class TensorEntry:
         return self.end - self.start
 
 
+def plan_entries(
+    tensors: Sequence[tuple[str, str, Sequence[int], int]],
+) -> list[TensorEntry]:
+    """Entries of tensors stored back to back: ``(name, dtype code, shape, nbytes)``
+    in storage order -> each one's byte range (offsets from the data start).
+
+    Offsets depend on sizes only, so a writer knows every entry (and can hash
+    it, format 3) before the header that holds them is built.
+    """
+    entries: list[TensorEntry] = []
+    offset = 0
+    for name, code, shape, nbytes in tensors:
+        entries.append(TensorEntry(name, code, tuple(shape), offset, offset + nbytes))
+        offset += nbytes
+    return entries
+
+
 def encode_container_header(
     metadata: Mapping[str, str],
     tensors: Sequence[tuple[str, str, Sequence[int], int]],
@@ -361,11 +448,7 @@ def encode_container_header(
         ``(prefix, entries)``: 8-byte length + JSON header padded with spaces to
         a multiple of 8 bytes, and the byte range of each tensor.
     """
-    entries: list[TensorEntry] = []
-    offset = 0
-    for name, code, shape, nbytes in tensors:
-        entries.append(TensorEntry(name, code, tuple(shape), offset, offset + nbytes))
-        offset += nbytes
+    entries = plan_entries(tensors)
     doc: dict[str, Any] = {"__metadata__": dict(metadata)}
     for entry in entries:
         doc[entry.name] = {
@@ -420,44 +503,105 @@ def read_container_header(path: str | os.PathLike[str]) -> ContainerHeader:
             raw = handle.read(length)
     except OSError as exc:
         raise ArchiveFormatError(f"cannot read archive {name!r}: {exc}") from exc
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-        if not isinstance(doc, dict):
-            raise ValueError("header is not a JSON object")
-        metadata = doc.pop("__metadata__", None) or {}
-        entries = {
-            key: TensorEntry(
-                key,
-                str(value["dtype"]),
-                tuple(int(s) for s in value["shape"]),
-                int(value["data_offsets"][0]),
-                int(value["data_offsets"][1]),
-            )
-            for key, value in doc.items()
-        }
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    doc = load_json(
+        raw,
+        f"{name!r} is not a labelzip archive: its header is not a valid safetensors "
+        "header",
+    )
+    if not isinstance(doc, dict):
         raise ArchiveFormatError(
-            f"{name!r} is not a labelzip archive: its header is not a valid "
-            f"safetensors header ({exc})"
-        ) from exc
+            f"{name!r} is not a labelzip archive: its header is not a JSON object"
+        )
+    metadata = doc.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(v, str) for v in metadata.values()
+    ):
+        raise ArchiveFormatError(
+            f"{name!r} is not a labelzip archive: its __metadata__ is not a map of "
+            "strings"
+        )
     data_start = 8 + length
-    data_end = max((entry.end for entry in entries.values()), default=0)
-    if data_start + data_end > file_size:
-        raise ArchiveFormatError(
-            f"archive {name!r} is truncated: its header describes "
-            f"{data_start + data_end} bytes but the file has {file_size}"
-        )
-    if data_start + data_end < file_size:
-        raise ArchiveFormatError(
-            f"archive {name!r} has {file_size - data_start - data_end} unexpected "
-            "bytes after its last tensor; it was not written by labelzip"
-        )
+    entries = {
+        key: _parse_entry(key, value, file_size - data_start, name)
+        for key, value in doc.items()
+    }
+    _check_contiguous(entries, file_size - data_start, name)
     return ContainerHeader(
         metadata={str(k): str(v) for k, v in metadata.items()},
         entries=entries,
         data_start=data_start,
         file_size=file_size,
     )
+
+
+def _parse_entry(key: str, value: Any, data_bytes: int, name: str) -> TensorEntry:
+    """One checked header entry: known dtype, int shape and offsets within the file,
+    shape x element size = byte range (safetensors' own rule, checked before use)."""
+
+    def bad(why: str) -> ArchiveFormatError:
+        return ArchiveFormatError(
+            f"{name!r} is not a valid archive: header entry {key[:80]!r} {why}"
+        )
+
+    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data_offsets"}:
+        raise bad("needs exactly dtype, shape and data_offsets")
+    code, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
+    if not isinstance(code, str) or code not in _CODE_DTYPES:
+        raise bad(f"has unsupported dtype {str(code)[:20]!r}")
+    ints = _counts(shape, MAX_TENSOR_DIMS)
+    pair = _counts(offsets, 2)
+    if ints is None or pair is None or len(pair) != 2:
+        raise bad(
+            f"needs a shape of at most {MAX_TENSOR_DIMS} non-negative integers and "
+            "two non-negative integer data_offsets"
+        )
+    start, end = pair
+    if end > data_bytes:
+        raise ArchiveFormatError(
+            f"archive {name!r} is truncated: its header describes tensor "
+            f"{key[:80]!r} up to byte {end} of the data but the file has "
+            f"{data_bytes} data bytes"
+        )
+    if start > end or any(s > data_bytes for s in ints):
+        raise bad(f"has shape {ints[:8]} or offsets [{start}, {end}] out of range")
+    dtype = _CODE_DTYPES[code]
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if math.prod(ints) * itemsize != end - start:
+        raise bad(
+            f"has shape {ints[:8]} of {code} but {end - start} bytes; the header "
+            "was edited or is corrupted"
+        )
+    return TensorEntry(key, code, tuple(ints), start, end)
+
+
+def _counts(value: Any, most: int) -> list[int] | None:
+    """``value`` as a list of at most ``most`` non-negative ints, else None."""
+    if not isinstance(value, list) or len(value) > most:
+        return None
+    if not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        return None
+    return [int(v) for v in value]
+
+
+def _check_contiguous(
+    entries: Mapping[str, TensorEntry], data_bytes: int, name: str
+) -> None:
+    """Tensor byte ranges tile the data exactly: no gap, overlap or trailing bytes."""
+    offset = 0
+    for entry in sorted(entries.values(), key=lambda e: (e.start, e.end)):
+        if entry.start != offset:
+            raise ArchiveFormatError(
+                f"archive {name!r} is corrupted: tensor {entry.name[:80]!r} starts at "
+                f"byte {entry.start} of its data, expected {offset}"
+            )
+        offset = entry.end
+    if offset < data_bytes:
+        raise ArchiveFormatError(
+            f"archive {name!r} has {data_bytes - offset} unexpected bytes after its "
+            "last tensor; it was not written by labelzip"
+        )
 
 
 # -- building a header -----------------------------------------------------------------

@@ -10,7 +10,6 @@ loop can fetch the labels of one batch of views without touching the rest.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -27,6 +26,11 @@ from labelzip.archive.format import (
     DIGEST_BYTES,
     DIGESTS_NAME,
     FORMAT_NAME,
+    INTEGRITY,
+    MAX_CHUNK_LABELS,
+    MAX_CHUNK_VALUES,
+    MAX_NUM_CLASSES,
+    MAX_NUM_LABELS,
     METADATA_KEY,
     METADATA_SHA_KEY,
     MODEL_PREFIX,
@@ -38,10 +42,13 @@ from labelzip.archive.format import (
     Layout,
     chunk_name,
     digest_map,
+    dtype_from_code,
     read_container_header,
+    sha256_entry,
     sha256_named,
     sha256_tensor,
 )
+from labelzip.archive.jsonlimits import load_json
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import CODEC_IDS, codec_class
@@ -101,6 +108,7 @@ class ArchiveReader:
         self._chunk_starts = torch.tensor(starts, dtype=torch.int64)
         self._handle: Any = None
         self._checksums: dict[str, str] | None = None  # every tensor's hex sha256
+        _ = self.prune  # checked at open: O(1), the plan's lookups are lazy
 
     # -- description ---------------------------------------------------------------
     @property
@@ -152,6 +160,7 @@ class ArchiveReader:
             **self.account().to_dict(),
             "format": h.format,
             "format_version": h.format_version,
+            "integrity": INTEGRITY[h.format_version],
             "codec_id": h.codec.id,
             "codec_config": h.codec.config,
             "layout": h.layout.model_dump(),
@@ -183,8 +192,9 @@ class ArchiveReader:
     def checksums(self) -> dict[str, str]:
         """Tensor name -> hex sha256, for every tensor of the file.
 
-        Format 1 lists them in the header; format 2 stores them in the
-        ``digests`` tensor, which is read and checked on first use.
+        Format 1 lists them in the header; formats 2 and 3 store them in the
+        ``digests`` tensor, which is read and checked on first use. What each
+        digest covers depends on the version (:data:`~labelzip.archive.format.INTEGRITY`).
         """
         if self._checksums is None:
             if self.header.format_version == 1:
@@ -201,13 +211,31 @@ class ArchiveReader:
         return self._checksums
 
     def _tensor(self, name: str) -> torch.Tensor:
-        # Format 2 digests cover the name too (the digests table: its bytes only).
-        named = self.header.format_version > 1 and name != DIGESTS_NAME
-        return self._raw_tensor(name, self.checksums[name], named)
+        return self._raw_tensor(name, self.checksums[name])
 
-    def _raw_tensor(self, name: str, want: str, named: bool = False) -> torch.Tensor:
-        tensor: torch.Tensor = self._open().get_tensor(name)
-        got = sha256_named(name, tensor) if named else sha256_tensor(tensor)
+    def _raw_tensor(self, name: str, want: str) -> torch.Tensor:
+        entry = self.container.entries[name]
+        try:
+            tensor: torch.Tensor = self._open().get_tensor(name)
+        except Exception as exc:
+            raise ArchiveFormatError(
+                f"cannot read tensor {name!r} of archive {str(self.path)!r}: {exc}"
+            ) from exc
+        if tensor.dtype != dtype_from_code(entry.dtype) or tuple(tensor.shape) != (
+            entry.shape
+        ):
+            raise ArchiveFormatError(
+                f"archive {str(self.path)!r} is corrupted: safetensors reads tensor "
+                f"{name!r} as {tuple(tensor.shape)} {tensor.dtype}, its header entry "
+                f"says {entry.shape} {entry.dtype}"
+            )
+        version = self.header.format_version
+        if version >= 3:  # the entry (name, dtype, shape, offsets) and the bytes
+            got = sha256_entry(entry, tensor)
+        elif version == 2 and name != DIGESTS_NAME:  # the name and the bytes
+            got = sha256_named(name, tensor)
+        else:  # the bytes only
+            got = sha256_tensor(tensor)
         if got != want:
             raise ChecksumError(
                 f"archive {str(self.path)!r} is corrupted: tensor {name!r} does not "
@@ -245,7 +273,7 @@ class ArchiveReader:
 
         stored = torch.as_tensor(stored, dtype=torch.int64).reshape(-1)
         plan = self.prune
-        flat = plan.kept_indices()[stored] if plan is not None else stored
+        flat = plan.kept_flat(stored) if plan is not None else stored
         try:
             return recipe_context(
                 self.header.user, self.layout.dims, self.layout.shape, flat
@@ -342,6 +370,7 @@ class ArchiveReader:
         """
         device = torch.device(device if device is not None else "cpu")
         flat = self._flat_indices(index)
+        _ = self.codec  # rebuilt and checked against the header before allocating
         prune = self.prune
         stored = prune.stored_index(flat) if prune is not None else flat
         stored = stored.reshape(-1)
@@ -398,9 +427,18 @@ class ArchiveReader:
             yield self._decode_block(cid, device)
 
     def verify(self) -> None:
-        """Check every tensor against its sha256; raise ChecksumError on the first bad one."""
+        """Check every tensor against its digest, then rebuild the codec and prune plan.
+
+        Raises ChecksumError on the first tensor that does not match, and
+        ArchiveFormatError when the stored codec tensors do not fit the codec's
+        config or the prune plan does not fit the layout. What the digests
+        cover depends on the format version; docs/format.md ("What --verify
+        guarantees") states it.
+        """
         for name in sorted(self.checksums):
             self._tensor(name)
+        _ = self.codec
+        _ = self.prune
 
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
@@ -447,12 +485,7 @@ def _parse_header(container: ContainerHeader, name: str) -> ArchiveHeader:
             f"archive {name!r} is corrupted: its labelzip header does not match its "
             "checksum; re-create or re-download the file"
         )
-    try:
-        raw = json.loads(doc)
-    except ValueError as exc:
-        raise ArchiveFormatError(
-            f"archive {name!r} has an unreadable header: {exc}"
-        ) from exc
+    raw = load_json(doc, f"archive {name!r} has an unreadable header")
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise ArchiveFormatError(f"{name!r} is not a labelzip archive (format field)")
     version = raw.get("format_version")
@@ -462,9 +495,11 @@ def _parse_header(container: ContainerHeader, name: str) -> ArchiveHeader:
             f"archive {name!r} has format version {version!r}; this labelzip reads "
             f"version {readable}; upgrade labelzip to read it"
         )
-    codec = raw.get("codec") or {}
+    codec = raw.get("codec")
+    codec = codec if isinstance(codec, dict) else {}
     known = {cid: cname for cname, (cid, _) in CODEC_IDS.items()}
-    if codec.get("id") not in known or known[codec["id"]] != codec.get("name"):
+    cid = codec.get("id")
+    if not isinstance(cid, int) or cid not in known or known[cid] != codec.get("name"):
         raise ArchiveFormatError(
             f"archive {name!r} uses codec id {codec.get('id')!r} "
             f"({codec.get('name')!r}) which this labelzip does not know; upgrade "
@@ -482,7 +517,9 @@ def _check_tensors(
     container: ContainerHeader, header: ArchiveHeader, name: str
 ) -> Layout:
     """Header and container agree: same tensors, chunk counts add up; the layout."""
-    bad = ""
+    bad = _limits(header, container)
+    if bad:
+        raise ArchiveFormatError(f"archive {name!r} has an invalid header: {bad}")
     chunk_names = {chunk_name(i) for i in range(len(header.chunk_labels))}
     found = set(container.entries)
     digests = container.entries.get(DIGESTS_NAME)
@@ -500,8 +537,12 @@ def _check_tensors(
         bad = "chunk tensors do not match chunk_labels"
     elif sum(header.chunk_labels) != header.num_stored or min(header.chunk_labels) < 1:
         bad = f"chunk_labels add up to {sum(header.chunk_labels)}, not {header.num_stored}"
-    elif any(container.entries[n].dtype != "U8" for n in chunk_names):
-        bad = "chunk tensors must be uint8"
+    elif any(
+        container.entries[n].dtype != "U8"
+        or container.entries[n].shape != (container.entries[n].nbytes,)
+        for n in chunk_names
+    ):
+        bad = "chunk tensors must be one-dimensional uint8"
     elif (
         header.class_names is not None and len(header.class_names) != header.num_classes
     ):
@@ -521,6 +562,43 @@ def _check_tensors(
     if bad:
         raise ArchiveFormatError(f"archive {name!r} has an inconsistent header: {bad}")
     return layout
+
+
+def _limits(header: ArchiveHeader, container: ContainerHeader) -> str:
+    """What is wrong with the header's counts, checked before anything is allocated.
+
+    Every count is bounded by the format's limits (``MAX_*`` in
+    :mod:`labelzip.archive.format`) and chunk counts by the chunk tensors the
+    file holds, so neither a decode nor the chunk table can be asked for more
+    memory than the limits allow.
+    """
+    h = header
+    chunks = sum(1 for n in container.entries if n.startswith(CHUNK_PREFIX))
+    sizes = h.layout.shape
+    if h.num_classes > MAX_NUM_CLASSES:
+        return f"{h.num_classes} classes exceed the limit of {MAX_NUM_CLASSES}"
+    if not 1 <= h.chunk_size <= MAX_CHUNK_LABELS:
+        return f"chunk_size {h.chunk_size} outside [1, {MAX_CHUNK_LABELS}]"
+    if len(h.chunk_labels) != chunks:
+        return f"{len(h.chunk_labels)} chunk counts for {chunks} chunk tensors"
+    if any(not 1 <= n <= h.chunk_size for n in h.chunk_labels):
+        return f"chunk label counts must lie in [1, chunk_size={h.chunk_size}]"
+    widest = max(h.chunk_labels, default=0)
+    if widest * h.num_classes > MAX_CHUNK_VALUES:
+        return (
+            f"a chunk of {widest} labels x {h.num_classes} classes exceeds the "
+            f"limit of {MAX_CHUNK_VALUES} decoded values per chunk"
+        )
+    if any(s < 1 for s in sizes) or any(s > MAX_NUM_LABELS for s in sizes):
+        return f"layout sizes {sizes[:8]} must lie in [1, {MAX_NUM_LABELS}]"
+    represented = 1
+    for size in sizes:
+        represented *= size
+        if represented > MAX_NUM_LABELS:
+            return f"layout {sizes[:8]} exceeds the limit of {MAX_NUM_LABELS} labels"
+    if not h.num_stored <= h.num_labels <= MAX_NUM_LABELS:
+        return f"{h.num_stored} stored labels for {h.num_labels} represented"
+    return ""
 
 
 def open_archive(path: str | os.PathLike[str]) -> ArchiveReader:

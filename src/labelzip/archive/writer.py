@@ -9,12 +9,14 @@ spilled chunk bytes into a temporary file that is renamed over the destination.
 Memory bound: at most one chunk of pending logits (``chunk_size x C`` values of
 the input dtype) plus the batch being written plus one encoded chunk, the model
 and side tensors, ~250 bytes of bookkeeping per chunk, and with pruning the plan
-(5 bytes per represented label). Encoded bytes live in the spill file, never in
-memory all at once.
+(nothing when the reuse dimension is the last one, else 8 bytes per kept label
+and, while it is built, 1 byte per represented label: see :class:`PrunePlan`).
+Encoded bytes live in the spill file, never in memory all at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -29,7 +31,12 @@ import torch
 from labelzip.accounting import StorageAccount, reference_bytes
 from labelzip.archive.format import (
     DEFAULT_CHUNK_SIZE,
+    DIGEST_BYTES,
     DIGESTS_NAME,
+    MAX_CHUNK_LABELS,
+    MAX_CHUNK_VALUES,
+    MAX_NUM_CLASSES,
+    MAX_NUM_LABELS,
     MODEL_PREFIX,
     SIDE_PREFIX,
     ArchiveHeader,
@@ -39,8 +46,11 @@ from labelzip.archive.format import (
     chunk_name,
     container_prefix,
     digest_table,
-    sha256_named,
-    sha256_tensor,
+    dtype_to_code,
+    entry_descriptor,
+    entry_digest,
+    plan_entries,
+    sha256_entry,
     static_order,
     tensor_bytes,
 )
@@ -106,8 +116,10 @@ class ArchiveWriter:
             raise ConfigError(
                 "ArchiveWriter needs a fitted codec; call codec.fit(batches) first"
             )
-        if chunk_size < 1:
-            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+        if not 1 <= chunk_size <= MAX_CHUNK_LABELS:
+            raise ConfigError(
+                f"chunk_size must be in [1, {MAX_CHUNK_LABELS}], got {chunk_size}"
+            )
         if prune is not None:
             if layout is None:
                 raise ConfigError(
@@ -120,6 +132,15 @@ class ArchiveWriter:
                 )
         reference_bytes(1, 1, reference)  # validates the name
         assert codec.num_classes is not None
+        if codec.num_classes > MAX_NUM_CLASSES:
+            raise ConfigError(
+                f"archives hold at most {MAX_NUM_CLASSES} classes, got {codec.num_classes}"
+            )
+        if layout is not None and layout.num_labels > MAX_NUM_LABELS:
+            raise ConfigError(
+                f"archives hold at most {MAX_NUM_LABELS} labels, layout has "
+                f"{layout.num_labels}"
+            )
         self.codec = codec
         self.num_classes: int = codec.num_classes
         self.reference = reference
@@ -148,7 +169,8 @@ class ArchiveWriter:
         self._seen = 0  # labels received through write()
         self._stored = 0  # labels handed to the chunker
         self._mode: str | None = None  # "all" (write) or "kept" (write_kept)
-        self._chunks: list[tuple[int, int, str]] = []  # (labels, bytes, sha256)
+        # (labels, bytes, binary sha256 of the bytes) of each chunk
+        self._chunks: list[tuple[int, int, bytes]] = []
         self._spill: IO[bytes] | None = tempfile.TemporaryFile(
             prefix=f".{self.path.name}.", suffix=".chunks", dir=folder
         )
@@ -177,7 +199,7 @@ class ArchiveWriter:
         self._seen += rows.shape[0]
         flat = torch.arange(start, start + rows.shape[0], dtype=torch.int64)
         if self.prune is not None:
-            keep = self.prune.kept_mask()[start : start + rows.shape[0]]
+            keep = self.prune.kept_range(start, start + rows.shape[0])
             rows = rows[keep.to(rows.device)]
             flat = flat[keep]
             context = context.select(keep) if context is not None else None
@@ -201,7 +223,8 @@ class ArchiveWriter:
             )
         flat = None
         if self.codec.needs_context:
-            flat = self.prune.kept_indices()[self._pushed : self._pushed + len(rows)]
+            stored = torch.arange(self._pushed, self._pushed + len(rows))
+            flat = self.prune.kept_flat(stored)
         self._push(rows, flat, context)
 
     def _context_at(self, flat: torch.Tensor) -> LabelContext:
@@ -281,6 +304,12 @@ class ArchiveWriter:
 
     def _emit(self, rows: torch.Tensor, flat: torch.Tensor | None = None) -> None:
         assert self._spill is not None
+        if rows.shape[0] * self.num_classes > MAX_CHUNK_VALUES:
+            raise ConfigError(
+                f"a chunk of {rows.shape[0]} labels x {self.num_classes} classes "
+                f"exceeds the {MAX_CHUNK_VALUES} values a reader decodes at once; "
+                "use a smaller chunk_size"
+            )
         if self.codec.needs_context:
             assert flat is not None and len(flat) == rows.shape[0]
             block = self.codec.encode_in_context(rows, self._context_at(flat))
@@ -290,10 +319,9 @@ class ArchiveWriter:
             raise ConfigError(
                 f"{self.codec.kind} encoded {block.num_labels} labels from {rows.shape[0]}"
             )
-        data = block.data.detach().to("cpu", torch.uint8).contiguous().reshape(-1)
-        self._spill.write(tensor_bytes(data))
-        name = chunk_name(len(self._chunks))
-        self._chunks.append((rows.shape[0], data.numel(), sha256_named(name, data)))
+        data = tensor_bytes(block.data.detach().to("cpu", torch.uint8))
+        self._spill.write(data)
+        self._chunks.append((rows.shape[0], len(data), hashlib.sha256(data).digest()))
         self._stored += rows.shape[0]
 
     # -- finishing ----------------------------------------------------------------
@@ -315,12 +343,8 @@ class ArchiveWriter:
                     **self.side_tensors,
                 }
             )
-            checksums = {name: sha256_named(name, t) for name, t in static}
-            checksums.update({chunk_name(i): c[2] for i, c in enumerate(self._chunks)})
-            # Format 2: the digests as one binary table, its own sha256 in the doc.
-            digests = digest_table(checksums)
-            static = static_order({**dict(static), DIGESTS_NAME: digests})
-            checksums = {DIGESTS_NAME: sha256_tensor(digests)}
+            static, checksums = self._digests(static)
+            digests = dict(static)[DIGESTS_NAME]
             header = build_header(
                 codec_name=self.codec.kind,
                 codec_id=self.codec.codec_id,
@@ -350,6 +374,33 @@ class ArchiveWriter:
             return self.account
         finally:
             self._release()
+
+    def _digests(
+        self, static: list[tuple[str, torch.Tensor]]
+    ) -> tuple[list[tuple[str, torch.Tensor]], dict[str, str]]:
+        """Format 3: every tensor's entry digest in the ``digests`` table.
+
+        Offsets depend on sizes only, so the entries are planned with a zero
+        table of the right shape first. Returns the model/side tensors with the
+        table in storage order, and the document's ``checksums`` (the table's
+        own entry digest).
+        """
+        count = len(static) + len(self._chunks)
+        placeholder = torch.zeros(count, DIGEST_BYTES, dtype=torch.uint8)
+        order = static_order({**dict(static), DIGESTS_NAME: placeholder})
+        entries = plan_entries(
+            [(n, dtype_to_code(t.dtype), list(t.shape), _nbytes(t)) for n, t in order]
+            + [(chunk_name(i), "U8", [c[1]], c[1]) for i, c in enumerate(self._chunks)]
+        )
+        by_name = {e.name: e for e in entries}
+        checksums = {n: sha256_entry(by_name[n], t) for n, t in static}
+        for i, (_, _, data_sha) in enumerate(self._chunks):
+            e = by_name[chunk_name(i)]
+            descriptor = entry_descriptor(e.name, e.dtype, e.shape, e.start, e.end)
+            checksums[e.name] = entry_digest(descriptor, data_sha)
+        table = digest_table(checksums)
+        order = [(n, table if n == DIGESTS_NAME else t) for n, t in order]
+        return order, {DIGESTS_NAME: sha256_entry(by_name[DIGESTS_NAME], table)}
 
     def _final_layout(self) -> Layout:
         if self._stored == 0:
@@ -409,6 +460,10 @@ class ArchiveWriter:
             self.close()
         else:
             self.abort()
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def _flat(logits: torch.Tensor, layout: Layout) -> torch.Tensor:

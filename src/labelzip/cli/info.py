@@ -16,6 +16,8 @@ EPILOG = """examples:
   labelzip info labels.lz
   labelzip info labels.lz --json --verify
 
+--verify checks what the archive's format version binds ("integrity" in the
+output; docs/format.md, "What --verify guarantees").
 total_bytes is the file size; ratio = reference_bytes / total_bytes (all-in, against
 dense fp16 logits of every represented label unless the archive says otherwise).
 """
@@ -30,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("archive", help="labelzip archive")
     p.add_argument(
-        "--verify", action="store_true", help="also check every tensor's sha256"
+        "--verify",
+        action="store_true",
+        help="also check every tensor against its sha256 digest (format 3: its "
+        "header entry too) and rebuild the codec from its stored tensors",
     )
     add_json_option(p)
     return p
@@ -87,7 +92,7 @@ def _print_text(path: str, info: dict[str, Any]) -> None:
     if info["dataset_fingerprint"]:
         rows.append(("dataset", info["dataset_fingerprint"]))
     if info["verified"]:
-        rows.append(("checksums", "all ok"))
+        rows.append(("checksums", f"all ok ({info['integrity']})"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

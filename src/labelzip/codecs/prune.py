@@ -27,7 +27,7 @@ Plan rules (docs/format.md states them as the specification):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labelzip.errors import ArchiveFormatError, ConfigError, InputError
 
-__all__ = ["REUSE_DIMS", "PruneConfig", "PrunePlan", "keep_per_group", "prune_keys"]
+__all__ = [
+    "MAX_GROUP_SIZE",
+    "MAX_PLAN_LABELS",
+    "REUSE_DIMS",
+    "PruneConfig",
+    "PrunePlan",
+    "keep_per_group",
+    "prune_keys",
+]
 
 # Layout dimensions along which a sample's labels may stand in for each other.
 REUSE_DIMS = ("view", "epoch")
@@ -47,6 +55,10 @@ _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 # Keys computed per block of groups, to bound the plan's temporary memory.
 _BLOCK_KEYS = 1 << 20
+# Largest reuse dimension (views or epochs per sample): a lookup costs O(V).
+MAX_GROUP_SIZE = 1 << 20
+# Largest layout whose plan holds its kept indices (reuse dim not the last one).
+MAX_PLAN_LABELS = 1 << 32
 
 
 class PruneConfig(BaseModel):
@@ -87,9 +99,11 @@ class PrunePlan:
         ConfigError: the layout has no ``view``/``epoch`` dimension (nothing to
             reuse within a sample), has both, or the options are out of range.
 
-    Memory: the plan holds one int32 (int64 beyond 2**31 labels) per label, built
-    in blocks; a (N=50k, E=300) label set costs 60 MB against the 30 GB of its
-    fp16 logits.
+    Memory: lookups compute only the groups they touch when the reuse dimension
+    is the last one (:attr:`is_lazy`); otherwise the plan holds the sorted flat
+    indices of the kept labels (8 bytes per kept label, built in blocks): a
+    (E=300, N=50k) relabel layout keeping 25% costs 30 MB against the 30 GB of
+    its fp16 logits.
     """
 
     def __init__(
@@ -127,8 +141,18 @@ class PrunePlan:
         self.group_size = self.shape[axis]
         self._inner = math.prod(self.shape[axis + 1 :])
         self.keep_per_group = keep_per_group(config.keep_fraction, self.group_size)
-        self._table: torch.Tensor | None = None
-        self._kept: torch.Tensor | None = None
+        if self.group_size > MAX_GROUP_SIZE:
+            raise ConfigError(
+                f"pruning along {self.reuse_dim!r} of size {self.group_size} exceeds "
+                f"the limit of {MAX_GROUP_SIZE} labels per sample"
+            )
+        if self._inner > 1 and self.num_labels > MAX_PLAN_LABELS:
+            raise ConfigError(
+                f"a prune plan over layout {list(self.dims)} {list(self.shape)} would "
+                f"index {self.num_labels} labels (limit {MAX_PLAN_LABELS} when "
+                f"{self.reuse_dim!r} is not the last dimension)"
+            )
+        self._kept: np.ndarray | None = None
 
     # -- sizes -------------------------------------------------------------------------
     @property
@@ -152,48 +176,85 @@ class PrunePlan:
         return self.num_groups * self.keep_per_group
 
     # -- the plan ----------------------------------------------------------------------
-    def _build(self) -> None:
-        """Fill the (num_labels,) stored-index table and the kept mask."""
-        num_labels, v_size, inner = self.num_labels, self.group_size, self._inner
-        k = self.keep_per_group
-        source = np.empty(num_labels, dtype=np.int64)
-        block = max(1, _BLOCK_KEYS // v_size)
-        views = np.arange(v_size, dtype=np.int64)
-        for first in range(0, self.num_groups, block):
-            groups = np.arange(
-                first, min(first + block, self.num_groups), dtype=np.int64
-            )
-            keys = prune_keys(self.seed, groups[:, None] * v_size + views[None, :])
-            order = np.argsort(keys, axis=1, kind="stable")  # (G, V) views by key
-            kept = np.sort(order[:, :k], axis=1)
-            chosen = np.empty_like(order)  # (G, V) view whose label each view uses
-            rows = np.arange(len(groups))[:, None]
-            chosen[rows, kept] = kept
-            if k < v_size:
-                pruned = np.sort(order[:, k:], axis=1)
-                cycle = np.arange(v_size - k) % k
-                chosen[rows, pruned] = kept[:, cycle]
-            outer, inner_idx = np.divmod(groups, inner)
-            base = outer * v_size * inner + inner_idx  # flat index of view 0
-            flat_of = base[:, None] + views[None, :] * inner
-            source[flat_of.reshape(-1)] = (base[:, None] + chosen * inner).reshape(-1)
-        is_kept = source == np.arange(num_labels, dtype=np.int64)
-        rank = np.cumsum(is_kept, dtype=np.int64) - 1
-        stored = rank[source]
-        dtype = np.int32 if self.num_kept < 2**31 else np.int64
-        self._table = torch.from_numpy(stored.astype(dtype))
-        self._kept = torch.from_numpy(is_kept)
-
     @property
-    def table(self) -> torch.Tensor:
-        """(num_labels,) stored index (int32/int64) of the label each label uses."""
-        if self._table is None:
-            self._build()
-        assert self._table is not None
-        return self._table
+    def is_lazy(self) -> bool:
+        """True when lookups need no table: the reuse dimension is the last one.
+
+        Then every group (sample) is a contiguous run of V labels that keeps
+        exactly k, so a label's stored index is ``group * k + (its source's rank
+        among the group's kept views)``: O(V) work per requested group. Otherwise
+        (e.g. the relabel layout ``[epoch, sample]``) a stored index counts kept
+        labels across all groups, and the plan holds the sorted flat indices of
+        the kept labels (8 bytes per kept label, built once, in blocks).
+        """
+        return self._inner == 1
+
+    def _choice(
+        self, groups: np.ndarray, *, chosen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """For groups (G,): their kept views (G, k) increasing, and (unless
+        ``chosen`` is False) the view whose label each view uses (G, V). The
+        rules of the module docstring."""
+        v_size, k = self.group_size, self.keep_per_group
+        views = np.arange(v_size, dtype=np.int64)
+        keys = prune_keys(self.seed, groups[:, None] * v_size + views[None, :])
+        order = np.argsort(keys, axis=1, kind="stable")  # (G, V) views by key
+        kept = np.sort(order[:, :k], axis=1)
+        if not chosen:
+            return kept, None
+        uses = np.empty_like(order)
+        rows = np.arange(len(groups))[:, None]
+        uses[rows, kept] = kept
+        if k < v_size:
+            pruned = np.sort(order[:, k:], axis=1)
+            cycle = np.arange(v_size - k) % k
+            uses[rows, pruned] = kept[:, cycle]
+        return kept, uses
+
+    def _group_blocks(self, groups: np.ndarray) -> Iterator[np.ndarray]:
+        """Consecutive blocks of ``groups`` whose keys fit the block budget."""
+        block = max(1, _BLOCK_KEYS // self.group_size)
+        for first in range(0, len(groups), block):
+            yield groups[first : first + block]
+
+    def _split(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat indices -> (outer index, view, inner index)."""
+        outer, rest = np.divmod(flat, self.group_size * self._inner)
+        view, inner = np.divmod(rest, self._inner)
+        return outer, view, inner
+
+    def _sources(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For flat labels: the view their label comes from, and that view's rank
+        among its group's kept views. Computes only the groups asked for."""
+        outer, view, inner = self._split(flat)
+        unique, where = np.unique(outer * self._inner + inner, return_inverse=True)
+        where = where.reshape(-1)
+        source = np.empty(len(flat), dtype=np.int64)
+        rank = np.empty(len(flat), dtype=np.int64)
+        first = 0
+        for groups in self._group_blocks(unique):
+            kept, uses = self._choice(groups)
+            assert uses is not None
+            sel = np.nonzero((where >= first) & (where < first + len(groups)))[0]
+            local = where[sel] - first
+            source[sel] = uses[local, view[sel]]
+            rank[sel] = (kept[local] < source[sel, None]).sum(axis=1)
+            first += len(groups)
+        return source, rank
+
+    def _check_flat(self, flat: torch.Tensor) -> np.ndarray:
+        flat = torch.as_tensor(flat, dtype=torch.int64)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_labels):
+            raise InputError(
+                f"label indices must lie in [0, {self.num_labels}), got "
+                f"{int(flat.min())}..{int(flat.max())}"
+            )
+        return flat.cpu().reshape(-1).numpy()
 
     def stored_index(self, flat: torch.Tensor) -> torch.Tensor:
         """Index among the stored (kept) labels of the label each flat index uses.
+
+        Computed for the requested labels only (see :attr:`is_lazy`).
 
         Args:
             flat: int64 tensor of any shape, entries in ``[0, num_labels)``.
@@ -201,24 +262,108 @@ class PrunePlan:
         Returns:
             int64 tensor of the same shape, entries in ``[0, num_kept)``.
         """
-        flat = torch.as_tensor(flat, dtype=torch.int64)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_labels):
+        shape = torch.as_tensor(flat).shape
+        index = self._check_flat(flat)
+        source, rank = self._sources(index)
+        if self.is_lazy:
+            stored = (index // self.group_size) * self.keep_per_group + rank
+        else:
+            outer, _, inner = self._split(index)
+            inner_size = self._inner
+            src_flat = (outer * self.group_size + source) * inner_size + inner
+            stored = np.searchsorted(self._kept_sorted(), src_flat)
+        return torch.from_numpy(stored.astype(np.int64)).reshape(shape)
+
+    def kept_flat(self, stored: torch.Tensor) -> torch.Tensor:
+        """Flat index of each stored label ``stored`` (any shape, in [0, num_kept))."""
+        stored = torch.as_tensor(stored, dtype=torch.int64)
+        shape = stored.shape
+        index = stored.cpu().reshape(-1).numpy()
+        if index.size and (index.min() < 0 or index.max() >= self.num_kept):
             raise InputError(
-                f"label indices must lie in [0, {self.num_labels}), got "
-                f"{int(flat.min())}..{int(flat.max())}"
+                f"stored label indices must lie in [0, {self.num_kept}), got "
+                f"{int(index.min())}..{int(index.max())}"
             )
-        return self.table[flat.cpu()].to(torch.int64)
+        if not self.is_lazy:
+            return torch.from_numpy(self._kept_sorted()[index]).reshape(shape)
+        groups, slot = np.divmod(index, self.keep_per_group)
+        unique, where = np.unique(groups, return_inverse=True)
+        where = where.reshape(-1)
+        out = np.empty(len(index), dtype=np.int64)
+        first = 0
+        for block in self._group_blocks(unique):
+            kept = self._choice(block, chosen=False)[0]
+            sel = np.nonzero((where >= first) & (where < first + len(block)))[0]
+            out[sel] = (
+                groups[sel] * self.group_size + kept[where[sel] - first, slot[sel]]
+            )
+            first += len(block)
+        return torch.from_numpy(out).reshape(shape)
+
+    def kept_range(self, start: int, stop: int) -> torch.Tensor:
+        """(stop - start,) bool: which of the flat labels ``start..stop-1`` are kept.
+
+        What a streaming writer needs per batch; touches only those labels'
+        groups (lazy plans) or the sorted kept indices (others).
+        """
+        if not 0 <= start <= stop <= self.num_labels:
+            raise InputError(
+                f"label range [{start}, {stop}) outside [0, {self.num_labels})"
+            )
+        flat = np.arange(start, stop, dtype=np.int64)
+        if self.is_lazy:
+            source, _ = self._sources(flat)
+            return torch.from_numpy(source == flat % self.group_size)
+        kept = self._kept_sorted()
+        lo, hi = np.searchsorted(kept, [start, stop])
+        mask = np.zeros(stop - start, dtype=bool)
+        mask[kept[lo:hi] - start] = True
+        return torch.from_numpy(mask)
+
+    def _kept_sorted(self) -> np.ndarray:
+        """(num_kept,) int64 flat indices of the kept labels, increasing (cached).
+
+        Lazy plans list groups in flat order already; others mark a temporary
+        (num_labels,) bool mask in blocks and read it back in order.
+        """
+        if self._kept is None:
+            inner, v_size = self._inner, self.group_size
+            groups = np.arange(self.num_groups, dtype=np.int64)
+            if self.is_lazy:
+                parts = [
+                    (block[:, None] * v_size + kept).reshape(-1)
+                    for block in self._group_blocks(groups)
+                    for kept in [self._choice(block, chosen=False)[0]]
+                ]
+                self._kept = np.concatenate(parts)
+            else:
+                mask = np.zeros(self.num_labels, dtype=bool)
+                for block in self._group_blocks(groups):
+                    kept = self._choice(block, chosen=False)[0]
+                    outer, inner_idx = np.divmod(block, inner)
+                    base = outer * v_size * inner + inner_idx  # flat index of view 0
+                    mask[(base[:, None] + kept * inner).reshape(-1)] = True
+                self._kept = np.flatnonzero(mask).astype(np.int64, copy=False)
+        return self._kept
+
+    @property
+    def table(self) -> torch.Tensor:
+        """(num_labels,) stored index (int32/int64) of the label each label uses.
+
+        Materialises the whole plan (4-8 bytes per label): for tests and small
+        label sets; readers and writers use :meth:`stored_index`,
+        :meth:`kept_flat` and :meth:`kept_range`.
+        """
+        stored = self.stored_index(torch.arange(self.num_labels))
+        return stored.to(torch.int32 if self.num_kept < 2**31 else torch.int64)
 
     def kept_mask(self) -> torch.Tensor:
-        """(num_labels,) bool: True where the label itself is stored."""
-        if self._kept is None:
-            self._build()
-        assert self._kept is not None
-        return self._kept
+        """(num_labels,) bool: True where the label itself is stored (materialised)."""
+        return self.kept_range(0, self.num_labels)
 
     def kept_indices(self) -> torch.Tensor:
         """(num_kept,) int64 flat indices of the stored labels, increasing."""
-        return torch.nonzero(self.kept_mask()).reshape(-1)
+        return torch.from_numpy(self._kept_sorted().copy())
 
     # -- storage -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
