@@ -25,6 +25,7 @@ from labelzip.codecs.base import (
     EncodedBlock,
     LogitSource,
     check_logits,
+    check_model_tensors,
 )
 from labelzip.codecs.entropy import CategoricalStreamCoder
 from labelzip.codecs.vq.autoencoder import (
@@ -415,6 +416,7 @@ class VQAECodec(Codec):
         missing = [k for k in DECODER_KEYS if k not in tensors]
         if missing:
             raise ArchiveFormatError(f"vqae model tensors lack {', '.join(missing)}")
+        check_model_tensors("vqae", decoder_shapes(codec.config, num_classes), tensors)
         codec._stored = {k: tensors[k].to("cpu", torch.float16) for k in DECODER_KEYS}
         if entropy is not None:
             codec._entropy = EntropyModel.from_stored(entropy, tensors)
@@ -425,6 +427,7 @@ class VQAECodec(Codec):
                 or not isinstance(value_high, list)
                 or len(value_low) != cfg.num_ids
                 or len(value_high) != cfg.num_ids
+                or not all(_is_number(v) for v in [*value_low, *value_high])
             ):
                 raise ArchiveFormatError(
                     f"vqae config with value_bits={cfg.value_bits} needs value_low and "
@@ -436,27 +439,7 @@ class VQAECodec(Codec):
                 cfg.value_bits,
             )
         codec.num_classes = num_classes
-        codec._check_shapes()
         return codec
-
-    def _check_shapes(self) -> None:
-        cfg = self.config
-        expected = {
-            "codebooks": (
-                cfg.num_stages,
-                cfg.num_chunks,
-                cfg.codebook_size,
-                cfg.chunk_dim,
-            ),
-            "out_weight": (self.num_classes, cfg.hidden_dim),
-            "in_weight": (cfg.hidden_dim, cfg.num_chunks * cfg.chunk_dim),
-        }
-        for key, shape in expected.items():
-            if tuple(self._stored[key].shape) != shape:
-                raise ArchiveFormatError(
-                    f"vqae tensor {key} has shape {tuple(self._stored[key].shape)}, "
-                    f"the config implies {shape}"
-                )
 
     # -- rate control ----------------------------------------------------------------
     @classmethod
@@ -477,3 +460,26 @@ class VQAECodec(Codec):
             fixed=options,
         )
         return cls(config)
+
+
+def decoder_shapes(
+    config: VQAEConfig, num_classes: int
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and dtype (fp16) of each stored decoder tensor a config implies."""
+    c = config
+    heads = c.num_ids if c.value_bits == 0 else 0
+    shapes = {
+        "codebooks": (c.num_stages, c.num_chunks, c.codebook_size, c.chunk_dim),
+        "in_weight": (c.hidden_dim, c.num_chunks * c.chunk_dim),
+        "in_bias": (c.hidden_dim,),
+        "id_scale": (c.num_ids, c.hidden_dim),
+        "out_weight": (num_classes, c.hidden_dim),
+        "out_bias": (num_classes,),
+        "value_weight": (heads, c.hidden_dim),
+        "value_bias": (heads,),
+    }
+    return {k: (shape, torch.float16) for k, shape in shapes.items()}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
