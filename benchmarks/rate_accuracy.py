@@ -39,6 +39,7 @@ from labelzip.archive import (
 from labelzip.codecs.registry import with_num_images
 from labelzip.errors import LabelzipError
 from labelzip.io import atomic_path
+from labelzip.pipelines.relabel_types import recipe_context
 
 # (codec, options, ratios); "steps" style options shorten the learned codecs' fits.
 SPECS: list[tuple[str, dict[str, Any], list[float]]] = [
@@ -96,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         opts = {k: args.fit_steps if v == "fit" else v for k, v in options.items()}
         layout, meta = Layout(("sample",), (num_labels,)), ArchiveMetadata()
+        context = None
         if name in ("vqae-ctx", "ctx-transform"):
             layout, meta = _context_layout(recipe, logits, images)
             opts = with_num_images(name, opts, images)
+            flat = torch.arange(layout.num_labels)
+            context = recipe_context(meta.user, layout.dims, layout.shape, flat)
         used = logits[: layout.num_labels]
         for ratio in ratios:
             started = time.perf_counter()
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     num_classes=num_classes,
                     ratio=ratio,
                     metadata=meta,
+                    context=context,
                     **opts,
                 )
                 with tempfile.TemporaryDirectory() as tmp:

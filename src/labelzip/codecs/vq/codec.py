@@ -441,6 +441,17 @@ class VQAECodec(Codec):
         codec.num_classes = num_classes
         return codec
 
+    def rate_limit(self) -> str:
+        c = self.config
+        step = c.num_stages * bits_for(c.codebook_size)
+        coded = " (entropy coding then shrinks it)" if c.entropy_coding != "off" else ""
+        return (
+            f"vqae budgets its payload at the fixed-rate bound{coded} and grows in "
+            f"whole code chunks of {step} bits per label plus the decoder (chosen: "
+            f"hidden_dim={c.hidden_dim}, num_ids={c.num_ids}, "
+            f"num_chunks={c.num_chunks}); the next chunk's bound would exceed the target"
+        )
+
     # -- rate control ----------------------------------------------------------------
     @classmethod
     def for_target(
