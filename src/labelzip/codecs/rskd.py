@@ -76,7 +76,7 @@ MAX_SAMPLES = 4096
 # measures on at most this many fit labels.
 _MEASURED_MARGIN = 0.01
 _MEASURED_SE = 2.0
-_MEASURE_LABELS = 2048
+_MEASURE_LABELS = 8192
 
 
 class RSKDConfig(CodecConfig):
