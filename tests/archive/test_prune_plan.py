@@ -128,3 +128,52 @@ def test_stored_index_checks_range() -> None:
     assert plan.stored_index(torch.tensor([[0, 11]])).shape == (1, 2)
     with pytest.raises(InputError, match=r"must lie in \[0, 12\)"):
         plan.stored_index(torch.tensor([12]))
+
+
+@pytest.mark.parametrize(
+    ("dims", "shape", "table"),
+    [
+        # Pinned from the plan as labelzip computed it before lookups were lazy.
+        (
+            ("epoch", "sample"),
+            (5, 4),
+            [3, 0, 1, 2, 3, 4, 1, 5, 6, 0, 7, 2, 6, 4, 7, 5, 3, 0, 1, 2],
+        ),
+        (("sample", "view"), (3, 5), [0, 0, 1, 1, 0, 2, 3, 2, 3, 2, 4, 4, 5, 5, 4]),
+    ],
+)
+def test_lookups_are_pinned(dims: tuple, shape: tuple, table: list) -> None:
+    assert PrunePlan(dims, shape, 0.4, seed=7).table.tolist() == table
+
+
+@pytest.mark.parametrize(
+    ("dims", "shape"),
+    [
+        (("sample", "view"), (40, 9)),
+        (("epoch", "sample"), (9, 40)),
+        (("shard", "view", "sample"), (3, 7, 5)),
+    ],
+)
+def test_every_lookup_agrees_with_the_materialised_plan(
+    dims: tuple, shape: tuple
+) -> None:
+    plan = PrunePlan(dims, shape, 0.3, seed=11)
+    assert plan.is_lazy == (dims[-1] in ("view", "epoch"))
+    kept, mask = plan.kept_indices(), plan.kept_mask()
+    assert torch.equal(plan.kept_flat(torch.arange(plan.num_kept)), kept)
+    assert torch.equal(plan.stored_index(kept), torch.arange(plan.num_kept))
+    shuffled = torch.randperm(
+        plan.num_labels, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(plan.is_kept(shuffled), mask[shuffled])
+    assert torch.equal(plan.stored_index(shuffled), plan.table.long()[shuffled])
+    assert torch.equal(plan.kept_range(17, 101), mask[17:101])
+    with pytest.raises(InputError):
+        plan.kept_flat(torch.tensor([plan.num_kept]))
+
+
+def test_plans_too_large_to_index_are_refused_at_once() -> None:
+    with pytest.raises(ConfigError, match="limit"):
+        PrunePlan(("epoch", "sample"), (300, 10**9), 0.25)
+    with pytest.raises(ConfigError, match="limit"):
+        PrunePlan(("sample", "view"), (3, 10**9), 0.25)

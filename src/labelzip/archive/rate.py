@@ -138,7 +138,7 @@ def estimate_header_bytes(
     full, rest = divmod(num_stored, chunk_size)
     chunk_labels = [chunk_size] * full + ([rest] if rest else [])
     names = [n for n, _ in static] + [chunk_name(i) for i in range(len(chunk_labels))]
-    # Format 2: a (T, 32) table of the tensors' sha256 (counted as header).
+    # Formats 2 and 3: a (T, 32) table of the tensors' digests (counted as header).
     digests = torch.zeros(len(names), DIGEST_BYTES, dtype=torch.uint8)
     static = static_order({**dict(static), DIGESTS_NAME: digests})
     header = build_header(

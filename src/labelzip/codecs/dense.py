@@ -24,6 +24,7 @@ from labelzip.codecs.base import (
     EncodedBlock,
     LogitSource,
     check_logits,
+    check_model_tensors,
     iterate_source,
 )
 from labelzip.errors import (
@@ -128,6 +129,7 @@ class DenseCodec(Codec):
     def from_stored(
         cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
     ) -> DenseCodec:
+        check_model_tensors(cls.kind, {}, tensors, exact=True)  # none are stored
         codec, num_classes = cls._unfitted_from_stored(config)
         assert isinstance(codec, cls)
         codec.num_classes = num_classes

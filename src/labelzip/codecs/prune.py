@@ -320,6 +320,22 @@ class PrunePlan:
         mask[kept[lo:hi] - start] = True
         return torch.from_numpy(mask)
 
+    def is_kept(self, flat: torch.Tensor) -> torch.Tensor:
+        """Bool tensor, same shape as ``flat``: True where that label is stored.
+
+        Like :meth:`kept_range` for any set of labels (e.g. a shuffled batch).
+        """
+        shape = torch.as_tensor(flat).shape
+        index = self._check_flat(flat)
+        if self.is_lazy:
+            source, _ = self._sources(index)
+            kept = source == index % self.group_size
+        else:
+            table = self._kept_sorted()
+            where = np.minimum(np.searchsorted(table, index), max(len(table) - 1, 0))
+            kept = table[where] == index
+        return torch.from_numpy(kept).reshape(shape)
+
     def _kept_sorted(self) -> np.ndarray:
         """(num_kept,) int64 flat indices of the kept labels, increasing (cached).
 

@@ -44,6 +44,7 @@ from labelzip.codecs.base import (
     EncodedBlock,
     LogitSource,
     check_logits,
+    check_model_tensors,
     iterate_source,
 )
 from labelzip.codecs.topk import ASSUMED_BLOCK_LABELS
@@ -289,6 +290,7 @@ class RSKDCodec(Codec):
     def from_stored(
         cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
     ) -> RSKDCodec:
+        check_model_tensors(cls.kind, {}, tensors, exact=True)  # none are stored
         codec, num_classes = cls._unfitted_from_stored(config)
         assert isinstance(codec, cls)
         if codec.config.num_samples is None:

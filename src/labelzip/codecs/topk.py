@@ -50,6 +50,7 @@ from labelzip.codecs.base import (
     EncodedBlock,
     LogitSource,
     check_logits,
+    check_model_tensors,
     iterate_source,
 )
 from labelzip.errors import (
@@ -235,6 +236,7 @@ class TopKCodec(Codec):
     def from_stored(
         cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
     ) -> TopKCodec:
+        check_model_tensors(cls.kind, {}, tensors, exact=True)  # none are stored
         codec, num_classes = cls._unfitted_from_stored(config)
         assert isinstance(codec, cls)
         if codec.config.k > num_classes:

@@ -65,6 +65,7 @@ from labelzip.codecs.base import (
     EncodedBlock,
     LogitSource,
     check_logits,
+    check_model_tensors,
     iterate_source,
 )
 from labelzip.codecs.topk import ASSUMED_BLOCK_LABELS
@@ -403,17 +404,9 @@ class TopKTailCodec(Codec):
                 "stored topk-tail config needs a fitted decay range and rank offset "
                 f"and k <= num_classes, got {fitted}, k={cfg.k}"
             )
-        prior = tensors.get("log_prior")
-        if (
-            prior is None
-            or prior.dtype != torch.float16
-            or tuple(prior.shape) != (num_classes,)
-        ):
-            raise ArchiveFormatError(
-                f"topk-tail archive needs model tensor log_prior ({num_classes},) "
-                f"float16, got {None if prior is None else (tuple(prior.shape), prior.dtype)}"
-            )
-        codec._set_prior(prior.cpu())
+        shapes = {"log_prior": ((num_classes,), torch.float16)}
+        check_model_tensors(cls.kind, shapes, tensors, exact=True)
+        codec._set_prior(tensors["log_prior"].cpu())
         codec.num_classes = num_classes
         codec._set_grid()
         return codec

@@ -912,7 +912,10 @@ class VQAESparseCodec(Codec):
             ),
             "id_tables": ((_num_groups(k), _alphabet(num_classes)), torch.int16),
         }
-        check_model_tensors(cls.kind, shapes, tensors)
+        num_levels = len(_levels(k, cfg.k_levels))
+        if num_levels > 1:
+            shapes["level_table"] = ((1, num_levels), torch.int16)
+        check_model_tensors(cls.kind, shapes, tensors, exact=True)
         codec._set_prior(tensors["log_prior"].cpu())
         decoder = _Decoder(latent, cfg.hidden, k + 1, cfg.monotone)
         with torch.no_grad():
@@ -923,20 +926,10 @@ class VQAESparseCodec(Codec):
         codec._decoder = decoder.eval()
         codec._codebooks = tensors["codebooks"].cpu()
         codec.num_classes = num_classes
-        num_levels = len(_levels(k, cfg.k_levels))
-        level_table = tensors.get("level_table")
-        if num_levels > 1 and (
-            level_table is None
-            or tuple(level_table.shape) != (1, num_levels)
-            or level_table.dtype != torch.int16
-        ):
-            raise ArchiveFormatError(
-                f"vqae-sparse archive with {num_levels} K levels needs model tensor "
-                f"level_table (1, {num_levels}) int16"
-            )
+        level_table = tensors.get("level_table") if num_levels > 1 else None
         codec._set_coders(
             tensors["id_tables"].cpu(),
-            level_table.cpu() if level_table is not None and num_levels > 1 else None,
+            level_table.cpu() if level_table is not None else None,
         )
         codec._set_grid()
         return codec

@@ -353,7 +353,7 @@ def _write(
                 if job.plan is None:
                     writer.write(logits)
                     continue
-                keep = job.plan.kept_mask()[flat]
+                keep = job.plan.is_kept(flat)
                 if bool(keep.any()):
                     writer.write_kept(logits[keep])
     accounts = []

@@ -115,9 +115,9 @@ def test_stored_codec_decodes_identically(
         loaded.encode(data[:2])
     broken = dict(tensors)
     broken["out_weight"] = broken["out_weight"][:5]
-    with pytest.raises(ArchiveFormatError, match="'out_weight' should be"):
+    with pytest.raises(ArchiveFormatError, match="tensor .out_weight. should be"):
         VQAECodec.from_stored(config, broken)
-    with pytest.raises(ArchiveFormatError, match="lack codebooks"):
+    with pytest.raises(ArchiveFormatError, match="tensor 'codebooks' should be"):
         VQAECodec.from_stored(config, {})
     with pytest.raises(ArchiveFormatError, match="num_classes"):
         VQAECodec.from_stored({**config, "num_classes": 0}, tensors)

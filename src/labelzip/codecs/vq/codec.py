@@ -38,8 +38,14 @@ from labelzip.codecs.vq.autoencoder import (
 )
 from labelzip.codecs.vq.config import VQAEConfig
 from labelzip.codecs.vq.head import HeadQuantizer, apply_head_values, head_values
-from labelzip.codecs.vq.idprior import RANK_ALPHABET, IdPrior
-from labelzip.codecs.vq.layout import BlockLayout, EntropyModel
+from labelzip.codecs.vq.idprior import PRIOR_KEYS, RANK_ALPHABET, IdPrior
+from labelzip.codecs.vq.layout import (
+    CODE_TABLES_KEY,
+    LEVEL_TABLES_KEY,
+    RANK_TABLES_KEY,
+    BlockLayout,
+    EntropyModel,
+)
 from labelzip.codecs.vq.quantizer import nearest_codewords
 from labelzip.codecs.vq.train import (
     TrainReport,
@@ -413,11 +419,13 @@ class VQAECodec(Codec):
             codec = cls(VQAEConfig(**options))
         except Exception as exc:
             raise ArchiveFormatError(f"invalid stored vqae config: {exc}") from exc
-        missing = [k for k in DECODER_KEYS if k not in tensors]
-        if missing:
-            raise ArchiveFormatError(f"vqae model tensors lack {', '.join(missing)}")
-        check_model_tensors("vqae", decoder_shapes(codec.config, num_classes), tensors)
-        codec._stored = {k: tensors[k].to("cpu", torch.float16) for k in DECODER_KEYS}
+        check_model_tensors(
+            cls.kind,
+            _stored_specs(codec.config, num_classes, entropy, tensors),
+            tensors,
+            exact=True,
+        )
+        codec._stored = {k: tensors[k].cpu() for k in DECODER_KEYS}
         if entropy is not None:
             codec._entropy = EntropyModel.from_stored(entropy, tensors)
         if codec.uses_values:
@@ -473,23 +481,52 @@ class VQAECodec(Codec):
         return cls(config)
 
 
-def decoder_shapes(
-    config: VQAEConfig, num_classes: int
+def _stored_specs(
+    cfg: VQAEConfig, num_classes: int, entropy: Any, tensors: dict[str, torch.Tensor]
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Shape and dtype (fp16) of each stored decoder tensor a config implies."""
-    c = config
-    heads = c.num_ids if c.value_bits == 0 else 0
-    shapes = {
-        "codebooks": (c.num_stages, c.num_chunks, c.codebook_size, c.chunk_dim),
-        "in_weight": (c.hidden_dim, c.num_chunks * c.chunk_dim),
-        "in_bias": (c.hidden_dim,),
-        "id_scale": (c.num_ids, c.hidden_dim),
-        "out_weight": (num_classes, c.hidden_dim),
-        "out_bias": (num_classes,),
-        "value_weight": (heads, c.hidden_dim),
-        "value_bias": (heads,),
+    """(shape, dtype) of every model tensor a stored vqae config implies.
+
+    The decoder's fp16 weights follow from the config; the entropy tables are
+    int16 with one column per symbol (their row count is the stored tensor's
+    own, checked against the column map by the coder); the id prior's int8/int32
+    tensors follow from the codebooks and C.
+    """
+    hidden, latent = cfg.hidden_dim, cfg.num_chunks * cfg.chunk_dim
+    heads = 0 if cfg.num_ids > 0 and cfg.value_bits > 0 else cfg.num_ids
+    book = (cfg.num_stages, cfg.num_chunks, cfg.codebook_size, cfg.chunk_dim)
+    half = torch.float16
+    specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+        "codebooks": (book, half),
+        "in_weight": ((hidden, latent), half),
+        "in_bias": ((hidden,), half),
+        "id_scale": ((cfg.num_ids, hidden), half),
+        "out_weight": ((num_classes, hidden), half),
+        "out_bias": ((num_classes,), half),
+        "value_weight": ((heads, hidden), half),
+        "value_bias": ((heads,), half),
     }
-    return {k: (shape, torch.float16) for k, shape in shapes.items()}
+    if not isinstance(entropy, dict):
+        return specs
+
+    def rows(key: str) -> int:
+        table = tensors.get(key)
+        return int(table.shape[0]) if table is not None and table.dim() == 2 else -1
+
+    specs[CODE_TABLES_KEY] = ((rows(CODE_TABLES_KEY), cfg.codebook_size), torch.int16)
+    if entropy.get("level_columns") is not None:
+        levels = 1 << cfg.value_bits
+        specs[LEVEL_TABLES_KEY] = ((rows(LEVEL_TABLES_KEY), levels), torch.int16)
+    if entropy.get("rank_columns") is not None:
+        alphabet = min(RANK_ALPHABET, num_classes)
+        specs[RANK_TABLES_KEY] = ((rows(RANK_TABLES_KEY), alphabet), torch.int16)
+        prior = dict(
+            zip(PRIOR_KEYS, (book, (num_classes, latent), (num_classes,)), strict=True)
+        )
+        for key, dtype in zip(
+            PRIOR_KEYS, (torch.int8, torch.int8, torch.int32), strict=True
+        ):
+            specs[key] = (prior[key], dtype)
+    return specs
 
 
 def _is_number(value: object) -> bool:
