@@ -63,6 +63,9 @@ class StorageAccount:
         side_bytes: side information such as augmentation parameters or maps.
         header_bytes: container overhead (JSON header, alignment).
         reference: dense format the ratio is stated against (default fp16).
+        rate_note: set when the archive was written for a rate target it misses
+            by more than the tolerance: the closest size the codec reaches and
+            why (:func:`labelzip.archive.rate.rate_note`); ``None`` otherwise.
     """
 
     codec: str
@@ -73,6 +76,7 @@ class StorageAccount:
     side_bytes: int = 0
     header_bytes: int = 0
     reference: str = "fp16"
+    rate_note: str | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -96,6 +100,8 @@ class StorageAccount:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        if self.rate_note is None:
+            del out["rate_note"]  # only accounts written for a target carry one
         out.update(
             total_bytes=self.total_bytes,
             reference_bytes=self.reference_bytes,

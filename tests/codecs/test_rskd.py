@@ -182,7 +182,9 @@ def test_errors(teacher_logits: torch.Tensor) -> None:
 
 
 def test_for_target_worst_case_always_fits(teacher_logits: torch.Tensor) -> None:
-    codec = create_codec_for_target("rskd", num_labels=512, num_classes=1000, ratio=40)
+    codec = create_codec_for_target(
+        "rskd", num_labels=512, num_classes=1000, ratio=40, sizing="worst_case"
+    )
     assert isinstance(codec, RSKDCodec)
     # 400 bits per label minus padding: S distinct ids cost 5 + 10 S + 5 (S - 1) bits
     assert codec.config.num_samples == 26
@@ -202,19 +204,22 @@ def test_for_target_worst_case_always_fits(teacher_logits: torch.Tensor) -> None
         )
 
 
+@pytest.mark.parametrize("sizing", [{}, {"sizing": "measured"}])
 def test_for_target_measured_sizing_meets_mean_budget(
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor, sizing: dict
 ) -> None:
+    """Rate control sizes S on the data by default: the budget is spent, not 1/5 of it
+    (worst-case sizing gave S=26 and a 5x smaller payload on these labels)."""
     budget = 512 * 2000 // 40
     codec = create_codec_for_target(
-        "rskd", num_labels=512, num_classes=1000, ratio=40, sizing="measured"
+        "rskd", num_labels=512, num_classes=1000, ratio=40, **sizing
     )
     assert isinstance(codec, RSKDCodec) and codec.config.num_samples is None
     codec.fit([teacher_logits[:256], teacher_logits[256:]], num_labels=512)
     s = codec.config.num_samples
     assert s is not None and s > 26  # peaked labels repeat ids: more samples fit
     nbytes = codec.encode(teacher_logits).nbytes
-    assert 0.9 * budget <= nbytes <= budget
+    assert 0.95 * budget <= nbytes <= budget
     assert RSKDCodec.from_stored(codec.to_config(), {}).config.num_samples == s
 
 

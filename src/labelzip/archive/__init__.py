@@ -15,6 +15,7 @@ from labelzip.archive.rate import (
     codec_for_target,
     estimate_header_bytes,
     fit_for_target,
+    rate_note,
 )
 from labelzip.archive.reader import ArchiveReader, load_archive, open_archive
 from labelzip.archive.writer import ArchiveWriter, save_archive
@@ -32,5 +33,6 @@ __all__ = [
     "fit_for_target",
     "load_archive",
     "open_archive",
+    "rate_note",
     "save_archive",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from labelzip.accounting import reference_bytes
+from labelzip.accounting import StorageAccount, reference_bytes
 from labelzip.archive.format import (
     DEFAULT_CHUNK_SIZE,
     DIGEST_BYTES,
@@ -33,13 +33,19 @@ from labelzip.codecs.registry import codec_class, create_codec, target_total_byt
 from labelzip.errors import ConfigError, UnreachableTargetError
 
 __all__ = [
+    "RATE_TOLERANCE",
     "UNFITTED_MODEL_ALLOWANCE",
     "codec_for_target",
     "estimate_header_bytes",
     "fit_for_target",
+    "rate_note",
 ]
 
 logger = logging.getLogger(__name__)
+
+# An archive written for a rate target lands within this fraction of the target
+# size, or its account carries a note (rate_note) saying why it cannot.
+RATE_TOLERANCE = 0.10
 
 # Header bytes reserved for the model tensor entries and fitted config fields of
 # a codec that cannot list its model tensors before fit (about 8 tensors).
@@ -349,3 +355,49 @@ def fit_for_target(
         header = actual + 64 * (attempt + 1)
     logger.warning("%s archive header may exceed the rate target by a few bytes", name)
     return codec
+
+
+def rate_note(
+    account: StorageAccount,
+    codec: Codec,
+    *,
+    ratio: float | None = None,
+    bits_per_label: float | None = None,
+) -> str | None:
+    """One line when an archive misses its rate target by more than 10%.
+
+    Rate control takes the largest configuration that fits; a codec whose size
+    moves in coarse steps (top-k's K, RS-KD's S, dense's dtype) can still land
+    well under the target. The line gives the size reached, the target, and the
+    codec's own reason (:meth:`~labelzip.codecs.base.Codec.rate_limit`).
+
+    Returns:
+        ``None`` when the archive is within :data:`RATE_TOLERANCE` of the target.
+    """
+    target = target_total_bytes(
+        num_labels=account.num_labels,
+        num_classes=account.num_classes,
+        ratio=ratio,
+        bits_per_label=bits_per_label,
+        reference=account.reference,
+    )
+    total = account.total_bytes
+    if target > 0 and abs(total - target) <= RATE_TOLERANCE * target:
+        return None
+    side = "under" if total < target else "over"
+    gap = abs(total - target) / max(target, 1)
+    asked = f"{ratio:g}x" if ratio is not None else f"{bits_per_label:g} bits per label"
+    got = (
+        f"{account.ratio:.2f}x"
+        if ratio is not None
+        else f"{account.bits_per_label:.1f} bits per label"
+    )
+    reason = (
+        codec.rate_limit()
+        if total < target
+        else "its encoded size exceeded the size rate control estimated"
+    )
+    return (
+        f"{codec.kind} reaches {got} ({total} bytes), {gap:.0%} {side} the "
+        f"{asked} target ({target} bytes): {reason}"
+    )

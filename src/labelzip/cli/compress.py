@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from labelzip.archive import (
     ArchiveWriter,
     Layout,
     fit_for_target,
+    rate_note,
 )
 from labelzip.cli import run_command
 from labelzip.cli._common import (
@@ -116,6 +118,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     codec = _fitted_codec(args, rows, layout, num_classes, plan, metadata, options)
     account = _write(out, codec, rows, layout, plan, metadata, args)
+    if args.ratio is not None or args.bits_per_label is not None:
+        note = rate_note(
+            account, codec, ratio=args.ratio, bits_per_label=args.bits_per_label
+        )
+        account = dataclasses.replace(account, rate_note=note)
     _report(out, account, args)
     return 0
 
@@ -253,3 +260,5 @@ def _report(out: Path, account: StorageAccount, args: argparse.Namespace) -> Non
         f"({format_bytes(account.reference_bytes)}), "
         f"{account.bits_per_label:.1f} bits per label"
     )
+    if account.rate_note is not None:
+        print(f"  note: {account.rate_note}")

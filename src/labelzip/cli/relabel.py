@@ -296,6 +296,8 @@ def _report(
         f"{format_bytes(account.header_bytes)}; ratio {account.ratio:.2f}x vs dense "
         f"fp16, {account.bits_per_label:.2f} bits per label"
     )
+    if account.rate_note is not None:
+        print(f"  note: {account.rate_note}")
     explicit = format_bytes(result.side_bytes_explicit)
     stored = (
         "stored explicitly" if config.store_augmentations else "replayed from the seed"

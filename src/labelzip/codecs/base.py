@@ -361,6 +361,16 @@ class Codec(ABC):
         """Payload bits per label for fixed-rate codecs; ``None`` if data-dependent."""
         return None
 
+    def rate_limit(self) -> str:
+        """Why this configuration is the closest a rate target lets it get (a clause).
+
+        Rate control picks the largest configuration that fits; when the
+        archive still lands well under its target, :func:`labelzip.archive.
+        rate_note` reports this reason. Codecs with a discrete size step
+        override it (top-k's K, RS-KD's S, dense's dtype).
+        """
+        return f"{self.kind} has no larger configuration that fits the budget"
+
     def account(
         self,
         num_labels: int,

@@ -139,6 +139,17 @@ class DenseCodec(Codec):
         num_classes = self._require_fitted("expected_payload_bits")
         return float(8 * self.bytes_per_value * num_classes)
 
+    def rate_limit(self) -> str:
+        num_classes = self._require_fitted("rate_limit")
+        bits = 8 * self.bytes_per_value * num_classes
+        if self.bytes_per_value >= 4:
+            return f"fp32 ({bits} bits per label) is the widest dense dtype"
+        return (
+            f"dense stores all {num_classes} values of every label, {bits} bits per "
+            f"label in {self.config.dtype}; fp32 takes twice that, over the budget, "
+            "and no dense dtype lies between fp16 and fp32"
+        )
+
     # -- rate control ----------------------------------------------------------------
     @classmethod
     def for_target(

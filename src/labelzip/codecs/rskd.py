@@ -72,10 +72,12 @@ logger = logging.getLogger(__name__)
 # Largest S: keeps the (rows, S) sample matrix of one block in memory.
 MAX_SAMPLES = 4096
 
-# Measured sizing keeps the mean payload this far under the per-label budget,
-# and measures on at most this many fit labels.
-_MEASURED_MARGIN = 0.02
-_MEASURE_LABELS = 2048
+# Measured sizing keeps the expected mean payload this far (relative) plus this
+# many standard errors of the sampled mean under the per-label budget, and
+# measures on at most this many fit labels.
+_MEASURED_MARGIN = 0.01
+_MEASURED_SE = 2.0
+_MEASURE_LABELS = 8192
 
 
 class RSKDConfig(CodecConfig):
@@ -142,9 +144,9 @@ class RSKDCodec(Codec):
         or class, and the first images need not be typical.
         """
         if self.config.num_samples is None:
-            sample, _ = reservoir_sample(source, _MEASURE_LABELS, self.config.seed)
+            sample, seen = reservoir_sample(source, _MEASURE_LABELS, self.config.seed)
             num_classes = int(sample.shape[1])
-            chosen = self._measure_num_samples(sample, num_classes)
+            chosen = self._measure_num_samples(sample, num_classes, seen)
             self.config = self.config.model_copy(update={"num_samples": chosen})
         else:
             first = next(iter(iterate_source(source)), None)
@@ -156,39 +158,53 @@ class RSKDCodec(Codec):
         self.num_classes = num_classes
         return self
 
-    def _measure_num_samples(self, logits: torch.Tensor, num_classes: int) -> int:
-        """Largest S whose mean payload on ``logits`` meets the per-label target."""
+    def _measure_num_samples(
+        self, logits: torch.Tensor, num_classes: int, seen: int
+    ) -> int:
+        """Largest S whose mean payload on ``logits`` meets the per-label target.
+
+        The expected distinct count of a label with sampling distribution p is
+        ``sum_c 1 - (1 - p_c) ** S`` (exact, no draws), so the only estimation
+        error is that of the sample mean over ``logits`` (a uniform sample of
+        ``seen`` labels): the margin is :data:`_MEASURED_MARGIN` plus
+        :data:`_MEASURED_SE` standard errors of that mean, so the encoded
+        payload stays under the target yet close to it.
+        """
         target = self.config.target_bits_per_label
         assert target is not None
-        limit = target * (1.0 - _MEASURED_MARGIN)
-        ids = draw_categorical(
-            logits,
-            MAX_SAMPLES,
-            self.config.temperature,
-            seeded_generator(self.config.seed, b"fit", logits.shape[0]),
+        id_bits = bits_for(num_classes)
+        log_miss = torch.log1p(
+            -torch.softmax(logits.double() / self.config.temperature, dim=1)
         )
-        ordered, perm = ids.sort(dim=1, stable=True)
-        first = torch.ones_like(ordered, dtype=torch.bool)
-        first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-        is_new = torch.zeros_like(first).scatter_(1, perm, first)  # first draws
-        mean_distinct = is_new.cumsum(dim=1).double().mean(dim=0)  # (S_max,)
-        s = torch.arange(1, MAX_SAMPLES + 1, dtype=torch.float64)
-        width = torch.where(s > 1, torch.log2(s).ceil(), torch.zeros_like(s))
-        bits = width * mean_distinct + mean_distinct * bits_for(num_classes)
-        fits = torch.nonzero(bits <= limit).reshape(-1)
-        if fits.numel() == 0:
+        n = logits.shape[0]
+        finite = max(0.0, 1.0 - n / max(seen, n))  # finite-population correction
+
+        def label_bits(s: int) -> torch.Tensor:
+            distinct = (1.0 - torch.exp(s * log_miss)).sum(dim=1)
+            return (id_bits + count_field_bits(s)) * distinct
+
+        def fits(s: int) -> bool:
+            bits = label_bits(s)
+            spread = float(bits.std()) if n > 1 else 0.0
+            error = _MEASURED_SE * spread * math.sqrt(finite / n)
+            return float(bits.mean()) * (1.0 + _MEASURED_MARGIN) + error <= target
+
+        if not fits(1):
             raise UnreachableTargetError(
-                f"rskd needs at least {bits_for(num_classes)} bits per label (S=1), "
+                f"rskd needs at least {id_bits} bits per label (S=1), "
                 f"the target is {target:.1f}; choose a lower ratio"
             )
-        chosen = int(fits[-1]) + 1
+        lo, hi = 1, MAX_SAMPLES  # bits grow with S: the largest S that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
         logger.info(
-            "rskd measured sizing: S=%d, mean %.1f distinct ids, %.1f bits per label",
-            chosen,
-            float(mean_distinct[chosen - 1]),
-            float(bits[chosen - 1]),
+            "rskd measured sizing: S=%d, %.1f expected bits per label of %.1f",
+            lo,
+            float(label_bits(lo).mean()),
+            target,
         )
-        return chosen
+        return lo
 
     # -- byte path ---------------------------------------------------------------
     def encode(
@@ -286,19 +302,41 @@ class RSKDCodec(Codec):
         num_classes = self._require_fitted("worst_case_payload_bits")
         return float(_worst_bits(self.num_samples, num_classes))
 
+    def rate_limit(self) -> str:
+        num_classes = self._require_fitted("rate_limit")
+        s = self.num_samples
+        id_bits = bits_for(num_classes)
+        if s >= MAX_SAMPLES:
+            return f"S is capped at {MAX_SAMPLES} samples per label"
+        if self.config.sizing == "worst_case":
+            return (
+                f"worst_case sizing budgets S={s} distinct ids per label, but the "
+                "teacher repeats ids; sizing=measured spends the budget"
+            )
+        if s == 1:
+            return f"S=1 is the smallest rskd: one {id_bits}-bit class id per label"
+        return (
+            f"S is a whole number of samples: S={s} fits the budget and S={s + 1} "
+            "would exceed it"
+        )
+
     # -- rate control ----------------------------------------------------------------
     @classmethod
     def for_target(
         cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
     ) -> RSKDCodec:
-        """Choose S for a byte budget (``sizing`` option: worst_case or measured).
+        """Choose S for a byte budget (``sizing`` option: measured or worst_case).
 
-        ``worst_case`` (default) takes the largest S for which a block where every
-        label has S distinct ids still fits: guaranteed, but peaked teachers then
-        use far fewer bytes than allowed. ``measured`` defers S to :meth:`fit`,
-        which takes the largest S whose mean size on the fit data is 2% under the
-        budget: close to the target, exact only when fit and encoded data agree.
+        ``measured`` (the default here, unless ``num_samples`` is fixed) defers S
+        to :meth:`fit`, which takes the largest S whose expected mean size on the
+        fit data stays just under the budget (see :meth:`_measure_num_samples`):
+        the archive spends the budget it is given. ``worst_case`` takes the
+        largest S for which a block where every label has S distinct ids still
+        fits: guaranteed even for other data, but a peaked teacher repeats ids,
+        so its archive is then several times smaller than the target.
         """
+        if options.get("num_samples") is None and "sizing" not in options:
+            options = {**options, "sizing": "measured"}
         try:
             base = RSKDConfig(**options)
         except Exception as exc:

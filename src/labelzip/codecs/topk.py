@@ -312,6 +312,21 @@ class TopKCodec(Codec):
             + self.config.k * bits_for(num_classes)
         )
 
+    def rate_limit(self) -> str:
+        num_classes = self._require_fitted("rate_limit")
+        k = self.config.k
+        if k >= num_classes:
+            return f"k={k} already keeps every class"
+        bigger = TopKCodec(self.config.model_copy(update={"k": k + 1}))
+        bigger.num_classes = num_classes
+        now = self.expected_payload_bits() or 0.0
+        more = bigger.expected_payload_bits() or 0.0
+        floor = "k=1 is the smallest topk; " if k == 1 else ""
+        return (
+            f"{floor}K is a whole number of entries: k={k} takes {now:g} payload bits "
+            f"per label and k={k + 1} would take {more:g}, over the budget"
+        )
+
     # -- rate control ----------------------------------------------------------------
     @classmethod
     def for_target(

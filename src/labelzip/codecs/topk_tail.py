@@ -373,6 +373,11 @@ class TopKTailCodec(Codec):
         return out.scatter_(1, ids, values)
 
     # -- what is shipped once ------------------------------------------------------
+    def planned_model_tensors(self, num_classes: int) -> dict[str, torch.Tensor] | None:
+        """The (C,) fp16 log prior: known before fit, so rate control sizes the
+        header exactly instead of reserving a 2 KiB allowance for it."""
+        return {"log_prior": torch.zeros(num_classes, dtype=torch.float16)}
+
     def model_tensors(self) -> dict[str, torch.Tensor]:
         if self._log_prior is None:
             raise NotFittedError(
@@ -410,6 +415,19 @@ class TopKTailCodec(Codec):
         num_classes = self._require_fitted("expected_payload_bits")
         cfg = self.config
         return float(16 * cfg.k + cfg.k * bits_for(num_classes) + cfg.decay_bits)
+
+    def rate_limit(self) -> str:
+        num_classes = self._require_fitted("rate_limit")
+        k = self.config.k
+        if k >= num_classes:
+            return f"k={k} already keeps every class"
+        now = self.expected_payload_bits() or 0.0
+        step = 16 + bits_for(num_classes)  # one more fp16 value and id per label
+        floor = "k=1 is the smallest topk-tail; " if k == 1 else ""
+        return (
+            f"{floor}K is a whole number of entries: k={k} takes {now:g} payload bits "
+            f"per label and k={k + 1} would take {now + step:g}, over the budget"
+        )
 
     # -- rate control ----------------------------------------------------------------
     @classmethod

@@ -26,6 +26,7 @@ RDED's online labels are materialised the same way: relabel the RDED set.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +42,7 @@ from labelzip.archive import (
     ArchiveWriter,
     Layout,
     fit_for_target,
+    rate_note,
 )
 from labelzip.augment import (
     ViewConfig,
@@ -483,6 +485,17 @@ def _run(
     return _result(jobs, accounts, labeller, layout, config, single, seconds)
 
 
+def _with_rate_note(job: _Job, account: StorageAccount) -> StorageAccount:
+    """``account`` with the note :func:`rate_note` gives for the job's target."""
+    out = job.out
+    if job.codec is None or (out.ratio is None and out.bits_per_label is None):
+        return account
+    note = rate_note(
+        account, job.codec, ratio=out.ratio, bits_per_label=out.bits_per_label
+    )
+    return dataclasses.replace(account, rate_note=note)
+
+
 def _result(
     jobs: list[_Job],
     accounts: list[StorageAccount],
@@ -496,7 +509,7 @@ def _result(
         RelabelledArchive(
             name=job.out.label,
             path=job.out.path,
-            account=account,
+            account=_with_rate_note(job, account),
             keep_per_image=job.plan.keep_per_group if job.plan else config.epochs,
             codec_config=job.codec.to_config() if job.codec else {},
         )

@@ -121,6 +121,19 @@ def test_stored_codec_decodes_identically(
         VQAECodec.from_stored(config, {})
     with pytest.raises(ArchiveFormatError, match="num_classes"):
         VQAECodec.from_stored({**config, "num_classes": 0}, tensors)
+    # Issue 11: an F16 -> I16 header edit reinterpreted the weights' bits, a
+    # transposed tensor crashed in the decoder; both are refused now.
+    for name, bad in (
+        ("in_bias", tensors["in_bias"].view(torch.int16)),
+        ("id_scale", tensors["id_scale"].view(torch.bfloat16)),
+        ("in_weight", tensors["in_weight"].T.contiguous()),
+    ):
+        with pytest.raises(ArchiveFormatError, match=f"vqae tensor '{name}'"):
+            VQAECodec.from_stored(config, {**tensors, name: bad})
+    if "value_high" in config:
+        lists = {**config, "value_high": [[1]] * len(config["value_high"])}
+        with pytest.raises(ArchiveFormatError, match="value_high lists"):
+            VQAECodec.from_stored(lists, tensors)
 
 
 def test_same_data_and_seed_give_same_bytes(

@@ -435,6 +435,7 @@ class VQAECodec(Codec):
                 or not isinstance(value_high, list)
                 or len(value_low) != cfg.num_ids
                 or len(value_high) != cfg.num_ids
+                or not all(_is_number(v) for v in [*value_low, *value_high])
             ):
                 raise ArchiveFormatError(
                     f"vqae config with value_bits={cfg.value_bits} needs value_low and "
@@ -447,6 +448,17 @@ class VQAECodec(Codec):
             )
         codec.num_classes = num_classes
         return codec
+
+    def rate_limit(self) -> str:
+        c = self.config
+        step = c.num_stages * bits_for(c.codebook_size)
+        coded = " (entropy coding then shrinks it)" if c.entropy_coding != "off" else ""
+        return (
+            f"vqae budgets its payload at the fixed-rate bound{coded} and grows in "
+            f"whole code chunks of {step} bits per label plus the decoder (chosen: "
+            f"hidden_dim={c.hidden_dim}, num_ids={c.num_ids}, "
+            f"num_chunks={c.num_chunks}); the next chunk's bound would exceed the target"
+        )
 
     # -- rate control ----------------------------------------------------------------
     @classmethod
@@ -515,3 +527,7 @@ def _stored_specs(
         ):
             specs[key] = (prior[key], dtype)
     return specs
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
