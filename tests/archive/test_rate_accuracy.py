@@ -188,7 +188,11 @@ def test_context_codecs_land_within_ten_percent(
 
 def test_every_codec_is_covered() -> None:
     covered = {"dense", "topk", "rskd", "topk-tail", "vqae", "vqae-sparse", "vqae-rs"}
-    assert covered | {"vqae-ctx", "ctx-transform"} == set(available_codecs())
+    # distillkit stores DistillKit's own fixed-setting rows (imports, baseline): it has
+    # no rate target of its own, so its accuracy is not measured here.
+    assert covered | {"vqae-ctx", "ctx-transform", "distillkit"} == set(
+        available_codecs()
+    )
 
 
 def test_compress_prints_and_returns_the_note(
