@@ -79,6 +79,7 @@ FAMILIES = ("bytes", "header", "sizes")
 # Small, fast configurations: the fuzz targets the reader, not the codecs' quality.
 _FAST: dict[str, dict[str, Any]] = {
     "dense": {},
+    "distillkit": {"quant": {"d": 12, "k": 4, "exact_k": 4, "residual_bins": []}},
     "topk": {"k": 3},
     "rskd": {"num_samples": 6},
     "topk-tail": {"k": 3},
