@@ -221,7 +221,7 @@ def _bad_file(tmp_path: Path, kind: str) -> Path:
     ("kind", "match"),
     [
         ("missing", "does not exist"),
-        ("garbage", "cannot read"),
+        ("garbage", "not a safetensors file"),
         ("rank1", r"shape \(N, C\) or \(N, E, C\)"),
         ("rank4", r"shape \(N, C\) or \(N, E, C\)"),
         ("int", "floating point"),
@@ -302,3 +302,22 @@ def test_missing_output_folder(
     assert code == 2
     assert "output folder" in err and "does not exist" in err and err.count("\n") == 1
     assert not out.parent.exists()
+
+
+def test_directory_of_shards_gives_the_same_archive_as_one_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logits = torch.randn(700, 3, 20, generator=torch.Generator().manual_seed(3))
+    save_file({"logits": logits}, str(tmp_path / "one.safetensors"))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i, (lo, hi) in enumerate([(0, 123), (123, 500), (500, 700)]):
+        save_file({"logits": logits[lo:hi]}, str(shards / f"part-{i}.safetensors"))
+    outs = []
+    for name, src in (("a", tmp_path / "one.safetensors"), ("b", shards)):
+        out = tmp_path / f"{name}.lz"
+        argv = [str(src), "--codec", "topk", "--ratio", "8", "--prune-keep", "0.5"]
+        code, _, err = _run([*argv, "--quiet", "-o", str(out)], capsys)
+        assert code == 0, err
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]

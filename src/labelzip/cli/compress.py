@@ -5,21 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
-from labelzip.archive import (
-    DEFAULT_CHUNK_SIZE,
-    ArchiveMetadata,
-    ArchiveWriter,
-    Layout,
-    fit_for_target,
-    rate_note,
-)
+from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, rate_note
 from labelzip.cli import run_command
 from labelzip.cli._common import (
     add_codec_option_flags,
@@ -35,11 +25,17 @@ from labelzip.cli._common import (
     resolve_device,
     with_run_defaults,
 )
-from labelzip.codecs.base import Codec
-from labelzip.codecs.prune import PrunePlan
-from labelzip.codecs.registry import available_codecs, create_codec
-from labelzip.errors import ConfigError, InputError
-from labelzip.io import check_output_path, load_logits
+from labelzip.codecs.registry import available_codecs
+from labelzip.errors import InputError
+from labelzip.io import check_output_path
+from labelzip.logit_store import open_logits
+from labelzip.pipelines.compress import (
+    CompressSettings,
+    fit_codec,
+    label_layout,
+    prune_plan,
+    write_archive,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -48,14 +44,12 @@ EPILOG = """examples:
   labelzip compress logits.npy --codec dense --prune-keep 0.25 -o labels.lz
   labelzip compress logits.pt --codec topk --ratio 50 -o labels.lz
   labelzip compress views.safetensors --codec vqae --bits-per-label 64 --device cuda -o labels.lz
+  labelzip compress shards/ --codec vqae --ratio 40 -o labels.lz   # a folder of shards
 
 LOGITS holds (N, C) labels or (N, E, C) labels of E views per sample (--dims names
 them; the relabel pipeline writes epoch,sample). --ratio counts every byte of the
 archive against dense fp16 logits.
 """
-
-# Batch size for streaming labels into fit() and the writer.
-_BATCH = 4096
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("logits", help="(N, C) or (N, E, C) logits: .safetensors, .npy, .pt")
+    p.add_argument(
+        "logits",
+        help="(N, C) or (N, E, C) logits: .safetensors, .npy, .pt, or a folder of "
+        "such shards (read in name order, streamed: never loaded whole)",
+    )
     p.add_argument("-o", "--output", required=True, help="archive to write")
     p.add_argument("--codec", required=True, choices=available_codecs())
     add_rate_options(p, suffix=" to meet")
@@ -105,42 +103,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     out = check_output_path(args.output, [args.logits, args.class_names])
     device = resolve_device(args.device)
-    if args.chunk_size < 1:
-        raise ConfigError(f"--chunk-size must be >= 1, got {args.chunk_size}")
-    logits = load_logits(args.logits, key=args.key)
-    layout = _layout(logits, args.dims)
-    rows = logits.reshape(layout.num_labels, logits.shape[-1])
-    num_classes = int(rows.shape[1])
-    plan = _prune_plan(layout, args)
-    metadata = _metadata(args)
-    options = with_run_defaults(
-        args.codec, codec_options(args), seed=args.seed, device=device
+    settings = CompressSettings(
+        codec=args.codec,
+        options=with_run_defaults(
+            args.codec, codec_options(args), seed=args.seed, device=device
+        ),
+        ratio=args.ratio,
+        bits_per_label=args.bits_per_label,
+        chunk_size=args.chunk_size,
+        prune_keep=args.prune_keep,
+        seed=args.seed,
+        dims=tuple(d.strip() for d in args.dims.split(",")) if args.dims else None,
+        reference=args.reference,
     )
-    codec = _fitted_codec(args, rows, layout, num_classes, plan, metadata, options)
-    account = _write(out, codec, rows, layout, plan, metadata, args)
-    if args.ratio is not None or args.bits_per_label is not None:
+    load_codec_class(args.codec)
+    with open_logits(args.logits, key=args.key) as store:
+        layout = label_layout(store, settings.dims)
+        plan = prune_plan(layout, settings)
+        metadata = _metadata(args)
+        with progress(f"fitting {args.codec}", None, enabled=not args.quiet) as advance:
+            codec = fit_codec(store, settings, layout, plan, metadata, advance)
+        with progress("encoding", store.num_labels, enabled=not args.quiet) as advance:
+            account = write_archive(
+                out, store, codec, settings, layout, plan, metadata, advance
+            )
+    if settings.has_target:
         note = rate_note(
             account, codec, ratio=args.ratio, bits_per_label=args.bits_per_label
         )
         account = dataclasses.replace(account, rate_note=note)
     _report(out, account, args)
     return 0
-
-
-def _layout(logits: torch.Tensor, dims: str | None) -> Layout:
-    names = [d.strip() for d in dims.split(",")] if dims else None
-    if names is not None and len(names) != logits.dim() - 1:
-        raise InputError(
-            f"--dims names {len(names)} dims but the logits have shape "
-            f"{tuple(logits.shape)} ({logits.dim() - 1} label dims + classes)"
-        )
-    return Layout.for_shape(logits.shape[:-1], names)
-
-
-def _prune_plan(layout: Layout, args: argparse.Namespace) -> PrunePlan | None:
-    if args.prune_keep is None:
-        return None
-    return PrunePlan(layout.dims, layout.shape, args.prune_keep, args.seed)
 
 
 def _metadata(args: argparse.Namespace) -> ArchiveMetadata:
@@ -163,82 +156,6 @@ def _metadata(args: argparse.Namespace) -> ArchiveMetadata:
         teacher=args.teacher,
         user=parse_key_values(args.meta, "--meta"),
     )
-
-
-def _fitted_codec(
-    args: argparse.Namespace,
-    rows: torch.Tensor,
-    layout: Layout,
-    num_classes: int,
-    plan: PrunePlan | None,
-    metadata: ArchiveMetadata,
-    options: dict[str, Any],
-) -> Codec:
-    load_codec_class(args.codec)
-    kept = plan.kept_indices() if plan is not None else None
-    num_stored = plan.num_kept if plan is not None else layout.num_labels
-    with progress(f"fitting {args.codec}", None, enabled=not args.quiet) as advance:
-
-        def source() -> Iterator[torch.Tensor]:
-            for batch in _batches(rows, kept):
-                advance(batch.shape[0])
-                yield batch
-
-        if args.ratio is None and args.bits_per_label is None:
-            codec = create_codec(args.codec, **options)
-            return codec.fit(source, num_labels=num_stored)
-        return fit_for_target(
-            args.codec,
-            source,
-            layout=layout,
-            num_classes=num_classes,
-            ratio=args.ratio,
-            bits_per_label=args.bits_per_label,
-            chunk_size=args.chunk_size,
-            prune=plan,
-            metadata=metadata,
-            reference=args.reference,
-            **options,
-        )
-
-
-def _batches(
-    rows: torch.Tensor, index: torch.Tensor | None, size: int = _BATCH
-) -> Iterator[torch.Tensor]:
-    count = rows.shape[0] if index is None else index.numel()
-    for start in range(0, count, size):
-        if index is None:
-            yield rows[start : start + size]
-        else:
-            yield rows[index[start : start + size]]
-
-
-def _write(
-    out: Path,
-    codec: Codec,
-    rows: torch.Tensor,
-    layout: Layout,
-    plan: PrunePlan | None,
-    metadata: ArchiveMetadata,
-    args: argparse.Namespace,
-) -> StorageAccount:
-    with (
-        progress("encoding", rows.shape[0], enabled=not args.quiet) as advance,
-        ArchiveWriter(
-            out,
-            codec,
-            layout=layout,
-            chunk_size=args.chunk_size,
-            prune=plan,
-            metadata=metadata,
-            reference=args.reference,
-        ) as writer,
-    ):
-        for batch in _batches(rows, None):
-            writer.write(batch)
-            advance(batch.shape[0])
-    assert writer.account is not None
-    return writer.account
 
 
 def _report(out: Path, account: StorageAccount, args: argparse.Namespace) -> None:
