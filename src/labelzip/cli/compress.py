@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -121,18 +122,21 @@ def _run(args: argparse.Namespace) -> int:
         layout = label_layout(store, settings.dims)
         plan = prune_plan(layout, settings)
         metadata = _metadata(args)
+        started = time.perf_counter()
         with progress(f"fitting {args.codec}", None, enabled=not args.quiet) as advance:
             codec = fit_codec(store, settings, layout, plan, metadata, advance)
+        fitted = time.perf_counter()
         with progress("encoding", store.num_labels, enabled=not args.quiet) as advance:
             account = write_archive(
                 out, store, codec, settings, layout, plan, metadata, advance
             )
+        seconds = {"fit": fitted - started, "encode": time.perf_counter() - fitted}
     if settings.has_target:
         note = rate_note(
             account, codec, ratio=args.ratio, bits_per_label=args.bits_per_label
         )
         account = dataclasses.replace(account, rate_note=note)
-    _report(out, account, args)
+    _report(out, account, seconds, args)
     return 0
 
 
@@ -158,9 +162,15 @@ def _metadata(args: argparse.Namespace) -> ArchiveMetadata:
     )
 
 
-def _report(out: Path, account: StorageAccount, args: argparse.Namespace) -> None:
+def _report(
+    out: Path,
+    account: StorageAccount,
+    seconds: dict[str, float],
+    args: argparse.Namespace,
+) -> None:
+    """Print the archive's all-in account; ``--json`` adds the pass times."""
     if args.json:
-        print_json({"output": str(out), **account.to_dict()})
+        print_json({"output": str(out), **account.to_dict(), "seconds": seconds})
         return
     print(
         f"wrote {out}: {account.num_labels} labels x {account.num_classes} classes, "
