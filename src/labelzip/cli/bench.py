@@ -33,6 +33,7 @@ from labelzip.cli._common import (
     print_json,
     resolve_device,
 )
+from labelzip.cli.bench_scale import add_scale_parser, run_scale
 from labelzip.cli.relabel_lm import quiet_transformers
 from labelzip.errors import ConfigError, InputError
 from labelzip.io import check_output_path
@@ -114,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a labelzip benchmark: students trained from compressed "
         "labels (lm, vision) or label fidelity at scale (imagenet).",
         epilog="suites: lm (LM distillation), vision (dataset distillation), "
-        "imagenet (1000-class label fidelity); labelzip bench SUITE --help for each",
+        "imagenet (1000-class label fidelity), scale (millions of labels: memory "
+        "and throughput); labelzip bench SUITE --help for each",
     )
     sub = p.add_subparsers(dest="suite", required=True, metavar="SUITE")
     _lm_parser(sub)
     _vision_parser(sub)
     _imagenet_parser(sub)
+    add_scale_parser(sub)
     return p
 
 
@@ -452,9 +455,11 @@ def run_imagenet_report(
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    command = "labelzip bench " + shlex.join(argv)
     if args.suite == "imagenet":
-        command = "labelzip bench " + shlex.join(argv)
         return run_command("bench", lambda: _run_imagenet(args, command))
+    if args.suite == "scale":
+        return run_command("bench", lambda: run_scale(args, command))
     run = _run_vision if args.suite == "vision" else _run
     return run_command("bench", lambda: run(args))
 
