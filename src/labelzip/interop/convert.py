@@ -5,7 +5,9 @@ records in the files' own order. With no codec it is lossless: dense stores go
 to the ``dense`` codec in the stored dtype, top-k stores to ``topk`` fed the
 stored (values, ids) directly. A re-encoding codec (``--codec vqae --ratio 40``)
 sees the format's dense logits; when it must be fitted, a first pass keeps a
-seeded reservoir sample, a second pass encodes. Side information goes through
+seeded reservoir sample, a second pass encodes. A codec with a ``k`` option
+keeps the store's K unless told otherwise, so a top-k codec (``topk-q``,
+``topk`` with ``decoder=mr``) re-encodes a top-k store's own support. Side information goes through
 ``ArchiveWriter.append_side``, so memory holds one file at a time.
 
 ``export_archive`` builds the store in a temporary sibling folder and renames it
@@ -192,6 +194,8 @@ def _fit(
     fields = cls.config_class.model_fields
     if "seed" in fields:
         options.setdefault("seed", choice.seed)
+    if store.kind == "topk" and store.k is not None and "k" in fields:
+        options.setdefault("k", min(store.k, store.num_classes))  # the store's K
     target = choice.ratio is not None or choice.bits_per_label is not None
     if choice.name in _SHAPE_ONLY_FIT and not target:
         probe = [torch.zeros(1, store.num_classes)]
