@@ -27,7 +27,7 @@ import torch
 
 from labelzip.accounting import StorageAccount
 from labelzip.archive.format import DEFAULT_CHUNK_SIZE, ArchiveMetadata
-from labelzip.archive.rate import fit_for_target
+from labelzip.archive.rate import fit_codec
 from labelzip.archive.reader import ArchiveReader
 from labelzip.archive.writer import ArchiveWriter
 from labelzip.codecs.base import Codec
@@ -219,22 +219,22 @@ def _fit(
     def sample() -> Iterator[torch.Tensor]:
         return reservoir.batches()
 
-    if not target:
-        return create_codec(choice.name, **options).fit(
-            sample, num_labels=store.num_labels
-        )
-    return fit_for_target(
+    goal = {
+        "layout": store.layout,
+        "num_classes": store.num_classes,
+        "ratio": choice.ratio,
+        "bits_per_label": choice.bits_per_label,
+        "chunk_size": chunk_size,
+        "metadata": metadata,
+        "side_bytes": side_bytes,
+        "reference": reference,
+    }
+    return fit_codec(
         choice.name,
         sample,
-        layout=store.layout,
-        num_classes=store.num_classes,
-        ratio=choice.ratio,
-        bits_per_label=choice.bits_per_label,
-        chunk_size=chunk_size,
-        metadata=metadata,
-        side_bytes=side_bytes,
-        reference=reference,
-        **options,
+        options,
+        num_labels=store.num_labels,
+        target=goal if target else None,
     )
 
 
