@@ -239,12 +239,7 @@ class DistillKitCodec(ModelFreeCodec):
                 f"distillkit rows must be (N, {self.row_bytes}) uint8, got "
                 f"{tuple(rows.shape)} {rows.dtype}"
             )
-        if tuple(ids.shape) != (n, self.k) or ids.is_floating_point():
-            raise InputError(
-                f"distillkit ids must be (N, {self.k}) integers, got "
-                f"{tuple(ids.shape)} {ids.dtype}"
-            )
-        ids = check_class_ids(ids, num_classes, what="token ids")
+        ids = check_class_ids(ids, num_classes, shape=(n, self.k), what="token ids")
         return join_id_block(rows, ids, num_classes)
 
     def decode_topk(

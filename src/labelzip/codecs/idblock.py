@@ -20,9 +20,19 @@ __all__ = ["check_class_ids", "id_block_bytes", "join_id_block", "split_id_block
 
 
 def check_class_ids(
-    ids: torch.Tensor, num_classes: int, *, what: str = "class ids"
+    ids: torch.Tensor,
+    num_classes: int,
+    *,
+    shape: tuple[int, ...],
+    what: str = "class ids",
 ) -> torch.Tensor:
-    """``ids`` as CPU int64, or InputError when one lies outside ``[0, num_classes)``."""
+    """``ids`` as CPU int64, or InputError when they are not integers of
+    ``shape`` or one lies outside ``[0, num_classes)``."""
+    if tuple(ids.shape) != shape or ids.is_floating_point():
+        raise InputError(
+            f"{what} must be integers shaped {shape}, got {tuple(ids.shape)} "
+            f"{ids.dtype}"
+        )
     ids = ids.detach().to("cpu", torch.int64)
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
         raise InputError(

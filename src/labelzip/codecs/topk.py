@@ -228,12 +228,7 @@ class TopKCodec(ModelFreeCodec):
                 f"encode_topk() needs (N, {cfg.k}) {want} values, got "
                 f"{tuple(values.shape)} {values.dtype}"
             )
-        if tuple(ids.shape) != tuple(values.shape) or ids.is_floating_point():
-            raise InputError(
-                f"encode_topk() needs integer ids shaped like the values, got "
-                f"{tuple(ids.shape)} {ids.dtype}"
-            )
-        ids = check_class_ids(ids, num_classes)
+        ids = check_class_ids(ids, num_classes, shape=tuple(values.shape))
         value_bytes = values.detach().cpu().contiguous().view(torch.uint8)
         return join_id_block(value_bytes, ids, num_classes)
 

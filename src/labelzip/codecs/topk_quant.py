@@ -172,15 +172,10 @@ class TopKQuantCodec(ModelFreeCodec):
                 f"topk-q needs (N, {k}) float values, got {tuple(values.shape)} "
                 f"{values.dtype}"
             )
-        if tuple(ids.shape) != tuple(values.shape) or ids.is_floating_point():
-            raise InputError(
-                f"topk-q needs integer ids shaped like the values, got "
-                f"{tuple(ids.shape)} {ids.dtype}"
-            )
+        ids = check_class_ids(ids, num_classes, shape=tuple(values.shape))
         v = values.detach().to("cpu", torch.float32)
         if not bool(torch.isfinite(v).all()):
             raise InputError("topk-q values must be finite")
-        ids = check_class_ids(ids, num_classes)
         ids, order = ids.sort(dim=1)
         if k > 1 and bool((ids[:, 1:] == ids[:, :-1]).any()):
             raise InputError("topk-q ids must be distinct within a label")
