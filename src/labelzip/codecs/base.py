@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from labelzip.accounting import StorageAccount
-from labelzip.errors import ArchiveFormatError, InputError, NotFittedError
+from labelzip.errors import ArchiveFormatError, ConfigError, InputError, NotFittedError
 
 __all__ = [
     "Codec",
@@ -245,6 +245,17 @@ class Codec(ABC):
     @property
     def is_fitted(self) -> bool:
         return self.num_classes is not None
+
+    def resolved_option(self, name: str) -> Any:
+        """Config option ``name``, which ``None`` leaves to :meth:`fit` to choose.
+
+        Raises:
+            ConfigError: it is still ``None`` (fit has not run).
+        """
+        value = getattr(self.config, name)
+        if value is None:
+            raise ConfigError(f"{name} is chosen by fit(); call fit() first")
+        return value
 
     def _require_fitted(self, action: str) -> int:
         if self.num_classes is None:

@@ -126,9 +126,7 @@ class RSKDCodec(ModelFreeCodec):
 
     @property
     def num_samples(self) -> int:
-        if self.config.num_samples is None:
-            raise ConfigError("num_samples is chosen by fit(); call fit() first")
-        return self.config.num_samples
+        return int(self.resolved_option("num_samples"))
 
     # -- fitting -----------------------------------------------------------------
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> RSKDCodec:

@@ -112,9 +112,7 @@ class TopKQuantCodec(ModelFreeCodec):
 
     @property
     def gap_bits(self) -> int:
-        if self.config.gap_bits is None:
-            raise ConfigError("gap_bits is chosen by fit(); call fit() first")
-        return self.config.gap_bits
+        return int(self.resolved_option("gap_bits"))
 
     # -- fitting -----------------------------------------------------------------
     def fit(
