@@ -5,9 +5,9 @@ records in the files' own order. With no codec it is lossless: dense stores go
 to the ``dense`` codec in the stored dtype, top-k stores to ``topk`` fed the
 stored (values, ids) directly. A re-encoding codec (``--codec vqae --ratio 40``)
 sees the format's dense logits; when it must be fitted, a first pass keeps a
-seeded reservoir sample, a second pass encodes. A codec with a ``k`` option
-keeps the store's K unless told otherwise, so a top-k codec (``topk-q``,
-``topk`` with ``decoder=mr``) re-encodes a top-k store's own support. Side information goes through
+seeded reservoir sample, a second pass encodes. The top-k codecs (``topk-q``,
+``topk``) keep a top-k store's K unless told otherwise, so they re-encode the
+store's own support (``topk`` with ``decoder=mr`` keeps MR's zeros too). Side information goes through
 ``ArchiveWriter.append_side``, so memory holds one file at a time.
 
 ``export_archive`` builds the store in a temporary sibling folder and renames it
@@ -65,6 +65,9 @@ FIT_SAMPLE_BYTES = 2 << 30
 
 # Codecs whose fit reads only C from the data: no first pass without a rate target.
 _SHAPE_ONLY_FIT = ("dense", "topk")
+
+# Codecs that store a top-k itself: on a top-k store they keep its K by default.
+_TOPK_CODECS = ("topk", "topk-q")
 
 _STORED_DENSE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _STORED_TOPK = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -194,9 +197,11 @@ def _fit(
     fields = cls.config_class.model_fields
     if "seed" in fields:
         options.setdefault("seed", choice.seed)
-    if store.kind == "topk" and store.k is not None and "k" in fields:
-        options.setdefault("k", min(store.k, store.num_classes))  # the store's K
     target = choice.ratio is not None or choice.bits_per_label is not None
+    if store.kind == "topk" and store.k is not None and choice.name in _TOPK_CODECS:
+        # the store's K; topk's rate control chooses K itself, topk-q its value bits
+        if choice.name == "topk-q" or not target:
+            options.setdefault("k", min(store.k, store.num_classes))
     if choice.name in _SHAPE_ONLY_FIT and not target:
         probe = [torch.zeros(1, store.num_classes)]
         return create_codec(choice.name, **options).fit(probe)
