@@ -107,3 +107,8 @@ def test_bad_input_and_truncated_blocks() -> None:
         codec.decode(EncodedBlock(block.num_labels, block.data[:10]))
     with pytest.raises(ArchiveFormatError, match="id gaps"):
         codec.decode(EncodedBlock(block.num_labels, block.data[:-40]))
+    longer = torch.cat([block.data, torch.zeros(2, dtype=torch.uint8)])
+    with pytest.raises(ArchiveFormatError, match="bytes of id gaps"):
+        codec.decode(EncodedBlock(block.num_labels, longer))
+    with pytest.raises(ArchiveFormatError):  # a block cut to fewer labels
+        codec.decode(EncodedBlock(block.num_labels - 1, block.data))

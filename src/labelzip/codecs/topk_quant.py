@@ -326,8 +326,14 @@ def _unary(quotients: torch.Tensor) -> torch.Tensor:
 
 
 def _read_unary(stream: torch.Tensor, count: int) -> torch.Tensor:
-    """Inverse of :func:`_unary`: the first ``count`` quotients of ``stream``."""
+    """Inverse of :func:`_unary`: the ``count`` quotients ``stream`` holds.
+
+    Raises:
+        ArchiveFormatError: fewer codes, or bytes beyond the padded last one.
+    """
     if count == 0:
+        if stream.numel():
+            raise ArchiveFormatError("topk-q block of no labels holds id bytes")
         return torch.zeros(0, dtype=torch.int64)
     bits = unpack_bits(stream, 1, stream.numel() * 8)
     ends = torch.nonzero(bits == 0).reshape(-1)
@@ -336,5 +342,10 @@ def _read_unary(stream: torch.Tensor, count: int) -> torch.Tensor:
             f"topk-q block ends after {ends.numel()} of its {count} id gaps"
         )
     ends = ends[:count]
+    if packed_size(int(ends[-1]) + 1, 1) != stream.numel():
+        raise ArchiveFormatError(
+            f"topk-q block holds {stream.numel()} bytes of id gaps; its {count} "
+            f"gaps take {packed_size(int(ends[-1]) + 1, 1)}"
+        )
     starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
     return ends - starts
