@@ -23,6 +23,7 @@ QUICK: dict[str, dict[str, object]] = {
     "dense": {},
     "distillkit": {"quant": {"d": 24, "k": 6, "exact_k": 6, "residual_bins": []}},
     "topk": {"k": 3},
+    "topk-q": {"k": 3},
     "rskd": {"num_samples": 8},
     "topk-tail": {"k": 3},
     "vqae": {"steps": 20, "hidden_dim": 16, "encoder_dim": 16, "batch_size": 32},

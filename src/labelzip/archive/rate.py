@@ -37,6 +37,7 @@ __all__ = [
     "UNFITTED_MODEL_ALLOWANCE",
     "codec_for_target",
     "estimate_header_bytes",
+    "fit_codec",
     "fit_for_target",
     "rate_note",
 ]
@@ -285,6 +286,26 @@ def _smallest_budget(
         else:
             lo = mid
     return hi
+
+
+def fit_codec(
+    name: str,
+    source: LogitSource,
+    options: Mapping[str, Any],
+    *,
+    num_labels: int,
+    target: Mapping[str, Any] | None = None,
+) -> Codec:
+    """The codec ``name`` with ``options``, fitted on ``source``.
+
+    Without ``target`` it is built as configured and fitted for ``num_labels``
+    labels. With one (the arguments of :func:`fit_for_target`: ``ratio`` or
+    ``bits_per_label``, ``layout``, ``num_classes`` and what else the archive
+    adds), rate control chooses the options left open, then fits.
+    """
+    if target is None:
+        return create_codec(name, **options).fit(source, num_labels=num_labels)
+    return fit_for_target(name, source, **target, **options)
 
 
 def fit_for_target(

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
+from labelzip.archive import ArchiveReader, Layout, save_archive
+from labelzip.archive.rate import fit_codec
 from labelzip.codecs.prune import PrunePlan
 from labelzip.errors import UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement, topk_overlap
@@ -137,21 +138,19 @@ def measure_point(
         return list(stored.split(4096))
 
     start = time.perf_counter()
-    if ratio is None:
-        from labelzip.codecs.registry import create_codec
-
-        codec = create_codec(spec.codec, **spec.options)
-        codec.fit(batches, num_labels=stored.shape[0])
-    else:
-        codec = fit_for_target(
-            spec.codec,
-            batches,
-            layout=layout,
-            num_classes=num_classes,
-            ratio=ratio,
-            prune=prune,
-            **spec.options,
-        )
+    goal = {
+        "layout": layout,
+        "num_classes": num_classes,
+        "ratio": ratio,
+        "prune": prune,
+    }
+    codec = fit_codec(
+        spec.codec,
+        batches,
+        spec.options,
+        num_labels=stored.shape[0],
+        target=None if ratio is None else goal,
+    )
     fit_s = time.perf_counter() - start
     with scratch_folder(workdir or tempfile.gettempdir(), "labelzip-fidelity") as tmp:
         path = os.path.join(tmp, "labels.lz")

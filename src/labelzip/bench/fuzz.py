@@ -81,6 +81,7 @@ _FAST: dict[str, dict[str, Any]] = {
     "dense": {},
     "distillkit": {"quant": {"d": 12, "k": 4, "exact_k": 4, "residual_bins": []}},
     "topk": {"k": 3},
+    "topk-q": {"k": 3},
     "rskd": {"num_samples": 6},
     "topk-tail": {"k": 3},
     "vqae": {

@@ -13,13 +13,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from labelzip.accounting import StorageAccount
-from labelzip.errors import ArchiveFormatError, InputError, NotFittedError
+from labelzip.errors import ArchiveFormatError, ConfigError, InputError, NotFittedError
 
 __all__ = [
     "Codec",
@@ -27,8 +27,10 @@ __all__ = [
     "EncodedBlock",
     "LabelContext",
     "LogitSource",
+    "ModelFreeCodec",
     "check_logits",
     "check_model_tensors",
+    "first_batch_classes",
     "iterate_source",
 ]
 
@@ -224,8 +226,11 @@ class Codec(ABC):
     # methods); the archive then rebuilds it from its stored view recipe.
     needs_context: ClassVar[bool] = False
 
-    def __init__(self, config: CodecConfig) -> None:
-        self.config = config
+    def __init__(self, config: CodecConfig | None = None) -> None:
+        """A codec with ``config``, or its config class's defaults when ``None``."""
+        self.config = (
+            config if config is not None else self.config_class.model_validate({})
+        )
         self.num_classes: int | None = None
 
     # -- fitting -----------------------------------------------------------------
@@ -240,6 +245,17 @@ class Codec(ABC):
     @property
     def is_fitted(self) -> bool:
         return self.num_classes is not None
+
+    def resolved_option(self, name: str) -> Any:
+        """Config option ``name``, which ``None`` leaves to :meth:`fit` to choose.
+
+        Raises:
+            ConfigError: it is still ``None`` (fit has not run).
+        """
+        value = getattr(self.config, name)
+        if value is None:
+            raise ConfigError(f"{name} is chosen by fit(); call fit() first")
+        return value
 
     def _require_fitted(self, action: str) -> int:
         if self.num_classes is None:
@@ -392,6 +408,46 @@ class Codec(ABC):
             header_bytes=header_bytes,
             reference=reference,
         )
+
+
+class ModelFreeCodec(Codec):
+    """A codec that stores nothing once per archive: every byte is in its blocks.
+
+    ``from_stored`` rebuilds it from its stored config alone (dense, top-k,
+    RS-KD, DistillKit's rows); :meth:`check_stored` lets a subclass refuse a
+    stored config that cannot serve the stored class count.
+    """
+
+    def model_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    @classmethod
+    def from_stored(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> Self:
+        check_model_tensors(cls.kind, {}, tensors, exact=True)  # none are stored
+        codec, num_classes = cls._unfitted_from_stored(config)
+        assert isinstance(codec, cls)
+        codec.check_stored(num_classes)
+        codec.num_classes = num_classes
+        return codec
+
+    def check_stored(self, num_classes: int) -> None:
+        """Raise :class:`ArchiveFormatError` if this stored config cannot decode
+        ``num_classes`` classes (e.g. a top-k larger than C). Default: any C."""
+
+
+def first_batch_classes(source: LogitSource) -> int:
+    """C of the first (B, C) batch of ``source``, checked with :func:`check_logits`.
+
+    What a codec whose fit only learns the class count reads.
+
+    Raises:
+        InputError: an empty source, or an invalid first batch.
+    """
+    for batch in iterate_source(source):
+        return int(check_logits(batch).shape[1])
+    raise InputError("fit() got an empty source; pass at least one (B, C) batch")
 
 
 def iterate_source(source: LogitSource) -> Iterable[torch.Tensor]:

@@ -19,13 +19,12 @@ from pydantic import Field
 
 from labelzip.accounting import reference_bytes
 from labelzip.codecs.base import (
-    Codec,
     CodecConfig,
     EncodedBlock,
     LogitSource,
+    ModelFreeCodec,
     check_logits,
-    check_model_tensors,
-    iterate_source,
+    first_batch_classes,
 )
 from labelzip.errors import (
     ArchiveFormatError,
@@ -56,7 +55,7 @@ class DenseConfig(CodecConfig):
     )
 
 
-class DenseCodec(Codec):
+class DenseCodec(ModelFreeCodec):
     """All C logits per label in a fixed float dtype; no model bytes."""
 
     kind: ClassVar[str] = "dense"
@@ -64,9 +63,6 @@ class DenseCodec(Codec):
     config_class: ClassVar[type[CodecConfig]] = DenseConfig
 
     config: DenseConfig
-
-    def __init__(self, config: DenseConfig | None = None) -> None:
-        super().__init__(config if config is not None else DenseConfig())
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -79,11 +75,8 @@ class DenseCodec(Codec):
     # -- fitting -----------------------------------------------------------------
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> DenseCodec:
         """Read the class count from the first (B, C) batch; nothing else to learn."""
-        for batch in iterate_source(source):
-            check_logits(batch)
-            self.num_classes = int(batch.shape[1])
-            return self
-        raise InputError("fit() got an empty source; pass at least one (B, C) batch")
+        self.num_classes = first_batch_classes(source)
+        return self
 
     # -- byte path ---------------------------------------------------------------
     def encode(self, logits: torch.Tensor) -> EncodedBlock:
@@ -120,20 +113,6 @@ class DenseCodec(Codec):
             data = data.clone()
         values = data.contiguous().view(self.torch_dtype)
         return values.reshape(block.num_labels, num_classes).to(torch.float32)
-
-    # -- what is shipped once ------------------------------------------------------
-    def model_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    @classmethod
-    def from_stored(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
-    ) -> DenseCodec:
-        check_model_tensors(cls.kind, {}, tensors, exact=True)  # none are stored
-        codec, num_classes = cls._unfitted_from_stored(config)
-        assert isinstance(codec, cls)
-        codec.num_classes = num_classes
-        return codec
 
     def expected_payload_bits(self) -> float | None:
         num_classes = self._require_fitted("expected_payload_bits")

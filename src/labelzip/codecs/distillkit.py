@@ -34,13 +34,12 @@ import torch
 from pydantic import Field, model_validator
 
 from labelzip.codecs.base import (
-    Codec,
     CodecConfig,
     EncodedBlock,
     LogitSource,
+    ModelFreeCodec,
     check_logits,
-    check_model_tensors,
-    iterate_source,
+    first_batch_classes,
 )
 from labelzip.codecs.distillkit_quant import (
     DistillKitLegacyConfig,
@@ -49,13 +48,19 @@ from labelzip.codecs.distillkit_quant import (
     decompress_logprobs,
     legacy_decompress,
 )
+from labelzip.codecs.idblock import (
+    check_class_ids,
+    id_block_bytes,
+    join_id_block,
+    split_id_block,
+)
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
     InputError,
     UnreachableTargetError,
 )
-from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+from labelzip.ops.bitpack import bits_for
 
 __all__ = [
     "MISSING_FLOOR",
@@ -158,7 +163,7 @@ class DistillKitCodecConfig(CodecConfig):
         return self
 
 
-class DistillKitCodec(Codec):
+class DistillKitCodec(ModelFreeCodec):
     """DistillKit's quantised top-k rows and ids; no model bytes."""
 
     kind: ClassVar[str] = "distillkit"
@@ -166,9 +171,6 @@ class DistillKitCodec(Codec):
     config_class: ClassVar[type[CodecConfig]] = DistillKitCodecConfig
 
     config: DistillKitCodecConfig
-
-    def __init__(self, config: DistillKitCodecConfig | None = None) -> None:
-        super().__init__(config if config is not None else DistillKitCodecConfig())
 
     # -- layout ----------------------------------------------------------------------
     @property
@@ -190,32 +192,28 @@ class DistillKitCodec(Codec):
 
     def block_bytes(self, num_labels: int) -> int:
         num_classes = self._require_fitted("block_bytes")
-        ids = packed_size(num_labels * self.k, bits_for(num_classes))
-        return num_labels * self.row_bytes + ids
+        return id_block_bytes(num_labels, self.row_bytes, self.k, num_classes)
 
     # -- fitting -----------------------------------------------------------------
     def fit(
         self, source: LogitSource, *, num_labels: int | None = None
     ) -> DistillKitCodec:
         """Read C from the first (B, C) batch; a preset gets d = C."""
-        for batch in iterate_source(source):
-            check_logits(batch)
-            num_classes = int(batch.shape[1])
-            cfg = self.config
-            vocab = cfg.legacy.vocab_size if cfg.legacy is not None else None
-            if cfg.scheme == "quantized":
-                if cfg.quant is None:
-                    quant = preset_config(cfg.preset, num_classes)
-                    self.config = cfg.model_copy(update={"quant": quant})
-                vocab = self.config.quant.d if self.config.quant is not None else None
-            if vocab is None or vocab < num_classes or self.k > num_classes:
-                raise ConfigError(
-                    f"distillkit config (vocabulary {vocab}, k={self.k}) does not fit "
-                    f"{num_classes} classes"
-                )
-            self.num_classes = num_classes
-            return self
-        raise InputError("fit() got an empty source; pass at least one (B, C) batch")
+        num_classes = first_batch_classes(source)
+        cfg = self.config
+        vocab = cfg.legacy.vocab_size if cfg.legacy is not None else None
+        if cfg.scheme == "quantized":
+            if cfg.quant is None:
+                quant = preset_config(cfg.preset, num_classes)
+                self.config = cfg.model_copy(update={"quant": quant})
+            vocab = self.config.quant.d if self.config.quant is not None else None
+        if vocab is None or vocab < num_classes or self.k > num_classes:
+            raise ConfigError(
+                f"distillkit config (vocabulary {vocab}, k={self.k}) does not fit "
+                f"{num_classes} classes"
+            )
+        self.num_classes = num_classes
+        return self
 
     # -- byte path ---------------------------------------------------------------------
     def encode(self, logits: torch.Tensor) -> EncodedBlock:
@@ -241,46 +239,22 @@ class DistillKitCodec(Codec):
                 f"distillkit rows must be (N, {self.row_bytes}) uint8, got "
                 f"{tuple(rows.shape)} {rows.dtype}"
             )
-        if tuple(ids.shape) != (n, self.k) or ids.is_floating_point():
-            raise InputError(
-                f"distillkit ids must be (N, {self.k}) integers, got "
-                f"{tuple(ids.shape)} {ids.dtype}"
-            )
-        ids = ids.detach().to("cpu", torch.int64)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
-            raise InputError(
-                f"token ids {int(ids.min())}..{int(ids.max())} outside [0, {num_classes})"
-            )
-        data = torch.cat(
-            [
-                rows.detach().cpu().reshape(-1),
-                pack_bits(ids, bits_for(num_classes)).cpu(),
-            ]
-        )
-        return EncodedBlock(num_labels=n, data=data)
+        ids = check_class_ids(ids, num_classes, shape=(n, self.k), what="token ids")
+        return join_id_block(rows, ids, num_classes)
 
     def decode_topk(
         self, block: EncodedBlock, device: torch.device | str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Block -> ((N, R) uint8 rows, (N, k) int64 ids), exactly as stored."""
         num_classes = self._require_fitted("decode_topk")
-        n = block.num_labels
-        expected = self.block_bytes(n)
-        if block.nbytes != expected:
-            raise ArchiveFormatError(
-                f"distillkit block of {n} labels must hold {expected} bytes, got "
-                f"{block.nbytes}"
-            )
-        data = block.data.to(dtype=torch.uint8).reshape(-1).cpu()
-        split = n * self.row_bytes
-        rows = data[:split].reshape(n, self.row_bytes)
-        ids = unpack_bits(data[split:], bits_for(num_classes), n * self.k).reshape(
-            n, self.k
+        data, ids = split_id_block(
+            block,
+            row_bytes=self.row_bytes,
+            k=self.k,
+            num_classes=num_classes,
+            what=f"distillkit block (k={self.k})",
         )
-        if n and int(ids.max()) >= num_classes:
-            raise ArchiveFormatError(
-                f"distillkit block holds token id {int(ids.max())} >= {num_classes}"
-            )
+        rows = data.reshape(block.num_labels, self.row_bytes)
         dev = torch.device(device) if device is not None else torch.device("cpu")
         return rows.to(dev), ids.to(dev)
 
@@ -319,24 +293,13 @@ class DistillKitCodec(Codec):
         return out.to(device) if device is not None else out
 
     # -- what is shipped once ------------------------------------------------------------
-    def model_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    @classmethod
-    def from_stored(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
-    ) -> DistillKitCodec:
-        check_model_tensors(cls.kind, {}, tensors, exact=True)  # none are stored
-        codec, num_classes = cls._unfitted_from_stored(config)
-        assert isinstance(codec, cls)
-        if codec.config.scheme == "quantized" and codec.config.quant is None:
+    def check_stored(self, num_classes: int) -> None:
+        if self.config.scheme == "quantized" and self.config.quant is None:
             raise ArchiveFormatError("stored distillkit codec has no quant config")
-        if codec.k > num_classes:
+        if self.k > num_classes:
             raise ArchiveFormatError(
-                f"stored distillkit k={codec.k} exceeds num_classes={num_classes}"
+                f"stored distillkit k={self.k} exceeds num_classes={num_classes}"
             )
-        codec.num_classes = num_classes
-        return codec
 
     @classmethod
     def for_target(

@@ -37,6 +37,7 @@ CODEC_IDS: dict[str, tuple[int, str]] = {
     "vqae-rs": (8, "labelzip.codecs.vqae_rs:VQAERSCodec"),
     "ctx-transform": (9, "labelzip.codecs.vq.ctx_transform:ContextTransformCodec"),
     "distillkit": (10, "labelzip.codecs.distillkit:DistillKitCodec"),
+    "topk-q": (11, "labelzip.codecs.topk_quant:TopKQuantCodec"),
 }
 
 

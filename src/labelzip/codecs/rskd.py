@@ -39,19 +39,17 @@ from pydantic import Field, model_validator
 
 from labelzip.accounting import RateTarget, reference_bytes
 from labelzip.codecs.base import (
-    Codec,
     CodecConfig,
     EncodedBlock,
     LogitSource,
+    ModelFreeCodec,
     check_logits,
-    check_model_tensors,
-    iterate_source,
+    first_batch_classes,
 )
 from labelzip.codecs.topk import ASSUMED_BLOCK_LABELS
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
-    InputError,
     UnreachableTargetError,
 )
 from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
@@ -117,7 +115,7 @@ class RSKDConfig(CodecConfig):
         return self
 
 
-class RSKDCodec(Codec):
+class RSKDCodec(ModelFreeCodec):
     """S sampled ids per label, stored as distinct ids with counts; no model bytes."""
 
     kind: ClassVar[str] = "rskd"
@@ -126,14 +124,9 @@ class RSKDCodec(Codec):
 
     config: RSKDConfig
 
-    def __init__(self, config: RSKDConfig | None = None) -> None:
-        super().__init__(config if config is not None else RSKDConfig())
-
     @property
     def num_samples(self) -> int:
-        if self.config.num_samples is None:
-            raise ConfigError("num_samples is chosen by fit(); call fit() first")
-        return self.config.num_samples
+        return int(self.resolved_option("num_samples"))
 
     # -- fitting -----------------------------------------------------------------
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> RSKDCodec:
@@ -149,12 +142,7 @@ class RSKDCodec(Codec):
             chosen = self._measure_num_samples(sample, num_classes, seen)
             self.config = self.config.model_copy(update={"num_samples": chosen})
         else:
-            first = next(iter(iterate_source(source)), None)
-            if first is None:
-                raise InputError(
-                    "fit() got an empty source; pass at least one (B, C) batch"
-                )
-            num_classes = int(check_logits(first).shape[1])
+            num_classes = first_batch_classes(source)
         self.num_classes = num_classes
         return self
 
@@ -282,20 +270,9 @@ class RSKDCodec(Codec):
         return out
 
     # -- what is shipped once ------------------------------------------------------
-    def model_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    @classmethod
-    def from_stored(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
-    ) -> RSKDCodec:
-        check_model_tensors(cls.kind, {}, tensors, exact=True)  # none are stored
-        codec, num_classes = cls._unfitted_from_stored(config)
-        assert isinstance(codec, cls)
-        if codec.config.num_samples is None:
+    def check_stored(self, num_classes: int) -> None:
+        if self.config.num_samples is None:
             raise ArchiveFormatError("stored rskd config has no resolved num_samples")
-        codec.num_classes = num_classes
-        return codec
 
     def worst_case_payload_bits(self) -> float:
         """Payload bits of a label whose S draws are all distinct (the maximum)."""

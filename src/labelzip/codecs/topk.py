@@ -45,13 +45,18 @@ from pydantic import Field, model_validator
 
 from labelzip.accounting import reference_bytes
 from labelzip.codecs.base import (
-    Codec,
     CodecConfig,
     EncodedBlock,
     LogitSource,
+    ModelFreeCodec,
     check_logits,
-    check_model_tensors,
-    iterate_source,
+    first_batch_classes,
+)
+from labelzip.codecs.idblock import (
+    check_class_ids,
+    id_block_bytes,
+    join_id_block,
+    split_id_block,
 )
 from labelzip.errors import (
     ArchiveFormatError,
@@ -59,7 +64,7 @@ from labelzip.errors import (
     InputError,
     UnreachableTargetError,
 )
-from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+from labelzip.ops.bitpack import bits_for
 
 __all__ = [
     "ASSUMED_BLOCK_LABELS",
@@ -141,7 +146,7 @@ class TopKConfig(CodecConfig):
         return self
 
 
-class TopKCodec(Codec):
+class TopKCodec(ModelFreeCodec):
     """K largest values + bit-packed class ids per label; no model bytes."""
 
     kind: ClassVar[str] = "topk"
@@ -149,9 +154,6 @@ class TopKCodec(Codec):
     config_class: ClassVar[type[CodecConfig]] = TopKConfig
 
     config: TopKConfig
-
-    def __init__(self, config: TopKConfig | None = None) -> None:
-        super().__init__(config if config is not None else TopKConfig())
 
     # -- layout --------------------------------------------------------------------
     @property
@@ -171,17 +173,14 @@ class TopKCodec(Codec):
     # -- fitting -----------------------------------------------------------------
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> TopKCodec:
         """Read the class count from the first (B, C) batch; checks K <= C."""
-        for batch in iterate_source(source):
-            check_logits(batch)
-            num_classes = int(batch.shape[1])
-            if self.config.k > num_classes:
-                raise ConfigError(
-                    f"topk k={self.config.k} exceeds the {num_classes} classes; "
-                    f"choose k <= {num_classes}"
-                )
-            self.num_classes = num_classes
-            return self
-        raise InputError("fit() got an empty source; pass at least one (B, C) batch")
+        num_classes = first_batch_classes(source)
+        if self.config.k > num_classes:
+            raise ConfigError(
+                f"topk k={self.config.k} exceeds the {num_classes} classes; "
+                f"choose k <= {num_classes}"
+            )
+        self.num_classes = num_classes
+        return self
 
     # -- byte path ---------------------------------------------------------------
     def encode(self, logits: torch.Tensor) -> EncodedBlock:
@@ -201,10 +200,8 @@ class TopKCodec(Codec):
                 f"kept values up to |{float(values.abs().max()):.4g}| overflow "
                 f"{cfg.value_dtype}; use value_dtype='fp32'"
             )
-        value_bytes = stored.cpu().contiguous().view(torch.uint8).reshape(-1)
-        id_bytes = pack_bits(ids, bits_for(num_classes)).cpu()
-        data = torch.cat([value_bytes, id_bytes])
-        return EncodedBlock(num_labels=int(logits.shape[0]), data=data)
+        value_bytes = stored.cpu().contiguous().view(torch.uint8)
+        return join_id_block(value_bytes, ids, num_classes)
 
     def encode_topk(self, values: torch.Tensor, ids: torch.Tensor) -> EncodedBlock:
         """Already-sparse labels -> a block, kept exactly as given.
@@ -231,21 +228,9 @@ class TopKCodec(Codec):
                 f"encode_topk() needs (N, {cfg.k}) {want} values, got "
                 f"{tuple(values.shape)} {values.dtype}"
             )
-        if tuple(ids.shape) != tuple(values.shape) or ids.is_floating_point():
-            raise InputError(
-                f"encode_topk() needs integer ids shaped like the values, got "
-                f"{tuple(ids.shape)} {ids.dtype}"
-            )
-        ids = ids.detach().to("cpu", torch.int64)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
-            raise InputError(
-                f"class ids {int(ids.min())}..{int(ids.max())} outside "
-                f"[0, {num_classes})"
-            )
-        value_bytes = values.detach().cpu().contiguous().view(torch.uint8).reshape(-1)
-        id_bytes = pack_bits(ids, bits_for(num_classes)).cpu()
-        data = torch.cat([value_bytes, id_bytes])
-        return EncodedBlock(num_labels=int(values.shape[0]), data=data)
+        ids = check_class_ids(ids, num_classes, shape=tuple(values.shape))
+        value_bytes = values.detach().cpu().contiguous().view(torch.uint8)
+        return join_id_block(value_bytes, ids, num_classes)
 
     def decode_topk(
         self, block: EncodedBlock, device: torch.device | str | None = None
@@ -257,24 +242,16 @@ class TopKCodec(Codec):
         """
         num_classes = self._require_fitted("decode_topk")
         cfg = self.config
-        n, k = block.num_labels, cfg.k
-        expected = self.block_bytes(n)
-        if block.nbytes != expected:
-            raise ArchiveFormatError(
-                f"topk block of {n} labels (k={k}, {num_classes} classes) must hold "
-                f"{expected} bytes, got {block.nbytes}"
-            )
-        data = block.data.to(device=device, dtype=torch.uint8).reshape(-1)
-        split = n * self.stored_values * self.value_bytes
-        raw = data[:split].clone()  # aligned copy for the dtype view
+        raw, ids = split_id_block(
+            block,
+            row_bytes=self.stored_values * self.value_bytes,
+            k=cfg.k,
+            num_classes=num_classes,
+            what=f"topk block (k={cfg.k})",
+        )
+        raw = raw.to(device).clone()  # aligned copy for the dtype view
         values = raw.view(_VALUE_DTYPES[cfg.value_dtype])
-        values = values.reshape(n, self.stored_values)
-        ids = unpack_bits(data[split:], bits_for(num_classes), n * k).reshape(n, k)
-        if n and int(ids.max()) >= num_classes:
-            raise ArchiveFormatError(
-                f"topk block holds class id {int(ids.max())} >= {num_classes} classes"
-            )
-        return values, ids
+        return values.reshape(block.num_labels, self.stored_values), ids.to(device)
 
     def decode(
         self, block: EncodedBlock, device: torch.device | str | None = None
@@ -288,22 +265,11 @@ class TopKCodec(Codec):
         return _densify(values, ids, num_classes, self.config)
 
     # -- what is shipped once ------------------------------------------------------
-    def model_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    @classmethod
-    def from_stored(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
-    ) -> TopKCodec:
-        check_model_tensors(cls.kind, {}, tensors, exact=True)  # none are stored
-        codec, num_classes = cls._unfitted_from_stored(config)
-        assert isinstance(codec, cls)
-        if codec.config.k > num_classes:
+    def check_stored(self, num_classes: int) -> None:
+        if self.config.k > num_classes:
             raise ArchiveFormatError(
-                f"stored topk k={codec.config.k} exceeds num_classes={num_classes}"
+                f"stored topk k={self.config.k} exceeds num_classes={num_classes}"
             )
-        codec.num_classes = num_classes
-        return codec
 
     def expected_payload_bits(self) -> float | None:
         num_classes = self._require_fitted("expected_payload_bits")
@@ -375,8 +341,7 @@ class TopKCodec(Codec):
 def _block_bytes(cfg: TopKConfig, num_labels: int, num_classes: int) -> int:
     value_bytes = 4 if cfg.value_dtype == "fp32" else 2
     stored = cfg.k - int(cfg.relative)
-    ids = packed_size(num_labels * cfg.k, bits_for(num_classes))
-    return num_labels * stored * value_bytes + ids
+    return id_block_bytes(num_labels, stored * value_bytes, cfg.k, num_classes)
 
 
 def _densify(

@@ -157,7 +157,7 @@ class TopKTailCodec(Codec):
     config: TopKTailConfig
 
     def __init__(self, config: TopKTailConfig | None = None) -> None:
-        super().__init__(config if config is not None else TopKTailConfig())
+        super().__init__(config)
         self._log_prior: torch.Tensor | None = None  # (C,) fp16, as stored
         self._rank: torch.Tensor | None = None  # (C,) prior rank of each id
         self._grid: torch.Tensor | None = None  # (G,) float64 decays

@@ -5,7 +5,9 @@ records in the files' own order. With no codec it is lossless: dense stores go
 to the ``dense`` codec in the stored dtype, top-k stores to ``topk`` fed the
 stored (values, ids) directly. A re-encoding codec (``--codec vqae --ratio 40``)
 sees the format's dense logits; when it must be fitted, a first pass keeps a
-seeded reservoir sample, a second pass encodes. Side information goes through
+seeded reservoir sample, a second pass encodes. The top-k codecs (``topk-q``,
+``topk``) keep a top-k store's K unless told otherwise, so they re-encode the
+store's own support (``topk`` with ``decoder=mr`` keeps MR's zeros too). Side information goes through
 ``ArchiveWriter.append_side``, so memory holds one file at a time.
 
 ``export_archive`` builds the store in a temporary sibling folder and renames it
@@ -25,7 +27,7 @@ import torch
 
 from labelzip.accounting import StorageAccount
 from labelzip.archive.format import DEFAULT_CHUNK_SIZE, ArchiveMetadata
-from labelzip.archive.rate import fit_for_target
+from labelzip.archive.rate import fit_codec
 from labelzip.archive.reader import ArchiveReader
 from labelzip.archive.writer import ArchiveWriter
 from labelzip.codecs.base import Codec
@@ -63,6 +65,9 @@ FIT_SAMPLE_BYTES = 2 << 30
 
 # Codecs whose fit reads only C from the data: no first pass without a rate target.
 _SHAPE_ONLY_FIT = ("dense", "topk")
+
+# Codecs that store a top-k itself: on a top-k store they keep its K by default.
+_TOPK_CODECS = ("topk", "topk-q")
 
 _STORED_DENSE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _STORED_TOPK = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -193,6 +198,10 @@ def _fit(
     if "seed" in fields:
         options.setdefault("seed", choice.seed)
     target = choice.ratio is not None or choice.bits_per_label is not None
+    if store.kind == "topk" and store.k is not None and choice.name in _TOPK_CODECS:
+        # the store's K; topk's rate control chooses K itself, topk-q its value bits
+        if choice.name == "topk-q" or not target:
+            options.setdefault("k", min(store.k, store.num_classes))
     if choice.name in _SHAPE_ONLY_FIT and not target:
         probe = [torch.zeros(1, store.num_classes)]
         return create_codec(choice.name, **options).fit(probe)
@@ -215,22 +224,22 @@ def _fit(
     def sample() -> Iterator[torch.Tensor]:
         return reservoir.batches()
 
-    if not target:
-        return create_codec(choice.name, **options).fit(
-            sample, num_labels=store.num_labels
-        )
-    return fit_for_target(
+    goal = {
+        "layout": store.layout,
+        "num_classes": store.num_classes,
+        "ratio": choice.ratio,
+        "bits_per_label": choice.bits_per_label,
+        "chunk_size": chunk_size,
+        "metadata": metadata,
+        "side_bytes": side_bytes,
+        "reference": reference,
+    }
+    return fit_codec(
         choice.name,
         sample,
-        layout=store.layout,
-        num_classes=store.num_classes,
-        ratio=choice.ratio,
-        bits_per_label=choice.bits_per_label,
-        chunk_size=chunk_size,
-        metadata=metadata,
-        side_bytes=side_bytes,
-        reference=reference,
-        **options,
+        options,
+        num_labels=store.num_labels,
+        target=goal if target else None,
     )
 
 

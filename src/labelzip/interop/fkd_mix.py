@@ -46,6 +46,7 @@ __all__ = [
     "LPLDFormat",
     "LPQLDFormat",
     "SRe2LFormat",
+    "lossy_topk_width",
 ]
 
 Role = Literal["label", "file", "dense", "values", "ids"]
@@ -314,8 +315,21 @@ def _export_labels(got: Any, labels: dict[str, Any]) -> tuple[torch.Tensor, Any]
     ids_dtype = torch_dtype(labels["ids_dtype"])
     if got.values is not None:
         return got.values.to(dtype, copy=True), got.ids.to(ids_dtype, copy=True)
-    values, ids = got.dense.topk(int(labels["k"]), dim=1)
+    values, ids = got.dense.topk(lossy_topk_width(got.dense, int(labels["k"])), dim=1)
     return values.to(dtype), ids.to(ids_dtype)
+
+
+def lossy_topk_width(decoded: torch.Tensor, k: int) -> int:
+    """Columns an export of decoded labels writes for a top-k store of ``k``.
+
+    ``k``, unless the codec kept fewer classes (a top-k codec with a smaller K
+    decodes ``-inf`` elsewhere): then the classes every row keeps, so the file
+    holds no ``-inf`` logits and no ids of classes without mass.
+    """
+    if decoded.shape[0] == 0:
+        return k
+    finite = int(torch.isfinite(decoded).sum(dim=1).min())
+    return max(1, min(k, finite))
 
 
 class FKDMixStore(ImportedStore):
