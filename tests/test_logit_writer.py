@@ -65,8 +65,11 @@ def test_npy_bytes_equal_np_save(tmp_path: Path, dtype: torch.dtype) -> None:
     x = _x((37, 2, 5)).to(dtype)
     out = tmp_path / "a.npy"
     with NpyStreamWriter(out, x.shape, dtype) as writer:
-        for lo in range(0, 37, 10):
+        for lo in range(0, 30, 10):
             writer.write(x[lo : lo + 10])
+        flat = x[30:].reshape(-1, 5)  # label rows fill (N, E, C) too
+        writer.write(flat[:3])
+        writer.write(flat[3:])
     np.save(tmp_path / "ref.npy", x.numpy())
     assert out.read_bytes() == (tmp_path / "ref.npy").read_bytes()
 
@@ -94,7 +97,7 @@ def test_unfinished_tensor_is_not_renamed(tmp_path: Path) -> None:
     out = tmp_path / "a.npy"
     writer = NpyStreamWriter(out, (8, 3), torch.float32)
     writer.write(torch.ones(5, 3))
-    with pytest.raises(ValueError, match="got 5 of its 8 rows"):
+    with pytest.raises(ValueError, match="got 15 of its 24 values"):
         writer.close()
     assert not out.exists() and _no_temps(tmp_path)
 
@@ -104,7 +107,7 @@ def test_unfinished_tensor_is_not_renamed(tmp_path: Path) -> None:
     [
         (torch.ones(2, 3, dtype=torch.float64), TypeError, "float32, got rows"),
         (torch.ones(2, 4), ValueError, "do not fit"),
-        (torch.ones(9, 3), ValueError, "exceed its 8"),
+        (torch.ones(9, 3), ValueError, "exceed its 24"),
     ],
 )
 def test_wrong_rows_are_refused(tmp_path: Path, rows, error, match) -> None:

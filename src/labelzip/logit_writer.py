@@ -76,21 +76,21 @@ _GB = 1e9
 
 @dataclass
 class _Slot:
-    """One tensor's place in the file and how many of its rows are written."""
+    """One tensor's place in the file and how many of its values are written."""
 
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
     offset: int  # absolute byte offset of its first value
-    written: int = 0  # rows along dim 0
+    written: int = 0  # values, in C order
 
     @property
-    def row_bytes(self) -> int:
-        return math.prod(self.shape[1:]) * _itemsize(self.dtype)
+    def values(self) -> int:
+        return math.prod(self.shape)
 
     @property
-    def rows(self) -> int:
-        return self.shape[0] if self.shape else 1
+    def nbytes(self) -> int:
+        return self.values * _itemsize(self.dtype)
 
 
 def safetensors_prefix(
@@ -229,41 +229,51 @@ class _StreamWriter:
         return self._file.path
 
     def _append(self, slot: _Slot, rows: torch.Tensor | np.ndarray) -> None:
+        """Append ``rows`` after what ``slot`` holds so far.
+
+        ``rows`` is a batch along any of the tensor's leading dims: its shape
+        without the first dim must equal the tensor's last dims, so (B, C)
+        label rows fill an (N, E, C) tensor as well as (B, E, C) samples do.
+        """
         tensor = torch.from_numpy(rows) if isinstance(rows, np.ndarray) else rows
         if tensor.dtype != slot.dtype:
             raise TypeError(
                 f"tensor {slot.name!r} is {slot.dtype}, got rows of {tensor.dtype}"
             )
-        if not slot.shape:  # a scalar is one row of one value
-            tensor = tensor.reshape(1)
-        if tuple(tensor.shape[1:]) != slot.shape[1:]:
+        shape = slot.shape or (1,)  # a scalar is one row of one value
+        rank = tensor.dim()
+        if (
+            not 1 <= rank <= len(shape)
+            or tuple(tensor.shape[1:]) != shape[len(shape) - rank + 1 :]
+        ):
             raise ValueError(
                 f"tensor {slot.name!r}: rows of shape {tuple(tensor.shape)} do not "
                 f"fit {slot.shape}"
             )
-        count = int(tensor.shape[0])
-        if slot.written + count > slot.rows:
+        count = tensor.numel()
+        if slot.written + count > slot.values:
             raise ValueError(
-                f"tensor {slot.name!r}: {slot.written} + {count} rows exceed its "
-                f"{slot.rows}"
+                f"tensor {slot.name!r}: {slot.written} + {count} values exceed its "
+                f"{slot.values}"
             )
-        self._file.pwrite(_raw(tensor), slot.offset + slot.written * slot.row_bytes)
+        offset = slot.offset + slot.written * _itemsize(slot.dtype)
+        self._file.pwrite(_raw(tensor), offset)
         slot.written += count
 
     def close(self) -> None:
         """Check every tensor is complete, sync, and rename over the destination.
 
         Raises:
-            ValueError: a tensor got fewer rows than declared (the partial file
-                is removed, the destination left as it was).
+            ValueError: a tensor got fewer values than declared (the partial
+                file is removed, the destination left as it was).
         """
-        short = [s for s in self._slots.values() if s.written != s.rows]
+        short = [s for s in self._slots.values() if s.written != s.values]
         if short:
             self.abort()
             slot = short[0]
             raise ValueError(
-                f"tensor {slot.name!r} got {slot.written} of its {slot.rows} rows; "
-                f"{str(self.path)!r} was not written"
+                f"tensor {slot.name!r} got {slot.written} of its {slot.values} "
+                f"values; {str(self.path)!r} was not written"
             )
         self._file.finish()
 
@@ -322,7 +332,7 @@ class SafetensorsStreamWriter(_StreamWriter):
             )
             for name, (shape, dtype) in tensors.items()
         }
-        data = sum(slot.rows * slot.row_bytes for slot in self._slots.values())
+        data = sum(slot.nbytes for slot in self._slots.values())
         self._file = _StreamFile(path, len(prefix) + data, prefix, inputs)
 
     def write(self, name: str, rows: torch.Tensor | np.ndarray) -> None:
@@ -370,7 +380,7 @@ class NpyStreamWriter(_StreamWriter):
         np.lib.format.write_array_header_1_0(buffer, header)
         prefix = buffer.data  # the magic string, header length and header
         self._slots = {"array": _Slot("array", dims, dtype, len(prefix))}
-        data = self._slots["array"].rows * self._slots["array"].row_bytes
+        data = self._slots["array"].nbytes
         self._file = _StreamFile(path, len(prefix) + data, prefix, inputs)
 
     def write(self, rows: torch.Tensor | np.ndarray) -> None:
