@@ -8,13 +8,14 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from labelzip.archive import Layout, save_archive
-from labelzip.archive.format import read_container_header
+from labelzip.archive import ArchiveReader, Layout, save_archive
+from labelzip.archive.format import encode_container_header, read_container_header
 from labelzip.cli.decompress import main
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import create_codec
@@ -137,7 +138,7 @@ def test_bad_archive_leaves_no_output(
     ("output", "match"),
     [
         ("missing/x.safetensors", "does not exist"),
-        ("x.npy", "must end in .safetensors"),
+        ("x.pt", "must end in .safetensors or .npy"),
     ],
 )
 def test_bad_output(
@@ -151,6 +152,73 @@ def test_bad_output(
     code, _, err = _run([str(src), "-o", str(tmp_path / output)], capsys)
     assert code == 2 and match in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lz"]
+
+
+def _pre_streaming_bytes(archive: Path) -> bytes:
+    """What decompress wrote before its output was streamed through
+    SafetensorsStreamWriter: encode_container_header, then the decoded rows."""
+    with ArchiveReader(archive) as reader:
+        shape = [*reader.layout.shape, reader.num_classes]
+        metadata = {
+            "labelzip_codec": reader.codec_name,
+            "labelzip_dims": json.dumps(list(reader.layout.dims)),
+        }
+        nbytes = reader.num_labels * reader.num_classes * 4
+        prefix, _ = encode_container_header(
+            metadata, [("logits", "F32", shape, nbytes)]
+        )
+        body = b"".join(b.contiguous().numpy().tobytes() for b in reader.decode_all())
+    return prefix + body
+
+
+@pytest.mark.parametrize("codec", ["dense", "topk", "topk-tail"])
+def test_streamed_output_bytes_are_unchanged(
+    tmp_path: Path,
+    views: torch.Tensor,
+    capsys: pytest.CaptureFixture[str],
+    codec: str,
+) -> None:
+    layout = Layout.for_shape((40, 3))
+    plan = (
+        PrunePlan(layout.dims, layout.shape, 0.5, seed=2) if codec == "topk" else None
+    )
+    archive = tmp_path / "a.lz"
+    kwargs = {"k": 4} if codec != "dense" else {}
+    save_archive(
+        archive, create_codec(codec, **kwargs), views, prune=plan, chunk_size=16
+    )
+    out = tmp_path / "out.safetensors"
+    assert _run([str(archive), "-o", str(out), "--quiet"], capsys)[0] == 0
+    assert out.read_bytes() == _pre_streaming_bytes(archive)
+    logits = load_file(str(out))["logits"]
+    npy = tmp_path / "out.npy"
+    assert _run([str(archive), "-o", str(npy), "--quiet"], capsys)[0] == 0
+    np.save(tmp_path / "ref.npy", logits.numpy())
+    assert npy.read_bytes() == (tmp_path / "ref.npy").read_bytes()
+
+
+def test_interrupted_decompress_leaves_no_output(
+    tmp_path: Path,
+    views: torch.Tensor,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = _archive(tmp_path, views)
+    real = ArchiveReader.decode_all
+
+    def dying(self: ArchiveReader, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        batches = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        yield next(batches)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ArchiveReader, "decode_all", dying)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "x.npy").write_bytes(b"previous")
+    assert main([str(src), "-o", str(out_dir / "x.npy"), "--quiet"]) != 0
+    assert "interrupted" in capsys.readouterr().err
+    assert [p.name for p in out_dir.iterdir()] == ["x.npy"]
+    assert (out_dir / "x.npy").read_bytes() == b"previous"
 
 
 def test_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:

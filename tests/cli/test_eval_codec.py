@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from labelzip.archive import save_archive
-from labelzip.cli.eval_codec import main
+from labelzip.archive import ArchiveReader, save_archive
+from labelzip.cli.eval_codec import evaluate, main
 from labelzip.codecs.registry import create_codec
 from labelzip.ops.metrics import kl_divergence, top1_agreement, topk_overlap
 
@@ -62,6 +62,32 @@ def test_topk_metrics_match_direct_computation(
     assert result["top1_agreement"] == pytest.approx(top1_agreement(rows, decoded))
     assert result["top5_overlap"] == pytest.approx(topk_overlap(rows, decoded, 5))
     assert result["kl"]["2"] > 0
+
+
+@pytest.mark.parametrize("batch_size", [7, 4096])
+def test_streamed_teacher_gives_the_full_load_metrics(
+    tmp_path: Path,
+    make_logits: Callable[..., torch.Tensor],
+    capsys: pytest.CaptureFixture[str],
+    batch_size: int,
+) -> None:
+    """The teacher read batch by batch from a shard directory scores exactly as the
+    whole tensor in memory (what eval-codec loaded before it streamed)."""
+    views = make_logits(60 * 3, 40, 5).reshape(60, 3, 40).half()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for index, lo in enumerate(range(0, 60, 25)):
+        save_file(
+            {"logits": views[lo : lo + 25]}, str(shards / f"{index:03d}.safetensors")
+        )
+    archive = tmp_path / "a.lz"
+    save_archive(archive, create_codec("topk", k=3), views, chunk_size=11)
+    with ArchiveReader(archive) as reader:
+        full = evaluate(reader, views, batch_size=batch_size)
+    argv = [str(shards), str(archive), "--json", "--batch-size", str(batch_size)]
+    code, stdout, err = _run(argv, capsys)
+    assert code == 0, err
+    assert json.loads(stdout) == json.loads(json.dumps(full))
 
 
 def test_text_output(

@@ -1,15 +1,22 @@
-"""``labelzip decompress``: archive -> dense float32 logits (.safetensors)."""
+"""``labelzip decompress``: archive -> dense float32 logits (.safetensors or .npy).
+
+The output is streamed: its header is written first (the shape and dtype are
+known from the archive), then each decoded batch goes straight to its place in
+a temporary file beside the destination, renamed over it once complete. Memory
+stays at one decoded batch (plus, for pruned archives, what
+:meth:`ArchiveReader.decode_all` holds), whatever the number of labels.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from labelzip.archive import ArchiveReader
-from labelzip.archive.format import encode_container_header
 from labelzip.cli import run_command
 from labelzip.cli._common import (
     add_device_option,
@@ -20,15 +27,19 @@ from labelzip.cli._common import (
     resolve_device,
 )
 from labelzip.errors import InputError
-from labelzip.io import atomic_path, check_output_path
+from labelzip.io import check_output_path
+from labelzip.logit_writer import NpyStreamWriter, SafetensorsStreamWriter
 
 __all__ = ["build_parser", "main"]
 
 EPILOG = """examples:
   labelzip decompress labels.lz -o logits.safetensors
   labelzip decompress labels.lz -o logits.safetensors --device cuda
+  labelzip decompress labels.lz -o logits.npy
 
-The output holds one float32 tensor "logits" of shape (*layout, C), e.g. (N, E, C);
+The output holds one float32 tensor "logits" of shape (*layout, C), e.g. (N, E, C)
+(a .npy output holds that array, without the codec/dims metadata); it is written
+batch by batch, so memory stays flat whatever the archive's size;
 labels a pruned archive does not store are filled with the kept label they reuse.
 Decoders that put no mass on some classes (topk mr) write -inf there.
 """
@@ -42,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("archive", help="labelzip archive")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.add_argument(
+        "-o", "--output", required=True, help="output .safetensors or .npy file"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_option(p)
     add_json_option(p)
@@ -55,34 +68,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not args.output.lower().endswith(".safetensors"):
-        raise InputError(f"output {args.output!r} must end in .safetensors")
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in (".safetensors", ".npy"):
+        raise InputError(f"output {args.output!r} must end in .safetensors or .npy")
     out = check_output_path(args.output, [args.archive])
     device = resolve_device(args.device)
     with ArchiveReader(args.archive) as reader:
         shape = [*reader.layout.shape, reader.num_classes]
-        nbytes = reader.num_labels * reader.num_classes * 4
-        metadata = {
-            "labelzip_codec": reader.codec_name,
-            "labelzip_dims": json.dumps(list(reader.layout.dims)),
-        }
-        prefix, _ = encode_container_header(
-            metadata, [("logits", "F32", shape, nbytes)]
-        )
+        writer = _open_writer(out, shape, reader, args.archive)
         with (
-            atomic_path(out) as tmp,
-            open(tmp, "wb") as handle,
+            writer,
             progress("decoding", reader.num_labels, enabled=not args.quiet) as advance,
         ):
-            handle.write(prefix)
             for batch in reader.decode_all(device=device):
-                data = batch.to("cpu").contiguous().view(-1).numpy()
-                handle.write(data.tobytes())
+                if isinstance(writer, NpyStreamWriter):
+                    writer.write(batch)
+                else:
+                    writer.write("logits", batch)
                 advance(batch.shape[0])
-            handle.flush()
-            os.fsync(handle.fileno())
         _report(out, shape, args.json)
     return 0
+
+
+def _open_writer(
+    out: Path, shape: list[int], reader: ArchiveReader, archive: str
+) -> SafetensorsStreamWriter | NpyStreamWriter:
+    """The streamed output file: its header is written now, the rows as decoded."""
+    if out.suffix.lower() == ".npy":
+        return NpyStreamWriter(out, shape, torch.float32, inputs=[archive])
+    metadata = {
+        "labelzip_codec": reader.codec_name,
+        "labelzip_dims": json.dumps(list(reader.layout.dims)),
+    }
+    return SafetensorsStreamWriter(
+        out, {"logits": (shape, torch.float32)}, metadata, inputs=[archive]
+    )
 
 
 def _report(out: Path, shape: list[int], as_json: bool) -> None:

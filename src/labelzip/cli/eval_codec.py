@@ -1,9 +1,16 @@
-"""``labelzip eval-codec``: fidelity of an archive's labels against the teacher's."""
+"""``labelzip eval-codec``: fidelity of an archive's labels against the teacher's.
+
+Both sides stream: the archive is decoded batch by batch and the teacher rows of
+each batch are read from the logits file (or shard directory) through
+:class:`~labelzip.logit_store.LogitStore`, so memory holds one batch of each
+whatever the number of labels.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +25,7 @@ from labelzip.cli._common import (
     resolve_device,
 )
 from labelzip.errors import CodecMismatchError, ConfigError
-from labelzip.io import load_logits
+from labelzip.logit_store import LogitStore, open_logits
 from labelzip.ops.metrics import kl_divergence, top1_agreement, topk_overlap
 
 __all__ = ["build_parser", "evaluate", "main"]
@@ -69,8 +76,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    teacher = load_logits(args.logits, key=args.key)
-    with ArchiveReader(args.archive) as reader:
+    with (
+        open_logits(args.logits, key=args.key) as teacher,
+        ArchiveReader(args.archive) as reader,
+    ):
         result = evaluate(
             reader,
             teacher,
@@ -88,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def evaluate(
     reader: ArchiveReader,
-    teacher: torch.Tensor,
+    teacher: torch.Tensor | LogitStore,
     *,
     temperatures: Sequence[float] = (1.0, 4.0, 20.0),
     batch_size: int = 4096,
@@ -99,19 +108,20 @@ def evaluate(
 
     Args:
         reader: an open archive.
-        teacher: (*layout.shape, C) or (num_labels, C) teacher logits.
+        teacher: (*layout.shape, C) or (num_labels, C) teacher logits, in
+            memory or as a store whose rows are read batch by batch.
 
     Returns:
         ``kl`` (T -> mean nats), ``top1_agreement``, ``top5_overlap`` plus the
         archive's ratio, sizes and bits per label.
     """
-    rows = _teacher_rows(reader, teacher)
+    read = _teacher_rows(reader, teacher)
     kl_sums = dict.fromkeys(temperatures, 0.0)
     top1 = top5 = 0.0
     start = 0
     with progress("evaluating", reader.num_labels, enabled=show_progress) as advance:
         for decoded in reader.decode_all(batch_size=batch_size, device=device):
-            ref = rows[start : start + decoded.shape[0]].to(decoded.device)
+            ref = read(start, start + decoded.shape[0]).to(decoded.device)
             count = decoded.shape[0]
             for t in temperatures:
                 kl_sums[t] += float(kl_divergence(ref, decoded, t).double().sum())
@@ -136,16 +146,24 @@ def evaluate(
     }
 
 
-def _teacher_rows(reader: ArchiveReader, teacher: torch.Tensor) -> torch.Tensor:
-    labels = teacher.shape[:-1].numel()
-    if labels != reader.num_labels or teacher.shape[-1] != reader.num_classes:
+def _teacher_rows(
+    reader: ArchiveReader, teacher: torch.Tensor | LogitStore
+) -> Callable[[int, int], torch.Tensor]:
+    """A reader of float32 teacher label rows ``[start, stop)``, shape checked."""
+    shape = tuple(teacher.shape)
+    labels, classes = math.prod(shape[:-1]), shape[-1]
+    if labels != reader.num_labels or classes != reader.num_classes:
         layout = tuple(reader.layout.shape)
         raise CodecMismatchError(
-            f"teacher logits {tuple(teacher.shape)} do not match the archive's "
+            f"teacher logits {shape} do not match the archive's "
             f"{layout + (reader.num_classes,)} ({reader.num_labels} labels x "
             f"{reader.num_classes} classes); pass the logits the archive was made from"
         )
-    return teacher.reshape(labels, teacher.shape[-1]).float()
+    if isinstance(teacher, LogitStore):
+        store = teacher
+        return lambda start, stop: store.read(start, stop).float()
+    rows = teacher.reshape(labels, classes).float()
+    return lambda start, stop: rows[start:stop]
 
 
 def _print_text(result: dict[str, Any]) -> None:
