@@ -39,6 +39,7 @@ import torch
 
 from labelzip.errors import ConfigError, InputError
 from labelzip.logit_store import open_logits
+from labelzip.logit_writer import SafetensorsStreamWriter
 
 __all__ = [
     "ScaleConfig",
@@ -141,39 +142,23 @@ def write_tiled_input(
 ) -> int:
     """Write (num_labels, C) fp16 logits to ``path``: the rows of ``labels``, cycled.
 
-    Streams: a header, then 8192 rows at a time. Returns the file's bytes.
+    Streams (a header, then 8192 rows at a time), atomically. Returns its bytes.
     """
     with open_logits(labels, key=key) as source:
         if len(source.shape) != 2:
             raise InputError(
                 f"--labels must hold (N, C) logits, got {tuple(source.shape)}"
             )
-        num_classes = source.num_classes
-        data_bytes = num_labels * num_classes * 2
-        header = json.dumps(
-            {
-                "logits": {
-                    "dtype": "F16",
-                    "shape": [num_labels, num_classes],
-                    "data_offsets": [0, data_bytes],
-                }
-            },
-            separators=(",", ":"),
-        ).encode()
-        header += b" " * (-len(header) % 8)
-        tmp = path.with_name(f".{path.name}.partial")
-        with open(tmp, "wb") as out:
-            out.write(len(header).to_bytes(8, "little") + header)
+        shape = (num_labels, source.num_classes)
+        with SafetensorsStreamWriter(path, {"logits": (shape, torch.float16)}) as out:
             written = 0
             while written < num_labels:
                 start = written % source.num_labels
                 count = min(
                     _WRITE_ROWS, num_labels - written, source.num_labels - start
                 )
-                rows = source.read(start, start + count).to(torch.float16)
-                out.write(rows.contiguous().view(torch.uint8).numpy().tobytes())
+                out.write("logits", source.read(start, start + count).to(torch.float16))
                 written += count
-        os.replace(tmp, path)
     return path.stat().st_size
 
 
