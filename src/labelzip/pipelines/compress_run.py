@@ -20,12 +20,14 @@ The ranks share nothing but the output folder: the chunks travel through the
 partial files there, the codec and the status messages through the process
 group.
 
-Resuming (``--resume``): a run that was killed keeps its partial files; a rerun
-with ``--resume`` fits the codec again (same seed, so the same codec: its
-digest must equal the one recorded), keeps each rank's complete, intact chunks
-and encodes the rest. Without ``--resume``, partial files of an earlier run are
-removed with a notice. A run that fails with an error (a full disk, a missing
-partial file, a rank that died) removes the partial files of the run.
+Resuming (``--resume``): a run that was stopped (killed, interrupted, or a rank
+that died or hangs) keeps its partial files; a rerun with ``--resume`` fits the
+codec again (same seed, so the same codec: its digest must equal the one
+recorded), keeps each rank's complete, intact chunks and encodes the rest.
+Without ``--resume``, partial files of an earlier run are removed with a
+notice. A run that fails with an error a rank reports (a full disk, a missing
+partial file at merge, ranks that disagree) removes the partial files of the
+run.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from labelzip.logit_store import LogitStore
 from labelzip.pipelines.compress import CompressSettings
 from labelzip.pipelines.partial import (
     PartialFile,
+    PartialMismatchError,
     find_partials,
     partial_path,
     read_partial,
@@ -194,13 +197,20 @@ def _prepare_partials(out: Path, fingerprint: str, world: int, resume: bool) -> 
         )
 
 
-def _status_line(ok: bool, message: str) -> bytes:
-    raw = message.encode("utf-8")[: _STATUS_BYTES - 1]
-    return (b"\1" if ok else b"\0") + raw
+# Status flags of a rank: done, failed, or failed in a way that keeps the
+# partial files (a --resume that does not match them).
+_OK, _FAILED, _FAILED_KEEP = b"o", b"f", b"k"
 
 
-def _parse_status(raw: bytes) -> tuple[bool, str]:
-    return raw[:1] == b"\1", raw[1:].rstrip(b"\0").decode("utf-8", "replace")
+def _status_line(failure: LabelzipError | None) -> bytes:
+    if failure is None:
+        return _OK
+    flag = _FAILED_KEEP if isinstance(failure, PartialMismatchError) else _FAILED
+    return flag + str(failure).encode("utf-8")[: _STATUS_BYTES - 1]
+
+
+def _parse_status(raw: bytes) -> tuple[bytes, str]:
+    return raw[:1], raw[1:].rstrip(b"\0").decode("utf-8", "replace")
 
 
 class _Run:
@@ -247,6 +257,20 @@ class _Run:
     def labels_of(self, index: int) -> int:
         size = self.settings.chunk_size
         return min(size, self.num_stored - index * size)
+
+    def unfinished(self) -> str:
+        """Rank 0 after a failed wait: the ranks whose partial files are not complete
+        (``rank 1 (2 of 5 chunks)``), judged from the files in the shared folder."""
+        late = []
+        for rank, path in enumerate(self.all_paths()):
+            want = len(rank_chunks(self.num_chunks, rank, self.ranks.world))
+            try:
+                have = len(read_partial(path)[1])
+            except InputError:
+                have = 0
+            if have < want:
+                late.append(f"rank {rank} ({have} of {want} chunks)")
+        return ", ".join(late)
 
     def all_paths(self) -> list[Path]:
         return [self.path(r) for r in range(self.ranks.world)]
@@ -386,23 +410,32 @@ def compress_chunked(
         run.encode(codec, resume, on_chunk or (lambda n: None))
     except LabelzipError as exc:
         if not ranks.is_distributed:
-            run.path(0).unlink(missing_ok=True)
+            if not isinstance(exc, PartialMismatchError):
+                _remove(run, everyone=True)
             raise
         failure = exc
     try:
         check_alive(ranks, "waiting for every rank to finish encoding")
-        line = _status_line(failure is None, str(failure or ""))
+        line = _status_line(failure)
         seen = all_gather_bytes(
             ranks, line, _STATUS_BYTES, "collecting the ranks' status"
         )
-    except DistributedError:
-        _remove(run, everyone=ranks.is_main)
+    except DistributedError as exc:
+        # A rank that vanished was killed, crashed or hangs: the chunks done are
+        # kept for --resume (preempting a job stops its ranks one by one).
+        missing = run.unfinished() if ranks.is_main else ""
+        if missing:
+            raise DistributedError(
+                f"{missing} died or stopped answering while encoding (waited up to "
+                f"{ranks.timeout_s:g} s, --dist-timeout); the chunks done are kept: "
+                "rerun with --resume to continue, or without it to start over"
+            ) from exc
         raise
-    failed = [
-        (r, msg) for r, (ok, msg) in enumerate(map(_parse_status, seen)) if not ok
-    ]
+    status = [_parse_status(raw) for raw in seen]
+    failed = [(r, msg) for r, (flag, msg) in enumerate(status) if flag != _OK]
     if failed:
-        _remove(run, everyone=ranks.is_main)
+        if all(flag != _FAILED_KEEP for flag, _ in status):
+            _remove(run, everyone=ranks.is_main)
         if failure is not None:
             raise failure
         rank, message = failed[0]

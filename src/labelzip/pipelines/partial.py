@@ -39,6 +39,7 @@ __all__ = [
     "PART_TAG",
     "ChunkRecord",
     "PartialFile",
+    "PartialMismatchError",
     "find_partials",
     "partial_path",
     "read_partial",
@@ -186,12 +187,30 @@ def read_partial(
         ) from exc
 
 
+class PartialMismatchError(InputError):
+    """``--resume`` found a partial file of other input, settings or codec (the
+    file is kept: a rerun with the original options still resumes from it)."""
+
+
+# Header fields in the order a mismatch is reported: the first one that
+# differs is the cause (other settings also give another codec).
+_FIELD_ORDER = ("format", "input", "settings", "world", "rank", "chunks", "chunk_size")
+
+
 def _mismatch(found: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     """The first header field that differs, or None."""
-    for key in sorted(set(found) | set(wanted)):
+    rest = sorted((set(found) | set(wanted)) - set(_FIELD_ORDER))
+    for key in (*_FIELD_ORDER, *rest):
         if found.get(key) != wanted.get(key):
             return key
     return None
+
+
+def _shown(value: Any) -> str:
+    """A header value for a message: digests cut to 8 hex."""
+    if isinstance(value, str) and len(value) == 64:
+        return value[:8]
+    return repr(value)
 
 
 class PartialFile:
@@ -248,9 +267,10 @@ class PartialFile:
             found, start = _read_header(handle, self.path)
             field = _mismatch(found, header)
             if field is not None:
-                raise InputError(
+                raise PartialMismatchError(
                     f"--resume: the partial run in {self.path.name} differs in its "
-                    f"{field} ({found.get(field)!r}, now {header.get(field)!r}); drop "
+                    f"{field} ({_shown(found.get(field))}, now "
+                    f"{_shown(header.get(field))}); rerun with its options, or drop "
                     "--resume to start over"
                 )
             self.records = _scan(handle, start, size, verify=True)
