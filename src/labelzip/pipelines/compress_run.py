@@ -455,6 +455,7 @@ def compress_chunked(
             _remove(run, everyone=True)
     merge_error = broadcast_object(ranks, merge_error, "reporting the merge")
     if merge_error:
+        _remove(run, everyone=False)  # in a folder rank 0 does not see, if any
         raise DistributedError(f"rank 0 failed to write the archive: {merge_error}")
     return codec, account
 
