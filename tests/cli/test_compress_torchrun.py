@@ -10,8 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 import labelzip
 from labelzip.cli.compress import main
@@ -21,22 +19,24 @@ from labelzip.pipelines.partial import find_partials
 SOURCE = str(Path(labelzip.__file__).parents[1])  # this checkout's labelzip
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
-CASES = {
-    "dense": ["--codec", "dense"],
-    "topk": ["--codec", "topk", "--k", "5"],
-    "topk-ratio-prune": ["--codec", "topk", "--ratio", "8", "--prune-keep", "0.5"],
-    "vqae": ["--codec", "vqae", "--opt", "steps=50"],
-    "rskd": ["--codec", "rskd", "--opt", "num_samples=8"],
-}
+
+@pytest.fixture
+def views(chunk_views: Path) -> Path:
+    return chunk_views
+
+
+Args = Callable[..., list[str]]
 
 
 @pytest.fixture
-def views(tmp_path: Path, make_logits: Callable[..., torch.Tensor]) -> Path:
-    """(300, 4, 40) fp16 views: 1200 labels, 12 chunks of 100 (6 kept with pruning)."""
-    path = tmp_path / "views.safetensors"
-    logits = make_logits(1200, 40, 3).reshape(300, 4, 40).half()
-    save_file({"logits": logits}, str(path))
-    return path
+def args(views: Path, compress_cases: dict[str, list[str]]) -> Args:
+    """``args(out, case, *extra)``: the compress argv of a case, chunks of 100."""
+
+    def build(out: Path, case: str, *extra: str) -> list[str]:
+        head = ["compress", str(views), "-o", str(out), "--chunk-size", "100"]
+        return [*head, "--quiet", *compress_cases[case], *extra]
+
+    return build
 
 
 def _torchrun(
@@ -53,11 +53,6 @@ def _torchrun(
     )
 
 
-def _compress_args(views: Path, out: Path, case: str, *extra: str) -> list[str]:
-    head = ["compress", str(views), "-o", str(out), "--chunk-size", "100"]
-    return [*head, "--quiet", *CASES[case], *extra]
-
-
 def _errors(done: subprocess.CompletedProcess[str]) -> list[str]:
     """The labelzip error lines of every rank (torchrun adds its own report)."""
     return [
@@ -71,9 +66,8 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-def _single(views: Path, out: Path, case: str) -> bytes:
-    argv = _compress_args(views, out, case)[1:]
-    assert main(argv) == 0
+def _single(args: Args, out: Path, case: str) -> bytes:
+    assert main(args(out, case)[1:]) == 0
     return out.read_bytes()
 
 
@@ -88,32 +82,30 @@ def _single(views: Path, out: Path, case: str) -> bytes:
     ],
 )
 def test_two_ranks_write_the_single_process_bytes(
-    tmp_path: Path, views: Path, case: str
+    tmp_path: Path, args: Args, case: str
 ) -> None:
     out = tmp_path / "two.lz"
-    done = _torchrun(2, _compress_args(views, out, case))
+    done = _torchrun(2, args(out, case))
     assert done.returncode == 0, done.stderr
-    assert out.read_bytes() == _single(views, tmp_path / "one.lz", case)
+    assert out.read_bytes() == _single(args, tmp_path / "one.lz", case)
     assert done.stdout.count("wrote ") == 1  # rank 0 reports, once
     assert _leftovers(tmp_path) == []
 
 
 @pytest.mark.slow
-def test_three_ranks_write_the_single_process_bytes(
-    tmp_path: Path, views: Path
-) -> None:
+def test_three_ranks_write_the_single_process_bytes(tmp_path: Path, args: Args) -> None:
     out = tmp_path / "three.lz"
-    done = _torchrun(3, _compress_args(views, out, "vqae"))
+    done = _torchrun(3, args(out, "vqae"))
     assert done.returncode == 0, done.stderr
-    assert out.read_bytes() == _single(views, tmp_path / "one.lz", "vqae")
+    assert out.read_bytes() == _single(args, tmp_path / "one.lz", "vqae")
     assert _leftovers(tmp_path) == []
 
 
 def test_a_rank_that_dies_is_named_and_its_run_kept_for_resume(
-    tmp_path: Path, views: Path
+    tmp_path: Path, args: Args
 ) -> None:
     out = tmp_path / "dies.lz"
-    done = _torchrun(2, _compress_args(views, out, "topk"), "kill@1:2")
+    done = _torchrun(2, args(out, "topk"), "kill@1:2")
     assert done.returncode != 0
     assert any("rank 1 (2 of 6 chunks) died" in e for e in _errors(done)), done.stderr
     assert not out.exists()
@@ -123,19 +115,19 @@ def test_a_rank_that_dies_is_named_and_its_run_kept_for_resume(
 
 @pytest.mark.slow
 def test_resume_after_a_rank_died_gives_the_same_bytes(
-    tmp_path: Path, views: Path
+    tmp_path: Path, args: Args
 ) -> None:
     out = tmp_path / "resumed.lz"
-    assert _torchrun(2, _compress_args(views, out, "vqae"), "kill@1:2").returncode
-    done = _torchrun(2, _compress_args(views, out, "vqae", "--resume"))
+    assert _torchrun(2, args(out, "vqae"), "kill@1:2").returncode
+    done = _torchrun(2, args(out, "vqae", "--resume"))
     assert done.returncode == 0, done.stderr
-    assert out.read_bytes() == _single(views, tmp_path / "one.lz", "vqae")
+    assert out.read_bytes() == _single(args, tmp_path / "one.lz", "vqae")
     assert _leftovers(tmp_path) == []
 
 
-def test_a_full_disk_on_one_rank_leaves_nothing(tmp_path: Path, views: Path) -> None:
+def test_a_full_disk_on_one_rank_leaves_nothing(tmp_path: Path, args: Args) -> None:
     out = tmp_path / "full.lz"
-    done = _torchrun(2, _compress_args(views, out, "topk"), "enospc@1:3")
+    done = _torchrun(2, args(out, "topk"), "enospc@1:3")
     assert done.returncode != 0
     errors = _errors(done)
     assert len(errors) == 2 and all("No space left on device" in e for e in errors)
@@ -147,9 +139,9 @@ def test_a_full_disk_on_one_rank_leaves_nothing(tmp_path: Path, views: Path) -> 
 
 
 @pytest.mark.slow
-def test_a_hung_rank_times_out_and_is_named(tmp_path: Path, views: Path) -> None:
+def test_a_hung_rank_times_out_and_is_named(tmp_path: Path, args: Args) -> None:
     out = tmp_path / "hung.lz"
-    argv = _compress_args(views, out, "topk", "--dist-timeout", "3")
+    argv = args(out, "topk", "--dist-timeout", "3")
     done = _torchrun(2, argv, "hang@1:1")
     assert done.returncode != 0
     assert any("rank 1 (1 of 6 chunks) died or stopped" in e for e in _errors(done))

@@ -8,12 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import labelzip
 import labelzip.archive.writer as writer_module
@@ -42,22 +40,16 @@ from labelzip.pipelines.partial import (
 )
 
 # (codec, extra argv): the codecs and rate/prune paths whose bytes must not move.
-CASES = {
-    "dense": ["--codec", "dense"],
-    "topk": ["--codec", "topk", "--k", "5"],
-    "topk-ratio-prune": ["--codec", "topk", "--ratio", "8", "--prune-keep", "0.5"],
-    "vqae": ["--codec", "vqae", "--opt", "steps=50"],
-    "rskd": ["--codec", "rskd", "--opt", "num_samples=8"],
-}
 
 
 @pytest.fixture
-def views(tmp_path: Path, make_logits: Callable[..., torch.Tensor]) -> Path:
-    """(300, 4, 40) fp16 views: 1200 labels, 12 chunks of 100 (6 kept with pruning)."""
-    path = tmp_path / "views.safetensors"
-    logits = make_logits(1200, 40, 3).reshape(300, 4, 40).half()
-    save_file({"logits": logits}, str(path))
-    return path
+def views(chunk_views: Path) -> Path:
+    return chunk_views
+
+
+@pytest.fixture
+def cases(compress_cases: dict[str, list[str]]) -> dict[str, list[str]]:
+    return compress_cases
 
 
 def _compress(views: Path, out: Path, argv: list[str], *extra: str) -> int:
@@ -97,13 +89,13 @@ def _reference(views: Path, out: Path, argv: list[str]) -> bytes:
     return out.read_bytes()
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", ["dense", "rskd", "topk", "topk-ratio-prune", "vqae"])
 def test_chunked_encode_gives_the_archive_writer_bytes(
-    tmp_path: Path, views: Path, case: str
+    tmp_path: Path, views: Path, case: str, cases: dict[str, list[str]]
 ) -> None:
     out = tmp_path / "a.lz"
-    assert _compress(views, out, CASES[case]) == 0
-    assert out.read_bytes() == _reference(views, tmp_path / "ref.lz", CASES[case])
+    assert _compress(views, out, cases[case]) == 0
+    assert out.read_bytes() == _reference(views, tmp_path / "ref.lz", cases[case])
     assert _leftovers(tmp_path) == []  # partial file removed once merged
 
 
@@ -130,9 +122,13 @@ def test_rank_chunks_split_evenly_and_cover_every_chunk() -> None:
 
 @pytest.mark.parametrize("action", ["term", "kill"])
 def test_resume_after_a_stop_gives_the_same_bytes(
-    tmp_path: Path, views: Path, action: str, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    views: Path,
+    action: str,
+    capfd: pytest.CaptureFixture[str],
+    cases: dict[str, list[str]],
 ) -> None:
-    argv = CASES["vqae"]
+    argv = cases["vqae"]
     whole = tmp_path / "whole.lz"
     assert _compress(views, whole, argv) == 0
     out = tmp_path / "b.lz"
@@ -164,9 +160,9 @@ def test_resume_after_a_stop_gives_the_same_bytes(
 
 
 def test_resume_keeps_intact_chunks_and_redoes_a_damaged_one(
-    tmp_path: Path, views: Path
+    tmp_path: Path, views: Path, cases: dict[str, list[str]]
 ) -> None:
-    argv = CASES["topk"]
+    argv = cases["topk"]
     whole = tmp_path / "whole.lz"
     assert _compress(views, whole, argv) == 0
     out = tmp_path / "c.lz"
@@ -195,11 +191,12 @@ def test_resume_with_other_options_is_refused_and_keeps_the_partial(
     views: Path,
     capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
+    cases: dict[str, list[str]],
 ) -> None:
     out = tmp_path / "d.lz"
     os.environ[FAULT_ENV] = "term@0:2"
     try:
-        assert _compress(views, out, CASES["topk"]) == 130
+        assert _compress(views, out, cases["topk"]) == 130
     finally:
         del os.environ[FAULT_ENV]
     capfd.readouterr()
@@ -215,25 +212,31 @@ def test_resume_with_other_options_is_refused_and_keeps_the_partial(
 
 
 def test_resume_refuses_another_number_of_processes(
-    tmp_path: Path, views: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    views: Path,
+    capfd: pytest.CaptureFixture[str],
+    cases: dict[str, list[str]],
 ) -> None:
     out = tmp_path / "e.lz"
     with open_logits(views) as store:
         fingerprint = store.fingerprint()
     partial_path(out, fingerprint, 1, 2).write_bytes(b"")
-    assert _compress(views, out, CASES["dense"], "--resume") == 2
+    assert _compress(views, out, cases["dense"], "--resume") == 2
     assert "used 2 process(es) and this run has 1" in capfd.readouterr().err
-    assert _compress(views, out, CASES["dense"], "--resume") == 2
-    assert _compress(views, out, CASES["dense"]) == 0  # no --resume: removed
+    assert _compress(views, out, cases["dense"], "--resume") == 2
+    assert _compress(views, out, cases["dense"]) == 0  # no --resume: removed
 
 
 def test_full_disk_while_encoding_leaves_nothing(
-    tmp_path: Path, views: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    views: Path,
+    capfd: pytest.CaptureFixture[str],
+    cases: dict[str, list[str]],
 ) -> None:
     out = tmp_path / "f.lz"
     os.environ[FAULT_ENV] = "enospc@0:3"
     try:
-        code = _compress(views, out, CASES["topk"])
+        code = _compress(views, out, cases["topk"])
     finally:
         del os.environ[FAULT_ENV]
     err = capfd.readouterr().err.strip()
@@ -247,6 +250,7 @@ def test_full_disk_while_writing_the_archive_leaves_nothing(
     views: Path,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
+    cases: dict[str, list[str]],
 ) -> None:
     out = tmp_path / "g.lz"
     out.write_bytes(b"previous archive")
@@ -255,7 +259,7 @@ def test_full_disk_while_writing_the_archive_leaves_nothing(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(writer_module, "_copy_range", full)
-    code = _compress(views, out, CASES["dense"])
+    code = _compress(views, out, cases["dense"])
     err = capfd.readouterr().err.strip()
     assert code == 2 and err.endswith("No space left on device")
     assert out.read_bytes() == b"previous archive"
