@@ -12,10 +12,9 @@ from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
 from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, rate_note
 from labelzip.cli import run_command
 from labelzip.cli._common import (
-    add_codec_option_flags,
+    add_codec_target_options,
     add_device_option,
     add_json_option,
-    add_rate_options,
     codec_options,
     format_bytes,
     load_codec_class,
@@ -26,7 +25,6 @@ from labelzip.cli._common import (
     with_run_defaults,
 )
 from labelzip.codecs.base import Codec
-from labelzip.codecs.registry import available_codecs
 from labelzip.distributed import DEFAULT_TIMEOUT_S, join, leave
 from labelzip.errors import InputError
 from labelzip.io import check_output_path
@@ -74,10 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "such shards (read in name order, streamed: never loaded whole)",
     )
     p.add_argument("-o", "--output", required=True, help="archive to write")
-    p.add_argument("--codec", required=True, choices=available_codecs())
-    add_rate_options(p, suffix=" to meet")
-    add_codec_option_flags(
+    add_codec_target_options(
         p,
+        required=True,
         opt_help="codec option (repeatable), typed by the codec's config, e.g. --opt k=10",
         decoder_help="shortcut for --opt decoder=NAME (topk: mr, ms, mrs)",
     )
