@@ -142,6 +142,11 @@ def join(
             "torchrun started several processes but this torch has no torch.distributed"
         )
     if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(
+                f"rank {rank} has LOCAL_RANK {local} but this machine has "
+                f"{torch.cuda.device_count()} GPU(s); start at most one process per GPU"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=timeout_s)
