@@ -40,6 +40,7 @@ __all__ = [
     "join",
     "leave",
     "ranks_from_env",
+    "refuse_several_ranks",
 ]
 
 # Default of --dist-timeout: longer than a codec fit, which the other ranks wait for.
@@ -115,6 +116,22 @@ def ranks_from_env() -> tuple[int, int, int]:
             "with torchrun (torchrun --nproc_per_node N -m labelzip ...)"
         )
     return rank, world, local
+
+
+def refuse_several_ranks(command: str) -> None:
+    """Stop a command that does not split its work across ranks, when torchrun
+    started several copies of it (they would all do the whole job, N times over).
+
+    Raises:
+        ConfigError: ``WORLD_SIZE`` > 1.
+    """
+    world = ranks_from_env()[1]
+    if world > 1:
+        raise ConfigError(
+            f"labelzip {command} does not split its work across processes yet; "
+            f"torchrun started {world}: run it as one process (torchrun splits "
+            "`labelzip compress`)"
+        )
 
 
 def join(

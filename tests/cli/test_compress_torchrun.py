@@ -185,3 +185,48 @@ def test_a_partial_file_missing_at_merge_is_named(tmp_path: Path, views: Path) -
     assert any("the partial file of rank 1 is missing at merge" in e for e in errors)
     for rank in (0, 1):
         assert list((tmp_path / f"d{rank}").iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["import", "relabel"])
+def test_commands_that_do_not_split_refuse_several_ranks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    from labelzip.cli import main as labelzip_main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    argv = {
+        "import": ["import", "--format", "fkd", "x", "-o", "y.lz"],
+        "relabel": ["relabel", "set.safetensors", "--teacher", "convnet", "-o", "y.lz"],
+    }[command]
+    assert labelzip_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"labelzip {command} does not split its work across processes" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "extra", "message"),
+    [
+        ({"WORLD_SIZE": "2", "RANK": "0"}, [], "MASTER_ADDR is not set"),
+        ({"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "x"}, [], "RANK=5"),
+        ({}, ["--dist-timeout", "0"], "--dist-timeout must be > 0"),
+    ],
+)
+def test_a_bad_torchrun_environment_is_one_line(
+    tmp_path: Path,
+    views: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    extra: list[str],
+    message: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    argv = [str(views), "--codec", "dense", "-o", str(tmp_path / "a.lz"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "a.lz").exists()

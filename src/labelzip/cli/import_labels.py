@@ -19,6 +19,7 @@ from labelzip.cli._common import (
     print_json,
     progress,
 )
+from labelzip.distributed import refuse_several_ranks
 from labelzip.errors import ConfigError
 from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import DEFAULT_FIT_SAMPLE, CodecChoice, import_store
@@ -105,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    refuse_several_ranks("import")
     args.format = resolve_format_name(args.format)
     out = check_output_path(args.output, [args.path])
     store = Path(args.path).resolve()
