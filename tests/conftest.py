@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 __all__ = ["ArchiveForge", "make_teacher_logits", "write_image_folder"]
 
@@ -91,6 +92,34 @@ def teacher_logits_c10() -> torch.Tensor:
 def make_logits() -> Callable[..., torch.Tensor]:
     """The generator itself, for tests that need other shapes or seeds."""
     return make_teacher_logits
+
+
+# -- the chunked compress runs (one process and torchrun) -------------------------
+
+# case name -> `labelzip compress` codec arguments: the codecs and the rate/prune
+# paths whose archives must be the same bytes however the encode is split.
+COMPRESS_CASES = {
+    "dense": ["--codec", "dense"],
+    "topk": ["--codec", "topk", "--k", "5"],
+    "topk-ratio-prune": ["--codec", "topk", "--ratio", "8", "--prune-keep", "0.5"],
+    "vqae": ["--codec", "vqae", "--opt", "steps=50"],
+    "rskd": ["--codec", "rskd", "--opt", "num_samples=8"],
+}
+
+
+@pytest.fixture
+def compress_cases() -> dict[str, list[str]]:
+    """:data:`COMPRESS_CASES` (fixtures reach every test folder; imports do not)."""
+    return {name: list(argv) for name, argv in COMPRESS_CASES.items()}
+
+
+@pytest.fixture
+def chunk_views(tmp_path: Path) -> Path:
+    """(300, 4, 40) fp16 views: 1200 labels, 12 chunks of 100 (6 kept at keep 0.5)."""
+    path = tmp_path / "views.safetensors"
+    logits = _cached(1200, 40, 3).reshape(300, 4, 40).half()
+    save_file({"logits": logits}, str(path))
+    return path
 
 
 # -- forging archives: header edits with every checksum recomputed ------------------

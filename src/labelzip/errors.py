@@ -16,6 +16,7 @@ __all__ = [
     "ArchiveFormatError",
     "ChecksumError",
     "CodecMismatchError",
+    "DistributedError",
 ]
 
 
@@ -49,3 +50,7 @@ class ChecksumError(ArchiveFormatError):
 
 class CodecMismatchError(LabelzipError, ValueError):
     """An archive or codec does not fit the data it is used with."""
+
+
+class DistributedError(LabelzipError, RuntimeError):
+    """Another process of a multi-process run failed, hung, or sees other input."""

@@ -20,9 +20,9 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from labelzip.accounting import StorageAccount, reference_bytes
+from labelzip.archive.chunks import ChunkEncoder, EncodedChunk
 from labelzip.archive.format import (
     DEFAULT_CHUNK_SIZE,
     DIGEST_BYTES,
     DIGESTS_NAME,
     MAX_CHUNK_LABELS,
-    MAX_CHUNK_VALUES,
     MAX_NUM_CLASSES,
     MAX_NUM_LABELS,
     MODEL_PREFIX,
@@ -59,7 +59,7 @@ from labelzip.archive.format import (
 )
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, check_logits
 from labelzip.codecs.prune import PrunePlan
-from labelzip.errors import ConfigError, InputError
+from labelzip.errors import ChecksumError, ConfigError, InputError
 from labelzip.io import atomic_path
 
 __all__ = ["ArchiveWriter", "save_archive"]
@@ -67,6 +67,18 @@ __all__ = ["ArchiveWriter", "save_archive"]
 logger = logging.getLogger(__name__)
 
 _COPY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class _ChunkRef:
+    """Where one chunk's bytes are: in the spill file, or in a file linked by
+    :meth:`ArchiveWriter.link_chunk` (then checked against ``sha256`` on copy)."""
+
+    labels: int
+    nbytes: int
+    sha256: bytes
+    offset: int
+    source: Path | None = None  # None: the spill file
 
 
 class ArchiveWriter:
@@ -167,13 +179,12 @@ class ArchiveWriter:
         self._pending_flat: list[torch.Tensor] = []
         self._pending_rows = 0
         self._pushed = 0  # labels handed to the chunker (emitted or pending)
-        if codec.needs_context:
-            self._context_at(torch.zeros(0, dtype=torch.int64))  # recipe usable?
+        self._encoder = ChunkEncoder(codec, layout=layout, metadata=self.metadata)
         self._seen = 0  # labels received through write()
         self._stored = 0  # labels handed to the chunker
         self._mode: str | None = None  # "all" (write) or "kept" (write_kept)
-        # (labels, bytes, binary sha256 of the bytes) of each chunk
-        self._chunks: list[tuple[int, int, bytes]] = []
+        self._chunks: list[_ChunkRef] = []
+        self._spill_bytes = 0
         self._spill: IO[bytes] | None = tempfile.TemporaryFile(
             prefix=f".{self.path.name}.", suffix=".chunks", dir=folder
         )
@@ -235,37 +246,81 @@ class ArchiveWriter:
     def write_block(self, block: EncodedBlock) -> None:
         """Append labels the caller encoded itself (e.g. ``TopKCodec.encode_topk``).
 
-        Blocks become chunks as they are: every block but the last must hold
-        exactly ``chunk_size`` labels, and nothing may be pending from
-        :meth:`write`. Unpruned archives of plain (context-free) codecs only.
+        Blocks become chunks as they are (see :meth:`write_chunk`).
         """
-        if self._spill is None:
-            raise ConfigError("write_block() called on a closed ArchiveWriter")
-        if self.prune is not None or self.codec.needs_context or self._pending:
-            raise ConfigError(
-                "write_block() needs an unpruned archive of a plain codec and no "
-                "labels pending from write()"
-            )
-        if self._chunks and self._chunks[-1][0] != self.chunk_size:
-            raise ConfigError("only the last block may be shorter than chunk_size")
-        if not 1 <= block.num_labels <= self.chunk_size:
-            raise ConfigError(
-                f"a block holds 1..{self.chunk_size} labels, got {block.num_labels}"
-            )
-        total = self.num_expected
-        if total is not None and self._seen + block.num_labels > total:
-            raise InputError(
-                f"the layout holds {total} labels but "
-                f"{self._seen + block.num_labels} were written"
-            )
-        self._mode = "all"
         data = block.data.detach().to("cpu", torch.uint8).contiguous().reshape(-1)
-        raw = tensor_bytes(data)
-        self._spill.write(raw)
-        self._chunks.append((block.num_labels, len(raw), hashlib.sha256(raw).digest()))
-        self._seen += block.num_labels
-        self._pushed += block.num_labels
-        self._stored += block.num_labels
+        self.write_chunk(EncodedChunk.of(block.num_labels, tensor_bytes(data)))
+
+    def write_chunk(self, chunk: EncodedChunk) -> None:
+        """Append one encoded chunk (e.g. from :class:`ChunkEncoder` in another process).
+
+        Every chunk but the last must hold exactly ``chunk_size`` labels, and
+        nothing may be pending from :meth:`write`. With pruning, chunks hold
+        kept labels (as :meth:`write_kept` takes them); context codecs' chunks
+        must have been encoded with the archive's layout and metadata.
+        """
+        self._check_chunk(chunk.num_labels)
+        assert self._spill is not None
+        self._spill.write(chunk.data)
+        self._add_chunk(
+            _ChunkRef(
+                chunk.num_labels, len(chunk.data), chunk.sha256, self._spill_bytes
+            )
+        )
+        self._spill_bytes += len(chunk.data)
+
+    def link_chunk(
+        self,
+        source: str | os.PathLike[str],
+        offset: int,
+        num_labels: int,
+        nbytes: int,
+        sha256: bytes,
+    ) -> None:
+        """Append a chunk whose bytes lie in ``source`` at ``offset``, without copying
+        them now: :meth:`close` copies them into the archive and checks them
+        against ``sha256`` (the binary digest of the chunk's bytes). Same rules as
+        :meth:`write_chunk`; ``source`` must stay unchanged until :meth:`close`.
+        """
+        self._check_chunk(num_labels)
+        if nbytes < 0 or offset < 0 or len(sha256) != hashlib.sha256().digest_size:
+            raise ConfigError(
+                f"invalid chunk reference: offset {offset}, {nbytes} bytes, "
+                f"{len(sha256)}-byte digest"
+            )
+        self._add_chunk(_ChunkRef(num_labels, nbytes, sha256, offset, Path(source)))
+
+    def _check_chunk(self, num_labels: int) -> None:
+        if self._spill is None:
+            raise ConfigError("write_chunk() called on a closed ArchiveWriter")
+        mode = "kept" if self.prune is not None else "all"
+        if self._pending or self._mode not in (None, mode):
+            raise ConfigError(
+                "encoded chunks need no labels pending from write() and, with "
+                "pruning, no write() of all labels (write_kept() may precede them)"
+            )
+        if self._chunks and self._chunks[-1].labels != self.chunk_size:
+            raise ConfigError(
+                "only the last block (chunk) may be shorter than chunk_size"
+            )
+        if not 1 <= num_labels <= self.chunk_size:
+            raise ConfigError(
+                f"a chunk holds 1..{self.chunk_size} labels, got {num_labels}"
+            )
+        total = self.prune.num_kept if self.prune is not None else self.num_expected
+        if total is not None and self._stored + num_labels > total:
+            raise InputError(
+                f"the archive stores {total} labels but "
+                f"{self._stored + num_labels} were written"
+            )
+        self._mode = mode
+
+    def _add_chunk(self, ref: _ChunkRef) -> None:
+        self._chunks.append(ref)
+        if self.prune is None:
+            self._seen += ref.labels
+        self._pushed += ref.labels
+        self._stored += ref.labels
 
     def append_side(self, name: str, rows: torch.Tensor) -> None:
         """Append rows to side tensor ``side/<name>``, spilled to a temporary file.
@@ -289,24 +344,6 @@ class ArchiveWriter:
             self._side_spills[key] = spill
         spill.append(rows)
 
-    def _context_at(self, flat: torch.Tensor) -> LabelContext:
-        """The view context of flat labels, from the metadata's relabel recipe."""
-        from labelzip.pipelines.relabel_types import recipe_context
-
-        if self.layout is None:
-            raise ConfigError(
-                f"codec {self.codec.kind} encodes labels with their view context and "
-                "needs the relabel layout [epoch, sample]; pass layout= and the "
-                "relabel metadata (or write with `labelzip relabel`)"
-            )
-        return recipe_context(
-            self.metadata.user,
-            self.layout.dims,
-            self.layout.shape,
-            flat,
-            error=ConfigError,
-        )
-
     def _rows(self, logits: torch.Tensor, method: str, mode: str) -> torch.Tensor:
         if self._spill is None:
             raise ConfigError(f"{method}() called on a closed ArchiveWriter")
@@ -329,7 +366,8 @@ class ArchiveWriter:
         if not self.codec.needs_context:
             flat = None
         elif flat is not None and context is not None:
-            if len(context) != len(flat) or not context.equals(self._context_at(flat)):
+            expected = self._encoder.context_at(flat)
+            if len(context) != len(flat) or not context.equals(expected):
                 raise InputError(
                     "the context passed to write() differs from the one the archive's "
                     "view recipe gives for these labels; write labels in layout order "
@@ -366,24 +404,13 @@ class ArchiveWriter:
 
     def _emit(self, rows: torch.Tensor, flat: torch.Tensor | None = None) -> None:
         assert self._spill is not None
-        if rows.shape[0] * self.num_classes > MAX_CHUNK_VALUES:
-            raise ConfigError(
-                f"a chunk of {rows.shape[0]} labels x {self.num_classes} classes "
-                f"exceeds the {MAX_CHUNK_VALUES} values a reader decodes at once; "
-                "use a smaller chunk_size"
-            )
-        if self.codec.needs_context:
-            assert flat is not None and len(flat) == rows.shape[0]
-            block = self.codec.encode_in_context(rows, self._context_at(flat))
-        else:
-            block = self.codec.encode(rows)
-        if block.num_labels != rows.shape[0]:
-            raise ConfigError(
-                f"{self.codec.kind} encoded {block.num_labels} labels from {rows.shape[0]}"
-            )
-        data = tensor_bytes(block.data.detach().to("cpu", torch.uint8))
-        self._spill.write(data)
-        self._chunks.append((rows.shape[0], len(data), hashlib.sha256(data).digest()))
+        chunk = self._encoder.encode(rows, flat)
+        self._spill.write(chunk.data)
+        ref = _ChunkRef(
+            chunk.num_labels, len(chunk.data), chunk.sha256, self._spill_bytes
+        )
+        self._chunks.append(ref)
+        self._spill_bytes += len(chunk.data)
         self._stored += rows.shape[0]
 
     # -- finishing ----------------------------------------------------------------
@@ -416,19 +443,18 @@ class ArchiveWriter:
                 layout=layout,
                 num_stored=self._stored,
                 chunk_size=self.chunk_size,
-                chunk_labels=[c[0] for c in self._chunks],
+                chunk_labels=[c.labels for c in self._chunks],
                 prune=self.prune.to_dict() if self.prune is not None else None,
                 metadata=self.metadata,
                 checksums=checksums,
                 reference=self.reference,
             )
-            prefix = container_prefix(header, static, [c[1] for c in self._chunks])
+            prefix = container_prefix(header, static, [c.nbytes for c in self._chunks])
             with atomic_path(self.path) as tmp, open(tmp, "wb") as out:
                 out.write(prefix)
                 for _, tensor in static:
                     _write_tensor(out, tensor)
-                self._spill.seek(0)
-                shutil.copyfileobj(self._spill, out, _COPY_BYTES)
+                self._copy_payload(out)
                 out.flush()
                 os.fsync(out.fileno())
             head = len(prefix) + digests.numel()  # the table counts as header
@@ -453,7 +479,10 @@ class ArchiveWriter:
         order = static_order({**dict(static), DIGESTS_NAME: placeholder})
         entries = plan_entries(
             [(n, dtype_to_code(t.dtype), list(t.shape), _nbytes(t)) for n, t in order]
-            + [(chunk_name(i), "U8", [c[1]], c[1]) for i, c in enumerate(self._chunks)]
+            + [
+                (chunk_name(i), "U8", [c.nbytes], c.nbytes)
+                for i, c in enumerate(self._chunks)
+            ]
         )
         by_name = {e.name: e for e in entries}
         checksums = {
@@ -462,13 +491,45 @@ class ArchiveWriter:
             else sha256_entry(by_name[n], t)
             for n, t in static
         }
-        for i, (_, _, data_sha) in enumerate(self._chunks):
+        for i, chunk in enumerate(self._chunks):
             e = by_name[chunk_name(i)]
             descriptor = entry_descriptor(e.name, e.dtype, e.shape, e.start, e.end)
-            checksums[e.name] = entry_digest(descriptor, data_sha)
+            checksums[e.name] = entry_digest(descriptor, chunk.sha256)
         table = digest_table(checksums)
         order = [(n, table if n == DIGESTS_NAME else t) for n, t in order]
         return order, {DIGESTS_NAME: sha256_entry(by_name[DIGESTS_NAME], table)}
+
+    def _copy_payload(self, out: IO[bytes]) -> None:
+        """Every chunk's bytes into ``out``, in order: runs of spilled chunks in
+        one copy, linked chunks read from their files and checked on the way."""
+        assert self._spill is not None
+        index = 0
+        while index < len(self._chunks):
+            ref = self._chunks[index]
+            if ref.source is None:
+                stop = index
+                while stop < len(self._chunks) and self._chunks[stop].source is None:
+                    stop += 1
+                nbytes = sum(c.nbytes for c in self._chunks[index:stop])
+                _copy_range(self._spill, ref.offset, nbytes, out)
+                index = stop
+                continue
+            try:
+                with open(ref.source, "rb") as handle:
+                    digest = _copy_range(
+                        handle, ref.offset, ref.nbytes, out, hashed=True
+                    )
+            except OSError as exc:
+                raise InputError(
+                    f"cannot read chunk {index} from {str(ref.source)!r}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+            if digest != ref.sha256:
+                raise ChecksumError(
+                    f"chunk {index} in {str(ref.source)!r} does not match its "
+                    "digest: the file changed or is damaged"
+                )
+            index += 1
 
     def _final_layout(self) -> Layout:
         if self._stored == 0:
@@ -498,7 +559,7 @@ class ArchiveWriter:
             codec=self.codec.kind,
             num_labels=header.num_labels,
             num_classes=self.num_classes,
-            payload_bytes=sum(c[1] for c in self._chunks),
+            payload_bytes=sum(c.nbytes for c in self._chunks),
             model_bytes=nbytes(MODEL_PREFIX),
             side_bytes=nbytes(SIDE_PREFIX),
             header_bytes=head,
@@ -535,6 +596,32 @@ class ArchiveWriter:
 
 def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
+
+
+def _copy_range(
+    src: IO[bytes], offset: int, nbytes: int, out: IO[bytes], *, hashed: bool = False
+) -> bytes:
+    """Copy ``nbytes`` of ``src`` from ``offset`` into ``out``; with ``hashed``,
+    returns their sha256 (else ``b""``).
+
+    Raises:
+        InputError: ``src`` ends before ``offset + nbytes``.
+    """
+    digest = hashlib.sha256() if hashed else None
+    src.seek(offset)
+    left = nbytes
+    while left:
+        piece = src.read(min(left, _COPY_BYTES))
+        if not piece:
+            raise InputError(
+                f"{getattr(src, 'name', 'a chunk file')!r} ends {left} bytes before "
+                "the chunk it should hold"
+            )
+        if digest is not None:
+            digest.update(piece)
+        out.write(piece)
+        left -= len(piece)
+    return digest.digest() if digest is not None else b""
 
 
 class _SideSpill:

@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 import torch
 
 from labelzip.codecs.base import Codec
-from labelzip.codecs.registry import codec_class
+from labelzip.codecs.registry import available_codecs, codec_class
 from labelzip.errors import ConfigError, InputError
 
 __all__ = [
     "add_codec_option_flags",
+    "add_codec_target_options",
     "add_device_option",
     "add_json_option",
     "add_rate_options",
@@ -81,6 +82,27 @@ def add_codec_option_flags(
     parser.add_argument("--opt", action="append", metavar="KEY=VALUE", help=opt_help)
     parser.add_argument("--k", type=int, help="shortcut for --opt k=K")
     parser.add_argument("--decoder", help=decoder_help)
+
+
+def add_codec_target_options(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool,
+    codec_help: str | None = None,
+    target_suffix: str = " to meet",
+    opt_help: str = "codec option (repeatable)",
+    decoder_help: str = "shortcut for --opt decoder=NAME (topk)",
+) -> None:
+    """The codec choice of a command that encodes: ``--codec`` (a registered
+    codec), the all-in target ``--ratio`` / ``--bits-per-label`` and the codec
+    options ``--opt`` / ``--k`` / ``--decoder``. Read them back with
+    ``args.codec``, ``args.ratio``, ``args.bits_per_label`` and
+    :func:`codec_options`."""
+    parser.add_argument(
+        "--codec", required=required, choices=available_codecs(), help=codec_help
+    )
+    add_rate_options(parser, suffix=target_suffix)
+    add_codec_option_flags(parser, opt_help=opt_help, decoder_help=decoder_help)
 
 
 def codec_options(args: argparse.Namespace) -> dict[str, Any]:

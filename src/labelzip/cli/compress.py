@@ -13,10 +13,9 @@ from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
 from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, rate_note
 from labelzip.cli import run_command
 from labelzip.cli._common import (
-    add_codec_option_flags,
+    add_codec_target_options,
     add_device_option,
     add_json_option,
-    add_rate_options,
     codec_options,
     format_bytes,
     load_codec_class,
@@ -26,7 +25,8 @@ from labelzip.cli._common import (
     resolve_device,
     with_run_defaults,
 )
-from labelzip.codecs.registry import available_codecs
+from labelzip.codecs.base import Codec
+from labelzip.distributed import DEFAULT_TIMEOUT_S, join, leave
 from labelzip.errors import InputError
 from labelzip.io import check_output_path
 from labelzip.logit_store import open_logits
@@ -35,8 +35,8 @@ from labelzip.pipelines.compress import (
     fit_codec,
     label_layout,
     prune_plan,
-    write_archive,
 )
+from labelzip.pipelines.compress_run import compress_chunked, sigterm_as_interrupt
 
 __all__ = ["build_parser", "main"]
 
@@ -46,10 +46,17 @@ EPILOG = """examples:
   labelzip compress logits.pt --codec topk --ratio 50 -o labels.lz
   labelzip compress views.safetensors --codec vqae --bits-per-label 64 --device cuda -o labels.lz
   labelzip compress shards/ --codec vqae --ratio 40 -o labels.lz   # a folder of shards
+  labelzip compress big.npy --codec vqae --ratio 40 --resume -o labels.lz  # after a kill
+  torchrun --nproc_per_node 8 -m labelzip compress big.npy --codec vqae --ratio 40 -o labels.lz
 
 LOGITS holds (N, C) labels or (N, E, C) labels of E views per sample (--dims names
 them; the relabel pipeline writes epoch,sample). --ratio counts every byte of the
 archive against dense fp16 logits.
+
+Under torchrun, rank 0 fits the codec, every rank encodes a share of the chunks
+into a partial file beside the output, and rank 0 joins them into one archive,
+byte-identical to a single-process run. A killed run keeps its partial files:
+rerun it with --resume. See docs/scaling.md.
 """
 
 
@@ -66,10 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "such shards (read in name order, streamed: never loaded whole)",
     )
     p.add_argument("-o", "--output", required=True, help="archive to write")
-    p.add_argument("--codec", required=True, choices=available_codecs())
-    add_rate_options(p, suffix=" to meet")
-    add_codec_option_flags(
+    add_codec_target_options(
         p,
+        required=True,
         opt_help="codec option (repeatable), typed by the codec's config, e.g. --opt k=10",
         decoder_help="shortcut for --opt decoder=NAME (topk: mr, ms, mrs)",
     )
@@ -91,7 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-names", help="JSON list or text file, one name per line")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="user metadata")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_device_option(p, "fit the codec")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run from its last complete chunk (same input, "
+        "options and number of processes)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others, e.g. for rank "
+        f"0's codec fit (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    add_device_option(p, "fit the codec (under torchrun: cuda means cuda:LOCAL_RANK)")
     add_json_option(p)
     return p
 
@@ -118,19 +138,41 @@ def _run(args: argparse.Namespace) -> int:
         reference=args.reference,
     )
     load_codec_class(args.codec)
-    with open_logits(args.logits, key=args.key) as store:
-        layout = label_layout(store, settings.dims)
-        plan = prune_plan(layout, settings)
-        metadata = _metadata(args)
-        started = time.perf_counter()
-        with progress(f"fitting {args.codec}", None, enabled=not args.quiet) as advance:
-            codec = fit_codec(store, settings, layout, plan, metadata, advance)
-        fitted = time.perf_counter()
-        with progress("encoding", store.num_labels, enabled=not args.quiet) as advance:
-            account = write_archive(
-                out, store, codec, settings, layout, plan, metadata, advance
-            )
-        seconds = {"fit": fitted - started, "encode": time.perf_counter() - fitted}
+    ranks, device = join(device, args.dist_timeout)
+    started = time.perf_counter()
+    seconds = {"fit": 0.0, "encode": 0.0}
+    show = not args.quiet and ranks.is_main
+    try:
+        with sigterm_as_interrupt(), open_logits(args.logits, key=args.key) as store:
+            layout = label_layout(store, settings.dims)
+            plan = prune_plan(layout, settings)
+            metadata = _metadata(args)
+
+            def fit() -> Codec:
+                fit_started = time.perf_counter()
+                with progress(f"fitting {args.codec}", None, enabled=show) as advance:
+                    fitted = fit_codec(store, settings, layout, plan, metadata, advance)
+                seconds["fit"] = time.perf_counter() - fit_started
+                return fitted
+
+            with progress("encoding", None, enabled=show) as advance:
+                codec, account = compress_chunked(
+                    out,
+                    store,
+                    settings,
+                    layout,
+                    plan,
+                    metadata,
+                    fit=fit,
+                    ranks=ranks,
+                    resume=args.resume,
+                    on_chunk=advance,
+                )
+        seconds["encode"] = time.perf_counter() - started - seconds["fit"]
+    finally:
+        leave(ranks)
+    if account is None:  # a rank other than 0: rank 0 reports
+        return 0
     if settings.has_target:
         note = rate_note(
             account, codec, ratio=args.ratio, bits_per_label=args.bits_per_label

@@ -10,9 +10,8 @@ from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
 from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata
 from labelzip.cli import run_command
 from labelzip.cli._common import (
-    add_codec_option_flags,
+    add_codec_target_options,
     add_json_option,
-    add_rate_options,
     codec_options,
     format_bytes,
     load_codec_class,
@@ -20,7 +19,7 @@ from labelzip.cli._common import (
     print_json,
     progress,
 )
-from labelzip.codecs.registry import available_codecs
+from labelzip.distributed import refuse_several_ranks
 from labelzip.errors import ConfigError
 from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import DEFAULT_FIT_SAMPLE, CodecChoice, import_store
@@ -57,13 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the store's framework: {', '.join(available_formats())}",
     )
     p.add_argument("-o", "--output", required=True, help="archive to write")
-    p.add_argument(
-        "--codec",
-        choices=available_codecs(),
-        help="re-encode with this codec (default: lossless for what the files hold)",
+    add_codec_target_options(
+        p,
+        required=False,
+        codec_help="re-encode with this codec (default: lossless for what the files hold)",
+        target_suffix=" to meet (needs --codec)",
     )
-    add_rate_options(p, suffix=" to meet (needs --codec)")
-    add_codec_option_flags(p)
     store = p.add_argument_group("what the files do not say")
     store.add_argument(
         "--sampler-seed",
@@ -108,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    refuse_several_ranks("import")
     args.format = resolve_format_name(args.format)
     out = check_output_path(args.output, [args.path])
     store = Path(args.path).resolve()

@@ -25,6 +25,7 @@ from labelzip.cli._common import (
 )
 from labelzip.codecs.registry import available_codecs
 from labelzip.distill import DistilledSet
+from labelzip.distributed import refuse_several_ranks
 from labelzip.errors import ConfigError
 from labelzip.io import check_output_path
 from labelzip.pipelines.relabel import (
@@ -197,6 +198,7 @@ def _output(args: argparse.Namespace) -> RelabelOutput:
 
 
 def _run(args: argparse.Namespace) -> int:
+    refuse_several_ranks("relabel")
     output = _output(args)
     device = resolve_device(args.device)
     distilled = DistilledSet.load(args.set)

@@ -125,6 +125,11 @@ class CategoricalStreamCoder:
             for row in probs
         ]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the tables (the constriction models are rebuilt from them),
+        so a fitted codec can be sent to the other ranks of a torchrun job."""
+        return (type(self), (self.tables, self.column_tables))
+
     @classmethod
     def fit(
         cls,

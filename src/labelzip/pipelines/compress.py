@@ -13,6 +13,10 @@ codecs that learn) and the writer's chunk. Two passes read the input:
 
 Batches are the same 4096 stored labels whatever the input's shards, so the
 archive's bytes depend only on the labels, the settings and the seed.
+
+``labelzip compress`` runs pass 2 through
+:func:`labelzip.pipelines.compress_run.compress_chunked` instead (resumable, and
+split across torchrun ranks); it writes the same bytes as :func:`write_archive`.
 """
 
 from __future__ import annotations
