@@ -5,6 +5,10 @@ header (its own sha256, the format version, the codec id). Model tensors are
 read and checksummed when the codec is first needed; a chunk is read,
 checksummed and decoded only when a requested label lives in it, so a training
 loop can fetch the labels of one batch of views without touching the rest.
+
+Tensors are read with positional reads (``os.pread``) at the offsets of the
+container header into fresh buffers, not through a memory map: a process that
+streams a whole archive keeps only what it holds, not the file's mapped pages.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,15 +45,13 @@ from labelzip.archive.format import (
     ArchiveMetadata,
     ContainerHeader,
     Layout,
+    TensorEntry,
     chunk_name,
     digest_map,
     dtype_from_code,
     entry_descriptor,
     entry_digest,
     read_container_header,
-    sha256_entry,
-    sha256_named,
-    sha256_tensor,
 )
 from labelzip.archive.jsonlimits import load_json
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext
@@ -111,7 +114,8 @@ class ArchiveReader:
         for count in self.header.chunk_labels:
             starts.append(starts[-1] + count)
         self._chunk_starts = torch.tensor(starts, dtype=torch.int64)
-        self._handle: Any = None
+        self._fd: int | None = None
+        self._fd_pid: int | None = None
         self._checksums: dict[str, str] | None = None  # every tensor's hex sha256
         _ = self.prune  # checked at open: O(1), the plan's lookups are lazy
 
@@ -181,17 +185,49 @@ class ArchiveReader:
         }
 
     # -- lazy parts ------------------------------------------------------------------
-    def _open(self) -> Any:
-        if self._handle is None:
-            from safetensors import safe_open
+    def _file(self) -> int:
+        """This process's read-only descriptor of the archive (opened on first use).
 
+        A child forked from the opening process does not read through the
+        parent's descriptor: it drops its inherited copy and opens its own.
+        """
+        pid = os.getpid()
+        if self._fd is not None and self._fd_pid != pid:
+            os.close(self._fd)  # the child's copy only; the parent's stays open
+            self._fd = None
+        if self._fd is None:
             try:
-                self._handle = safe_open(str(self.path), framework="pt")
-            except Exception as exc:
+                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            except OSError as exc:
                 raise ArchiveFormatError(
-                    f"cannot open archive {str(self.path)!r} as safetensors: {exc}"
+                    f"cannot open archive {str(self.path)!r}: {exc}"
                 ) from exc
-        return self._handle
+            self._fd_pid = pid
+        return self._fd
+
+    def _read_bytes(self, name: str) -> bytearray:
+        """The stored bytes of tensor ``name``, read at its offsets into a new buffer."""
+        entry = self.container.entries[name]
+        fd = self._file()
+        buffer = bytearray(entry.nbytes)
+        view = memoryview(buffer)
+        done, offset = 0, self.container.data_start + entry.start
+        try:
+            while done < entry.nbytes:
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got == 0:
+                    break
+                done += got
+        except OSError as exc:
+            raise ArchiveFormatError(
+                f"cannot read tensor {name!r} of archive {str(self.path)!r}: {exc}"
+            ) from exc
+        if done != entry.nbytes:
+            raise ArchiveFormatError(
+                f"cannot read tensor {name!r} of archive {str(self.path)!r}: the file "
+                f"ends {entry.nbytes - done} bytes early (truncated?)"
+            )
+        return buffer
 
     @property
     def checksums(self) -> dict[str, str]:
@@ -220,33 +256,24 @@ class ArchiveReader:
 
     def _raw_tensor(self, name: str, want: str) -> torch.Tensor:
         entry = self.container.entries[name]
-        try:
-            tensor: torch.Tensor = self._open().get_tensor(name)
-        except Exception as exc:
+        dtype = dtype_from_code(entry.dtype)
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        count = 1
+        for size in entry.shape:
+            count *= size
+        if count * itemsize != entry.nbytes:
             raise ArchiveFormatError(
-                f"cannot read tensor {name!r} of archive {str(self.path)!r}: {exc}"
-            ) from exc
-        if tensor.dtype != dtype_from_code(entry.dtype) or tuple(tensor.shape) != (
-            entry.shape
-        ):
-            raise ArchiveFormatError(
-                f"archive {str(self.path)!r} is corrupted: safetensors reads tensor "
-                f"{name!r} as {tuple(tensor.shape)} {tensor.dtype}, its header entry "
-                f"says {entry.shape} {entry.dtype}"
+                f"archive {str(self.path)!r} is corrupted: tensor {name!r} holds "
+                f"{entry.nbytes} bytes, its header entry says {entry.shape} "
+                f"{entry.dtype} ({count * itemsize} bytes)"
             )
-        version = self.header.format_version
-        if version >= 3:  # the entry (name, dtype, shape, offsets) and the bytes
-            got = sha256_entry(entry, tensor)
-        elif version == 2 and name != DIGESTS_NAME:  # the name and the bytes
-            got = sha256_named(name, tensor)
-        else:  # the bytes only
-            got = sha256_tensor(tensor)
-        if got != want:
+        data = self._read_bytes(name)
+        if _digest(self.header.format_version, entry, [data]) != want:
             raise ChecksumError(
                 f"archive {str(self.path)!r} is corrupted: tensor {name!r} does not "
                 "match its checksum; re-create or re-download the file"
             )
-        return tensor
+        return _tensor_from_bytes(data, dtype, entry.shape)
 
     def verify_tensor(self, name: str) -> None:
         """Check one stored tensor against its digest, reading it in 1 MiB pieces.
@@ -260,27 +287,20 @@ class ArchiveReader:
                 do not match the stored digest.
         """
         entry = self.container.entries[name]
-        version = self.header.format_version
-        if version == 2 and name != DIGESTS_NAME:
-            digest = hashlib.sha256(name.encode("utf-8") + b"\x00")
-        else:
-            digest = hashlib.sha256()
-        with open(self.path, "rb") as handle:
-            handle.seek(self.container.data_start + entry.start)
-            left = entry.end - entry.start
-            while left:
-                piece = handle.read(min(left, _HASH_PIECE_BYTES))
-                if not piece:
-                    break
-                digest.update(piece)
-                left -= len(piece)
-        if version >= 3:
-            descriptor = entry_descriptor(
-                entry.name, entry.dtype, entry.shape, entry.start, entry.end
-            )
-            got = entry_digest(descriptor, digest.digest())
-        else:
-            got = digest.hexdigest()
+        left = entry.end - entry.start
+
+        def pieces() -> Iterator[bytes]:
+            nonlocal left
+            with open(self.path, "rb") as handle:
+                handle.seek(self.container.data_start + entry.start)
+                while left:
+                    piece = handle.read(min(left, _HASH_PIECE_BYTES))
+                    if not piece:
+                        return
+                    left -= len(piece)
+                    yield piece
+
+        got = _digest(self.header.format_version, entry, pieces())
         if left or got != self.checksums.get(name):
             raise ChecksumError(
                 f"archive {str(self.path)!r} is corrupted: tensor {name!r} does not "
@@ -486,8 +506,20 @@ class ArchiveReader:
 
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
-        self._handle = None
+        """Close this process's file descriptor and drop the chunk cache."""
+        if self._fd is not None and self._fd_pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+        self._fd_pid = None
         self._cache.clear()
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None and getattr(self, "_fd_pid", None) == os.getpid():
+            try:
+                os.close(fd)
+            except OSError:  # pragma: no cover - already closed
+                pass
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -499,6 +531,42 @@ class ArchiveReader:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _digest(
+    version: int, entry: TensorEntry, pieces: Iterable[bytes | bytearray]
+) -> str:
+    """The stored digest's value for a tensor whose bytes come in ``pieces``.
+
+    Version 3 binds the entry (name, dtype, shape, offsets) and the bytes;
+    version 2 the name and the bytes (the digests tensor: its bytes); version 1
+    the bytes only (:data:`~labelzip.archive.format.INTEGRITY`).
+    """
+    if version == 2 and entry.name != DIGESTS_NAME:
+        digest = hashlib.sha256(entry.name.encode("utf-8") + b"\x00")
+    else:
+        digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    if version >= 3:
+        descriptor = entry_descriptor(
+            entry.name, entry.dtype, entry.shape, entry.start, entry.end
+        )
+        return entry_digest(descriptor, digest.digest())
+    return digest.hexdigest()
+
+
+def _tensor_from_bytes(
+    data: bytearray, dtype: torch.dtype, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """A tensor owning ``data`` (little-endian, as safetensors stores it)."""
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    flat = torch.frombuffer(data, dtype=torch.uint8)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if sys.byteorder == "big" and itemsize > 1:  # pragma: no cover
+        flat = flat.reshape(-1, itemsize).flip(1).reshape(-1).clone()
+    return flat.view(dtype).reshape(shape)
 
 
 def _rebatch(chunks: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
