@@ -3,12 +3,18 @@
 Opening an archive parses and checks the safetensors framing and the labelzip
 header (its own sha256, the format version, the codec id). Model tensors are
 read and checksummed when the codec is first needed; a chunk is read,
-checksummed and decoded only when a requested label lives in it, so a training
+checksummed and parsed only when a requested label lives in it, so a training
 loop can fetch the labels of one batch of views without touching the rest.
 
 Tensors are read with positional reads (``os.pread``) at the offsets of the
 container header into fresh buffers, not through a memory map: a process that
 streams a whole archive keeps only what it holds, not the file's mapped pages.
+
+Random access decodes in two steps (:meth:`Codec.parse_block`, then
+:meth:`Codec.decode_parsed`): parsed chunks are small and cached under a byte
+budget, and a batch's rows, gathered from every chunk they live in, go through
+the expensive part of decoding once. A shuffled batch thus costs about what its
+own labels cost (docs/reading.md).
 """
 
 from __future__ import annotations
@@ -54,13 +60,14 @@ from labelzip.archive.format import (
     read_container_header,
 )
 from labelzip.archive.jsonlimits import load_json
-from labelzip.codecs.base import Codec, EncodedBlock, LabelContext
+from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, ParsedBlock
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import CODEC_IDS, codec_class
 from labelzip.errors import ArchiveFormatError, ChecksumError, ConfigError, InputError
 
 __all__ = [
     "DECODE_ALL_MEMORY",
+    "DEFAULT_CACHE_BYTES",
     "ArchiveReader",
     "LabelIndex",
     "load_archive",
@@ -75,7 +82,12 @@ LabelIndex = int | slice | Sequence[int] | torch.Tensor
 DECODE_ALL_MEMORY = 1 << 29
 
 
+# Parsed chunks kept between decode calls when neither cache argument is given.
+DEFAULT_CACHE_BYTES = 1 << 28
+
 _HASH_PIECE_BYTES = 1 << 20
+# decode_parsed runs on at most this many gathered rows per call (bounds memory).
+_DECODE_PIECE_ROWS = 4096
 
 
 class ArchiveReader:
@@ -83,13 +95,24 @@ class ArchiveReader:
 
     Args:
         path: the archive file.
-        cache_chunks: decoded chunks kept (LRU) between :meth:`decode` calls;
-            each costs ``chunk_size x C x 4`` bytes on its device.
+        cache_chunks: (backwards compatible) size the parsed-chunk cache as
+            this many decoded chunks would take, ``chunk_size x C x 4`` bytes
+            each; ``0`` turns the cache off.
+        cache_bytes: bytes of parsed chunks kept (LRU) between :meth:`decode`
+            calls; default :data:`DEFAULT_CACHE_BYTES`. Parsed chunks are far
+            smaller than decoded ones for vqae, top-k and RS-KD, so an epoch's
+            chunks usually stay parsed (docs/reading.md sizes it).
+
+    The reader holds no open file between processes: pickled, it travels as
+    its path and cache settings and reopens lazily, and a forked child opens
+    its own file descriptor on first read. Each DataLoader worker thus reads
+    through its own handle.
 
     Raises:
         ArchiveFormatError: not a safetensors file, not a labelzip archive,
             truncated, unknown format version or codec id, inconsistent header.
         ChecksumError: the header does not match its checksum.
+        ConfigError: both or negative cache sizes.
 
     Example:
         >>> with ArchiveReader("labels.lz") as reader:
@@ -97,17 +120,33 @@ class ArchiveReader:
         ...     logits = reader.decode(views, device="cuda")      # (B, C)
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, cache_chunks: int = 2) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        cache_chunks: int | None = None,
+        cache_bytes: int | None = None,
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"archive {str(self.path)!r} does not exist")
+        if cache_chunks is not None and cache_bytes is not None:
+            raise ConfigError("give cache_chunks or cache_bytes, not both")
+        if (cache_chunks or 0) < 0 or (cache_bytes or 0) < 0:
+            raise ConfigError("cache sizes must be >= 0")
         self.container: ContainerHeader = read_container_header(self.path)
         self.header: ArchiveHeader = _parse_header(self.container, str(self.path))
         self.layout = _check_tensors(self.container, self.header, str(self.path))
         self.num_classes = self.header.num_classes
         self.chunk_reads = 0  # chunks read from disk so far (for tests and profiling)
-        self.cache_chunks = cache_chunks
-        self._cache: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
+        self._options = {"cache_chunks": cache_chunks, "cache_bytes": cache_bytes}
+        if cache_bytes is None:
+            per_chunk = self.header.chunk_size * self.num_classes * 4
+            chunks = cache_chunks
+            cache_bytes = DEFAULT_CACHE_BYTES if chunks is None else chunks * per_chunk
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[int, str], ParsedBlock] = OrderedDict()
+        self._cached_bytes = 0
         self._codec: Codec | None = None
         self._prune: PrunePlan | None = None
         starts = [0]
@@ -118,6 +157,16 @@ class ArchiveReader:
         self._fd_pid: int | None = None
         self._checksums: dict[str, str] | None = None  # every tensor's hex sha256
         _ = self.prune  # checked at open: O(1), the plan's lookups are lazy
+
+    @property
+    def cache_chunks(self) -> int | None:
+        """The ``cache_chunks`` the reader was opened with (None: by bytes)."""
+        return self._options["cache_chunks"]
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of parsed chunks held in the cache now."""
+        return self._cached_bytes
 
     # -- description ---------------------------------------------------------------
     @property
@@ -385,22 +434,62 @@ class ArchiveReader:
         data = self._tensor(chunk_name(index))
         return EncodedBlock(num_labels=self.header.chunk_labels[index], data=data)
 
-    def _decoded_chunk(self, index: int, device: torch.device) -> torch.Tensor:
-        key = (index, str(device))
+    def parsed_chunk(
+        self, index: int, device: torch.device | str | None = None
+    ) -> ParsedBlock:
+        """Chunk ``index`` read, checksummed and parsed (:meth:`Codec.parse_block`).
+
+        Served from the parsed-chunk cache when held; otherwise parsed and
+        cached (least recently used chunks make room) unless it alone exceeds
+        :attr:`cache_bytes`.
+        """
+        dev = torch.device(device if device is not None else "cpu")
+        key = (index, str(dev))
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        rows = self._decode_block(index, device)
-        expected = (self.header.chunk_labels[index], self.num_classes)
-        if tuple(rows.shape) != expected:
+        codec = self.codec
+        block = self.read_chunk(index)
+        context = None
+        if codec.needs_context:
+            start = int(self._chunk_starts[index])
+            stored = torch.arange(start, start + block.num_labels, dtype=torch.int64)
+            context = self.stored_context(stored)
+        parsed = codec.parse_block(block, context, dev)
+        if parsed.num_labels != block.num_labels:
             raise ArchiveFormatError(
-                f"chunk {index} decoded to shape {tuple(rows.shape)}, expected {expected}"
+                f"chunk {index} parsed to {parsed.num_labels} labels, expected "
+                f"{block.num_labels}"
             )
-        if self.cache_chunks > 0:
-            self._cache[key] = rows
-            while len(self._cache) > self.cache_chunks:
-                self._cache.popitem(last=False)
-        return rows
+        size = parsed.nbytes
+        if size <= self.cache_bytes:
+            self._cache[key] = parsed
+            self._cached_bytes += size
+            while self._cached_bytes > self.cache_bytes:
+                _, dropped = self._cache.popitem(last=False)
+                self._cached_bytes -= dropped.nbytes
+        return parsed
+
+    def prefetch(
+        self, index: LabelIndex | None = None, device: torch.device | str | None = None
+    ) -> int:
+        """Parse (into the cache) every chunk the labels at ``index`` live in.
+
+        For a sampler that knows its coming epoch: the chunks are read and
+        parsed up front, in file order, and the epoch's batches then only run
+        the decoder. ``None`` means every chunk. Returns the number of chunks
+        now parsed; chunks beyond :attr:`cache_bytes` are parsed and dropped
+        again, so size the cache for the epoch (docs/reading.md).
+        """
+        if index is None:
+            chunk_ids = list(range(self.num_chunks))
+        else:
+            stored = self._stored_index(self._flat_indices(index))
+            found = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
+            chunk_ids = torch.unique(found).tolist()
+        for cid in chunk_ids:
+            self.parsed_chunk(int(cid), device)
+        return len(chunk_ids)
 
     # -- decoding ---------------------------------------------------------------------
     def _flat_indices(self, index: LabelIndex) -> torch.Tensor:
@@ -434,18 +523,39 @@ class ArchiveReader:
         """
         device = torch.device(device if device is not None else "cpu")
         flat = self._flat_indices(index)
-        _ = self.codec  # rebuilt and checked against the header before allocating
+        codec = self.codec  # rebuilt and checked against the header before allocating
+        stored = self._stored_index(flat)
+        out = torch.empty((stored.numel(), self.num_classes), device=device)
+        if stored.numel() == 0:
+            return out.reshape(*flat.shape, self.num_classes)
+        chunk_ids = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
+        found, counts = torch.unique(chunk_ids, return_counts=True)
+        order = torch.argsort(chunk_ids, stable=True)  # the batch grouped by chunk
+        local = stored[order] - self._chunk_starts[chunk_ids[order]]
+        target = order.to(device)
+        pending: list[ParsedBlock] = []
+        held = written = 0
+        groups = zip(found.tolist(), local.split(counts.tolist()), strict=True)
+        for cid, rows in groups:
+            pending.append(self.parsed_chunk(int(cid), device).take(rows))
+            held += rows.numel()
+            if held >= _DECODE_PIECE_ROWS or written + held == stored.numel():
+                decoded = codec.decode_parsed(ParsedBlock.cat(pending), device)
+                if tuple(decoded.shape) != (held, self.num_classes):
+                    raise ArchiveFormatError(
+                        f"archive {str(self.path)!r}: {held} labels decoded to shape "
+                        f"{tuple(decoded.shape)}, expected {(held, self.num_classes)}"
+                    )
+                out[target[written : written + held]] = decoded.to(device)
+                written += held
+                pending, held = [], 0
+        return out.reshape(*flat.shape, self.num_classes)
+
+    def _stored_index(self, flat: torch.Tensor) -> torch.Tensor:
+        """(n,) stored label index of flat label indices (through the prune plan)."""
         prune = self.prune
         stored = prune.stored_index(flat) if prune is not None else flat
-        stored = stored.reshape(-1)
-        chunk_ids = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
-        out = torch.empty((stored.numel(), self.num_classes), device=device)
-        for cid in torch.unique(chunk_ids).tolist():
-            rows = self._decoded_chunk(int(cid), device)
-            where = (chunk_ids == cid).nonzero().reshape(-1)
-            local = stored[where] - self._chunk_starts[cid]
-            out[where.to(device)] = rows[local.to(device)]
-        return out.reshape(*flat.shape, self.num_classes)
+        return stored.reshape(-1)
 
     def __getitem__(self, index: LabelIndex) -> torch.Tensor:
         return self.decode(index)
@@ -506,12 +616,25 @@ class ArchiveReader:
 
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
-        """Close this process's file descriptor and drop the chunk cache."""
+        """Close this process's file descriptor and drop the parsed-chunk cache."""
         if self._fd is not None and self._fd_pid == os.getpid():
             os.close(self._fd)
         self._fd = None
         self._fd_pid = None
         self._cache.clear()
+        self._cached_bytes = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A reader travels as its path and cache settings: the receiving process
+        # re-reads and re-checks the header and opens its own file.
+        return {"path": str(self.path), **self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["path"],
+            cache_chunks=state["cache_chunks"],
+            cache_bytes=state["cache_bytes"],
+        )
 
     def __del__(self) -> None:
         fd = getattr(self, "_fd", None)
