@@ -112,8 +112,12 @@ def test_shuffled_batches_equal_whole_chunk_decode(
     whole = load_archive(path).reshape(384, C)
     g = torch.Generator().manual_seed(1)
     order = torch.randperm(384, generator=g)
-    for cache in ({}, {"cache_bytes": 0}, {"cache_chunks": 1}):
-        with ArchiveReader(path, **cache) as reader:
+    for cache in ({}, {"cache_bytes": 0}, {"cache_chunks": 1}, "pinned"):
+        options = cache if isinstance(cache, dict) else {}
+        with ArchiveReader(path, **options) as reader:
+            if cache == "pinned":  # every batch is one gather from the pinned chunks
+                assert reader.prefetch() == reader.num_chunks
+                assert reader.cached_chunks == reader.num_chunks
             start = 0
             for size in (1, 7, 50, 200, 126):  # every label once, odd batch sizes
                 index = order[start : start + size]
@@ -150,7 +154,7 @@ def test_cache_is_bounded_by_bytes_and_served_from(archives: dict[str, Path]) ->
     with ArchiveReader(path, cache_bytes=2 * one) as reader:
         reader.decode(torch.arange(384))
         assert reader.chunk_reads == 6
-        assert reader.cached_bytes <= 2 * one and len(reader._cache) == 2
+        assert reader.cached_bytes <= 2 * one and reader.cached_chunks == 2
         reader.decode(torch.arange(320, 384))  # the last chunk stays cached
         assert reader.chunk_reads == 6
     with ArchiveReader(path, cache_chunks=0) as reader:
@@ -164,14 +168,25 @@ def test_cache_is_bounded_by_bytes_and_served_from(archives: dict[str, Path]) ->
         assert reader.chunk_reads == 6  # the whole archive fits parsed
 
 
-def test_prefetch_parses_the_chunks_of_an_epoch(archives: dict[str, Path]) -> None:
-    with ArchiveReader(archives["topk-pruned"]) as reader:
-        epoch = reader.layout.ravel(torch.arange(96), 2)  # view 2 of every sample
-        touched = reader.prefetch(epoch)
-        assert touched == reader.chunk_reads <= reader.num_chunks
-        before = reader.chunk_reads
-        reader.decode(epoch[torch.randperm(96)])
-        assert reader.chunk_reads == before
+def test_prefetch_pins_the_chunks_of_an_epoch(archives: dict[str, Path]) -> None:
+    path = archives["vqae"]
+    whole = load_archive(path).reshape(384, C)
+    with ArchiveReader(path) as reader:
+        epoch = reader.layout.ravel(torch.arange(40, 60), torch.arange(4)[:, None])
+        epoch = epoch.reshape(-1)  # labels 160..239: chunks 2 and 3
+        assert reader.prefetch(epoch) == 2 and reader.cached_chunks == 2
+        shuffled = epoch[torch.randperm(80)]
+        assert torch.equal(reader.decode(shuffled), whole[shuffled])
+        assert reader.chunk_reads == 2
+        # a label outside the pinned chunks goes through the LRU cache
+        assert torch.equal(reader.decode(torch.tensor([161, 0])), whole[[161, 0]])
+        assert reader.chunk_reads == 3
+        # the next epoch replaces the pin
+        assert reader.prefetch(torch.arange(300, 384)) == 2
+        assert reader.cached_bytes <= reader.cache_bytes
+    with ArchiveReader(path, cache_chunks=0) as reader:  # too small to pin: still right
+        assert reader.prefetch() == 6 and reader.cached_chunks == 0
+        assert torch.equal(reader.decode(torch.arange(383, -1, -1)), whole.flip(0))
 
 
 def test_bad_cache_arguments_and_indices(archives: dict[str, Path]) -> None:

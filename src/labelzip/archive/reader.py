@@ -147,6 +147,9 @@ class ArchiveReader:
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple[int, str], ParsedBlock] = OrderedDict()
         self._cached_bytes = 0
+        # Per device: the chunks pinned by prefetch() joined into one parsed
+        # block, and each chunk's first row in it (-1: not pinned).
+        self._pinned: dict[str, tuple[ParsedBlock, torch.Tensor]] = {}
         self._codec: Codec | None = None
         self._prune: PrunePlan | None = None
         starts = [0]
@@ -165,8 +168,18 @@ class ArchiveReader:
 
     @property
     def cached_bytes(self) -> int:
-        """Bytes of parsed chunks held in the cache now."""
-        return self._cached_bytes
+        """Bytes of parsed chunks held now (the LRU cache and the pinned chunks)."""
+        return self._cached_bytes + self._pinned_bytes
+
+    @property
+    def cached_chunks(self) -> int:
+        """Parsed chunks held now (LRU and pinned, all devices)."""
+        pinned = sum(int((o >= 0).sum()) for _, o in self._pinned.values())
+        return len(self._cache) + pinned
+
+    @property
+    def _pinned_bytes(self) -> int:
+        return sum(block.nbytes for block, _ in self._pinned.values())
 
     # -- description ---------------------------------------------------------------
     @property
@@ -439,12 +452,18 @@ class ArchiveReader:
     ) -> ParsedBlock:
         """Chunk ``index`` read, checksummed and parsed (:meth:`Codec.parse_block`).
 
-        Served from the parsed-chunk cache when held; otherwise parsed and
-        cached (least recently used chunks make room) unless it alone exceeds
-        :attr:`cache_bytes`.
+        Served from the pinned chunks or the cache when held; otherwise parsed
+        and cached (least recently used chunks make room) unless it alone
+        exceeds :attr:`cache_bytes`.
         """
         dev = torch.device(device if device is not None else "cpu")
         key = (index, str(dev))
+        pinned = self._pinned.get(str(dev))
+        if pinned is not None and int(pinned[1][index]) >= 0:
+            first = int(pinned[1][index])
+            stop = first + self.header.chunk_labels[index]
+            parts = {name: part[first:stop] for name, part in pinned[0].parts.items()}
+            return ParsedBlock(stop - first, parts)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -461,34 +480,62 @@ class ArchiveReader:
                 f"chunk {index} parsed to {parsed.num_labels} labels, expected "
                 f"{block.num_labels}"
             )
-        size = parsed.nbytes
-        if size <= self.cache_bytes:
-            self._cache[key] = parsed
-            self._cached_bytes += size
-            while self._cached_bytes > self.cache_bytes:
-                _, dropped = self._cache.popitem(last=False)
-                self._cached_bytes -= dropped.nbytes
+        self._remember(key, parsed)
         return parsed
+
+    def _remember(self, key: tuple[int, str], parsed: ParsedBlock) -> None:
+        """Cache a parsed chunk, evicting the least recently used beyond the budget."""
+        budget = self.cache_bytes - self._pinned_bytes
+        if parsed.nbytes > budget:
+            return
+        self._cache[key] = parsed
+        self._cached_bytes += parsed.nbytes
+        while self._cached_bytes > budget:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= dropped.nbytes
 
     def prefetch(
         self, index: LabelIndex | None = None, device: torch.device | str | None = None
     ) -> int:
-        """Parse (into the cache) every chunk the labels at ``index`` live in.
+        """Parse and pin every chunk the labels at ``index`` live in.
 
         For a sampler that knows its coming epoch: the chunks are read and
-        parsed up front, in file order, and the epoch's batches then only run
-        the decoder. ``None`` means every chunk. Returns the number of chunks
-        now parsed; chunks beyond :attr:`cache_bytes` are parsed and dropped
-        again, so size the cache for the epoch (docs/reading.md).
+        parsed up front, in file order, and joined into one parsed block, so
+        each batch of the epoch is one gather plus the decoder, however many
+        chunks it spans. ``None`` means every chunk. A later call replaces
+        the pinned chunks (of that device). Returns the number of chunks
+        parsed. When they do not fit :attr:`cache_bytes` they are not pinned
+        but go through the LRU cache, which then keeps only the most recent
+        (docs/reading.md sizes the cache).
         """
+        dev = torch.device(device if device is not None else "cpu")
         if index is None:
             chunk_ids = list(range(self.num_chunks))
         else:
             stored = self._stored_index(self._flat_indices(index))
             found = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
-            chunk_ids = torch.unique(found).tolist()
+            chunk_ids = [int(c) for c in torch.unique(found).tolist()]
+        self._pinned.pop(str(dev), None)
+        parsed = []
         for cid in chunk_ids:
-            self.parsed_chunk(int(cid), device)
+            block = self._cache.pop((cid, str(dev)), None)
+            if block is not None:
+                self._cached_bytes -= block.nbytes
+            else:
+                block = self.parsed_chunk(cid, dev)
+                if self._cache.pop((cid, str(dev)), None) is not None:
+                    self._cached_bytes -= block.nbytes
+            parsed.append(block)
+        size = sum(block.nbytes for block in parsed)
+        if parsed and size <= self.cache_bytes - self._pinned_bytes:
+            offsets = torch.full((self.num_chunks,), -1, dtype=torch.int64)
+            counts = torch.tensor([block.num_labels for block in parsed])
+            firsts = torch.cumsum(counts, 0) - counts
+            offsets[torch.tensor(chunk_ids)] = firsts
+            self._pinned[str(dev)] = (ParsedBlock.cat(parsed), offsets)
+        else:
+            for cid, block in zip(chunk_ids, parsed, strict=True):
+                self._remember((cid, str(dev)), block)
         return len(chunk_ids)
 
     # -- decoding ---------------------------------------------------------------------
@@ -529,6 +576,15 @@ class ArchiveReader:
         if stored.numel() == 0:
             return out.reshape(*flat.shape, self.num_classes)
         chunk_ids = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
+        pinned = self._pinned.get(str(device))
+        if pinned is not None and bool((pinned[1][chunk_ids] >= 0).all()):
+            block, offsets = pinned
+            rows = offsets[chunk_ids] + (stored - self._chunk_starts[chunk_ids])
+            for start in range(0, rows.numel(), _DECODE_PIECE_ROWS):
+                piece = block.take(rows[start : start + _DECODE_PIECE_ROWS])
+                decoded = self._decode_parsed(codec, piece, device)
+                out[start : start + piece.num_labels] = decoded
+            return out.reshape(*flat.shape, self.num_classes)
         found, counts = torch.unique(chunk_ids, return_counts=True)
         order = torch.argsort(chunk_ids, stable=True)  # the batch grouped by chunk
         local = stored[order] - self._chunk_starts[chunk_ids[order]]
@@ -540,16 +596,24 @@ class ArchiveReader:
             pending.append(self.parsed_chunk(int(cid), device).take(rows))
             held += rows.numel()
             if held >= _DECODE_PIECE_ROWS or written + held == stored.numel():
-                decoded = codec.decode_parsed(ParsedBlock.cat(pending), device)
-                if tuple(decoded.shape) != (held, self.num_classes):
-                    raise ArchiveFormatError(
-                        f"archive {str(self.path)!r}: {held} labels decoded to shape "
-                        f"{tuple(decoded.shape)}, expected {(held, self.num_classes)}"
-                    )
-                out[target[written : written + held]] = decoded.to(device)
+                decoded = self._decode_parsed(codec, ParsedBlock.cat(pending), device)
+                out[target[written : written + held]] = decoded
                 written += held
                 pending, held = [], 0
         return out.reshape(*flat.shape, self.num_classes)
+
+    def _decode_parsed(
+        self, codec: Codec, parsed: ParsedBlock, device: torch.device
+    ) -> torch.Tensor:
+        """``codec.decode_parsed`` on ``device``, its shape checked."""
+        decoded = codec.decode_parsed(parsed, device).to(device)
+        want = (parsed.num_labels, self.num_classes)
+        if tuple(decoded.shape) != want:
+            raise ArchiveFormatError(
+                f"archive {str(self.path)!r}: {want[0]} labels decoded to shape "
+                f"{tuple(decoded.shape)}, expected {want}"
+            )
+        return decoded
 
     def _stored_index(self, flat: torch.Tensor) -> torch.Tensor:
         """(n,) stored label index of flat label indices (through the prune plan)."""
@@ -623,6 +687,7 @@ class ArchiveReader:
         self._fd_pid = None
         self._cache.clear()
         self._cached_bytes = 0
+        self._pinned.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         # A reader travels as its path and cache settings: the receiving process
