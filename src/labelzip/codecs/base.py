@@ -120,10 +120,10 @@ class ParsedBlock:
 def compact_ints(values: torch.Tensor, bound: int) -> torch.Tensor:
     """``values`` (ints in ``[0, bound)`` or ``-1``) in the narrowest signed dtype.
 
-    For parsed blocks, which a reader caches: int16 below 2**15, int32 below
-    2**31, else int64. Widen with ``.long()`` before indexing.
+    For parsed blocks, which a reader caches: int8 when ``bound <= 127``, else
+    int16, int32 or int64 likewise. Widen with ``.long()`` before indexing.
     """
-    for dtype in (torch.int16, torch.int32):
+    for dtype in (torch.int8, torch.int16, torch.int32):
         if bound <= torch.iinfo(dtype).max:
             return values.to(dtype)
     return values.to(torch.int64)
