@@ -251,10 +251,10 @@ class RSKDCodec(Codec):
         context: LabelContext | None = None,
         device: torch.device | str | None = None,
     ) -> ParsedBlock:
-        """Block -> (N, S) support ids and ``T * log(counts / S)`` per label.
+        """Block -> (N, min(S, C)) support ids and ``T * log(counts / S)`` per label.
 
-        A label has at most S distinct ids; shorter rows repeat their first
-        (id, value) pair, which writes the same value again when densified.
+        Rows with fewer distinct ids repeat their first (id, value) pair, which
+        writes the same value again when densified.
         """
         num_classes = self._require_fitted("decode")
         s, n = self.num_samples, block.num_labels
@@ -293,9 +293,11 @@ class RSKDCodec(Codec):
         if total and (int(counts.min()) < 1 or int(ids.max()) >= num_classes):
             raise ArchiveFormatError("rskd block holds invalid counts or class ids")
         logq = (counts.float() / s).log() * self.config.temperature
-        width = s  # a label has at most S distinct ids: one width for every chunk
+        # A label has at most min(S, C) distinct ids: one width for every chunk,
+        # so parsed rows of different chunks concatenate.
+        slots = min(s, num_classes)
         starts = distinct.cumsum(0) - distinct  # each row's first entry
-        slot = torch.arange(width, device=data.device)
+        slot = torch.arange(slots, device=data.device)
         pick = starts[:, None] + torch.where(slot < distinct[:, None], slot, 0)
         parts = {"ids": compact_ints(ids[pick], num_classes), "logq": logq[pick]}
         return ParsedBlock(n, parts)
