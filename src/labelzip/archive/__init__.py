@@ -4,6 +4,7 @@ See docs/format.md for the specification and :mod:`labelzip.archive.format` for
 the constants and schema.
 """
 
+from labelzip.archive.dataset import ArchiveLabels
 from labelzip.archive.format import (
     DEFAULT_CHUNK_SIZE,
     FORMAT_VERSION,
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "FORMAT_VERSION",
     "ArchiveHeader",
+    "ArchiveLabels",
     "ArchiveMetadata",
     "ArchiveReader",
     "ArchiveWriter",

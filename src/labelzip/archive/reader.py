@@ -3,8 +3,18 @@
 Opening an archive parses and checks the safetensors framing and the labelzip
 header (its own sha256, the format version, the codec id). Model tensors are
 read and checksummed when the codec is first needed; a chunk is read,
-checksummed and decoded only when a requested label lives in it, so a training
+checksummed and parsed only when a requested label lives in it, so a training
 loop can fetch the labels of one batch of views without touching the rest.
+
+Tensors are read with positional reads (``os.pread``) at the offsets of the
+container header into fresh buffers, not through a memory map: a process that
+streams a whole archive keeps only what it holds, not the file's mapped pages.
+
+Random access decodes in two steps (:meth:`Codec.parse_block`, then
+:meth:`Codec.decode_parsed`): parsed chunks are small and cached under a byte
+budget, and a batch's rows, gathered from every chunk they live in, go through
+the expensive part of decoding once. A shuffled batch thus costs about what its
+own labels cost (docs/reading.md).
 """
 
 from __future__ import annotations
@@ -12,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,24 +51,23 @@ from labelzip.archive.format import (
     ArchiveMetadata,
     ContainerHeader,
     Layout,
+    TensorEntry,
     chunk_name,
     digest_map,
     dtype_from_code,
     entry_descriptor,
     entry_digest,
     read_container_header,
-    sha256_entry,
-    sha256_named,
-    sha256_tensor,
 )
 from labelzip.archive.jsonlimits import load_json
-from labelzip.codecs.base import Codec, EncodedBlock, LabelContext
+from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, ParsedBlock
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import CODEC_IDS, codec_class
 from labelzip.errors import ArchiveFormatError, ChecksumError, ConfigError, InputError
 
 __all__ = [
     "DECODE_ALL_MEMORY",
+    "DEFAULT_CACHE_BYTES",
     "ArchiveReader",
     "LabelIndex",
     "load_archive",
@@ -72,7 +82,12 @@ LabelIndex = int | slice | Sequence[int] | torch.Tensor
 DECODE_ALL_MEMORY = 1 << 29
 
 
+# Parsed chunks kept between decode calls when neither cache argument is given.
+DEFAULT_CACHE_BYTES = 1 << 28
+
 _HASH_PIECE_BYTES = 1 << 20
+# decode_parsed runs on at most this many gathered rows per call (bounds memory).
+_DECODE_PIECE_ROWS = 4096
 
 
 class ArchiveReader:
@@ -80,13 +95,24 @@ class ArchiveReader:
 
     Args:
         path: the archive file.
-        cache_chunks: decoded chunks kept (LRU) between :meth:`decode` calls;
-            each costs ``chunk_size x C x 4`` bytes on its device.
+        cache_chunks: (backwards compatible) size the parsed-chunk cache as
+            this many decoded chunks would take, ``chunk_size x C x 4`` bytes
+            each; ``0`` turns the cache off.
+        cache_bytes: bytes of parsed chunks kept (LRU) between :meth:`decode`
+            calls; default :data:`DEFAULT_CACHE_BYTES`. Parsed chunks are far
+            smaller than decoded ones for vqae, top-k and RS-KD, so an epoch's
+            chunks usually stay parsed (docs/reading.md sizes it).
+
+    The reader holds no open file between processes: pickled, it travels as
+    its path and cache settings and reopens lazily, and a forked child opens
+    its own file descriptor on first read. Each DataLoader worker thus reads
+    through its own handle.
 
     Raises:
         ArchiveFormatError: not a safetensors file, not a labelzip archive,
             truncated, unknown format version or codec id, inconsistent header.
         ChecksumError: the header does not match its checksum.
+        ConfigError: both or negative cache sizes.
 
     Example:
         >>> with ArchiveReader("labels.lz") as reader:
@@ -94,26 +120,66 @@ class ArchiveReader:
         ...     logits = reader.decode(views, device="cuda")      # (B, C)
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, cache_chunks: int = 2) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        cache_chunks: int | None = None,
+        cache_bytes: int | None = None,
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"archive {str(self.path)!r} does not exist")
+        if cache_chunks is not None and cache_bytes is not None:
+            raise ConfigError("give cache_chunks or cache_bytes, not both")
+        if (cache_chunks or 0) < 0 or (cache_bytes or 0) < 0:
+            raise ConfigError("cache sizes must be >= 0")
         self.container: ContainerHeader = read_container_header(self.path)
         self.header: ArchiveHeader = _parse_header(self.container, str(self.path))
         self.layout = _check_tensors(self.container, self.header, str(self.path))
         self.num_classes = self.header.num_classes
         self.chunk_reads = 0  # chunks read from disk so far (for tests and profiling)
-        self.cache_chunks = cache_chunks
-        self._cache: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
+        self._options = {"cache_chunks": cache_chunks, "cache_bytes": cache_bytes}
+        if cache_bytes is None:
+            per_chunk = self.header.chunk_size * self.num_classes * 4
+            chunks = cache_chunks
+            cache_bytes = DEFAULT_CACHE_BYTES if chunks is None else chunks * per_chunk
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[int, str], ParsedBlock] = OrderedDict()
+        self._cached_bytes = 0
+        # Per device: the chunks pinned by prefetch() joined into one parsed
+        # block, and each chunk's first row in it (-1: not pinned).
+        self._pinned: dict[str, tuple[ParsedBlock, torch.Tensor]] = {}
         self._codec: Codec | None = None
         self._prune: PrunePlan | None = None
         starts = [0]
         for count in self.header.chunk_labels:
             starts.append(starts[-1] + count)
         self._chunk_starts = torch.tensor(starts, dtype=torch.int64)
-        self._fd: int | None = None  # opened on the first tensor read
+        self._fd: int | None = None
+        self._fd_pid: int | None = None
         self._checksums: dict[str, str] | None = None  # every tensor's hex sha256
         _ = self.prune  # checked at open: O(1), the plan's lookups are lazy
+
+    @property
+    def cache_chunks(self) -> int | None:
+        """The ``cache_chunks`` the reader was opened with (None: by bytes)."""
+        return self._options["cache_chunks"]
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of parsed chunks held now (the LRU cache and the pinned chunks)."""
+        return self._cached_bytes + self._pinned_bytes
+
+    @property
+    def cached_chunks(self) -> int:
+        """Parsed chunks held now (LRU and pinned, all devices)."""
+        pinned = sum(int((o >= 0).sum()) for _, o in self._pinned.values())
+        return len(self._cache) + pinned
+
+    @property
+    def _pinned_bytes(self) -> int:
+        return sum(block.nbytes for block, _ in self._pinned.values())
 
     # -- description ---------------------------------------------------------------
     @property
@@ -181,45 +247,49 @@ class ArchiveReader:
         }
 
     # -- lazy parts ------------------------------------------------------------------
-    def _read_entry(self, name: str) -> torch.Tensor:
-        """The bytes of tensor ``name`` as a fresh tensor, read with ``os.pread``.
+    def _file(self) -> int:
+        """This process's read-only descriptor of the archive (opened on first use).
 
-        Positional reads into a new buffer, not a memory map: a map would keep
-        every page decoded so far resident (and counted in the process's RSS)
-        until the reader closes, so streaming a large archive would grow the
-        resident size with the file. The framing (offsets inside the file,
-        shape x element size = byte range) was checked when the header was read.
+        A child forked from the opening process does not read through the
+        parent's descriptor: it drops its inherited copy and opens its own.
         """
-        entry = self.container.entries[name]
+        pid = os.getpid()
+        if self._fd is not None and self._fd_pid != pid:
+            os.close(self._fd)  # the child's copy only; the parent's stays open
+            self._fd = None
         if self._fd is None:
             try:
-                self._fd = os.open(self.path, os.O_RDONLY)
+                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             except OSError as exc:
                 raise ArchiveFormatError(
                     f"cannot open archive {str(self.path)!r}: {exc}"
                 ) from exc
-        buf = bytearray(entry.nbytes)
-        view = memoryview(buf)
-        got, base = 0, self.container.data_start + entry.start
+            self._fd_pid = pid
+        return self._fd
+
+    def _read_bytes(self, name: str) -> bytearray:
+        """The stored bytes of tensor ``name``, read at its offsets into a new buffer."""
+        entry = self.container.entries[name]
+        fd = self._file()
+        buffer = bytearray(entry.nbytes)
+        view = memoryview(buffer)
+        done, offset = 0, self.container.data_start + entry.start
         try:
-            while got < entry.nbytes:
-                n = os.preadv(self._fd, [view[got:]], base + got)
-                if n == 0:
+            while done < entry.nbytes:
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got == 0:
                     break
-                got += n
+                done += got
         except OSError as exc:
             raise ArchiveFormatError(
                 f"cannot read tensor {name!r} of archive {str(self.path)!r}: {exc}"
             ) from exc
-        if got < entry.nbytes:
+        if done != entry.nbytes:
             raise ArchiveFormatError(
-                f"archive {str(self.path)!r} is truncated: tensor {name!r} ends past "
-                "the end of the file"
+                f"cannot read tensor {name!r} of archive {str(self.path)!r}: the file "
+                f"ends {entry.nbytes - done} bytes early (truncated?)"
             )
-        dtype = dtype_from_code(entry.dtype)
-        if not buf:
-            return torch.empty(entry.shape, dtype=dtype)
-        return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(entry.shape)
+        return buffer
 
     @property
     def checksums(self) -> dict[str, str]:
@@ -248,20 +318,24 @@ class ArchiveReader:
 
     def _raw_tensor(self, name: str, want: str) -> torch.Tensor:
         entry = self.container.entries[name]
-        tensor = self._read_entry(name)
-        version = self.header.format_version
-        if version >= 3:  # the entry (name, dtype, shape, offsets) and the bytes
-            got = sha256_entry(entry, tensor)
-        elif version == 2 and name != DIGESTS_NAME:  # the name and the bytes
-            got = sha256_named(name, tensor)
-        else:  # the bytes only
-            got = sha256_tensor(tensor)
-        if got != want:
+        dtype = dtype_from_code(entry.dtype)
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        count = 1
+        for size in entry.shape:
+            count *= size
+        if count * itemsize != entry.nbytes:
+            raise ArchiveFormatError(
+                f"archive {str(self.path)!r} is corrupted: tensor {name!r} holds "
+                f"{entry.nbytes} bytes, its header entry says {entry.shape} "
+                f"{entry.dtype} ({count * itemsize} bytes)"
+            )
+        data = self._read_bytes(name)
+        if _digest(self.header.format_version, entry, [data]) != want:
             raise ChecksumError(
                 f"archive {str(self.path)!r} is corrupted: tensor {name!r} does not "
                 "match its checksum; re-create or re-download the file"
             )
-        return tensor
+        return _tensor_from_bytes(data, dtype, entry.shape)
 
     def verify_tensor(self, name: str) -> None:
         """Check one stored tensor against its digest, reading it in 1 MiB pieces.
@@ -275,27 +349,20 @@ class ArchiveReader:
                 do not match the stored digest.
         """
         entry = self.container.entries[name]
-        version = self.header.format_version
-        if version == 2 and name != DIGESTS_NAME:
-            digest = hashlib.sha256(name.encode("utf-8") + b"\x00")
-        else:
-            digest = hashlib.sha256()
-        with open(self.path, "rb") as handle:
-            handle.seek(self.container.data_start + entry.start)
-            left = entry.end - entry.start
-            while left:
-                piece = handle.read(min(left, _HASH_PIECE_BYTES))
-                if not piece:
-                    break
-                digest.update(piece)
-                left -= len(piece)
-        if version >= 3:
-            descriptor = entry_descriptor(
-                entry.name, entry.dtype, entry.shape, entry.start, entry.end
-            )
-            got = entry_digest(descriptor, digest.digest())
-        else:
-            got = digest.hexdigest()
+        left = entry.end - entry.start
+
+        def pieces() -> Iterator[bytes]:
+            nonlocal left
+            with open(self.path, "rb") as handle:
+                handle.seek(self.container.data_start + entry.start)
+                while left:
+                    piece = handle.read(min(left, _HASH_PIECE_BYTES))
+                    if not piece:
+                        return
+                    left -= len(piece)
+                    yield piece
+
+        got = _digest(self.header.format_version, entry, pieces())
         if left or got != self.checksums.get(name):
             raise ChecksumError(
                 f"archive {str(self.path)!r} is corrupted: tensor {name!r} does not "
@@ -380,22 +447,96 @@ class ArchiveReader:
         data = self._tensor(chunk_name(index))
         return EncodedBlock(num_labels=self.header.chunk_labels[index], data=data)
 
-    def _decoded_chunk(self, index: int, device: torch.device) -> torch.Tensor:
-        key = (index, str(device))
+    def parsed_chunk(
+        self, index: int, device: torch.device | str | None = None
+    ) -> ParsedBlock:
+        """Chunk ``index`` read, checksummed and parsed (:meth:`Codec.parse_block`).
+
+        Served from the pinned chunks or the cache when held; otherwise parsed
+        and cached (least recently used chunks make room) unless it alone
+        exceeds :attr:`cache_bytes`.
+        """
+        dev = torch.device(device if device is not None else "cpu")
+        key = (index, str(dev))
+        pinned = self._pinned.get(str(dev))
+        if pinned is not None and int(pinned[1][index]) >= 0:
+            first = int(pinned[1][index])
+            stop = first + self.header.chunk_labels[index]
+            parts = {name: part[first:stop] for name, part in pinned[0].parts.items()}
+            return ParsedBlock(stop - first, parts)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        rows = self._decode_block(index, device)
-        expected = (self.header.chunk_labels[index], self.num_classes)
-        if tuple(rows.shape) != expected:
+        codec = self.codec
+        block = self.read_chunk(index)
+        context = None
+        if codec.needs_context:
+            start = int(self._chunk_starts[index])
+            stored = torch.arange(start, start + block.num_labels, dtype=torch.int64)
+            context = self.stored_context(stored)
+        parsed = codec.parse_block(block, context, dev)
+        if parsed.num_labels != block.num_labels:
             raise ArchiveFormatError(
-                f"chunk {index} decoded to shape {tuple(rows.shape)}, expected {expected}"
+                f"chunk {index} parsed to {parsed.num_labels} labels, expected "
+                f"{block.num_labels}"
             )
-        if self.cache_chunks > 0:
-            self._cache[key] = rows
-            while len(self._cache) > self.cache_chunks:
-                self._cache.popitem(last=False)
-        return rows
+        self._remember(key, parsed)
+        return parsed
+
+    def _remember(self, key: tuple[int, str], parsed: ParsedBlock) -> None:
+        """Cache a parsed chunk, evicting the least recently used beyond the budget."""
+        budget = self.cache_bytes - self._pinned_bytes
+        if parsed.nbytes > budget:
+            return
+        self._cache[key] = parsed
+        self._cached_bytes += parsed.nbytes
+        while self._cached_bytes > budget:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= dropped.nbytes
+
+    def prefetch(
+        self, index: LabelIndex | None = None, device: torch.device | str | None = None
+    ) -> int:
+        """Parse and pin every chunk the labels at ``index`` live in.
+
+        For a sampler that knows its coming epoch: the chunks are read and
+        parsed up front, in file order, and joined into one parsed block, so
+        each batch of the epoch is one gather plus the decoder, however many
+        chunks it spans. ``None`` means every chunk. A later call replaces
+        the pinned chunks (of that device). Returns the number of chunks
+        parsed. When they do not fit :attr:`cache_bytes` they are not pinned
+        but go through the LRU cache, which then keeps only the most recent
+        (docs/reading.md sizes the cache).
+        """
+        dev = torch.device(device if device is not None else "cpu")
+        if index is None:
+            chunk_ids = list(range(self.num_chunks))
+        else:
+            stored = self._stored_index(self._flat_indices(index))
+            found = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
+            chunk_ids = [int(c) for c in torch.unique(found).tolist()]
+        self._pinned.pop(str(dev), None)
+        parsed = []
+        for cid in chunk_ids:
+            block = self._cache.pop((cid, str(dev)), None)
+            if block is not None:
+                self._cached_bytes -= block.nbytes
+            else:
+                block = self.parsed_chunk(cid, dev)
+                if self._cache.pop((cid, str(dev)), None) is not None:
+                    self._cached_bytes -= block.nbytes
+            parsed.append(block)
+        size = sum(block.nbytes for block in parsed)
+        if parsed and size <= self.cache_bytes - self._pinned_bytes:
+            offsets = torch.full((self.num_chunks,), -1, dtype=torch.int64)
+            counts = torch.tensor([block.num_labels for block in parsed])
+            firsts = torch.cumsum(counts, 0) - counts
+            offsets[torch.tensor(chunk_ids)] = firsts
+            self._pinned[str(dev)] = (ParsedBlock.cat(parsed), offsets)
+        else:
+            for cid, block in zip(chunk_ids, parsed, strict=True):
+                self._remember((cid, str(dev)), block)
+        return len(chunk_ids)
 
     # -- decoding ---------------------------------------------------------------------
     def _flat_indices(self, index: LabelIndex) -> torch.Tensor:
@@ -429,18 +570,56 @@ class ArchiveReader:
         """
         device = torch.device(device if device is not None else "cpu")
         flat = self._flat_indices(index)
-        _ = self.codec  # rebuilt and checked against the header before allocating
+        codec = self.codec  # rebuilt and checked against the header before allocating
+        stored = self._stored_index(flat)
+        out = torch.empty((stored.numel(), self.num_classes), device=device)
+        if stored.numel() == 0:
+            return out.reshape(*flat.shape, self.num_classes)
+        chunk_ids = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
+        pinned = self._pinned.get(str(device))
+        if pinned is not None and bool((pinned[1][chunk_ids] >= 0).all()):
+            block, offsets = pinned
+            rows = offsets[chunk_ids] + (stored - self._chunk_starts[chunk_ids])
+            for start in range(0, rows.numel(), _DECODE_PIECE_ROWS):
+                piece = block.take(rows[start : start + _DECODE_PIECE_ROWS])
+                decoded = self._decode_parsed(codec, piece, device)
+                out[start : start + piece.num_labels] = decoded
+            return out.reshape(*flat.shape, self.num_classes)
+        found, counts = torch.unique(chunk_ids, return_counts=True)
+        order = torch.argsort(chunk_ids, stable=True)  # the batch grouped by chunk
+        local = stored[order] - self._chunk_starts[chunk_ids[order]]
+        target = order.to(device)
+        pending: list[ParsedBlock] = []
+        held = written = 0
+        groups = zip(found.tolist(), local.split(counts.tolist()), strict=True)
+        for cid, rows in groups:
+            pending.append(self.parsed_chunk(int(cid), device).take(rows))
+            held += rows.numel()
+            if held >= _DECODE_PIECE_ROWS or written + held == stored.numel():
+                decoded = self._decode_parsed(codec, ParsedBlock.cat(pending), device)
+                out[target[written : written + held]] = decoded
+                written += held
+                pending, held = [], 0
+        return out.reshape(*flat.shape, self.num_classes)
+
+    def _decode_parsed(
+        self, codec: Codec, parsed: ParsedBlock, device: torch.device
+    ) -> torch.Tensor:
+        """``codec.decode_parsed`` on ``device``, its shape checked."""
+        decoded = codec.decode_parsed(parsed, device).to(device)
+        want = (parsed.num_labels, self.num_classes)
+        if tuple(decoded.shape) != want:
+            raise ArchiveFormatError(
+                f"archive {str(self.path)!r}: {want[0]} labels decoded to shape "
+                f"{tuple(decoded.shape)}, expected {want}"
+            )
+        return decoded
+
+    def _stored_index(self, flat: torch.Tensor) -> torch.Tensor:
+        """(n,) stored label index of flat label indices (through the prune plan)."""
         prune = self.prune
         stored = prune.stored_index(flat) if prune is not None else flat
-        stored = stored.reshape(-1)
-        chunk_ids = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
-        out = torch.empty((stored.numel(), self.num_classes), device=device)
-        for cid in torch.unique(chunk_ids).tolist():
-            rows = self._decoded_chunk(int(cid), device)
-            where = (chunk_ids == cid).nonzero().reshape(-1)
-            local = stored[where] - self._chunk_starts[cid]
-            out[where.to(device)] = rows[local.to(device)]
-        return out.reshape(*flat.shape, self.num_classes)
+        return stored.reshape(-1)
 
     def __getitem__(self, index: LabelIndex) -> torch.Tensor:
         return self.decode(index)
@@ -501,22 +680,34 @@ class ArchiveReader:
 
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
-        if self._fd is not None:
+        """Close this process's file descriptor and drop the parsed-chunk cache."""
+        if self._fd is not None and self._fd_pid == os.getpid():
             os.close(self._fd)
-            self._fd = None
+        self._fd = None
+        self._fd_pid = None
         self._cache.clear()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: nothing left to release
-            pass
+        self._cached_bytes = 0
+        self._pinned.clear()
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickles without its file descriptor (a DataLoader worker reopens)."""
-        state = dict(self.__dict__)
-        state["_fd"] = None
-        return state
+        # A reader travels as its path and cache settings: the receiving process
+        # re-reads and re-checks the header and opens its own file.
+        return {"path": str(self.path), **self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["path"],
+            cache_chunks=state["cache_chunks"],
+            cache_bytes=state["cache_bytes"],
+        )
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None and getattr(self, "_fd_pid", None) == os.getpid():
+            try:
+                os.close(fd)
+            except OSError:  # pragma: no cover - already closed
+                pass
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -528,6 +719,42 @@ class ArchiveReader:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _digest(
+    version: int, entry: TensorEntry, pieces: Iterable[bytes | bytearray]
+) -> str:
+    """The stored digest's value for a tensor whose bytes come in ``pieces``.
+
+    Version 3 binds the entry (name, dtype, shape, offsets) and the bytes;
+    version 2 the name and the bytes (the digests tensor: its bytes); version 1
+    the bytes only (:data:`~labelzip.archive.format.INTEGRITY`).
+    """
+    if version == 2 and entry.name != DIGESTS_NAME:
+        digest = hashlib.sha256(entry.name.encode("utf-8") + b"\x00")
+    else:
+        digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    if version >= 3:
+        descriptor = entry_descriptor(
+            entry.name, entry.dtype, entry.shape, entry.start, entry.end
+        )
+        return entry_digest(descriptor, digest.digest())
+    return digest.hexdigest()
+
+
+def _tensor_from_bytes(
+    data: bytearray, dtype: torch.dtype, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """A tensor owning ``data`` (little-endian, as safetensors stores it)."""
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    flat = torch.frombuffer(data, dtype=torch.uint8)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if sys.byteorder == "big" and itemsize > 1:  # pragma: no cover
+        flat = flat.reshape(-1, itemsize).flip(1).reshape(-1).clone()
+    return flat.view(dtype).reshape(shape)
 
 
 def _rebatch(chunks: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:

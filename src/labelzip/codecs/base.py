@@ -28,7 +28,9 @@ __all__ = [
     "LabelContext",
     "LogitSource",
     "ModelFreeCodec",
+    "ParsedBlock",
     "check_logits",
+    "compact_ints",
     "check_model_tensors",
     "first_batch_classes",
     "iterate_source",
@@ -61,6 +63,72 @@ class EncodedBlock:
     @property
     def nbytes(self) -> int:
         return int(self.data.numel())
+
+
+@dataclass(frozen=True, eq=False)
+class ParsedBlock:
+    """A block unpacked into per-label tensors, before the expensive part of decoding.
+
+    What :meth:`Codec.parse_block` returns and :meth:`Codec.decode_parsed`
+    consumes: every tensor in ``parts`` has one row per label, so a reader can
+    keep many parsed chunks cached (they are small), take the rows a batch
+    needs from several of them and decode all those rows in one call.
+
+    Attributes:
+        num_labels: labels (rows) held.
+        parts: codec-defined tensors, each of shape ``(num_labels, ...)``.
+    """
+
+    num_labels: int
+    parts: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        for name, part in self.parts.items():
+            if part.dim() == 0 or part.shape[0] != self.num_labels:
+                raise InputError(
+                    f"ParsedBlock part {name!r} has shape {tuple(part.shape)}, "
+                    f"expected {self.num_labels} rows"
+                )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the parts hold (what a reader's cache budget counts)."""
+        return sum(p.numel() * p.element_size() for p in self.parts.values())
+
+    def take(self, rows: torch.Tensor) -> ParsedBlock:
+        """The labels at local ``rows`` ((n,) int64, any order, repeats allowed)."""
+        out: dict[str, torch.Tensor] = {}
+        for name, part in self.parts.items():
+            out[name] = part[rows.to(part.device)]
+        return ParsedBlock(int(rows.numel()), out)
+
+    @staticmethod
+    def cat(blocks: Iterable[ParsedBlock]) -> ParsedBlock:
+        """Concatenate parsed blocks of one codec (same part names), rows in order."""
+        items = list(blocks)
+        if not items:
+            raise InputError("ParsedBlock.cat needs at least one block")
+        if len(items) == 1:
+            return items[0]
+        names = list(items[0].parts)
+        if any(list(b.parts) != names for b in items):
+            raise InputError("ParsedBlock.cat got blocks with different parts")
+        return ParsedBlock(
+            sum(b.num_labels for b in items),
+            {n: torch.cat([b.parts[n] for b in items]) for n in names},
+        )
+
+
+def compact_ints(values: torch.Tensor, bound: int) -> torch.Tensor:
+    """``values`` (ints in ``[0, bound)`` or ``-1``) in the narrowest signed dtype.
+
+    For parsed blocks, which a reader caches: int8 when ``bound <= 127``, else
+    int16, int32 or int64 likewise. Widen with ``.long()`` before indexing.
+    """
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        if bound <= torch.iinfo(dtype).max:
+            return values.to(dtype)
+    return values.to(torch.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,6 +373,54 @@ class Codec(ABC):
     ) -> torch.Tensor:
         """:meth:`decode` a block whose labels have context ``context``."""
         return self.decode(block, device)
+
+    # -- two-step decoding (random access) --------------------------------------------
+    def parse_block(
+        self,
+        block: EncodedBlock,
+        context: LabelContext | None = None,
+        device: torch.device | str | None = None,
+    ) -> ParsedBlock:
+        """The cheap first step of decoding: the block as compact per-label tensors.
+
+        Codecs whose decoding has an expensive per-label part (a decoder
+        network, a scatter into C classes) override this and
+        :meth:`decode_parsed` so that a reader can parse a chunk once, keep it
+        cached at a fraction of its decoded size, and run the expensive part
+        only on the labels a batch asks for. The default parses to the full
+        decode (``parts = {"rows": (N, C) float32}``), so every codec works.
+
+        Args:
+            block: the stored block.
+            context: the labels' view context (context codecs; None otherwise).
+            device: where the parts live.
+
+        Raises:
+            ArchiveFormatError: as :meth:`decode` for a corrupt block.
+        """
+        rows = self.decode_in_context(block, context, device)
+        return ParsedBlock(block.num_labels, {"rows": rows})
+
+    def decode_parsed(
+        self, parsed: ParsedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """The second step: (n, C) float32 labels of every row of ``parsed``.
+
+        ``decode_parsed(parse_block(block))`` equals :meth:`decode` bit for
+        bit, and so does decoding any selection of rows (:meth:`decode_rows`)
+        for those rows.
+        """
+        rows = parsed.parts["rows"]
+        return rows.to(device) if device is not None else rows
+
+    def decode_rows(
+        self,
+        parsed: ParsedBlock,
+        rows: torch.Tensor,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """(n, C) float32 labels of local ``rows`` of a parsed block."""
+        return self.decode_parsed(parsed.take(rows), device)
 
     def planned_model_tensors(self, num_classes: int) -> dict[str, torch.Tensor] | None:
         """Zero tensors of the shapes and dtypes an unfitted codec will store, if known.

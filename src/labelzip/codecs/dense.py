@@ -21,8 +21,10 @@ from labelzip.accounting import reference_bytes
 from labelzip.codecs.base import (
     CodecConfig,
     EncodedBlock,
+    LabelContext,
     LogitSource,
     ModelFreeCodec,
+    ParsedBlock,
     check_logits,
     first_batch_classes,
 )
@@ -99,6 +101,15 @@ class DenseCodec(ModelFreeCodec):
         self, block: EncodedBlock, device: torch.device | str | None = None
     ) -> torch.Tensor:
         """Block -> (N, C) float32 logits on ``device``."""
+        return self.decode_parsed(self.parse_block(block, None, device))
+
+    def parse_block(
+        self,
+        block: EncodedBlock,
+        context: LabelContext | None = None,
+        device: torch.device | str | None = None,
+    ) -> ParsedBlock:
+        """Block -> its (N, C) values in the stored dtype (widened on decode)."""
         num_classes = self._require_fitted("decode")
         expected = block.num_labels * num_classes * self.bytes_per_value
         if block.nbytes != expected:
@@ -112,7 +123,15 @@ class DenseCodec(ModelFreeCodec):
         if data.storage_offset() % self.bytes_per_value:  # a view into a larger buffer
             data = data.clone()
         values = data.contiguous().view(self.torch_dtype)
-        return values.reshape(block.num_labels, num_classes).to(torch.float32)
+        values = values.reshape(block.num_labels, num_classes)
+        return ParsedBlock(block.num_labels, {"values": values})
+
+    def decode_parsed(
+        self, parsed: ParsedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Parsed rows -> (n, C) float32 logits on ``device``."""
+        values = parsed.parts["values"]
+        return values.to(device=device or values.device, dtype=torch.float32)
 
     def expected_payload_bits(self) -> float | None:
         num_classes = self._require_fitted("expected_payload_bits")

@@ -41,9 +41,12 @@ from labelzip.accounting import RateTarget, reference_bytes
 from labelzip.codecs.base import (
     CodecConfig,
     EncodedBlock,
+    LabelContext,
     LogitSource,
     ModelFreeCodec,
+    ParsedBlock,
     check_logits,
+    compact_ints,
     first_batch_classes,
 )
 from labelzip.codecs.topk import ASSUMED_BLOCK_LABELS
@@ -228,6 +231,19 @@ class RSKDCodec(ModelFreeCodec):
         self, block: EncodedBlock, device: torch.device | str | None = None
     ) -> torch.Tensor:
         """Block -> (N, C) float32 ``T * log(counts / S)``, ``-inf`` off support."""
+        return self.decode_parsed(self.parse_block(block, None, device))
+
+    def parse_block(
+        self,
+        block: EncodedBlock,
+        context: LabelContext | None = None,
+        device: torch.device | str | None = None,
+    ) -> ParsedBlock:
+        """Block -> (N, min(S, C)) support ids and ``T * log(counts / S)`` per label.
+
+        Rows with fewer distinct ids repeat their first (id, value) pair, which
+        writes the same value again when densified.
+        """
         num_classes = self._require_fitted("decode")
         s, n = self.num_samples, block.num_labels
         width, id_bits = count_field_bits(s), bits_for(num_classes)
@@ -264,10 +280,29 @@ class RSKDCodec(ModelFreeCodec):
         counts[last] = s - partial
         if total and (int(counts.min()) < 1 or int(ids.max()) >= num_classes):
             raise ArchiveFormatError("rskd block holds invalid counts or class ids")
-        out = torch.full((n, num_classes), float("-inf"), device=data.device)
         logq = (counts.float() / s).log() * self.config.temperature
-        out[rows, ids] = logq
-        return out
+        # A label has at most min(S, C) distinct ids: one width for every chunk,
+        # so parsed rows of different chunks concatenate.
+        slots = min(s, num_classes)
+        starts = distinct.cumsum(0) - distinct  # each row's first entry
+        slot = torch.arange(slots, device=data.device)
+        pick = starts[:, None] + torch.where(slot < distinct[:, None], slot, 0)
+        parts = {"ids": compact_ints(ids[pick], num_classes), "logq": logq[pick]}
+        return ParsedBlock(n, parts)
+
+    def decode_parsed(
+        self, parsed: ParsedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Parsed rows -> (n, C) float32, ``-inf`` off each row's support."""
+        num_classes = self._require_fitted("decode")
+        logq = parsed.parts["logq"].to(device)
+        ids = parsed.parts["ids"].to(device).long()
+        out = torch.full(
+            (parsed.num_labels, num_classes),
+            float("-inf"),
+            device=device or logq.device,
+        )
+        return out.scatter_(1, ids, logq)
 
     # -- what is shipped once ------------------------------------------------------
     def check_stored(self, num_classes: int) -> None:

@@ -47,9 +47,12 @@ from labelzip.accounting import reference_bytes
 from labelzip.codecs.base import (
     CodecConfig,
     EncodedBlock,
+    LabelContext,
     LogitSource,
     ModelFreeCodec,
+    ParsedBlock,
     check_logits,
+    compact_ints,
     first_batch_classes,
 )
 from labelzip.codecs.idblock import (
@@ -257,9 +260,27 @@ class TopKCodec(ModelFreeCodec):
         self, block: EncodedBlock, device: torch.device | str | None = None
     ) -> torch.Tensor:
         """Block -> (N, C) float32 logits (mr, mrs) or T_s * log-probs (ms)."""
+        return self.decode_parsed(self.parse_block(block, None, device))
+
+    def parse_block(
+        self,
+        block: EncodedBlock,
+        context: LabelContext | None = None,
+        device: torch.device | str | None = None,
+    ) -> ParsedBlock:
+        """Block -> the stored values and the class ids (narrow ints), per label."""
         num_classes = self._require_fitted("decode")
         stored, ids = self.decode_topk(block, device)
-        values = stored.float()
+        parts = {"values": stored, "ids": compact_ints(ids, num_classes)}
+        return ParsedBlock(block.num_labels, parts)
+
+    def decode_parsed(
+        self, parsed: ParsedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Parsed rows -> (n, C) float32: the densify step on those rows only."""
+        num_classes = self._require_fitted("decode")
+        values = parsed.parts["values"].to(device).float()
+        ids = parsed.parts["ids"].to(device).long()
         if self.config.relative:
             values = torch.cat([values.new_zeros(values.shape[0], 1), values], dim=1)
         return _densify(values, ids, num_classes, self.config)

@@ -63,9 +63,12 @@ from labelzip.codecs.base import (
     Codec,
     CodecConfig,
     EncodedBlock,
+    LabelContext,
     LogitSource,
+    ParsedBlock,
     check_logits,
     check_model_tensors,
+    compact_ints,
     iterate_source,
 )
 from labelzip.codecs.topk import ASSUMED_BLOCK_LABELS
@@ -325,6 +328,15 @@ class TopKTailCodec(Codec):
         self, block: EncodedBlock, device: torch.device | str | None = None
     ) -> torch.Tensor:
         """Block -> (N, C) float32 log-probabilities (kept exact, tail modelled)."""
+        return self.decode_parsed(self.parse_block(block, None, device))
+
+    def parse_block(
+        self,
+        block: EncodedBlock,
+        context: LabelContext | None = None,
+        device: torch.device | str | None = None,
+    ) -> ParsedBlock:
+        """Block -> kept log-probs (fp16), class ids and decay index, per label."""
         num_classes = self._require_fitted("decode")
         cfg = self.config
         n, k = block.num_labels, cfg.k
@@ -337,7 +349,7 @@ class TopKTailCodec(Codec):
         data = block.data.to(device=device, dtype=torch.uint8).reshape(-1)
         split = n * k * 2
         id_end = split + packed_size(n * k, bits_for(num_classes))
-        values = data[:split].clone().view(torch.float16).float().reshape(n, k)
+        values = data[:split].clone().view(torch.float16).reshape(n, k)
         ids = unpack_bits(data[split:id_end], bits_for(num_classes), n * k)
         ids = ids.reshape(n, k)
         if n and int(ids.max()) >= num_classes:
@@ -348,7 +360,23 @@ class TopKTailCodec(Codec):
             which = unpack_bits(data[id_end:], cfg.decay_bits, n)
         else:
             which = torch.zeros(n, dtype=torch.int64, device=data.device)
-        out = torch.empty(n, num_classes, device=data.device)
+        parts = {
+            "values": values,
+            "ids": compact_ints(ids, num_classes),
+            "which": compact_ints(which, 1 << cfg.decay_bits),
+        }
+        return ParsedBlock(n, parts)
+
+    def decode_parsed(
+        self, parsed: ParsedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Parsed rows -> (n, C) float32 log q: the tail model on those rows only."""
+        num_classes = self._require_fitted("decode")
+        n = parsed.num_labels
+        values = parsed.parts["values"].to(device).float()
+        ids = parsed.parts["ids"].to(device).long()
+        which = parsed.parts["which"].to(device).long()
+        out = torch.empty(n, num_classes, device=values.device)
         for start in range(0, n, ROW_BLOCK):
             stop = min(start + ROW_BLOCK, n)
             out[start:stop] = self._densify(

@@ -11,6 +11,9 @@ replaced by the kept view whose label it reuses, view and label together.
 This is a plain iterable of batches: no patching of ``torch.utils.data``
 internals (the lesson of SRe2L/LPLD users' issues). Sharding for data-parallel
 training is an explicit ``rank``/``world_size`` split of each epoch's order.
+For a DataLoader with worker processes, :class:`ReplayEpoch` is the same
+replay as a map-style dataset: each worker decodes its batches through its own
+archive reader.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from labelzip.archive import ArchiveReader
 from labelzip.augment import ViewConfig, ViewParams, render_views, sample_view_params
@@ -35,7 +39,7 @@ from labelzip.errors import (
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor
 from labelzip.pipelines.relabel_types import LAYOUT_DIMS, RELABEL_KEY
 
-__all__ = ["ReplayBatch", "ReplayDataset", "ViewCache", "epoch_order"]
+__all__ = ["ReplayBatch", "ReplayDataset", "ReplayEpoch", "ViewCache", "epoch_order"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +146,11 @@ class ReplayDataset:
         device: where views are rendered and labels decoded (default CPU).
         num_classes: the student's (or teacher's) class count, checked against
             the archive's.
-        cache_chunks: decoded chunks kept between batches.
+        cache_chunks: (backwards compatible) parsed-chunk cache sized as this
+            many decoded chunks; see :class:`ArchiveReader`.
+        cache_bytes: parsed-chunk cache in bytes (default: the reader's, which
+            keeps a whole epoch's chunks parsed for vqae and top-k archives of
+            millions of labels).
         view_cache: share rendered views between replays of one relabel run.
 
     Raises:
@@ -165,13 +173,16 @@ class ReplayDataset:
         *,
         device: torch.device | str | None = None,
         num_classes: int | None = None,
-        cache_chunks: int = 8,
+        cache_chunks: int | None = None,
+        cache_bytes: int | None = None,
         view_cache: ViewCache | None = None,
     ) -> None:
         if isinstance(archive, ArchiveReader):
             self.reader = archive
         else:
-            self.reader = ArchiveReader(archive, cache_chunks=cache_chunks)
+            self.reader = ArchiveReader(
+                archive, cache_chunks=cache_chunks, cache_bytes=cache_bytes
+            )
         self.image_set = image_set
         self.device = torch.device(device if device is not None else "cpu")
         record = self._record()
@@ -360,3 +371,79 @@ class ReplayDataset:
 
     def close(self) -> None:
         self.reader.close()
+
+
+ReplayItem = tuple[torch.Tensor, torch.Tensor, int, int, int, float]
+
+
+class ReplayEpoch(Dataset[ReplayItem]):
+    """One epoch of a :class:`ReplayDataset` as a map-style dataset, for DataLoaders.
+
+    Item ``i`` is ``(view, logits, i, source_epoch, partner, lam)`` of view
+    (epoch, i): what :meth:`ReplayDataset.batch` returns for one image. A
+    DataLoader's batch of indices reaches :meth:`__getitems__` whole, so each
+    batch is rendered and decoded with one call. Worker processes each read
+    the archive through their own reader (it pickles as its path; a forked
+    worker opens its own file descriptor), so ``num_workers >= 2`` needs
+    nothing else. Use a CPU replay in workers (the DataLoader moves batches to
+    the GPU with ``pin_memory``).
+
+    Args:
+        replay: the replay (its device must be CPU when workers are used).
+        epoch: the archive epoch served; change it with :meth:`set_epoch`
+            between epochs (workers started afterwards see the new one).
+
+    Example:
+        >>> data = ReplayEpoch(ReplayDataset(distilled, "labels.lz"), epoch=0)
+        >>> loader = DataLoader(data, batch_size=256, shuffle=True, num_workers=2)
+        >>> for epoch in range(epochs):
+        ...     data.set_epoch(epoch)
+        ...     for views, logits, *_ in loader:
+        ...         ...
+    """
+
+    def __init__(self, replay: ReplayDataset, epoch: int = 0) -> None:
+        self.replay = replay
+        self.epoch = 0
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve the views of archive epoch ``epoch``.
+
+        Raises:
+            InputError: an epoch outside the archive's.
+        """
+        if not 0 <= epoch < self.replay.num_epochs:
+            raise InputError(
+                f"epoch {epoch} outside the archive's [0, {self.replay.num_epochs})"
+            )
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return int(self.replay.num_images)
+
+    def __getitem__(self, index: int) -> ReplayItem:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[ReplayItem]:
+        """The items of a batch of image indices, rendered and decoded at once."""
+        index = torch.as_tensor(list(indices), dtype=torch.int64)
+        if index.numel() == 0:
+            raise InputError("no images requested")
+        if int(index.min()) < 0 or int(index.max()) >= self.replay.num_images:
+            raise InputError(
+                f"image indices must lie in [0, {self.replay.num_images}), got "
+                f"{int(index.min())}..{int(index.max())}"
+            )
+        batch = self.replay.batch(self.epoch, index)
+        return [
+            (
+                batch.views[k],
+                batch.logits[k],
+                int(batch.index[k]),
+                int(batch.source_epoch[k]),
+                int(batch.partner[k]),
+                float(batch.lam[k]),
+            )
+            for k in range(len(batch))
+        ]

@@ -23,9 +23,12 @@ from labelzip.codecs.base import (
     Codec,
     CodecConfig,
     EncodedBlock,
+    LabelContext,
     LogitSource,
+    ParsedBlock,
     check_logits,
     check_model_tensors,
+    compact_ints,
 )
 from labelzip.codecs.entropy import CategoricalStreamCoder
 from labelzip.codecs.vq.autoencoder import (
@@ -65,6 +68,10 @@ ENCODE_CHUNK = 8192  # labels per encoder pass (bounds peak memory)
 SIDE_FIT_LABELS = 8192  # labels the value ranges and entropy tables are fitted on
 SIDE_FIT_VALUES = 1 << 24  # ... at most this many logits (large vocabularies)
 RESERVOIR_BYTES = 1 << 30  # the fit keeps at most 1 GiB of float32 logits
+# Random access runs the decoder on at least this many rows (padded with copies):
+# a BLAS picks other kernels for a few rows, whose sums round differently, so a
+# label decodes to the same bits as in its whole chunk (of >= this many labels).
+DECODE_MIN_ROWS = 64
 
 
 class VQAECodec(Codec):
@@ -344,6 +351,42 @@ class VQAECodec(Codec):
         """Block -> (N, C) float32 logits on ``device``."""
         ids, levels, codes = self.decode_codes(block, device)
         return self.decode_from_codes(ids, levels, codes)
+
+    def parse_block(
+        self,
+        block: EncodedBlock,
+        context: LabelContext | None = None,
+        device: torch.device | str | None = None,
+    ) -> ParsedBlock:
+        """Block -> ids, value levels and codes (narrow ints): no decoder run yet."""
+        num_classes = self._require_fitted("decode")
+        ids, levels, codes = self.decode_codes(block, device)
+        parts = {
+            "ids": compact_ints(ids, num_classes),
+            "levels": compact_ints(levels, 1 << max(self.config.value_bits, 1)),
+            "codes": compact_ints(codes, self.config.codebook_size),
+        }
+        return ParsedBlock(block.num_labels, parts)
+
+    def decode_parsed(
+        self, parsed: ParsedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Parsed rows -> (n, C) float32 logits: the decoder on those rows only.
+
+        Fewer than :data:`DECODE_MIN_ROWS` rows are padded so that every
+        label decodes to the same bits as :meth:`decode` gives it in its
+        chunk (for chunks of at least that many labels; a smaller chunk may
+        differ in the last bit, docs/reading.md).
+        """
+        n = parsed.num_labels
+        ids, levels, codes = (
+            parsed.parts[k].to(device).long() for k in ("ids", "levels", "codes")
+        )
+        if 0 < n < DECODE_MIN_ROWS:
+            pad = torch.zeros(DECODE_MIN_ROWS, dtype=torch.int64, device=ids.device)
+            pad[:n] = torch.arange(n, device=ids.device)
+            ids, levels, codes = ids[pad], levels[pad], codes[pad]
+        return self.decode_from_codes(ids, levels, codes)[:n]
 
     def decode_from_codes(
         self, ids: torch.Tensor, levels: torch.Tensor, codes: torch.Tensor
