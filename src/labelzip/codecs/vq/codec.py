@@ -304,6 +304,22 @@ class VQAECodec(Codec):
 
     def encode(self, logits: torch.Tensor) -> EncodedBlock:
         """(N, C) logits -> one block (layout in :mod:`labelzip.codecs.vq.layout`)."""
+        ids, levels, codes = self.symbols(logits)
+        data = self.layout.pack(ids.cpu(), levels.cpu(), codes.cpu())
+        return EncodedBlock(num_labels=int(logits.shape[0]), data=data)
+
+    def symbols(
+        self, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What :meth:`encode` packs: ((N, K) ids, (N, K) levels, (N, R*M) codes).
+
+        The tensor half of encoding, on the input's device (the encoder runs
+        on its own); :meth:`BlockLayout.pack` then writes the bytes on the CPU.
+
+        Raises:
+            NotFittedError: not fitted, or rebuilt from stored tensors (no encoder).
+            InputError: bad shapes, NaN/Inf.
+        """
         num_classes = self._require_fitted("encode")
         self._encoder()
         teacher = logits
@@ -312,9 +328,7 @@ class VQAECodec(Codec):
         teacher = check_logits(teacher, num_classes).detach().to(torch.float32)
         codes = self._codes(teacher)
         ids = top_ids(teacher, self.config.num_ids)
-        levels = self._levels(teacher, ids)
-        data = self.layout.pack(ids.cpu(), levels.cpu(), codes.cpu())
-        return EncodedBlock(num_labels=int(logits.shape[0]), data=data)
+        return ids, self._levels(teacher, ids), codes
 
     def decode_codes(
         self, block: EncodedBlock, device: torch.device | str | None = None

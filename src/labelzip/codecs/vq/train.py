@@ -148,28 +148,47 @@ def top_ids(logits: torch.Tensor, num_ids: int) -> torch.Tensor:
     if num_ids == 0:
         return torch.zeros(logits.shape[0], 0, dtype=torch.int64, device=logits.device)
     if num_ids >= logits.shape[1] or logits.shape[0] == 0:
-        return _sorted_ids(logits)[:, :num_ids]
+        return torch.sort(logits, dim=1, descending=True, stable=True).indices[
+            :, :num_ids
+        ]
     # A partial top-k is ~10x cheaper than the full sort at C=1000 but promises
     # no order among equal values, so the K candidates are re-sorted exactly
     # (by id, then stably by value). One more candidate shows whether a value
-    # equal to the K-th was left out (then the fetched ones among the equal
-    # values may not be the lowest ids): such rows take the full sort.
+    # equal to the K-th was left out: then the fetched ones among the equal
+    # values may not be the lowest ids, and those rows are completed exactly.
     values, index = logits.topk(num_ids + 1, dim=1)
     tied_at_cut = values[:, num_ids] == values[:, num_ids - 1]
     values, index = values[:, :num_ids], index[:, :num_ids]
     by_id = index.argsort(dim=1)
     values, index = values.gather(1, by_id), index.gather(1, by_id)
     by_value = values.argsort(dim=1, descending=True, stable=True)
-    index = index.gather(1, by_value)
+    values, index = values.gather(1, by_value), index.gather(1, by_value)
     if bool(tied_at_cut.any()):
         rows = tied_at_cut.nonzero().squeeze(1)
-        index[rows] = _sorted_ids(logits[rows])[:, :num_ids]
+        index[rows] = _fill_cut_ties(logits[rows], values[rows], index[rows])
     return index
 
 
-def _sorted_ids(logits: torch.Tensor) -> torch.Tensor:
-    """(N, C) -> (N, C) ids by descending logit, equal logits in ascending id order."""
-    return torch.sort(logits, dim=1, descending=True, stable=True).indices
+def _fill_cut_ties(
+    logits: torch.Tensor, values: torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
+    """Exact top ids of rows whose K-th value ties with a class left out.
+
+    (B, C) logits and their (B, K) exactly sorted top-k candidates. The
+    candidates above the K-th value are all of the row's (and in order); the
+    remaining slots take the lowest ids among all classes equal to the K-th
+    value, in ascending order.
+    """
+    num_ids, num_classes = index.shape[1], logits.shape[1]
+    cut = values[:, -1:]
+    above = (values > cut).sum(dim=1, keepdim=True)  # (B, 1), < K
+    classes = torch.arange(num_classes, device=logits.device)
+    # Larger key = lower id among the equal classes; 0 for the others.
+    keys = torch.where(logits == cut, num_classes - classes, 0)
+    equal = keys.topk(num_ids, dim=1).indices  # ascending ids of equal classes
+    slot = torch.arange(num_ids, device=logits.device).unsqueeze(0)
+    fill = equal.gather(1, (slot - above).clamp(min=0))
+    return torch.where(slot < above, index, fill)
 
 
 def kd_loss(
