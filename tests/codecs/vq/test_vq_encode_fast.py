@@ -21,7 +21,8 @@ from labelzip.codecs.vq.codec import VQAECodec, VQAEConfig
 from labelzip.codecs.vq.head import HeadQuantizer, head_values
 from labelzip.codecs.vq.idprior import IdPrior
 from labelzip.codecs.vq.quantizer import nearest_codewords, quantize_residual
-from labelzip.codecs.vq.train import top_ids
+from labelzip.codecs.vq.train import reservoir_sample, top_ids
+from labelzip.ops.reservoir import Reservoir
 
 BASE: dict[str, Any] = dict(
     hidden_dim=32, encoder_dim=64, steps=40, batch_size=128, learning_rate=1e-2
@@ -216,3 +217,23 @@ def test_id_prior_ranks_equal_the_pairwise_reference() -> None:
     ranks = prior.ranks(scores, ids)
     assert torch.equal(ranks, _reference_ranks(scores, ids))
     assert torch.equal(prior.ids(scores, ranks), ids)
+
+
+def test_reservoir_samples_match_the_ones_before_widening_only_kept_rows() -> None:
+    # Row i holds i, so the hashes pin which rows were kept; batches alternate
+    # dtypes so the widening of the kept rows is exercised. Hashes written by
+    # the code before the change (commit 82e0f00).
+    x = torch.arange(5000, dtype=torch.float32).unsqueeze(1).repeat(1, 3)
+    x[:, 1] = 0.5
+    batches = [b.half() if i % 2 else b for i, b in enumerate(x.split(333))]
+    kept, seen = reservoir_sample(batches, 100, torch.Generator().manual_seed(3))
+    assert seen == 5000 and kept.dtype == torch.float32
+    assert hashlib.sha256(kept.numpy().tobytes()).hexdigest() == (
+        "3030bcc4f64a4f6c3349d5c3fbb437982ebcf18544052e09954ea7642ac3b48f"
+    )
+    reservoir = Reservoir(100, 3, seed=3, dtype=torch.float16)
+    for i, batch in enumerate(x.split(333)):
+        reservoir.add(batch.double() if i % 2 else batch)
+    assert hashlib.sha256(reservoir.rows().numpy().tobytes()).hexdigest() == (
+        "8544465881c7d4a4c73377c1be712ab93f319bbff02ff5ac431faafb2dd04c98"
+    )
