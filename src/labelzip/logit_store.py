@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from labelzip.archive.jsonlimits import load_json
+from labelzip.codecs.base import all_finite
 from labelzip.errors import ArchiveFormatError, InputError
 
 __all__ = ["DEFAULT_READ_BATCH", "LogitStore", "open_logits"]
@@ -458,6 +459,8 @@ def _pick_name(names: list[str], key: str | None, path: Path) -> str:
 
 
 def _check_finite(rows: torch.Tensor, path: Path, first_label: int) -> None:
+    if all_finite(rows):
+        return
     finite = torch.isfinite(rows).all(dim=1)
     if not bool(finite.all()):
         bad = int((~finite).nonzero()[0, 0])

@@ -12,6 +12,7 @@ from labelzip.codecs.base import (
     CodecConfig,
     EncodedBlock,
     LogitSource,
+    all_finite,
     check_logits,
     iterate_source,
 )
@@ -138,3 +139,22 @@ def test_config_is_frozen_and_strict() -> None:
         config.kind = "other"  # type: ignore[misc]
     with pytest.raises(Exception, match="extra"):
         _SignConfig(unknown=1)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+)
+def test_all_finite_matches_isfinite(dtype: torch.dtype) -> None:
+    base = torch.randn(64, 30).to(dtype)
+    assert all_finite(base) and all_finite(base[:, ::3]) and all_finite(base[:0])
+    big = torch.finfo(dtype).max
+    overflow = torch.full((8, 8), big, dtype=dtype)  # finite, but its sum is not
+    assert all_finite(overflow) and all_finite(-overflow)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for view in (lambda t: t, lambda t: t[:, ::3]):
+            x = base.clone()
+            x[5, 9] = bad
+            assert not all_finite(view(x))
+        y = overflow.clone()
+        y[0, 0] = bad
+        assert not all_finite(y)

@@ -51,11 +51,12 @@ class Reservoir:
 
     def add(self, rows: torch.Tensor) -> None:
         """Offer (n, C) rows, in stream order."""
-        rows = rows.detach().reshape(-1, self.num_classes).to("cpu", self._rows.dtype)
+        # Only the rows kept are moved and converted (most of a long stream is not).
+        rows = rows.detach().reshape(-1, self.num_classes)
         n = rows.shape[0]
         fill = min(max(self.capacity - self.seen, 0), n)
         if fill:
-            self._rows = torch.cat([self._rows, rows[:fill]])
+            self._rows = torch.cat([self._rows, self._stored(rows[:fill])])
         if fill < n:
             index = torch.arange(self.seen + fill, self.seen + n, dtype=torch.float64)
             u = torch.rand(n - fill, generator=self._gen, dtype=torch.float64)
@@ -67,8 +68,11 @@ class Reservoir:
                 slot, src = slot[order], src[order]
                 last = torch.ones_like(slot, dtype=torch.bool)
                 last[:-1] = slot[1:] != slot[:-1]
-                self._rows[slot[last]] = rows[src[last]]
+                self._rows[slot[last]] = self._stored(rows[src[last].to(rows.device)])
         self.seen += n
+
+    def _stored(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.to("cpu", self._rows.dtype)
 
     def rows(self) -> torch.Tensor:
         """(min(seen, capacity), C) sampled rows, in ``dtype``."""

@@ -40,7 +40,7 @@ from labelzip.codecs.vq.autoencoder import (
     normalize_logits,
 )
 from labelzip.codecs.vq.config import VQAEConfig
-from labelzip.codecs.vq.head import HeadQuantizer, apply_head_values, head_values
+from labelzip.codecs.vq.head import HeadQuantizer, apply_head_values
 from labelzip.codecs.vq.idprior import PRIOR_KEYS, RANK_ALPHABET, IdPrior
 from labelzip.codecs.vq.layout import (
     CODE_TABLES_KEY,
@@ -49,7 +49,7 @@ from labelzip.codecs.vq.layout import (
     BlockLayout,
     EntropyModel,
 )
-from labelzip.codecs.vq.quantizer import nearest_codewords
+from labelzip.codecs.vq.quantizer import quantize_residual
 from labelzip.codecs.vq.train import (
     TrainReport,
     TrainSchedule,
@@ -72,6 +72,8 @@ RESERVOIR_BYTES = 1 << 30  # the fit keeps at most 1 GiB of float32 logits
 # a BLAS picks other kernels for a few rows, whose sums round differently, so a
 # label decodes to the same bits as in its whole chunk (of >= this many labels).
 DECODE_MIN_ROWS = 64
+
+_WIDENED = (torch.float16, torch.bfloat16)  # converted to float32 before the checks
 
 
 class VQAECodec(Codec):
@@ -276,55 +278,65 @@ class VQAECodec(Codec):
 
     # -- byte path -------------------------------------------------------------------
     def _codes(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N, C) logits -> (N, R*M) int64 code indices (stage-major), via the encoder."""
+        """(N, C) logits -> (N, R*M) int64 code indices (stage-major), via the encoder.
+
+        Runs on the encoder's device; the codes come back on the input's device.
+        """
+        model = self._encoder()
+        device = next(model.parameters()).device
+        books = self._float_state(device)["codebooks"]
+        out = []
+        with torch.no_grad():
+            for start in range(0, logits.shape[0], ENCODE_CHUNK):
+                part = logits[start : start + ENCODE_CHUNK].to(device, torch.float32)
+                latent = model.encode_latent(normalize_logits(part, self.scale))
+                codes = quantize_residual(latent, books)
+                out.append(codes.reshape(codes.shape[0], -1))
+        if not out:
+            return torch.zeros(0, self.layout.num_codes, dtype=torch.int64)
+        return torch.cat(out).to(logits.device)
+
+    def _encoder(self) -> VQAutoencoder:
         if self.model is None:
             raise NotFittedError(
                 "this VQAE codec was rebuilt from stored tensors and has no encoder "
                 "(the encoder is not shipped); fit a codec to encode new labels"
             )
-        out = []
-        with torch.no_grad():
-            for start in range(0, logits.shape[0], ENCODE_CHUNK):
-                part = (
-                    logits[start : start + ENCODE_CHUNK]
-                    .detach()
-                    .to("cpu", torch.float32)
-                )
-                latent = self.model.encode_latent(normalize_logits(part, self.scale))
-                codes = self._quantize_frozen(latent)
-                out.append(codes.reshape(codes.shape[0], -1))
-        if not out:
-            return torch.zeros(0, self.layout.num_codes, dtype=torch.int64)
-        return torch.cat(out)
+        return self.model
 
     def _levels(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(N, K) quantized value levels of the ids (zeros when values are off)."""
         if self._head is None:
             return torch.zeros_like(ids)
-        return self._head.quantize(head_values(logits, ids))
-
-    def _quantize_frozen(self, latent: torch.Tensor) -> torch.Tensor:
-        """Residual nearest-codeword search against the stored (fp16) codebooks."""
-        books = self._stored["codebooks"].float()
-        chunk = torch.arange(latent.shape[1])
-        residual = latent
-        codes = []
-        for stage in range(books.shape[0]):
-            book = books[stage]  # (M, k, D)
-            idx = nearest_codewords(residual, book)
-            residual = residual - book[chunk, idx]
-            codes.append(idx)
-        return torch.stack(codes, dim=1)  # (B, R, M)
+        return self._head.quantize_logits(logits, ids)
 
     def encode(self, logits: torch.Tensor) -> EncodedBlock:
         """(N, C) logits -> one block (layout in :mod:`labelzip.codecs.vq.layout`)."""
-        num_classes = self._require_fitted("encode")
-        check_logits(logits, num_classes)
-        codes = self._codes(logits)
-        teacher = logits.detach().to("cpu", torch.float32)
-        ids = top_ids(teacher, self.config.num_ids)
-        data = self.layout.pack(ids, self._levels(teacher, ids), codes)
+        ids, levels, codes = self.symbols(logits)
+        data = self.layout.pack(ids.cpu(), levels.cpu(), codes.cpu())
         return EncodedBlock(num_labels=int(logits.shape[0]), data=data)
+
+    def symbols(
+        self, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What :meth:`encode` packs: ((N, K) ids, (N, K) levels, (N, R*M) codes).
+
+        The tensor half of encoding, on the input's device (the encoder runs
+        on its own); :meth:`BlockLayout.pack` then writes the bytes on the CPU.
+
+        Raises:
+            NotFittedError: not fitted, or rebuilt from stored tensors (no encoder).
+            InputError: bad shapes, NaN/Inf.
+        """
+        num_classes = self._require_fitted("encode")
+        self._encoder()
+        teacher = logits
+        if isinstance(logits, torch.Tensor) and logits.dtype in _WIDENED:
+            teacher = logits.detach().to(torch.float32)  # exact; checked faster
+        teacher = check_logits(teacher, num_classes).detach().to(torch.float32)
+        codes = self._codes(teacher)
+        ids = top_ids(teacher, self.config.num_ids)
+        return ids, self._levels(teacher, ids), codes
 
     def decode_codes(
         self, block: EncodedBlock, device: torch.device | str | None = None

@@ -16,12 +16,15 @@ the rest of the mass keeps the decoder's shape.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
     "HeadQuantizer",
     "apply_head_values",
     "head_values",
+    "lse_error_bound",
 ]
 
 
@@ -66,6 +69,32 @@ def apply_head_values(
     return rest.scatter(1, ids, head_logits)
 
 
+def lse_error_bound(
+    num_classes: int, logit: torch.Tensor, rest: torch.Tensor
+) -> torch.Tensor:
+    """Bound on how far two float32 evaluations of a conditional log-odds can differ.
+
+    The value is ``logit - rest``, ``rest = m + log(sum exp(x - m))`` over at most
+    ``num_classes`` logits with ``m`` their max. The sum's terms are at most 1
+    and their arguments' rounding moves each by at most ``u/e`` relative, and
+    the summation adds at most ``num_classes`` units ``u`` of relative error in
+    any order: about ``2 * num_classes * u`` absolute after the log. The final
+    additions round at the magnitude of ``logit``, ``rest`` and ``m`` (``|m| <=
+    |rest| + log C``). Doubled for the two evaluations compared, and doubled
+    again as a margin.
+    """
+    unit = 2.0**-24
+    magnitude = 1.0 + logit + 2.0 * rest + math.log(num_classes)
+    return 4.0 * unit * (2.0 * num_classes + 4.0 * magnitude)
+
+
+def _slot_value(logits: torch.Tensor, ids: torch.Tensor, slot: int) -> torch.Tensor:
+    """Column ``slot`` of :func:`head_values` as it computes it, (B, C) -> (B,)."""
+    masked = logits.scatter(1, ids[:, : slot + 1], float("-inf"))
+    rest = torch.logsumexp(masked, dim=1)
+    return logits.gather(1, ids[:, slot : slot + 1]).squeeze(1) - rest
+
+
 class HeadQuantizer:
     """Uniform scalar quantizer of each slot's conditional log-odds.
 
@@ -99,6 +128,47 @@ class HeadQuantizer:
         low, high = self.low.to(values.device), self.high.to(values.device)
         unit = (values.float().clamp(min=low, max=high) - low) / (high - low)
         return torch.round(unit * (self.levels - 1)).to(torch.int64)
+
+    def quantize_logits(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``quantize(head_values(logits, ids))`` bit for bit, in one pass over C.
+
+        :func:`head_values` takes one masked log-sum-exp over all C classes per
+        slot. Here one log-sum-exp gives the mass outside all K ids, and each
+        slot's mass adds the later ids' logits in float64 (K terms). That value
+        can differ from :func:`head_values`' own float32 rounding by a bound
+        (:func:`lse_error_bound`), so an element whose level position lies
+        within that bound of a rounding boundary could round the other way:
+        those elements are recomputed the reference way. The levels, and so
+        the bytes, equal the reference's. (B, C) logits, (B, K) ids -> (B, K).
+        """
+        num_ids = ids.shape[1]
+        if num_ids == 0 or logits.shape[0] == 0:
+            return self.quantize(head_values(logits, ids))
+        logits = logits.float()
+        top = logits.gather(1, ids)  # (B, K)
+        outside = torch.logsumexp(logits.scatter(1, ids, float("-inf")), dim=1)
+        rest = torch.empty_like(top, dtype=torch.float64)
+        acc = outside.double()
+        wide = top.double()
+        for slot in range(num_ids - 1, -1, -1):
+            rest[:, slot] = acc
+            acc = torch.logaddexp(acc, wide[:, slot])
+        values = (wide - rest).float()
+        levels = self.quantize(values)
+        # Position of each value on the level grid, and how far the reference
+        # value could be from it there.
+        low, high = self.low.to(values.device), self.high.to(values.device)
+        step = (self.levels - 1) / (high - low).double()
+        position = (values.double().clamp(min=low, max=high) - low) * step
+        slack = lse_error_bound(logits.shape[1], wide.abs(), rest.abs())
+        slack = slack * step + 1e-5 * self.levels
+        near = (position - position.floor() - 0.5).abs() <= slack
+        for slot in near.any(dim=0).nonzero().flatten().tolist():
+            rows = near[:, slot].nonzero().flatten()
+            exact = values[rows].clone()
+            exact[:, slot] = _slot_value(logits[rows], ids[rows], slot)
+            levels[rows, slot] = self.quantize(exact)[:, slot]
+        return levels
 
     def dequantize(self, levels: torch.Tensor) -> torch.Tensor:
         """(B, K) int levels -> (B, K) float32 values."""

@@ -135,19 +135,21 @@ class IdPrior:
         return torch.addmm(bias, _latent(books, codes), weight.T)
 
     def ranks(self, scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """(N, C) scores, (N, K) ids -> (N, K) ranks (earlier slots' ids skipped)."""
-        own = scores.gather(1, ids)  # (N, K)
+        """(N, C) scores, (N, K) ids -> (N, K) ranks (earlier slots' ids skipped).
+
+        Scores are exact integers, so one int64 key per class (score, then
+        lower id first) orders classes as the decoder does, with one
+        comparison per class and slot.
+        """
         classes = torch.arange(scores.shape[1], device=scores.device)
+        keys = _keys(scores, classes, scores.shape[1])
+        own = keys.gather(1, ids)  # (N, K)
         ranks = torch.empty_like(ids)
         for slot in range(ids.shape[1]):
-            value, cls = own[:, slot : slot + 1], ids[:, slot : slot + 1]
-            ahead = (scores > value) | ((scores == value) & (classes < cls))
-            count = ahead.sum(dim=1)
+            value = own[:, slot : slot + 1]
+            count = (keys > value).sum(dim=1)
             # Earlier slots' ids are never candidates for this one: do not count them.
-            prev_v, prev_c = own[:, :slot], ids[:, :slot]
-            count -= ((prev_v > value) | ((prev_v == value) & (prev_c < cls))).sum(
-                dim=1
-            )
+            count -= (own[:, :slot] > value).sum(dim=1)
             ranks[:, slot] = count
         return ranks
 
@@ -219,8 +221,16 @@ def _sort_exact(
     values: torch.Tensor, index: torch.Tensor, num_classes: int
 ) -> torch.Tensor:
     """Sort (N, F) candidates by score desc, then id asc; returns their ids."""
-    keys = values.to(torch.int64) * num_classes + (num_classes - 1 - index)
+    keys = _keys(values, index, num_classes)
     return index.gather(1, keys.argsort(dim=1, descending=True))
+
+
+def _keys(values: torch.Tensor, index: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 rank keys of exact-integer scores of classes ``index``: larger ranks first.
+
+    ``score * C + (C - 1 - class)``: a higher score first, then the lower id.
+    """
+    return values.to(torch.int64) * num_classes + (num_classes - 1 - index)
 
 
 def _pick(

@@ -147,13 +147,9 @@ class BlockLayout:
     ) -> torch.Tensor:
         """(N, K) ids, (N, K) levels, (N, R*M) codes -> flat uint8 block."""
         n = codes.shape[0]
-        slots = ids * (1 << self.value_bits) + levels if self.value_bits else ids
-        fixed = torch.cat(
-            [pack_bits(slots, self.slot_bits), pack_bits(codes, self.code_bits)]
-        )
         ent = self.entropy
         if ent is None or n == 0:
-            return fixed
+            return self._pack_fixed(ids, levels, codes)
         parts: list[tuple[StreamCoder, torch.Tensor]] = []
         if ent.levels is not None:
             parts.append((ent.levels, levels))
@@ -171,7 +167,17 @@ class BlockLayout:
         else:
             parts.append((ent.codes, codes))
         coded = torch.cat([head, encode_joint(parts)])
-        return coded if coded.numel() < fixed.numel() else fixed
+        if coded.numel() < self.fixed_bytes(n):
+            return coded
+        return self._pack_fixed(ids, levels, codes)
+
+    def _pack_fixed(
+        self, ids: torch.Tensor, levels: torch.Tensor, codes: torch.Tensor
+    ) -> torch.Tensor:
+        slots = ids * (1 << self.value_bits) + levels if self.value_bits else ids
+        return torch.cat(
+            [pack_bits(slots, self.slot_bits), pack_bits(codes, self.code_bits)]
+        )
 
     def unpack(
         self, data: torch.Tensor, num_labels: int, device: torch.device | str | None

@@ -18,7 +18,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["QuantizerOutput", "ResidualProductQuantizer", "nearest_codewords"]
+__all__ = [
+    "QuantizerOutput",
+    "ResidualProductQuantizer",
+    "nearest_codewords",
+    "quantize_residual",
+]
 
 
 def nearest_codewords(residual: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
@@ -33,6 +38,23 @@ def nearest_codewords(residual: torch.Tensor, book: torch.Tensor) -> torch.Tenso
         norms, residual.transpose(0, 1), book.transpose(1, 2), alpha=-2.0
     )
     return dist.argmin(dim=-1).transpose(0, 1)  # (B, M)
+
+
+def quantize_residual(latent: torch.Tensor, books: torch.Tensor) -> torch.Tensor:
+    """Residual nearest-codeword search: (B, M, D) latents, (R, M, k, D) -> (B, R, M).
+
+    Stage r quantizes what stages before it left over, as in training.
+    """
+    chunk = torch.arange(latent.shape[1], device=latent.device)
+    residual = latent
+    codes = []
+    for stage in range(books.shape[0]):
+        book = books[stage]  # (M, k, D)
+        idx = nearest_codewords(residual, book)
+        if stage + 1 < books.shape[0]:
+            residual = residual - book[chunk, idx]
+        codes.append(idx)
+    return torch.stack(codes, dim=1)
 
 
 class QuantizerOutput:

@@ -90,7 +90,8 @@ def reservoir_sample(
         check_logits(batch, num_classes)
         if num_classes is None:
             num_classes = int(batch.shape[1])
-        batch = batch.detach().to("cpu", torch.float32)
+        # Only the rows kept are widened to float32 (most of a long stream is not).
+        batch = batch.detach()
         if kept is None:
             if max_bytes is not None:
                 capacity = max(1, min(capacity, max_bytes // (4 * num_classes)))
@@ -98,7 +99,7 @@ def reservoir_sample(
         n = batch.shape[0]
         fill = max(0, min(capacity - seen, n))
         if fill:
-            kept[seen : seen + fill] = batch[:fill]
+            kept[seen : seen + fill] = batch[:fill].to("cpu", torch.float32)
         if fill < n:
             # Algorithm R, vectorised: item t replaces slot j ~ U[0, t] if j < capacity.
             t = torch.arange(seen + fill, seen + n, dtype=torch.float64) + 1.0
@@ -110,11 +111,15 @@ def reservoir_sample(
             slots = slots[take]
             # Later items win on a repeated slot, as in the sequential algorithm.
             last = _last_occurrence(slots)
-            kept[slots[last]] = batch[rows[last]]
+            kept[slots[last]] = batch[rows[last].to(batch.device)].to(
+                "cpu", torch.float32
+            )
         seen += n
     if kept is None or seen == 0:
         raise InputError("fit() got no labels: the source yielded no batches")
-    return kept[: min(seen, capacity)].clone(), seen
+    if seen >= capacity:
+        return kept, seen  # full: returned as is, no copy
+    return kept[:seen].clone(), seen
 
 
 def _batches(stream: Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
@@ -142,8 +147,48 @@ def top_ids(logits: torch.Tensor, num_ids: int) -> torch.Tensor:
     """
     if num_ids == 0:
         return torch.zeros(logits.shape[0], 0, dtype=torch.int64, device=logits.device)
-    # Stable descending sort: equal logits keep ascending id order.
-    return torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :num_ids]
+    if num_ids >= logits.shape[1] or logits.shape[0] == 0:
+        return torch.sort(logits, dim=1, descending=True, stable=True).indices[
+            :, :num_ids
+        ]
+    # A partial top-k is ~10x cheaper than the full sort at C=1000 but promises
+    # no order among equal values, so the K candidates are re-sorted exactly
+    # (by id, then stably by value). One more candidate shows whether a value
+    # equal to the K-th was left out: then the fetched ones among the equal
+    # values may not be the lowest ids, and those rows are completed exactly.
+    values, index = logits.topk(num_ids + 1, dim=1)
+    tied_at_cut = values[:, num_ids] == values[:, num_ids - 1]
+    values, index = values[:, :num_ids], index[:, :num_ids]
+    by_id = index.argsort(dim=1)
+    values, index = values.gather(1, by_id), index.gather(1, by_id)
+    by_value = values.argsort(dim=1, descending=True, stable=True)
+    values, index = values.gather(1, by_value), index.gather(1, by_value)
+    if bool(tied_at_cut.any()):
+        rows = tied_at_cut.nonzero().squeeze(1)
+        index[rows] = _fill_cut_ties(logits[rows], values[rows], index[rows])
+    return index
+
+
+def _fill_cut_ties(
+    logits: torch.Tensor, values: torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
+    """Exact top ids of rows whose K-th value ties with a class left out.
+
+    (B, C) logits and their (B, K) exactly sorted top-k candidates. The
+    candidates above the K-th value are all of the row's (and in order); the
+    remaining slots take the lowest ids among all classes equal to the K-th
+    value, in ascending order.
+    """
+    num_ids, num_classes = index.shape[1], logits.shape[1]
+    cut = values[:, -1:]
+    above = (values > cut).sum(dim=1, keepdim=True)  # (B, 1), < K
+    classes = torch.arange(num_classes, device=logits.device)
+    # Larger key = lower id among the equal classes; 0 for the others.
+    keys = torch.where(logits == cut, num_classes - classes, 0)
+    equal = keys.topk(num_ids, dim=1).indices  # ascending ids of equal classes
+    slot = torch.arange(num_ids, device=logits.device).unsqueeze(0)
+    fill = equal.gather(1, (slot - above).clamp(min=0))
+    return torch.where(slot < above, index, fill)
 
 
 def kd_loss(
