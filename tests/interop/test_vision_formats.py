@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from labelzip.archive import ArchiveReader
-from labelzip.cli import main as cli_main
 from labelzip.errors import ConfigError, InputError
 from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import CodecChoice, export_archive, import_store
@@ -28,44 +27,15 @@ from .fixtures import (
     write_lpqld,
     write_sre2l,
 )
+from .helpers import (
+    CliRun,
+    assert_same_store,
+    expect_import_error,
+    files_of,
+    same,
+)
 
 SRE2L_OPTIONS = ImportOptions(sampler_seed=42, batch_size=4)
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal element by element, with the same Python / tensor / numpy types."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, torch.Tensor):
-        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, np.ndarray):
-        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, np.generic):
-        return a.dtype == b.dtype and a == b
-    return bool(a == b)
-
-
-def files_of(root: Path) -> list[str]:
-    return sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
-    )
-
-
-def assert_same_store(src: Path, out: Path) -> None:
-    assert files_of(src) == files_of(out)
-    assert sorted(p.name for p in src.rglob("*") if p.is_dir()) == sorted(
-        p.name for p in out.rglob("*") if p.is_dir()
-    )
-    for name in files_of(src):
-        if name.endswith(".json"):
-            assert (src / name).read_bytes() == (out / name).read_bytes(), name
-        else:
-            a, b = load_torch_file(src / name), load_torch_file(out / name)
-            assert same(a, b), name
-            size_a, size_b = (src / name).stat().st_size, (out / name).stat().st_size
-            assert size_a == size_b, name  # same storages: nothing extra saved
 
 
 # name -> (format, writer, writer kwargs, import options, expected variant)
@@ -299,10 +269,12 @@ def test_unknown_variant_is_named(tmp_path: Path) -> None:
     write_sre2l(tmp_path / "s", epochs=1)
     obj = torch.load(tmp_path / "s/epoch_0/batch_0.tar", weights_only=False)
     torch.save(obj[:5], tmp_path / "s/epoch_0/batch_0.tar")
-    with pytest.raises(
-        InputError, match=r"epoch_0/batch_0.tar is not a known sre2l variant"
-    ):
-        import_store(tmp_path / "s", "sre2l", tmp_path / "a.lz", options=SRE2L_OPTIONS)
+    expect_import_error(
+        tmp_path / "s",
+        "sre2l",
+        r"epoch_0/batch_0.tar is not a known sre2l variant",
+        SRE2L_OPTIONS,
+    )
 
 
 def test_mixed_variants_are_named(tmp_path: Path) -> None:
@@ -310,20 +282,19 @@ def test_mixed_variants_are_named(tmp_path: Path) -> None:
     path = tmp_path / "s/epoch_1/batch_1.tar"
     obj = torch.load(path, weights_only=False)
     torch.save([obj[0], obj[1], None, None, None, obj[5]], path)
-    with pytest.raises(InputError, match=r"mixed variants: epoch_1/batch_1.tar"):
-        import_store(tmp_path / "s", "sre2l", tmp_path / "a.lz", options=SRE2L_OPTIONS)
-    assert not (tmp_path / "a.lz").exists()
+    expect_import_error(
+        tmp_path / "s", "sre2l", r"mixed variants: epoch_1/batch_1.tar", SRE2L_OPTIONS
+    )
     write_fkd(tmp_path / "f")
     path = sorted((tmp_path / "f").rglob("*.tar"))[-1]
     obj = torch.load(path, weights_only=False)
     torch.save([obj[0], obj[1], obj[2][:, :, :3]], path)
-    with pytest.raises(InputError, match="mixed variants: train/n00000002/img_1.tar"):
-        import_store(
-            tmp_path / "f",
-            "fkd",
-            tmp_path / "f.lz",
-            options=ImportOptions(num_classes=12),
-        )
+    expect_import_error(
+        tmp_path / "f",
+        "fkd",
+        "mixed variants: train/n00000002/img_1.tar",
+        ImportOptions(num_classes=12),
+    )
 
 
 def test_classes_differing_across_files(tmp_path: Path) -> None:
@@ -332,19 +303,18 @@ def test_classes_differing_across_files(tmp_path: Path) -> None:
     obj = torch.load(path, weights_only=False)
     obj[5] = obj[5][:, :6]
     torch.save(obj, path)
-    with pytest.raises(InputError, match=r"epoch_1/batch_0.tar holds 6 classes but"):
-        import_store(tmp_path / "g", "gvbsm", tmp_path / "a.lz")
+    expect_import_error(
+        tmp_path / "g", "gvbsm", r"epoch_1/batch_0.tar holds 6 classes but"
+    )
 
 
 def test_truncated_file_is_named(tmp_path: Path) -> None:
     write_edc(tmp_path / "e", epochs=2)
     path = tmp_path / "e/epoch_1/batch_1.tar"
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(
-        InputError, match=r"'epoch_1/batch_1.tar': truncated or corrupt"
-    ):
-        import_store(tmp_path / "e", "edc", tmp_path / "a.lz")
-    assert not (tmp_path / "a.lz").exists()
+    expect_import_error(
+        tmp_path / "e", "edc", r"'epoch_1/batch_1.tar': truncated or corrupt"
+    )
 
 
 def test_missing_epoch_folder_and_batch(tmp_path: Path) -> None:
@@ -352,52 +322,43 @@ def test_missing_epoch_folder_and_batch(tmp_path: Path) -> None:
     for p in (tmp_path / "s/epoch_1").iterdir():
         p.unlink()
     (tmp_path / "s/epoch_1").rmdir()
-    with pytest.raises(InputError, match="epoch_1 is missing"):
-        import_store(tmp_path / "s", "sre2l", tmp_path / "a.lz", options=SRE2L_OPTIONS)
+    expect_import_error(tmp_path / "s", "sre2l", "epoch_1 is missing", SRE2L_OPTIONS)
     write_sre2l(tmp_path / "t", epochs=2)
     (tmp_path / "t/epoch_1/batch_1.tar").unlink()
-    with pytest.raises(InputError, match="epoch_1/batch_1.tar is missing"):
-        import_store(tmp_path / "t", "sre2l", tmp_path / "a.lz", options=SRE2L_OPTIONS)
+    expect_import_error(
+        tmp_path / "t", "sre2l", "epoch_1/batch_1.tar is missing", SRE2L_OPTIONS
+    )
     write_lpqld(tmp_path / "q")
     (tmp_path / "q/batch_1.tar").unlink()
-    with pytest.raises(InputError, match="batch_1.tar is missing"):
-        import_store(
-            tmp_path / "q",
-            "lpqld",
-            tmp_path / "a.lz",
-            options=ImportOptions(num_classes=9),
-        )
+    expect_import_error(
+        tmp_path / "q", "lpqld", "batch_1.tar is missing", ImportOptions(num_classes=9)
+    )
 
 
 def test_missing_options_and_json(tmp_path: Path) -> None:
     write_sre2l(tmp_path / "s", epochs=1)
-    with pytest.raises(InputError, match="--sampler-seed and --batch-size"):
-        import_store(tmp_path / "s", "cda", tmp_path / "a.lz")
-    with pytest.raises(InputError, match="--batch-size 8 does not match"):
-        import_store(
-            tmp_path / "s",
-            "sre2l",
-            tmp_path / "a.lz",
-            options=ImportOptions(sampler_seed=1, batch_size=8),
-        )
+    expect_import_error(tmp_path / "s", "cda", "--sampler-seed and --batch-size")
+    expect_import_error(
+        tmp_path / "s",
+        "sre2l",
+        "--batch-size 8 does not match",
+        ImportOptions(sampler_seed=1, batch_size=8),
+    )
     write_lpqld(tmp_path / "q")
-    with pytest.raises(InputError, match="--num-classes"):
-        import_store(tmp_path / "q", "lpqld", tmp_path / "a.lz")
-    with pytest.raises(InputError, match="class id 8, outside --num-classes 5"):
-        import_store(
-            tmp_path / "q",
-            "lpqld",
-            tmp_path / "a.lz",
-            options=ImportOptions(num_classes=5),
-        )
+    expect_import_error(tmp_path / "q", "lpqld", "--num-classes")
+    expect_import_error(
+        tmp_path / "q",
+        "lpqld",
+        "class id 8, outside --num-classes 5",
+        ImportOptions(num_classes=5),
+    )
     (tmp_path / "q/sampler_indices_batch.json").unlink()
-    with pytest.raises(InputError, match="no sampler_indices_batch.json"):
-        import_store(
-            tmp_path / "q",
-            "lpqld",
-            tmp_path / "a.lz",
-            options=ImportOptions(num_classes=9),
-        )
+    expect_import_error(
+        tmp_path / "q",
+        "lpqld",
+        "no sampler_indices_batch.json",
+        ImportOptions(num_classes=9),
+    )
     with pytest.raises(ConfigError, match="unknown label-store format 'srel2'"):
         import_store(tmp_path / "s", "srel2", tmp_path / "a.lz")
 
@@ -407,13 +368,9 @@ def test_object_arrays_and_code_in_pickles_are_refused(tmp_path: Path) -> None:
     path = next((tmp_path / "f").rglob("*.tar"))
     obj = torch.load(path, weights_only=False)
     torch.save([obj[0], obj[1], np.array([1, "x"], dtype=object)], path)
-    with pytest.raises(InputError, match="img_0.tar.*object array"):
-        import_store(
-            tmp_path / "f",
-            "fkd",
-            tmp_path / "a.lz",
-            options=ImportOptions(num_classes=12),
-        )
+    expect_import_error(
+        tmp_path / "f", "fkd", "img_0.tar.*object array", ImportOptions(num_classes=12)
+    )
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -421,15 +378,12 @@ def test_object_arrays_and_code_in_pickles_are_refused(tmp_path: Path) -> None:
             return (os.system, (f"touch {marker}",))
 
     torch.save([Payload()], path)
-    with pytest.raises(
-        InputError, match=r"refusing to load 'train/n00000000/img_0.tar'"
-    ):
-        import_store(
-            tmp_path / "f",
-            "fkd",
-            tmp_path / "a.lz",
-            options=ImportOptions(num_classes=12),
-        )
+    expect_import_error(
+        tmp_path / "f",
+        "fkd",
+        r"refusing to load 'train/n00000000/img_0.tar'",
+        ImportOptions(num_classes=12),
+    )
     assert not marker.exists()
 
 
@@ -437,57 +391,28 @@ def test_object_arrays_and_code_in_pickles_are_refused(tmp_path: Path) -> None:
 
 
 def test_cli_import_export_and_destination_rules(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, cli: Callable[..., CliRun]
 ) -> None:
     write_lpqld(tmp_path / "q")
     archive = tmp_path / "q.lz"
-    code = cli_main(
-        [
-            "import",
-            str(tmp_path / "q"),
-            "--format",
-            "lpqld",
-            "--num-classes",
-            "9",
-            "-o",
-            str(archive),
-            "--json",
-        ]
-    )
-    assert code == 0 and json.loads(capsys.readouterr().out)["codec"] == "topk"
+    run = cli("import", tmp_path / "q", "--format", "lpqld", "--num-classes", 9,
+              "-o", archive, "--json")  # fmt: skip
+    assert run.code == 0 and json.loads(run.out)["codec"] == "topk"
     out = tmp_path / "out"
-    assert cli_main(["export", str(archive), "-o", str(out)]) == 0
+    assert cli("export", archive, "-o", out).code == 0
     assert_same_store(tmp_path / "q", out)
-    assert cli_main(["export", str(archive), "-o", str(out)]) == 2
-    assert "not empty" in capsys.readouterr().err
-    assert cli_main(["export", str(archive), "-o", str(out), "--force"]) == 0
+    assert cli("export", archive, "-o", out).refused("not empty")
+    assert cli("export", archive, "-o", out, "--force").code == 0
     assert_same_store(tmp_path / "q", out)
-    assert (
-        cli_main(
-            ["export", str(archive), "--format", "sre2l", "-o", str(tmp_path / "x")]
-        )
-        == 2
+    run = cli("export", archive, "--format", "sre2l", "-o", tmp_path / "x")
+    assert run.refused("export them with --format lpqld")
+    assert cli("export", archive, "-o", tmp_path, "--force").refused(
+        "holds the archive"
     )
-    err = capsys.readouterr().err
-    assert (
-        "export them with --format lpqld" in err and len(err.strip().splitlines()) == 1
-    )
-    assert cli_main(["export", str(archive), "-o", str(tmp_path), "--force"]) == 2
-    assert "holds the archive" in capsys.readouterr().err
     assert not list(tmp_path.glob(".out.*"))  # no temporary folder left behind
-    code = cli_main(
-        [
-            "import",
-            str(tmp_path / "q"),
-            "--format",
-            "lpqld",
-            "-o",
-            str(tmp_path / "b.lz"),
-            "--ratio",
-            "10",
-        ]
-    )
-    assert code == 2 and "--codec" in capsys.readouterr().err
+    run = cli("import", tmp_path / "q", "--format", "lpqld",
+              "-o", tmp_path / "b.lz", "--ratio", 10)  # fmt: skip
+    assert run.refused("--codec")
 
 
 def test_fkd_lossy_import_keeps_the_reader_distribution(tmp_path: Path) -> None:
@@ -575,9 +500,9 @@ def test_non_finite_logits_name_the_file(tmp_path: Path) -> None:
     obj = torch.load(path, weights_only=False)
     obj[5][0, 0] = float("inf")  # an fp16 overflow
     torch.save(obj, path)
-    with pytest.raises(InputError, match=r"^epoch_0/batch_1.tar: .*NaN or Inf"):
-        import_store(tmp_path / "s", "sre2l", tmp_path / "a.lz", options=SRE2L_OPTIONS)
-    assert not (tmp_path / "a.lz").exists()
+    expect_import_error(
+        tmp_path / "s", "sre2l", r"^epoch_0/batch_1.tar: .*NaN or Inf", SRE2L_OPTIONS
+    )
 
 
 def test_recorded_sampler_rebuilds_the_batches(tmp_path: Path) -> None:
@@ -592,47 +517,22 @@ def test_recorded_sampler_rebuilds_the_batches(tmp_path: Path) -> None:
     assert [[list(b) for b in batcher] for _ in range(3)] == batches
 
 
-def test_unknown_format_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unknown_format_is_one_line(tmp_path: Path, cli: Callable[..., CliRun]) -> None:
     write_sre2l(tmp_path / "store")
-    code = cli_main(
-        [
-            "import",
-            "--format",
-            "fkd-mix",
-            str(tmp_path / "store"),
-            "-o",
-            str(tmp_path / "a.lz"),
-        ]
+    run = cli(
+        "import", "--format", "fkd-mix", tmp_path / "store", "-o", tmp_path / "a.lz"
     )
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.count("\n") == 0
-    assert "unknown label-store format 'fkd-mix'" in err and "sre2l" in err
+    assert run.refused("unknown label-store format 'fkd-mix'") and "sre2l" in run.err
     assert not (tmp_path / "a.lz").exists()
 
 
 def test_output_inside_the_store_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, cli: Callable[..., CliRun]
 ) -> None:
     store = tmp_path / "store"
     write_sre2l(store)
     before = sorted(p.name for p in store.rglob("*"))
-    code = cli_main(
-        [
-            "import",
-            "--format",
-            "sre2l",
-            str(store),
-            "--sampler-seed",
-            "42",
-            "--batch-size",
-            "4",
-            "-o",
-            str(store / "labels.lz"),
-        ]
-    )
-    assert code == 2
-    assert "inside the store" in capsys.readouterr().err
+    run = cli("import", "--format", "sre2l", store, "--sampler-seed", 42,
+              "--batch-size", 4, "-o", store / "labels.lz")  # fmt: skip
+    assert run.refused("inside the store")
     assert sorted(p.name for p in store.rglob("*")) == before

@@ -10,6 +10,10 @@ whole side tensor or the whole label set in memory.
 
 from __future__ import annotations
 
+import os
+import weakref
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -38,8 +42,25 @@ def interop_document(reader: ArchiveReader) -> dict[str, Any]:
     return doc
 
 
+@dataclass(frozen=True)
+class _SideLayout:
+    """Where one side tensor's rows lie in the archive file."""
+
+    offset: int  # file offset of row 0
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    row_bytes: int
+
+
 class ArchiveLabelSource(LabelSource):
-    """Labels and side tensors of an imported archive, streamed in label order."""
+    """Labels and side tensors of an imported archive, streamed in label order.
+
+    Side rows are read with ``os.pread`` on one descriptor held for the source's
+    life: an export asks for a few rows of several side tensors per file, which
+    for a large FKD store is several calls per image (docs/interop.md,
+    "Streaming"). Close it with :meth:`close` or a ``with`` block; it is also
+    closed when the source is collected.
+    """
 
     def __init__(self, reader: ArchiveReader) -> None:
         self.reader = reader
@@ -51,6 +72,9 @@ class ArchiveLabelSource(LabelSource):
         self._pending: list[LabelRows] = []
         self._held = 0
         self._verified: set[str] = set()
+        self._layouts: dict[str, _SideLayout] = {}
+        self._fd: int | None = None
+        self._closer: weakref.finalize | None = None
         codec = reader.codec
         lossless = bool(self.interop.get("lossless"))
         self._sparse = lossless and isinstance(codec, SparseCodec)
@@ -105,29 +129,71 @@ class ArchiveLabelSource(LabelSource):
             )
         return entry
 
+    def _layout(self, name: str) -> _SideLayout:
+        layout = self._layouts.get(name)
+        if layout is None:
+            key = SIDE_PREFIX + name
+            entry = self._entry(name)
+            if key not in self._verified:
+                self.reader.verify_tensor(key)
+                self._verified.add(key)
+            dtype = dtype_from_code(entry.dtype)
+            row_bytes = torch.empty((), dtype=dtype).element_size()
+            for size in entry.shape[1:]:
+                row_bytes *= size
+            layout = _SideLayout(
+                offset=self.reader.container.data_start + entry.start,
+                dtype=dtype,
+                shape=tuple(entry.shape),
+                row_bytes=row_bytes,
+            )
+            self._layouts[name] = layout
+        return layout
+
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(
+                self.reader.path, os.O_RDONLY | getattr(os, "O_BINARY", 0)
+            )
+            self._closer = weakref.finalize(self, os.close, self._fd)
+        return self._fd
+
+    def close(self) -> None:
+        """Release the descriptor side rows are read through (idempotent)."""
+        if self._closer is not None:
+            self._closer()
+        self._fd = None
+        self._closer = None
+
+    def __enter__(self) -> ArchiveLabelSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     def side(self, name: str, start: int, stop: int) -> torch.Tensor:
-        key = SIDE_PREFIX + name
-        entry = self._entry(name)
-        if key not in self._verified:
-            self.reader.verify_tensor(key)
-            self._verified.add(key)
-        dtype = dtype_from_code(entry.dtype)
-        shape = entry.shape
-        row_bytes = torch.empty((), dtype=dtype).element_size()
-        for size in shape[1:]:
-            row_bytes *= size
+        layout = self._layout(name)
+        shape = layout.shape
         if not 0 <= start <= stop <= shape[0]:
             raise ArchiveFormatError(
                 f"side tensor {name!r} has {shape[0]} rows; rows {start}:{stop} "
                 "were asked for"
             )
-        base = self.reader.container.data_start + entry.start
-        with open(self.reader.path, "rb") as handle:
-            handle.seek(base + start * row_bytes)
-            data = bytearray(handle.read((stop - start) * row_bytes))
-        if not data:
-            return torch.empty((stop - start, *shape[1:]), dtype=dtype)
-        flat = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
+        size = (stop - start) * layout.row_bytes
+        if not size:
+            return torch.empty((stop - start, *shape[1:]), dtype=layout.dtype)
+        offset = layout.offset + start * layout.row_bytes
+        data = bytearray(os.pread(self._descriptor(), size, offset))
+        if len(data) != size:
+            raise ArchiveFormatError(
+                f"archive {str(self.reader.path)!r} ends inside side tensor {name!r}"
+            )
+        flat = torch.frombuffer(data, dtype=torch.uint8).view(layout.dtype)
         return flat.reshape(stop - start, *shape[1:])
 
 

@@ -379,8 +379,8 @@ def export_archive(
             )
         _check_destination(src, out, force)
         fmt = get_format(name)
-        with atomic_folder(out) as tmp:
-            fmt.export(ArchiveLabelSource(reader), tmp, options or ExportOptions())
+        with atomic_folder(out) as tmp, ArchiveLabelSource(reader) as source:
+            fmt.export(source, tmp, options or ExportOptions())
     return out
 
 

@@ -230,6 +230,12 @@ class FKDMixFormat(StoreFormat):
         names: list[str] = doc["element_names"]
         labels = doc["labels"]
         label_start = 0
+        casts: dict[str, dict[str, str]] = {}
+        if source.has_side(RAND_PARAMS_DTYPES):
+            raw = source.side(
+                RAND_PARAMS_DTYPES, 0, source.side_rows(RAND_PARAMS_DTYPES)
+            )
+            casts = json.loads(raw.numpy().tobytes())
         for f, name in enumerate(_file_names(doc)):
             rows = int(source.side("file_rows", f, f + 1)[0])
             got = source.take(rows)
@@ -242,15 +248,16 @@ class FKDMixFormat(StoreFormat):
                 elif role == "ids":
                     out.append(ids)
                 else:
-                    out.append(
-                        rebuild(
-                            spec,
-                            source.side,
-                            label_start=label_start,
-                            label_stop=label_start + rows,
-                            file_index=f,
-                        )
+                    element = rebuild(
+                        spec,
+                        source.side,
+                        label_start=label_start,
+                        label_stop=label_start + rows,
+                        file_index=f,
                     )
+                    if str(f) in casts:
+                        element = _restore_dtypes(element, spec, casts[str(f)])
+                    out.append(element)
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
             torch.save(out, target)
@@ -366,11 +373,13 @@ class FKDMixStore(ImportedStore):
         self.specs = self._flatten(first, files[0].name, self.batch_rows)[0]
         self.variant = self.first_variant.name + _mix_name(first, self.names)
         del first, labels  # one file in memory: _rows() loads others
+        self.json_data, json_bytes = self._read_json()
+        self.rows_from_json = False
         self.file_rows = self._rows()
         self.num_labels = sum(self.file_rows)
         self.layout = Layout(("label",), (self.num_labels,))
         self.sampler = self._sampler(options)
-        self.json_doc, self.json_index, self.json_raw = self._json()
+        self.json_doc, self.json_index, self.json_raw = self._json(json_bytes)
 
     # -- scanning ----------------------------------------------------------------
     def _load(self, file: _File) -> Any:
@@ -398,7 +407,17 @@ class FKDMixStore(ImportedStore):
 
     def _rows(self) -> list[int]:
         """Rows of every file: B for all but each epoch's (or the store's) last
-        batch, which is loaded to count (checked again when streamed)."""
+        batch, which is loaded to count (checked again when streamed).
+
+        A flat store's files do not say where its epochs end: unpruned, LPQLD's
+        loader keeps each epoch's short last batch, anywhere in the counter. Its
+        JSON file lists every batch's images, so their counts are the rows.
+        """
+        if self.fmt.flat and isinstance(self.json_data, dict):
+            listed = [self.json_data.get(str(i)) for i in range(len(self.files))]
+            if all(isinstance(x, list) for x in listed):
+                self.rows_from_json = True
+                return [len(x) for x in listed]  # type: ignore[arg-type]
         rows = [self.batch_rows] * len(self.files)
         last = [i for i in range(len(self.files)) if self._is_last(i)]
         for i in last:
@@ -445,13 +464,11 @@ class FKDMixStore(ImportedStore):
             else None,
         }
 
-    def _json(self) -> tuple[dict[str, Any] | None, list[np.ndarray], bytes]:
-        """The JSON file naming each batch's images: one index array per key
-        (checked against the files' label counts), and its bytes when
-        ``json.dumps`` does not give them back exactly."""
+    def _read_json(self) -> tuple[Any, bytes]:
+        """The parsed JSON file naming each batch's images, and its bytes."""
         name = self.fmt.json_name
         if name is None:
-            return None, [], b""
+            return None, b""
         path = self.root / name
         if not path.is_file():
             raise InputError(
@@ -460,9 +477,21 @@ class FKDMixStore(ImportedStore):
             )
         raw = path.read_bytes()
         try:
-            data = json.loads(raw)
+            return json.loads(raw), raw
         except ValueError as exc:
             raise InputError(f"{name} is not valid JSON: {exc}") from exc
+
+    def _json(
+        self, raw: bytes
+    ) -> tuple[dict[str, Any] | None, list[np.ndarray], bytes]:
+        """The JSON file naming each batch's images: one index array per key
+        (checked against the files' label counts), and its bytes when
+        ``json.dumps`` does not give them back exactly."""
+        name = self.fmt.json_name
+        if name is None:
+            return None, [], b""
+        data = self.json_data
+        self.json_data = None  # held as index arrays from here on
         groups = self._json_groups()
         if not isinstance(data, dict) or list(data) != [str(g) for g, _ in groups]:
             raise InputError(
@@ -565,6 +594,7 @@ class FKDMixStore(ImportedStore):
         return specs, per_label, per_file
 
     def records(self) -> Iterator[StoreRecord]:
+        self.rand_params_dtypes: dict[str, dict[str, str]] = {}
         label_start = 0
         offset = 0  # first label of the file within its epoch (JSON key)
         for i, file in enumerate(self.files):
@@ -578,8 +608,11 @@ class FKDMixStore(ImportedStore):
             rows, num_classes, labels = self._labels(obj, file.name)
             if rows != self.file_rows[i]:
                 raise InputError(
-                    f"{file.name} holds {rows} labels; every batch but the last of "
-                    f"an epoch must hold {self.file_rows[i]}"
+                    f"{file.name} holds {rows} labels but {self.fmt.json_name} lists "
+                    f"{self.file_rows[i]} images for it"
+                    if self.rows_from_json
+                    else f"{file.name} holds {rows} labels; every batch but the last "
+                    f"of an epoch must hold {self.file_rows[i]}"
                 )
             ids = labels.get("ids")
             if ids is not None and ids.numel() and int(ids.max()) >= self.num_classes:
@@ -593,6 +626,12 @@ class FKDMixStore(ImportedStore):
                     f"{self.files[0].name} holds {self.num_classes}"
                 )
             specs, per_label, per_file = self._flatten(obj, file.name, rows)
+            if specs != self.specs and "rand_params" in self.names:
+                cast = _rand_params_casts(specs, self.specs, per_label)
+                if cast is not None:
+                    specs = self.specs
+                    if cast:
+                        self.rand_params_dtypes[str(i)] = cast
             if specs != self.specs:
                 raise InputError(
                     f"mixed variants: {file.name} stores its elements with other "
@@ -618,8 +657,82 @@ class FKDMixStore(ImportedStore):
             if i == 0 and self.json_raw:
                 raw = bytearray(self.json_raw)
                 record.blobs["json_raw"] = torch.frombuffer(raw, dtype=torch.uint8)
+            if i == len(self.files) - 1 and self.rand_params_dtypes:
+                text = json.dumps(self.rand_params_dtypes, sort_keys=True)
+                record.blobs[RAND_PARAMS_DTYPES] = torch.frombuffer(
+                    bytearray(text.encode("utf-8")), dtype=torch.uint8
+                )
             label_start += rows
             yield record
+
+
+# Per-file exceptions to the first file's RandAugment dtypes (side blob, JSON
+# {file index: {side name: dtype}}), written only when a store has any.
+RAND_PARAMS_DTYPES = "rand_params_dtypes"
+_RAND_PARAMS_DTYPES_SWAP = {"int64", "float16"}
+
+
+def _rand_params_casts(
+    got: list[dict[str, Any]],
+    want: list[dict[str, Any]],
+    per_label: dict[str, torch.Tensor],
+) -> dict[str, str] | None:
+    """Reconcile a file whose RandAugment leaves have another dtype than the
+    first file's, or None when it differs otherwise.
+
+    LPQLD default-collates each op's magnitudes: a batch whose magnitudes are all
+    Python ints (-99 for "not applied", Posterize / Solarize levels) gives an
+    int64 column, any float among them a float32 one that the writer halves. The
+    column is stored in the first file's dtype when that is exact (cast in place
+    in ``per_label``); returns {side name: the file's own dtype} to restore.
+    """
+    casts: dict[str, str] = {}
+
+    def walk(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        if a.keys() != b.keys() or a["t"] != b["t"]:
+            return False
+        if a["t"] in ("list", "tuple"):
+            return len(a["items"]) == len(b["items"]) and all(
+                walk(x, y) for x, y in zip(a["items"], b["items"], strict=True)
+            )
+        if a == b:
+            return True
+        side = a.get("side", "")
+        if (
+            {k: v for k, v in a.items() if k != "dtype"}
+            != {k: v for k, v in b.items() if k != "dtype"}
+            or not side.startswith("rand_params.")
+            or {a["dtype"], b["dtype"]} != _RAND_PARAMS_DTYPES_SWAP
+            or a.get("per") != "label"
+        ):
+            return False
+        rows = per_label[side]
+        stored = rows.to(torch_dtype(b["dtype"]))
+        if not torch.equal(stored.to(rows.dtype), rows):
+            return False
+        per_label[side] = stored
+        casts[side] = a["dtype"]
+        return True
+
+    if len(got) != len(want):
+        return None
+    for a, b in zip(got, want, strict=True):
+        if a != b and not walk(a, b):
+            return None
+    return casts
+
+
+def _restore_dtypes(obj: Any, spec: dict[str, Any], casts: dict[str, str]) -> Any:
+    """``obj`` (rebuilt from ``spec``) with the leaves named in ``casts`` cast back."""
+    if spec["t"] in ("list", "tuple"):
+        items = [
+            _restore_dtypes(x, s, casts)
+            for x, s in zip(obj, spec["items"], strict=True)
+        ]
+        return items if spec["t"] == "list" else tuple(items)
+    if spec.get("side") in casts:
+        return obj.to(torch_dtype(casts[spec["side"]]))
+    return obj
 
 
 def _mix_name(obj: list[Any], names: tuple[str, ...]) -> str:
@@ -722,8 +835,14 @@ class GVBSMFormat(FKDMixFormat):
 
 
 class EDCFormat(FKDMixFormat):
-    """EDC: G-VBSM's 7-list + ``indices_status`` (patch-shuffle ids) per image."""
+    """EDC: G-VBSM's 7-list + ``indices_status`` (patch-shuffle ids) per image,
+    or the plain 7-list (its CIFAR and Tiny-ImageNet branches)."""
 
     name = "edc"
     summary = "EDC epoch folders, 8-lists with image indices and indices_status"
-    variants = (Variant("dense", (*_BASE, "output", "image_index", "indices_status")),)
+    # The ImageNet branches save indices_status; EDC's CIFAR-10/100 and
+    # Tiny-ImageNet branches save G-VBSM's 7-list.
+    variants = (
+        Variant("dense", (*_BASE, "output", "image_index", "indices_status")),
+        Variant("dense-7list", (*_BASE, "output", "image_index")),
+    )
