@@ -29,6 +29,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -173,8 +174,6 @@ def _run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, int,
     goes through temporary files so the child never blocks on a full pipe and
     ``wait4`` (not ``wait``) reaps it, giving its resource usage.
     """
-    import tempfile
-
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
