@@ -17,6 +17,7 @@ __all__ = [
     "ChecksumError",
     "CodecMismatchError",
     "DistributedError",
+    "ReportedError",
 ]
 
 
@@ -54,3 +55,11 @@ class CodecMismatchError(LabelzipError, ValueError):
 
 class DistributedError(LabelzipError, RuntimeError):
     """Another process of a multi-process run failed, hung, or sees other input."""
+
+
+class ReportedError(LabelzipError):
+    """An error whose one-line message was already printed (the CLI prints no more).
+
+    A torchrun rank prints its own line while every rank is still alive, because
+    torchrun stops the other ranks as soon as the first one exits.
+    """

@@ -14,9 +14,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from labelzip.errors import LabelzipError
+from labelzip.errors import LabelzipError, ReportedError
 
-__all__ = ["BROKEN_PIPE_EXIT", "COMMANDS", "main", "run_command"]
+__all__ = ["BROKEN_PIPE_EXIT", "COMMANDS", "main", "print_error", "run_command"]
 
 # 128 + SIGPIPE: the status of a process that SIGPIPE ended, as shells report it.
 BROKEN_PIPE_EXIT = 141
@@ -73,12 +73,24 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def print_error(name: str, exc: BaseException) -> None:
+    """The one-line error of subcommand ``name``, on stderr, flushed.
+
+    Written as one string so that the lines of torchrun ranks sharing one stderr
+    never interleave (``print`` writes the newline separately).
+    """
+    sys.stderr.write(f"labelzip {name}: error: {exc}\n")
+    sys.stderr.flush()
+
+
 def run_command(name: str, body: Callable[[], int]) -> int:
     """Run a subcommand body, turning labelzip errors into a one-line message."""
     try:
         return body()
+    except ReportedError:
+        return 2
     except LabelzipError as exc:
-        print(f"labelzip {name}: error: {exc}", file=sys.stderr)
+        print_error(name, exc)
         return 2
     except KeyboardInterrupt:
         print(f"labelzip {name}: interrupted", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
 from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, rate_note
-from labelzip.cli import run_command
+from labelzip.cli import print_error, run_command
 from labelzip.cli._common import (
     add_codec_target_options,
     add_device_option,
@@ -167,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
                     ranks=ranks,
                     resume=args.resume,
                     on_chunk=advance,
+                    report=lambda exc: print_error("compress", exc),
                 )
         seconds["encode"] = time.perf_counter() - started - seconds["fit"]
     finally:

@@ -32,6 +32,7 @@ run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -52,7 +53,12 @@ from labelzip.archive.chunks import ChunkEncoder
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
 from labelzip.distributed import Ranks, all_gather_bytes, broadcast_object, check_alive
-from labelzip.errors import DistributedError, InputError, LabelzipError
+from labelzip.errors import (
+    DistributedError,
+    InputError,
+    LabelzipError,
+    ReportedError,
+)
 from labelzip.logit_store import LogitStore
 from labelzip.pipelines.compress import CompressSettings
 from labelzip.pipelines.partial import (
@@ -79,6 +85,7 @@ _STATUS_BYTES = 1024  # one rank's status message: a flag and a UTF-8 line
 
 Fit = Callable[[], Codec]
 OnChunk = Callable[[int], None]
+Report = Callable[[LabelzipError], None]
 
 
 def run_digest(
@@ -379,6 +386,7 @@ def compress_chunked(
     ranks: Ranks | None = None,
     resume: bool = False,
     on_chunk: OnChunk | None = None,
+    report: Report | None = None,
 ) -> tuple[Codec, StorageAccount | None]:
     """Fit (rank 0) and encode ``store`` into the archive ``out``, chunk by chunk.
 
@@ -390,6 +398,10 @@ def compress_chunked(
         ranks: this process's rank (default: a single process).
         resume: continue from the partial files of a killed run.
         on_chunk: called with the labels of each chunk this rank encodes.
+        report: prints a failure's one-line message. When one rank fails, every
+            rank reports its error while all are still alive and then raises
+            :class:`ReportedError`: torchrun stops the other ranks as soon as
+            the first exits, which could cut their lines.
 
     Returns:
         The codec and, on rank 0, the archive's storage account (None on the
@@ -436,10 +448,18 @@ def compress_chunked(
     if failed:
         if all(flag != _FAILED_KEEP for flag, _ in status):
             _remove(run, everyone=ranks.is_main)
-        if failure is not None:
-            raise failure
         rank, message = failed[0]
-        raise DistributedError(f"rank {rank} of {ranks.world} failed: {message}")
+        error = (
+            failure
+            if failure is not None
+            else DistributedError(f"rank {rank} of {ranks.world} failed: {message}")
+        )
+        if report is None:
+            raise error
+        report(error)
+        with contextlib.suppress(DistributedError):  # a rank gone since: no wait
+            check_alive(ranks, "reporting the failure")
+        raise ReportedError(str(error)) from error
     account = None
     merge_error = ""
     if ranks.is_main:
