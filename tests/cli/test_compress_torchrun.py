@@ -40,13 +40,23 @@ def args(views: Path, compress_cases: dict[str, list[str]]) -> Args:
 
 
 def _torchrun(
-    ranks: int, argv: list[str], fault: str | None = None, *, python: bool = True
+    ranks: int,
+    argv: list[str],
+    fault: str | None = None,
+    *,
+    python: bool = True,
+    monitor_s: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """Run labelzip under torchrun. ``monitor_s`` slows torchrun's check of its
+    workers, so that after a rank is killed the others report before torchrun
+    stops them (a race a loaded machine otherwise loses)."""
     env = {**os.environ, "PYTHONPATH": SOURCE, "OMP_NUM_THREADS": "1"}
     env.pop(FAULT_ENV, None)
     if fault is not None:
         env[FAULT_ENV] = fault
     head = [*TORCHRUN, "--nproc_per_node", str(ranks)]
+    if monitor_s is not None:
+        head += ["--monitor-interval", str(monitor_s)]
     command = [*head, "-m", "labelzip", *argv] if python else [*head, *argv]
     return subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=300, check=False
@@ -105,7 +115,7 @@ def test_a_rank_that_dies_is_named_and_its_run_kept_for_resume(
     tmp_path: Path, args: Args
 ) -> None:
     out = tmp_path / "dies.lz"
-    done = _torchrun(2, args(out, "topk"), "kill@1:2")
+    done = _torchrun(2, args(out, "topk"), "kill@1:2", monitor_s=5)
     assert done.returncode != 0
     assert any("rank 1 (2 of 6 chunks) died" in e for e in _errors(done)), done.stderr
     assert not out.exists()
