@@ -115,6 +115,7 @@ class ScaleRow:
     decode_shuffled: float | None = None
     skipped: str | None = None
     sha256: str | None = None
+    load_average: float | None = None
 
     @property
     def encode_rate(self) -> float | None:
@@ -313,6 +314,8 @@ def _run_one(
     cmd = _compress_command(config, row.codec, row.procs, source, out)
     code, wall, rss, text = _run_measured(cmd, _one_thread_env())
     row.wall_seconds, row.peak_rss_bytes = wall, rss
+    # the 1-minute load when the run ends: a shared machine's rates read with it
+    row.load_average = os.getloadavg()[0]
     if code != 0:
         row.skipped = f"compress failed: {text[:200]}"
         out.unlink(missing_ok=True)
@@ -408,17 +411,17 @@ def markdown_report(report: dict[str, Any], command: str) -> str:
         f"process: contiguous `decode_all` batches and shuffled batches of "
         f"{SHUFFLED_BATCH}.",
         "",
-        "| N | codec | procs | input | peak RSS | fit s | encode labels/s | "
+        "| N | codec | procs | input | peak RSS | wall s | fit s | encode labels/s | "
         "decode contiguous labels/s | decode shuffled labels/s | archive | "
-        "all-in ratio | same bytes as 1 proc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "all-in ratio | same bytes as 1 proc | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         if row["skipped"]:
             lines.append(
                 f"| {row['num_labels']:,} | {row['codec']} | {row['procs']} | "
                 f"{row['input_bytes'] / 1e9:.2f} GB | skipped: {row['skipped']} |"
-                " | | | | | | |"
+                " | | | | | | | | |"
             )
             continue
         same = row["identical_to_one_process"]
@@ -426,13 +429,59 @@ def markdown_report(report: dict[str, Any], command: str) -> str:
             f"| {row['num_labels']:,} | {row['codec']} | {row['procs']} | "
             f"{row['input_bytes'] / 1e9:.2f} GB | "
             f"{row['peak_rss_bytes'] / 2**30:.2f} GiB | "
+            f"{_fmt(row['wall_seconds'], '.0f')} | "
             f"{_fmt(row['fit_seconds'], '.1f')} | {_fmt(row['encode_rate'], ',.0f')} | "
             f"{_fmt(row['decode_contiguous'], ',.0f')} | "
             f"{_fmt(row['decode_shuffled'], ',.0f')} | "
             f"{row['archive_bytes']:,} | {row['ratio']:.1f}x | "
-            f"{'-' if same is None else ('yes' if same else 'NO')} |"
+            f"{'-' if same is None else ('yes' if same else 'NO')} | "
+            f"{_fmt(row.get('load_average'), '.1f')} |"
         )
+    lines += projection_lines(report["rows"])
     return "\n".join(lines) + "\n"
+
+
+#: Label counts of SRe2L-style ImageNet-1K label sets (300 epochs of views).
+IPC_LABELS = {10: 3_000_000, 50: 15_000_000, 200: 60_000_000}
+
+
+def projection_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Hours to encode an IPC 10/50/200 label set, from each codec's measured rate.
+
+    Uses the largest N each (codec, processes) pair ran at: the fit is a fixed
+    cost (its seconds are added once) and the encode scales with N.
+    """
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        if row["skipped"] or not row.get("encode_rate"):
+            continue
+        key = (row["codec"], row["procs"])
+        if key not in best or row["num_labels"] > best[key]["num_labels"]:
+            best[key] = row
+    if not best:
+        return []
+    head = " | ".join(
+        f"IPC {ipc} ({n / 1e6:.0f}M labels)" for ipc, n in IPC_LABELS.items()
+    )
+    out = [
+        "",
+        "## Projection to ImageNet-1K label sets",
+        "",
+        "Encode hours on this machine = fit seconds + N / (measured encode labels/s at "
+        "the largest N run). No GPU was measured.",
+        "",
+        f"| codec | procs | rate from N | {head} |",
+        "|---|---|---|" + "---|" * len(IPC_LABELS),
+    ]
+    for (codec, procs), row in sorted(best.items()):
+        fit = row["fit_seconds"] or 0.0
+        hours = [(fit + n / row["encode_rate"]) / 3600 for n in IPC_LABELS.values()]
+        out.append(
+            f"| {codec} | {procs} | {row['num_labels']:,} | "
+            + " | ".join(f"{h:.2f} h" for h in hours)
+            + " |"
+        )
+    return out
 
 
 def parse_codec_options(values: Sequence[str] | None) -> dict[str, tuple[str, ...]]:
