@@ -15,9 +15,12 @@ import torch
 from labelzip.codecs.base import Codec
 from labelzip.codecs.registry import codec_class
 from labelzip.errors import ConfigError, InputError
+from labelzip.selection.auto import AutoConfig
 
 __all__ = [
+    "add_auto_options",
     "add_codec_option_flags",
+    "auto_config",
     "add_device_option",
     "add_json_option",
     "add_rate_options",
@@ -81,6 +84,47 @@ def add_codec_option_flags(
     parser.add_argument("--opt", action="append", metavar="KEY=VALUE", help=opt_help)
     parser.add_argument("--k", type=int, help="shortcut for --opt k=K")
     parser.add_argument("--decoder", help=decoder_help)
+
+
+def add_auto_options(parser: _Options) -> None:
+    """The knobs of ``--codec auto`` (labelzip.selection.auto.AutoConfig)."""
+    group = parser.add_argument_group("--codec auto (the default with a target)")
+    group.add_argument(
+        "--auto-temperature",
+        type=float,
+        default=4.0,
+        metavar="T",
+        help="student's KD temperature the held-out KL is measured at (default 4)",
+    )
+    group.add_argument(
+        "--auto-sample",
+        type=int,
+        default=8192,
+        metavar="N",
+        help="labels sampled to fit and score candidates (default 8192)",
+    )
+    group.add_argument(
+        "--auto-steps",
+        type=int,
+        default=300,
+        metavar="N",
+        help="training steps of learned candidates (default 300)",
+    )
+
+
+def auto_config(
+    args: argparse.Namespace, *, seed: int, device: torch.device
+) -> AutoConfig:
+    """The validated AutoConfig of :func:`add_auto_options` (one-line ConfigError)."""
+    return validated(
+        AutoConfig,
+        "--auto",
+        temperature=args.auto_temperature,
+        sample_labels=args.auto_sample,
+        steps=args.auto_steps,
+        seed=seed,
+        device=str(device),
+    )
 
 
 def codec_options(args: argparse.Namespace) -> dict[str, Any]:

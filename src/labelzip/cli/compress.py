@@ -9,14 +9,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
 from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, rate_note
 from labelzip.cli import run_command
 from labelzip.cli._common import (
+    add_auto_options,
     add_codec_option_flags,
     add_device_option,
     add_json_option,
     add_rate_options,
+    auto_config,
     codec_options,
     format_bytes,
     load_codec_class,
@@ -27,20 +31,24 @@ from labelzip.cli._common import (
     with_run_defaults,
 )
 from labelzip.codecs.registry import available_codecs
-from labelzip.errors import InputError
+from labelzip.errors import ConfigError, InputError
 from labelzip.io import check_output_path
 from labelzip.logit_store import open_logits
 from labelzip.pipelines.compress import (
+    AUTO,
     CompressSettings,
+    choose_auto,
     fit_codec,
     label_layout,
     prune_plan,
     write_archive,
 )
+from labelzip.selection.auto import AutoChoice, with_auto_record
 
 __all__ = ["build_parser", "main"]
 
 EPILOG = """examples:
+  labelzip compress logits.safetensors --ratio 40 -o labels.lz   # --codec auto
   labelzip compress logits.safetensors --codec topk --k 10 -o labels.lz
   labelzip compress logits.npy --codec dense --prune-keep 0.25 -o labels.lz
   labelzip compress logits.pt --codec topk --ratio 50 -o labels.lz
@@ -49,7 +57,9 @@ EPILOG = """examples:
 
 LOGITS holds (N, C) labels or (N, E, C) labels of E views per sample (--dims names
 them; the relabel pipeline writes epoch,sample). --ratio counts every byte of the
-archive against dense fp16 logits.
+archive against dense fp16 logits. With a target and no --codec, auto chooses the
+codec and the share of each sample's views to store from held-out measurements
+(docs/auto.md).
 """
 
 
@@ -66,8 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         "such shards (read in name order, streamed: never loaded whole)",
     )
     p.add_argument("-o", "--output", required=True, help="archive to write")
-    p.add_argument("--codec", required=True, choices=available_codecs())
+    p.add_argument(
+        "--codec",
+        choices=[AUTO, *available_codecs()],
+        help="codec; auto (the default with --ratio / --bits-per-label) measures "
+        "the candidates on held-out labels and picks the best",
+    )
     add_rate_options(p, suffix=" to meet")
+    add_auto_options(p)
     add_codec_option_flags(
         p,
         opt_help="codec option (repeatable), typed by the codec's config, e.g. --opt k=10",
@@ -104,11 +120,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     out = check_output_path(args.output, [args.logits, args.class_names])
     device = resolve_device(args.device)
+    has_target = args.ratio is not None or args.bits_per_label is not None
+    codec = args.codec or (AUTO if has_target else None)
+    if codec is None:
+        raise ConfigError(
+            "name a codec with --codec, or give a target (--ratio / --bits-per-label) "
+            "and let --codec auto choose"
+        )
+    options = codec_options(args)
+    if codec == AUTO and options:
+        raise ConfigError("codec options (--opt, --k, --decoder) need a named --codec")
+    if codec != AUTO:
+        load_codec_class(codec)
+        options = with_run_defaults(codec, options, seed=args.seed, device=device)
     settings = CompressSettings(
-        codec=args.codec,
-        options=with_run_defaults(
-            args.codec, codec_options(args), seed=args.seed, device=device
-        ),
+        codec=codec,
+        options=options,
         ratio=args.ratio,
         bits_per_label=args.bits_per_label,
         chunk_size=args.chunk_size,
@@ -117,27 +144,58 @@ def _run(args: argparse.Namespace) -> int:
         dims=tuple(d.strip() for d in args.dims.split(",")) if args.dims else None,
         reference=args.reference,
     )
-    load_codec_class(args.codec)
+    choice: AutoChoice | None = None
     with open_logits(args.logits, key=args.key) as store:
         layout = label_layout(store, settings.dims)
         plan = prune_plan(layout, settings)
         metadata = _metadata(args)
         started = time.perf_counter()
-        with progress(f"fitting {args.codec}", None, enabled=not args.quiet) as advance:
-            codec = fit_codec(store, settings, layout, plan, metadata, advance)
+        if codec == AUTO:
+            config = auto_config(args, seed=args.seed, device=device)
+            with progress("choosing a codec", None, enabled=not args.quiet):
+                choice = choose_auto(store, settings, layout, metadata, config)
+            settings, metadata = _resolved(settings, choice, metadata, device)
+            plan = prune_plan(layout, settings)
+        chosen = time.perf_counter()
+        with progress(
+            f"fitting {settings.codec}", None, enabled=not args.quiet
+        ) as advance:
+            codec_obj = fit_codec(store, settings, layout, plan, metadata, advance)
         fitted = time.perf_counter()
         with progress("encoding", store.num_labels, enabled=not args.quiet) as advance:
             account = write_archive(
-                out, store, codec, settings, layout, plan, metadata, advance
+                out, store, codec_obj, settings, layout, plan, metadata, advance
             )
-        seconds = {"fit": fitted - started, "encode": time.perf_counter() - fitted}
+        seconds = {"fit": fitted - chosen, "encode": time.perf_counter() - fitted}
+        if choice is not None:
+            seconds["auto"] = chosen - started
     if settings.has_target:
         note = rate_note(
-            account, codec, ratio=args.ratio, bits_per_label=args.bits_per_label
+            account, codec_obj, ratio=args.ratio, bits_per_label=args.bits_per_label
         )
         account = dataclasses.replace(account, rate_note=note)
-    _report(out, account, seconds, args)
+    _report(out, account, seconds, args, settings, choice)
     return 0
+
+
+def _resolved(
+    settings: CompressSettings,
+    choice: AutoChoice,
+    metadata: ArchiveMetadata,
+    device: torch.device,
+) -> tuple[CompressSettings, ArchiveMetadata]:
+    """The settings and metadata of the auto winner (full schedule, its view budget)."""
+    win = choice.winner
+    keep = settings.prune_keep
+    if keep is None and win.keep_fraction < 1.0:
+        keep = win.keep_fraction
+    options = with_run_defaults(
+        win.codec, dict(win.options), seed=settings.seed, device=device
+    )
+    resolved = dataclasses.replace(
+        settings, codec=win.codec, options=options, prune_keep=keep
+    )
+    return resolved, with_auto_record(metadata, choice)
 
 
 def _metadata(args: argparse.Namespace) -> ArchiveMetadata:
@@ -167,15 +225,25 @@ def _report(
     account: StorageAccount,
     seconds: dict[str, float],
     args: argparse.Namespace,
+    settings: CompressSettings,
+    choice: AutoChoice | None,
 ) -> None:
-    """Print the archive's all-in account; ``--json`` adds the pass times."""
+    """Print the archive's all-in account (and the auto table); ``--json`` adds
+    the pass times."""
     if args.json:
-        print_json({"output": str(out), **account.to_dict(), "seconds": seconds})
+        extra = {"auto": choice.to_dict(seconds=True)} if choice is not None else {}
+        print_json(
+            {"output": str(out), **account.to_dict(), "seconds": seconds, **extra}
+        )
         return
+    if choice is not None:
+        for line in choice.table():
+            print(line)
+    keep = settings.prune_keep
     print(
         f"wrote {out}: {account.num_labels} labels x {account.num_classes} classes, "
         f"codec {account.codec}"
-        + (f" (pruned, keep {args.prune_keep})" if args.prune_keep is not None else "")
+        + (f" (pruned, keep {keep:g})" if keep is not None else "")
     )
     print(
         f"  {format_bytes(account.total_bytes)} all-in = payload "

@@ -1,0 +1,540 @@
+"""``--codec auto``: choose the codec and the view budget by measuring small candidates.
+
+Every candidate is a (codec, options, keep fraction) triple. Each one is fitted
+by the project's rate control (:func:`~labelzip.archive.fit_for_target`) for
+the *whole* archive, at the same all-in byte budget (real layout, LPLD prune
+plan of its keep fraction, metadata and side bytes, so header and model bytes
+are charged as in the final archive), but on the fit part of a small sample and
+with short training schedules. It then encodes and decodes the held-out
+samples, and the distortion the student sees is measured: mean
+KL(teacher || decoded) at the student's temperature over every held-out label,
+a pruned view being charged for the decoded label of the kept view that stands
+in for it (:meth:`~labelzip.codecs.prune.PrunePlan.stored_index`).
+
+The winner has the lowest held-out KL; candidates within noise of it (a paired
+difference per held-out sample under two standard errors, or under a relative
+tolerance) tie, and a tie goes to the cheaper codec (the order of
+:data:`VISION_CANDIDATES` / :data:`LM_CANDIDATES`), then to the larger keep
+fraction. Top-k is always a candidate, so the choice is never worse than top-k
+beyond noise. A candidate that cannot reach the target is skipped with its reason.
+
+Keeping fewer of each sample's views leaves more bits for each kept view: the
+view budget is measured, not fixed (ctx-transform's 16-bit floor is one fixed
+point of the same trade).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from labelzip.accounting import reference_bytes
+from labelzip.archive import (
+    DEFAULT_CHUNK_SIZE,
+    ArchiveMetadata,
+    Layout,
+    estimate_header_bytes,
+    fit_for_target,
+)
+from labelzip.codecs.base import Codec
+from labelzip.codecs.prune import PrunePlan, keep_per_group
+from labelzip.codecs.registry import codec_class, target_total_bytes
+from labelzip.errors import ConfigError, UnreachableTargetError
+from labelzip.ops.metrics import kl_divergence, top1_agreement
+from labelzip.selection.sample import GroupShape, LabelSample
+
+__all__ = [
+    "AUTO_KEY",
+    "LM_CANDIDATES",
+    "LM_MIN_CLASSES",
+    "VISION_CANDIDATES",
+    "AutoChoice",
+    "AutoConfig",
+    "Candidate",
+    "CandidateResult",
+    "Target",
+    "candidates_for",
+    "choose_codec",
+    "format_table",
+    "run_options",
+    "with_auto_record",
+]
+
+# The archive's user-metadata entry holding the choice and every candidate's numbers.
+AUTO_KEY = "auto"
+# Classes from which labels are treated as an LM vocabulary.
+LM_MIN_CLASSES = 8192
+
+# (codec, options) in cost order: a tie within noise goes to the earlier one.
+# Codecs that need a view context (vqae-ctx, ctx-transform) are not candidates:
+# a logits file carries no view recipe.
+VISION_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("topk", {"decoder": "mr"}),
+    ("topk", {"decoder": "ms"}),
+    ("topk", {"decoder": "mrs"}),
+    ("dense", {}),
+    ("rskd", {}),
+    ("vqae", {}),
+)
+LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("topk", {"decoder": "ms"}),
+    ("topk-tail", {}),
+    ("rskd", {}),
+    ("vqae-sparse", {}),
+    ("vqae-rs", {}),
+)
+# Learned codecs' schedule option, capped at AutoConfig.steps for candidates.
+_STEP_OPTION = {"vqae": "steps", "vqae-sparse": "steps", "vqae-rs": "steps"}
+# Labels per encode/decode call when measuring.
+_BLOCK = 4096
+# Characters of a skip reason kept in the record.
+_MAX_REASON = 200
+
+
+class AutoConfig(BaseModel):
+    """How ``--codec auto`` measures its candidates.
+
+    The sample bounds memory (``sample_labels`` labels, at most
+    ``sample_bytes`` of float32) and, with ``steps``, the fit time.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    temperature: float = Field(
+        default=4.0, gt=0.0, le=1000.0, description="student's KD temperature"
+    )
+    sample_labels: int = Field(
+        default=8192, ge=4, le=1 << 22, description="labels in the selection sample"
+    )
+    sample_bytes: int = Field(
+        default=512 << 20, ge=1 << 20, description="float32 bytes of the sample at most"
+    )
+    held_fraction: float = Field(
+        default=0.25, gt=0.0, lt=1.0, description="share of the samples held out"
+    )
+    steps: int = Field(
+        default=300,
+        ge=1,
+        le=1 << 20,
+        description="training steps of learned candidates",
+    )
+    keep_fractions: tuple[float, ...] = Field(
+        default=(1.0, 0.5, 0.25, 0.125),
+        min_length=1,
+        description="view budgets tried where the layout has views",
+    )
+    tie_tolerance: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="relative KL gap counted as a tie"
+    )
+    codecs: tuple[str, ...] | None = Field(
+        default=None, description="restrict candidates to these codec names"
+    )
+    seed: int = Field(
+        default=0, ge=0, lt=1 << 62, description="seed of sample and fits"
+    )
+    device: str = Field(default="cpu", description="torch device of learned fits")
+
+    @field_validator("keep_fractions")
+    @classmethod
+    def _keeps_in_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < k <= 1.0 for k in value):
+            raise ValueError(f"keep fractions must be in (0, 1], got {list(value)}")
+        return value
+
+    def max_sample_labels(self, num_classes: int) -> int:
+        """Labels the sample may hold for ``num_classes`` float32 values each."""
+        return max(4, min(self.sample_labels, self.sample_bytes // (4 * num_classes)))
+
+
+@dataclass(frozen=True)
+class Target:
+    """The archive an auto choice is made for: rate target, layout and extras."""
+
+    layout: Layout
+    num_classes: int
+    ratio: float | None = None
+    bits_per_label: float | None = None
+    reference: str = "fp16"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    metadata: ArchiveMetadata = field(default_factory=ArchiveMetadata)
+    side_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return target_total_bytes(
+            num_labels=self.layout.num_labels,
+            num_classes=self.num_classes,
+            ratio=self.ratio,
+            bits_per_label=self.bits_per_label,
+            reference=self.reference,
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A codec, its fixed options, and the share of each sample's views stored."""
+
+    codec: str
+    options: Mapping[str, Any]
+    keep_fraction: float = 1.0
+
+    @property
+    def name(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.codec}({opts})" if opts else self.codec
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """What one candidate measured, or why it was skipped.
+
+    Attributes:
+        total_bytes: estimated all-in bytes of the full archive.
+        kl: mean held-out KL(teacher || decoded) at the auto temperature.
+        top1: held-out top-1 agreement.
+        group_kl: (held-out samples,) mean KL per held-out sample (ties).
+        fit_seconds: wall time of the candidate's fit (reported, not stored).
+    """
+
+    candidate: Candidate
+    total_bytes: int | None = None
+    kl: float | None = None
+    top1: float | None = None
+    group_kl: torch.Tensor | None = None
+    fit_seconds: float = 0.0
+    skipped: str | None = None
+
+    def to_dict(self, reference_total: int, *, seconds: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "codec": self.candidate.codec,
+            "options": dict(self.candidate.options),
+            "keep_fraction": self.candidate.keep_fraction,
+            "bytes": self.total_bytes,
+            "ratio": _round(reference_total / self.total_bytes)
+            if self.total_bytes
+            else None,
+            "kl": _round(self.kl),
+            "top1": _round(self.top1),
+            "skipped": self.skipped,
+        }
+        if seconds:
+            out["fit_seconds"] = round(self.fit_seconds, 2)
+        return out
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """The chosen candidate and every candidate's measurements."""
+
+    winner: Candidate
+    results: tuple[CandidateResult, ...]
+    config: AutoConfig
+    fit_labels: int
+    held_labels: int
+    reference_total: int
+    seconds: float
+
+    def to_dict(self, *, seconds: bool = False) -> dict[str, Any]:
+        """The JSON record (archive metadata without ``seconds``: bytes stay
+        deterministic; command output with them)."""
+        out: dict[str, Any] = {
+            "chosen": {
+                "codec": self.winner.codec,
+                "options": dict(self.winner.options),
+                "keep_fraction": self.winner.keep_fraction,
+            },
+            "temperature": self.config.temperature,
+            "fit_labels": self.fit_labels,
+            "held_labels": self.held_labels,
+            "steps": self.config.steps,
+            "seed": self.config.seed,
+            "candidates": [
+                r.to_dict(self.reference_total, seconds=seconds) for r in self.results
+            ],
+        }
+        if seconds:
+            out["seconds"] = round(self.seconds, 2)
+        return out
+
+    def table(self) -> list[str]:
+        """The candidates as text lines (``compress`` prints them)."""
+        return format_table(self.to_dict(seconds=True))
+
+
+def format_table(record: Mapping[str, Any]) -> list[str]:
+    """Text lines of an auto record (from :meth:`AutoChoice.to_dict` or an archive)."""
+    chosen = record["chosen"]
+    win = Candidate(chosen["codec"], chosen["options"], chosen["keep_fraction"])
+    lines = [
+        f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "
+        f"(held-out KL at T={record['temperature']:g}; {record['fit_labels']} fit / "
+        f"{record['held_labels']} held-out labels, {record['steps']} steps)"
+    ]
+    for row in record["candidates"]:
+        name = Candidate(row["codec"], row["options"], row["keep_fraction"]).name
+        mark = (
+            "*"
+            if (name, row["keep_fraction"]) == (win.name, win.keep_fraction)
+            else " "
+        )
+        head = f" {mark} {name:<34} keep {row['keep_fraction']:<6g}"
+        secs = f" {row['fit_seconds']:7.1f}s" if "fit_seconds" in row else ""
+        if row["skipped"] is not None:
+            lines.append(f"{head} skipped: {row['skipped']}")
+            continue
+        lines.append(
+            f"{head} {row['ratio']:7.2f}x  KL {row['kl']:.5f}  top-1 "
+            f"{row['top1']:.4f}{secs}"
+        )
+    return lines
+
+
+def with_auto_record(metadata: ArchiveMetadata, choice: AutoChoice) -> ArchiveMetadata:
+    """``metadata`` plus the choice under :data:`AUTO_KEY` of its user entries."""
+    return ArchiveMetadata(
+        class_names=metadata.class_names,
+        dataset_fingerprint=metadata.dataset_fingerprint,
+        teacher=metadata.teacher,
+        user={**dict(metadata.user), AUTO_KEY: choice.to_dict()},
+    )
+
+
+def run_options(
+    codec: str, options: Mapping[str, Any], config: AutoConfig
+) -> dict[str, Any]:
+    """``options`` plus the auto seed and device where the codec's config has them."""
+    out = dict(options)
+    fields = codec_class(codec).config_class.model_fields
+    if "seed" in fields:
+        out.setdefault("seed", config.seed)
+    if "device" in fields:
+        out.setdefault("device", config.device)
+    return out
+
+
+def candidates_for(
+    target: Target, config: AutoConfig, *, has_views: bool
+) -> list[Candidate]:
+    """Every candidate that applies: codecs by class count, crossed with view budgets.
+
+    Keep fractions that keep the same number of views per sample collapse to one.
+    """
+    table = LM_CANDIDATES if target.num_classes > LM_MIN_CLASSES else VISION_CANDIDATES
+    if config.codecs is not None:
+        unknown = set(config.codecs) - {c for c, _ in table}
+        if unknown:
+            raise ConfigError(
+                f"auto candidates {sorted(unknown)} do not apply to "
+                f"{target.num_classes}-class labels; choose from "
+                f"{sorted({c for c, _ in table})}"
+            )
+        table = tuple(t for t in table if t[0] in config.codecs)
+    keeps = _view_budgets(target, config, has_views)
+    out: list[Candidate] = []
+    for keep in keeps:
+        for codec, options in table:
+            opts = dict(options)
+            if codec == "topk" and opts.get("decoder") == "ms":
+                opts["temperature"] = config.temperature
+            out.append(Candidate(codec, opts, keep))
+    return out
+
+
+def _view_budgets(target: Target, config: AutoConfig, has_views: bool) -> list[float]:
+    if not has_views:
+        return [1.0]
+    views = GroupShape.of(target.layout.dims, target.layout.shape).views
+    seen: dict[int, float] = {}
+    for keep in sorted(config.keep_fractions, reverse=True):
+        seen.setdefault(keep_per_group(keep, views), keep)
+    return list(seen.values())
+
+
+def choose_codec(
+    sample: LabelSample,
+    target: Target,
+    config: AutoConfig,
+    *,
+    candidates: Sequence[Candidate] | None = None,
+) -> AutoChoice:
+    """Measure every candidate on ``sample`` and pick the winner (module docstring).
+
+    Raises:
+        UnreachableTargetError: no candidate reaches the target (one line).
+    """
+    started = time.perf_counter()
+    groups = GroupShape.of(target.layout.dims, target.layout.shape)
+    # Pruning needs whole samples with their layout positions (a drawn sample).
+    has_views = (
+        groups.has_views
+        and groups.views > 1
+        and sample.fit_rows.shape[1] == groups.views
+    )
+    todo = (
+        list(candidates)
+        if candidates is not None
+        else candidates_for(target, config, has_views=has_views)
+    )
+    results = tuple(_measure(c, sample, target, config) for c in todo)
+    winner = _pick(results, config)
+    return AutoChoice(
+        winner=winner,
+        results=results,
+        config=config,
+        fit_labels=sample.fit_rows.shape[0] * sample.fit_rows.shape[1],
+        held_labels=sample.held_rows.shape[0] * sample.held_rows.shape[1],
+        reference_total=reference_bytes(
+            target.layout.num_labels, target.num_classes, target.reference
+        ),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _pick(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
+    measured = [r for r in results if r.kl is not None and r.group_kl is not None]
+    if not measured:
+        reasons = [r.skipped for r in results if r.skipped]
+        raise UnreachableTargetError(
+            f"--codec auto: none of {len(results)} candidates reaches the target; "
+            f"e.g. {reasons[0] if reasons else 'no candidates'}"
+        )
+    best = min(measured, key=lambda r: (r.kl, _order(results, r)))
+    assert best.group_kl is not None and best.kl is not None
+    ties = []
+    for r in measured:
+        assert r.group_kl is not None and r.kl is not None
+        diff = (r.group_kl - best.group_kl).double()
+        se = float(diff.std()) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0.0
+        if float(diff.mean()) <= max(2.0 * se, config.tie_tolerance * best.kl):
+            ties.append(r)
+    return min(ties, key=lambda r: _order(results, r)).candidate
+
+
+def _order(results: Sequence[CandidateResult], r: CandidateResult) -> tuple[int, float]:
+    """Cost order: the codec's place in the candidate table, then more views kept."""
+    names = [x.candidate.name for x in results]
+    return names.index(r.candidate.name), -r.candidate.keep_fraction
+
+
+def _measure(
+    cand: Candidate, sample: LabelSample, target: Target, config: AutoConfig
+) -> CandidateResult:
+    """Fit ``cand`` on the fit part at the target, measure it on the held-out part."""
+    layout = target.layout
+    plan = (
+        PrunePlan(layout.dims, layout.shape, cand.keep_fraction, config.seed)
+        if cand.keep_fraction < 1.0
+        else None
+    )
+    num_classes = target.num_classes
+    fit_rows = sample.fit_rows.reshape(-1, num_classes)
+    if plan is not None:
+        fit_rows = fit_rows[plan.is_kept(sample.fit_flat.reshape(-1))]
+    options = run_options(cand.codec, cand.options, config)
+    step_key = _STEP_OPTION.get(cand.codec)
+    if step_key is not None:
+        default = codec_class(cand.codec).config_class.model_fields[step_key].default
+        options[step_key] = min(int(default), config.steps)
+
+    def source() -> Iterator[torch.Tensor]:
+        for start in range(0, fit_rows.shape[0], _BLOCK):
+            yield fit_rows[start : start + _BLOCK]
+
+    started = time.perf_counter()
+    try:
+        codec = fit_for_target(
+            cand.codec,
+            source,
+            layout=layout,
+            num_classes=num_classes,
+            ratio=target.ratio,
+            bits_per_label=target.bits_per_label,
+            chunk_size=target.chunk_size,
+            prune=plan,
+            metadata=target.metadata,
+            side_bytes=target.side_bytes,
+            reference=target.reference,
+            **options,
+        )
+    except (UnreachableTargetError, ConfigError) as exc:
+        reason = _short_reason(exc)
+        return CandidateResult(cand, skipped=reason)
+    seconds = time.perf_counter() - started
+    kl, top1, payload, kept = _held_out(codec, sample, plan, config.temperature)
+    num_stored = plan.num_kept if plan is not None else layout.num_labels
+    header = estimate_header_bytes(
+        layout.num_labels,
+        target.chunk_size,
+        codec,
+        num_classes=num_classes,
+        layout=layout,
+        prune=plan,
+        metadata=target.metadata,
+        reference=target.reference,
+        max_file_bytes=target.total_bytes,
+    )
+    total = (
+        header
+        + codec.model_bytes()
+        + target.side_bytes
+        + math.ceil(payload / kept * num_stored)
+    )
+    return CandidateResult(
+        cand,
+        total_bytes=total,
+        kl=float(kl.mean()),
+        top1=top1,
+        group_kl=kl,
+        fit_seconds=seconds,
+    )
+
+
+def _held_out(
+    codec: Codec, sample: LabelSample, plan: PrunePlan | None, temperature: float
+) -> tuple[torch.Tensor, float, int, int]:
+    """Per held-out sample mean KL, top-1, payload bytes and labels encoded.
+
+    With a plan only the kept held-out labels are encoded; every held-out label
+    is compared against the decoded label it uses (its own or its stand-in's).
+    """
+    groups, views, num_classes = sample.held_rows.shape
+    teacher = sample.held_rows.reshape(-1, num_classes)
+    flat = sample.held_flat.reshape(-1)
+    if plan is None:
+        source_pos = torch.arange(flat.numel())
+    else:
+        source_flat = plan.kept_flat(plan.stored_index(flat)).numpy()
+        order = np.argsort(flat.numpy(), kind="stable")
+        sorted_flat = flat.numpy()[order]
+        source_pos = torch.from_numpy(order[np.searchsorted(sorted_flat, source_flat)])
+    stored = torch.unique(source_pos)  # increasing positions of the labels encoded
+    decoded_parts: list[torch.Tensor] = []
+    payload = 0
+    for start in range(0, stored.numel(), _BLOCK):
+        rows = teacher[stored[start : start + _BLOCK]]
+        block = codec.encode(rows)
+        payload += block.nbytes
+        decoded_parts.append(codec.decode(block, "cpu").float())
+    decoded = torch.cat(decoded_parts)
+    used = decoded[torch.searchsorted(stored, source_pos)]
+    kl = kl_divergence(teacher, used, temperature=temperature).reshape(groups, views)
+    top1 = top1_agreement(teacher, used)
+    return kl.mean(dim=1), top1, payload, int(stored.numel())
+
+
+def _short_reason(exc: Exception) -> str:
+    """The first line of a skip reason without its generic advice, at most 200 chars."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = text.removesuffix("; choose a lower ratio or another codec")
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _round(value: float | None) -> float | None:
+    """Six significant digits: a stable, compact number for the record."""
+    return None if value is None else float(f"{value:.6g}")
