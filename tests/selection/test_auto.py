@@ -141,7 +141,7 @@ def test_record_lists_every_candidate_and_is_deterministic() -> None:
     for row in record["candidates"]:
         assert row["skipped"] is None and row["kl"] >= 0 and 0 <= row["top1"] <= 1
         assert 9 < row["ratio"] < 13  # the estimated all-in size meets the target
-    lines = format_table(first.to_dict(seconds=True))
+    lines = format_table(first.to_dict(report=True))
     assert lines[0].startswith("auto chose") and sum("*" in ln for ln in lines[1:]) == 1
 
 

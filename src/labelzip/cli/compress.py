@@ -231,7 +231,7 @@ def _report(
     """Print the archive's all-in account (and the auto table); ``--json`` adds
     the pass times."""
     if args.json:
-        extra = {"auto": choice.to_dict(seconds=True)} if choice is not None else {}
+        extra = {"auto": choice.to_dict(report=True)} if choice is not None else {}
         print_json(
             {"output": str(out), **account.to_dict(), "seconds": seconds, **extra}
         )

@@ -25,7 +25,10 @@ point of the same trade).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,8 +97,11 @@ LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
 _STEP_OPTION = {"vqae": "steps", "vqae-sparse": "steps", "vqae-rs": "steps"}
 # Labels per encode/decode call when measuring.
 _BLOCK = 4096
-# Characters of a skip reason kept in the record.
-_MAX_REASON = 200
+# Characters of a skip reason kept in the archive's record.
+_MAX_REASON = 48
+_BEST_REACHABLE = re.compile(r"best reachable is ([0-9.]+x)")
+# Stand-ins as wide as any stored number: the provisional record of candidate fits.
+_WIDE_FLOAT = 1.23457e-05
 
 
 class AutoConfig(BaseModel):
@@ -209,8 +215,11 @@ class CandidateResult:
     group_kl: torch.Tensor | None = None
     fit_seconds: float = 0.0
     skipped: str | None = None
+    detail: str | None = None
 
-    def to_dict(self, reference_total: int, *, seconds: bool) -> dict[str, Any]:
+    def to_dict(self, reference_total: int, *, report: bool) -> dict[str, Any]:
+        """The candidate's row: short skip reason in the archive; the command's
+        report adds the fit seconds and the full reason."""
         out: dict[str, Any] = {
             "codec": self.candidate.codec,
             "options": dict(self.candidate.options),
@@ -223,8 +232,10 @@ class CandidateResult:
             "top1": _round(self.top1),
             "skipped": self.skipped,
         }
-        if seconds:
+        if report:
             out["fit_seconds"] = round(self.fit_seconds, 2)
+            if self.detail is not None:
+                out["skipped"] = self.detail
         return out
 
 
@@ -240,9 +251,9 @@ class AutoChoice:
     reference_total: int
     seconds: float
 
-    def to_dict(self, *, seconds: bool = False) -> dict[str, Any]:
-        """The JSON record (archive metadata without ``seconds``: bytes stay
-        deterministic; command output with them)."""
+    def to_dict(self, *, report: bool = False) -> dict[str, Any]:
+        """The JSON record: for the archive (deterministic: no seconds, short
+        skip reasons) or, with ``report``, for the command's output."""
         out: dict[str, Any] = {
             "chosen": {
                 "codec": self.winner.codec,
@@ -255,16 +266,16 @@ class AutoChoice:
             "steps": self.config.steps,
             "seed": self.config.seed,
             "candidates": [
-                r.to_dict(self.reference_total, seconds=seconds) for r in self.results
+                r.to_dict(self.reference_total, report=report) for r in self.results
             ],
         }
-        if seconds:
+        if report:
             out["seconds"] = round(self.seconds, 2)
         return out
 
     def table(self) -> list[str]:
         """The candidates as text lines (``compress`` prints them)."""
-        return format_table(self.to_dict(seconds=True))
+        return format_table(self.to_dict(report=True))
 
 
 def format_table(record: Mapping[str, Any]) -> list[str]:
@@ -296,7 +307,15 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
 
 
 def with_auto_record(metadata: ArchiveMetadata, choice: AutoChoice) -> ArchiveMetadata:
-    """``metadata`` plus the choice under :data:`AUTO_KEY` of its user entries."""
+    """``metadata`` plus the choice under :data:`AUTO_KEY` of its user entries.
+
+    Raises:
+        ConfigError: the user metadata already has that key (it is reserved).
+    """
+    if AUTO_KEY in metadata.user:
+        raise ConfigError(
+            f"user metadata key {AUTO_KEY!r} is reserved for the --codec auto record"
+        )
     return ArchiveMetadata(
         class_names=metadata.class_names,
         dataset_fingerprint=metadata.dataset_fingerprint,
@@ -381,19 +400,33 @@ def choose_codec(
         if candidates is not None
         else candidates_for(target, config, has_views=has_views)
     )
-    results = tuple(_measure(c, sample, target, config) for c in todo)
-    winner = _pick(results, config)
-    return AutoChoice(
-        winner=winner,
-        results=results,
-        config=config,
-        fit_labels=sample.fit_rows.shape[0] * sample.fit_rows.shape[1],
-        held_labels=sample.held_rows.shape[0] * sample.held_rows.shape[1],
-        reference_total=reference_bytes(
-            target.layout.num_labels, target.num_classes, target.reference
-        ),
-        seconds=time.perf_counter() - started,
+    if not todo:
+        raise ConfigError("--codec auto has no candidate codec for these labels")
+
+    def choice(winner: Candidate, results: Sequence[CandidateResult]) -> AutoChoice:
+        return AutoChoice(
+            winner=winner,
+            results=tuple(results),
+            config=config,
+            fit_labels=sample.fit_rows.shape[0] * sample.fit_rows.shape[1],
+            held_labels=sample.held_rows.shape[0] * sample.held_rows.shape[1],
+            reference_total=reference_bytes(
+                target.layout.num_labels, target.num_classes, target.reference
+            ),
+            seconds=time.perf_counter() - started,
+        )
+
+    # Candidates are charged for the record the final archive will carry.
+    wide = [
+        CandidateResult(c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT)
+        for c in todo
+    ]
+    longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
+    charged = dataclasses.replace(
+        target, metadata=with_auto_record(target.metadata, choice(longest, wide))
     )
+    results = [_measure(c, sample, charged, config) for c in todo]
+    return choice(_pick(results, config), results)
 
 
 def _pick(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
@@ -463,8 +496,9 @@ def _measure(
             **options,
         )
     except (UnreachableTargetError, ConfigError) as exc:
-        reason = _short_reason(exc)
-        return CandidateResult(cand, skipped=reason)
+        return CandidateResult(
+            cand, skipped=_short_reason(exc), detail=_full_reason(exc)
+        )
     seconds = time.perf_counter() - started
     kl, top1, payload, kept = _held_out(codec, sample, plan, config.temperature)
     num_stored = plan.num_kept if plan is not None else layout.num_labels
@@ -528,10 +562,18 @@ def _held_out(
     return kl.mean(dim=1), top1, payload, int(stored.numel())
 
 
-def _short_reason(exc: Exception) -> str:
-    """The first line of a skip reason without its generic advice, at most 200 chars."""
+def _full_reason(exc: Exception) -> str:
+    """The first line of a skip reason, without its generic advice."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    text = text.removesuffix("; choose a lower ratio or another codec")
+    return text.removesuffix("; choose a lower ratio or another codec")
+
+
+def _short_reason(exc: Exception) -> str:
+    """A skip reason of at most :data:`_MAX_REASON` characters for the archive."""
+    if isinstance(exc, UnreachableTargetError):
+        best = _BEST_REACHABLE.search(str(exc))
+        return f"unreachable (best {best.group(1)} all-in)" if best else "unreachable"
+    text = _full_reason(exc)
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
 
 
