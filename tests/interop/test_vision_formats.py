@@ -483,11 +483,22 @@ def test_cli_import_export_and_destination_rules(
             "lpqld",
             "-o",
             str(tmp_path / "b.lz"),
+            "--num-classes",
+            "9",
             "--ratio",
-            "10",
+            "0.05",  # the small store's side information dominates
+            "--auto-steps",
+            "5",
         ]
     )
-    assert code == 2 and "--codec" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out.startswith("auto chose "), (
+        captured.err
+    )  # a target: auto
+    with ArchiveReader(tmp_path / "b.lz") as reader:
+        record = reader.info()["user"]["auto"]
+    assert record["chosen"]["codec"] == reader.info()["codec"]
+    assert {r["keep_fraction"] for r in record["candidates"]} == {1.0}
 
 
 def test_fkd_lossy_import_keeps_the_reader_distribution(tmp_path: Path) -> None:

@@ -432,7 +432,7 @@ def choose_codec(
 def _pick(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
     measured = [r for r in results if r.kl is not None and r.group_kl is not None]
     if not measured:
-        reasons = [r.skipped for r in results if r.skipped]
+        reasons = [r.detail or r.skipped for r in results if r.skipped]
         raise UnreachableTargetError(
             f"--codec auto: none of {len(results)} candidates reaches the target; "
             f"e.g. {reasons[0] if reasons else 'no candidates'}"
