@@ -57,6 +57,7 @@ __all__ = [
     "AUTO_KEY",
     "LM_CANDIDATES",
     "LM_MIN_CLASSES",
+    "MIN_STORED_TOP1",
     "VISION_CANDIDATES",
     "AutoChoice",
     "AutoConfig",
@@ -93,6 +94,10 @@ LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("vqae-sparse", {}),
     ("vqae-rs", {}),
 )
+# A candidate whose decoded stored labels keep the teacher's argmax less often
+# than this is not eligible: a flat label (top-k "mrs" at K = 1) scores a low KL
+# at T = 4 on few classes while carrying no class information.
+MIN_STORED_TOP1 = 0.5
 # Learned codecs' schedule option, capped at AutoConfig.steps for candidates.
 _STEP_OPTION = {"vqae": "steps", "vqae-sparse": "steps", "vqae-rs": "steps"}
 # Labels per encode/decode call when measuring.
@@ -134,6 +139,13 @@ class AutoConfig(BaseModel):
         default=(1.0, 0.5, 0.25, 0.125),
         min_length=1,
         description="view budgets tried where the layout has views",
+    )
+    record_share: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="most of the target bytes the stored candidate table may take; "
+        "above it the archive stores the choice alone",
     )
     tie_tolerance: float = Field(
         default=0.01, ge=0.0, le=1.0, description="relative KL gap counted as a tie"
@@ -250,10 +262,12 @@ class AutoChoice:
     held_labels: int
     reference_total: int
     seconds: float
+    compact: bool = False
 
     def to_dict(self, *, report: bool = False) -> dict[str, Any]:
         """The JSON record: for the archive (deterministic: no seconds, short
-        skip reasons) or, with ``report``, for the command's output."""
+        skip reasons; with ``compact`` only the winner's row) or, with
+        ``report``, for the command's output (every row)."""
         out: dict[str, Any] = {
             "chosen": {
                 "codec": self.winner.codec,
@@ -266,9 +280,13 @@ class AutoChoice:
             "steps": self.config.steps,
             "seed": self.config.seed,
             "candidates": [
-                r.to_dict(self.reference_total, report=report) for r in self.results
+                r.to_dict(self.reference_total, report=report)
+                for r in self.results
+                if report or not self.compact or r.candidate == self.winner
             ],
         }
+        if self.compact and not report:
+            out["omitted"] = len(self.results) - 1
         if report:
             out["seconds"] = round(self.seconds, 2)
         return out
@@ -296,12 +314,18 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
         )
         head = f" {mark} {name:<34} keep {row['keep_fraction']:<6g}"
         secs = f" {row['fit_seconds']:7.1f}s" if "fit_seconds" in row else ""
-        if row["skipped"] is not None:
+        if row["skipped"] is not None and row["kl"] is None:
             lines.append(f"{head} skipped: {row['skipped']}")
             continue
+        flag = f"  not eligible ({row['skipped']})" if row["skipped"] else ""
         lines.append(
             f"{head} {row['ratio']:7.2f}x  KL {row['kl']:.5f}  top-1 "
-            f"{row['top1']:.4f}{secs}"
+            f"{row['top1']:.4f}{secs}{flag}"
+        )
+    if record.get("omitted"):
+        lines.append(
+            f"   ({record['omitted']} other candidates measured; their rows are not "
+            "stored, as they would take a noticeable share of this small archive)"
         )
     return lines
 
@@ -403,7 +427,9 @@ def choose_codec(
     if not todo:
         raise ConfigError("--codec auto has no candidate codec for these labels")
 
-    def choice(winner: Candidate, results: Sequence[CandidateResult]) -> AutoChoice:
+    def choice(
+        winner: Candidate, results: Sequence[CandidateResult], compact: bool
+    ) -> AutoChoice:
         return AutoChoice(
             winner=winner,
             results=tuple(results),
@@ -414,23 +440,66 @@ def choose_codec(
                 target.layout.num_labels, target.num_classes, target.reference
             ),
             seconds=time.perf_counter() - started,
+            compact=compact,
         )
 
-    # Candidates are charged for the record the final archive will carry.
+    # Candidates are charged for the record the final archive will carry: every
+    # row that may be measured (view budgets extended), with the widest numbers.
+    extra = [] if candidates is not None else _extra_budgets(todo, target, has_views)
+    possible = todo + [c for level in extra for c in level]
     wide = [
         CandidateResult(c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT)
-        for c in todo
+        for c in possible
     ]
     longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
+    full = json.dumps(choice(longest, wide, False).to_dict(), separators=(",", ":"))
+    compact = len(full) > config.record_share * target.total_bytes
     charged = dataclasses.replace(
-        target, metadata=with_auto_record(target.metadata, choice(longest, wide))
+        target,
+        metadata=with_auto_record(target.metadata, choice(longest, wide, compact)),
     )
     results = [_measure(c, sample, charged, config) for c in todo]
-    return choice(_pick(results, config), results)
+    for level in extra:  # fewer views while the fewest tried so far wins
+        smallest = min(r.candidate.keep_fraction for r in results)
+        if _any_measured(results) and _pick(results, config).keep_fraction > smallest:
+            break
+        results += [_measure(c, sample, charged, config) for c in level]
+    return choice(_pick(results, config), results, compact)
+
+
+def _any_measured(results: Sequence[CandidateResult]) -> bool:
+    return any(r.kl is not None and r.skipped is None for r in results)
+
+
+def _extra_budgets(
+    todo: Sequence[Candidate], target: Target, has_views: bool
+) -> list[list[Candidate]]:
+    """Halvings of the smallest view budget down to one view per sample.
+
+    Each level repeats the codecs of the largest budget; auto tries a level
+    only while nothing reaches the target or the smallest budget wins.
+    """
+    if not has_views or not todo:
+        return []
+    views = GroupShape.of(target.layout.dims, target.layout.shape).views
+    keep = min(c.keep_fraction for c in todo)
+    top = max(c.keep_fraction for c in todo)
+    codecs = [c for c in todo if c.keep_fraction == top]
+    levels: list[list[Candidate]] = []
+    while keep_per_group(keep, views) > 1:
+        keep /= 2
+        if keep_per_group(keep, views) == keep_per_group(2 * keep, views):
+            continue
+        levels.append([Candidate(c.codec, c.options, keep) for c in codecs])
+    return levels
 
 
 def _pick(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
-    measured = [r for r in results if r.kl is not None and r.group_kl is not None]
+    measured = [
+        r
+        for r in results
+        if r.kl is not None and r.group_kl is not None and r.skipped is None
+    ]
     if not measured:
         reasons = [r.detail or r.skipped for r in results if r.skipped]
         raise UnreachableTargetError(
@@ -500,7 +569,7 @@ def _measure(
             cand, skipped=_short_reason(exc), detail=_full_reason(exc)
         )
     seconds = time.perf_counter() - started
-    kl, top1, payload, kept = _held_out(codec, sample, plan, config.temperature)
+    kl, top1, own, payload, kept = _held_out(codec, sample, plan, config.temperature)
     num_stored = plan.num_kept if plan is not None else layout.num_labels
     header = estimate_header_bytes(
         layout.num_labels,
@@ -526,13 +595,15 @@ def _measure(
         top1=top1,
         group_kl=kl,
         fit_seconds=seconds,
+        skipped=None if own >= MIN_STORED_TOP1 else f"flat: stored top-1 {own:.2f}",
     )
 
 
 def _held_out(
     codec: Codec, sample: LabelSample, plan: PrunePlan | None, temperature: float
-) -> tuple[torch.Tensor, float, int, int]:
-    """Per held-out sample mean KL, top-1, payload bytes and labels encoded.
+) -> tuple[torch.Tensor, float, float, int, int]:
+    """Per held-out sample mean KL, top-1 (of every label, and of the stored
+    labels against their own decoding), payload bytes and labels encoded.
 
     With a plan only the kept held-out labels are encoded; every held-out label
     is compared against the decoded label it uses (its own or its stand-in's).
@@ -559,7 +630,8 @@ def _held_out(
     used = decoded[torch.searchsorted(stored, source_pos)]
     kl = kl_divergence(teacher, used, temperature=temperature).reshape(groups, views)
     top1 = top1_agreement(teacher, used)
-    return kl.mean(dim=1), top1, payload, int(stored.numel())
+    own = top1_agreement(teacher[stored], decoded)
+    return kl.mean(dim=1), top1, own, payload, int(stored.numel())
 
 
 def _full_reason(exc: Exception) -> str:
