@@ -1,8 +1,9 @@
 """``--codec auto`` against every single codec, by label fidelity of the final archives.
 
 For each label set and all-in ratio, every codec is written as ``labelzip
-compress`` writes it (rate control at the target, full schedule, every view
-kept), and so is ``--codec auto`` (candidates measured on a held-out sample,
+compress`` writes it (rate control at the target, full schedule), keeping every
+view when that meets the target and otherwise the most views per sample that
+do (relabel's ``--auto-prune`` rule), and so is ``--codec auto`` (candidates measured on a held-out sample,
 then the winner fitted on everything). Each archive is decoded whole and
 compared with the teacher: mean KL(teacher || decoded) at T=4 over every
 label (a pruned view counts with the label that stands in for it) and top-1
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from labelzip.archive import ArchiveMetadata, load_archive
+from labelzip.archive import ArchiveMetadata, Layout, load_archive
 from labelzip.errors import UnreachableTargetError
 from labelzip.logit_store import open_logits
 from labelzip.ops.metrics import kl_divergence, top1_agreement
@@ -51,6 +52,7 @@ from labelzip.pipelines.compress import (
     prune_plan,
     write_archive,
 )
+from labelzip.pipelines.ratecontrol import auto_prune_plan
 from labelzip.selection.auto import (
     AutoChoice,
     AutoConfig,
@@ -161,6 +163,8 @@ def write_one(
             )
             metadata = with_auto_record(metadata, choice)
         chosen = time.perf_counter()
+        if auto is None:
+            settings = with_auto_prune(settings, layout, store.num_classes, metadata)
         plan = prune_plan(layout, settings)
         codec = fit_codec(store, settings, layout, plan, metadata)
         fitted = time.perf_counter()
@@ -177,6 +181,29 @@ def write_one(
         "fit_s": fitted - chosen,
     }
     return row, choice
+
+
+def with_auto_prune(
+    settings: CompressSettings,
+    layout: Layout,
+    num_classes: int,
+    metadata: ArchiveMetadata,
+) -> CompressSettings:
+    """A single codec as relabel's ``--auto-prune`` runs it: every view kept when
+    that meets the target, else the most views per sample that do."""
+    plan = auto_prune_plan(
+        settings.codec,
+        layout=layout,
+        num_classes=num_classes,
+        ratio=settings.ratio,
+        bits_per_label=settings.bits_per_label,
+        chunk_size=settings.chunk_size,
+        metadata=metadata,
+        options=settings.options,
+    )
+    if plan is None:
+        return settings
+    return dataclasses.replace(settings, prune_keep=plan.keep_fraction)
 
 
 def run_set(
@@ -270,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--effnet-epochs", type=int, default=500)
     p.add_argument("--cache", type=Path, default=Path("/tmp/labelzip_auto_bench"))
     p.add_argument("--auto-steps", type=int, default=300)
-    p.add_argument("--auto-sample", type=int, default=8192)
+    p.add_argument("--auto-sample", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.json")
     args = p.parse_args(argv)

@@ -102,7 +102,7 @@ def _choose(
         _source(labels),
         dims,
         tuple(labels.shape[:-1]),
-        max_labels=config.sample_labels,
+        max_labels=config.max_sample_labels(labels.shape[-1]),
         held_fraction=config.held_fraction,
         seed=config.seed,
     )

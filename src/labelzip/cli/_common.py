@@ -99,9 +99,9 @@ def add_auto_options(parser: _Options) -> None:
     group.add_argument(
         "--auto-sample",
         type=int,
-        default=8192,
         metavar="N",
-        help="labels sampled to fit and score candidates (default 8192)",
+        help="labels sampled to fit and score candidates (default 8192, more "
+        "for few classes: about 8M logit values)",
     )
     group.add_argument(
         "--auto-steps",

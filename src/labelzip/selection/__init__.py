@@ -1,7 +1,8 @@
 """Choosing a codec for the data: ``--codec auto`` (:mod:`labelzip.selection.auto`).
 
 Sits above :mod:`labelzip.archive` (it fits candidates with archive rate
-control) and below the pipelines and the CLI that call it.
+control) and uses the LPLD budget search of :mod:`labelzip.pipelines.ratecontrol`;
+``pipelines.compress``, ``interop.convert`` and the CLI call it.
 """
 
 from __future__ import annotations

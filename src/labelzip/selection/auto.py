@@ -51,6 +51,7 @@ from labelzip.codecs.prune import PrunePlan, keep_per_group
 from labelzip.codecs.registry import codec_class, target_total_bytes
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement
+from labelzip.pipelines.ratecontrol import auto_prune_plan
 from labelzip.selection.sample import GroupShape, LabelSample
 
 __all__ = [
@@ -98,6 +99,9 @@ LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
 # than this is not eligible: a flat label (top-k "mrs" at K = 1) scores a low KL
 # at T = 4 on few classes while carrying no class information.
 MIN_STORED_TOP1 = 0.5
+# Default selection sample: 8192 labels, or this many logit values when more.
+DEFAULT_SAMPLE_LABELS = 8192
+SAMPLE_VALUES = 8 << 20
 # Learned codecs' schedule option, capped at AutoConfig.steps for candidates.
 _STEP_OPTION = {"vqae": "steps", "vqae-sparse": "steps", "vqae-rs": "steps"}
 # Labels per encode/decode call when measuring.
@@ -107,6 +111,7 @@ _MAX_REASON = 48
 _BEST_REACHABLE = re.compile(r"best reachable is ([0-9.]+x)")
 # Stand-ins as wide as any stored number: the provisional record of candidate fits.
 _WIDE_FLOAT = 1.23457e-05
+_PLACEHOLDER_KEEP = 1 / 3
 
 
 class AutoConfig(BaseModel):
@@ -120,8 +125,12 @@ class AutoConfig(BaseModel):
     temperature: float = Field(
         default=4.0, gt=0.0, le=1000.0, description="student's KD temperature"
     )
-    sample_labels: int = Field(
-        default=8192, ge=4, le=1 << 22, description="labels in the selection sample"
+    sample_labels: int | None = Field(
+        default=None,
+        ge=4,
+        le=1 << 22,
+        description="labels in the selection sample; default 8192, more for few "
+        "classes (about 8M values)",
     )
     sample_bytes: int = Field(
         default=512 << 20, ge=1 << 20, description="float32 bytes of the sample at most"
@@ -166,8 +175,16 @@ class AutoConfig(BaseModel):
         return value
 
     def max_sample_labels(self, num_classes: int) -> int:
-        """Labels the sample may hold for ``num_classes`` float32 values each."""
-        return max(4, min(self.sample_labels, self.sample_bytes // (4 * num_classes)))
+        """Labels the sample may hold for ``num_classes`` float32 values each.
+
+        By default 8192 labels, or ``SAMPLE_VALUES / num_classes`` when more (a
+        10-class set is sampled whole up to 800k labels: more held-out samples,
+        less noise, at no cost in fit time), within ``sample_bytes``.
+        """
+        labels = self.sample_labels
+        if labels is None:
+            labels = max(DEFAULT_SAMPLE_LABELS, SAMPLE_VALUES // num_classes)
+        return max(4, min(labels, self.sample_bytes // (4 * num_classes)))
 
 
 @dataclass(frozen=True)
@@ -446,7 +463,12 @@ def choose_codec(
     # Candidates are charged for the record the final archive will carry: every
     # row that may be measured (view budgets extended), with the widest numbers.
     extra = [] if candidates is not None else _extra_budgets(todo, target, has_views)
-    possible = todo + [c for level in extra for c in level]
+    fitting = _PLACEHOLDER_KEEP if candidates is None and has_views else None
+    possible = (
+        todo
+        + [c for level in extra for c in level]
+        + _fitting_keeps(todo, target, config, fitting)
+    )
     wide = [
         CandidateResult(c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT)
         for c in possible
@@ -458,6 +480,8 @@ def choose_codec(
         target,
         metadata=with_auto_record(target.metadata, choice(longest, wide, compact)),
     )
+    if fitting is not None:  # each codec's own largest view budget that fits
+        todo = todo + _fitting_keeps(todo, charged, config, None)
     results = [_measure(c, sample, charged, config) for c in todo]
     for level in extra:  # fewer views while the fewest tried so far wins
         smallest = min(r.candidate.keep_fraction for r in results)
@@ -469,6 +493,52 @@ def choose_codec(
 
 def _any_measured(results: Sequence[CandidateResult]) -> bool:
     return any(r.kl is not None and r.skipped is None for r in results)
+
+
+def _fitting_keeps(
+    todo: Sequence[Candidate],
+    target: Target,
+    config: AutoConfig,
+    placeholder: float | None,
+) -> list[Candidate]:
+    """Per codec, the most views per sample at which it meets the target
+    (relabel's ``--auto-prune`` rule), when no tried budget is that one.
+
+    With ``placeholder`` every codec gets that keep fraction instead (a
+    stand-in as wide as any real one, for the provisional record).
+    """
+    top = max((c.keep_fraction for c in todo), default=1.0)
+    views = GroupShape.of(target.layout.dims, target.layout.shape).views
+    out: list[Candidate] = []
+    for cand in [c for c in todo if c.keep_fraction == top]:
+        if placeholder is not None:
+            out.append(Candidate(cand.codec, cand.options, placeholder))
+            continue
+        try:
+            plan = auto_prune_plan(
+                cand.codec,
+                layout=target.layout,
+                num_classes=target.num_classes,
+                ratio=target.ratio,
+                bits_per_label=target.bits_per_label,
+                chunk_size=target.chunk_size,
+                metadata=target.metadata,
+                side_entry=target.side_bytes,
+                seed=config.seed,
+                options=run_options(cand.codec, cand.options, config),
+            )
+        except (UnreachableTargetError, ConfigError):
+            continue
+        if plan is None:
+            continue
+        tried = {
+            keep_per_group(c.keep_fraction, views)
+            for c in todo
+            if c.codec == cand.codec and c.options == cand.options
+        }
+        if plan.keep_per_group not in tried:
+            out.append(Candidate(cand.codec, cand.options, plan.keep_fraction))
+    return out
 
 
 def _extra_budgets(
@@ -513,7 +583,8 @@ def _pick(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
         assert r.group_kl is not None and r.kl is not None
         diff = (r.group_kl - best.group_kl).double()
         se = float(diff.std()) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0.0
-        if float(diff.mean()) <= max(2.0 * se, config.tie_tolerance * best.kl):
+        tolerance = config.tie_tolerance * best.kl  # noise counts up to twice it
+        if float(diff.mean()) <= max(tolerance, min(2.0 * se, 2.0 * tolerance)):
             ties.append(r)
     return min(ties, key=lambda r: _order(results, r)).candidate
 
