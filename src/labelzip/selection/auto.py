@@ -578,12 +578,13 @@ def _pick(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
         )
     best = min(measured, key=lambda r: (r.kl, _order(results, r)))
     assert best.group_kl is not None and best.kl is not None
-    ties = []
+    ties = [best]
     for r in measured:
         assert r.group_kl is not None and r.kl is not None
         diff = (r.group_kl - best.group_kl).double()
         se = float(diff.std()) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0.0
-        tolerance = config.tie_tolerance * best.kl  # noise counts up to twice it
+        # noise counts up to twice the tolerance (KL can round below 0: lossless)
+        tolerance = config.tie_tolerance * max(best.kl, 0.0)
         if float(diff.mean()) <= max(tolerance, min(2.0 * se, 2.0 * tolerance)):
             ties.append(r)
     return min(ties, key=lambda r: _order(results, r)).candidate
