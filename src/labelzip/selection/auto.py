@@ -31,27 +31,31 @@ import math
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labelzip.accounting import reference_bytes
 from labelzip.archive import (
-    DEFAULT_CHUNK_SIZE,
-    ArchiveMetadata,
-    Layout,
     estimate_header_bytes,
     fit_for_target,
 )
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan, keep_per_group
-from labelzip.codecs.registry import codec_class, target_total_bytes
+from labelzip.codecs.registry import codec_class
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement
 from labelzip.pipelines.ratecontrol import auto_prune_plan
+from labelzip.selection.config import AutoConfig, Target
+from labelzip.selection.record import (
+    AUTO_KEY,
+    AutoChoice,
+    Candidate,
+    CandidateResult,
+    format_table,
+    with_auto_record,
+)
 from labelzip.selection.sample import GroupShape, LabelSample
 
 __all__ = [
@@ -72,8 +76,6 @@ __all__ = [
     "with_auto_record",
 ]
 
-# The archive's user-metadata entry holding the choice and every candidate's numbers.
-AUTO_KEY = "auto"
 # Classes from which labels are treated as an LM vocabulary.
 LM_MIN_CLASSES = 8192
 
@@ -99,9 +101,6 @@ LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
 # than this is not eligible: a flat label (top-k "mrs" at K = 1) scores a low KL
 # at T = 4 on few classes while carrying no class information.
 MIN_STORED_TOP1 = 0.5
-# Default selection sample: 8192 labels, or this many logit values when more.
-DEFAULT_SAMPLE_LABELS = 8192
-SAMPLE_VALUES = 8 << 20
 # Learned codecs' schedule option, capped at AutoConfig.steps for candidates.
 _STEP_OPTION = {"vqae": "steps", "vqae-sparse": "steps", "vqae-rs": "steps"}
 # Labels per encode/decode call when measuring.
@@ -112,257 +111,6 @@ _BEST_REACHABLE = re.compile(r"best reachable is ([0-9.]+x)")
 # Stand-ins as wide as any stored number: the provisional record of candidate fits.
 _WIDE_FLOAT = 1.23457e-05
 _PLACEHOLDER_KEEP = 1 / 3
-
-
-class AutoConfig(BaseModel):
-    """How ``--codec auto`` measures its candidates.
-
-    The sample bounds memory (``sample_labels`` labels, at most
-    ``sample_bytes`` of float32) and, with ``steps``, the fit time.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    temperature: float = Field(
-        default=4.0, gt=0.0, le=1000.0, description="student's KD temperature"
-    )
-    sample_labels: int | None = Field(
-        default=None,
-        ge=4,
-        le=1 << 22,
-        description="labels in the selection sample; default 8192, more for few "
-        "classes (about 8M values)",
-    )
-    sample_bytes: int = Field(
-        default=512 << 20, ge=1 << 20, description="float32 bytes of the sample at most"
-    )
-    held_fraction: float = Field(
-        default=0.25, gt=0.0, lt=1.0, description="share of the samples held out"
-    )
-    steps: int = Field(
-        default=300,
-        ge=1,
-        le=1 << 20,
-        description="training steps of learned candidates",
-    )
-    keep_fractions: tuple[float, ...] = Field(
-        default=(1.0, 0.5, 0.25, 0.125),
-        min_length=1,
-        description="view budgets tried where the layout has views",
-    )
-    record_share: float = Field(
-        default=0.02,
-        ge=0.0,
-        le=1.0,
-        description="most of the target bytes the stored candidate table may take; "
-        "above it the archive stores the choice alone",
-    )
-    tie_tolerance: float = Field(
-        default=0.01, ge=0.0, le=1.0, description="relative KL gap counted as a tie"
-    )
-    codecs: tuple[str, ...] | None = Field(
-        default=None, description="restrict candidates to these codec names"
-    )
-    seed: int = Field(
-        default=0, ge=0, lt=1 << 62, description="seed of sample and fits"
-    )
-    device: str = Field(default="cpu", description="torch device of learned fits")
-
-    @field_validator("keep_fractions")
-    @classmethod
-    def _keeps_in_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not 0.0 < k <= 1.0 for k in value):
-            raise ValueError(f"keep fractions must be in (0, 1], got {list(value)}")
-        return value
-
-    def max_sample_labels(self, num_classes: int) -> int:
-        """Labels the sample may hold for ``num_classes`` float32 values each.
-
-        By default 8192 labels, or ``SAMPLE_VALUES / num_classes`` when more (a
-        10-class set is sampled whole up to 800k labels: more held-out samples,
-        less noise, at no cost in fit time), within ``sample_bytes``.
-        """
-        labels = self.sample_labels
-        if labels is None:
-            labels = max(DEFAULT_SAMPLE_LABELS, SAMPLE_VALUES // num_classes)
-        return max(4, min(labels, self.sample_bytes // (4 * num_classes)))
-
-
-@dataclass(frozen=True)
-class Target:
-    """The archive an auto choice is made for: rate target, layout and extras."""
-
-    layout: Layout
-    num_classes: int
-    ratio: float | None = None
-    bits_per_label: float | None = None
-    reference: str = "fp16"
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    metadata: ArchiveMetadata = field(default_factory=ArchiveMetadata)
-    side_bytes: int = 0
-
-    @property
-    def total_bytes(self) -> int:
-        return target_total_bytes(
-            num_labels=self.layout.num_labels,
-            num_classes=self.num_classes,
-            ratio=self.ratio,
-            bits_per_label=self.bits_per_label,
-            reference=self.reference,
-        )
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A codec, its fixed options, and the share of each sample's views stored."""
-
-    codec: str
-    options: Mapping[str, Any]
-    keep_fraction: float = 1.0
-
-    @property
-    def name(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
-        return f"{self.codec}({opts})" if opts else self.codec
-
-
-@dataclass(frozen=True)
-class CandidateResult:
-    """What one candidate measured, or why it was skipped.
-
-    Attributes:
-        total_bytes: estimated all-in bytes of the full archive.
-        kl: mean held-out KL(teacher || decoded) at the auto temperature.
-        top1: held-out top-1 agreement.
-        group_kl: (held-out samples,) mean KL per held-out sample (ties).
-        fit_seconds: wall time of the candidate's fit (reported, not stored).
-    """
-
-    candidate: Candidate
-    total_bytes: int | None = None
-    kl: float | None = None
-    top1: float | None = None
-    group_kl: torch.Tensor | None = None
-    fit_seconds: float = 0.0
-    skipped: str | None = None
-    detail: str | None = None
-
-    def to_dict(self, reference_total: int, *, report: bool) -> dict[str, Any]:
-        """The candidate's row: short skip reason in the archive; the command's
-        report adds the fit seconds and the full reason."""
-        out: dict[str, Any] = {
-            "codec": self.candidate.codec,
-            "options": dict(self.candidate.options),
-            "keep_fraction": self.candidate.keep_fraction,
-            "bytes": self.total_bytes,
-            "ratio": _round(reference_total / self.total_bytes)
-            if self.total_bytes
-            else None,
-            "kl": _round(self.kl),
-            "top1": _round(self.top1),
-            "skipped": self.skipped,
-        }
-        if report:
-            out["fit_seconds"] = round(self.fit_seconds, 2)
-            if self.detail is not None:
-                out["skipped"] = self.detail
-        return out
-
-
-@dataclass(frozen=True)
-class AutoChoice:
-    """The chosen candidate and every candidate's measurements."""
-
-    winner: Candidate
-    results: tuple[CandidateResult, ...]
-    config: AutoConfig
-    fit_labels: int
-    held_labels: int
-    reference_total: int
-    seconds: float
-    compact: bool = False
-
-    def to_dict(self, *, report: bool = False) -> dict[str, Any]:
-        """The JSON record: for the archive (deterministic: no seconds, short
-        skip reasons; with ``compact`` only the winner's row) or, with
-        ``report``, for the command's output (every row)."""
-        out: dict[str, Any] = {
-            "chosen": {
-                "codec": self.winner.codec,
-                "options": dict(self.winner.options),
-                "keep_fraction": self.winner.keep_fraction,
-            },
-            "temperature": self.config.temperature,
-            "fit_labels": self.fit_labels,
-            "held_labels": self.held_labels,
-            "steps": self.config.steps,
-            "seed": self.config.seed,
-            "candidates": [
-                r.to_dict(self.reference_total, report=report)
-                for r in self.results
-                if report or not self.compact or r.candidate == self.winner
-            ],
-        }
-        if self.compact and not report:
-            out["omitted"] = len(self.results) - 1
-        if report:
-            out["seconds"] = round(self.seconds, 2)
-        return out
-
-    def table(self) -> list[str]:
-        """The candidates as text lines (``compress`` prints them)."""
-        return format_table(self.to_dict(report=True))
-
-
-def format_table(record: Mapping[str, Any]) -> list[str]:
-    """Text lines of an auto record (from :meth:`AutoChoice.to_dict` or an archive)."""
-    chosen = record["chosen"]
-    win = Candidate(chosen["codec"], chosen["options"], chosen["keep_fraction"])
-    lines = [
-        f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "
-        f"(held-out KL at T={record['temperature']:g}; {record['fit_labels']} fit / "
-        f"{record['held_labels']} held-out labels, {record['steps']} steps)"
-    ]
-    for row in record["candidates"]:
-        name = Candidate(row["codec"], row["options"], row["keep_fraction"]).name
-        mark = (
-            "*"
-            if (name, row["keep_fraction"]) == (win.name, win.keep_fraction)
-            else " "
-        )
-        head = f" {mark} {name:<34} keep {row['keep_fraction']:<6g}"
-        secs = f" {row['fit_seconds']:7.1f}s" if "fit_seconds" in row else ""
-        if row["skipped"] is not None and row["kl"] is None:
-            lines.append(f"{head} skipped: {row['skipped']}")
-            continue
-        flag = f"  not eligible ({row['skipped']})" if row["skipped"] else ""
-        lines.append(
-            f"{head} {row['ratio']:7.2f}x  KL {row['kl']:.5f}  top-1 "
-            f"{row['top1']:.4f}{secs}{flag}"
-        )
-    if record.get("omitted"):
-        lines.append(
-            f"   ({record['omitted']} other candidates measured; their rows are not "
-            "stored, as they would take a noticeable share of this small archive)"
-        )
-    return lines
-
-
-def with_auto_record(metadata: ArchiveMetadata, choice: AutoChoice) -> ArchiveMetadata:
-    """``metadata`` plus the choice under :data:`AUTO_KEY` of its user entries.
-
-    Raises:
-        ConfigError: the user metadata already has that key (it is reserved).
-    """
-    if AUTO_KEY in metadata.user:
-        raise ConfigError(
-            f"user metadata key {AUTO_KEY!r} is reserved for the --codec auto record"
-        )
-    return ArchiveMetadata(
-        class_names=metadata.class_names,
-        dataset_fingerprint=metadata.dataset_fingerprint,
-        teacher=metadata.teacher,
-        user={**dict(metadata.user), AUTO_KEY: choice.to_dict()},
-    )
 
 
 def run_options(
@@ -719,8 +467,3 @@ def _short_reason(exc: Exception) -> str:
         return f"unreachable (best {best.group(1)} all-in)" if best else "unreachable"
     text = _full_reason(exc)
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
-
-
-def _round(value: float | None) -> float | None:
-    """Six significant digits: a stable, compact number for the record."""
-    return None if value is None else float(f"{value:.6g}")
