@@ -10,13 +10,15 @@ label (a pruned view counts with the label that stands in for it) and top-1
 agreement. Fit time is measured per archive; for auto it is split into the
 choice and the final fit.
 
-Label sets (each a (E, N, C) tensor, dims epoch,sample, as relabel writes):
+Label sets (the vision ones (E, N, C), dims epoch,sample, as relabel writes):
 
 - ``effnet``: the first ``--effnet-epochs`` epochs of the 1000-class
   EfficientNet-Lite0 views in ``/work/benchdata/effnet_views.safetensors``
   (60 images, one view per image per epoch);
 - ``quickstart``: the quickstart's Fashion-MNIST labels (ConvNet teacher,
-  random IPC 10, 300 views per image), made once into ``--cache``.
+  random IPC 10, 300 views per image), made once into ``--cache``;
+- ``lm``: (N, V) SmolLM2-135M next-token logits (V = 49152) from
+  ``benchmarks/make_lm_label_set.py`` (``--lm``), no views; the LM codecs.
 
 Usage:
     python benchmarks/auto_codec.py --sets effnet quickstart --ratios 40 100 \\
@@ -54,6 +56,7 @@ from labelzip.pipelines.compress import (
 )
 from labelzip.pipelines.ratecontrol import auto_prune_plan
 from labelzip.selection.auto import (
+    LM_MIN_CLASSES,
     AutoChoice,
     AutoConfig,
     run_options,
@@ -63,7 +66,7 @@ from labelzip.selection.auto import (
 logger = logging.getLogger("auto_codec")
 
 EFFNET = Path("/work/benchdata/effnet_views.safetensors")
-DIMS = ("epoch", "sample")
+VIEW_DIMS = ("epoch", "sample")
 # Every single codec compress offers for a logits file (no view context).
 SINGLES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("topk", {"decoder": "ms", "temperature": 4.0}),
@@ -73,6 +76,20 @@ SINGLES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("rskd", {}),
     ("vqae", {}),
 )
+
+
+LM_SINGLES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("topk", {"decoder": "ms", "temperature": 4.0}),
+    ("topk-tail", {}),
+    ("rskd", {}),
+    ("vqae-sparse", {}),
+    ("vqae-rs", {}),
+)
+
+
+def lm_positions(path: Path) -> torch.Tensor:
+    """(N, V) next-token logits of ``benchmarks/make_lm_label_set.py`` (float32)."""
+    return load_file(str(path))["logits"].float()
 
 
 def effnet_views(epochs: int) -> torch.Tensor:
@@ -149,7 +166,8 @@ def write_one(
     metadata = ArchiveMetadata()
     choice: AutoChoice | None = None
     with open_logits(source) as store:
-        layout = label_layout(store, DIMS)
+        dims = VIEW_DIMS if len(store.shape) == 3 else None
+        layout = label_layout(store, dims)
         started = time.perf_counter()
         if auto is not None:
             choice = choose_auto(store, settings, layout, metadata, auto)
@@ -163,7 +181,7 @@ def write_one(
             )
             metadata = with_auto_record(metadata, choice)
         chosen = time.perf_counter()
-        if auto is None:
+        if auto is None and dims is not None:
             settings = with_auto_prune(settings, layout, store.num_classes, metadata)
         plan = prune_plan(layout, settings)
         codec = fit_codec(store, settings, layout, plan, metadata)
@@ -216,7 +234,8 @@ def run_set(
         jobs: list[
             tuple[str, Callable[[], tuple[dict[str, Any], AutoChoice | None]]]
         ] = []
-        for codec, options in SINGLES:
+        singles = LM_SINGLES if logits.shape[-1] > LM_MIN_CLASSES else SINGLES
+        for codec, options in singles:
             settings = CompressSettings(
                 codec=codec, options=run_options(codec, options, auto), ratio=ratio
             )
@@ -295,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", nargs="+", default=["effnet", "quickstart"])
     p.add_argument("--ratios", nargs="+", type=float, default=[40.0, 100.0])
     p.add_argument("--effnet-epochs", type=int, default=500)
+    p.add_argument(
+        "--lm",
+        type=Path,
+        default=Path("/work/devdata/lm_smollm2_logits.safetensors"),
+        help="LM label set of benchmarks/make_lm_label_set.py",
+    )
     p.add_argument("--cache", type=Path, default=Path("/tmp/labelzip_auto_bench"))
     p.add_argument("--auto-steps", type=int, default=300)
     p.add_argument("--auto-sample", type=int, default=None)
@@ -308,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     makers = {
         "effnet": lambda: effnet_views(args.effnet_epochs),
         "quickstart": lambda: quickstart_views(args.cache),
+        "lm": lambda: lm_positions(args.lm),
     }
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
