@@ -25,17 +25,18 @@ import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
-from labelzip.errors import ConfigError, DistributedError
+from labelzip.errors import ConfigError, DistributedError, LabelzipError
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "Ranks",
     "all_gather_bytes",
     "broadcast_object",
+    "run_on_main",
     "check_alive",
     "join",
     "leave",
@@ -265,3 +266,25 @@ def broadcast_object(ranks: Ranks, obj: Any, what: str) -> Any:
         ranks, what, lambda: dist.broadcast_object_list(box, src=0, group=ranks.group)
     )
     return box[0]
+
+
+def run_on_main(ranks: Ranks, call: Callable[[], T], what: str) -> T:
+    # ``what`` names the step for both the collective and the peers' error
+    """``call()`` on rank 0, its result broadcast to every rank.
+
+    A :class:`LabelzipError` on rank 0 is re-raised there and reaches the
+    other ranks as a :class:`DistributedError` naming it, so no rank waits on a
+    result that will never come.
+    """
+    result: T | None = None
+    if ranks.is_main:
+        try:
+            result = call()
+        except LabelzipError as exc:
+            if ranks.is_distributed:
+                broadcast_object(ranks, (None, str(exc)), what)
+            raise
+    sent, failure = broadcast_object(ranks, (result, ""), what)
+    if sent is None:
+        raise DistributedError(f"rank 0 failed before encoding ({what}): {failure}")
+    return cast(T, sent)

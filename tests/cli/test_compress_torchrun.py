@@ -85,6 +85,7 @@ def _single(args: Args, out: Path, case: str) -> bytes:
     "case",
     [
         pytest.param("topk-ratio-prune"),
+        pytest.param("auto"),
         pytest.param("dense", marks=pytest.mark.slow),
         pytest.param("topk", marks=pytest.mark.slow),
         pytest.param("vqae", marks=pytest.mark.slow),
@@ -100,6 +101,18 @@ def test_two_ranks_write_the_single_process_bytes(
     assert out.read_bytes() == _single(args, tmp_path / "one.lz", case)
     assert done.stdout.count("wrote ") == 1  # rank 0 reports, once
     assert _leftovers(tmp_path) == []
+
+
+def test_an_auto_choice_that_fails_on_rank_0_stops_every_rank(
+    tmp_path: Path, args: Args
+) -> None:
+    out = tmp_path / "auto.lz"
+    done = _torchrun(2, args(out, "auto")[:-4] + ["--ratio", "1e6"])
+    assert done.returncode != 0
+    errors = _errors(done)
+    assert len(errors) == 2, done.stderr
+    assert any("rank 0 failed before encoding (choosing the codec)" in e for e in errors)
+    assert not out.exists() and _leftovers(tmp_path) == []
 
 
 @pytest.mark.slow

@@ -410,9 +410,14 @@ def test_cli_import_export_and_destination_rules(
         "holds the archive"
     )
     assert not list(tmp_path.glob(".out.*"))  # no temporary folder left behind
-    run = cli("import", tmp_path / "q", "--format", "lpqld",
-              "-o", tmp_path / "b.lz", "--ratio", 10)  # fmt: skip
-    assert run.refused("--codec")
+    run = cli("import", tmp_path / "q", "--format", "lpqld", "-o", tmp_path / "b.lz",
+              "--num-classes", 9, "--ratio", "0.05",  # side information dominates
+              "--auto-steps", 5)  # fmt: skip
+    assert run.code == 0 and run.out.startswith("auto chose "), run.err  # target: auto
+    with ArchiveReader(tmp_path / "b.lz") as reader:
+        record = reader.info()["user"]["auto"]
+    assert record["chosen"]["codec"] == reader.info()["codec"]
+    assert {r["keep_fraction"] for r in record["candidates"]} == {1.0}
 
 
 def test_fkd_lossy_import_keeps_the_reader_distribution(tmp_path: Path) -> None:

@@ -15,10 +15,14 @@ import torch
 from labelzip.codecs.base import Codec
 from labelzip.codecs.registry import available_codecs, codec_class
 from labelzip.errors import ConfigError, InputError
+from labelzip.pipelines.compress import AUTO
+from labelzip.selection.auto import AutoConfig
 
 __all__ = [
+    "add_auto_options",
     "add_codec_option_flags",
     "add_codec_target_options",
+    "auto_config",
     "add_device_option",
     "add_json_option",
     "add_rate_options",
@@ -92,17 +96,59 @@ def add_codec_target_options(
     target_suffix: str = " to meet",
     opt_help: str = "codec option (repeatable)",
     decoder_help: str = "shortcut for --opt decoder=NAME (topk)",
+    auto: bool = False,
 ) -> None:
     """The codec choice of a command that encodes: ``--codec`` (a registered
     codec), the all-in target ``--ratio`` / ``--bits-per-label`` and the codec
     options ``--opt`` / ``--k`` / ``--decoder``. Read them back with
     ``args.codec``, ``args.ratio``, ``args.bits_per_label`` and
-    :func:`codec_options`."""
-    parser.add_argument(
-        "--codec", required=required, choices=available_codecs(), help=codec_help
-    )
+    :func:`codec_options`. With ``auto``, ``--codec auto`` is a choice too
+    (the command resolves it, see :func:`add_auto_options`)."""
+    choices = [AUTO, *available_codecs()] if auto else available_codecs()
+    parser.add_argument("--codec", required=required, choices=choices, help=codec_help)
     add_rate_options(parser, suffix=target_suffix)
     add_codec_option_flags(parser, opt_help=opt_help, decoder_help=decoder_help)
+
+
+def add_auto_options(parser: _Options) -> None:
+    """The knobs of ``--codec auto`` (labelzip.selection.auto.AutoConfig)."""
+    group = parser.add_argument_group("--codec auto (the default with a target)")
+    group.add_argument(
+        "--auto-temperature",
+        type=float,
+        default=4.0,
+        metavar="T",
+        help="student's KD temperature the held-out KL is measured at (default 4)",
+    )
+    group.add_argument(
+        "--auto-sample",
+        type=int,
+        metavar="N",
+        help="labels sampled to fit and score candidates (default 8192, more "
+        "for few classes: about 8M logit values)",
+    )
+    group.add_argument(
+        "--auto-steps",
+        type=int,
+        default=300,
+        metavar="N",
+        help="training steps of learned candidates (default 300)",
+    )
+
+
+def auto_config(
+    args: argparse.Namespace, *, seed: int, device: torch.device
+) -> AutoConfig:
+    """The validated AutoConfig of :func:`add_auto_options` (one-line ConfigError)."""
+    return validated(
+        AutoConfig,
+        "--auto",
+        temperature=args.auto_temperature,
+        sample_labels=args.auto_sample,
+        steps=args.auto_steps,
+        seed=seed,
+        device=str(device),
+    )
 
 
 def codec_options(args: argparse.Namespace) -> dict[str, Any]:

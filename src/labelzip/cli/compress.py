@@ -9,13 +9,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
 from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, rate_note
 from labelzip.cli import print_error, run_command
 from labelzip.cli._common import (
+    add_auto_options,
     add_codec_target_options,
     add_device_option,
     add_json_option,
+    auto_config,
     codec_options,
     format_bytes,
     load_codec_class,
@@ -26,21 +30,25 @@ from labelzip.cli._common import (
     with_run_defaults,
 )
 from labelzip.codecs.base import Codec
-from labelzip.distributed import DEFAULT_TIMEOUT_S, join, leave
-from labelzip.errors import InputError
+from labelzip.distributed import DEFAULT_TIMEOUT_S, join, leave, run_on_main
+from labelzip.errors import ConfigError, InputError
 from labelzip.io import check_output_path
 from labelzip.logit_store import open_logits
 from labelzip.pipelines.compress import (
+    AUTO,
     CompressSettings,
+    choose_auto,
     fit_codec,
     label_layout,
     prune_plan,
 )
 from labelzip.pipelines.compress_run import compress_chunked, sigterm_as_interrupt
+from labelzip.selection.auto import AutoChoice, with_auto_record
 
 __all__ = ["build_parser", "main"]
 
 EPILOG = """examples:
+  labelzip compress logits.safetensors --ratio 40 -o labels.lz   # --codec auto
   labelzip compress logits.safetensors --codec topk --k 10 -o labels.lz
   labelzip compress logits.npy --codec dense --prune-keep 0.25 -o labels.lz
   labelzip compress logits.pt --codec topk --ratio 50 -o labels.lz
@@ -51,12 +59,15 @@ EPILOG = """examples:
 
 LOGITS holds (N, C) labels or (N, E, C) labels of E views per sample (--dims names
 them; the relabel pipeline writes epoch,sample). --ratio counts every byte of the
-archive against dense fp16 logits.
+archive against dense fp16 logits. With a target and no --codec, auto chooses the
+codec and the share of each sample's views to store from held-out measurements
+(docs/auto.md).
 
 Under torchrun, rank 0 fits the codec, every rank encodes a share of the chunks
 into a partial file beside the output, and rank 0 joins them into one archive,
 byte-identical to a single-process run. A killed run keeps its partial files:
-rerun it with --resume. See docs/scaling.md.
+rerun it with --resume. Under torchrun, auto is chosen on rank 0 and sent to the
+other ranks. See docs/scaling.md.
 """
 
 
@@ -75,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="archive to write")
     add_codec_target_options(
         p,
-        required=True,
+        required=False,
+        auto=True,
+        codec_help="codec; auto (the default with --ratio / --bits-per-label) "
+        "measures the candidates on held-out labels and picks the best",
         opt_help="codec option (repeatable), typed by the codec's config, e.g. --opt k=10",
         decoder_help="shortcut for --opt decoder=NAME (topk: mr, ms, mrs)",
     )
@@ -111,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="under torchrun: how long a rank waits for the others, e.g. for rank "
         f"0's codec fit (default {DEFAULT_TIMEOUT_S:g})",
     )
+    add_auto_options(p)
     add_device_option(p, "fit the codec (under torchrun: cuda means cuda:LOCAL_RANK)")
     add_json_option(p)
     return p
@@ -124,11 +139,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     out = check_output_path(args.output, [args.logits, args.class_names])
     device = resolve_device(args.device)
+    has_target = args.ratio is not None or args.bits_per_label is not None
+    codec = args.codec or (AUTO if has_target else None)
+    if codec is None:
+        raise ConfigError(
+            "name a codec with --codec, or give a target (--ratio / --bits-per-label) "
+            "and let --codec auto choose"
+        )
+    options = codec_options(args)
+    if codec == AUTO and options:
+        raise ConfigError("codec options (--opt, --k, --decoder) need a named --codec")
+    if codec != AUTO:
+        load_codec_class(codec)
+        options = with_run_defaults(codec, options, seed=args.seed, device=device)
     settings = CompressSettings(
-        codec=args.codec,
-        options=with_run_defaults(
-            args.codec, codec_options(args), seed=args.seed, device=device
-        ),
+        codec=codec,
+        options=options,
         ratio=args.ratio,
         bits_per_label=args.bits_per_label,
         chunk_size=args.chunk_size,
@@ -137,26 +163,36 @@ def _run(args: argparse.Namespace) -> int:
         dims=tuple(d.strip() for d in args.dims.split(",")) if args.dims else None,
         reference=args.reference,
     )
-    load_codec_class(args.codec)
     ranks, device = join(device, args.dist_timeout)
     started = time.perf_counter()
     seconds = {"fit": 0.0, "encode": 0.0}
     show = not args.quiet and ranks.is_main
+    choice: AutoChoice | None = None
     try:
         with sigterm_as_interrupt(), open_logits(args.logits, key=args.key) as store:
             layout = label_layout(store, settings.dims)
-            plan = prune_plan(layout, settings)
             metadata = _metadata(args)
+            if codec == AUTO:
+                config = auto_config(args, seed=args.seed, device=device)
+
+                def choose() -> AutoChoice:
+                    with progress("choosing a codec", None, enabled=show):
+                        return choose_auto(store, settings, layout, metadata, config)
+
+                choice = run_on_main(ranks, choose, "choosing the codec")
+                settings, metadata = _resolved(settings, choice, metadata, device)
+                seconds["auto"] = time.perf_counter() - started
+            plan = prune_plan(layout, settings)
 
             def fit() -> Codec:
                 fit_started = time.perf_counter()
-                with progress(f"fitting {args.codec}", None, enabled=show) as advance:
-                    fitted = fit_codec(store, settings, layout, plan, metadata, advance)
+                with progress(f"fitting {settings.codec}", None, enabled=show) as step:
+                    fitted = fit_codec(store, settings, layout, plan, metadata, step)
                 seconds["fit"] = time.perf_counter() - fit_started
                 return fitted
 
             with progress("encoding", None, enabled=show) as advance:
-                codec, account = compress_chunked(
+                codec_obj, account = compress_chunked(
                     out,
                     store,
                     settings,
@@ -169,18 +205,40 @@ def _run(args: argparse.Namespace) -> int:
                     on_chunk=advance,
                     report=lambda exc: print_error("compress", exc),
                 )
-        seconds["encode"] = time.perf_counter() - started - seconds["fit"]
+        seconds["encode"] = (
+            time.perf_counter() - started - seconds["fit"] - seconds.get("auto", 0.0)
+        )
     finally:
         leave(ranks)
     if account is None:  # a rank other than 0: rank 0 reports
         return 0
     if settings.has_target:
         note = rate_note(
-            account, codec, ratio=args.ratio, bits_per_label=args.bits_per_label
+            account, codec_obj, ratio=args.ratio, bits_per_label=args.bits_per_label
         )
         account = dataclasses.replace(account, rate_note=note)
-    _report(out, account, seconds, args)
+    _report(out, account, seconds, args, settings, choice)
     return 0
+
+
+def _resolved(
+    settings: CompressSettings,
+    choice: AutoChoice,
+    metadata: ArchiveMetadata,
+    device: torch.device,
+) -> tuple[CompressSettings, ArchiveMetadata]:
+    """The settings and metadata of the auto winner (full schedule, its view budget)."""
+    win = choice.winner
+    keep = settings.prune_keep
+    if keep is None and win.keep_fraction < 1.0:
+        keep = win.keep_fraction
+    options = with_run_defaults(
+        win.codec, dict(win.options), seed=settings.seed, device=device
+    )
+    resolved = dataclasses.replace(
+        settings, codec=win.codec, options=options, prune_keep=keep
+    )
+    return resolved, with_auto_record(metadata, choice)
 
 
 def _metadata(args: argparse.Namespace) -> ArchiveMetadata:
@@ -210,15 +268,25 @@ def _report(
     account: StorageAccount,
     seconds: dict[str, float],
     args: argparse.Namespace,
+    settings: CompressSettings,
+    choice: AutoChoice | None,
 ) -> None:
-    """Print the archive's all-in account; ``--json`` adds the pass times."""
+    """Print the archive's all-in account (and the auto table); ``--json`` adds
+    the pass times."""
     if args.json:
-        print_json({"output": str(out), **account.to_dict(), "seconds": seconds})
+        extra = {"auto": choice.to_dict(report=True)} if choice is not None else {}
+        print_json(
+            {"output": str(out), **account.to_dict(), "seconds": seconds, **extra}
+        )
         return
+    if choice is not None:
+        for line in choice.table():
+            print(line)
+    keep = settings.prune_keep
     print(
         f"wrote {out}: {account.num_labels} labels x {account.num_classes} classes, "
         f"codec {account.codec}"
-        + (f" (pruned, keep {args.prune_keep})" if args.prune_keep is not None else "")
+        + (f" (pruned, keep {keep:g})" if keep is not None else "")
     )
     print(
         f"  {format_bytes(account.total_bytes)} all-in = payload "

@@ -7,17 +7,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
-from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata
+from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, ArchiveReader
 from labelzip.cli import run_command
 from labelzip.cli._common import (
+    add_auto_options,
     add_codec_target_options,
     add_json_option,
+    auto_config,
     codec_options,
     format_bytes,
     load_codec_class,
     parse_key_values,
     print_json,
     progress,
+    resolve_device,
 )
 from labelzip.distributed import refuse_several_ranks
 from labelzip.errors import ConfigError
@@ -25,6 +28,7 @@ from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import DEFAULT_FIT_SAMPLE, CodecChoice, import_store
 from labelzip.interop.formats import available_formats, resolve_format_name
 from labelzip.io import check_output_path
+from labelzip.selection.auto import AUTO_KEY, format_table
 
 __all__ = ["build_parser", "main"]
 
@@ -32,9 +36,11 @@ EPILOG = """examples:
   labelzip import --format sre2l FKD_soft_label/ --sampler-seed 42 --batch-size 1024 -o labels.lz
   labelzip import --format lpqld soft_labels/ -o labels.lz            # lossless: top-k stays top-k
   labelzip import --format lpld soft_labels/ --codec vqae --ratio 40 -o labels.lz
+  labelzip import --format lpld soft_labels/ --ratio 40 -o labels.lz   # --codec auto
   labelzip import --format fkd FKD_soft_label/ --num-classes 1000 -o labels.lz
 
-Without --codec the import is lossless (fp16 logits stay fp16, top-k stays top-k):
+With a target and no --codec, auto measures the codecs on held-out labels and
+picks one (docs/auto.md). Without --codec or a target the import is lossless (fp16 logits stay fp16, top-k stays top-k):
 `labelzip export` gives every file back element for element. --ratio counts every
 byte of the archive (augmentation side information included) against dense fp16.
 See docs/interop.md for each format.
@@ -59,9 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_codec_target_options(
         p,
         required=False,
-        codec_help="re-encode with this codec (default: lossless for what the files hold)",
-        target_suffix=" to meet (needs --codec)",
+        auto=True,
+        codec_help="re-encode with this codec (default: auto with a target, else "
+        "lossless for what the files hold)",
+        target_suffix=" to meet (re-encodes; --codec auto by default)",
     )
+    add_auto_options(p)
     store = p.add_argument_group("what the files do not say")
     store.add_argument(
         "--sampler-seed",
@@ -119,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     if args.fit_sample < 1:
         raise ConfigError(f"--fit-sample must be >= 1, got {args.fit_sample}")
-    if args.codec is not None:
+    if args.codec not in (None, "auto"):
         load_codec_class(args.codec)
     options = ImportOptions(
         sampler_seed=args.sampler_seed,
@@ -135,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         bits_per_label=args.bits_per_label,
         seed=args.seed,
         fit_sample=args.fit_sample,
+        auto=auto_config(args, seed=args.seed, device=resolve_device("cpu")),
     )
     if args.codec is None and choice.options:
         raise ConfigError("codec options (--opt, --k, --decoder) need --codec")
@@ -160,9 +170,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(out: Path, account: StorageAccount, args: argparse.Namespace) -> None:
+    with ArchiveReader(out) as reader:  # the auto record, when auto chose
+        record = reader.info()["user"].get(AUTO_KEY)
     if args.json:
-        print_json({"output": str(out), "format": args.format, **account.to_dict()})
+        extra = {"auto": record} if record is not None else {}
+        print_json(
+            {"output": str(out), "format": args.format, **account.to_dict(), **extra}
+        )
         return
+    for line in format_table(record) if record is not None else []:
+        print(line)
     print(
         f"wrote {out}: {account.num_labels} labels x {account.num_classes} classes "
         f"from {args.format}, codec {account.codec}"

@@ -9,6 +9,7 @@ from typing import Any
 from labelzip.archive import ArchiveReader
 from labelzip.cli import run_command
 from labelzip.cli._common import add_json_option, format_bytes, print_json
+from labelzip.selection.auto import AUTO_KEY, format_table
 
 __all__ = ["build_parser", "main"]
 
@@ -96,3 +97,11 @@ def _print_text(path: str, info: dict[str, Any]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    record = (info.get("user") or {}).get(AUTO_KEY)
+    if isinstance(record, dict):
+        try:
+            lines = format_table(record)
+        except (KeyError, TypeError, ValueError):
+            lines = ["auto record present but not in the form this labelzip reads"]
+        for line in lines:
+            print(line)

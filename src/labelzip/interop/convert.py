@@ -16,6 +16,7 @@ into place only once complete.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -45,6 +46,15 @@ from labelzip.interop.base import (
 from labelzip.interop.formats import get_format, resolve_format_name
 from labelzip.ops.reservoir import Reservoir
 from labelzip.outputs import atomic_folder
+from labelzip.selection.auto import (
+    AutoChoice,
+    AutoConfig,
+    Target,
+    choose_codec,
+    run_options,
+    with_auto_record,
+)
+from labelzip.selection.sample import LabelSample
 
 __all__ = [
     "CodecChoice",
@@ -65,6 +75,8 @@ FIT_SAMPLE_BYTES = 2 << 30
 
 # Codecs whose fit reads only C from the data: no first pass without a rate target.
 _SHAPE_ONLY_FIT = ("dense", "topk")
+# The codec name of the measured choice (labelzip.selection.auto).
+AUTO = "auto"
 
 # Codecs that store a top-k itself: on a top-k store they keep its K by default.
 _TOPK_CODECS = ("topk", "topk-q")
@@ -78,11 +90,13 @@ class CodecChoice:
     """How ``import`` encodes: lossless (``name`` None) or a named codec.
 
     Attributes:
-        name: registry name, or None for the lossless default.
+        name: registry name, ``"auto"`` (measured choice, the default with a
+            target), or None for the lossless default.
         options: codec options (``--opt``).
-        ratio / bits_per_label: an all-in rate target (needs ``name``).
+        ratio / bits_per_label: an all-in rate target.
         seed: seed of the fit sample and of the codec's own fit.
         fit_sample: labels the codec is fitted on at most.
+        auto: how ``"auto"`` measures its candidates (defaults when None).
     """
 
     name: str | None = None
@@ -91,6 +105,7 @@ class CodecChoice:
     bits_per_label: float | None = None
     seed: int = 0
     fit_sample: int = DEFAULT_FIT_SAMPLE
+    auto: AutoConfig | None = None
 
 
 def lossless_codec(store: ImportedStore) -> Codec:
@@ -156,11 +171,15 @@ def import_store(
     if not source.exists():
         raise InputError(f"label store {str(source)!r} does not exist")
     choice = codec or CodecChoice()
-    if choice.name is None and (choice.ratio or choice.bits_per_label):
+    has_target = choice.ratio is not None or choice.bits_per_label is not None
+    if choice.name is None and has_target:  # a target re-encodes: auto by default
+        choice = dataclasses.replace(choice, name=AUTO)
+    if choice.name == AUTO and not has_target:
         raise ConfigError(
-            "--ratio / --bits-per-label re-encode the labels; name the codec with "
-            "--codec (e.g. --codec vqae)"
+            "--codec auto chooses for a target: give --ratio or --bits-per-label"
         )
+    if choice.name == AUTO and choice.options:
+        raise ConfigError("codec options (--opt, --k, --decoder) need a named --codec")
     fmt = get_format(format_name)
     store = fmt.open(source, options or ImportOptions())
     doc = {**store.describe(), "lossless": choice.name is None}
@@ -174,7 +193,7 @@ def import_store(
     if choice.name is None:
         fitted = lossless_codec(store)
     else:
-        fitted = _fit(store, choice, meta, chunk_size, reference)
+        fitted, meta = _fit(store, choice, meta, chunk_size, reference)
     return _write(store, fitted, output, chunk_size, meta, reference, on_progress)
 
 
@@ -184,27 +203,20 @@ def _fit(
     metadata: ArchiveMetadata,
     chunk_size: int,
     reference: str,
-) -> Codec:
-    """Pass 1: a seeded reservoir sample of the dense logits, then the fit."""
+) -> tuple[Codec, ArchiveMetadata]:
+    """Pass 1: a seeded reservoir sample of the dense logits, then the fit.
+
+    With ``auto`` the candidates are measured on part of the reservoir first;
+    the metadata returned then carries the choice.
+    """
     assert choice.name is not None
-    cls = codec_class(choice.name)
-    if create_codec(choice.name, **choice.options).needs_context:
-        raise ConfigError(
-            f"codec {choice.name} encodes labels with labelzip's own view recipe, "
-            "which imported stores do not have; choose another codec"
-        )
-    options = dict(choice.options)
-    fields = cls.config_class.model_fields
-    if "seed" in fields:
-        options.setdefault("seed", choice.seed)
     target = choice.ratio is not None or choice.bits_per_label is not None
-    if store.kind == "topk" and store.k is not None and choice.name in _TOPK_CODECS:
-        # the store's K; topk's rate control chooses K itself, topk-q its value bits
-        if choice.name == "topk-q" or not target:
-            options.setdefault("k", min(store.k, store.num_classes))
-    if choice.name in _SHAPE_ONLY_FIT and not target:
-        probe = [torch.zeros(1, store.num_classes)]
-        return create_codec(choice.name, **options).fit(probe)
+    options: dict[str, Any] = {}
+    if choice.name != AUTO:
+        options = _fixed_options(store, choice, target)
+        if choice.name in _SHAPE_ONLY_FIT and not target:
+            probe = [torch.zeros(1, store.num_classes)]
+            return create_codec(choice.name, **options).fit(probe), metadata
     capacity = min(choice.fit_sample, store.num_labels, fit_rows(store.num_classes))
     if capacity < choice.fit_sample < store.num_labels:
         logger.info(
@@ -220,6 +232,13 @@ def _fit(
         side_bytes += sum(_nbytes(t) for t in record.side.values())
         side_bytes += sum(_nbytes(t) for t in record.file_side.values())
         side_bytes += sum(_nbytes(t) for t in record.blobs.values())
+    name = choice.name
+    if name == AUTO:
+        auto = _choose(
+            store, choice, reservoir, metadata, chunk_size, side_bytes, reference
+        )
+        name, metadata = auto.winner.codec, with_auto_record(metadata, auto)
+        options = run_options(name, auto.winner.options, auto.config)
 
     def sample() -> Iterator[torch.Tensor]:
         return reservoir.batches()
@@ -234,13 +253,71 @@ def _fit(
         "side_bytes": side_bytes,
         "reference": reference,
     }
-    return fit_codec(
-        choice.name,
+    fitted = fit_codec(
+        name,
         sample,
         options,
         num_labels=store.num_labels,
         target=goal if target else None,
     )
+    return fitted, metadata
+
+
+def _fixed_options(
+    store: ImportedStore, choice: CodecChoice, target: bool
+) -> dict[str, Any]:
+    """A named codec's options: refuse view-recipe codecs, default the seed and,
+    on a top-k store, the store's K."""
+    assert choice.name is not None
+    if create_codec(choice.name, **choice.options).needs_context:
+        raise ConfigError(
+            f"codec {choice.name} encodes labels with labelzip's own view recipe, "
+            "which imported stores do not have; choose another codec"
+        )
+    options = dict(choice.options)
+    if "seed" in codec_class(choice.name).config_class.model_fields:
+        options.setdefault("seed", choice.seed)
+    if store.kind == "topk" and store.k is not None and choice.name in _TOPK_CODECS:
+        # the store's K; topk's rate control chooses K itself, topk-q its value bits
+        if choice.name == "topk-q" or not target:
+            options.setdefault("k", min(store.k, store.num_classes))
+    return options
+
+
+def _choose(
+    store: ImportedStore,
+    choice: CodecChoice,
+    reservoir: Reservoir,
+    metadata: ArchiveMetadata,
+    chunk_size: int,
+    side_bytes: int,
+    reference: str,
+) -> AutoChoice:
+    """``auto``: candidates measured on a seeded part of the reservoir sample.
+
+    Imported stores are not pruned, so the only view budget is 1.
+    """
+    config = choice.auto or AutoConfig(seed=choice.seed)
+    config = config.model_copy(update={"keep_fractions": (1.0,)})
+    rows = reservoir.rows()
+    count = min(rows.shape[0], config.max_sample_labels(store.num_classes))
+    pick = torch.randperm(
+        rows.shape[0], generator=torch.Generator().manual_seed(config.seed)
+    )
+    sample = LabelSample.from_rows(
+        rows[pick[:count].sort().values].float(), config.held_fraction, config.seed
+    )
+    target = Target(
+        store.layout,
+        store.num_classes,
+        ratio=choice.ratio,
+        bits_per_label=choice.bits_per_label,
+        reference=reference,
+        chunk_size=chunk_size,
+        metadata=metadata,
+        side_bytes=side_bytes,
+    )
+    return choose_codec(sample, target, config)
 
 
 def fit_rows(num_classes: int) -> int:

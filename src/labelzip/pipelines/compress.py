@@ -41,10 +41,14 @@ from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import create_codec
 from labelzip.errors import ConfigError, InputError
 from labelzip.logit_store import LogitStore
+from labelzip.selection.auto import AutoChoice, AutoConfig, Target, choose_codec
+from labelzip.selection.sample import draw_sample
 
 __all__ = [
+    "AUTO",
     "FIT_BATCH",
     "CompressSettings",
+    "choose_auto",
     "fit_codec",
     "label_layout",
     "prune_plan",
@@ -55,6 +59,8 @@ __all__ = [
 # Stored labels per batch handed to fit(); fixed so the fit sees the same
 # batches whatever the input's sharding.
 FIT_BATCH = 4096
+# The codec name that asks for a measured choice (labelzip.selection.auto).
+AUTO = "auto"
 
 Advance = Callable[[int], None]
 
@@ -147,6 +153,46 @@ def stored_batches(
             pending, held = [joined[size:]], held - size
     if held:
         yield torch.cat(pending)
+
+
+def choose_auto(
+    store: LogitStore,
+    settings: CompressSettings,
+    layout: Layout,
+    metadata: ArchiveMetadata,
+    config: AutoConfig,
+) -> AutoChoice:
+    """``--codec auto``: measure the candidates on a sample of ``store`` (one pass).
+
+    A ``prune_keep`` the user set is the only view budget tried. The caller
+    fits the winner normally: ``dataclasses.replace(settings, codec=...,
+    prune_keep=...)`` and the metadata of
+    :func:`~labelzip.selection.auto.with_auto_record`.
+    """
+    if not settings.has_target:
+        raise ConfigError(
+            "--codec auto chooses for a target: give --ratio or --bits-per-label"
+        )
+    if settings.prune_keep is not None:
+        config = config.model_copy(update={"keep_fractions": (settings.prune_keep,)})
+    sample = draw_sample(
+        lambda: store.batches(FIT_BATCH),
+        layout.dims,
+        layout.shape,
+        max_labels=config.max_sample_labels(store.num_classes),
+        held_fraction=config.held_fraction,
+        seed=config.seed,
+    )
+    target = Target(
+        layout,
+        store.num_classes,
+        ratio=settings.ratio,
+        bits_per_label=settings.bits_per_label,
+        reference=settings.reference,
+        chunk_size=settings.chunk_size,
+        metadata=metadata,
+    )
+    return choose_codec(sample, target, config)
 
 
 def fit_codec(

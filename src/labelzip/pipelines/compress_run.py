@@ -52,7 +52,13 @@ from labelzip.archive import ArchiveMetadata, ArchiveWriter, Layout
 from labelzip.archive.chunks import ChunkEncoder
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
-from labelzip.distributed import Ranks, all_gather_bytes, broadcast_object, check_alive
+from labelzip.distributed import (
+    Ranks,
+    all_gather_bytes,
+    broadcast_object,
+    check_alive,
+    run_on_main,
+)
 from labelzip.errors import (
     DistributedError,
     InputError,
@@ -285,23 +291,12 @@ class _Run:
     # -- steps -----------------------------------------------------------------------
     def fit(self, fit: Fit, resume: bool) -> Codec:
         """Rank 0 fits; every rank returns the codec (or raises rank 0's failure)."""
-        ranks = self.ranks
-        codec: Codec | None = None
-        failure = ""
-        if ranks.is_main:
-            try:
-                _prepare_partials(self.out, self.fingerprint, ranks.world, resume)
-                codec = fit()
-            except LabelzipError as exc:
-                if not ranks.is_distributed:
-                    raise
-                broadcast_object(ranks, (None, str(exc)), "sending the fitted codec")
-                raise
-        sent = broadcast_object(ranks, (codec, failure), "sending the fitted codec")
-        codec, failure = sent
-        if codec is None:
-            raise DistributedError(f"rank 0 failed before encoding: {failure}")
-        return codec
+
+        def prepare_and_fit() -> Codec:
+            _prepare_partials(self.out, self.fingerprint, self.ranks.world, resume)
+            return fit()
+
+        return run_on_main(self.ranks, prepare_and_fit, "fitting the codec")
 
     def encode(self, codec: Codec, resume: bool, on_chunk: OnChunk) -> None:
         """Encode this rank's chunks into its partial file (after those it has)."""

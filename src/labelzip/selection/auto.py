@@ -1,0 +1,469 @@
+"""``--codec auto``: choose the codec and the view budget by measuring small candidates.
+
+Every candidate is a (codec, options, keep fraction) triple. Each one is fitted
+by the project's rate control (:func:`~labelzip.archive.fit_for_target`) for
+the *whole* archive, at the same all-in byte budget (real layout, LPLD prune
+plan of its keep fraction, metadata and side bytes, so header and model bytes
+are charged as in the final archive), but on the fit part of a small sample and
+with short training schedules. It then encodes and decodes the held-out
+samples, and the distortion the student sees is measured: mean
+KL(teacher || decoded) at the student's temperature over every held-out label,
+a pruned view being charged for the decoded label of the kept view that stands
+in for it (:meth:`~labelzip.codecs.prune.PrunePlan.stored_index`).
+
+The winner has the lowest held-out KL; candidates within noise of it (a paired
+difference per held-out sample under two standard errors, or under a relative
+tolerance) tie, and a tie goes to the cheaper codec (the order of
+:data:`VISION_CANDIDATES` / :data:`LM_CANDIDATES`), then to the larger keep
+fraction. Top-k is always a candidate, so the choice is never worse than top-k
+beyond noise. A candidate that cannot reach the target is skipped with its reason.
+
+Keeping fewer of each sample's views leaves more bits for each kept view: the
+view budget is measured, not fixed (ctx-transform's 16-bit floor is one fixed
+point of the same trade).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelzip.accounting import reference_bytes
+from labelzip.archive import (
+    estimate_header_bytes,
+    fit_for_target,
+)
+from labelzip.codecs.base import Codec
+from labelzip.codecs.prune import PrunePlan, keep_per_group
+from labelzip.codecs.registry import codec_class
+from labelzip.errors import ConfigError, UnreachableTargetError
+from labelzip.ops.metrics import kl_divergence, top1_agreement
+from labelzip.pipelines.ratecontrol import auto_prune_plan
+from labelzip.selection.config import AutoConfig, Target
+from labelzip.selection.record import (
+    AUTO_KEY,
+    AutoChoice,
+    Candidate,
+    CandidateResult,
+    format_table,
+    with_auto_record,
+)
+from labelzip.selection.sample import GroupShape, LabelSample
+
+__all__ = [
+    "AUTO_KEY",
+    "LM_CANDIDATES",
+    "LM_MIN_CLASSES",
+    "MIN_STORED_TOP1",
+    "VISION_CANDIDATES",
+    "AutoChoice",
+    "AutoConfig",
+    "Candidate",
+    "CandidateResult",
+    "Target",
+    "candidates_for",
+    "choose_codec",
+    "format_table",
+    "run_options",
+    "with_auto_record",
+]
+
+# Classes from which labels are treated as an LM vocabulary.
+LM_MIN_CLASSES = 8192
+
+# (codec, options) in cost order: a tie within noise goes to the earlier one.
+# Codecs that need a view context (vqae-ctx, ctx-transform) are not candidates:
+# a logits file carries no view recipe.
+VISION_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("topk", {"decoder": "mr"}),
+    ("topk", {"decoder": "ms"}),
+    ("topk", {"decoder": "mrs"}),
+    ("dense", {}),
+    ("rskd", {}),
+    ("vqae", {}),
+)
+LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("topk", {"decoder": "ms"}),
+    ("topk-tail", {}),
+    ("rskd", {}),
+    ("vqae-sparse", {}),
+    ("vqae-rs", {}),
+)
+# A candidate whose decoded stored labels keep the teacher's argmax less often
+# than this is not eligible: a flat label (top-k "mrs" at K = 1) scores a low KL
+# at T = 4 on few classes while carrying no class information.
+MIN_STORED_TOP1 = 0.5
+# Learned codecs' schedule option, capped at AutoConfig.steps for candidates.
+_STEP_OPTION = {"vqae": "steps", "vqae-sparse": "steps", "vqae-rs": "steps"}
+# Labels per encode/decode call when measuring.
+_BLOCK = 4096
+# Characters of a skip reason kept in the archive's record.
+_MAX_REASON = 48
+_BEST_REACHABLE = re.compile(r"best reachable is ([0-9.]+x)")
+# Stand-ins as wide as any stored number: the provisional record of candidate fits.
+_WIDE_FLOAT = 1.23457e-05
+_PLACEHOLDER_KEEP = 1 / 3
+
+
+def run_options(
+    codec: str, options: Mapping[str, Any], config: AutoConfig
+) -> dict[str, Any]:
+    """``options`` plus the auto seed and device where the codec's config has them."""
+    out = dict(options)
+    fields = codec_class(codec).config_class.model_fields
+    if "seed" in fields:
+        out.setdefault("seed", config.seed)
+    if "device" in fields:
+        out.setdefault("device", config.device)
+    return out
+
+
+def candidates_for(
+    target: Target, config: AutoConfig, *, has_views: bool
+) -> list[Candidate]:
+    """Every candidate that applies: codecs by class count, crossed with view budgets.
+
+    Keep fractions that keep the same number of views per sample collapse to one.
+    """
+    table = LM_CANDIDATES if target.num_classes > LM_MIN_CLASSES else VISION_CANDIDATES
+    if config.codecs is not None:
+        unknown = set(config.codecs) - {c for c, _ in table}
+        if unknown:
+            raise ConfigError(
+                f"auto candidates {sorted(unknown)} do not apply to "
+                f"{target.num_classes}-class labels; choose from "
+                f"{sorted({c for c, _ in table})}"
+            )
+        table = tuple(t for t in table if t[0] in config.codecs)
+    keeps = _view_budgets(target, config, has_views)
+    out: list[Candidate] = []
+    for keep in keeps:
+        for codec, options in table:
+            opts = dict(options)
+            if codec == "topk" and opts.get("decoder") == "ms":
+                opts["temperature"] = config.temperature
+            out.append(Candidate(codec, opts, keep))
+    return out
+
+
+def _view_budgets(target: Target, config: AutoConfig, has_views: bool) -> list[float]:
+    if not has_views:
+        return [1.0]
+    views = GroupShape.of(target.layout.dims, target.layout.shape).views
+    seen: dict[int, float] = {}
+    for keep in sorted(config.keep_fractions, reverse=True):
+        seen.setdefault(keep_per_group(keep, views), keep)
+    return list(seen.values())
+
+
+def choose_codec(
+    sample: LabelSample,
+    target: Target,
+    config: AutoConfig,
+    *,
+    candidates: Sequence[Candidate] | None = None,
+) -> AutoChoice:
+    """Measure every candidate on ``sample`` and pick the winner (module docstring).
+
+    Raises:
+        UnreachableTargetError: no candidate reaches the target (one line).
+    """
+    started = time.perf_counter()
+    groups = GroupShape.of(target.layout.dims, target.layout.shape)
+    # Pruning needs whole samples with their layout positions (a drawn sample).
+    has_views = (
+        groups.has_views
+        and groups.views > 1
+        and sample.fit_rows.shape[1] == groups.views
+    )
+    todo = (
+        list(candidates)
+        if candidates is not None
+        else candidates_for(target, config, has_views=has_views)
+    )
+    if not todo:
+        raise ConfigError("--codec auto has no candidate codec for these labels")
+
+    def choice(
+        winner: Candidate, results: Sequence[CandidateResult], compact: bool
+    ) -> AutoChoice:
+        return AutoChoice(
+            winner=winner,
+            results=tuple(results),
+            config=config,
+            fit_labels=sample.fit_rows.shape[0] * sample.fit_rows.shape[1],
+            held_labels=sample.held_rows.shape[0] * sample.held_rows.shape[1],
+            reference_total=reference_bytes(
+                target.layout.num_labels, target.num_classes, target.reference
+            ),
+            seconds=time.perf_counter() - started,
+            compact=compact,
+        )
+
+    # Candidates are charged for the record the final archive will carry: every
+    # row that may be measured (view budgets extended), with the widest numbers.
+    extra = [] if candidates is not None else _extra_budgets(todo, target, has_views)
+    fitting = _PLACEHOLDER_KEEP if candidates is None and has_views else None
+    possible = (
+        todo
+        + [c for level in extra for c in level]
+        + _fitting_keeps(todo, target, config, fitting)
+    )
+    wide = [
+        CandidateResult(c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT)
+        for c in possible
+    ]
+    longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
+    full = json.dumps(choice(longest, wide, False).to_dict(), separators=(",", ":"))
+    compact = len(full) > config.record_share * target.total_bytes
+    charged = dataclasses.replace(
+        target,
+        metadata=with_auto_record(target.metadata, choice(longest, wide, compact)),
+    )
+    if fitting is not None:  # each codec's own largest view budget that fits
+        todo = todo + _fitting_keeps(todo, charged, config, None)
+    results = [_measure(c, sample, charged, config) for c in todo]
+    for level in extra:  # fewer views while the fewest tried so far wins
+        smallest = min(r.candidate.keep_fraction for r in results)
+        if _any_measured(results) and _pick(results, config).keep_fraction > smallest:
+            break
+        results += [_measure(c, sample, charged, config) for c in level]
+    return choice(_pick(results, config), results, compact)
+
+
+def _any_measured(results: Sequence[CandidateResult]) -> bool:
+    return any(r.kl is not None and r.skipped is None for r in results)
+
+
+def _fitting_keeps(
+    todo: Sequence[Candidate],
+    target: Target,
+    config: AutoConfig,
+    placeholder: float | None,
+) -> list[Candidate]:
+    """Per codec, the most views per sample at which it meets the target
+    (relabel's ``--auto-prune`` rule), when no tried budget is that one.
+
+    With ``placeholder`` every codec gets that keep fraction instead (a
+    stand-in as wide as any real one, for the provisional record).
+    """
+    top = max((c.keep_fraction for c in todo), default=1.0)
+    views = GroupShape.of(target.layout.dims, target.layout.shape).views
+    out: list[Candidate] = []
+    for cand in [c for c in todo if c.keep_fraction == top]:
+        if placeholder is not None:
+            out.append(Candidate(cand.codec, cand.options, placeholder))
+            continue
+        try:
+            plan = auto_prune_plan(
+                cand.codec,
+                layout=target.layout,
+                num_classes=target.num_classes,
+                ratio=target.ratio,
+                bits_per_label=target.bits_per_label,
+                chunk_size=target.chunk_size,
+                metadata=target.metadata,
+                side_entry=target.side_bytes,
+                seed=config.seed,
+                options=run_options(cand.codec, cand.options, config),
+            )
+        except (UnreachableTargetError, ConfigError):
+            continue
+        if plan is None:
+            continue
+        tried = {
+            keep_per_group(c.keep_fraction, views)
+            for c in todo
+            if c.codec == cand.codec and c.options == cand.options
+        }
+        if plan.keep_per_group not in tried:
+            out.append(Candidate(cand.codec, cand.options, plan.keep_fraction))
+    return out
+
+
+def _extra_budgets(
+    todo: Sequence[Candidate], target: Target, has_views: bool
+) -> list[list[Candidate]]:
+    """Halvings of the smallest view budget down to one view per sample.
+
+    Each level repeats the codecs of the largest budget; auto tries a level
+    only while nothing reaches the target or the smallest budget wins.
+    """
+    if not has_views or not todo:
+        return []
+    views = GroupShape.of(target.layout.dims, target.layout.shape).views
+    keep = min(c.keep_fraction for c in todo)
+    top = max(c.keep_fraction for c in todo)
+    codecs = [c for c in todo if c.keep_fraction == top]
+    levels: list[list[Candidate]] = []
+    while keep_per_group(keep, views) > 1:
+        keep /= 2
+        if keep_per_group(keep, views) == keep_per_group(2 * keep, views):
+            continue
+        levels.append([Candidate(c.codec, c.options, keep) for c in codecs])
+    return levels
+
+
+def _pick(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
+    measured = [
+        r
+        for r in results
+        if r.kl is not None and r.group_kl is not None and r.skipped is None
+    ]
+    if not measured:
+        reasons = [r.detail or r.skipped for r in results if r.skipped]
+        raise UnreachableTargetError(
+            f"--codec auto: none of {len(results)} candidates reaches the target; "
+            f"e.g. {reasons[0] if reasons else 'no candidates'}"
+        )
+    best = min(measured, key=lambda r: (r.kl, _order(results, r)))
+    assert best.group_kl is not None and best.kl is not None
+    ties = [best]
+    for r in measured:
+        assert r.group_kl is not None and r.kl is not None
+        diff = (r.group_kl - best.group_kl).double()
+        se = float(diff.std()) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0.0
+        # noise counts up to twice the tolerance (KL can round below 0: lossless)
+        tolerance = config.tie_tolerance * max(best.kl, 0.0)
+        if float(diff.mean()) <= max(tolerance, min(2.0 * se, 2.0 * tolerance)):
+            ties.append(r)
+    return min(ties, key=lambda r: _order(results, r)).candidate
+
+
+def _order(results: Sequence[CandidateResult], r: CandidateResult) -> tuple[int, float]:
+    """Cost order: the codec's place in the candidate table, then more views kept."""
+    names = [x.candidate.name for x in results]
+    return names.index(r.candidate.name), -r.candidate.keep_fraction
+
+
+def _measure(
+    cand: Candidate, sample: LabelSample, target: Target, config: AutoConfig
+) -> CandidateResult:
+    """Fit ``cand`` on the fit part at the target, measure it on the held-out part."""
+    layout = target.layout
+    plan = (
+        PrunePlan(layout.dims, layout.shape, cand.keep_fraction, config.seed)
+        if cand.keep_fraction < 1.0
+        else None
+    )
+    num_classes = target.num_classes
+    fit_rows = sample.fit_rows.reshape(-1, num_classes)
+    if plan is not None:
+        fit_rows = fit_rows[plan.is_kept(sample.fit_flat.reshape(-1))]
+    options = run_options(cand.codec, cand.options, config)
+    step_key = _STEP_OPTION.get(cand.codec)
+    if step_key is not None:
+        default = codec_class(cand.codec).config_class.model_fields[step_key].default
+        options[step_key] = min(int(default), config.steps)
+
+    def source() -> Iterator[torch.Tensor]:
+        for start in range(0, fit_rows.shape[0], _BLOCK):
+            yield fit_rows[start : start + _BLOCK]
+
+    started = time.perf_counter()
+    try:
+        codec = fit_for_target(
+            cand.codec,
+            source,
+            layout=layout,
+            num_classes=num_classes,
+            ratio=target.ratio,
+            bits_per_label=target.bits_per_label,
+            chunk_size=target.chunk_size,
+            prune=plan,
+            metadata=target.metadata,
+            side_bytes=target.side_bytes,
+            reference=target.reference,
+            **options,
+        )
+    except (UnreachableTargetError, ConfigError) as exc:
+        return CandidateResult(
+            cand, skipped=_short_reason(exc), detail=_full_reason(exc)
+        )
+    seconds = time.perf_counter() - started
+    kl, top1, own, payload, kept = _held_out(codec, sample, plan, config.temperature)
+    num_stored = plan.num_kept if plan is not None else layout.num_labels
+    header = estimate_header_bytes(
+        layout.num_labels,
+        target.chunk_size,
+        codec,
+        num_classes=num_classes,
+        layout=layout,
+        prune=plan,
+        metadata=target.metadata,
+        reference=target.reference,
+        max_file_bytes=target.total_bytes,
+    )
+    total = (
+        header
+        + codec.model_bytes()
+        + target.side_bytes
+        + math.ceil(payload / kept * num_stored)
+    )
+    return CandidateResult(
+        cand,
+        total_bytes=total,
+        kl=float(kl.mean()),
+        top1=top1,
+        group_kl=kl,
+        fit_seconds=seconds,
+        skipped=None if own >= MIN_STORED_TOP1 else f"flat: stored top-1 {own:.2f}",
+    )
+
+
+def _held_out(
+    codec: Codec, sample: LabelSample, plan: PrunePlan | None, temperature: float
+) -> tuple[torch.Tensor, float, float, int, int]:
+    """Per held-out sample mean KL, top-1 (of every label, and of the stored
+    labels against their own decoding), payload bytes and labels encoded.
+
+    With a plan only the kept held-out labels are encoded; every held-out label
+    is compared against the decoded label it uses (its own or its stand-in's).
+    """
+    groups, views, num_classes = sample.held_rows.shape
+    teacher = sample.held_rows.reshape(-1, num_classes)
+    flat = sample.held_flat.reshape(-1)
+    if plan is None:
+        source_pos = torch.arange(flat.numel())
+    else:
+        source_flat = plan.kept_flat(plan.stored_index(flat)).numpy()
+        order = np.argsort(flat.numpy(), kind="stable")
+        sorted_flat = flat.numpy()[order]
+        source_pos = torch.from_numpy(order[np.searchsorted(sorted_flat, source_flat)])
+    stored = torch.unique(source_pos)  # increasing positions of the labels encoded
+    decoded_parts: list[torch.Tensor] = []
+    payload = 0
+    for start in range(0, stored.numel(), _BLOCK):
+        rows = teacher[stored[start : start + _BLOCK]]
+        block = codec.encode(rows)
+        payload += block.nbytes
+        decoded_parts.append(codec.decode(block, "cpu").float())
+    decoded = torch.cat(decoded_parts)
+    used = decoded[torch.searchsorted(stored, source_pos)]
+    kl = kl_divergence(teacher, used, temperature=temperature).reshape(groups, views)
+    top1 = top1_agreement(teacher, used)
+    own = top1_agreement(teacher[stored], decoded)
+    return kl.mean(dim=1), top1, own, payload, int(stored.numel())
+
+
+def _full_reason(exc: Exception) -> str:
+    """The first line of a skip reason, without its generic advice."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.removesuffix("; choose a lower ratio or another codec")
+
+
+def _short_reason(exc: Exception) -> str:
+    """A skip reason of at most :data:`_MAX_REASON` characters for the archive."""
+    if isinstance(exc, UnreachableTargetError):
+        best = _BEST_REACHABLE.search(str(exc))
+        return f"unreachable (best {best.group(1)} all-in)" if best else "unreachable"
+    text = _full_reason(exc)
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."

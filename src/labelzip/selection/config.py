@@ -1,0 +1,113 @@
+"""The settings of ``--codec auto`` and the archive it chooses for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, Layout
+from labelzip.codecs.registry import target_total_bytes
+
+__all__ = ["DEFAULT_SAMPLE_LABELS", "SAMPLE_VALUES", "AutoConfig", "Target"]
+
+# Default selection sample: 8192 labels, or this many logit values when more.
+DEFAULT_SAMPLE_LABELS = 8192
+SAMPLE_VALUES = 8 << 20
+
+
+class AutoConfig(BaseModel):
+    """How ``--codec auto`` measures its candidates.
+
+    The sample bounds memory (``sample_labels`` labels, at most
+    ``sample_bytes`` of float32) and, with ``steps``, the fit time.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    temperature: float = Field(
+        default=4.0, gt=0.0, le=1000.0, description="student's KD temperature"
+    )
+    sample_labels: int | None = Field(
+        default=None,
+        ge=4,
+        le=1 << 22,
+        description="labels in the selection sample; default 8192, more for few "
+        "classes (about 8M values)",
+    )
+    sample_bytes: int = Field(
+        default=512 << 20, ge=1 << 20, description="float32 bytes of the sample at most"
+    )
+    held_fraction: float = Field(
+        default=0.25, gt=0.0, lt=1.0, description="share of the samples held out"
+    )
+    steps: int = Field(
+        default=300,
+        ge=1,
+        le=1 << 20,
+        description="training steps of learned candidates",
+    )
+    keep_fractions: tuple[float, ...] = Field(
+        default=(1.0, 0.5, 0.25, 0.125),
+        min_length=1,
+        description="view budgets tried where the layout has views",
+    )
+    record_share: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="most of the target bytes the stored candidate table may take; "
+        "above it the archive stores the choice alone",
+    )
+    tie_tolerance: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="relative KL gap counted as a tie"
+    )
+    codecs: tuple[str, ...] | None = Field(
+        default=None, description="restrict candidates to these codec names"
+    )
+    seed: int = Field(
+        default=0, ge=0, lt=1 << 62, description="seed of sample and fits"
+    )
+    device: str = Field(default="cpu", description="torch device of learned fits")
+
+    @field_validator("keep_fractions")
+    @classmethod
+    def _keeps_in_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < k <= 1.0 for k in value):
+            raise ValueError(f"keep fractions must be in (0, 1], got {list(value)}")
+        return value
+
+    def max_sample_labels(self, num_classes: int) -> int:
+        """Labels the sample may hold for ``num_classes`` float32 values each.
+
+        By default 8192 labels, or ``SAMPLE_VALUES / num_classes`` when more (a
+        10-class set is sampled whole up to 800k labels: more held-out samples,
+        less noise, at no cost in fit time), within ``sample_bytes``.
+        """
+        labels = self.sample_labels
+        if labels is None:
+            labels = max(DEFAULT_SAMPLE_LABELS, SAMPLE_VALUES // num_classes)
+        return max(4, min(labels, self.sample_bytes // (4 * num_classes)))
+
+
+@dataclass(frozen=True)
+class Target:
+    """The archive an auto choice is made for: rate target, layout and extras."""
+
+    layout: Layout
+    num_classes: int
+    ratio: float | None = None
+    bits_per_label: float | None = None
+    reference: str = "fp16"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    metadata: ArchiveMetadata = field(default_factory=ArchiveMetadata)
+    side_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return target_total_bytes(
+            num_labels=self.layout.num_labels,
+            num_classes=self.num_classes,
+            ratio=self.ratio,
+            bits_per_label=self.bits_per_label,
+            reference=self.reference,
+        )

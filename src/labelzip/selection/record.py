@@ -1,0 +1,188 @@
+"""What ``--codec auto`` measured: candidates, their results, and the archive record.
+
+The record is JSON under the user-metadata key :data:`AUTO_KEY`; it holds no
+timing, so the archive's bytes depend only on the inputs and the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from labelzip.archive import ArchiveMetadata
+from labelzip.errors import ConfigError
+from labelzip.selection.config import AutoConfig
+
+__all__ = [
+    "AUTO_KEY",
+    "AutoChoice",
+    "Candidate",
+    "CandidateResult",
+    "format_table",
+    "with_auto_record",
+]
+
+# The archive's user-metadata entry holding the choice and every candidate's numbers.
+AUTO_KEY = "auto"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A codec, its fixed options, and the share of each sample's views stored."""
+
+    codec: str
+    options: Mapping[str, Any]
+    keep_fraction: float = 1.0
+
+    @property
+    def name(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.codec}({opts})" if opts else self.codec
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """What one candidate measured, or why it was skipped.
+
+    Attributes:
+        total_bytes: estimated all-in bytes of the full archive.
+        kl: mean held-out KL(teacher || decoded) at the auto temperature.
+        top1: held-out top-1 agreement.
+        group_kl: (held-out samples,) mean KL per held-out sample (ties).
+        fit_seconds: wall time of the candidate's fit (reported, not stored).
+    """
+
+    candidate: Candidate
+    total_bytes: int | None = None
+    kl: float | None = None
+    top1: float | None = None
+    group_kl: torch.Tensor | None = None
+    fit_seconds: float = 0.0
+    skipped: str | None = None
+    detail: str | None = None
+
+    def to_dict(self, reference_total: int, *, report: bool) -> dict[str, Any]:
+        """The candidate's row: short skip reason in the archive; the command's
+        report adds the fit seconds and the full reason."""
+        out: dict[str, Any] = {
+            "codec": self.candidate.codec,
+            "options": dict(self.candidate.options),
+            "keep_fraction": self.candidate.keep_fraction,
+            "bytes": self.total_bytes,
+            "ratio": round6(reference_total / self.total_bytes)
+            if self.total_bytes
+            else None,
+            "kl": round6(self.kl),
+            "top1": round6(self.top1),
+            "skipped": self.skipped,
+        }
+        if report:
+            out["fit_seconds"] = round(self.fit_seconds, 2)
+            if self.detail is not None:
+                out["skipped"] = self.detail
+        return out
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """The chosen candidate and every candidate's measurements."""
+
+    winner: Candidate
+    results: tuple[CandidateResult, ...]
+    config: AutoConfig
+    fit_labels: int
+    held_labels: int
+    reference_total: int
+    seconds: float
+    compact: bool = False
+
+    def to_dict(self, *, report: bool = False) -> dict[str, Any]:
+        """The JSON record: for the archive (deterministic: no seconds, short
+        skip reasons; with ``compact`` only the winner's row) or, with
+        ``report``, for the command's output (every row)."""
+        out: dict[str, Any] = {
+            "chosen": {
+                "codec": self.winner.codec,
+                "options": dict(self.winner.options),
+                "keep_fraction": self.winner.keep_fraction,
+            },
+            "temperature": self.config.temperature,
+            "fit_labels": self.fit_labels,
+            "held_labels": self.held_labels,
+            "steps": self.config.steps,
+            "seed": self.config.seed,
+            "candidates": [
+                r.to_dict(self.reference_total, report=report)
+                for r in self.results
+                if report or not self.compact or r.candidate == self.winner
+            ],
+        }
+        if self.compact and not report:
+            out["omitted"] = len(self.results) - 1
+        if report:
+            out["seconds"] = round(self.seconds, 2)
+        return out
+
+    def table(self) -> list[str]:
+        """The candidates as text lines (``compress`` prints them)."""
+        return format_table(self.to_dict(report=True))
+
+
+def format_table(record: Mapping[str, Any]) -> list[str]:
+    """Text lines of an auto record (from :meth:`AutoChoice.to_dict` or an archive)."""
+    chosen = record["chosen"]
+    win = Candidate(chosen["codec"], chosen["options"], chosen["keep_fraction"])
+    lines = [
+        f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "
+        f"(held-out KL at T={record['temperature']:g}; {record['fit_labels']} fit / "
+        f"{record['held_labels']} held-out labels, {record['steps']} steps)"
+    ]
+    for row in record["candidates"]:
+        name = Candidate(row["codec"], row["options"], row["keep_fraction"]).name
+        mark = (
+            "*"
+            if (name, row["keep_fraction"]) == (win.name, win.keep_fraction)
+            else " "
+        )
+        head = f" {mark} {name:<34} keep {row['keep_fraction']:<6g}"
+        secs = f" {row['fit_seconds']:7.1f}s" if "fit_seconds" in row else ""
+        if row["skipped"] is not None and row["kl"] is None:
+            lines.append(f"{head} skipped: {row['skipped']}")
+            continue
+        flag = f"  not eligible ({row['skipped']})" if row["skipped"] else ""
+        lines.append(
+            f"{head} {row['ratio']:7.2f}x  KL {row['kl']:.5f}  top-1 "
+            f"{row['top1']:.4f}{secs}{flag}"
+        )
+    if record.get("omitted"):
+        lines.append(
+            f"   ({record['omitted']} other candidates measured; their rows are not "
+            "stored, as they would take a noticeable share of this small archive)"
+        )
+    return lines
+
+
+def with_auto_record(metadata: ArchiveMetadata, choice: AutoChoice) -> ArchiveMetadata:
+    """``metadata`` plus the choice under :data:`AUTO_KEY` of its user entries.
+
+    Raises:
+        ConfigError: the user metadata already has that key (it is reserved).
+    """
+    if AUTO_KEY in metadata.user:
+        raise ConfigError(
+            f"user metadata key {AUTO_KEY!r} is reserved for the --codec auto record"
+        )
+    return ArchiveMetadata(
+        class_names=metadata.class_names,
+        dataset_fingerprint=metadata.dataset_fingerprint,
+        teacher=metadata.teacher,
+        user={**dict(metadata.user), AUTO_KEY: choice.to_dict()},
+    )
+
+
+def round6(value: float | None) -> float | None:
+    """Six significant digits: a stable, compact number for the record."""
+    return None if value is None else float(f"{value:.6g}")

@@ -1,0 +1,197 @@
+"""``labelzip.selection``: the group sample, the candidates and the auto choice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+from labelzip.archive import Layout
+from labelzip.errors import ConfigError, InputError, UnreachableTargetError
+from labelzip.selection.auto import (
+    LM_CANDIDATES,
+    AutoChoice,
+    AutoConfig,
+    Target,
+    candidates_for,
+    choose_codec,
+    format_table,
+)
+from labelzip.selection.sample import GroupShape, LabelSample, draw_sample
+
+
+def _source(
+    labels: torch.Tensor, size: int = 100
+) -> Callable[[], Iterator[torch.Tensor]]:
+    flat = labels.reshape(-1, labels.shape[-1])
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, flat.shape[0], size):
+            yield flat[start : start + size]
+
+    return batches
+
+
+def _views(n: int, e: int, c: int, noise: float, seed: int = 0) -> torch.Tensor:
+    """(n, e, c) view logits: a per-sample base plus per-view noise."""
+    gen = torch.Generator().manual_seed(seed)
+    base = 3 * torch.randn(n, 1, c, generator=gen)
+    return base + noise * torch.randn(n, e, c, generator=gen)
+
+
+@pytest.mark.parametrize(
+    ("dims", "shape"), [(("sample", "view"), (40, 6)), (("epoch", "sample"), (6, 40))]
+)
+def test_draw_sample_takes_whole_groups_with_their_flat_indices(
+    dims: tuple[str, ...], shape: tuple[int, ...]
+) -> None:
+    labels = torch.randn(*shape, 7)
+    sample = draw_sample(
+        _source(labels), dims, shape, max_labels=60, held_fraction=0.25, seed=3
+    )
+    flat_labels = labels.reshape(-1, 7)
+    for rows, flat in (
+        (sample.fit_rows, sample.fit_flat),
+        (sample.held_rows, sample.held_flat),
+    ):
+        assert rows.shape[1] == 6 and flat.shape == rows.shape[:2]
+        assert torch.equal(rows, flat_labels[flat])
+    groups = GroupShape.of(dims, shape)
+    # every group's views share their non-view coordinates (one sample each)
+    view_axis = 0 if dims[0] == "epoch" else 1
+    assert groups.views == 6
+    coords = torch.stack(torch.unravel_index(sample.held_flat, shape), dim=-1)
+    other = coords[..., 1 - view_axis]
+    assert torch.equal(other, other[:, :1].expand_as(other))
+    assert sample.fit_rows.shape[0] + sample.held_rows.shape[0] == 10
+    fit, held = (
+        set(sample.fit_flat.reshape(-1).tolist()),
+        set(sample.held_flat.reshape(-1).tolist()),
+    )
+    assert not fit & held
+    again = draw_sample(
+        _source(labels, 33), dims, shape, max_labels=60, held_fraction=0.25, seed=3
+    )
+    assert torch.equal(again.held_flat, sample.held_flat)
+
+
+def test_draw_sample_checks_the_label_count() -> None:
+    with pytest.raises(InputError, match="layout"):
+        draw_sample(
+            _source(torch.randn(50, 4)),
+            ("sample",),
+            (60,),
+            max_labels=10,
+            held_fraction=0.5,
+            seed=0,
+        )
+    with pytest.raises(InputError, match="at least 2 samples"):
+        LabelSample.from_rows(torch.randn(1, 4), 0.5, 0)
+
+
+def _target(labels: torch.Tensor, dims: tuple[str, ...], ratio: float) -> Target:
+    return Target(Layout(dims, tuple(labels.shape[:-1])), labels.shape[-1], ratio=ratio)
+
+
+def _choose(
+    labels: torch.Tensor, config: AutoConfig, ratio: float = 20.0
+) -> AutoChoice:
+    dims = ("sample", "view")
+    sample = draw_sample(
+        _source(labels),
+        dims,
+        tuple(labels.shape[:-1]),
+        max_labels=config.max_sample_labels(labels.shape[-1]),
+        held_fraction=config.held_fraction,
+        seed=config.seed,
+    )
+    return choose_codec(sample, _target(labels, dims, ratio), config)
+
+
+FAST = AutoConfig(codecs=("topk",), sample_labels=2048, keep_fractions=(1.0, 0.5, 0.25))
+
+
+def test_redundant_views_choose_a_view_budget_below_one() -> None:
+    choice = _choose(_views(200, 8, 100, noise=0.02), FAST)
+    assert choice.winner.keep_fraction < 1.0
+    kept = {r.candidate.keep_fraction for r in choice.results}
+    # the fewest views tried won, so auto went on halving (down to 1 of 8 views)
+    assert kept == {1.0, 0.5, 0.25, 0.125}
+
+
+def test_independent_views_keep_every_view() -> None:
+    choice = _choose(_views(200, 8, 100, noise=6.0), FAST)
+    assert choice.winner.keep_fraction == 1.0
+    pruned = [r.kl for r in choice.results if r.candidate.keep_fraction < 1 and r.kl]
+    full = min(r.kl for r in choice.results if r.candidate.keep_fraction == 1 and r.kl)
+    assert pruned and min(pruned) > 1.5 * full  # a stand-in view is a different label
+
+
+def test_record_lists_every_candidate_and_is_deterministic() -> None:
+    labels = _views(400, 4, 60, noise=1.0)
+    config = AutoConfig(
+        codecs=("topk", "rskd", "vqae"),
+        steps=20,
+        keep_fractions=(1.0, 0.5),
+        record_share=1.0,
+    )
+    first, second = _choose(labels, config, 10), _choose(labels, config, 10)
+    assert first.to_dict() == second.to_dict()
+    record = first.to_dict()
+    assert (
+        len(record["candidates"]) == len(first.results) >= 2 * 5
+    )  # 3 topk, rskd, vqae
+    assert "fit_seconds" not in record["candidates"][0]  # archive bytes stay fixed
+    assert {c["codec"] for c in record["candidates"]} == {"topk", "rskd", "vqae"}
+    for row in record["candidates"]:
+        assert row["kl"] >= 0 and 0 <= row["top1"] <= 1
+        assert 9 < row["ratio"] < 13  # the estimated all-in size meets the target
+    lines = format_table(first.to_dict(report=True))
+    assert lines[0].startswith("auto chose") and sum("*" in ln for ln in lines[1:]) == 1
+
+    small = _choose(labels, config.model_copy(update={"record_share": 0.01}), 10)
+    compact = small.to_dict()
+    assert compact["omitted"] == len(small.results) - 1
+    assert [r["codec"] for r in compact["candidates"]] == [small.winner.codec]
+    assert len(small.to_dict(report=True)["candidates"]) == len(small.results)
+    assert "other candidates measured" in format_table(compact)[-1]
+
+
+def test_winner_is_never_worse_than_topk_beyond_noise() -> None:
+    labels = _views(400, 4, 60, noise=1.0)
+    config = AutoConfig(codecs=("topk", "vqae"), steps=30, keep_fractions=(1.0,))
+    choice = _choose(labels, config, 10)
+    assert all(r.skipped is None for r in choice.results)
+    by_name = {r.candidate.name: r for r in choice.results}
+    win = by_name[choice.winner.name]
+    best_topk = min(
+        r.kl for r in choice.results if r.candidate.codec == "topk" and r.kl
+    )
+    assert win.kl is not None and win.kl <= best_topk * 1.01 + 1e-6
+
+
+def test_unreachable_target_is_one_line() -> None:
+    with pytest.raises(UnreachableTargetError, match=r"none of 6 candidates") as info:
+        _choose(
+            _views(20, 2, 50, noise=1.0),
+            AutoConfig(codecs=("topk",), keep_fractions=(1.0,)),
+            ratio=5000,
+        )
+    assert "\n" not in str(info.value)
+
+
+def test_lm_vocabulary_uses_the_lm_codecs() -> None:
+    target = Target(Layout(("sample",), (1000,)), 9000, ratio=100)
+    names = {c.codec for c in candidates_for(target, AutoConfig(), has_views=False)}
+    assert names == {c for c, _ in LM_CANDIDATES}
+    assert "vqae" not in names and "dense" not in names
+    with pytest.raises(ConfigError, match="do not apply"):
+        candidates_for(target, AutoConfig(codecs=("vqae",)), has_views=False)
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        AutoConfig(keep_fractions=(0.0,))
+    with pytest.raises(ValueError):
+        AutoConfig(temperature=-1)
