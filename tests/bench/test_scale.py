@@ -68,3 +68,21 @@ def test_runs_that_do_not_fit_the_disk_are_skipped(
     (row,) = report["rows"]
     assert row["skipped"] == "the input does not fit the free disk"
     assert "skipped: the input" in scale.markdown_report(report, "cmd")
+
+
+def test_projection_uses_the_largest_run_of_each_codec() -> None:
+    def row(n: int, codec: str, rate: float | None, fit: float = 10.0) -> dict:
+        return {"num_labels": n, "codec": codec, "procs": 1, "skipped": None,
+                "encode_rate": rate, "fit_seconds": fit}  # fmt: skip
+
+    rows = [
+        row(1_000, "vqae", 1.0),
+        row(3_000_000, "vqae", 50_000.0),
+        row(5, "x", None),
+    ]
+    lines = scale.projection_lines(rows)
+    (vqae,) = [line for line in lines if line.startswith("| vqae |")]
+    # (10 s + 3M / 50k) / 3600, then 15M and 60M labels
+    assert vqae == "| vqae | 1 | 3,000,000 | 0.02 h | 0.09 h | 0.34 h |"
+    assert not any(line.startswith("| x |") for line in lines)
+    assert scale.projection_lines([row(5, "x", None)]) == []
