@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from labelzip.bench.lm import CODEC_PRESETS
 from labelzip.codecs.registry import create_codec_for_target
-from labelzip.codecs.vqae_rs import VQAERSCodec
+from labelzip.codecs.vqae_lm.sampled import VQAERSCodec
 from labelzip.ops.metrics import kl_divergence, top1_agreement
 
 

@@ -12,7 +12,7 @@ import torch
 from labelzip.archive import ArchiveReader, save_archive
 from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.registry import CODEC_IDS, create_codec, create_codec_for_target
-from labelzip.codecs.vqae_sparse import (
+from labelzip.codecs.vqae_lm.sparse import (
     VQAESparseCodec,
     _bucket,
     _pack_varbits,

@@ -150,7 +150,7 @@ def _teacher(num_labels: int, seed: int) -> torch.Tensor:
 
 def _context_labels(epochs: int, images: int) -> tuple[torch.Tensor, ArchiveMetadata]:
     """Relabel-style (E * M, C) labels and the metadata holding their view recipe."""
-    from labelzip.codecs.vq.viewmix import view_mix_prior
+    from labelzip.codecs.context.viewmix import view_mix_prior
     from labelzip.pipelines.relabel_types import recipe_context
 
     view = ViewConfig(output_size=(8, 8), scale=(0.5, 1.0), mix="cutmix")

@@ -27,17 +27,17 @@ __all__ = [
 
 # name -> (stable id, "module:Class"). Imported lazily so `import labelzip` stays light.
 CODEC_IDS: dict[str, tuple[int, str]] = {
-    "dense": (1, "labelzip.codecs.dense:DenseCodec"),
-    "topk": (2, "labelzip.codecs.topk:TopKCodec"),
-    "rskd": (3, "labelzip.codecs.rskd:RSKDCodec"),
-    "vqae": (4, "labelzip.codecs.vq.codec:VQAECodec"),
-    "topk-tail": (5, "labelzip.codecs.topk_tail:TopKTailCodec"),
-    "vqae-ctx": (6, "labelzip.codecs.vq.viewmix:ViewMixCodec"),
-    "vqae-sparse": (7, "labelzip.codecs.vqae_sparse:VQAESparseCodec"),
-    "vqae-rs": (8, "labelzip.codecs.vqae_rs:VQAERSCodec"),
-    "ctx-transform": (9, "labelzip.codecs.vq.ctx_transform:ContextTransformCodec"),
-    "distillkit": (10, "labelzip.codecs.distillkit:DistillKitCodec"),
-    "topk-q": (11, "labelzip.codecs.topk_quant:TopKQuantCodec"),
+    "dense": (1, "labelzip.codecs.baseline.dense:DenseCodec"),
+    "topk": (2, "labelzip.codecs.baseline.topk:TopKCodec"),
+    "rskd": (3, "labelzip.codecs.baseline.rskd:RSKDCodec"),
+    "vqae": (4, "labelzip.codecs.vqae.codec:VQAECodec"),
+    "topk-tail": (5, "labelzip.codecs.baseline.topk_tail:TopKTailCodec"),
+    "vqae-ctx": (6, "labelzip.codecs.context.viewmix:ViewMixCodec"),
+    "vqae-sparse": (7, "labelzip.codecs.vqae_lm.sparse:VQAESparseCodec"),
+    "vqae-rs": (8, "labelzip.codecs.vqae_lm.sampled:VQAERSCodec"),
+    "ctx-transform": (9, "labelzip.codecs.context.ctx_transform:ContextTransformCodec"),
+    "distillkit": (10, "labelzip.codecs.baseline.distillkit:DistillKitCodec"),
+    "topk-q": (11, "labelzip.codecs.baseline.topk_quant:TopKQuantCodec"),
 }
 
 

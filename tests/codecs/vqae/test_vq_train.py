@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labelzip.codecs.vq.autoencoder import VQAutoencoder, normalize_logits
-from labelzip.codecs.vq.train import (
+from labelzip.codecs.vqae.autoencoder import VQAutoencoder, normalize_logits
+from labelzip.codecs.vqae.train import (
     TrainSchedule,
     kd_loss,
     reservoir_sample,

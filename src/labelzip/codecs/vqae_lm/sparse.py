@@ -81,7 +81,7 @@ from labelzip.codecs.entropy import (
     encode_joint,
     quantize_counts,
 )
-from labelzip.codecs.vq.quantizer import ResidualProductQuantizer, nearest_codewords
+from labelzip.codecs.vqae.quantizer import ResidualProductQuantizer, nearest_codewords
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,

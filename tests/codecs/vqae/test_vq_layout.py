@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from labelzip.codecs.entropy import CategoricalStreamCoder
-from labelzip.codecs.vq.idprior import RANK_ALPHABET, IdPrior
-from labelzip.codecs.vq.layout import BlockLayout, EntropyModel
+from labelzip.codecs.vqae.idprior import RANK_ALPHABET, IdPrior
+from labelzip.codecs.vqae.layout import BlockLayout, EntropyModel
 from labelzip.errors import ArchiveFormatError
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from labelzip.codecs.vq.quantizer import QuantizerOutput, ResidualProductQuantizer
+from labelzip.codecs.vqae.quantizer import QuantizerOutput, ResidualProductQuantizer
 
 __all__ = [
     "DECODER_KEYS",

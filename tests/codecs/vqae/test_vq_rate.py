@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from labelzip.codecs.registry import create_codec_for_target, target_total_bytes
-from labelzip.codecs.vq.codec import VQAECodec
-from labelzip.codecs.vq.rate import (
+from labelzip.codecs.vqae.codec import VQAECodec
+from labelzip.codecs.vqae.rate import (
     MAX_CHUNKS,
     choose_config,
     model_bytes_for,

@@ -12,7 +12,7 @@ ceil(log2 k)`` bits). For N labels a block is one of::
                then the escaped ids raw (uniform over C)
 
 In the ranked layout the ids are coded as their ranks under a class prior
-predicted exactly from the codes (:mod:`labelzip.codecs.vq.idprior`).
+predicted exactly from the codes (:mod:`labelzip.codecs.vqae.idprior`).
 
 Each ``pack_bits`` section is padded to a whole byte, the ANS stream is whole
 32-bit words. The entropy layout is written only when it is strictly shorter
@@ -35,7 +35,7 @@ from labelzip.codecs.entropy import (
     decode_joint,
     encode_joint,
 )
-from labelzip.codecs.vq.idprior import IdPrior
+from labelzip.codecs.vqae.idprior import IdPrior
 from labelzip.errors import ArchiveFormatError, InputError
 from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
 

@@ -41,7 +41,7 @@ from labelzip.codecs.base import (
     check_logits,
     first_batch_classes,
 )
-from labelzip.codecs.distillkit_quant import (
+from labelzip.codecs.baseline.distillkit_quant import (
     DistillKitLegacyConfig,
     DistillKitQuantConfig,
     compress_logprobs,

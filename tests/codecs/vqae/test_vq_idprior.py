@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labelzip.codecs.vq.idprior import IdPrior
+from labelzip.codecs.vqae.idprior import IdPrior
 from labelzip.errors import ArchiveFormatError
 
 

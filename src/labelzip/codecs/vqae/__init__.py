@@ -6,6 +6,6 @@ loss), :mod:`codec` (the :class:`~labelzip.codecs.base.Codec`), :mod:`rate`
 (rate control). Design notes and measurements: docs/vqae-design.md.
 """
 
-from labelzip.codecs.vq.codec import VQAECodec, VQAEConfig
+from labelzip.codecs.vqae.codec import VQAECodec, VQAEConfig
 
 __all__ = ["VQAECodec", "VQAEConfig"]

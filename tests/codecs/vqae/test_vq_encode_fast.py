@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import torch
 
-from labelzip.codecs.vq.codec import VQAECodec, VQAEConfig
-from labelzip.codecs.vq.head import HeadQuantizer, head_values
-from labelzip.codecs.vq.idprior import IdPrior
-from labelzip.codecs.vq.quantizer import nearest_codewords, quantize_residual
-from labelzip.codecs.vq.train import reservoir_sample, top_ids
+from labelzip.codecs.vqae.codec import VQAECodec, VQAEConfig
+from labelzip.codecs.vqae.head import HeadQuantizer, head_values
+from labelzip.codecs.vqae.idprior import IdPrior
+from labelzip.codecs.vqae.quantizer import nearest_codewords, quantize_residual
+from labelzip.codecs.vqae.train import reservoir_sample, top_ids
 from labelzip.ops.reservoir import Reservoir
 
 BASE: dict[str, Any] = dict(

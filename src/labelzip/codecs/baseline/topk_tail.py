@@ -71,7 +71,7 @@ from labelzip.codecs.base import (
     compact_ints,
     iterate_source,
 )
-from labelzip.codecs.topk import ASSUMED_BLOCK_LABELS
+from labelzip.codecs.baseline.topk import ASSUMED_BLOCK_LABELS
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,

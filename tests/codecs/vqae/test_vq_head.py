@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from labelzip.codecs.vq.head import HeadQuantizer, apply_head_values, head_values
-from labelzip.codecs.vq.train import top_ids
+from labelzip.codecs.vqae.head import HeadQuantizer, apply_head_values, head_values
+from labelzip.codecs.vqae.train import top_ids
 
 
 def _logits(seed: int = 0) -> torch.Tensor:

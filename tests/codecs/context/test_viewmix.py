@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from labelzip.codecs.base import LabelContext
-from labelzip.codecs.registry import CODEC_IDS, create_codec
-from labelzip.codecs.vq.viewmix import (
+from labelzip.codecs.context.viewmix import (
     ViewMixCodec,
     ViewMixConfig,
     decode_prototypes,
     store_prototypes,
     view_mix_prior,
 )
+from labelzip.codecs.registry import CODEC_IDS, create_codec
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,

@@ -22,8 +22,8 @@ import torch
 from torch.nn import functional as F
 
 from labelzip.codecs.base import LogitSource, check_logits, iterate_source
-from labelzip.codecs.vq.autoencoder import VQAutoencoder, normalize_logits
-from labelzip.codecs.vq.head import HeadQuantizer, apply_head_values
+from labelzip.codecs.vqae.autoencoder import VQAutoencoder, normalize_logits
+from labelzip.codecs.vqae.head import HeadQuantizer, apply_head_values
 from labelzip.errors import InputError
 
 __all__ = [

@@ -11,7 +11,11 @@ import torch
 from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
 from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.registry import CODEC_IDS, create_codec, create_codec_for_target
-from labelzip.codecs.vqae_rs import SAMPLE_LEVELS, VQAERSCodec, _tail_bits_by_level
+from labelzip.codecs.vqae_lm.sampled import (
+    SAMPLE_LEVELS,
+    VQAERSCodec,
+    _tail_bits_by_level,
+)
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,

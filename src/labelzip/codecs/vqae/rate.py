@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from labelzip.codecs.vq.config import VQAEConfig
+from labelzip.codecs.vqae.config import VQAEConfig
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.ops.bitpack import bits_for
 

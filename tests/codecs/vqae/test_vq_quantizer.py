@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from labelzip.codecs.vq.quantizer import ResidualProductQuantizer, nearest_codewords
+from labelzip.codecs.vqae.quantizer import ResidualProductQuantizer, nearest_codewords
 
 
 def test_nearest_codewords_matches_brute_force() -> None:

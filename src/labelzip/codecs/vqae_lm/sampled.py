@@ -67,7 +67,7 @@ from labelzip.codecs.entropy import (
     encode_joint,
     quantize_counts,
 )
-from labelzip.codecs.vqae_sparse import (
+from labelzip.codecs.vqae_lm.sparse import (
     VQAESparseCodec,
     VQAESparseConfig,
     _alphabet,

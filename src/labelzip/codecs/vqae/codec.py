@@ -2,9 +2,9 @@
 
 Per label the block stores ``num_ids`` explicit class ids (the teacher's top
 classes, ``ceil(log2 C)`` bits each), each with a ``value_bits``-bit quantized
-conditional log-odds (:mod:`labelzip.codecs.vq.head`), and R x M codeword ids
+conditional log-odds (:mod:`labelzip.codecs.vqae.head`), and R x M codeword ids
 (``ceil(log2 k)`` bits each); the byte layout, fixed rate or entropy coded, is
-in :mod:`labelzip.codecs.vq.layout`. Once per archive the codec stores the
+in :mod:`labelzip.codecs.vqae.layout`. Once per archive the codec stores the
 codebooks and the decoder in fp16, and the entropy coder's frequency tables
 when they pay for themselves. The encoder is only needed to encode and is not
 stored: a codec rebuilt with :meth:`VQAECodec.from_stored` decodes but cannot
@@ -31,7 +31,7 @@ from labelzip.codecs.base import (
     compact_ints,
 )
 from labelzip.codecs.entropy import CategoricalStreamCoder
-from labelzip.codecs.vq.autoencoder import (
+from labelzip.codecs.vqae.autoencoder import (
     DECODER_KEYS,
     VQAutoencoder,
     decode_with,
@@ -39,18 +39,18 @@ from labelzip.codecs.vq.autoencoder import (
     id_table,
     normalize_logits,
 )
-from labelzip.codecs.vq.config import VQAEConfig
-from labelzip.codecs.vq.head import HeadQuantizer, apply_head_values
-from labelzip.codecs.vq.idprior import PRIOR_KEYS, RANK_ALPHABET, IdPrior
-from labelzip.codecs.vq.layout import (
+from labelzip.codecs.vqae.config import VQAEConfig
+from labelzip.codecs.vqae.head import HeadQuantizer, apply_head_values
+from labelzip.codecs.vqae.idprior import PRIOR_KEYS, RANK_ALPHABET, IdPrior
+from labelzip.codecs.vqae.layout import (
     CODE_TABLES_KEY,
     LEVEL_TABLES_KEY,
     RANK_TABLES_KEY,
     BlockLayout,
     EntropyModel,
 )
-from labelzip.codecs.vq.quantizer import quantize_residual
-from labelzip.codecs.vq.train import (
+from labelzip.codecs.vqae.quantizer import quantize_residual
+from labelzip.codecs.vqae.train import (
     TrainReport,
     TrainSchedule,
     reservoir_sample,
@@ -311,7 +311,7 @@ class VQAECodec(Codec):
         return self._head.quantize_logits(logits, ids)
 
     def encode(self, logits: torch.Tensor) -> EncodedBlock:
-        """(N, C) logits -> one block (layout in :mod:`labelzip.codecs.vq.layout`)."""
+        """(N, C) logits -> one block (layout in :mod:`labelzip.codecs.vqae.layout`)."""
         ids, levels, codes = self.symbols(logits)
         data = self.layout.pack(ids.cpu(), levels.cpu(), codes.cpu())
         return EncodedBlock(num_labels=int(logits.shape[0]), data=data)
@@ -522,10 +522,10 @@ class VQAECodec(Codec):
     ) -> VQAECodec:
         """Choose (K, M, H, ...) so fixed-rate payload + model bytes <= budget.
 
-        See :mod:`labelzip.codecs.vq.rate`. Raises UnreachableTargetError naming
+        See :mod:`labelzip.codecs.vqae.rate`. Raises UnreachableTargetError naming
         the best reachable ratio when even the smallest configuration is over.
         """
-        from labelzip.codecs.vq.rate import choose_config
+        from labelzip.codecs.vqae.rate import choose_config
 
         config = choose_config(
             num_labels=num_labels,

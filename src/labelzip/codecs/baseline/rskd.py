@@ -49,7 +49,7 @@ from labelzip.codecs.base import (
     compact_ints,
     first_batch_classes,
 )
-from labelzip.codecs.topk import ASSUMED_BLOCK_LABELS
+from labelzip.codecs.baseline.topk import ASSUMED_BLOCK_LABELS
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from labelzip.codecs.base import EncodedBlock, LabelContext
-from labelzip.codecs.entropy import TABLE_PRECISION_BITS
-from labelzip.codecs.registry import CODEC_IDS, create_codec
-from labelzip.codecs.vq.ctx_transform import (
+from labelzip.codecs.context.ctx_transform import (
     ContextTransformCodec,
     ContextTransformConfig,
     geometric_tables,
 )
-from labelzip.codecs.vq.viewmix import view_mix_prior
+from labelzip.codecs.context.viewmix import view_mix_prior
+from labelzip.codecs.entropy import TABLE_PRECISION_BITS
+from labelzip.codecs.registry import CODEC_IDS, create_codec
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,

@@ -1,6 +1,6 @@
 """ctx-transform: the view-context prior of vqae-ctx plus a transform-coded residual.
 
-Same prior as :mod:`labelzip.codecs.vq.viewmix` (per-image prototypes mixed like
+Same prior as :mod:`labelzip.codecs.context.viewmix` (per-image prototypes mixed like
 the replayed view, known to encoder and decoder for free), but the residual is
 coded by a scalar quantiser on its principal axes instead of one VQ codeword::
 
@@ -42,8 +42,7 @@ from labelzip.codecs.base import (
     check_logits,
     check_model_tensors,
 )
-from labelzip.codecs.entropy import CategoricalStreamCoder, quantize_counts
-from labelzip.codecs.vq.viewmix import (
+from labelzip.codecs.context.viewmix import (
     CONTEXT_KIND,
     PROTOTYPE_SWITCH_BITS,
     ViewContextCodec,
@@ -61,6 +60,7 @@ from labelzip.codecs.vq.viewmix import (
     stored_context_config,
     view_mix_prior,
 )
+from labelzip.codecs.entropy import CategoricalStreamCoder, quantize_counts
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
@@ -549,7 +549,7 @@ class ContextTransformCodec(ViewContextCodec):
         """Prototype precision and payload budget for ``budget_bytes`` in all.
 
         Unless fixed, prototypes are 4-bit (ANS-coded) when that frees at least
-        :data:`~labelzip.codecs.vq.viewmix.PROTOTYPE_SWITCH_BITS` per label, else
+        :data:`~labelzip.codecs.context.viewmix.PROTOTYPE_SWITCH_BITS` per label, else
         8-bit. The fit then picks the quantiser step that fits the payload.
 
         Raises:

@@ -52,8 +52,8 @@ from labelzip.codecs.base import (
     first_batch_classes,
     iterate_source,
 )
+from labelzip.codecs.baseline.topk import ASSUMED_BLOCK_LABELS
 from labelzip.codecs.idblock import check_class_ids
-from labelzip.codecs.topk import ASSUMED_BLOCK_LABELS
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
