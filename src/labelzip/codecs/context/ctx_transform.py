@@ -47,9 +47,9 @@ from labelzip.codecs.context.viewmix import (
     PROTOTYPE_SWITCH_BITS,
     ViewContextCodec,
     ViewContextConfig,
-    _kl_sum,
     fit_sample,
     fit_view_mix_prior,
+    kl_sum,
     payload_need_bytes,
     prototype_bytes,
     prototype_shapes,
@@ -331,7 +331,7 @@ class ContextTransformCodec(ViewContextCodec):
         with torch.no_grad():
             q = self._quantise(coords)
             decoded = view_mix_prior(rounded, context) + self._residual(q)
-            kl = _kl_sum(teacher, decoded, cfg.temperatures).mean()
+            kl = kl_sum(teacher, decoded, cfg.temperatures).mean()
         self.fit_report = {
             "labels": float(teacher.shape[0]),
             "step": step,

@@ -65,6 +65,7 @@ __all__ = [
     "ViewMixConfig",
     "decode_prototypes",
     "check_label_context",
+    "kl_sum",
     "dequantize_prototypes",
     "fit_sample",
     "no_context_error",
@@ -366,7 +367,9 @@ def dequantize_prototypes(
     return grid[0] + grid[1] * protos.to("cpu", torch.float32)
 
 
-def _kl_sum(teacher: torch.Tensor, decoded: torch.Tensor, temps: tuple[float, ...]):
+def kl_sum(
+    teacher: torch.Tensor, decoded: torch.Tensor, temps: tuple[float, ...]
+) -> torch.Tensor:
     """Sum over temperatures of KL(teacher_T || decoded_T); decoded may be (N, K, C)."""
     out: torch.Tensor | float = 0.0
     for t in temps:
@@ -409,7 +412,7 @@ def fit_view_mix_prior(
     protos = (sums / mass.unsqueeze(1)).requires_grad_(True)
     opt = torch.optim.Adam([protos], lr=learning_rate)
     for _ in range(steps):
-        loss = _kl_sum(teacher, view_mix_prior(protos, context, mix), temperatures)
+        loss = kl_sum(teacher, view_mix_prior(protos, context, mix), temperatures)
         opt.zero_grad()
         loss.mean().backward()
         opt.step()
@@ -772,7 +775,7 @@ class ViewMixCodec(ViewContextCodec):
         self._float = {}
         with torch.no_grad():
             decoded = self._decode_codes(codes, context, torch.device("cpu"))
-            kl = _kl_sum(teacher, decoded, cfg.temperatures).mean()
+            kl = kl_sum(teacher, decoded, cfg.temperatures).mean()
         self.fit_report = {
             "labels": float(len(codes)),
             "codebook_size": float(k),
@@ -804,7 +807,7 @@ class ViewMixCodec(ViewContextCodec):
         for s in range(0, teacher.shape[0], _ASSIGN_CHUNK):
             cand = prior[s : s + _ASSIGN_CHUNK].unsqueeze(1) + codebook.unsqueeze(0)
             out.append(
-                _kl_sum(teacher[s : s + _ASSIGN_CHUNK], cand, self.config.temperatures)
+                kl_sum(teacher[s : s + _ASSIGN_CHUNK], cand, self.config.temperatures)
             )
         return torch.cat(out) if out else torch.zeros(0, codebook.shape[0])
 
@@ -854,7 +857,7 @@ class ViewMixCodec(ViewContextCodec):
                 codes = self._assign(teacher, self._prior(protos, context), book)
             for _ in range(cfg.round_steps):
                 decoded = self._prior(protos, context) + book[codes]
-                loss = _kl_sum(teacher, decoded, cfg.temperatures).mean()
+                loss = kl_sum(teacher, decoded, cfg.temperatures).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
