@@ -67,19 +67,19 @@ from labelzip.codecs.entropy import (
     encode_joint,
     quantize_counts,
 )
-from labelzip.codecs.vqae_lm.sparse import (
-    VQAESparseCodec,
-    VQAESparseConfig,
-    _alphabet,
-    _bucket,
-    _collect,
-    _column_tables,
-    _pack_varbits,
-    _tables,
-    _unpack_varbits,
+from labelzip.codecs.vqae_lm.fitsample import collect_log_probs
+from labelzip.codecs.vqae_lm.idcoding import (
+    group_frequencies,
+    pack_varbits,
     prior_order,
+    rank_alphabet,
+    rank_bucket,
+    slot_groups,
     unigram_log_prior,
+    unpack_varbits,
 )
+from labelzip.codecs.vqae_lm.sparse import VQAESparseCodec
+from labelzip.codecs.vqae_lm.sparse_config import VQAESparseConfig
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
@@ -96,7 +96,7 @@ from labelzip.ops.sampling import (
     seeded_generator,
 )
 
-__all__ = ["SAMPLE_LEVELS", "VQAERSCodec", "VQAERSConfig"]
+__all__ = ["SAMPLE_LEVELS", "VQAESampledCodec", "VQAESampledConfig"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ _RESIDUAL_RANGE = 31  # stored residual steps z in [-31, 31]
 _PROB_FLOOR = 1e-12
 
 
-class VQAERSConfig(CodecConfig):
-    """Configuration of :class:`VQAERSCodec`."""
+class VQAESampledConfig(CodecConfig):
+    """Configuration of :class:`VQAESampledCodec`."""
 
     kind: Literal["vqae-rs"] = "vqae-rs"
     k: int | None = Field(
@@ -192,17 +192,17 @@ class VQAERSConfig(CodecConfig):
         )
 
 
-class VQAERSCodec(Codec):
+class VQAESampledCodec(Codec):
     """VQAE-coded top-K head + an unbiased sampled tail (per-label sample count)."""
 
     kind: ClassVar[str] = "vqae-rs"
     codec_id: ClassVar[int] = 8
-    config_class: ClassVar[type[CodecConfig]] = VQAERSConfig
+    config_class: ClassVar[type[CodecConfig]] = VQAESampledConfig
 
-    config: VQAERSConfig
+    config: VQAESampledConfig
 
-    def __init__(self, config: VQAERSConfig | None = None) -> None:
-        super().__init__(config if config is not None else VQAERSConfig())
+    def __init__(self, config: VQAESampledConfig | None = None) -> None:
+        super().__init__(config if config is not None else VQAESampledConfig())
         self._head: VQAESparseCodec | None = None
         self._level_table: torch.Tensor | None = None  # (1, L) int16
         self._rank_table: torch.Tensor | None = None  # (1, A) int16
@@ -223,19 +223,21 @@ class VQAERSCodec(Codec):
         return tuple(s for s in SAMPLE_LEVELS if s <= self.config.max_samples)
 
     @staticmethod
-    def model_bytes_for(cfg: VQAERSConfig, k: int, num_classes: int) -> int:
+    def model_bytes_for(cfg: VQAESampledConfig, k: int, num_classes: int) -> int:
         """Bytes of every stored tensor for K head ids and C classes."""
         levels = sum(1 for s in SAMPLE_LEVELS if s <= cfg.max_samples)
         head = VQAESparseCodec.model_bytes_for(cfg.head_config(k), k, num_classes)
         return head + 2 * (
-            levels + _alphabet(num_classes) + _residual_table_size(cfg, k)
+            levels + rank_alphabet(num_classes) + _residual_table_size(cfg, k)
         )
 
     # -- fitting -----------------------------------------------------------------
-    def fit(self, source: LogitSource, *, num_labels: int | None = None) -> VQAERSCodec:
+    def fit(
+        self, source: LogitSource, *, num_labels: int | None = None
+    ) -> VQAESampledCodec:
         """Choose K and the sampling scale, fit the head's VQAE and the tail tables."""
         cfg = self.config
-        log_p = _collect(source, cfg.max_fit_labels)
+        log_p = collect_log_probs(source, cfg.max_fit_labels)
         n, num_classes = log_p.shape
         if num_classes < 3:
             raise InputError(f"vqae-rs needs >= 3 classes, got {num_classes}")
@@ -267,7 +269,7 @@ class VQAERSCodec(Codec):
             gen = seeded_generator(cfg.seed, b"vqae-rs-res", 0)
             z = self._residuals(meas, ids, log_q, gen)
             counts = torch.zeros(_residual_groups(k), 2 * _RESIDUAL_RANGE + 1)
-            cols = torch.tensor(_column_tables(k))
+            cols = torch.tensor(slot_groups(k))
             counts.index_put_((cols[None].expand_as(z), z), torch.ones(z.shape), True)
             residual_table = quantize_counts(counts.long())
             if cfg.sample_scale is not None and scale is not None and fitted_scale:
@@ -288,8 +290,8 @@ class VQAERSCodec(Codec):
             rows = level == j
             if s and bool(rows.any()):
                 distinct, _, _ = distinct_with_counts(head.token_rank[pool[rows, :s]])
-                buckets.append(_bucket(distinct))
-        alphabet = _alphabet(num_classes)
+                buckets.append(rank_bucket(distinct))
+        alphabet = rank_alphabet(num_classes)
         flat = torch.cat(buckets) if buckets else torch.zeros(0, dtype=torch.int64)
         self._set_tables(
             quantize_counts(torch.bincount(level, minlength=len(self.levels))[None]),
@@ -336,7 +338,7 @@ class VQAERSCodec(Codec):
         cfg = self.config
         assert cfg.budget_bytes is not None
         num_classes = log_p.shape[1]
-        alphabet = _alphabet(num_classes)
+        alphabet = rank_alphabet(num_classes)
         slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
         levels = torch.tensor(self.levels, dtype=torch.float64)
         widths = torch.tensor([count_field_bits(int(s)) for s in self.levels]).double()
@@ -354,7 +356,7 @@ class VQAERSCodec(Codec):
             avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
             avail = avail * (1 - _MARGIN)
             _, fit_ids = log_p.topk(k, dim=1)
-            head_bits = _mean_id_bits(_bucket(rank[fit_ids]), alphabet, k)
+            head_bits = _mean_id_bits(rank_bucket(rank[fit_ids]), alphabet, k)
             head_bits += 8 * cfg.code_bytes + extra_bits
             if least_need is None or head_bits < least_need:
                 least_need = head_bits
@@ -427,7 +429,7 @@ class VQAERSCodec(Codec):
         self._residual_coder = (
             None
             if residual_table is None
-            else CategoricalStreamCoder(residual_table, _column_tables(self.k_fitted))
+            else CategoricalStreamCoder(residual_table, slot_groups(self.k_fitted))
         )
 
     @property
@@ -490,12 +492,12 @@ class VQAERSCodec(Codec):
         counts = _take(count_parts, order)
         label_rows = _take(row_parts, order)
         widths = _widths(level, self.levels)
-        buckets = _bucket(ranks)
+        buckets = rank_bucket(ranks)
         is_last = torch.ones_like(label_rows, dtype=torch.bool)
         is_last[:-1] = label_rows[1:] != label_rows[:-1]
         has = distinct > 0
         stream = encode_joint([*parts_ans, (self._rank_coder, buckets[:, None])])
-        raw = _pack_varbits(
+        raw = pack_varbits(
             torch.cat(
                 [(distinct - 1)[has], ranks + 1 - (1 << buckets), counts[~is_last] - 1]
             ),
@@ -543,7 +545,7 @@ class VQAERSCodec(Codec):
             widths = _widths(level, self.levels)
             has = levels[level] > 0
             d = torch.zeros(n, dtype=torch.int64)
-            field = _unpack_varbits(raw, widths[has]) if bool(has.any()) else d[:0]
+            field = unpack_varbits(raw, widths[has]) if bool(has.any()) else d[:0]
             d[has] = field + 1
             state["level"], state["distinct"], state["widths"] = level, d, widths
             return int(d.sum())
@@ -574,7 +576,7 @@ class VQAERSCodec(Codec):
                 f"vqae-rs block of {n} labels must hold {packed_size(total_bits, 1)} "
                 f"raw tail bytes, got {raw.numel()}"
             )
-        values = _unpack_varbits(raw, all_widths)
+        values = unpack_varbits(raw, all_widths)
         num_has, num_ids = int(has.sum()), buckets.numel()
         ranks = values[num_has : num_has + num_ids] + (1 << buckets) - 1
         counts = torch.ones(num_ids, dtype=torch.int64)
@@ -649,7 +651,7 @@ class VQAERSCodec(Codec):
     @classmethod
     def from_stored(
         cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
-    ) -> VQAERSCodec:
+    ) -> VQAESampledCodec:
         """Rebuild a decode-only codec (the head's encoder is not stored)."""
         options = dict(config)
         # archives written before the head residual existed have none
@@ -667,7 +669,7 @@ class VQAERSCodec(Codec):
             )
         ours = {
             "sample_level_table": ((1, len(codec.levels)), torch.int16),
-            "tail_rank_table": ((1, _alphabet(num_classes)), torch.int16),
+            "tail_rank_table": ((1, rank_alphabet(num_classes)), torch.int16),
         }
         if cfg.residual_step > 0:
             groups = _residual_groups(cfg.k)
@@ -694,14 +696,14 @@ class VQAERSCodec(Codec):
     @classmethod
     def for_target(
         cls, *, num_labels: int, num_classes: int, budget_bytes: int, **options: Any
-    ) -> VQAERSCodec:
+    ) -> VQAESampledCodec:
         """Fix the all-in budget; :meth:`fit` picks K and the sampling scale.
 
         Raises UnreachableTargetError when even K = 1 without tail samples cannot
         fit next to the stored tensors (the exact check happens in ``fit``).
         """
         try:
-            base = VQAERSConfig(**options)
+            base = VQAESampledConfig(**options)
         except Exception as exc:
             raise ConfigError(f"invalid vqae-rs codec options: {exc}") from exc
         k = base.k or 1
@@ -723,10 +725,10 @@ class VQAERSCodec(Codec):
 # -- helpers --------------------------------------------------------------------------
 def _residual_groups(k: int) -> int:
     """Residual tables: one per slot group 0 | 1-2 | 3-6 | ... (as the id tables)."""
-    return max(_column_tables(k)) + 1
+    return max(slot_groups(k)) + 1
 
 
-def _residual_table_size(cfg: VQAERSConfig, k: int) -> int:
+def _residual_table_size(cfg: VQAESampledConfig, k: int) -> int:
     if cfg.residual_step <= 0:
         return 0
     return _residual_groups(k) * (2 * _RESIDUAL_RANGE + 1)
@@ -759,8 +761,8 @@ def _take(parts: list[torch.Tensor], order: torch.Tensor | None) -> torch.Tensor
 
 def _mean_id_bits(buckets: torch.Tensor, alphabet: int, k: int) -> float:
     """Mean bits of K rank-coded head ids per label under tables fitted on them."""
-    cols = _column_tables(k)
-    tables = _tables(buckets, alphabet, cols)
+    cols = slot_groups(k)
+    tables = group_frequencies(buckets, alphabet, cols)
     log2p = torch.log2(tables.double() / tables.double().sum(1, keepdim=True))
     col = torch.tensor(cols)
     return float((-log2p[col[None], buckets] + buckets.double()).sum(1).mean())
@@ -781,7 +783,7 @@ def _tail_bits_by_level(
     first = torch.ones_like(ordered, dtype=torch.bool)
     first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
     is_new = torch.zeros_like(first).scatter_(1, perm, first)  # first draws of an id
-    buckets = _bucket(ranks)
+    buckets = rank_bucket(ranks)
     table = torch.bincount(buckets[is_new], minlength=alphabet).double() + 0.5
     cost = -torch.log2(table / table.sum())[buckets] + buckets.double()
     cum_ids = torch.cat(

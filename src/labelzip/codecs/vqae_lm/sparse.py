@@ -57,12 +57,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from labelzip.accounting import reference_bytes
@@ -73,7 +70,6 @@ from labelzip.codecs.base import (
     LogitSource,
     check_logits,
     check_model_tensors,
-    iterate_source,
 )
 from labelzip.codecs.entropy import (
     CategoricalStreamCoder,
@@ -81,7 +77,30 @@ from labelzip.codecs.entropy import (
     encode_joint,
     quantize_counts,
 )
-from labelzip.codecs.vqae.quantizer import ResidualProductQuantizer, nearest_codewords
+from labelzip.codecs.vqae.quantizer import ResidualProductQuantizer
+from labelzip.codecs.vqae_lm.fitsample import ROW_BLOCK, collect_log_probs
+from labelzip.codecs.vqae_lm.idcoding import (
+    group_frequencies,
+    num_slot_groups,
+    pack_varbits,
+    prior_order,
+    rank_alphabet,
+    rank_bucket,
+    slot_groups,
+    unigram_log_prior,
+    unpack_varbits,
+)
+from labelzip.codecs.vqae_lm.levels import K_GRID, fit_lambda, level_ks, rows_of_level
+from labelzip.codecs.vqae_lm.network import (
+    FEATURE_SCALE,
+    TAIL_FLOOR,
+    HeadDecoder,
+    SparseAutoencoder,
+    head_features,
+    quantize_codes,
+)
+from labelzip.codecs.vqae_lm.sparse_config import VQAESparseConfig
+from labelzip.codecs.vqae_lm.tail import tail_scores, tail_terms, wide_dtype
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
@@ -95,119 +114,12 @@ __all__ = ["VQAESparseCodec", "VQAESparseConfig"]
 
 logger = logging.getLogger(__name__)
 
-ROW_BLOCK = 256  # rows of (rows, C) temporaries at once
 CODEBOOK_SIZE = 256  # codewords per codebook: one byte per code
-_MAX_GROUPS = 8  # slot groups with their own id table: 0 | 1-2 | 3-6 | ... | 127+
 _MARGIN = 0.02  # measured payload stays this far under the per-label budget
 _BLOCK_SLACK = 12  # bytes per block: u32 length, ANS tail word, bit padding
 _SLACK_LABELS = 256  # labels per block assumed by rate control (LM chunk = 1 window)
 _FIT_GRID = torch.linspace(0.0, 3.0, 121, dtype=torch.float64)
 _RANGE_QUANTILES = (0.02, 0.98)
-_LOG_PRIOR_FLOOR = -60.0  # fp16-safe floor of the log unigram prior
-_FEATURE_SCALE = 8.0  # encoder input = log-probs / this
-_TAIL_FLOOR = 1e-12
-
-
-class VQAESparseConfig(CodecConfig):
-    """Configuration of :class:`VQAESparseCodec`."""
-
-    kind: Literal["vqae-sparse"] = "vqae-sparse"
-    k: int | None = Field(
-        default=None,
-        ge=1,
-        le=4096,
-        description="ids kept per label (K); None = the largest K the budget allows",
-    )
-    k_levels: int = Field(
-        default=4,
-        ge=1,
-        le=8,
-        description="per-label K choices K, K/2, ..., K/2**(L-1) (1 = one K for all)",
-    )
-    rate_lambda: float | None = Field(
-        default=None,
-        ge=0.0,
-        description="nats of KL one id bit must save to be spent; None = fitted",
-    )
-    max_k: int = Field(
-        default=512, ge=1, le=4096, description="largest K rate control considers"
-    )
-    num_chunks: int = Field(
-        default=4, ge=1, le=64, description="VQ chunks per label (M), 8 bits each"
-    )
-    num_stages: int = Field(
-        default=1, ge=1, le=8, description="residual VQ stages (R): R x M code bytes"
-    )
-    chunk_dim: int = Field(default=4, ge=1, le=64, description="dims per chunk (D)")
-    hidden: int = Field(
-        default=64, ge=4, le=1024, description="hidden width of encoder and decoder"
-    )
-    tail_bits: int = Field(
-        default=3, ge=0, le=8, description="bits of the per-label tail exponent index"
-    )
-    tail_min: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=8.0,
-        description="smallest tail exponent; None = fitted",
-    )
-    tail_max: float | None = Field(
-        default=None, ge=0.0, le=8.0, description="largest tail exponent; None = fitted"
-    )
-    budget_bytes: int | None = Field(
-        default=None,
-        ge=1,
-        description="all-in bytes (payload + model) for num_labels; needed when k=None",
-    )
-    monotone: bool = Field(
-        default=True, description="decode the K slots in non-increasing order"
-    )
-    steps: int = Field(default=3000, ge=0, le=1 << 20, description="training steps")
-    batch_size: int = Field(default=256, ge=1, le=1 << 16, description="training batch")
-    lr: float = Field(default=3e-3, gt=0.0, le=1.0, description="Adam learning rate")
-    max_fit_labels: int = Field(
-        default=4096, ge=1, le=1 << 22, description="labels of the source fitted on"
-    )
-    seed: int = Field(default=0, ge=0, lt=1 << 63, description="training seed")
-
-    @property
-    def code_bytes(self) -> int:
-        return self.num_chunks * self.num_stages
-
-
-class _AE(nn.Module):
-    """(n, K + 1) profile -> (n, M, D) latent -> (n, K + 1) group logits."""
-
-    def __init__(self, k: int, cfg: VQAESparseConfig) -> None:
-        super().__init__()
-        latent = cfg.num_chunks * cfg.chunk_dim
-        self.encoder = nn.Sequential(
-            nn.Linear(k + 1, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, latent)
-        )
-        self.decoder = _Decoder(latent, cfg.hidden, k + 1, cfg.monotone)
-
-
-class _Decoder(nn.Module):
-    """(n, M D) latent -> (n, K + 1) log-probs of the K kept slots and the tail.
-
-    With ``monotone`` the K head logits are ``a - cumsum(softplus(d))``: slot j
-    never decodes above slot j - 1, so the stored id order (the teacher's) is the
-    decoded order and top-1 agreement is exact.
-    """
-
-    def __init__(self, latent: int, hidden: int, out: int, monotone: bool) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(latent, hidden)
-        self.fc2 = nn.Linear(hidden, out)
-        self.monotone = monotone
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        raw = self.fc2(nn.functional.gelu(self.fc1(z)))
-        if self.monotone:
-            steps = nn.functional.softplus(raw[:, 1:-1]).cumsum(dim=1)
-            head = torch.cat([raw[:, :1], raw[:, :1] - steps], dim=1)
-            raw = torch.cat([head, raw[:, -1:]], dim=1)
-        return torch.log_softmax(raw, dim=-1)
 
 
 class VQAESparseCodec(Codec):
@@ -225,7 +137,7 @@ class VQAESparseCodec(Codec):
         self._order: torch.Tensor | None = None  # rank -> id
         self._rank: torch.Tensor | None = None  # id -> rank
         self._encoder: nn.Module | None = None
-        self._decoder: _Decoder | None = None
+        self._decoder: HeadDecoder | None = None
         self._codebooks: torch.Tensor | None = None  # (R, M, 256, D) fp16
         self._id_tables = torch.zeros(0, 0, dtype=torch.int16)
         self._level_table: torch.Tensor | None = None
@@ -274,8 +186,8 @@ class VQAESparseCodec(Codec):
         latent = cfg.num_chunks * cfg.chunk_dim
         decoder = latent * cfg.hidden + cfg.hidden + cfg.hidden * (k + 1) + k + 1
         books = cfg.num_stages * cfg.num_chunks * CODEBOOK_SIZE * cfg.chunk_dim
-        tables = _num_groups(k) * _alphabet(num_classes)
-        levels = len(_levels(k, cfg.k_levels))
+        tables = num_slot_groups(k) * rank_alphabet(num_classes)
+        levels = len(level_ks(k, cfg.k_levels))
         tables += levels if levels > 1 else 0
         return 2 * (num_classes + decoder + books + tables)
 
@@ -285,7 +197,7 @@ class VQAESparseCodec(Codec):
     ) -> VQAESparseCodec:
         """Fit the prior, choose K (and the per-label rule), the tables, the AE."""
         cfg = self.config
-        log_p = _collect(source, cfg.max_fit_labels)
+        log_p = collect_log_probs(source, cfg.max_fit_labels)
         n, num_classes = log_p.shape
         if num_classes < 2:
             raise InputError(f"vqae-sparse needs >= 2 classes, got {num_classes}")
@@ -297,7 +209,7 @@ class VQAESparseCodec(Codec):
         k_cap = min(cfg.k or cfg.max_k, num_classes - 1)
         top, ids = log_p.topk(k_cap, dim=1)
         assert self._rank is not None
-        buckets = _bucket(self._rank[ids])
+        buckets = rank_bucket(self._rank[ids])
         lo, hi = cfg.tail_min, cfg.tail_max
         if lo is None or hi is None:
             ks = sorted({max(1, k_cap // (1 << (cfg.k_levels - 1))), k_cap})
@@ -318,8 +230,8 @@ class VQAESparseCodec(Codec):
         top, ids, buckets = top[:, :k], ids[:, :k], buckets[:, :k]
         self.config = cfg.model_copy(update={"k": k, "rate_lambda": lam})
         self.num_classes = num_classes
-        levels = _levels(k, cfg.k_levels)
-        tables = _tables(buckets, _alphabet(num_classes), _column_tables(k))
+        levels = level_ks(k, cfg.k_levels)
+        tables = group_frequencies(buckets, rank_alphabet(num_classes), slot_groups(k))
         self._set_coders(tables, None)
         if len(levels) > 1:
             assert lam is not None
@@ -329,10 +241,10 @@ class VQAESparseCodec(Codec):
             for attempt in range(3):
                 chosen = torch.tensor(levels)[which]
                 kept = torch.arange(k)[None] < chosen[:, None]
-                tables = _tables(
+                tables = group_frequencies(
                     buckets.masked_fill(~kept, -1),
-                    _alphabet(num_classes),
-                    _column_tables(k),
+                    rank_alphabet(num_classes),
+                    slot_groups(k),
                 )
                 level_counts = torch.bincount(which, minlength=len(levels))[None]
                 self._set_coders(tables, quantize_counts(level_counts))
@@ -345,10 +257,10 @@ class VQAESparseCodec(Codec):
                 avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
                 avail = avail * (1 - _MARGIN) - 8 * cfg.code_bytes - cfg.tail_bits
                 bits = self._level_bits(ids)
-                lam = _fit_lambda(kl, bits, avail)
+                lam = fit_lambda(kl, bits, avail)
                 which = (kl + lam * bits).argmin(1)
             self.config = self.config.model_copy(update={"rate_lambda": lam})
-        self._train(_features(top), k)
+        self._train(head_features(top), k)
         return self
 
     def _best_alpha(self, log_p: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -357,7 +269,7 @@ class VQAESparseCodec(Codec):
         prior = self._log_prior.double()
         return torch.cat(
             [
-                _tail_scores(rows, rid, prior, _FIT_GRID).argmax(dim=1)
+                tail_scores(rows, rid, prior, _FIT_GRID).argmax(dim=1)
                 for rows, rid in zip(
                     log_p.split(ROW_BLOCK), ids.split(ROW_BLOCK), strict=True
                 )
@@ -368,8 +280,8 @@ class VQAESparseCodec(Codec):
         self, tables: torch.Tensor, level_table: torch.Tensor | None
     ) -> None:
         k = self.k
-        levels = _levels(k, self.config.k_levels)
-        cols = _column_tables(k)
+        levels = level_ks(k, self.config.k_levels)
+        cols = slot_groups(k)
         self._id_tables = tables
         self._level_table = level_table
         self._id_coders = [CategoricalStreamCoder(tables, cols[:kk]) for kk in levels]
@@ -402,18 +314,18 @@ class VQAESparseCodec(Codec):
         Closed form in O(K G) per label given :meth:`_row_stats`: the head
         contributes nothing, and the tail part is
         ``sum_tail p log p - P log P - max_a score(a)`` with
-        ``score(a) = a A - P log Z_n(a)`` (see :func:`_tail_terms`).
+        ``score(a) = a A - P log Z_n(a)`` (see :func:`tail_terms`).
         """
         assert self._grid is not None and self._log_z is not None
         neg_ent, p_prior = stats
         prior = self._log_prior_wide(top.device)
         tk = top[:, :k].double()
-        score = _tail_terms(p_prior, tk, ids[:, :k], prior, self._grid, self._log_z)
+        score = tail_terms(p_prior, tk, ids[:, :k], prior, self._grid, self._log_z)
         best = score.max(dim=1)
         pk = tk.exp()
         mass = (1.0 - pk.sum(dim=1)).clamp_min(0.0)
         tail_neg_ent = neg_ent - (pk * tk).sum(dim=1)
-        log_mass = mass.clamp_min(_TAIL_FLOOR).log()
+        log_mass = mass.clamp_min(TAIL_FLOOR).log()
         kl = (tail_neg_ent - mass * log_mass - best.values).clamp_min(0.0)
         return kl.cpu(), best.indices.cpu()
 
@@ -422,7 +334,7 @@ class VQAESparseCodec(Codec):
         log2p = torch.log2(
             self._id_tables.double() / self._id_tables.double().sum(1, keepdim=True)
         )
-        cols = torch.tensor(_column_tables(buckets.shape[1]))
+        cols = torch.tensor(slot_groups(buckets.shape[1]))
         return (-log2p[cols[None], buckets] + buckets.double()).cumsum(dim=1)
 
     def _level_kl(
@@ -439,7 +351,7 @@ class VQAESparseCodec(Codec):
     def _level_bits(self, ids: torch.Tensor) -> torch.Tensor:
         """(n, L) id bits (plus the level symbol's) of every level, stored tables."""
         assert self._rank is not None
-        cum = self._slot_bits(_bucket(self._rank[ids]))
+        cum = self._slot_bits(rank_bucket(self._rank[ids]))
         bits = torch.stack([cum[:, kk - 1] for kk in self._levels()], 1)
         if self._level_table is not None:
             t = self._level_table[0].double()
@@ -447,7 +359,7 @@ class VQAESparseCodec(Codec):
         return bits
 
     def _levels(self) -> list[int]:
-        return _levels(self.k, self.config.k_levels)
+        return level_ks(self.k, self.config.k_levels)
 
     def _choose(
         self,
@@ -483,26 +395,26 @@ class VQAESparseCodec(Codec):
                 "vqae-sparse with k=None needs budget_bytes and fit(num_labels=...); "
                 "use create_codec_for_target or give k"
             )
-        self._id_tables = _tables(
-            buckets, _alphabet(num_classes), _column_tables(k_cap)
+        self._id_tables = group_frequencies(
+            buckets, rank_alphabet(num_classes), slot_groups(k_cap)
         )
         cum = self._slot_bits(buckets)
         slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
         fixed = 8 * cfg.code_bytes + cfg.tail_bits + math.log2(cfg.k_levels)
         cands = sorted(
-            {k for k in _K_GRID if k <= k_cap} | {k_cap} if cfg.k is None else {cfg.k}
+            {k for k in K_GRID if k <= k_cap} | {k_cap} if cfg.k is None else {cfg.k}
         )
         kl_cache: dict[int, torch.Tensor] = {}
         stats = self._row_stats(log_p)
         best: tuple[float, int, float] | None = None
         for k in cands:
-            levels = _levels(k, cfg.k_levels)
+            levels = level_ks(k, cfg.k_levels)
             model = self.model_bytes_for(cfg, k, num_classes)
             avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
             avail = avail * (1 - _MARGIN) - fixed
             # id cost with tables pooled over exactly these K slots
-            self._id_tables = _tables(
-                buckets[:, :k], _alphabet(num_classes), _column_tables(k)
+            self._id_tables = group_frequencies(
+                buckets[:, :k], rank_alphabet(num_classes), slot_groups(k)
             )
             cum_k = self._slot_bits(buckets[:, :k])
             bits = torch.stack([cum_k[:, kk - 1] for kk in levels], 1)
@@ -512,7 +424,7 @@ class VQAESparseCodec(Codec):
                 if kk not in kl_cache:
                     kl_cache[kk] = self._oracle(stats, top, ids, kk)[0].double()
             kl = torch.stack([kl_cache[kk] for kk in levels], 1)
-            lam = _fit_lambda(kl, bits, avail)
+            lam = fit_lambda(kl, bits, avail)
             pick = (kl + lam * bits).argmin(1, keepdim=True)
             score = float(kl.gather(1, pick).mean())
             if best is None or score < best[0]:
@@ -546,10 +458,10 @@ class VQAESparseCodec(Codec):
                 "use create_codec_for_target or give k"
             )
         n, k_cap = buckets.shape
-        alphabet = _alphabet(num_classes)
+        alphabet = rank_alphabet(num_classes)
         # per-slot cost with tables pooled per slot group over all k_cap slots
-        cols = _column_tables(k_cap)
-        tables = _tables(buckets, alphabet, cols)
+        cols = slot_groups(k_cap)
+        tables = group_frequencies(buckets, alphabet, cols)
         log2p = torch.log2(tables.double() / tables.double().sum(1, keepdim=True))
         slot_bits = torch.stack(
             [-log2p[cols[j]][buckets[:, j]].mean() for j in range(k_cap)]
@@ -575,9 +487,9 @@ class VQAESparseCodec(Codec):
             )
         # exact check with the tables the chosen K really uses
         while best > 1:
-            exact = _tables(buckets[:, :best], alphabet, _column_tables(best))
+            exact = group_frequencies(buckets[:, :best], alphabet, slot_groups(best))
             lp = torch.log2(exact.double() / exact.double().sum(1, keepdim=True))
-            c = _column_tables(best)
+            c = slot_groups(best)
             bits = sum(
                 float(-lp[c[j]][buckets[:, j]].mean() + buckets[:, j].double().mean())
                 for j in range(best)
@@ -596,12 +508,12 @@ class VQAESparseCodec(Codec):
         gen = torch.Generator().manual_seed(cfg.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            ae = _AE(k, cfg)
+            ae = SparseAutoencoder(k, cfg)
         vq = ResidualProductQuantizer(
             cfg.num_chunks, cfg.chunk_dim, CODEBOOK_SIZE, cfg.num_stages
         )
         opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
-        target = feats * _FEATURE_SCALE  # log-probs of the K + 1 groups
+        target = feats * FEATURE_SCALE  # log-probs of the K + 1 groups
         p = target.exp()
         n = feats.shape[0]
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
@@ -668,7 +580,7 @@ class VQAESparseCodec(Codec):
         assert self._rank is not None and self._codebooks is not None
         assert self._grid is not None
         cfg, k = self.config, self.k
-        levels = _levels(k, cfg.k_levels)
+        levels = level_ks(k, cfg.k_levels)
         n = int(logits.shape[0])
         if n == 0:
             empty = EncodedBlock(num_labels=0, data=torch.zeros(0, dtype=torch.uint8))
@@ -680,9 +592,9 @@ class VQAESparseCodec(Codec):
             for rows in logits.detach().split(ROW_BLOCK):
                 log_p = torch.log_softmax(rows.float().cpu(), dim=1)
                 top, ids = log_p.topk(k, dim=1)
-                z = self._encoder(_features(top))
+                z = self._encoder(head_features(top))
                 all_codes.append(
-                    _quantize(z.view(-1, cfg.num_chunks, cfg.chunk_dim), books)
+                    quantize_codes(z.view(-1, cfg.num_chunks, cfg.chunk_dim), books)
                 )
                 all_ids.append(ids)
                 if len(levels) > 1:
@@ -698,7 +610,7 @@ class VQAESparseCodec(Codec):
                     )
         ids = torch.cat(all_ids)
         ranks = self._rank[ids]
-        buckets = _bucket(ranks)
+        buckets = rank_bucket(ranks)
         level = torch.cat(all_level) if all_level else torch.zeros(n, dtype=torch.int64)
         parts_ans: list[tuple[CategoricalStreamCoder, torch.Tensor]] = []
         if self._level_coder is not None:
@@ -714,7 +626,7 @@ class VQAESparseCodec(Codec):
         parts = [
             torch.tensor([stream.numel()], dtype=torch.int32).view(torch.uint8),
             stream,
-            _pack_varbits(r + 1 - (1 << w), w),
+            pack_varbits(r + 1 - (1 << w), w),
             torch.cat(all_codes).to(torch.uint8).reshape(-1),
         ]
         if cfg.tail_bits:
@@ -727,7 +639,7 @@ class VQAESparseCodec(Codec):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Block -> (N,) level, flat token ranks, (N, R, M) codes, (N,) tail index."""
         cfg, k = self.config, self.k
-        levels = _levels(k, cfg.k_levels)
+        levels = level_ks(k, cfg.k_levels)
         n = block.num_labels
         data = block.data.cpu().reshape(-1)
         if data.numel() < 4:
@@ -743,7 +655,7 @@ class VQAESparseCodec(Codec):
         if self._level_coder is not None:
             plan.append((self._level_coder, n))
         for c in range(len(levels)):
-            plan.append((self._id_coders[c], _rows_of_level(c, n, len(levels))))
+            plan.append((self._id_coders[c], rows_of_level(c, n, len(levels))))
         try:
             decoded = decode_joint(data[4:pos], plan)
         except InputError as exc:
@@ -761,7 +673,7 @@ class VQAESparseCodec(Codec):
                 f"vqae-sparse block of {n} labels must hold {expected} bytes, got "
                 f"{data.numel()}"
             )
-        flat = _unpack_varbits(data[pos : pos + raw_bytes], widths) + (1 << widths) - 1
+        flat = unpack_varbits(data[pos : pos + raw_bytes], widths) + (1 << widths) - 1
         if flat.numel() and int(flat.max()) >= num_classes:
             raise ArchiveFormatError(
                 f"vqae-sparse block holds token rank {int(flat.max())} >= {num_classes}"
@@ -805,7 +717,7 @@ class VQAESparseCodec(Codec):
         """Block -> (N, C) float32 log-probabilities (finite everywhere)."""
         num_classes = self._require_fitted("decode")
         assert self._order is not None
-        levels = _levels(self.k, self.config.k_levels)
+        levels = level_ks(self.k, self.config.k_levels)
         n = block.num_labels
         if n == 0:
             return torch.zeros(0, num_classes, device=device)
@@ -849,7 +761,7 @@ class VQAESparseCodec(Codec):
     ) -> torch.Tensor:
         assert self._grid is not None and self._log_z is not None
         dev = log_q.device
-        wide = _wide(dev)
+        wide = wide_dtype(dev)
         prior = self._log_prior_wide(dev)
         grid = self._grid.to(dev, wide)
         alpha = grid[which]  # (n,)
@@ -857,13 +769,13 @@ class VQAESparseCodec(Codec):
         z = (self._log_z.to(dev, wide)[which].exp() - kept).clamp_min(
             torch.finfo(wide).tiny
         )
-        offset = log_q[:, -1].to(wide).clamp_min(math.log(_TAIL_FLOOR)) - z.log()
+        offset = log_q[:, -1].to(wide).clamp_min(math.log(TAIL_FLOOR)) - z.log()
         out = alpha.float()[:, None] * prior.float()[None] + offset.float()[:, None]
         return out.scatter_(1, ids, log_q[:, :-1].float())
 
     def _log_prior_wide(self, device: torch.device | str | None = None) -> torch.Tensor:
         assert self._log_prior is not None
-        return self._log_prior.to(device=device, dtype=_wide(device))
+        return self._log_prior.to(device=device, dtype=wide_dtype(device))
 
     # -- what is shipped once ------------------------------------------------------
     def model_tensors(self) -> dict[str, torch.Tensor]:
@@ -910,14 +822,17 @@ class VQAESparseCodec(Codec):
                 (cfg.num_stages, cfg.num_chunks, CODEBOOK_SIZE, cfg.chunk_dim),
                 torch.float16,
             ),
-            "id_tables": ((_num_groups(k), _alphabet(num_classes)), torch.int16),
+            "id_tables": (
+                (num_slot_groups(k), rank_alphabet(num_classes)),
+                torch.int16,
+            ),
         }
-        num_levels = len(_levels(k, cfg.k_levels))
+        num_levels = len(level_ks(k, cfg.k_levels))
         if num_levels > 1:
             shapes["level_table"] = ((1, num_levels), torch.int16)
         check_model_tensors(cls.kind, shapes, tensors, exact=True)
         codec._set_prior(tensors["log_prior"].cpu())
-        decoder = _Decoder(latent, cfg.hidden, k + 1, cfg.monotone)
+        decoder = HeadDecoder(latent, cfg.hidden, k + 1, cfg.monotone)
         with torch.no_grad():
             decoder.fc1.weight.copy_(tensors["dec1_weight"].float())
             decoder.fc1.bias.copy_(tensors["dec1_bias"].float())
@@ -963,209 +878,3 @@ class VQAESparseCodec(Codec):
                 "a lower ratio or fewer code bytes (num_chunks, num_stages)"
             )
         return cls(base.model_copy(update={"budget_bytes": budget_bytes}))
-
-
-# -- helpers --------------------------------------------------------------------------
-def unigram_log_prior(log_p: torch.Tensor) -> torch.Tensor:
-    """(C,) fp16 log of the mean teacher distribution of (n, C) log-probs (floored)."""
-    prior = torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])
-    return prior.clamp_min(_LOG_PRIOR_FLOOR).to(torch.float16)
-
-
-def prior_order(log_prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C,) rank -> id and (C,) id -> rank, most probable first (stable ties)."""
-    order = torch.argsort(log_prior.float(), descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
-    return order, rank
-
-
-def _alphabet(num_classes: int) -> int:
-    """Rank buckets: b = floor(log2(r + 1)) for ranks 0..C-1."""
-    return int(math.floor(math.log2(num_classes))) + 1
-
-
-def _num_groups(k: int) -> int:
-    return min(_MAX_GROUPS, int(math.floor(math.log2(k))) + 1)
-
-
-def _column_tables(k: int) -> list[int]:
-    """Slot j -> its group's table: 0 | 1-2 | 3-6 | 7-14 | ... (capped)."""
-    return [min(_MAX_GROUPS - 1, int(math.floor(math.log2(j + 1)))) for j in range(k)]
-
-
-def _tables(buckets: torch.Tensor, alphabet: int, cols: list[int]) -> torch.Tensor:
-    """(groups, alphabet) int16 frequencies of the buckets (entries < 0 skipped)."""
-    counts = torch.zeros(max(cols) + 1, alphabet, dtype=torch.int64)
-    for j, t in enumerate(cols):
-        col = buckets[:, j]
-        counts[t] += torch.bincount(col[col >= 0], minlength=alphabet)
-    return quantize_counts(counts)
-
-
-# candidate K of rate control with per-label levels
-_K_GRID = tuple(
-    sorted(
-        {int(b * m) for b in (4, 8, 16, 32, 64, 128, 256) for m in (1, 1.25, 1.5, 1.75)}
-        | {512}
-    )
-)
-
-
-def _levels(k: int, num_levels: int) -> list[int]:
-    """The per-label K choices, ascending: K / 2**(L-1), ..., K / 2, K."""
-    return sorted({max(1, round(k / (1 << i))) for i in range(num_levels)})
-
-
-def _rows_of_level(c: int, n: int, num_levels: int) -> Any:
-    """Row count of level c's id matrix, read from the decoded level symbols."""
-    if num_levels == 1:
-        return n
-    return lambda out: int((out[0][:, 0] == c).sum())
-
-
-def _fit_lambda(kl: torch.Tensor, bits: torch.Tensor, avail: float) -> float:
-    """Smallest lam whose per-label choice argmin(kl + lam bits) fits ``avail``."""
-
-    def mean_bits(lam: float) -> float:
-        pick = (kl + lam * bits).argmin(1, keepdim=True)
-        return float(bits.gather(1, pick).mean())
-
-    if mean_bits(0.0) <= avail:
-        return 0.0
-    lo, hi = -12.0, 2.0  # log10 lam
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if mean_bits(10**mid) <= avail else (mid, hi)
-    return float(10**hi)
-
-
-def _bucket(ranks: torch.Tensor) -> torch.Tensor:
-    """floor(log2(r + 1)) for int64 ranks, exact (no float rounding)."""
-    r = ranks + 1
-    out = torch.zeros_like(r)
-    for shift in (16, 8, 4, 2, 1):
-        big = r >= (1 << shift)
-        out += big.long() * shift
-        r = torch.where(big, r >> shift, r)
-    return out
-
-
-def _pack_varbits(values: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
-    """Concatenate the ``widths[i]`` low bits of each value (LSB first) into bytes."""
-    if values.numel() == 0 or int(widths.max()) == 0:
-        return torch.zeros(0, dtype=torch.uint8)
-    j = torch.arange(int(widths.max()))
-    bits = (values[:, None] >> j) & 1
-    flat = bits[j[None] < widths[:, None]].to(torch.uint8).numpy()
-    return torch.from_numpy(np.packbits(flat, bitorder="little"))
-
-
-def _unpack_varbits(data: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_pack_varbits`: (n,) int64 values."""
-    total = int(widths.sum())
-    if total == 0:
-        return torch.zeros(widths.numel(), dtype=torch.int64)
-    bits = torch.from_numpy(
-        np.unpackbits(data.numpy(), count=total, bitorder="little").astype(np.int64)
-    )
-    j = torch.arange(int(widths.max()))
-    start = widths.cumsum(0) - widths
-    idx = (start[:, None] + j).clamp_max(total - 1)
-    valid = j[None] < widths[:, None]
-    return ((bits[idx] * valid) << j).sum(dim=1)
-
-
-def _features(top: torch.Tensor) -> torch.Tensor:
-    """(n, K) sorted head log-probs -> (n, K + 1) encoder input (with log tail mass)."""
-    tail = (1.0 - top.double().exp().sum(dim=1)).clamp_min(_TAIL_FLOOR).log()
-    return torch.cat([top, tail.float()[:, None]], dim=1) / _FEATURE_SCALE
-
-
-def _quantize(z: torch.Tensor, books: torch.Tensor) -> torch.Tensor:
-    """(n, M, D) latents -> (n, R, M) codes of the residual product VQ."""
-    residual = z
-    codes = []
-    chunk = torch.arange(z.shape[1])
-    for stage in range(books.shape[0]):
-        idx = nearest_codewords(residual, books[stage])
-        codes.append(idx)
-        residual = residual - books[stage][chunk, idx]
-    return torch.stack(codes, dim=1)
-
-
-def _wide(device: torch.device | str | None) -> torch.dtype:
-    return (
-        torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
-    )
-
-
-def _tail_scores(
-    log_p: torch.Tensor, ids: torch.Tensor, prior: torch.Tensor, grid: torch.Tensor
-) -> torch.Tensor:
-    """(n, G) tail part of ``sum_v p_v log q_v`` per exponent a (up to a constant).
-
-    ``a * sum_tail p_v lp_v - P log Z_n(a)``, ``Z_n(a) = sum_{v not kept} e^{a lp_v}``.
-    """
-    prior = prior.to(log_p.device, torch.float64)
-    p = log_p.exp()
-    p_kept = p.gather(1, ids).double()
-    a = (p @ prior.float()).double() - (p_kept * prior[ids]).sum(dim=1)
-    mass = (1.0 - p_kept.sum(dim=1)).clamp_min(0.0)
-    g = grid.to(log_p.device, torch.float64)
-    log_z = torch.stack([torch.logsumexp(s * prior, dim=0) for s in g])
-    kept = torch.exp(prior[ids][:, :, None] * g[None, None]).sum(dim=1)
-    z = (log_z.exp()[None] - kept).clamp_min(torch.finfo(torch.float64).tiny)
-    return (g[None] * a[:, None] - mass[:, None] * z.log()).cpu()
-
-
-def _tail_terms(
-    p_prior: torch.Tensor,
-    top: torch.Tensor,
-    ids: torch.Tensor,
-    prior: torch.Tensor,
-    grid: torch.Tensor,
-    log_z: torch.Tensor,
-) -> torch.Tensor:
-    """(n, G) ``a A - P log Z_n(a)`` from (n,) ``sum_v p_v lp_v``, (n, K) kept log-probs.
-
-    ``A = sum_tail p_v lp_v`` (lp: the log prior), ``P`` the tail mass and
-    ``Z_n(a) = Z(a) - sum_kept e^{a lp_v}`` with ``log Z(a)`` precomputed: O(K G).
-    """
-    dtype = _wide(top.device)
-    prior = prior.to(top.device, dtype)
-    pk = top.to(dtype).exp()
-    a = p_prior.to(dtype) - (pk * prior[ids]).sum(dim=1)
-    mass = (1.0 - pk.sum(dim=1)).clamp_min(0.0)
-    g = grid.to(top.device, dtype)
-    kept = torch.exp(prior[ids][:, :, None] * g[None, None]).sum(dim=1)
-    z = (log_z.to(top.device, dtype).exp()[None] - kept).clamp_min(
-        torch.finfo(dtype).tiny
-    )
-    return g[None] * a[:, None] - mass[:, None] * z.log()
-
-
-def _collect(source: LogitSource, limit: int) -> torch.Tensor:
-    """(n, C) float32 log-probs of the first ``limit`` labels of ``source``."""
-    rows: list[torch.Tensor] = []
-    seen = 0
-    num_classes: int | None = None
-    for batch in _limited(source, limit):
-        check_logits(batch, num_classes)
-        num_classes = int(batch.shape[1])
-        for part in batch.detach().split(ROW_BLOCK):
-            rows.append(torch.log_softmax(part.float().cpu(), dim=1))
-        seen += int(batch.shape[0])
-    if not rows:
-        raise InputError("fit() got an empty source; pass at least one (B, C) batch")
-    return torch.cat(rows)
-
-
-def _limited(source: LogitSource, limit: int) -> Iterator[torch.Tensor]:
-    seen = 0
-    for batch in iterate_source(source):
-        if seen >= limit:
-            return
-        take = batch[: limit - seen]
-        seen += int(take.shape[0])
-        yield take
