@@ -1,4 +1,4 @@
-"""VQAERSCodec: exact head support, unbiased sampled tail, bytes, rate control."""
+"""VQAESampledCodec: exact head support, unbiased sampled tail, bytes, rate control."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.registry import CODEC_IDS, create_codec, create_codec_for_target
 from labelzip.codecs.vqae_lm.sampled import (
     SAMPLE_LEVELS,
-    VQAERSCodec,
+    VQAESampledCodec,
     _tail_bits_by_level,
 )
 from labelzip.errors import (
@@ -39,24 +39,24 @@ def test_logits(make_lm_logits: Callable[..., torch.Tensor]) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def codec(fit_logits: torch.Tensor) -> VQAERSCodec:
+def codec(fit_logits: torch.Tensor) -> VQAESampledCodec:
     return _fit(fit_logits, k=16, sample_scale=64.0, residual_step=0.01)
 
 
-def _fit(fit_logits: torch.Tensor, **options: Any) -> VQAERSCodec:
+def _fit(fit_logits: torch.Tensor, **options: Any) -> VQAESampledCodec:
     codec = create_codec("vqae-rs", **{**FAST, **options})
     codec.fit([fit_logits[:300], fit_logits[300:]])
-    assert isinstance(codec, VQAERSCodec)
+    assert isinstance(codec, VQAESampledCodec)
     return codec
 
 
 def test_registered_with_id_8() -> None:
     assert CODEC_IDS["vqae-rs"][0] == 8
-    assert VQAERSCodec.codec_id == 8 and VQAERSCodec.kind == "vqae-rs"
+    assert VQAESampledCodec.codec_id == 8 and VQAESampledCodec.kind == "vqae-rs"
 
 
 def test_head_is_the_teacher_top_k_and_the_tail_is_sampled_off_it(
-    codec: VQAERSCodec, test_logits: torch.Tensor
+    codec: VQAESampledCodec, test_logits: torch.Tensor
 ) -> None:
     decoded = codec.decode(codec.encode(test_logits))
     assert decoded.shape == test_logits.shape and decoded.dtype == torch.float32
@@ -75,7 +75,7 @@ def test_head_is_the_teacher_top_k_and_the_tail_is_sampled_off_it(
 
 
 def test_sampled_tail_is_unbiased(
-    codec: VQAERSCodec, make_lm_logits: Callable[..., torch.Tensor]
+    codec: VQAESampledCodec, make_lm_logits: Callable[..., torch.Tensor]
 ) -> None:
     """Averaged over many draws of one label, the tail matches the teacher's shape."""
     row = make_lm_logits(1, seed=7)
@@ -104,7 +104,7 @@ def test_sampled_tail_is_unbiased(
 
 
 def test_a_peaked_label_spends_no_samples_and_decodes_finite(
-    codec: VQAERSCodec,
+    codec: VQAESampledCodec,
 ) -> None:
     peaked = torch.zeros(3, C)
     peaked[:, 5] = 60.0
@@ -117,20 +117,20 @@ def test_a_peaked_label_spends_no_samples_and_decodes_finite(
 
 
 def test_same_input_same_bytes_and_stored_round_trip(
-    codec: VQAERSCodec, fit_logits: torch.Tensor, test_logits: torch.Tensor
+    codec: VQAESampledCodec, fit_logits: torch.Tensor, test_logits: torch.Tensor
 ) -> None:
     block = codec.encode(test_logits)
     assert torch.equal(block.data, codec.encode(test_logits).data)
     again = _fit(fit_logits, k=16, sample_scale=64.0, residual_step=0.01)
     assert torch.equal(again.encode(test_logits).data, block.data)
-    stored = VQAERSCodec.from_stored(codec.to_config(), codec.model_tensors())
+    stored = VQAESampledCodec.from_stored(codec.to_config(), codec.model_tensors())
     assert torch.equal(stored.decode(block), codec.decode(block))
     with pytest.raises(NotFittedError, match="no encoder"):
         stored.encode(test_logits)
 
 
 def test_block_layout_and_model_bytes(
-    codec: VQAERSCodec, test_logits: torch.Tensor
+    codec: VQAESampledCodec, test_logits: torch.Tensor
 ) -> None:
     assert codec._head is not None
     block = codec.encode(test_logits[:7])
@@ -142,7 +142,7 @@ def test_block_layout_and_model_bytes(
     assert codec.model_bytes() == codec._head.model_bytes() + 2 * (
         levels + 11 + residual
     )
-    assert codec.model_bytes() == VQAERSCodec.model_bytes_for(codec.config, 16, C)
+    assert codec.model_bytes() == VQAESampledCodec.model_bytes_for(codec.config, 16, C)
     with pytest.raises(ArchiveFormatError, match="raw tail bytes"):
         codec.decode(EncodedBlock(num_labels=7, data=block.data[:-1]))
     with pytest.raises(ArchiveFormatError):
@@ -163,7 +163,7 @@ def test_tail_bit_estimate_counts_one_length_field_per_label() -> None:
 
 
 def test_archive_round_trip(
-    tmp_path: Any, codec: VQAERSCodec, test_logits: torch.Tensor
+    tmp_path: Any, codec: VQAESampledCodec, test_logits: torch.Tensor
 ) -> None:
     account = save_archive(tmp_path / "t.lz", codec, test_logits, chunk_size=40)
     with ArchiveReader(tmp_path / "t.lz") as reader:
@@ -185,7 +185,7 @@ def test_rate_control_meets_the_target_and_spends_it(
         codec = create_codec_for_target(
             "vqae-rs", num_labels=n, num_classes=C, ratio=ratio, **FAST
         )
-        assert isinstance(codec, VQAERSCodec)
+        assert isinstance(codec, VQAESampledCodec)
         codec.fit([fit_logits], num_labels=n)
         payload = sum(codec.encode(x).nbytes for x in fit_logits.split(256))
         total = payload + codec.model_bytes()
@@ -208,7 +208,7 @@ def test_archive_at_a_target_ratio_meets_it(
     assert 0.8 * 512 * C * 2 / 30 < size <= 512 * C * 2 / 30
 
 
-def test_errors(fit_logits: torch.Tensor, codec: VQAERSCodec) -> None:
+def test_errors(fit_logits: torch.Tensor, codec: VQAESampledCodec) -> None:
     fresh = create_codec("vqae-rs", k=4, sample_scale=8.0)
     with pytest.raises(NotFittedError, match="before fit"):
         fresh.encode(fit_logits)
@@ -229,11 +229,11 @@ def test_errors(fit_logits: torch.Tensor, codec: VQAERSCodec) -> None:
     config = codec.to_config()
     config.pop("head")
     with pytest.raises(ArchiveFormatError, match="head config"):
-        VQAERSCodec.from_stored(config, codec.model_tensors())
+        VQAESampledCodec.from_stored(config, codec.model_tensors())
     tensors = dict(codec.model_tensors())
     tensors.pop("tail_rank_table")
     with pytest.raises(ArchiveFormatError, match="tail_rank_table"):
-        VQAERSCodec.from_stored(codec.to_config(), tensors)
+        VQAESampledCodec.from_stored(codec.to_config(), tensors)
 
 
 def test_without_the_head_residual_and_archives_from_before_it(
@@ -247,5 +247,5 @@ def test_without_the_head_residual_and_archives_from_before_it(
     assert torch.equal(plain.decode(block).gather(1, ids), log_q[:, :-1].float())
     config = plain.to_config()
     config.pop("residual_step")  # stored before the field existed: no residual
-    stored = VQAERSCodec.from_stored(config, plain.model_tensors())
+    stored = VQAESampledCodec.from_stored(config, plain.model_tensors())
     assert torch.equal(stored.decode(block), plain.decode(block))
