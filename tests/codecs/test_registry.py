@@ -123,3 +123,18 @@ def test_renamed_codecs_keep_their_stored_key(
     assert codec_name("topk") == "topk" and stored_key("topk") == "topk"
     with pytest.raises(ConfigError, match="unknown codec 'vqae-reed-solomon'"):
         stored_key("vqae-reed-solomon")
+
+
+def test_package_docstring_table_matches_the_registry() -> None:
+    """codecs/__init__.py lists every codec: id, key, name, class and file."""
+    import labelzip.codecs as package
+    from labelzip.codecs.registry import codec_name
+
+    doc = package.__doc__ or ""
+    rows = {tuple(line.split()) for line in doc.splitlines() if line[:1].isdigit()}
+    want = set()
+    for key, (codec_id, target) in CODEC_IDS.items():
+        module, _, cls = target.partition(":")
+        path = module.removeprefix("labelzip.codecs.").replace(".", "/") + ".py"
+        want.add((str(codec_id), key, codec_name(key), cls, path))
+    assert rows == want
