@@ -46,7 +46,7 @@ linear layers (fp16), the codebooks (R x M x 256 x D fp16) and the id frequency
 tables (int16). The encoder is only needed to encode and is not stored, so a
 codec rebuilt with :meth:`from_stored` decodes but does not encode.
 
-Block layout for N labels: a little-endian u32 byte count of the ANS stream;
+Block layout (:mod:`sparse_block`) for N labels: a little-endian u32 byte count of the ANS stream;
 the ANS stream (the N level symbols when L > 1, then the rank buckets of the
 labels of each level in turn, level by level, labels in order); the raw low bits
 of those ranks in the same order, one bit stream padded to a byte; the N x R x M code bytes; the N tail
@@ -73,8 +73,6 @@ from labelzip.codecs.base import (
 )
 from labelzip.codecs.entropy import (
     CategoricalStreamCoder,
-    decode_joint,
-    encode_joint,
     quantize_counts,
 )
 from labelzip.codecs.vqae.quantizer import ResidualProductQuantizer
@@ -82,15 +80,13 @@ from labelzip.codecs.vqae_lm.fitsample import ROW_BLOCK, collect_log_probs
 from labelzip.codecs.vqae_lm.idcoding import (
     group_frequencies,
     num_slot_groups,
-    pack_varbits,
     prior_order,
     rank_alphabet,
     rank_bucket,
     slot_groups,
     unigram_log_prior,
-    unpack_varbits,
 )
-from labelzip.codecs.vqae_lm.levels import K_GRID, fit_lambda, level_ks, rows_of_level
+from labelzip.codecs.vqae_lm.levels import K_GRID, fit_lambda, level_ks
 from labelzip.codecs.vqae_lm.network import (
     FEATURE_SCALE,
     TAIL_FLOOR,
@@ -99,7 +95,16 @@ from labelzip.codecs.vqae_lm.network import (
     head_features,
     quantize_codes,
 )
+from labelzip.codecs.vqae_lm.sparse_block import BlockCoders, pack_block, parse_block
 from labelzip.codecs.vqae_lm.sparse_config import VQAESparseConfig
+from labelzip.codecs.vqae_lm.sparse_rate import (
+    CODEBOOK_SIZE,
+    MARGIN,
+    block_slack,
+    budget_config,
+    choose_k,
+    model_bytes,
+)
 from labelzip.codecs.vqae_lm.tail import tail_scores, tail_terms, wide_dtype
 from labelzip.errors import (
     ArchiveFormatError,
@@ -108,16 +113,11 @@ from labelzip.errors import (
     NotFittedError,
     UnreachableTargetError,
 )
-from labelzip.ops.bitpack import pack_bits, packed_size, unpack_bits
 
 __all__ = ["VQAESparseCodec", "VQAESparseConfig"]
 
 logger = logging.getLogger(__name__)
 
-CODEBOOK_SIZE = 256  # codewords per codebook: one byte per code
-_MARGIN = 0.02  # measured payload stays this far under the per-label budget
-_BLOCK_SLACK = 12  # bytes per block: u32 length, ANS tail word, bit padding
-_SLACK_LABELS = 256  # labels per block assumed by rate control (LM chunk = 1 window)
 _FIT_GRID = torch.linspace(0.0, 3.0, 121, dtype=torch.float64)
 _RANGE_QUANTILES = (0.02, 0.98)
 
@@ -183,13 +183,7 @@ class VQAESparseCodec(Codec):
     @staticmethod
     def model_bytes_for(cfg: VQAESparseConfig, k: int, num_classes: int) -> int:
         """Bytes of every stored tensor for K kept ids and C classes."""
-        latent = cfg.num_chunks * cfg.chunk_dim
-        decoder = latent * cfg.hidden + cfg.hidden + cfg.hidden * (k + 1) + k + 1
-        books = cfg.num_stages * cfg.num_chunks * CODEBOOK_SIZE * cfg.chunk_dim
-        tables = num_slot_groups(k) * rank_alphabet(num_classes)
-        levels = len(level_ks(k, cfg.k_levels))
-        tables += levels if levels > 1 else 0
-        return 2 * (num_classes + decoder + books + tables)
+        return model_bytes(cfg, k, num_classes)
 
     # -- fitting -----------------------------------------------------------------
     def fit(
@@ -224,7 +218,7 @@ class VQAESparseCodec(Codec):
         self._set_grid()
         lam = cfg.rate_lambda
         if cfg.k_levels == 1:
-            k = cfg.k or self._choose_k(buckets, num_classes, num_labels)
+            k = cfg.k or choose_k(cfg, buckets, num_classes, num_labels)
         else:
             k, lam = self._choose_levels(log_p, top, ids, buckets, num_labels)
         top, ids, buckets = top[:, :k], ids[:, :k], buckets[:, :k]
@@ -252,10 +246,10 @@ class VQAESparseCodec(Codec):
                     break
                 # re-fit lam with the real tables: spend the budget, not an estimate
                 assert cfg.budget_bytes is not None
-                slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
+                slack = block_slack(num_labels)
                 model = self.model_bytes_for(cfg, k, num_classes)
                 avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
-                avail = avail * (1 - _MARGIN) - 8 * cfg.code_bytes - cfg.tail_bits
+                avail = avail * (1 - MARGIN) - 8 * cfg.code_bytes - cfg.tail_bits
                 bits = self._level_bits(ids)
                 lam = fit_lambda(kl, bits, avail)
                 which = (kl + lam * bits).argmin(1)
@@ -399,7 +393,7 @@ class VQAESparseCodec(Codec):
             buckets, rank_alphabet(num_classes), slot_groups(k_cap)
         )
         cum = self._slot_bits(buckets)
-        slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
+        slack = block_slack(num_labels)
         fixed = 8 * cfg.code_bytes + cfg.tail_bits + math.log2(cfg.k_levels)
         cands = sorted(
             {k for k in K_GRID if k <= k_cap} | {k_cap} if cfg.k is None else {cfg.k}
@@ -411,7 +405,7 @@ class VQAESparseCodec(Codec):
             levels = level_ks(k, cfg.k_levels)
             model = self.model_bytes_for(cfg, k, num_classes)
             avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
-            avail = avail * (1 - _MARGIN) - fixed
+            avail = avail * (1 - MARGIN) - fixed
             # id cost with tables pooled over exactly these K slots
             self._id_tables = group_frequencies(
                 buckets[:, :k], rank_alphabet(num_classes), slot_groups(k)
@@ -446,61 +440,6 @@ class VQAESparseCodec(Codec):
             "vqae-sparse: K=%d, lambda=%.3g, oracle KL %.4f", best[1], best[2], best[0]
         )
         return best[1], best[2]
-
-    def _choose_k(
-        self, buckets: torch.Tensor, num_classes: int, num_labels: int | None
-    ) -> int:
-        """Largest K whose measured mean payload plus model bytes fits the budget."""
-        cfg = self.config
-        if cfg.budget_bytes is None or num_labels is None:
-            raise ConfigError(
-                "vqae-sparse with k=None needs budget_bytes and fit(num_labels=...); "
-                "use create_codec_for_target or give k"
-            )
-        n, k_cap = buckets.shape
-        alphabet = rank_alphabet(num_classes)
-        # per-slot cost with tables pooled per slot group over all k_cap slots
-        cols = slot_groups(k_cap)
-        tables = group_frequencies(buckets, alphabet, cols)
-        log2p = torch.log2(tables.double() / tables.double().sum(1, keepdim=True))
-        slot_bits = torch.stack(
-            [-log2p[cols[j]][buckets[:, j]].mean() for j in range(k_cap)]
-        ) + buckets.double().mean(dim=0)
-        cum = slot_bits.cumsum(0)  # cum[K-1] = id bits of K slots
-        fixed = 8 * cfg.code_bytes + cfg.tail_bits
-        slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
-        best = 0
-        for k in range(1, k_cap + 1):
-            model = self.model_bytes_for(cfg, k, num_classes)
-            avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
-            if (float(cum[k - 1]) + fixed) <= avail * (1 - _MARGIN):
-                best = k
-        if best == 0:
-            model = self.model_bytes_for(cfg, 1, num_classes)
-            need = model + slack + math.ceil((float(cum[0]) + fixed) * num_labels / 8)
-            ref = reference_bytes(num_labels, num_classes, "fp16")
-            raise UnreachableTargetError(
-                f"vqae-sparse with K=1 needs ~{need} bytes for {num_labels} labels "
-                f"({model} of them stored tensors), the budget is {cfg.budget_bytes}; "
-                f"the best reachable ratio is ~{ref / need:.1f}x vs fp16; choose a "
-                "lower ratio or fewer code bytes (num_chunks, num_stages)"
-            )
-        # exact check with the tables the chosen K really uses
-        while best > 1:
-            exact = group_frequencies(buckets[:, :best], alphabet, slot_groups(best))
-            lp = torch.log2(exact.double() / exact.double().sum(1, keepdim=True))
-            c = slot_groups(best)
-            bits = sum(
-                float(-lp[c[j]][buckets[:, j]].mean() + buckets[:, j].double().mean())
-                for j in range(best)
-            )
-            model = self.model_bytes_for(cfg, best, num_classes)
-            avail = 8 * (cfg.budget_bytes - model - slack) / num_labels
-            if bits + fixed <= avail * (1 - _MARGIN):
-                break
-            best -= 1
-        logger.info("vqae-sparse: K=%d for %d bits per label", best, int(avail))
-        return best
 
     def _train(self, feats: torch.Tensor, k: int) -> None:
         """Train encoder, decoder and codebooks on (n, K + 1) profiles."""
@@ -609,84 +548,23 @@ class VQAESparseCodec(Codec):
                         self._oracle(self._row_stats(log_p), top, ids, k)[1]
                     )
         ids = torch.cat(all_ids)
-        ranks = self._rank[ids]
-        buckets = rank_bucket(ranks)
-        level = torch.cat(all_level) if all_level else torch.zeros(n, dtype=torch.int64)
-        parts_ans: list[tuple[CategoricalStreamCoder, torch.Tensor]] = []
-        if self._level_coder is not None:
-            parts_ans.append((self._level_coder, level[:, None]))
-        flat_ranks, flat_widths = [], []
-        for c, kk in enumerate(levels):
-            rows = level == c
-            parts_ans.append((self._id_coders[c], buckets[rows, :kk]))
-            flat_ranks.append(ranks[rows, :kk].reshape(-1))
-            flat_widths.append(buckets[rows, :kk].reshape(-1))
-        stream = encode_joint(parts_ans)
-        r, w = torch.cat(flat_ranks), torch.cat(flat_widths)
-        parts = [
-            torch.tensor([stream.numel()], dtype=torch.int32).view(torch.uint8),
-            stream,
-            pack_varbits(r + 1 - (1 << w), w),
-            torch.cat(all_codes).to(torch.uint8).reshape(-1),
-        ]
-        if cfg.tail_bits:
-            parts.append(pack_bits(torch.cat(all_tail), cfg.tail_bits))
         codes = torch.cat(all_codes)
-        return EncodedBlock(num_labels=n, data=torch.cat(parts)), ids, codes
+        data = pack_block(
+            BlockCoders(levels, self._id_coders, self._level_coder),
+            ranks=self._rank[ids],
+            level=torch.cat(all_level) if all_level else None,
+            codes=codes,
+            tails=torch.cat(all_tail) if cfg.tail_bits else None,
+            tail_bits=cfg.tail_bits,
+        )
+        return EncodedBlock(num_labels=n, data=data), ids, codes
 
     def _parse(
         self, block: EncodedBlock, num_classes: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Block -> (N,) level, flat token ranks, (N, R, M) codes, (N,) tail index."""
-        cfg, k = self.config, self.k
-        levels = level_ks(k, cfg.k_levels)
-        n = block.num_labels
-        data = block.data.cpu().reshape(-1)
-        if data.numel() < 4:
-            raise ArchiveFormatError(f"vqae-sparse block of {n} labels is too short")
-        length = int(data[:4].clone().view(torch.int32)[0])
-        pos = 4 + length
-        if length < 0 or length % 4 or pos > data.numel():
-            raise ArchiveFormatError(
-                f"vqae-sparse block names an ANS stream of {length} bytes in "
-                f"{data.numel()} bytes"
-            )
-        plan: list[tuple[CategoricalStreamCoder, Any]] = []
-        if self._level_coder is not None:
-            plan.append((self._level_coder, n))
-        for c in range(len(levels)):
-            plan.append((self._id_coders[c], rows_of_level(c, n, len(levels))))
-        try:
-            decoded = decode_joint(data[4:pos], plan)
-        except InputError as exc:
-            raise ArchiveFormatError(f"vqae-sparse block is corrupt: {exc}") from exc
-        if self._level_coder is not None:
-            level, groups = decoded[0][:, 0], decoded[1:]
-        else:
-            level, groups = torch.zeros(n, dtype=torch.int64), decoded
-        widths = torch.cat([g.reshape(-1) for g in groups])
-        raw_bytes = packed_size(int(widths.sum()), 1)
-        code_count = n * cfg.code_bytes
-        expected = pos + raw_bytes + code_count + packed_size(n, cfg.tail_bits)
-        if data.numel() != expected:
-            raise ArchiveFormatError(
-                f"vqae-sparse block of {n} labels must hold {expected} bytes, got "
-                f"{data.numel()}"
-            )
-        flat = unpack_varbits(data[pos : pos + raw_bytes], widths) + (1 << widths) - 1
-        if flat.numel() and int(flat.max()) >= num_classes:
-            raise ArchiveFormatError(
-                f"vqae-sparse block holds token rank {int(flat.max())} >= {num_classes}"
-            )
-        pos += raw_bytes
-        codes = data[pos : pos + code_count].long()
-        codes = codes.reshape(n, cfg.num_stages, cfg.num_chunks)
-        pos += code_count
-        if cfg.tail_bits:
-            which = unpack_bits(data[pos:], cfg.tail_bits, n)
-        else:
-            which = torch.zeros(n, dtype=torch.int64)
-        return level, flat, codes, which
+        coders = BlockCoders(self._levels(), self._id_coders, self._level_coder)
+        return parse_block(block, num_classes, self.config, coders)
 
     def decode_support(
         self, block: EncodedBlock, device: torch.device | str | None = None
@@ -859,22 +737,4 @@ class VQAESparseCodec(Codec):
         Raises UnreachableTargetError when even K = 1 at 16 bits per id cannot fit
         next to the stored tensors (the exact check happens in ``fit``).
         """
-        try:
-            base = VQAESparseConfig(**options)
-        except Exception as exc:
-            raise ConfigError(f"invalid vqae-sparse codec options: {exc}") from exc
-        k = base.k or 1
-        model = cls.model_bytes_for(base, k, num_classes)
-        slack = _BLOCK_SLACK * math.ceil(num_labels / _SLACK_LABELS)
-        # a lower bound of the payload: the codes and tail index (ids cost > 0)
-        least = math.ceil(num_labels * (8 * base.code_bytes + base.tail_bits + k) / 8)
-        need = model + slack + least
-        if need > budget_bytes:
-            ref = reference_bytes(num_labels, num_classes, "fp16")
-            raise UnreachableTargetError(
-                f"vqae-sparse needs more than {need} bytes for {num_labels} labels "
-                f"({model} of them stored tensors) but the budget is {budget_bytes}; "
-                f"the best reachable ratio is below {ref / need:.1f}x vs fp16; choose "
-                "a lower ratio or fewer code bytes (num_chunks, num_stages)"
-            )
-        return cls(base.model_copy(update={"budget_bytes": budget_bytes}))
+        return cls(budget_config(num_labels, num_classes, budget_bytes, options))
