@@ -24,6 +24,7 @@ __all__ = [
     "CODEC_IDS",
     "CODEC_NAMES",
     "available_codecs",
+    "codec_choices",
     "codec_class",
     "codec_name",
     "create_codec",
@@ -59,7 +60,12 @@ _KEY_OF_NAME = {name: key for key, name in CODEC_NAMES.items()}
 
 
 def available_codecs() -> list[str]:
-    """Every codec name a user may pass: stored keys and their clearer names."""
+    """Every registered codec, once each, by its stored key."""
+    return sorted(CODEC_IDS)
+
+
+def codec_choices() -> list[str]:
+    """Every name a user may pass: the stored keys and their clearer names."""
     return sorted([*CODEC_IDS, *CODEC_NAMES.values()])
 
 
@@ -72,7 +78,7 @@ def stored_key(name: str) -> str:
     key = _KEY_OF_NAME.get(name, name)
     if key not in CODEC_IDS:
         raise ConfigError(
-            f"unknown codec {name!r}; choose one of {', '.join(available_codecs())}"
+            f"unknown codec {name!r}; choose one of {', '.join(codec_choices())}"
         )
     return key
 
