@@ -36,7 +36,7 @@ import torch
 from labelzip.archive import Layout, fit_for_target
 from labelzip.codecs.base import Codec, EncodedBlock
 from labelzip.codecs.registry import create_codec
-from labelzip.codecs.vq.codec import VQAECodec
+from labelzip.codecs.vqae.codec import VQAECodec
 from labelzip.io import atomic_path
 
 CHUNK = 4096  # labels per archive chunk (DEFAULT_CHUNK_SIZE)

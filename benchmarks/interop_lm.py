@@ -39,7 +39,7 @@ import torch
 
 from labelzip.archive import ArchiveReader
 from labelzip.bench.lm_stores import write_distillkit, write_megatron, write_nemo
-from labelzip.codecs.distillkit import preset_config
+from labelzip.codecs.baseline.distillkit import preset_config
 from labelzip.codecs.registry import create_codec_for_target
 from labelzip.errors import LabelzipError
 from labelzip.interop.base import ImportedStore, ImportOptions

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from labelzip.bench.lm import CODEC_PRESETS
 from labelzip.codecs.registry import create_codec_for_target
-from labelzip.codecs.vqae_rs import VQAERSCodec
+from labelzip.codecs.vqae_lm.sampled import VQAESampledCodec
 from labelzip.ops.metrics import kl_divergence, top1_agreement
 
 
@@ -105,12 +105,14 @@ def main() -> None:
                 "encode_ms_per_token": round(1000 * enc_s / test.shape[0], 2),
                 "decode_ms_per_token": round(1000 * dec_s / test.shape[0], 2),
             }
-            if isinstance(codec, VQAERSCodec):  # its only bias: the VQ head profile
+            if isinstance(
+                codec, VQAESampledCodec
+            ):  # its only bias: the VQ head profile
                 row["head_tv"] = round(_head_tv(codec, test), 4)
             print(json.dumps(row), flush=True)
 
 
-def _head_tv(codec: VQAERSCodec, test: torch.Tensor) -> float:
+def _head_tv(codec: VQAESampledCodec, test: torch.Tensor) -> float:
     """Mean total variation between the decoded and the teacher's K + 1 profile."""
     ids, log_q = codec.head.decode_support(codec.head.encode(test))
     p = torch.softmax(test.double(), dim=1).gather(1, ids)

@@ -61,8 +61,8 @@ def test_rate_targets_refuse_nan_and_inf_everywhere(value: float) -> None:
     from labelzip.bench.imagenet import ImagenetTrackConfig
     from labelzip.bench.lm import LMBenchConfig
     from labelzip.bench.vision import VisionBenchConfig
+    from labelzip.codecs.baseline.rskd import RSKDConfig
     from labelzip.codecs.registry import target_total_bytes
-    from labelzip.codecs.rskd import RSKDConfig
     from labelzip.lm.relabel import LMOutput
     from labelzip.pipelines.quickstart import QuickstartConfig
     from labelzip.pipelines.relabel_types import RelabelOutput

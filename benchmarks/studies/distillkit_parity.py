@@ -1,7 +1,7 @@
 """Check labelzip's DistillKit quantiser against DistillKit's own, bit for bit.
 
 labelzip reimplements DistillKit's log-probability compression from its
-specification (``labelzip.codecs.distillkit_quant``). This script imports
+specification (``labelzip.codecs.baseline.distillkit_quant``). This script imports
 DistillKit's ``distillkit.compression`` from a checkout you point it at (its code
 is not part of labelzip) and compares, on seeded LM-shaped log-probabilities:
 the compressed rows and packed ids DistillKit writes, and the values and ids its
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from labelzip.codecs.distillkit_quant import (
+from labelzip.codecs.baseline.distillkit_quant import (
     DistillKitLegacyConfig,
     DistillKitQuantConfig,
     compress_logprobs,

@@ -45,6 +45,11 @@ __all__ = [
     "render_views",
     "resize_crop",
     "sample_view_params",
+    "view_keys",
+    "hash_beta",
+    "cut_boxes",
+    "D_MIX_APPLY",
+    "D_PARTNER",
 ]
 
 ImageSource = torch.Tensor | Sequence[torch.Tensor]
@@ -57,7 +62,7 @@ _GAMMA_TRIES = 8  # Marsaglia-Tsang accepts > 95% per try; 8 tries fail < 1e-10
 # Draw ids: each random number of a view has a fixed id, so adding a feature
 # never shifts the numbers of the others.
 _D_AREA, _D_RATIO, _D_TOP, _D_LEFT, _D_FLIP = 0, 10, 20, 21, 22
-_D_MIX_APPLY, _D_PARTNER, _D_CUT_Y, _D_CUT_X, _D_LAM = 23, 24, 25, 26, 27
+D_MIX_APPLY, D_PARTNER, _D_CUT_Y, _D_CUT_X, _D_LAM = 23, 24, 25, 26, 27
 _D_GAMMA = (100, 200)  # two independent gamma variates for Beta(a, a)
 
 
@@ -159,7 +164,14 @@ def _absorb(key: torch.Tensor, value: torch.Tensor | int) -> torch.Tensor:
     return _hash32(key ^ ((value >> 32) & _M32) ^ 0x9E3779B9)
 
 
-def _view_keys(seed: int, epoch: int, index: torch.Tensor) -> torch.Tensor:
+def view_keys(
+    seed: int, epoch: int | torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
+    """The 32-bit hash key of each view (seed, epoch, image index).
+
+    ``epoch`` is one int or a tensor shaped like ``index`` (views of several
+    epochs at once); every random draw of a view is a function of its key.
+    """
     key = _absorb(torch.tensor(0x243F6A88, dtype=torch.int64), seed)
     key = _absorb(key, epoch)
     return _absorb(key.expand_as(index), index)
@@ -257,7 +269,8 @@ def _gamma(keys: torch.Tensor, alpha: float, base: int) -> torch.Tensor:
     return out
 
 
-def _beta(keys: torch.Tensor, alpha: float) -> torch.Tensor:
+def hash_beta(keys: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Beta(alpha, alpha) float64 per key: the mix weight draw of each view."""
     if alpha == 1.0:
         return hash_uniform(keys, _D_LAM)  # Beta(1, 1) is uniform
     x = _gamma(keys, alpha, _D_GAMMA[0])
@@ -265,7 +278,7 @@ def _beta(keys: torch.Tensor, alpha: float) -> torch.Tensor:
     return x / (x + y).clamp_min(1e-300)
 
 
-def _cut_boxes(
+def cut_boxes(
     keys: torch.Tensor, lam: torch.Tensor, config: ViewConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CutMix boxes (B, 4) in view pixels and the lambda that matches their area."""
@@ -319,7 +332,7 @@ def sample_view_params(
         )
     num_images = len(images)
     index = _check_indices(indices, num_images)
-    keys = _view_keys(seed, epoch, index)
+    keys = view_keys(seed, epoch, index)
     sizes = image_sizes(images, index)
     crop = _crop_boxes(keys, sizes, config)
     flip = hash_uniform(keys, _D_FLIP) < config.flip_prob
@@ -332,22 +345,22 @@ def sample_view_params(
     if config.mix != "none" and b:
         if num_images < 2:
             raise ConfigError(f"mix={config.mix!r} needs at least 2 images, got 1")
-        mixed = hash_uniform(keys, _D_MIX_APPLY) < config.mix_prob
+        mixed = hash_uniform(keys, D_MIX_APPLY) < config.mix_prob
         # A partner other than the image itself, uniform over the dataset.
-        draw = torch.floor(hash_uniform(keys, _D_PARTNER) * (num_images - 1))
+        draw = torch.floor(hash_uniform(keys, D_PARTNER) * (num_images - 1))
         other = draw.to(torch.int64)
         other = other + (other >= index).to(torch.int64)
         partner = torch.where(mixed, other, partner)
-        raw_lam = _beta(keys, config.mix_alpha)
+        raw_lam = hash_beta(keys, config.mix_alpha)
         if config.mix == "cutmix":
-            box, lam_area = _cut_boxes(keys, raw_lam, config)
+            box, lam_area = cut_boxes(keys, raw_lam, config)
             mix_box[mixed] = box[mixed]
             lam = torch.where(mixed, lam_area, lam)
         else:
             lam = torch.where(mixed, raw_lam, lam)
         # The partner contributes its own (seed, epoch, partner) base view.
         sel = partner[mixed]
-        pkeys = _view_keys(seed, epoch, sel)
+        pkeys = view_keys(seed, epoch, sel)
         partner_crop[mixed] = _crop_boxes(pkeys, image_sizes(images, sel), config)
         partner_flip[mixed] = hash_uniform(pkeys, _D_FLIP) < config.flip_prob
     return ViewParams(

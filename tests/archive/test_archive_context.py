@@ -21,9 +21,9 @@ from labelzip.archive import (
     save_archive,
 )
 from labelzip.augment import ViewConfig
+from labelzip.codecs.context.viewmix import ViewMixCodec, view_mix_prior
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import create_codec, target_total_bytes
-from labelzip.codecs.vq.viewmix import ViewMixCodec, view_mix_prior
 from labelzip.errors import ArchiveFormatError, ConfigError, InputError
 from labelzip.pipelines.relabel_types import recipe_context
 

@@ -64,7 +64,7 @@ def _labels(name: str) -> tuple[torch.Tensor, Layout, ArchiveMetadata]:
         logits = 1.5 * torch.randn(384, C, generator=g)
         logits[torch.arange(384), torch.randint(0, C, (384,), generator=g)] += 4.0
         return logits, Layout(("sample", "view"), (96, 4)), ArchiveMetadata()
-    from labelzip.codecs.vq.viewmix import view_mix_prior
+    from labelzip.codecs.context.viewmix import view_mix_prior
     from labelzip.pipelines.relabel_types import recipe_context
 
     view = ViewConfig(output_size=(8, 8), scale=(0.5, 1.0), mix="cutmix")

@@ -30,8 +30,8 @@ from labelzip.archive import (
 from labelzip.archive.rate import RATE_TOLERANCE
 from labelzip.augment import ViewConfig
 from labelzip.codecs.base import Codec, LabelContext
+from labelzip.codecs.context.viewmix import view_mix_prior
 from labelzip.codecs.registry import available_codecs, with_num_images
-from labelzip.codecs.vq.viewmix import view_mix_prior
 from labelzip.pipelines.relabel_types import recipe_context
 
 torch.set_num_threads(1)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from labelzip.archive import ArchiveReader, ArchiveWriter, Layout
+from labelzip.codecs.baseline.topk import TopKCodec
 from labelzip.codecs.registry import create_codec
-from labelzip.codecs.topk import TopKCodec
 from labelzip.errors import ConfigError
 
 

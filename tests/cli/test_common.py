@@ -68,3 +68,12 @@ def test_one_line_joins_pydantic_errors() -> None:
     assert "\n" not in text
     assert text.startswith("a: Input should be greater than or equal to 1; b: ")
     assert one_line(ValueError("first\nsecond")) == "first"
+
+
+@pytest.mark.parametrize("name", ["vqae-sampled", "vqae-rs", "view-mix", "vqae-ctx"])
+def test_codec_option_takes_new_names_and_old_keys(name: str) -> None:
+    from labelzip.cli._common import add_codec_target_options
+
+    p = argparse.ArgumentParser(prog="t", exit_on_error=False)
+    add_codec_target_options(p, required=True)
+    assert p.parse_args(["--codec", name]).codec == name

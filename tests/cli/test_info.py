@@ -144,3 +144,14 @@ def test_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0 and "labelzip info labels.lz" in capsys.readouterr().out
+
+
+def test_renamed_codec_shows_its_name_and_stored_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fixture = Path(__file__).parents[1] / "fixtures" / "archives" / "vqae_ctx.lz"
+    code, out, _ = _run([str(fixture)], capsys)
+    assert code == 0
+    assert "view-mix (stored key vqae-ctx, id 6)" in out
+    code, out, _ = _run([str(fixture), "--json"], capsys)
+    assert json.loads(out)["codec"] == "vqae-ctx"  # machine output: the stored key

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from labelzip.codecs.base import EncodedBlock
-from labelzip.codecs.dense import DenseCodec, DenseConfig
+from labelzip.codecs.baseline.dense import DenseCodec, DenseConfig
 from labelzip.codecs.registry import create_codec, create_codec_for_target
 from labelzip.errors import (
     ArchiveFormatError,

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from labelzip.archive import ArchiveReader, ArchiveWriter
-from labelzip.codecs.distillkit import (
+from labelzip.codecs.baseline.distillkit import (
     DistillKitCodec,
     DistillKitCodecConfig,
     preset_config,
     spread_missing_mass,
 )
-from labelzip.codecs.distillkit_quant import decompress_logprobs
+from labelzip.codecs.baseline.distillkit_quant import decompress_logprobs
 from labelzip.codecs.registry import codec_class, create_codec, create_codec_for_target
 from labelzip.errors import InputError, UnreachableTargetError
 

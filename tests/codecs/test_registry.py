@@ -103,3 +103,43 @@ def test_with_num_images_only_for_codecs_with_the_field_and_keeps_user_values() 
     assert with_num_images("topk", {"k": 3}, 10) == {"k": 3}
     assert with_num_images("ctx-transform", {}, 10) == {"num_images": 10}
     assert with_num_images("vqae-ctx", {"num_images": 4}, 10) == {"num_images": 4}
+
+
+@pytest.mark.parametrize(
+    ("key", "name", "codec_id"),
+    [("vqae-rs", "vqae-sampled", 8), ("vqae-ctx", "view-mix", 6)],
+)
+def test_renamed_codecs_keep_their_stored_key(
+    key: str, name: str, codec_id: int
+) -> None:
+    from labelzip.codecs.registry import (
+        CODEC_NAMES,
+        codec_choices,
+        codec_name,
+        stored_key,
+    )
+
+    assert CODEC_NAMES[key] == name and codec_name(key) == name
+    assert stored_key(name) == stored_key(key) == key
+    assert codec_class(name) is codec_class(key)
+    assert {key, name} <= set(codec_choices()) and name not in available_codecs()
+    codec = create_codec(name)  # the new name builds the codec archives call `key`
+    assert codec.kind == codec.config.kind == key and codec.codec_id == codec_id
+    assert codec_name("topk") == "topk" and stored_key("topk") == "topk"
+    with pytest.raises(ConfigError, match="unknown codec 'vqae-reed-solomon'"):
+        stored_key("vqae-reed-solomon")
+
+
+def test_package_docstring_table_matches_the_registry() -> None:
+    """codecs/__init__.py lists every codec: id, key, name, class and file."""
+    import labelzip.codecs as package
+    from labelzip.codecs.registry import codec_name
+
+    doc = package.__doc__ or ""
+    rows = {tuple(line.split()) for line in doc.splitlines() if line[:1].isdigit()}
+    want = set()
+    for key, (codec_id, target) in CODEC_IDS.items():
+        module, _, cls = target.partition(":")
+        path = module.removeprefix("labelzip.codecs.").replace(".", "/") + ".py"
+        want.add((str(codec_id), key, codec_name(key), cls, path))
+    assert rows == want

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from labelzip.codecs.base import EncodedBlock
+from labelzip.codecs.baseline.rskd import RSKDCodec, RSKDConfig
 from labelzip.codecs.registry import create_codec, create_codec_for_target
-from labelzip.codecs.rskd import RSKDCodec, RSKDConfig
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from labelzip.codecs.base import EncodedBlock
+from labelzip.codecs.baseline.topk import DEFAULT_MS_TEMPERATURE, TopKCodec, TopKConfig
 from labelzip.codecs.registry import create_codec, create_codec_for_target
-from labelzip.codecs.topk import DEFAULT_MS_TEMPERATURE, TopKCodec, TopKConfig
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from labelzip.codecs.base import EncodedBlock
+from labelzip.codecs.baseline.topk_quant import TopKQuantCodec, rice_bits_bound
 from labelzip.codecs.registry import create_codec, create_codec_for_target
-from labelzip.codecs.topk_quant import TopKQuantCodec, rice_bits_bound
 from labelzip.errors import ArchiveFormatError, InputError, UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence
 

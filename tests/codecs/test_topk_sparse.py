@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from labelzip.codecs.baseline.topk import TopKCodec
 from labelzip.codecs.registry import create_codec
-from labelzip.codecs.topk import TopKCodec
 from labelzip.errors import ConfigError, InputError
 
 

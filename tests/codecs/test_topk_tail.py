@@ -10,8 +10,8 @@ import torch
 
 from labelzip.archive import ArchiveReader, save_archive
 from labelzip.codecs.base import EncodedBlock
+from labelzip.codecs.baseline.topk_tail import TopKTailCodec, TopKTailConfig
 from labelzip.codecs.registry import CODEC_IDS, create_codec, create_codec_for_target
-from labelzip.codecs.topk_tail import TopKTailCodec, TopKTailConfig
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,

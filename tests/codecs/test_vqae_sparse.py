@@ -12,12 +12,8 @@ import torch
 from labelzip.archive import ArchiveReader, save_archive
 from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.registry import CODEC_IDS, create_codec, create_codec_for_target
-from labelzip.codecs.vqae_sparse import (
-    VQAESparseCodec,
-    _bucket,
-    _pack_varbits,
-    _unpack_varbits,
-)
+from labelzip.codecs.vqae_lm.idcoding import pack_varbits, rank_bucket, unpack_varbits
+from labelzip.codecs.vqae_lm.sparse import VQAESparseCodec
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
@@ -65,13 +61,13 @@ def test_registered_with_id_7() -> None:
 
 def test_rank_buckets_and_variable_width_bits_round_trip() -> None:
     ranks = torch.tensor([0, 1, 2, 3, 6, 7, 1022, 1023, 49151, 65534])
-    assert _bucket(ranks).tolist() == [0, 1, 1, 2, 2, 3, 9, 10, 15, 15]
+    assert rank_bucket(ranks).tolist() == [0, 1, 1, 2, 2, 3, 9, 10, 15, 15]
     g = torch.Generator().manual_seed(3)
     widths = torch.randint(0, 16, (500,), generator=g)
     values = torch.randint(0, 1 << 15, (500,), generator=g) % (1 << widths)
-    packed = _pack_varbits(values, widths)
+    packed = pack_varbits(values, widths)
     assert packed.numel() == math.ceil(int(widths.sum()) / 8)
-    assert torch.equal(_unpack_varbits(packed, widths), values)
+    assert torch.equal(unpack_varbits(packed, widths), values)
 
 
 def test_decoded_is_a_distribution_on_the_teacher_support(
@@ -118,7 +114,7 @@ def test_block_and_model_bytes_are_exact(
         length = int(block.data[:4].clone().view(torch.int32)[0])
         ids = test_logits[:n].topk(24, dim=1).indices
         assert codec._rank is not None
-        widths = int(_bucket(codec._rank[ids]).sum())
+        widths = int(rank_bucket(codec._rank[ids]).sum())
         expected = (
             4
             + length
@@ -225,7 +221,7 @@ def test_per_label_levels_round_trip_and_bytes(
     assert len(set(which.tolist())) > 1  # labels really get different K
     kept = torch.tensor([4, 8, 16, 32])[which]
     assert leveled._rank is not None
-    buckets = _bucket(leveled._rank[test_logits.topk(32, dim=1).indices])
+    buckets = rank_bucket(leveled._rank[test_logits.topk(32, dim=1).indices])
     widths = int(buckets.masked_fill(torch.arange(32)[None] >= kept[:, None], 0).sum())
     length = int(block.data[:4].clone().view(torch.int32)[0])
     cfg = leveled.config

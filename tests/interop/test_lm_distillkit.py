@@ -12,8 +12,8 @@ import torch
 from labelzip.archive import ArchiveReader
 from labelzip.bench.lm_stores import lm_logits, write_distillkit
 from labelzip.cli import main as cli_main
-from labelzip.codecs.distillkit import DistillKitCodec, preset_config
-from labelzip.codecs.distillkit_quant import (
+from labelzip.codecs.baseline.distillkit import DistillKitCodec, preset_config
+from labelzip.codecs.baseline.distillkit_quant import (
     DistillKitLegacyConfig,
     DistillKitQuantConfig,
     QuantBin,

@@ -25,6 +25,7 @@ from labelzip.archive.format import (
     tensor_bytes,
 )
 from labelzip.codecs.base import Codec, LabelContext
+from labelzip.codecs.context.recipe import recipe_context
 from labelzip.errors import ConfigError
 
 __all__ = ["ChunkEncoder", "EncodedChunk"]
@@ -83,8 +84,6 @@ class ChunkEncoder:
 
     def context_at(self, flat: torch.Tensor) -> LabelContext:
         """The view context of flat labels, from the metadata's relabel recipe."""
-        from labelzip.pipelines.relabel_types import recipe_context
-
         if self.layout is None:
             raise ConfigError(
                 f"codec {self.codec.kind} encodes labels with their view context and "

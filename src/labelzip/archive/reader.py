@@ -61,6 +61,7 @@ from labelzip.archive.format import (
 )
 from labelzip.archive.jsonlimits import load_json
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, ParsedBlock
+from labelzip.codecs.context.recipe import recipe_context
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import CODEC_IDS, codec_class
 from labelzip.errors import ArchiveFormatError, ChecksumError, ConfigError, InputError
@@ -395,8 +396,6 @@ class ArchiveReader:
         Raises:
             ArchiveFormatError: the archive has no usable recipe or layout.
         """
-        from labelzip.pipelines.relabel_types import recipe_context
-
         stored = torch.as_tensor(stored, dtype=torch.int64).reshape(-1)
         plan = self.prune
         flat = plan.kept_flat(stored) if plan is not None else stored

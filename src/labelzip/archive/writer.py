@@ -58,6 +58,7 @@ from labelzip.archive.format import (
     tensor_bytes,
 )
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, check_logits
+from labelzip.codecs.context.recipe import recipe_context
 from labelzip.codecs.prune import PrunePlan
 from labelzip.errors import ChecksumError, ConfigError, InputError
 from labelzip.io import atomic_path
@@ -728,8 +729,6 @@ def save_archive(
     layout = layout if layout is not None else Layout.for_shape(logits.shape[:-1])
     rows = _flat(logits, layout)
     if codec.needs_context and context is None:
-        from labelzip.pipelines.relabel_types import recipe_context
-
         context = recipe_context(
             (metadata or ArchiveMetadata()).user,
             layout.dims,

@@ -59,7 +59,7 @@ from labelzip.archive.format import (
 from labelzip.augment import ViewConfig
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
-from labelzip.codecs.registry import available_codecs, create_codec
+from labelzip.codecs.registry import CODEC_IDS, create_codec
 from labelzip.errors import LabelzipError
 
 __all__ = [
@@ -150,7 +150,7 @@ def _teacher(num_labels: int, seed: int) -> torch.Tensor:
 
 def _context_labels(epochs: int, images: int) -> tuple[torch.Tensor, ArchiveMetadata]:
     """Relabel-style (E * M, C) labels and the metadata holding their view recipe."""
-    from labelzip.codecs.vq.viewmix import view_mix_prior
+    from labelzip.codecs.context.viewmix import view_mix_prior
     from labelzip.pipelines.relabel_types import recipe_context
 
     view = ViewConfig(output_size=(8, 8), scale=(0.5, 1.0), mix="cutmix")
@@ -168,7 +168,7 @@ def build_archives(
 ) -> list[FuzzArchive]:
     """A plain and a pruned small archive of each codec (default: all registered)."""
     out: list[FuzzArchive] = []
-    for name in codecs if codecs is not None else available_codecs():
+    for name in codecs if codecs is not None else sorted(CODEC_IDS):
         for pruned in (False, True):
             path = workdir / f"{name}{'-pruned' if pruned else ''}.lz"
             codec: Codec = create_codec(name, **_FAST[name])

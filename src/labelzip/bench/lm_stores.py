@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 
-from labelzip.codecs.distillkit_quant import (
+from labelzip.codecs.baseline.distillkit_quant import (
     DistillKitLegacyConfig,
     DistillKitQuantConfig,
     compress_logprobs,

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from labelzip.codecs.base import Codec
-from labelzip.codecs.registry import available_codecs, codec_class
+from labelzip.codecs.registry import codec_choices, codec_class
 from labelzip.errors import ConfigError, InputError
 from labelzip.pipelines.compress import AUTO
 from labelzip.selection.auto import AutoConfig
@@ -104,7 +104,7 @@ def add_codec_target_options(
     ``args.codec``, ``args.ratio``, ``args.bits_per_label`` and
     :func:`codec_options`. With ``auto``, ``--codec auto`` is a choice too
     (the command resolves it, see :func:`add_auto_options`)."""
-    choices = [AUTO, *available_codecs()] if auto else available_codecs()
+    choices = [AUTO, *codec_choices()] if auto else codec_choices()
     parser.add_argument("--codec", required=required, choices=choices, help=codec_help)
     add_rate_options(parser, suffix=target_suffix)
     add_codec_option_flags(parser, opt_help=opt_help, decoder_help=decoder_help)

@@ -9,6 +9,7 @@ from typing import Any
 from labelzip.archive import ArchiveReader
 from labelzip.cli import run_command
 from labelzip.cli._common import add_json_option, format_bytes, print_json
+from labelzip.codecs.registry import codec_name
 from labelzip.selection.auto import AUTO_KEY, format_table
 
 __all__ = ["build_parser", "main"]
@@ -60,6 +61,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _codec_label(info: dict[str, Any]) -> str:
+    """``name (id N)``, or ``name (stored key K, id N)`` for a renamed codec."""
+    key, name = info["codec"], codec_name(info["codec"])
+    stored = f"stored key {key}, " if name != key else ""
+    return f"{name} ({stored}id {info['codec_id']})"
+
+
 def _print_text(path: str, info: dict[str, Any]) -> None:
     layout = info["layout"]
     dims = ", ".join(
@@ -68,7 +76,7 @@ def _print_text(path: str, info: dict[str, Any]) -> None:
     prune = info["prune"]
     rows = [
         ("archive", f"{path} (labelzip format v{info['format_version']})"),
-        ("codec", f"{info['codec']} (id {info['codec_id']}) {info['codec_config']}"),
+        ("codec", f"{_codec_label(info)} {info['codec_config']}"),
         ("labels", f"{info['num_labels']} x {info['num_classes']} classes ({dims})"),
         ("stored", f"{info['num_stored']} labels in {info['num_chunks']} chunks"),
         (

@@ -1,8 +1,13 @@
 """Codec registry: name -> class, and the stable on-disk integer id of each codec.
 
-Archives store both the name and the id; ids are constants that never change
+Archives store both the key and the id; ids are constants that never change
 meaning (a lesson from CompressAI's position-in-dict ids). Add new codecs with a
 new id; never reuse one.
+
+A stored key never changes either (it is in every archive header and codec
+config). Where a first key read badly, the codec has a clearer *name*
+(:data:`CODEC_NAMES`): both are accepted everywhere a codec is named, archives
+keep the key, and ``labelzip info`` shows the name.
 """
 
 from __future__ import annotations
@@ -17,41 +22,75 @@ from labelzip.errors import ConfigError, UnreachableTargetError
 
 __all__ = [
     "CODEC_IDS",
+    "CODEC_NAMES",
     "available_codecs",
+    "codec_choices",
     "codec_class",
+    "codec_name",
     "create_codec",
     "create_codec_for_target",
+    "stored_key",
     "target_total_bytes",
     "with_num_images",
 ]
 
 # name -> (stable id, "module:Class"). Imported lazily so `import labelzip` stays light.
 CODEC_IDS: dict[str, tuple[int, str]] = {
-    "dense": (1, "labelzip.codecs.dense:DenseCodec"),
-    "topk": (2, "labelzip.codecs.topk:TopKCodec"),
-    "rskd": (3, "labelzip.codecs.rskd:RSKDCodec"),
-    "vqae": (4, "labelzip.codecs.vq.codec:VQAECodec"),
-    "topk-tail": (5, "labelzip.codecs.topk_tail:TopKTailCodec"),
-    "vqae-ctx": (6, "labelzip.codecs.vq.viewmix:ViewMixCodec"),
-    "vqae-sparse": (7, "labelzip.codecs.vqae_sparse:VQAESparseCodec"),
-    "vqae-rs": (8, "labelzip.codecs.vqae_rs:VQAERSCodec"),
-    "ctx-transform": (9, "labelzip.codecs.vq.ctx_transform:ContextTransformCodec"),
-    "distillkit": (10, "labelzip.codecs.distillkit:DistillKitCodec"),
-    "topk-q": (11, "labelzip.codecs.topk_quant:TopKQuantCodec"),
+    "dense": (1, "labelzip.codecs.baseline.dense:DenseCodec"),
+    "topk": (2, "labelzip.codecs.baseline.topk:TopKCodec"),
+    "rskd": (3, "labelzip.codecs.baseline.rskd:RSKDCodec"),
+    "vqae": (4, "labelzip.codecs.vqae.codec:VQAECodec"),
+    "topk-tail": (5, "labelzip.codecs.baseline.topk_tail:TopKTailCodec"),
+    "vqae-ctx": (6, "labelzip.codecs.context.viewmix:ViewMixCodec"),
+    "vqae-sparse": (7, "labelzip.codecs.vqae_lm.sparse:VQAESparseCodec"),
+    "vqae-rs": (8, "labelzip.codecs.vqae_lm.sampled:VQAESampledCodec"),
+    "ctx-transform": (9, "labelzip.codecs.context.ctx_transform:ContextTransformCodec"),
+    "distillkit": (10, "labelzip.codecs.baseline.distillkit:DistillKitCodec"),
+    "topk-q": (11, "labelzip.codecs.baseline.topk_quant:TopKQuantCodec"),
 }
 
 
+# stored key -> the name users read and type (the key stays valid: an alias).
+# "rs": random sampling, as in RS-KD (not Reed-Solomon); "ctx": the view context.
+CODEC_NAMES: dict[str, str] = {
+    "vqae-rs": "vqae-sampled",  # VQAE head + randomly sampled tail
+    "vqae-ctx": "view-mix",  # per-image prototypes mixed like the relabel views
+}
+_KEY_OF_NAME = {name: key for key, name in CODEC_NAMES.items()}
+
+
 def available_codecs() -> list[str]:
+    """Every registered codec, once each, by its stored key."""
     return sorted(CODEC_IDS)
 
 
-def codec_class(name: str) -> type[Codec]:
-    """The codec class registered under ``name``."""
-    if name not in CODEC_IDS:
+def codec_choices() -> list[str]:
+    """Every name a user may pass: the stored keys and their clearer names."""
+    return sorted([*CODEC_IDS, *CODEC_NAMES.values()])
+
+
+def stored_key(name: str) -> str:
+    """The registry (archive) key of a codec name or key.
+
+    Raises:
+        ConfigError: ``name`` is neither.
+    """
+    key = _KEY_OF_NAME.get(name, name)
+    if key not in CODEC_IDS:
         raise ConfigError(
-            f"unknown codec {name!r}; choose one of {', '.join(available_codecs())}"
+            f"unknown codec {name!r}; choose one of {', '.join(codec_choices())}"
         )
-    module_name, _, attr = CODEC_IDS[name][1].partition(":")
+    return key
+
+
+def codec_name(key: str) -> str:
+    """The name shown for a stored key (the key itself unless it was renamed)."""
+    return CODEC_NAMES.get(key, key)
+
+
+def codec_class(name: str) -> type[Codec]:
+    """The codec class registered under ``name`` (a stored key or its name)."""
+    module_name, _, attr = CODEC_IDS[stored_key(name)][1].partition(":")
     cls: type[Codec] = getattr(importlib.import_module(module_name), attr)
     return cls
 
@@ -71,11 +110,11 @@ def with_num_images(
 
 
 def create_codec(name: str, **options: Any) -> Codec:
-    """Build an unfitted codec from its name and config options."""
+    """Build an unfitted codec from its name (or stored key) and config options."""
     cls = codec_class(name)
     config_cls = cls.config_class
     try:
-        config = config_cls(kind=name, **options)
+        config = config_cls(kind=cls.kind, **options)
     except Exception as exc:  # pydantic ValidationError -> one readable line
         raise ConfigError(f"invalid {name} codec options: {_first_error(exc)}") from exc
     return cls(config)

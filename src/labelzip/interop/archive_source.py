@@ -20,7 +20,7 @@ import torch
 
 from labelzip.archive.format import SIDE_PREFIX, TensorEntry, dtype_from_code
 from labelzip.archive.reader import ArchiveReader
-from labelzip.codecs.dense import DTYPES, DenseCodec
+from labelzip.codecs.baseline.dense import DTYPES, DenseCodec
 from labelzip.errors import ArchiveFormatError, InputError
 from labelzip.interop.base import INTEROP_KEY, LabelRows, LabelSource, SparseCodec
 

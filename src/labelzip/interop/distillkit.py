@@ -5,7 +5,7 @@ Written by arcee-ai/DistillKit @a61c2e7 ``distillkit/sample_logits_vllm.py``
 ``OfflineSignalSource`` (``signals.py``) through ``LogprobCompressor``:
 
 - ``compression_config.yaml``: the ``DistributionQuantizationConfig`` (vocabulary
-  ``d``, ``k``, ``exact_k`` ...), see :mod:`labelzip.codecs.distillkit_quant`;
+  ``d``, ``k``, ``exact_k`` ...), see :mod:`labelzip.codecs.baseline.distillkit_quant`;
 - ``data_0.parquet``, ``data_1.parquet`` ...: one row per sequence, columns
   ``input_ids`` ``list<uint64>`` (L tokens), ``compressed_logprobs``
   ``list<list<uint8>>`` and ``bytepacked_indices`` ``list<list<uint8>>``, one inner
@@ -21,7 +21,7 @@ Label n of a row is the teacher's distribution after ``input_ids[: n + 1]``
 
 Lossless import keeps each position's quantised row and ids bit for bit in the
 ``distillkit`` codec (decode -> re-encode is not exact, see
-:mod:`labelzip.codecs.distillkit_quant`). Side tensors: ``input_ids`` (one per
+:mod:`labelzip.codecs.baseline.distillkit_quant`). Side tensors: ``input_ids`` (one per
 label: the token the position reads) and ``sequence`` (one row per sequence:
 labels, last token). A lossy codec sees DistillKit's reader values with the
 missing mass spread uniformly (its ``SYMMETRIC_UNIFORM``); an export of a lossy
@@ -44,12 +44,12 @@ import yaml
 from pydantic import ValidationError
 
 from labelzip.codecs.base import Codec
-from labelzip.codecs.distillkit import (
+from labelzip.codecs.baseline.distillkit import (
     DistillKitCodec,
     DistillKitCodecConfig,
     spread_missing_mass,
 )
-from labelzip.codecs.distillkit_quant import (
+from labelzip.codecs.baseline.distillkit_quant import (
     DistillKitLegacyConfig,
     DistillKitQuantConfig,
     compress_logprobs,

@@ -44,7 +44,7 @@ import torch
 import zstandard
 
 from labelzip.codecs.base import Codec
-from labelzip.codecs.distillkit import spread_missing_mass
+from labelzip.codecs.baseline.distillkit import spread_missing_mass
 from labelzip.codecs.registry import create_codec
 from labelzip.errors import InputError
 from labelzip.interop.base import (

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from labelzip.codecs.distillkit import spread_missing_mass
+from labelzip.codecs.baseline.distillkit import spread_missing_mass
 from labelzip.errors import InputError
 from labelzip.interop.base import (
     ExportOptions,

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
-from labelzip.codecs.base import LogitSource, check_logits, iterate_source
 from labelzip.errors import ConfigError, InputError
+from labelzip.ops.logits import LogitSource, check_logits, iterate_source
 
 __all__ = ["Reservoir", "reservoir_sample"]
 

@@ -6,19 +6,17 @@ dims, metadata key) without importing the relabel machinery.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labelzip.accounting import RateTarget, StorageAccount
 from labelzip.archive.format import DEFAULT_CHUNK_SIZE
 from labelzip.augment import ViewConfig
-from labelzip.codecs.base import LabelContext
-from labelzip.errors import ArchiveFormatError, LabelzipError
+from labelzip.codecs.context.recipe import LAYOUT_DIMS, RELABEL_KEY, recipe_context
 
 __all__ = [
     "AUGMENT_PREFIX",
@@ -34,8 +32,6 @@ __all__ = [
     "recipe_context",
 ]
 
-LAYOUT_DIMS = ("epoch", "sample")
-RELABEL_KEY = "relabel"  # the archive's user metadata entry written here
 PROTOCOL = "sre2l-fkd"
 AUGMENT_PREFIX = "aug_"  # side tensor names of explicit augmentation records
 
@@ -142,88 +138,3 @@ class RelabelResult:
     side_bytes_replayed: int  # augmentation bytes per archive with seeded replay: 0
     side_bytes_explicit: int  # what SRe2L-style explicit records would take
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def recipe_context(
-    user: Mapping[str, Any],
-    layout_dims: tuple[str, ...],
-    layout_shape: tuple[int, ...],
-    flat: torch.Tensor,
-    *,
-    error: type[LabelzipError] = ArchiveFormatError,
-) -> LabelContext:
-    """The view context (image, partner, weight) of flat labels, from the recipe.
-
-    A relabel archive stores its view recipe (view config, seed, image shape)
-    in ``user[RELABEL_KEY]`` and labels views in ``[epoch, sample]`` order, so
-    the context of label ``e * M + i`` is a pure function of the header: no
-    images are needed (only their count and size enter the view parameters).
-
-    Args:
-        user: the archive's user metadata.
-        layout_dims, layout_shape: the archive layout, ``("epoch", "sample")``.
-        flat: (N,) int64 flat label indices.
-        error: the labelzip error raised when the recipe is missing or unusable.
-    """
-    name = "the archive"
-    if tuple(layout_dims) != LAYOUT_DIMS or len(layout_shape) != 2:
-        raise error(
-            f"{name} has layout {list(layout_dims)}, not {list(LAYOUT_DIMS)}: a codec "
-            "that needs the view context only works on `labelzip relabel` archives"
-        )
-    record = user.get(RELABEL_KEY)
-    try:
-        assert isinstance(record, Mapping)
-        view = ViewConfig.model_validate(record["view"])
-        seed = int(record["seed"])
-        shape = tuple(int(s) for s in record["image_shape"])
-        assert len(shape) >= 2 and min(shape) >= 1
-    except Exception as exc:
-        raise error(
-            f"{name} has no usable view recipe (metadata {RELABEL_KEY!r} with view, "
-            "seed and image_shape), so the view context of its labels cannot be "
-            "rebuilt; write it with `labelzip relabel` (or pass its ArchiveMetadata)"
-        ) from exc
-    epochs, num_images = (int(s) for s in layout_shape)
-    flat = torch.as_tensor(flat, dtype=torch.int64).reshape(-1).cpu()
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= epochs * num_images):
-        raise error(f"label indices outside [0, {epochs * num_images})")
-    return LabelContext(
-        *_mix_draws(view, seed, flat // num_images, flat % num_images, num_images),
-        num_images,
-    )
-
-
-def _mix_draws(
-    view: ViewConfig,
-    seed: int,
-    epoch: torch.Tensor,
-    index: torch.Tensor,
-    num_images: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(image, partner, weight) of views (epoch, index), all epochs at once.
-
-    The same draws as :func:`labelzip.augment.sample_view_params` (the tests
-    check equality) without the crop boxes, which a label context does not
-    need: one vectorised pass instead of one call per epoch (~30x faster).
-    """
-    from labelzip import augment as aug
-
-    partner = torch.full_like(index, -1)
-    weight = torch.ones(index.shape[0], dtype=torch.float64)
-    if view.mix == "none" or not index.numel():
-        return index, partner, weight.float()
-    if num_images < 2:
-        raise ArchiveFormatError(f"mix={view.mix!r} needs at least 2 images")
-    key = aug._absorb(torch.tensor(0x243F6A88, dtype=torch.int64), seed)
-    keys = aug._absorb(aug._absorb(key, epoch), index)
-    mixed = aug.hash_uniform(keys, aug._D_MIX_APPLY) < view.mix_prob
-    draw = torch.floor(aug.hash_uniform(keys, aug._D_PARTNER) * (num_images - 1))
-    other = draw.to(torch.int64)
-    other = other + (other >= index).to(torch.int64)
-    partner = torch.where(mixed, other, partner)
-    raw = aug._beta(keys, view.mix_alpha)
-    if view.mix == "cutmix":
-        _, raw = aug._cut_boxes(keys, raw, view)
-    weight = torch.where(mixed, raw, weight)
-    return index, partner, weight.float()
