@@ -21,6 +21,7 @@ selection is a pure function of the seed.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -238,18 +239,7 @@ def rded(
         out_size = (config.image_size, config.image_size)
     factor = resolve_factor(config, out_size)
     per = factor**2
-    classes = resolve_classes(config.classes, dataset.num_classes)
-    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes)[classes]
-    names = tuple(dataset.class_names[c] for c in classes)
-    check_ipc(ipc, counts, names)
-    if ipc * per > int(counts.min()):
-        worst = int(counts.argmin())
-        have = int(counts[worst])
-        raise InputError(
-            f"ipc={ipc} with factor={factor} needs {ipc * per} real images "
-            f"per class, but class {classes[worst]} ({names[worst]!r}) has only "
-            f"{have}; use --ipc {have // per} or less, or a smaller factor"
-        )
+    classes = _checked_classes(dataset, config, ipc, factor)
     device = resolve_device(device, teacher)
     teacher = teacher.to(device)
     num_classes = teacher_num_classes(teacher, images.shape[1], out_size, device)
@@ -277,19 +267,8 @@ def rded(
                 progress(done + 1, len(classes))
     pixels = quantize(torch.cat(stitched))
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(ipc)
-    resolved = config.model_dump(mode="json")
     all_scores = torch.cat(scores)
-    resolved.update(
-        image_size=list(out_size),
-        classes=classes,
-        seed=seed,
-        factor=factor,
-        patch_boxes=[list(b) for b in patch_boxes(out_size, factor)],
-        diagnostics={
-            "mean_patch_score": round(float(all_scores.mean()), 6),
-            "min_patch_score": round(float(all_scores.min()), 6),
-        },
-    )
+    resolved = _resolved(config, out_size, classes, seed, factor, all_scores)
     logger.info(
         "rded: %d images, mean patch score %.3f", len(pixels), all_scores.mean()
     )
@@ -303,3 +282,47 @@ def rded(
         teacher_id=teacher_identity(teacher, teacher_id),
         config=resolved,
     )
+
+
+def _checked_classes(
+    dataset: ImageDataset, config: RDEDConfig, ipc: int, factor: int
+) -> list[int]:
+    """The classes to distil, each checked to hold ``ipc * factor**2`` images."""
+    per = factor**2
+    classes = resolve_classes(config.classes, dataset.num_classes)
+    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes)[classes]
+    names = tuple(dataset.class_names[c] for c in classes)
+    check_ipc(ipc, counts, names)
+    if ipc * per > int(counts.min()):
+        worst = int(counts.argmin())
+        have = int(counts[worst])
+        raise InputError(
+            f"ipc={ipc} with factor={factor} needs {ipc * per} real images "
+            f"per class, but class {classes[worst]} ({names[worst]!r}) has only "
+            f"{have}; use --ipc {have // per} or less, or a smaller factor"
+        )
+    return classes
+
+
+def _resolved(
+    config: RDEDConfig,
+    out_size: tuple[int, int],
+    classes: list[int],
+    seed: int,
+    factor: int,
+    scores: torch.Tensor,
+) -> dict[str, Any]:
+    """The run's config as stored with the images, with the patch-score diagnostics."""
+    resolved = config.model_dump(mode="json")
+    resolved.update(
+        image_size=list(out_size),
+        classes=classes,
+        seed=seed,
+        factor=factor,
+        patch_boxes=[list(b) for b in patch_boxes(out_size, factor)],
+        diagnostics={
+            "mean_patch_score": round(float(scores.mean()), 6),
+            "min_patch_score": round(float(scores.min()), 6),
+        },
+    )
+    return resolved
