@@ -422,7 +422,7 @@ def _recover(
     seconds: dict[str, float],
 ) -> tuple[DistilledSet, dict[str, Any]]:
     """Recover the SRe2L images (timed into ``seconds``) and their summary."""
-    from labelzip.distill import RecoverConfig, recover
+    from labelzip.distill import RecoverConfig, RunOptions, recover
 
     recover_config = RecoverConfig(
         steps=config.recover_steps,
@@ -440,9 +440,9 @@ def _recover(
         teacher,
         config.ipc,
         recover_config,
-        seed=config.seed,
-        device=device,
-        progress=_stage(progress, "recover"),
+        RunOptions(
+            seed=config.seed, device=device, progress=_stage(progress, "recover")
+        ),
     )
     seconds["recover"] = time.perf_counter() - t0
     if len(distilled.class_names) != IMAGENET_CLASSES:

@@ -40,7 +40,7 @@ from labelzip.distill._common import (
     teacher_identity,
     teacher_num_classes,
 )
-from labelzip.distill.base import DistilledSet, ProgressCallback, check_ipc
+from labelzip.distill.base import DistilledSet, RunOptions, check_ipc
 from labelzip.errors import InputError
 
 __all__ = [
@@ -210,11 +210,7 @@ def rded(
     teacher: nn.Module,
     ipc: int,
     config: RDEDConfig | None = None,
-    *,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: ProgressCallback | None = None,
-    teacher_id: str | None = None,
+    run: RunOptions | None = None,
 ) -> DistilledSet:
     """Build ``ipc`` stitched images per class from the teacher-scored real crops.
 
@@ -223,9 +219,9 @@ def rded(
         teacher: the observer; takes 0..255 images of ``image_size``.
         ipc: images per class; each needs ``factor**2`` real images.
         config: :class:`RDEDConfig`.
-        seed: every crop derives from it.
-        device: where the teacher runs (it is moved there).
-        progress: ``callback(done_classes, num_classes)``.
+        run: seed (every crop derives from it), device (the teacher is moved
+            there), progress (``callback(done_classes, num_classes)``) and
+            teacher id; default :class:`RunOptions`.
 
     Raises:
         InputError: a class with fewer than ``ipc * factor**2`` images (names the
@@ -233,6 +229,8 @@ def rded(
             class count differs from the dataset's.
     """
     config = config or RDEDConfig()
+    run = run or RunOptions()
+    seed, progress = run.seed, run.progress
     images = stacked_images(dataset, "rded")
     out_size = (int(images.shape[-2]), int(images.shape[-1]))
     if config.image_size is not None:
@@ -240,7 +238,7 @@ def rded(
     factor = resolve_factor(config, out_size)
     per = factor**2
     classes = _checked_classes(dataset, config, ipc, factor)
-    device = resolve_device(device, teacher)
+    device = resolve_device(run.device, teacher)
     teacher = teacher.to(device)
     num_classes = teacher_num_classes(teacher, images.shape[1], out_size, device)
     if num_classes != dataset.num_classes:
@@ -279,7 +277,7 @@ def rded(
         method="rded",
         ipc=ipc,
         source_fingerprint=dataset.fingerprint,
-        teacher_id=teacher_identity(teacher, teacher_id),
+        teacher_id=teacher_identity(teacher, run.teacher_id),
         config=resolved,
     )
 
