@@ -11,8 +11,8 @@ at relabel time; :func:`patch_boxes` gives the tiling.)
 
 The factor defaults by resolution as RDED's scripts set it: 1 (no stitching)
 for small images such as CIFAR's 32 px, 2 from 64 px (Tiny-ImageNet, ImageNet).
-At Fashion-MNIST's 28 px a 14 px tile loses detail: the teacher recognises 73%
-of upsampled 2x2 tiles against 100% of unstitched selected crops (docs/distill.md).
+At Fashion-MNIST's 28 px a 14 px tile loses detail the teacher needs
+(docs/distill.md, ``rded``).
 
 Crops are drawn with :mod:`labelzip.augment`'s counter-based sampler, so the
 selection is a pure function of the seed.
