@@ -38,7 +38,12 @@ import pyarrow.parquet as pq
 import torch
 
 from labelzip.archive import ArchiveReader
-from labelzip.bench.lm_stores import write_distillkit, write_megatron, write_nemo
+from labelzip.bench.lm_stores import (
+    MegatronSaver,
+    write_distillkit,
+    write_megatron,
+    write_nemo,
+)
 from labelzip.codecs.baseline.distillkit import preset_config
 from labelzip.codecs.registry import create_codec_for_target
 from labelzip.errors import LabelzipError
@@ -279,9 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     for k, p in ((128, None), (32, None), (128, 0.99)):
         path = work / (f"megatron_k{k}" + ("" if p is None else f"_p{p}"))
-        write_megatron(
-            path,
-            per_seq,
+        saver = MegatronSaver(
             k=k,
             p=p,
             save_dtype="fp16",
@@ -289,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             microbatches=2,
             iterations_per_tar=4,
         )
+        write_megatron(path, per_seq, saver)
         stores.append(
             (
                 f"Megatron top-{'p' if p else 'k'}",

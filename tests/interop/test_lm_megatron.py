@@ -12,7 +12,7 @@ import torch
 import zstandard
 
 from labelzip.archive import ArchiveReader
-from labelzip.bench.lm_stores import lm_logits, write_megatron
+from labelzip.bench.lm_stores import MegatronSaver, lm_logits, write_megatron
 from labelzip.errors import InputError
 from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import CodecChoice, export_archive, import_store
@@ -35,7 +35,7 @@ def members(path: Path) -> list[tuple[str, bytes]]:
 def make_store(root: Path, **kwargs) -> Path:
     store = root / "logits"
     options = {"k": 16, "micro_batch": 2, "microbatches": 2, "iterations_per_tar": 2}
-    write_megatron(store, lm_logits(10, 12, V), **{**options, **kwargs})
+    write_megatron(store, lm_logits(10, 12, V), MegatronSaver(**{**options, **kwargs}))
     return store
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "SIDE_PREFIX",
     "ArchiveHeader",
     "ArchiveMetadata",
+    "ChunkTable",
     "CodecEntry",
     "ContainerHeader",
     "Layout",
@@ -622,16 +623,31 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
     return data.numpy().tobytes()
 
 
+@dataclass(frozen=True)
+class ChunkTable:
+    """How the stored labels are cut into chunks.
+
+    Attributes:
+        size: stored labels per chunk (the archive's ``chunk_size``).
+        labels: stored labels in each chunk, in order (only the last may hold
+            fewer than ``size``).
+    """
+
+    size: int
+    labels: Sequence[int]
+
+    @property
+    def num_stored(self) -> int:
+        """Labels stored in all chunks together."""
+        return sum(self.labels)
+
+
 def build_header(
     *,
-    codec_name: str,
-    codec_id: int,
-    codec_config: dict[str, Any],
+    codec: CodecEntry,
     num_classes: int,
     layout: Layout,
-    num_stored: int,
-    chunk_size: int,
-    chunk_labels: list[int],
+    chunks: ChunkTable,
     prune: dict[str, Any] | None,
     metadata: ArchiveMetadata,
     checksums: dict[str, str],
@@ -639,20 +655,20 @@ def build_header(
 ) -> ArchiveHeader:
     """The labelzip metadata document of an archive (validated)."""
     try:
-        json.dumps(codec_config)
+        json.dumps(codec.config)
         json.dumps(dict(metadata.user))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"archive metadata must be JSON-serialisable: {exc}") from exc
     return ArchiveHeader(
         format=FORMAT_NAME,
         format_version=FORMAT_VERSION,
-        codec=CodecEntry(name=codec_name, id=codec_id, config=codec_config),
+        codec=codec,
         num_classes=num_classes,
         num_labels=layout.num_labels,
-        num_stored=num_stored,
+        num_stored=chunks.num_stored,
         layout=LayoutEntry(dims=list(layout.dims), shape=list(layout.shape)),
-        chunk_size=chunk_size,
-        chunk_labels=chunk_labels,
+        chunk_size=chunks.size,
+        chunk_labels=list(chunks.labels),
         prune=prune,
         reference=reference,  # type: ignore[arg-type]  # pydantic checks the name
         class_names=list(metadata.class_names) if metadata.class_names else None,

@@ -21,6 +21,8 @@ from labelzip.archive.format import (
     MODEL_PREFIX,
     SIDE_PREFIX,
     ArchiveMetadata,
+    ChunkTable,
+    CodecEntry,
     Layout,
     build_header,
     chunk_name,
@@ -143,14 +145,10 @@ def estimate_header_bytes(
     digests = torch.zeros(len(names), DIGEST_BYTES, dtype=torch.uint8)
     static = static_order({**dict(static), DIGESTS_NAME: digests})
     header = build_header(
-        codec_name=cls.kind,
-        codec_id=cls.codec_id,
-        codec_config=config,
+        codec=CodecEntry(name=cls.kind, id=cls.codec_id, config=config),
         num_classes=num_classes,
         layout=layout,
-        num_stored=num_stored,
-        chunk_size=chunk_size,
-        chunk_labels=chunk_labels,
+        chunks=ChunkTable(chunk_size, chunk_labels),
         prune=prune.to_dict() if prune is not None else None,
         metadata=metadata or ArchiveMetadata(),
         checksums={DIGESTS_NAME: "f" * 64},

@@ -19,12 +19,10 @@ own labels cost (docs/reading.md).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import sys
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,38 +30,30 @@ from typing import Any
 import torch
 
 from labelzip.accounting import StorageAccount
+from labelzip.archive.checks import (
+    check_tensors,
+    parse_header,
+    tensor_digest,
+    tensor_from_bytes,
+)
 from labelzip.archive.format import (
     CHUNK_PREFIX,
-    DIGEST_BYTES,
     DIGESTS_NAME,
-    FORMAT_NAME,
     INTEGRITY,
-    MAX_CHUNK_LABELS,
-    MAX_CHUNK_VALUES,
-    MAX_NUM_CLASSES,
-    MAX_NUM_LABELS,
-    METADATA_KEY,
-    METADATA_SHA_KEY,
     MODEL_PREFIX,
-    READABLE_VERSIONS,
     SIDE_PREFIX,
     ArchiveHeader,
     ArchiveMetadata,
     ContainerHeader,
-    Layout,
-    TensorEntry,
     chunk_name,
     digest_map,
     dtype_from_code,
-    entry_descriptor,
-    entry_digest,
     read_container_header,
 )
-from labelzip.archive.jsonlimits import load_json
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, ParsedBlock
 from labelzip.codecs.context.recipe import recipe_context
 from labelzip.codecs.prune import PrunePlan
-from labelzip.codecs.registry import CODEC_IDS, codec_class
+from labelzip.codecs.registry import codec_class
 from labelzip.errors import ArchiveFormatError, ChecksumError, ConfigError, InputError
 
 __all__ = [
@@ -136,8 +126,8 @@ class ArchiveReader:
         if (cache_chunks or 0) < 0 or (cache_bytes or 0) < 0:
             raise ConfigError("cache sizes must be >= 0")
         self.container: ContainerHeader = read_container_header(self.path)
-        self.header: ArchiveHeader = _parse_header(self.container, str(self.path))
-        self.layout = _check_tensors(self.container, self.header, str(self.path))
+        self.header: ArchiveHeader = parse_header(self.container, str(self.path))
+        self.layout = check_tensors(self.container, self.header, str(self.path))
         self.num_classes = self.header.num_classes
         self.chunk_reads = 0  # chunks read from disk so far (for tests and profiling)
         self._options = {"cache_chunks": cache_chunks, "cache_bytes": cache_bytes}
@@ -331,12 +321,12 @@ class ArchiveReader:
                 f"{entry.dtype} ({count * itemsize} bytes)"
             )
         data = self._read_bytes(name)
-        if _digest(self.header.format_version, entry, [data]) != want:
+        if tensor_digest(self.header.format_version, entry, [data]) != want:
             raise ChecksumError(
                 f"archive {str(self.path)!r} is corrupted: tensor {name!r} does not "
                 "match its checksum; re-create or re-download the file"
             )
-        return _tensor_from_bytes(data, dtype, entry.shape)
+        return tensor_from_bytes(data, dtype, entry.shape)
 
     def verify_tensor(self, name: str) -> None:
         """Check one stored tensor against its digest, reading it in 1 MiB pieces.
@@ -363,7 +353,7 @@ class ArchiveReader:
                     left -= len(piece)
                     yield piece
 
-        got = _digest(self.header.format_version, entry, pieces())
+        got = tensor_digest(self.header.format_version, entry, pieces())
         if left or got != self.checksums.get(name):
             raise ChecksumError(
                 f"archive {str(self.path)!r} is corrupted: tensor {name!r} does not "
@@ -720,42 +710,6 @@ class ArchiveReader:
         self.close()
 
 
-def _digest(
-    version: int, entry: TensorEntry, pieces: Iterable[bytes | bytearray]
-) -> str:
-    """The stored digest's value for a tensor whose bytes come in ``pieces``.
-
-    Version 3 binds the entry (name, dtype, shape, offsets) and the bytes;
-    version 2 the name and the bytes (the digests tensor: its bytes); version 1
-    the bytes only (:data:`~labelzip.archive.format.INTEGRITY`).
-    """
-    if version == 2 and entry.name != DIGESTS_NAME:
-        digest = hashlib.sha256(entry.name.encode("utf-8") + b"\x00")
-    else:
-        digest = hashlib.sha256()
-    for piece in pieces:
-        digest.update(piece)
-    if version >= 3:
-        descriptor = entry_descriptor(
-            entry.name, entry.dtype, entry.shape, entry.start, entry.end
-        )
-        return entry_digest(descriptor, digest.digest())
-    return digest.hexdigest()
-
-
-def _tensor_from_bytes(
-    data: bytearray, dtype: torch.dtype, shape: tuple[int, ...]
-) -> torch.Tensor:
-    """A tensor owning ``data`` (little-endian, as safetensors stores it)."""
-    if not data:
-        return torch.empty(shape, dtype=dtype)
-    flat = torch.frombuffer(data, dtype=torch.uint8)
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    if sys.byteorder == "big" and itemsize > 1:  # pragma: no cover
-        flat = flat.reshape(-1, itemsize).flip(1).reshape(-1).clone()
-    return flat.view(dtype).reshape(shape)
-
-
 def _rebatch(chunks: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
     """Re-cut a stream of (n_i, C) tensors into (size, C) batches (last may be short)."""
     pending: list[torch.Tensor] = []
@@ -769,135 +723,6 @@ def _rebatch(chunks: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor
             pending, held = [joined[size:]], held - size
     if held:
         yield torch.cat(pending)
-
-
-def _parse_header(container: ContainerHeader, name: str) -> ArchiveHeader:
-    meta = container.metadata
-    if METADATA_KEY not in meta:
-        raise ArchiveFormatError(
-            f"{name!r} is a safetensors file but not a labelzip archive (no "
-            f"{METADATA_KEY!r} metadata); create one with `labelzip compress`"
-        )
-    doc = meta[METADATA_KEY]
-    if hashlib.sha256(doc.encode("utf-8")).hexdigest() != meta.get(METADATA_SHA_KEY):
-        raise ChecksumError(
-            f"archive {name!r} is corrupted: its labelzip header does not match its "
-            "checksum; re-create or re-download the file"
-        )
-    raw = load_json(doc, f"archive {name!r} has an unreadable header")
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
-        raise ArchiveFormatError(f"{name!r} is not a labelzip archive (format field)")
-    version = raw.get("format_version")
-    if version not in READABLE_VERSIONS:
-        readable = " or ".join(str(v) for v in READABLE_VERSIONS)
-        raise ArchiveFormatError(
-            f"archive {name!r} has format version {version!r}; this labelzip reads "
-            f"version {readable}; upgrade labelzip to read it"
-        )
-    codec = raw.get("codec")
-    codec = codec if isinstance(codec, dict) else {}
-    known = {cid: cname for cname, (cid, _) in CODEC_IDS.items()}
-    cid = codec.get("id")
-    if not isinstance(cid, int) or cid not in known or known[cid] != codec.get("name"):
-        raise ArchiveFormatError(
-            f"archive {name!r} uses codec id {codec.get('id')!r} "
-            f"({codec.get('name')!r}) which this labelzip does not know; upgrade "
-            "labelzip to read it"
-        )
-    try:
-        return ArchiveHeader.model_validate(raw)
-    except Exception as exc:
-        raise ArchiveFormatError(
-            f"archive {name!r} has an invalid header: {exc}"
-        ) from exc
-
-
-def _check_tensors(
-    container: ContainerHeader, header: ArchiveHeader, name: str
-) -> Layout:
-    """Header and container agree: same tensors, chunk counts add up; the layout."""
-    bad = _limits(header, container)
-    if bad:
-        raise ArchiveFormatError(f"archive {name!r} has an invalid header: {bad}")
-    chunk_names = {chunk_name(i) for i in range(len(header.chunk_labels))}
-    found = set(container.entries)
-    digests = container.entries.get(DIGESTS_NAME)
-    if header.format_version == 1 and found != set(header.checksums):
-        bad = f"tensors {sorted(found ^ set(header.checksums))[:4]} are not in both"
-    elif header.format_version > 1 and set(header.checksums) != {DIGESTS_NAME}:
-        bad = f"checksums should name only {DIGESTS_NAME!r}"
-    elif header.format_version > 1 and (
-        digests is None
-        or digests.dtype != "U8"
-        or digests.shape != (len(found) - 1, DIGEST_BYTES)
-    ):
-        bad = f"the {DIGESTS_NAME!r} tensor does not have one row per tensor"
-    elif {n for n in found if n.startswith(CHUNK_PREFIX)} != chunk_names:
-        bad = "chunk tensors do not match chunk_labels"
-    elif sum(header.chunk_labels) != header.num_stored or min(header.chunk_labels) < 1:
-        bad = f"chunk_labels add up to {sum(header.chunk_labels)}, not {header.num_stored}"
-    elif any(
-        container.entries[n].dtype != "U8"
-        or container.entries[n].shape != (container.entries[n].nbytes,)
-        for n in chunk_names
-    ):
-        bad = "chunk tensors must be one-dimensional uint8"
-    elif (
-        header.class_names is not None and len(header.class_names) != header.num_classes
-    ):
-        bad = f"{len(header.class_names)} class names for {header.num_classes} classes"
-    else:
-        try:
-            layout = Layout.from_dict(header.layout.model_dump())
-        except ConfigError as exc:
-            raise ArchiveFormatError(
-                f"archive {name!r} has an invalid layout: {exc}"
-            ) from exc
-        stored = header.num_labels if header.prune is None else None
-        if layout.num_labels != header.num_labels:
-            bad = f"layout holds {layout.num_labels} labels, header says {header.num_labels}"
-        elif stored is not None and stored != header.num_stored:
-            bad = f"{header.num_stored} labels stored but {stored} represented unpruned"
-    if bad:
-        raise ArchiveFormatError(f"archive {name!r} has an inconsistent header: {bad}")
-    return layout
-
-
-def _limits(header: ArchiveHeader, container: ContainerHeader) -> str:
-    """What is wrong with the header's counts, checked before anything is allocated.
-
-    Every count is bounded by the format's limits (``MAX_*`` in
-    :mod:`labelzip.archive.format`) and chunk counts by the chunk tensors the
-    file holds, so neither a decode nor the chunk table can be asked for more
-    memory than the limits allow.
-    """
-    h = header
-    chunks = sum(1 for n in container.entries if n.startswith(CHUNK_PREFIX))
-    sizes = h.layout.shape
-    if h.num_classes > MAX_NUM_CLASSES:
-        return f"{h.num_classes} classes exceed the limit of {MAX_NUM_CLASSES}"
-    if not 1 <= h.chunk_size <= MAX_CHUNK_LABELS:
-        return f"chunk_size {h.chunk_size} outside [1, {MAX_CHUNK_LABELS}]"
-    if len(h.chunk_labels) != chunks:
-        return f"{len(h.chunk_labels)} chunk counts for {chunks} chunk tensors"
-    if any(not 1 <= n <= h.chunk_size for n in h.chunk_labels):
-        return f"chunk label counts must lie in [1, chunk_size={h.chunk_size}]"
-    widest = max(h.chunk_labels, default=0)
-    if widest * h.num_classes > MAX_CHUNK_VALUES:
-        return (
-            f"a chunk of {widest} labels x {h.num_classes} classes exceeds the "
-            f"limit of {MAX_CHUNK_VALUES} decoded values per chunk"
-        )
-    if any(s < 1 for s in sizes) or any(s > MAX_NUM_LABELS for s in sizes):
-        return f"layout sizes {sizes[:8]} must lie in [1, {MAX_NUM_LABELS}]"
-    represented = 1
-    for size in sizes:
-        represented *= size
-        if represented > MAX_NUM_LABELS:
-            return f"layout {sizes[:8]} exceeds the limit of {MAX_NUM_LABELS} labels"
-    if not h.num_stored <= h.num_labels <= MAX_NUM_LABELS:
-        return f"{h.num_stored} stored labels for {h.num_labels} represented"
-    return ""
 
 
 def open_archive(path: str | os.PathLike[str]) -> ArchiveReader:

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ from labelzip.archive.format import (
     SIDE_PREFIX,
     ArchiveHeader,
     ArchiveMetadata,
+    ChunkTable,
+    CodecEntry,
     Layout,
     TensorEntry,
     build_header,
@@ -63,7 +65,7 @@ from labelzip.codecs.prune import PrunePlan
 from labelzip.errors import ChecksumError, ConfigError, InputError
 from labelzip.io import atomic_path
 
-__all__ = ["ArchiveWriter", "save_archive"]
+__all__ = ["ArchiveWriter", "WriterOptions", "save_archive"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,40 +125,8 @@ class ArchiveWriter:
         reference: str = "fp16",
     ) -> None:
         self.path = Path(path)
-        folder = self.path.parent if str(self.path.parent) else Path(".")
-        if not folder.is_dir():
-            raise InputError(
-                f"output folder {str(folder)!r} does not exist; create it first"
-            )
-        if not codec.is_fitted:
-            raise ConfigError(
-                "ArchiveWriter needs a fitted codec; call codec.fit(batches) first"
-            )
-        if not 1 <= chunk_size <= MAX_CHUNK_LABELS:
-            raise ConfigError(
-                f"chunk_size must be in [1, {MAX_CHUNK_LABELS}], got {chunk_size}"
-            )
-        if prune is not None:
-            if layout is None:
-                raise ConfigError(
-                    "pruning needs the layout of the label set; pass layout="
-                )
-            if (prune.dims, prune.shape) != (layout.dims, layout.shape):
-                raise ConfigError(
-                    f"prune plan is for {list(prune.dims)} {list(prune.shape)} but the "
-                    f"layout is {list(layout.dims)} {list(layout.shape)}"
-                )
-        reference_bytes(1, 1, reference)  # validates the name
+        folder = _check_options(self.path, codec, layout, chunk_size, prune, reference)
         assert codec.num_classes is not None
-        if codec.num_classes > MAX_NUM_CLASSES:
-            raise ConfigError(
-                f"archives hold at most {MAX_NUM_CLASSES} classes, got {codec.num_classes}"
-            )
-        if layout is not None and layout.num_labels > MAX_NUM_LABELS:
-            raise ConfigError(
-                f"archives hold at most {MAX_NUM_LABELS} labels, layout has "
-                f"{layout.num_labels}"
-            )
         self.codec = codec
         self.num_classes: int = codec.num_classes
         self.reference = reference
@@ -437,14 +407,14 @@ class ArchiveWriter:
             static, checksums = self._digests(static)
             digests = dict(static)[DIGESTS_NAME]
             header = build_header(
-                codec_name=self.codec.kind,
-                codec_id=self.codec.codec_id,
-                codec_config=self.codec.to_config(),
+                codec=CodecEntry(
+                    name=self.codec.kind,
+                    id=self.codec.codec_id,
+                    config=self.codec.to_config(),
+                ),
                 num_classes=self.num_classes,
                 layout=layout,
-                num_stored=self._stored,
-                chunk_size=self.chunk_size,
-                chunk_labels=[c.labels for c in self._chunks],
+                chunks=ChunkTable(self.chunk_size, [c.labels for c in self._chunks]),
                 prune=self.prune.to_dict() if self.prune is not None else None,
                 metadata=self.metadata,
                 checksums=checksums,
@@ -595,6 +565,50 @@ class ArchiveWriter:
             self.abort()
 
 
+def _check_options(
+    path: Path,
+    codec: Codec,
+    layout: Layout | None,
+    chunk_size: int,
+    prune: PrunePlan | None,
+    reference: str,
+) -> Path:
+    """Check an :class:`ArchiveWriter`'s arguments; the folder it writes into."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(
+            f"output folder {str(folder)!r} does not exist; create it first"
+        )
+    if not codec.is_fitted:
+        raise ConfigError(
+            "ArchiveWriter needs a fitted codec; call codec.fit(batches) first"
+        )
+    if not 1 <= chunk_size <= MAX_CHUNK_LABELS:
+        raise ConfigError(
+            f"chunk_size must be in [1, {MAX_CHUNK_LABELS}], got {chunk_size}"
+        )
+    if prune is not None:
+        if layout is None:
+            raise ConfigError("pruning needs the layout of the label set; pass layout=")
+        if (prune.dims, prune.shape) != (layout.dims, layout.shape):
+            raise ConfigError(
+                f"prune plan is for {list(prune.dims)} {list(prune.shape)} but the "
+                f"layout is {list(layout.dims)} {list(layout.shape)}"
+            )
+    reference_bytes(1, 1, reference)  # validates the name
+    assert codec.num_classes is not None
+    if codec.num_classes > MAX_NUM_CLASSES:
+        raise ConfigError(
+            f"archives hold at most {MAX_NUM_CLASSES} classes, got {codec.num_classes}"
+        )
+    if layout is not None and layout.num_labels > MAX_NUM_LABELS:
+        raise ConfigError(
+            f"archives hold at most {MAX_NUM_LABELS} labels, layout has "
+            f"{layout.num_labels}"
+        )
+    return folder
+
+
 def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
@@ -694,18 +708,25 @@ def _batches(rows: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
         yield rows[start : start + size]
 
 
+class WriterOptions(TypedDict, total=False):
+    """The keyword options of :class:`ArchiveWriter`, as :func:`save_archive` takes them."""
+
+    layout: Layout | None
+    chunk_size: int
+    prune: PrunePlan | None
+    metadata: ArchiveMetadata | None
+    side_tensors: Mapping[str, torch.Tensor] | None
+    reference: str
+
+
 def save_archive(
     path: str | os.PathLike[str],
     codec: Codec,
     logits: torch.Tensor,
     *,
-    layout: Layout | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    prune: PrunePlan | None = None,
-    metadata: ArchiveMetadata | None = None,
-    side_tensors: Mapping[str, torch.Tensor] | None = None,
     batch_size: int = 4096,
     context: LabelContext | None = None,
+    **options: Unpack[WriterOptions],
 ) -> StorageAccount:
     """Encode a whole in-memory label set into an archive (fits the codec if needed).
 
@@ -713,10 +734,13 @@ def save_archive(
         path: destination archive.
         codec: a codec; fitted on the (kept) labels here if it is not yet.
         logits: (N, C), (N, E, C) or any (*layout.shape, C) float tensor.
-        layout: defaults to :meth:`Layout.for_shape` of ``logits.shape[:-1]``.
-
+        batch_size: labels handed to the codec's fit and the writer at a time.
         context: the view context of every label (flat order), for context
             codecs; default: rebuilt from the relabel recipe in ``metadata``.
+        options: :class:`ArchiveWriter`'s keyword options (``layout``,
+            ``chunk_size``, ``prune``, ``metadata``, ``side_tensors``,
+            ``reference``); ``layout`` defaults to :meth:`Layout.for_shape` of
+            ``logits.shape[:-1]``.
 
     Returns:
         The archive's :class:`StorageAccount`; ``total_bytes`` is its file size.
@@ -726,11 +750,14 @@ def save_archive(
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() < 2:
         raise InputError("save_archive needs (..., C) logits")
+    layout = options.get("layout")
     layout = layout if layout is not None else Layout.for_shape(logits.shape[:-1])
+    options["layout"] = layout
+    prune = options.get("prune")
     rows = _flat(logits, layout)
     if codec.needs_context and context is None:
         context = recipe_context(
-            (metadata or ArchiveMetadata()).user,
+            (options.get("metadata") or ArchiveMetadata()).user,
             layout.dims,
             layout.shape,
             torch.arange(layout.num_labels),
@@ -749,15 +776,7 @@ def save_archive(
         codec.fit_in_context(
             lambda: _batches(kept, batch_size), kept_ctx, num_labels=kept.shape[0]
         )
-    with ArchiveWriter(
-        path,
-        codec,
-        layout=layout,
-        chunk_size=chunk_size,
-        prune=prune,
-        metadata=metadata,
-        side_tensors=side_tensors,
-    ) as writer:
+    with ArchiveWriter(path, codec, **options) as writer:
         for start in range(0, rows.shape[0], batch_size):
             part = (
                 context.select(slice(start, start + batch_size))

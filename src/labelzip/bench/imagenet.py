@@ -25,7 +25,6 @@ unreachable with the codec's own reason, never hidden.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,21 +34,30 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from labelzip.accounting import RateTarget
-from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
+from labelzip.archive import (
+    ArchiveMetadata,
+    ArchiveReader,
+    Layout,
+    fit_for_target,
+    save_archive,
+)
 from labelzip.bench.fidelity import fidelity_scores
+from labelzip.bench.imagenet_report import write_imagenet_report
 from labelzip.codecs.base import Codec, LabelContext
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import ConfigError, UnreachableTargetError
-from labelzip.io import atomic_path
 from labelzip.outputs import scratch_folder
+
+if TYPE_CHECKING:
+    from labelzip.distill import DistilledSet
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -362,9 +370,6 @@ def run_imagenet_track(
         InputError: the EfficientNet-Lite0 packages are missing (names the pip
             command) or the teacher does not output 1000 classes.
     """
-    from labelzip.distill import RecoverConfig, recover
-    from labelzip.pipelines.relabel import RelabelConfig, RelabelOutput, relabel
-
     config = config or ImagenetTrackConfig()
     old_threads = torch.get_num_threads()
     if config.threads is not None:
@@ -378,72 +383,13 @@ def run_imagenet_track(
 
             teacher = load_efficientnet_lite0(device)
         teacher = teacher.to(device).eval()
-        recover_config = RecoverConfig(
-            steps=config.recover_steps,
-            image_size=config.image_size,
-            channels=3,
-            batch_size=config.recover_batch_size,
-            bn_weight=config.recover_bn_weight,
-            crop_scale=config.recover_crop_scale,
-            classes=list(config.classes),
-        )
-        t0 = time.perf_counter()
-        distilled = recover(
-            "sre2l",
-            None,
-            teacher,
-            config.ipc,
-            recover_config,
-            seed=config.seed,
-            device=device,
-            progress=_stage(progress, "recover"),
-        )
-        seconds["recover"] = time.perf_counter() - t0
-        if len(distilled.class_names) != IMAGENET_CLASSES:
-            raise ConfigError(
-                f"the ImageNet track needs a {IMAGENET_CLASSES}-class teacher, this "
-                f"one has {len(distilled.class_names)} outputs"
-            )
-        recovery = {
-            "method": "sre2l",
-            "num_images": int(distilled.images.shape[0]),
-            "image_shape": list(distilled.images.shape[1:]),
-            "steps": config.recover_steps,
-            "bn_weight": config.recover_bn_weight,
-            "crop_scale": list(config.recover_crop_scale),
-            "teacher": distilled.teacher_id,
-            **distilled.config.get("diagnostics", {}),
-        }
+        distilled, recovery = _recover(config, teacher, device, progress, seconds)
         with scratch_folder(
             workdir or tempfile.gettempdir(), "labelzip-imagenet"
         ) as tmp:
-            relabel_config = RelabelConfig(
-                epochs=config.epochs,
-                seed=config.seed,
-                fit_views=max(config.num_labels, 1),
+            relabelled, reference, layout, metadata = _relabel(
+                config, distilled, teacher, device, Path(tmp), progress, seconds
             )
-            reference_path = Path(tmp) / "reference_fp32.lz"
-            t0 = time.perf_counter()
-            relabelled = relabel(
-                distilled,
-                teacher,
-                [
-                    RelabelOutput(
-                        path=reference_path, codec="dense", options={"dtype": "fp32"}
-                    )
-                ],
-                relabel_config,
-                teacher_id=distilled.teacher_id,
-                device=device,
-                progress=_stage(progress, "relabel"),
-            )
-            seconds["relabel"] = time.perf_counter() - t0
-            with ArchiveReader(reference_path) as reader:
-                metadata = reader.metadata
-                layout = Layout(
-                    tuple(reader.header.layout.dims), tuple(reader.header.layout.shape)
-                )
-                reference = torch.cat(list(reader.decode_all()))
             relabel_info = _relabel_info(
                 relabelled, reference, distilled.labels, config
             )
@@ -466,6 +412,95 @@ def run_imagenet_track(
         machine=_machine(config.threads or old_threads),
         seconds=seconds,
     )
+
+
+def _recover(
+    config: ImagenetTrackConfig,
+    teacher: nn.Module,
+    device: torch.device,
+    progress: TrackProgress | None,
+    seconds: dict[str, float],
+) -> tuple[DistilledSet, dict[str, Any]]:
+    """Recover the SRe2L images (timed into ``seconds``) and their summary."""
+    from labelzip.distill import RecoverConfig, RunOptions, recover
+
+    recover_config = RecoverConfig(
+        steps=config.recover_steps,
+        image_size=config.image_size,
+        channels=3,
+        batch_size=config.recover_batch_size,
+        bn_weight=config.recover_bn_weight,
+        crop_scale=config.recover_crop_scale,
+        classes=list(config.classes),
+    )
+    t0 = time.perf_counter()
+    distilled = recover(
+        "sre2l",
+        None,
+        teacher,
+        config.ipc,
+        recover_config,
+        RunOptions(
+            seed=config.seed, device=device, progress=_stage(progress, "recover")
+        ),
+    )
+    seconds["recover"] = time.perf_counter() - t0
+    if len(distilled.class_names) != IMAGENET_CLASSES:
+        raise ConfigError(
+            f"the ImageNet track needs a {IMAGENET_CLASSES}-class teacher, this "
+            f"one has {len(distilled.class_names)} outputs"
+        )
+    recovery = {
+        "method": "sre2l",
+        "num_images": int(distilled.images.shape[0]),
+        "image_shape": list(distilled.images.shape[1:]),
+        "steps": config.recover_steps,
+        "bn_weight": config.recover_bn_weight,
+        "crop_scale": list(config.recover_crop_scale),
+        "teacher": distilled.teacher_id,
+        **distilled.config.get("diagnostics", {}),
+    }
+    return distilled, recovery
+
+
+def _relabel(
+    config: ImagenetTrackConfig,
+    distilled: DistilledSet,
+    teacher: nn.Module,
+    device: torch.device,
+    tmp: Path,
+    progress: TrackProgress | None,
+    seconds: dict[str, float],
+) -> tuple[Any, torch.Tensor, Layout, ArchiveMetadata]:
+    """Relabel the images into a dense fp32 archive in ``tmp`` (timed into
+    ``seconds``); the relabel result, the decoded reference, its layout and
+    metadata."""
+    from labelzip.pipelines.relabel import RelabelConfig, RelabelOutput, relabel
+
+    relabel_config = RelabelConfig(
+        epochs=config.epochs,
+        seed=config.seed,
+        fit_views=max(config.num_labels, 1),
+    )
+    reference_path = tmp / "reference_fp32.lz"
+    t0 = time.perf_counter()
+    relabelled = relabel(
+        distilled,
+        teacher,
+        [RelabelOutput(path=reference_path, codec="dense", options={"dtype": "fp32"})],
+        relabel_config,
+        teacher_id=distilled.teacher_id,
+        device=device,
+        progress=_stage(progress, "relabel"),
+    )
+    seconds["relabel"] = time.perf_counter() - t0
+    with ArchiveReader(reference_path) as reader:
+        metadata = reader.metadata
+        layout = Layout(
+            tuple(reader.header.layout.dims), tuple(reader.header.layout.shape)
+        )
+        reference = torch.cat(list(reader.decode_all()))
+    return relabelled, reference, layout, metadata
 
 
 def _relabel_info(
@@ -538,26 +573,10 @@ def _measure(
     config: ImagenetTrackConfig,
 ) -> TrackRow:
     """Write one archive of the reference labels and measure it against them."""
-    from labelzip.pipelines.ratecontrol import auto_prune_plan
-
     num_classes = reference.shape[1]
     options = with_num_images(choice.codec, choice.options, int(layout.shape[1]))
     cls = codec_class(choice.codec)
-    plan: PrunePlan | None = None
-    if choice.prune:
-        if ratio is None:
-            raise ConfigError(f"{choice.label}: pruning needs a target ratio")
-        plan = auto_prune_plan(
-            choice.codec,
-            layout=layout,
-            num_classes=num_classes,
-            ratio=ratio,
-            bits_per_label=None,
-            chunk_size=_chunk_size(),
-            metadata=metadata,
-            seed=config.seed,
-            options=options,
-        )
+    plan = _prune_plan(choice, ratio, layout, num_classes, metadata, options, config)
     kept = plan.kept_indices() if plan is not None else torch.arange(len(reference))
     stored = reference[kept] if plan is not None else reference
     context: LabelContext | None = None
@@ -567,29 +586,8 @@ def _measure(
         context = recipe_context(
             metadata.user, tuple(layout.dims), tuple(layout.shape), kept
         )
-
-    def batches() -> list[torch.Tensor]:
-        return list(stored.split(4096))
-
     t0 = time.perf_counter()
-    codec: Codec
-    if ratio is None:
-        from labelzip.codecs.registry import create_codec
-
-        codec = create_codec(choice.codec, **options)
-        codec.fit_in_context(batches, context, num_labels=stored.shape[0])
-    else:
-        codec = fit_for_target(
-            choice.codec,
-            batches,
-            layout=layout,
-            num_classes=num_classes,
-            ratio=ratio,
-            prune=plan,
-            metadata=metadata,
-            context=context,
-            **options,
-        )
+    codec = _fit(choice, ratio, stored, context, layout, plan, metadata, options)
     fit_s = time.perf_counter() - t0
     path = tmp / f"{choice.label}-{ratio or 1:g}.lz"
     account = save_archive(
@@ -627,6 +625,70 @@ def _measure(
         top5=top5,
         fit_s=fit_s,
         config=codec.to_config(),
+    )
+
+
+def _prune_plan(
+    choice: CodecChoice,
+    ratio: float | None,
+    layout: Layout,
+    num_classes: int,
+    metadata: Any,
+    options: dict[str, Any],
+    config: ImagenetTrackConfig,
+) -> PrunePlan | None:
+    """The LPLD plan of a pruning choice at ``ratio`` (``None`` without pruning)."""
+    from labelzip.pipelines.ratecontrol import auto_prune_plan
+
+    if not choice.prune:
+        return None
+    if ratio is None:
+        raise ConfigError(f"{choice.label}: pruning needs a target ratio")
+    return auto_prune_plan(
+        choice.codec,
+        layout=layout,
+        num_classes=num_classes,
+        ratio=ratio,
+        bits_per_label=None,
+        chunk_size=_chunk_size(),
+        metadata=metadata,
+        seed=config.seed,
+        options=options,
+    )
+
+
+def _fit(
+    choice: CodecChoice,
+    ratio: float | None,
+    stored: torch.Tensor,
+    context: LabelContext | None,
+    layout: Layout,
+    plan: PrunePlan | None,
+    metadata: Any,
+    options: dict[str, Any],
+) -> Codec:
+    """The codec of ``choice`` fitted on the stored labels: as configured without
+    a ratio, else by rate control to the all-in ``ratio``."""
+
+    def batches() -> list[torch.Tensor]:
+        return list(stored.split(4096))
+
+    if ratio is None:
+        from labelzip.codecs.registry import create_codec
+
+        codec = create_codec(choice.codec, **options)
+        codec.fit_in_context(batches, context, num_labels=stored.shape[0])
+        return codec
+    return fit_for_target(
+        choice.codec,
+        batches,
+        layout=layout,
+        num_classes=stored.shape[1],
+        ratio=ratio,
+        prune=plan,
+        metadata=metadata,
+        context=context,
+        **options,
     )
 
 
@@ -679,174 +741,3 @@ def _storage(
             )
             out.append(entry)
     return out
-
-
-# ---------------------------------------------------------------- the report
-
-
-def _gib(num_bytes: int) -> str:
-    return f"{num_bytes / 2**30:.2f}"
-
-
-def _markdown(result: ImagenetTrackResult, meta: Mapping[str, Any]) -> str:
-    cfg, rec, rel, mach = result.config, result.recovery, result.relabel, result.machine
-    temps = [f"T{t:g}" for t in cfg["temperatures"]]
-    lines = [
-        "# ImageNet-1K track: EfficientNet-Lite0 labels of SRe2L-recovered images",
-        "",
-    ]
-    if meta.get("command"):
-        lines.append(f"Command: `{meta['command']}`  ")
-    lines += [
-        f"Machine: {mach['processor']}, {mach['cpus']} CPUs, {mach['platform']}, "
-        f"torch {mach['torch']} ({mach['torch_threads']} threads)"
-        + (f"; {meta['machine_note']}" if meta.get("machine_note") else "")
-        + "  ",
-        f"Run time: {result.seconds.get('total', 0):.0f} s (recover "
-        f"{result.seconds.get('recover', 0):.0f} s, relabel "
-        f"{result.seconds.get('relabel', 0):.0f} s, compress + measure "
-        f"{result.seconds.get('compress', 0):.0f} s)",
-        "",
-        "## Setup",
-        "",
-        f"- Classes ({len(cfg['classes'])}): {', '.join(str(c) for c in cfg['classes'])}; "
-        f"IPC {cfg['ipc']}; SRe2L recovery {cfg['recover_steps']} steps at "
-        f"{cfg['image_size']} px, BN weight {cfg['recover_bn_weight']:g}, crop "
-        f"scale {tuple(cfg['recover_crop_scale'])} (seed {cfg['seed']}).",
-        f"- Sanity check: the teacher's top-1 on its own recovered images = "
-        f"{rec.get('teacher_accuracy', float('nan')):.3f} (mean target probability "
-        f"{rec.get('teacher_target_prob', float('nan')):.3f}; recovery loss "
-        f"{rec.get('first_loss', float('nan')):.2f} -> {rec.get('final_loss', float('nan')):.2f}).",
-        f"- Relabel: {rel['epochs']} seeded views per image (SRe2L/FKD protocol) -> "
-        f"{rel['num_labels']:,} labels x C = {rel['num_classes']}; a view's top-1 is its "
-        f"image's class for {rel['view_top1_is_image_class']:.3f} of views; mean "
-        f"entropy {rel['mean_entropy_nats']:.2f} nats, median top-1 probability "
-        f"{rel['median_top1_prob']:.3f}.",
-        f"- Reference: the teacher's fp32 logits (dense fp16 of this set = "
-        f"{rel['reference_fp16_bytes']:,} bytes). Every row is an archive on disk with "
-        "the relabel header (1000 class names, view recipe); all-in bytes = file size.",
-        "",
-        "## Label fidelity per codec and all-in ratio",
-        "",
-        "| codec | target | all-in ratio | bits/label | total bytes | model bytes "
-        "| header bytes | kept views/image | "
-        + " | ".join(f"KL {t.replace('T', 'T=')}" for t in temps)
-        + " | top-1 | top-5 |",
-        "|---|---|---|---|---|---|---|---|" + "---|" * len(temps) + "---|---|",
-    ]
-    for r in result.rows:
-        target = f"{r.target_ratio:g}x" if r.target_ratio else "-"
-        kls = " | ".join(f"{r.kl[t]:.4g}" for t in temps)
-        lines.append(
-            f"| {r.label} | {target} | {r.ratio:.1f}x | {r.bits_per_label:.1f} "
-            f"| {r.total_bytes:,} | {r.model_bytes:,} | {r.header_bytes:,} "
-            f"| {r.kept_per_image}/{cfg['epochs']} | {kls} | {r.top1:.4f} | {r.top5:.4f} |"
-        )
-    if result.unreachable:
-        lines += ["", "Unreachable targets on this label set (the codec's reason):", ""]
-        for u in result.unreachable:
-            ratio = f"{u['ratio']:g}x" if u["ratio"] else "-"
-            lines.append(f"- {u['label']} at {ratio}: {u['reason']}")
-    lines += [
-        "",
-        f"## Storage at ImageNet-1K scale ({cfg['storage_epochs']} epochs, SRe2L protocol)",
-        "",
-        "Published frameworks from the storage formulas (docs/storage.md; dense "
-        "labels, LPLD's 40x pruning, LPQLD, FKD's top-k, RDED online/materialised). "
-        "`labelzip:<codec> @<target>` rows project what that archive measured here -- "
-        "payload bits per stored label, model and header bytes, kept views per "
-        "image -- to 1000 classes x IPC x 300 views. The header (~18 KB, mostly the "
-        "1000 class names) and a learned codec's model are a large share of the "
-        "small archive's target but amortise at ImageNet-1K scale, so a codec "
-        "chosen for a target here projects to a higher ratio there (the model is "
-        "the one fitted here; a full-scale fit may use a larger one).",
-        "",
-        "| IPC | framework | payload bits/stored label | kept views | images GiB "
-        "| labels GiB | total GiB | labels vs dense fp16 | KL T=4 (measured here) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s in sorted(result.storage, key=lambda s: (s["ipc"], s["source"] != "formula")):
-        vs_dense = s.get("ratio_vs_dense")
-        row = (
-            result.row(s["codec"], s.get("target_ratio"))
-            if s["source"] == "measured"
-            else None
-        )
-        bits = f"{row.payload_bits_per_stored_label:.1f}" if row else "-"
-        kept = f"{row.kept_per_image}/{cfg['epochs']}" if row else "-"
-        kl = f"{row.kl['T4']:.4g}" if row and "T4" in row.kl else "-"
-        lines.append(
-            f"| {s['ipc']} | {s['framework']}"
-            + (f" @{s['target_ratio']:g}x" if s.get("target_ratio") else "")
-            + f" | {bits} | {kept} | {_gib(s['image_bytes'])} "
-            f"| {_gib(s['label_total_bytes'])} | {_gib(s['total_bytes'])} "
-            f"| {f'{vs_dense:.1f}x' if vs_dense else 'online'} | {kl} |"
-        )
-    lines.append("")
-    return "\n".join(lines)
-
-
-def _plot(result: ImagenetTrackResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    floor = 1e-8  # log axes: an exact (KL 0) point is drawn at the floor
-    for label in dict.fromkeys(r.label for r in result.rows):
-        pts = sorted(
-            (r for r in result.rows if r.label == label), key=lambda r: r.ratio
-        )
-        ax.plot(
-            [r.ratio for r in pts],
-            [max(r.kl.get("T4", math.nan), floor) for r in pts],
-            marker="o",
-            label=label,
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("all-in compression ratio vs dense fp16 (file size)")
-    ax.set_ylabel("KL(teacher || decoded) at T = 4")
-    cfg = result.config
-    ax.set_title(
-        f"ImageNet-1K track: {len(cfg['classes'])} classes x IPC {cfg['ipc']} "
-        f"x {cfg['epochs']} views",
-        fontsize=10,
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def write_imagenet_report(
-    result: ImagenetTrackResult,
-    out_dir: str | os.PathLike[str],
-    *,
-    meta: Mapping[str, Any] | None = None,
-    stem: str = "imagenet_track",
-) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``.md`` and ``.png`` (KL at T=4 vs all-in ratio, log-log).
-
-    Args:
-        result: what :func:`run_imagenet_track` returned.
-        out_dir: created if missing.
-        meta: shown in the report and stored in the JSON (``command``: the exact
-            command line; ``machine_note``: free text about the machine's load).
-
-    Returns:
-        The written paths by kind (``json``, ``md``, ``png``).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta or {})
-    paths = {kind: out / f"{stem}.{kind}" for kind in ("json", "md", "png")}
-    with atomic_path(paths["json"]) as tmp:
-        tmp.write_text(json.dumps({"meta": meta, **result.to_dict()}, indent=1))
-    with atomic_path(paths["md"]) as tmp:
-        tmp.write_text(_markdown(result, meta))
-    _plot(result, paths["png"])
-    return paths

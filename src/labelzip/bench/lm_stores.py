@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +34,7 @@ from labelzip.interop.distillkit import schema_of
 from labelzip.interop.megatron import write_shard
 
 __all__ = [
+    "MegatronSaver",
     "lm_logits",
     "write_distillkit",
     "write_megatron",
@@ -167,25 +169,34 @@ def _microbatch(
     )
 
 
+@dataclass(frozen=True)
+class MegatronSaver:
+    """The settings of a ``LogitsSaverHooks`` run: what each position keeps
+    (``k``, ``p``, ``min_k``, ``save_dtype``, stored in every shard's meta) and
+    how the shards are cut (microbatches per iteration, iterations per tar, the
+    data-parallel rank and the first iteration number)."""
+
+    k: int
+    p: float | None = None
+    min_k: int = 1
+    save_dtype: str = "fp16"
+    micro_batch: int = 2
+    microbatches: int = 2
+    iterations_per_tar: int = 2
+    dp: int = 0
+    first_iteration: int = 1
+
+
 def write_megatron(
-    folder: Path,
-    logits: torch.Tensor,
-    *,
-    k: int,
-    p: float | None = None,
-    min_k: int = 1,
-    save_dtype: str = "fp16",
-    micro_batch: int = 2,
-    microbatches: int = 2,
-    iterations_per_tar: int = 2,
-    dp: int = 0,
-    first_iteration: int = 1,
+    folder: Path, logits: torch.Tensor, saver: MegatronSaver
 ) -> list[Path]:
     """Write ``cp0_dp{dp}__{last}.tar`` shards as ``LogitsSaverHooks`` does.
 
     ``logits`` is (sequences, S, V); each iteration takes ``micro_batch *
     microbatches`` sequences (in order), each microbatch stored as (S, B, K).
     """
+    k, p, min_k, save_dtype = saver.k, saver.p, saver.min_k, saver.save_dtype
+    micro_batch, microbatches, dp = saver.micro_batch, saver.microbatches, saver.dp
     folder.mkdir(parents=True, exist_ok=True)
     identifiers = {
         "seed": 1234,
@@ -220,8 +231,8 @@ def write_megatron(
             high.append(bit)
         buf = io.BytesIO()
         torch.save({"values": values, "indices_low": low, "bit_17": high}, buf)
-        pending[first_iteration + it] = buf.getvalue()
-        if len(pending) == iterations_per_tar:
+        pending[saver.first_iteration + it] = buf.getvalue()
+        if len(pending) == saver.iterations_per_tar:
             written.append(_write_tar(folder, dp, pending, meta_bytes))
             pending = {}
     if pending:

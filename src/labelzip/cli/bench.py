@@ -275,6 +275,12 @@ def add_imagenet_flags(p: argparse.ArgumentParser) -> None:
     from labelzip.bench.imagenet import DEFAULT_CODECS, ImagenetTrackConfig
 
     d = ImagenetTrackConfig()
+    _add_recovery_flags(p, d)
+    _add_label_flags(p, d, [c.label for c in DEFAULT_CODECS])
+
+
+def _add_recovery_flags(p: argparse.ArgumentParser, d: ImagenetTrackConfig) -> None:
+    """Which images the track recovers, and how."""
     p.add_argument(
         "--classes",
         type=int,
@@ -314,6 +320,12 @@ def add_imagenet_flags(p: argparse.ArgumentParser) -> None:
         default=d.image_size,
         help="pixels, native 224 (default: %(default)s)",
     )
+
+
+def _add_label_flags(
+    p: argparse.ArgumentParser, d: ImagenetTrackConfig, codecs: list[str]
+) -> None:
+    """How the track relabels, compresses and projects (defaults from ``d``)."""
     p.add_argument(
         "--epochs",
         type=int,
@@ -330,7 +342,7 @@ def add_imagenet_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--codecs",
         nargs="+",
-        default=[c.label for c in DEFAULT_CODECS],
+        default=codecs,
         metavar="LABEL",
         help="codec labels (default: %(default)s; also: ctx-transform)",
     )

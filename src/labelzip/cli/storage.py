@@ -55,8 +55,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    vision = ", ".join(frameworks_for_mode("vision"))
-    lm = ", ".join(frameworks_for_mode("lm"))
     parser = _Parser(
         prog="labelzip storage",
         description="Bytes a distilled dataset (or an LM label set) costs to ship: "
@@ -65,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_dataset_flags(parser)
+    _add_lm_flags(parser)
+    _add_framework_flags(parser)
+    _add_codec_flags(parser)
+    _add_output_flags(parser)
+    return parser
+
+
+def _add_dataset_flags(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("image datasets")
     data.add_argument(
         "--dataset",
@@ -102,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--image-bytes", type=int, metavar="N", help="bytes per image (override)"
     )
+
+
+def _add_lm_flags(parser: argparse.ArgumentParser) -> None:
     lm_group = parser.add_argument_group("LM distillation")
     lm_group.add_argument(
         "--tokens", type=int, nargs="+", metavar="N", help="corpus size(s) in tokens"
@@ -109,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     lm_group.add_argument(
         "--vocab", type=int, metavar="V", help="vocabulary size V (GPT-2: 50257)"
     )
+
+
+def _add_framework_flags(parser: argparse.ArgumentParser) -> None:
+    vision = ", ".join(frameworks_for_mode("vision"))
+    lm = ", ".join(frameworks_for_mode("lm"))
     fw = parser.add_argument_group("frameworks")
     fw.add_argument(
         "--framework",
@@ -137,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     fw.add_argument(
         "--teacher-bytes", type=int, metavar="N", help="rded: teacher size to ship"
     )
+
+
+def _add_codec_flags(parser: argparse.ArgumentParser) -> None:
     codec = parser.add_argument_group("labelzip codec")
     codec.add_argument(
         "--codec-bits-per-label", type=float, metavar="B", help="payload bits/label"
@@ -157,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="labelzip: store 1/R of the views (default 1)",
     )
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument(
         "--units",
@@ -165,7 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"auto, {', '.join(UNITS)} (default auto)",
     )
     out.add_argument("--json", action="store_true", help="print JSON instead")
-    return parser
 
 
 def _option_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from labelzip.distill.base import (
     METADATA_KEY,
     DistilledSet,
     ProgressCallback,
+    RunOptions,
     check_ipc,
 )
 from labelzip.distill.bnstats import BNMatcher, class_bn_statistics, running_statistics
@@ -46,6 +47,7 @@ __all__ = [
     "RandomConfig",
     "RecoverConfig",
     "RecoveryResult",
+    "RunOptions",
     "check_ipc",
     "class_bn_statistics",
     "distill",

@@ -20,7 +20,7 @@ from torch import nn
 
 from labelzip.data.base import ImageDataset
 from labelzip.distill._common import build_config, teacher_identity
-from labelzip.distill.base import DistilledSet, ProgressCallback
+from labelzip.distill.base import DistilledSet, ProgressCallback, RunOptions
 from labelzip.distill.imported import ImportConfig, import_folder
 from labelzip.distill.rded import RDEDConfig, rded
 from labelzip.distill.recover import CDAConfig, LPLDConfig, RecoverConfig, recover
@@ -102,16 +102,14 @@ def distill(
         raise ConfigError(f"seed must be >= 0, got {seed}")
     if ipc is not None and ipc < 1:
         raise InputError(f"ipc must be >= 1, got {ipc}")
+    run = RunOptions(seed, device, progress, teacher_id)
     if method == "random":
         assert isinstance(config, RandomConfig) and dataset is not None and ipc
         return random_subset(dataset, ipc, config, seed=seed, teacher_id=teacher_id)
     if method == "rded":
         assert isinstance(config, RDEDConfig) and dataset is not None
         assert teacher is not None and ipc
-        return rded(
-            dataset, teacher, ipc, config,
-            seed=seed, device=device, progress=progress, teacher_id=teacher_id,
-        )  # fmt: skip
+        return rded(dataset, teacher, ipc, config, run)
     if method == "import":
         assert isinstance(config, ImportConfig)
         declared = getattr(teacher, "num_classes", None)
@@ -121,7 +119,4 @@ def distill(
             num_classes=declared if isinstance(declared, int) else None,
         )  # fmt: skip
     assert isinstance(config, RecoverConfig) and teacher is not None and ipc
-    return recover(
-        method, dataset, teacher, ipc, config,
-        seed=seed, device=device, progress=progress, teacher_id=teacher_id,
-    )  # fmt: skip
+    return recover(method, dataset, teacher, ipc, config, run)

@@ -34,6 +34,7 @@ __all__ = [
     "METADATA_KEY",
     "DistilledSet",
     "ProgressCallback",
+    "RunOptions",
     "check_ipc",
 ]
 
@@ -43,6 +44,26 @@ METADATA_KEY = "labelzip_distilled_set"
 
 ProgressCallback = Callable[[int, int], None]
 """``callback(done, total)``: called as a method makes progress (steps or images)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one distillation run runs, apart from what it makes (the method's config).
+
+    Attributes:
+        seed: every random number derives from it; the same seed gives the same
+            images, bit for bit on one machine.
+        device: where the teacher runs (it is moved there); default the
+            teacher's device.
+        progress: ``callback(done, total)`` as the method makes progress.
+        teacher_id: recorded in the set; default the teacher's class name and
+            weight hash.
+    """
+
+    seed: int = 0
+    device: torch.device | str | None = None
+    progress: ProgressCallback | None = None
+    teacher_id: str | None = None
 
 
 def check_ipc(ipc: int, counts: torch.Tensor, class_names: tuple[str, ...]) -> None:

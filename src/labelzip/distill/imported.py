@@ -144,25 +144,14 @@ def import_folder(
         raise InputError(f"image folder {str(root)!r} does not exist")
     known = dataset.class_names if dataset is not None else None
     mapping, mode = folder_class_map(root, config.class_map, known)
-    channels = config.channels
-    if channels is None:
-        channels = _dataset_channels(dataset) or 3
-    if channels not in (1, 3):
-        raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    channels = _channels(config, dataset)
     folder = load_image_folder(root, class_to_idx=mapping, channels=channels)
     size = _target_size(config, dataset, folder)
     pixels = torch.stack(
         [resize_image(folder.images[i], size) for i in range(len(folder))]
     )
     labels = folder.labels
-    if known is not None:
-        names = known
-    elif mode == "sorted":
-        names = tuple(sorted(mapping, key=mapping.__getitem__))
-    else:
-        total = num_classes or (max(mapping.values()) + 1)
-        by_id = {v: k for k, v in mapping.items()}
-        names = tuple(by_id.get(i, f"class_{i}") for i in range(total))
+    names = _class_names(known, mode, mapping, num_classes)
     present = sorted(set(labels.tolist()))
     counts = torch.bincount(labels, minlength=len(names))[present]
     keep = torch.arange(len(labels))
@@ -197,6 +186,33 @@ def import_folder(
         teacher_id=teacher_identity(None, teacher_id),
         config=resolved,
     )
+
+
+def _channels(config: ImportConfig, dataset: ImageDataset | None) -> int:
+    """Image channels: the config's, else the dataset's, else 3 (checked)."""
+    channels = config.channels
+    if channels is None:
+        channels = _dataset_channels(dataset) or 3
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    return channels
+
+
+def _class_names(
+    known: tuple[str, ...] | None,
+    mode: str,
+    mapping: dict[str, int],
+    num_classes: int | None,
+) -> tuple[str, ...]:
+    """Class names: the dataset's, else the folder names by class id (with
+    ``class_<id>`` for ids no folder has)."""
+    if known is not None:
+        return known
+    if mode == "sorted":
+        return tuple(sorted(mapping, key=mapping.__getitem__))
+    total = num_classes or (max(mapping.values()) + 1)
+    by_id = {v: k for k, v in mapping.items()}
+    return tuple(by_id.get(i, f"class_{i}") for i in range(total))
 
 
 def _dataset_channels(dataset: ImageDataset | None) -> int | None:

@@ -11,8 +11,8 @@ at relabel time; :func:`patch_boxes` gives the tiling.)
 
 The factor defaults by resolution as RDED's scripts set it: 1 (no stitching)
 for small images such as CIFAR's 32 px, 2 from 64 px (Tiny-ImageNet, ImageNet).
-At Fashion-MNIST's 28 px a 14 px tile loses detail: the teacher recognises 73%
-of upsampled 2x2 tiles against 100% of unstitched selected crops (docs/distill.md).
+At Fashion-MNIST's 28 px a 14 px tile loses detail the teacher needs
+(docs/distill.md, ``rded``).
 
 Crops are drawn with :mod:`labelzip.augment`'s counter-based sampler, so the
 selection is a pure function of the seed.
@@ -21,6 +21,7 @@ selection is a pure function of the seed.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ from labelzip.distill._common import (
     teacher_identity,
     teacher_num_classes,
 )
-from labelzip.distill.base import DistilledSet, ProgressCallback, check_ipc
+from labelzip.distill.base import DistilledSet, RunOptions, check_ipc
 from labelzip.errors import InputError
 
 __all__ = [
@@ -209,11 +210,7 @@ def rded(
     teacher: nn.Module,
     ipc: int,
     config: RDEDConfig | None = None,
-    *,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: ProgressCallback | None = None,
-    teacher_id: str | None = None,
+    run: RunOptions | None = None,
 ) -> DistilledSet:
     """Build ``ipc`` stitched images per class from the teacher-scored real crops.
 
@@ -222,9 +219,9 @@ def rded(
         teacher: the observer; takes 0..255 images of ``image_size``.
         ipc: images per class; each needs ``factor**2`` real images.
         config: :class:`RDEDConfig`.
-        seed: every crop derives from it.
-        device: where the teacher runs (it is moved there).
-        progress: ``callback(done_classes, num_classes)``.
+        run: seed (every crop derives from it), device (the teacher is moved
+            there), progress (``callback(done_classes, num_classes)``) and
+            teacher id; default :class:`RunOptions`.
 
     Raises:
         InputError: a class with fewer than ``ipc * factor**2`` images (names the
@@ -232,25 +229,16 @@ def rded(
             class count differs from the dataset's.
     """
     config = config or RDEDConfig()
+    run = run or RunOptions()
+    seed, progress = run.seed, run.progress
     images = stacked_images(dataset, "rded")
     out_size = (int(images.shape[-2]), int(images.shape[-1]))
     if config.image_size is not None:
         out_size = (config.image_size, config.image_size)
     factor = resolve_factor(config, out_size)
     per = factor**2
-    classes = resolve_classes(config.classes, dataset.num_classes)
-    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes)[classes]
-    names = tuple(dataset.class_names[c] for c in classes)
-    check_ipc(ipc, counts, names)
-    if ipc * per > int(counts.min()):
-        worst = int(counts.argmin())
-        have = int(counts[worst])
-        raise InputError(
-            f"ipc={ipc} with factor={factor} needs {ipc * per} real images "
-            f"per class, but class {classes[worst]} ({names[worst]!r}) has only "
-            f"{have}; use --ipc {have // per} or less, or a smaller factor"
-        )
-    device = resolve_device(device, teacher)
+    classes = _checked_classes(dataset, config, ipc, factor)
+    device = resolve_device(run.device, teacher)
     teacher = teacher.to(device)
     num_classes = teacher_num_classes(teacher, images.shape[1], out_size, device)
     if num_classes != dataset.num_classes:
@@ -277,19 +265,8 @@ def rded(
                 progress(done + 1, len(classes))
     pixels = quantize(torch.cat(stitched))
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(ipc)
-    resolved = config.model_dump(mode="json")
     all_scores = torch.cat(scores)
-    resolved.update(
-        image_size=list(out_size),
-        classes=classes,
-        seed=seed,
-        factor=factor,
-        patch_boxes=[list(b) for b in patch_boxes(out_size, factor)],
-        diagnostics={
-            "mean_patch_score": round(float(all_scores.mean()), 6),
-            "min_patch_score": round(float(all_scores.min()), 6),
-        },
-    )
+    resolved = _resolved(config, out_size, classes, seed, factor, all_scores)
     logger.info(
         "rded: %d images, mean patch score %.3f", len(pixels), all_scores.mean()
     )
@@ -300,6 +277,50 @@ def rded(
         method="rded",
         ipc=ipc,
         source_fingerprint=dataset.fingerprint,
-        teacher_id=teacher_identity(teacher, teacher_id),
+        teacher_id=teacher_identity(teacher, run.teacher_id),
         config=resolved,
     )
+
+
+def _checked_classes(
+    dataset: ImageDataset, config: RDEDConfig, ipc: int, factor: int
+) -> list[int]:
+    """The classes to distil, each checked to hold ``ipc * factor**2`` images."""
+    per = factor**2
+    classes = resolve_classes(config.classes, dataset.num_classes)
+    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes)[classes]
+    names = tuple(dataset.class_names[c] for c in classes)
+    check_ipc(ipc, counts, names)
+    if ipc * per > int(counts.min()):
+        worst = int(counts.argmin())
+        have = int(counts[worst])
+        raise InputError(
+            f"ipc={ipc} with factor={factor} needs {ipc * per} real images "
+            f"per class, but class {classes[worst]} ({names[worst]!r}) has only "
+            f"{have}; use --ipc {have // per} or less, or a smaller factor"
+        )
+    return classes
+
+
+def _resolved(
+    config: RDEDConfig,
+    out_size: tuple[int, int],
+    classes: list[int],
+    seed: int,
+    factor: int,
+    scores: torch.Tensor,
+) -> dict[str, Any]:
+    """The run's config as stored with the images, with the patch-score diagnostics."""
+    resolved = config.model_dump(mode="json")
+    resolved.update(
+        image_size=list(out_size),
+        classes=classes,
+        seed=seed,
+        factor=factor,
+        patch_boxes=[list(b) for b in patch_boxes(out_size, factor)],
+        diagnostics={
+            "mean_patch_score": round(float(scores.mean()), 6),
+            "min_patch_score": round(float(scores.min()), 6),
+        },
+    )
+    return resolved

@@ -50,7 +50,7 @@ from labelzip.distill._common import (
     teacher_identity,
     teacher_num_classes,
 )
-from labelzip.distill.base import DistilledSet, ProgressCallback
+from labelzip.distill.base import DistilledSet, ProgressCallback, RunOptions
 from labelzip.distill.bnstats import (
     BNMatcher,
     BNTargets,
@@ -171,7 +171,6 @@ def recover_batch(
     *,
     steps: int,
     bn_targets: Sequence[tuple[float, BNTargets]] | None = None,
-    device: torch.device | str = "cpu",
     progress: ProgressCallback | None = None,
 ) -> RecoveryResult:
     """Optimise one batch of images (B, C, H, W) from noise toward ``targets`` (B,).
@@ -179,7 +178,7 @@ def recover_batch(
     Args:
         teacher: takes 0..255 images, returns (B, num_classes) logits; used in
             eval mode, its parameters are not modified (gradients flow to the
-            images only).
+            images only). The images are optimised on its device.
         targets: (B,) int64 class ids.
         image_shape: (C, H, W).
         config: the recovery settings (``steps`` is given separately); unset
@@ -189,14 +188,13 @@ def recover_batch(
         steps: optimisation steps.
         bn_targets: ``(weight, [(mean, var) per BN layer])`` pairs to match;
             default the layers' running statistics with weight 1.
-        device: where to optimise.
         progress: ``callback(step, steps)`` after every step.
 
     Returns:
         A :class:`RecoveryResult` with float pixels on the CPU and per-step
         losses (total, CE, weighted BN).
     """
-    device = torch.device(device)
+    device = resolve_device(None, teacher)
     layers = bn_layers(teacher)
     c, h, w = image_shape
     jitter = config.jitter if config.jitter is not None else min(h, w) // 7
@@ -294,11 +292,7 @@ def recover(
     teacher: nn.Module,
     ipc: int,
     config: RecoverConfig,
-    *,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: ProgressCallback | None = None,
-    teacher_id: str | None = None,
+    run: RunOptions | None = None,
 ) -> DistilledSet:
     """Recover ``ipc`` images per class from ``teacher`` (sre2l, cda or lpld).
 
@@ -310,9 +304,9 @@ def recover(
         teacher: a frozen classifier with BatchNorm layers taking 0..255 images.
         ipc: images per class.
         config: :class:`RecoverConfig`, :class:`CDAConfig` or :class:`LPLDConfig`.
-        seed: every random number derives from it.
-        device: where to run (the teacher is moved there).
-        progress: ``callback(done_steps, total_steps)`` over all batches.
+        run: seed, device (the teacher is moved there), progress
+            (``callback(done_steps, total_steps)`` over all batches) and teacher
+            id; default :class:`RunOptions`.
 
     Raises:
         InputError: teacher without BN layers, class mismatch with the dataset.
@@ -322,7 +316,9 @@ def recover(
         raise ConfigError(f"recover method must be sre2l, cda or lpld, got {method!r}")
     if ipc < 1:
         raise InputError(f"ipc must be >= 1, got {ipc}")
-    device = resolve_device(device, teacher)
+    run = run or RunOptions()
+    seed, progress = run.seed, run.progress
+    device = resolve_device(run.device, teacher)
     teacher = teacher.to(device)
     shape = _image_shape(config, dataset, device, method)
     config = resolve_image_defaults(config, min(shape[1:]))
@@ -361,7 +357,7 @@ def recover(
         method=method,
         ipc=ipc,
         source_fingerprint=dataset.fingerprint if dataset is not None else None,
-        teacher_id=teacher_identity(teacher, teacher_id),
+        teacher_id=teacher_identity(teacher, run.teacher_id),
         config=resolved,
     )
 
@@ -406,7 +402,7 @@ def _run_batches(
 
         result = recover_batch(
             teacher, targets, job.shape, config, generator, steps=job.steps,
-            bn_targets=bn_targets, device=job.device, progress=step_progress,
+            bn_targets=bn_targets, progress=step_progress,
         )  # fmt: skip
         first_loss.append(result.loss[0])
         last_loss.append(result.loss[-1])

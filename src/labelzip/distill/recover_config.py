@@ -33,13 +33,13 @@ __all__ = [
 PAPER_STEPS = 1000  # SRe2L's ImageNet-1K recovery budget (CDA and LPLD also report 4K)
 CPU_STEPS = 200  # default on CPU: measured in docs/distill.md
 PAPER_IMAGE_SIZE = 224  # data-free default on GPU
-CPU_IMAGE_SIZE = 64  # data-free default on CPU (EfficientNet-Lite0 runs ~10x faster)
+CPU_IMAGE_SIZE = 64  # data-free default on CPU (much faster; docs/distill.md)
 SRE2L_BN_WEIGHT = 0.01  # SRe2L's r_bn (ImageNet-1K, ResNet-18's 20 BN layers)
 SRE2L_CROP_SCALE = (0.08, 1.0)  # SRe2L's RandomResizedCrop area range (224 px)
 # Small images (side < SMALL_IMAGE_SIDE): with SRe2L's settings a 28 px crop of 8% of
 # the area is a few strokes, and a 3-BN teacher's statistics barely constrain the
-# image, so the ten images of a class collapse to one pattern (feature cosine 0.96)
-# and dense-label students reach 23% (Fashion-MNIST IPC 10, 100 views; docs/distill.md).
+# image, so the images of a class collapse to one pattern (docs/distill.md, "Small
+# images: why 28 px gets its own recipe").
 SMALL_IMAGE_SIDE = 64
 SMALL_IMAGE_CROP_SCALE = (0.5, 1.0)
 SMALL_IMAGE_BN_WEIGHT = 0.3

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -37,6 +37,16 @@ from labelzip.interop.base import (
     StoreRecord,
 )
 from labelzip.interop.elements import dtype_name, flatten, rebuild, torch_dtype
+from labelzip.interop.fkd_lists import (
+    ELEMENTS,
+    RAND_PARAMS_DTYPES,
+    Variant,
+    describe_list,
+    first_difference,
+    mix_name,
+    rand_params_casts,
+    restore_dtypes,
+)
 from labelzip.interop.safe_load import load_torch_file
 
 __all__ = [
@@ -49,95 +59,8 @@ __all__ = [
     "lossy_topk_width",
 ]
 
-Role = Literal["label", "file", "dense", "values", "ids"]
-Check = Callable[[Any], bool]
-
 _EPOCH = re.compile(r"epoch_(\d+)")
 _BATCH = re.compile(r"batch_(\d+)\.tar")
-
-
-def _tensor(dims: int, kind: str, width: int | None = None) -> Check:
-    def check(x: Any) -> bool:
-        if not isinstance(x, torch.Tensor) or x.dim() != dims:
-            return False
-        if kind == "float" and not x.is_floating_point():
-            return False
-        if kind == "bool" and x.dtype != torch.bool:
-            return False
-        if kind == "int" and (x.is_floating_point() or x.dtype == torch.bool):
-            return False
-        return width is None or x.shape[-1] == width
-
-    return check
-
-
-def _optional(check: Check) -> Check:
-    return lambda x: x is None or check(x)
-
-
-def _scalar(x: Any) -> bool:
-    return isinstance(x, float | int | np.generic) or (
-        isinstance(x, torch.Tensor) and x.dim() == 0
-    )
-
-
-def _sequence(x: Any) -> bool:
-    return isinstance(x, list | tuple)
-
-
-# name -> (role, check) of every element the writers put in a batch list.
-_ELEMENTS: dict[str, tuple[Role, Check]] = {
-    "coords": ("label", _tensor(2, "float", 4)),
-    "flip": ("label", _tensor(1, "bool")),
-    "coords_cutout": ("label", _tensor(2, "float", 7)),
-    "rand_params": ("label", _sequence),
-    "mix_index": ("label", _optional(_tensor(1, "int"))),
-    "mix_lam": ("file", _optional(_scalar)),
-    "mix_bbox": ("file", _optional(_sequence)),
-    "output": ("dense", _tensor(2, "float")),
-    "topk_values": ("values", _tensor(2, "float")),
-    "topk_indices": ("ids", _tensor(2, "int")),
-    "image_index": ("label", _tensor(1, "int")),
-    "indices_status": ("label", lambda x: x is not None),
-}
-
-_MIX = ("mix_index", "mix_lam", "mix_bbox")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One list layout a writer produces: its name and element names in order."""
-
-    name: str
-    elements: tuple[str, ...]
-
-    def matches(self, obj: Any) -> bool:
-        return (
-            isinstance(obj, list)
-            and len(obj) == len(self.elements)
-            and all(_ELEMENTS[n][1](x) for n, x in zip(self.elements, obj, strict=True))
-        )
-
-
-def _describe(obj: Any) -> str:
-    """A short description of what a file holds, for 'unknown variant' errors."""
-
-    def one(x: Any) -> str:
-        if isinstance(x, torch.Tensor):
-            return f"tensor{tuple(x.shape)} {dtype_name(x.dtype)}"
-        if isinstance(x, np.ndarray):
-            return f"ndarray{x.shape} {x.dtype}"
-        if isinstance(x, list | tuple):
-            return f"{type(x).__name__}[{len(x)}]"
-        return type(x).__name__
-
-    if isinstance(obj, list | tuple):
-        return (
-            f"a {len(obj)}-{type(obj).__name__} ["
-            + ", ".join(one(x) for x in obj)
-            + "]"
-        )
-    return f"a {type(obj).__name__}"
 
 
 @dataclass(frozen=True)
@@ -185,7 +108,7 @@ class FKDMixFormat(StoreFormat):
             f"{v.name}: {len(v.elements)} elements" for v in self.variants
         )
         raise InputError(
-            f"{source} is not a known {self.name} variant: it holds {_describe(obj)} "
+            f"{source} is not a known {self.name} variant: it holds {describe_list(obj)} "
             f"(known: {known})"
         )
 
@@ -242,7 +165,7 @@ class FKDMixFormat(StoreFormat):
             values, ids = _export_labels(got, labels)
             out: list[Any] = []
             for element, spec in zip(names, specs, strict=True):
-                role = _ELEMENTS[element][0]
+                role = ELEMENTS[element][0]
                 if role == "dense" or role == "values":
                     out.append(values)
                 elif role == "ids":
@@ -256,7 +179,7 @@ class FKDMixFormat(StoreFormat):
                         file_index=f,
                     )
                     if str(f) in casts:
-                        element = _restore_dtypes(element, spec, casts[str(f)])
+                        element = restore_dtypes(element, spec, casts[str(f)])
                     out.append(element)
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -371,7 +294,7 @@ class FKDMixStore(ImportedStore):
                 )
             self.num_classes = options.num_classes
         self.specs = self._flatten(first, files[0].name, self.batch_rows)[0]
-        self.variant = self.first_variant.name + _mix_name(first, self.names)
+        self.variant = self.first_variant.name + mix_name(first, self.names)
         del first, labels  # one file in memory: _rows() loads others
         self.json_data, json_bytes = self._read_json()
         self.rows_from_json = False
@@ -571,7 +494,7 @@ class FKDMixStore(ImportedStore):
                     out.append(spec["side"])
 
         for name, spec in zip(self.names, self.specs, strict=True):
-            if _ELEMENTS[name][0] in ("label", "file"):
+            if ELEMENTS[name][0] in ("label", "file"):
                 walk(spec)
         return out
 
@@ -583,7 +506,7 @@ class FKDMixStore(ImportedStore):
         per_label: dict[str, torch.Tensor] = {}
         per_file: dict[str, torch.Tensor] = {}
         for name, x in zip(self.names, obj, strict=True):
-            role = _ELEMENTS[name][0]
+            role = ELEMENTS[name][0]
             if role in ("dense", "values", "ids"):
                 specs.append({"t": "labels", "dtype": dtype_name(x.dtype)})
                 continue
@@ -627,7 +550,7 @@ class FKDMixStore(ImportedStore):
                 )
             specs, per_label, per_file = self._flatten(obj, file.name, rows)
             if specs != self.specs and "rand_params" in self.names:
-                cast = _rand_params_casts(specs, self.specs, per_label)
+                cast = rand_params_casts(specs, self.specs, per_label)
                 if cast is not None:
                     specs = self.specs
                     if cast:
@@ -636,7 +559,7 @@ class FKDMixStore(ImportedStore):
                 raise InputError(
                     f"mixed variants: {file.name} stores its elements with other "
                     f"types, dtypes or None-ness than {self.files[0].name} "
-                    f"({_first_difference(self.names, specs, self.specs)})"
+                    f"({first_difference(self.names, specs, self.specs)})"
                 )
             record = StoreRecord(source=file.name, side=per_label)
             record.file_side = {"file_rows": torch.tensor([rows]), **per_file}
@@ -664,93 +587,6 @@ class FKDMixStore(ImportedStore):
                 )
             label_start += rows
             yield record
-
-
-# Per-file exceptions to the first file's RandAugment dtypes (side blob, JSON
-# {file index: {side name: dtype}}), written only when a store has any.
-RAND_PARAMS_DTYPES = "rand_params_dtypes"
-_RAND_PARAMS_DTYPES_SWAP = {"int64", "float16"}
-
-
-def _rand_params_casts(
-    got: list[dict[str, Any]],
-    want: list[dict[str, Any]],
-    per_label: dict[str, torch.Tensor],
-) -> dict[str, str] | None:
-    """Reconcile a file whose RandAugment leaves have another dtype than the
-    first file's, or None when it differs otherwise.
-
-    LPQLD default-collates each op's magnitudes: a batch whose magnitudes are all
-    Python ints (-99 for "not applied", Posterize / Solarize levels) gives an
-    int64 column, any float among them a float32 one that the writer halves. The
-    column is stored in the first file's dtype when that is exact (cast in place
-    in ``per_label``); returns {side name: the file's own dtype} to restore.
-    """
-    casts: dict[str, str] = {}
-
-    def walk(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        if a.keys() != b.keys() or a["t"] != b["t"]:
-            return False
-        if a["t"] in ("list", "tuple"):
-            return len(a["items"]) == len(b["items"]) and all(
-                walk(x, y) for x, y in zip(a["items"], b["items"], strict=True)
-            )
-        if a == b:
-            return True
-        side = a.get("side", "")
-        if (
-            {k: v for k, v in a.items() if k != "dtype"}
-            != {k: v for k, v in b.items() if k != "dtype"}
-            or not side.startswith("rand_params.")
-            or {a["dtype"], b["dtype"]} != _RAND_PARAMS_DTYPES_SWAP
-            or a.get("per") != "label"
-        ):
-            return False
-        rows = per_label[side]
-        stored = rows.to(torch_dtype(b["dtype"]))
-        if not torch.equal(stored.to(rows.dtype), rows):
-            return False
-        per_label[side] = stored
-        casts[side] = a["dtype"]
-        return True
-
-    if len(got) != len(want):
-        return None
-    for a, b in zip(got, want, strict=True):
-        if a != b and not walk(a, b):
-            return None
-    return casts
-
-
-def _restore_dtypes(obj: Any, spec: dict[str, Any], casts: dict[str, str]) -> Any:
-    """``obj`` (rebuilt from ``spec``) with the leaves named in ``casts`` cast back."""
-    if spec["t"] in ("list", "tuple"):
-        items = [
-            _restore_dtypes(x, s, casts)
-            for x, s in zip(obj, spec["items"], strict=True)
-        ]
-        return items if spec["t"] == "list" else tuple(items)
-    if spec.get("side") in casts:
-        return obj.to(torch_dtype(casts[spec["side"]]))
-    return obj
-
-
-def _mix_name(obj: list[Any], names: tuple[str, ...]) -> str:
-    found = {n: x for n, x in zip(names, obj, strict=True) if n in _MIX}
-    if found.get("mix_bbox") is not None:
-        return "+cutmix"
-    if found.get("mix_lam") is not None:
-        return "+mixup"
-    return ""
-
-
-def _first_difference(
-    names: tuple[str, ...], got: list[dict[str, Any]], want: list[dict[str, Any]]
-) -> str:
-    for name, a, b in zip(names, got, want, strict=True):
-        if a != b:
-            return f"{name}: {json.dumps(a)[:80]} vs {json.dumps(b)[:80]}"
-    return "?"
 
 
 def _write_json(source: LabelSource, dest: Path, doc: dict[str, Any]) -> None:

@@ -69,10 +69,8 @@ logger = logging.getLogger(__name__)
 # Row name -> how its archive is made. ``ratio`` comes from the config (all but dense).
 # vqae-ctx: labels predicted from the replayed view's context (per-image prototypes
 # mixed like the view) plus a VQ residual, for every view; vqae-ctx-third: for a
-# third of the views, more bits each. Retention (IPC 10, seed 0; docs/vqae-design.md,
-# "Context prior"): 40x: 96.4% (every view), 97.8% (third), plain vqae 88.4%, top-k
-# MS 97.8%; 100x: 94.4% at 140x (every view, no per-label bits), 94.7% (third),
-# vqae 92.4%, top-k MS 94.8%.
+# third of the views, more bits each. Their retention against plain vqae and
+# top-k: docs/vqae-design.md, "Context prior".
 ROW_SPECS: dict[str, dict[str, Any]] = {
     "dense": {"codec": "dense", "options": {"dtype": "fp16"}},
     "vqae-ctx-third": {"codec": "vqae-ctx", "keep_fraction": 1 / 3},
@@ -183,10 +181,9 @@ def quickstart_view_config(height: int, width: int) -> ViewConfig:
     """Crops of 85-100% of the image, flip, CutMix: the recipe for 28 px images.
 
     SRe2L's crop scale 0.08-1 is tuned for 224 px ImageNet; on 28 px
-    Fashion-MNIST it destroys most views. Dense-label students (random IPC 10,
-    300 views, lr 1e-2; one seed) reached 75.7% test accuracy with scale
-    0.08-1, 78.5% with 0.25-1, 79.6% with 0.5-1, 81.1% with 0.7-1, 82.3% with
-    0.85-1 and 81.8% with whole images (CutMix and flip only).
+    Fashion-MNIST it destroys most views, and 0.85-1 trained the best
+    dense-label students (docs/bench-vision.md, "The teacher and the
+    quickstart's student recipe at 28 px").
     """
     return ViewConfig(output_size=(height, width), scale=(0.85, 1.0), mix="cutmix")
 
@@ -338,8 +335,9 @@ def with_input_stats(student: StudentConfig, train_set: ImageDataset) -> Student
     """Normalise students with the real training data's statistics.
 
     Synthetic sets (SRe2L) have other pixel statistics than the real test
-    images; the real ones are what a practitioner has. Measured on SRe2L IPC 10:
-    39.9% with the distilled images' statistics, 42.9% with the real ones.
+    images; the real ones are what a practitioner has, and they trained better
+    students (docs/bench-vision.md, "The teacher and the quickstart's student
+    recipe at 28 px").
     """
     if student.input_mean is not None or not isinstance(train_set.images, torch.Tensor):
         return student

@@ -9,7 +9,8 @@ documented model (docs/storage.md, "Images"):
   calibrated on the published ImageNet-1K distilled-image sizes of SRe2L/LPLD
   (0.15 / 0.30 / 0.75 / 1.49 / 2.98 GB for IPC 10 / 20 / 50 / 100 / 200).
 - ``png-estimate``: a minimal PNG container plus a fraction of the raw pixels,
-  measured on natural sample images (a lower bound for noisy distilled images).
+  the PNG/raw ratio of natural sample images (a lower bound for noisy
+  distilled images).
 """
 
 from __future__ import annotations
@@ -50,10 +51,8 @@ JPEG_BITS_PER_PIXEL: dict[int, float] = {3: 2.2767, 1: 2.2767 / 1.5}
 # 73 B grayscale (Pillow 13, default zlib level).
 PNG_HEADER_BYTES: dict[int, int] = {3: 75, 1: 73}
 
-# PNG size over raw size. Measured (Pillow 13) on the 20 labelled samples per
-# dataset shipped in the foolbox wheel: ImageNet resized to 224 px 0.61,
-# CIFAR-10 0.78, Fashion-MNIST 0.62, MNIST 0.35. We take the largest natural
-# value; distilled images are noisier than photos (pure noise is 1.00), so this
+# PNG size over raw size: the largest ratio of natural sample images
+# (docs/storage.md, "Images"); distilled images are noisier than photos, so this
 # is an estimate on the low side, and ``raw`` is the upper bound.
 PNG_RAW_FRACTION = 0.78
 

@@ -67,9 +67,8 @@ LPQLD_SIDE_PER_BATCH: dict[str, int] = {
 FKD_SIDE_PER_VIEW: dict[str, int] = {"coords (4 x float32)": 16, "flip (bool)": 1}
 
 # Container bytes of one torch.save file (zip entries, pickle, 64-byte record
-# alignment, filesystem block padding). Measured zip+pickle overhead with torch
-# 2.13 is 2.3-4.7 KB for these lists; 3 KiB is the value the published SRe2L
-# sizes pin down (docs/storage.md: any value in [3063, 3154) B reproduces them).
+# alignment, filesystem block padding): the value the published SRe2L sizes pin
+# down (docs/storage.md, "Constants and their sources").
 TORCH_SAVE_FILE_BYTES = 3072
 
 # A uint64 seed from which labelzip replays image order, crops, flips and mix

@@ -11,10 +11,10 @@ zero-padded border. Two architectures:
 
 - ``convnet``: three conv-BN-ReLU layers (32-64-64 channels, two max-pools) and
   an MLP head on a 7x7 map (other sizes are average-pooled to 7x7), about 0.46M
-  parameters and 6M MACs per 28x28 grayscale image. Trained 3 epochs
-  (defaults of ``train_teacher``, crops 0.5-1): 89.3% Fashion-MNIST test
-  accuracy, 86.3% on crop views; without crops (``crop_scale=None``) 92.2%
-  clean but only ~68% on crop views.
+  parameters and 6M MACs per 28x28 grayscale image. ``train_teacher`` trains
+  it on crops (0.5-1) because it labels crop views: a teacher trained without
+  crops is more accurate on whole images but far less on crops
+  (docs/bench-vision.md, "The teacher and the quickstart's student recipe").
 - ``resnet``: a narrow ResNet (16-32-64 channels, one basic block per stage),
   about 0.08M parameters; a second, differently biased teacher.
 """

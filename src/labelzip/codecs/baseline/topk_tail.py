@@ -1,8 +1,8 @@
 """Top-K log-probabilities plus a modelled tail (DistillKit style), for LM vocabularies.
 
 Plain top-K renormalisation (``topk`` with decoder ``mr``) drops the tail, whose
-mass is large for language models (SmolLM2 on Shakespeare: ~0.3 of the mass lies
-outside the top 12 tokens, ~0.12 outside the top 128). Spreading it uniformly
+mass is large for language models (docs/lm.md, "Design choices of
+``topk-tail``"). Spreading it uniformly
 (decoder ``ms``) ignores that tail tokens differ by orders of magnitude. This codec
 keeps the K largest log-probabilities (fp16, absolute, so the tail mass
 ``m = 1 - sum exp(kept)`` is implied) with bit-packed ids, and models the tail as a
@@ -25,19 +25,10 @@ the teacher's tail mass, and ``Z_n(s) = Z(s) - sum_kept (rank_v + o) ** -s``
 (``Z(s)`` over all C ids), so every grid value costs O(K) per label after one
 O(C) pass. Decoding gathers one precomputed (C,) row per label.
 
-Measured on SmolLM2 logits (``lm_smollm2_logits_test``, 512 positions; prior and
-grid fitted on 2048 positions of the train file; K = 12 / 48 / 128),
-KL(teacher || decoded) at T = 1 in nats:
-
-- this codec (fitted o = 1 + 32 K, 4-bit decay): 0.710 / 0.380 / 0.222;
-- one decay for all labels (``decay_bits=0``): 0.743 / 0.394 / 0.230;
-- o = 1 (a plain power law of the global rank): 0.775 / 0.422 / 0.251;
-- uniform tail (``topk`` decoder ``ms`` at T_s = 1): 1.434 / 0.679 / 0.369;
-- the rank among the label's tail tokens instead of the global rank (o = K + 1)
-  scored the same as the global rank at several times the decoding cost.
-
+The per-label decay, the fitted offset and the global rank each lower the KL
+against the simpler choice (docs/lm.md, "Design choices of ``topk-tail``").
 Fitting reads the sample ~10 times (prior, 8 offsets on up to 1024 labels, the
-decay range): ~6-12 s for 2048 labels at C = 49,152 on one CPU thread.
+decay range).
 
 Decoded = ``log q`` (log-probabilities at T = 1, finite everywhere), so
 ``softmax(decoded / T)`` is ``q ** (1 / T)`` renormalised.

@@ -14,9 +14,8 @@ tops out at 256 fp16 codewords (~7 bits per label, a 3 KB codebook at C = 10)
 while scalar coding scales to any rate with a model of C x C values. So rate
 control here spends ``min_label_bits`` or more on each stored label and lets
 LPLD-style auto-pruning keep fewer views (the relabel pipeline's
-``auto_prune``): on the seed-0 SRe2L IPC 10 set, three students each, a third
-of the views at 9.2 bits (vqae-ctx) kept 92% of the dense-label accuracy, a
-fifth at 16.5 bits 94.5%, a tenth at 21 bits 95.5%.
+``auto_prune``): fewer views with more bits each kept more of the dense-label
+accuracy than every view with few bits (the table in that section).
 
 Each axis is coded under a two-sided geometric model ``P(k) ~ (a / 2**16)**|k|``
 whose integer parameter ``a`` is stored (int32); the frequency tables are
@@ -80,8 +79,7 @@ logger = logging.getLogger(__name__)
 
 # Rate control's default floor of payload bits per stored label (below it the
 # target is "unreachable" for this many labels, so auto-pruning keeps fewer
-# views). Measured, SRe2L IPC 10, 40x budget: 9.2 bits on a third of the views
-# 92% retention, 16.5 bits on a fifth 94.5%, 21 bits on a tenth 95.5%.
+# views; docs/vqae-design.md, "Transform-coded residual").
 MIN_LABEL_BITS = 16.0
 # Principal axes coded at most: all C - 1 at small C; at C = 1000 the basis stays
 # 128 KB. (Not measured on 1000-class students: the vision bench is C = 10.)

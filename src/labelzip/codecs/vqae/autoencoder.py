@@ -127,9 +127,9 @@ class VQAutoencoder(nn.Module):
 
         ``out_bias`` becomes the mean centred logit vector and ``out_weight`` the
         top-H principal directions scaled by their standard deviations, so the
-        decoder starts where a rank-H linear code would end. Measured: at 500
-        steps this reaches the KL that 1500 steps reach from a random init.
-        (N, C) logits; uses the first ``max_rows`` rows.
+        decoder starts where a rank-H linear code would end and training needs
+        fewer steps (docs/vqae-design.md, section 2). (N, C) logits; uses the
+        first ``max_rows`` rows.
         """
         rows = logits[:max_rows].to(torch.float64)
         centred = rows - rows.mean(dim=1, keepdim=True)

@@ -151,8 +151,8 @@ def top_ids(logits: torch.Tensor, num_ids: int) -> torch.Tensor:
         return torch.sort(logits, dim=1, descending=True, stable=True).indices[
             :, :num_ids
         ]
-    # A partial top-k is ~10x cheaper than the full sort at C=1000 but promises
-    # no order among equal values, so the K candidates are re-sorted exactly
+    # A partial top-k is far cheaper than the full sort (docs/vqae-design.md,
+    # "Fast encode path") but promises no order among equal values, so the K candidates are re-sorted exactly
     # (by id, then stably by value). One more candidate shows whether a value
     # equal to the K-th was left out: then the fetched ones among the equal
     # values may not be the lowest ids, and those rows are completed exactly.
