@@ -48,7 +48,9 @@ def files(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-def _argv(files: dict[str, Path], out: Path, *extra: str, teacher: str = "teacher"):
+def _argv(
+    files: dict[str, Path], out: Path, *extra: str, teacher: str = "teacher"
+) -> list[str]:
     head = [str(files["set"]), "--teacher-file", str(files[teacher]), "-o", str(out)]
     return [
         *head,
