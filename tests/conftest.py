@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,9 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import save_file
+
+import labelzip
+from labelzip.faults import FAULT_ENV
 
 __all__ = ["ArchiveForge", "make_teacher_logits", "write_image_folder"]
 
@@ -289,3 +294,41 @@ def evil_pickle(tmp_path: Path) -> tuple[Path, Path]:
 def image_folder() -> Callable[..., Path]:
     """:func:`write_image_folder`, for tests that build a user's image folder."""
     return write_image_folder
+
+
+# -- torchrun: several gloo ranks on CPU ----------------------------------------------
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def run_torchrun(
+    ranks: int,
+    argv: list[str],
+    fault: str | None = None,
+    *,
+    python: bool = True,
+    monitor_s: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``labelzip ARGV`` (or, without ``python``, ARGV itself) under torchrun
+    with ``ranks`` processes of this checkout's labelzip; ``fault`` sets the test
+    fault hook (:mod:`labelzip.faults`). ``monitor_s`` slows torchrun's check of
+    its workers, so that after a rank is killed the others report before
+    torchrun stops them (a race a loaded machine otherwise loses)."""
+    source = str(Path(labelzip.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": source, "OMP_NUM_THREADS": "1"}
+    env.pop(FAULT_ENV, None)
+    if fault is not None:
+        env[FAULT_ENV] = fault
+    head = [*TORCHRUN, "--nproc_per_node", str(ranks)]
+    if monitor_s is not None:
+        head += ["--monitor-interval", str(monitor_s)]
+    command = [*head, "-m", "labelzip", *argv] if python else [*head, *argv]
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.fixture
+def torchrun() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """:func:`run_torchrun` (fixtures reach every test folder; imports do not)."""
+    return run_torchrun

@@ -131,7 +131,7 @@ def refuse_several_ranks(command: str) -> None:
         raise ConfigError(
             f"labelzip {command} does not split its work across processes yet; "
             f"torchrun started {world}: run it as one process (torchrun splits "
-            "`labelzip compress`)"
+            "`labelzip compress`, `import` and `relabel`)"
         )
 
 

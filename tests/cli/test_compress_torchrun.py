@@ -3,7 +3,6 @@ and the faults of a multi-process run end in one clear error per rank."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,13 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import labelzip
 from labelzip.cli.compress import main
-from labelzip.faults import FAULT_ENV
 from labelzip.pipelines.partial import find_partials
-
-SOURCE = str(Path(labelzip.__file__).parents[1])  # this checkout's labelzip
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
 @pytest.fixture
@@ -26,6 +20,7 @@ def views(chunk_views: Path) -> Path:
 
 
 Args = Callable[..., list[str]]
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
@@ -37,30 +32,6 @@ def args(views: Path, compress_cases: dict[str, list[str]]) -> Args:
         return [*head, "--quiet", *compress_cases[case], *extra]
 
     return build
-
-
-def _torchrun(
-    ranks: int,
-    argv: list[str],
-    fault: str | None = None,
-    *,
-    python: bool = True,
-    monitor_s: float | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run labelzip under torchrun. ``monitor_s`` slows torchrun's check of its
-    workers, so that after a rank is killed the others report before torchrun
-    stops them (a race a loaded machine otherwise loses)."""
-    env = {**os.environ, "PYTHONPATH": SOURCE, "OMP_NUM_THREADS": "1"}
-    env.pop(FAULT_ENV, None)
-    if fault is not None:
-        env[FAULT_ENV] = fault
-    head = [*TORCHRUN, "--nproc_per_node", str(ranks)]
-    if monitor_s is not None:
-        head += ["--monitor-interval", str(monitor_s)]
-    command = [*head, "-m", "labelzip", *argv] if python else [*head, *argv]
-    return subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
 
 
 def _errors(done: subprocess.CompletedProcess[str]) -> list[str]:
@@ -93,10 +64,10 @@ def _single(args: Args, out: Path, case: str) -> bytes:
     ],
 )
 def test_two_ranks_write_the_single_process_bytes(
-    tmp_path: Path, args: Args, case: str
+    torchrun: Run, tmp_path: Path, args: Args, case: str
 ) -> None:
     out = tmp_path / "two.lz"
-    done = _torchrun(2, args(out, case))
+    done = torchrun(2, args(out, case))
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == _single(args, tmp_path / "one.lz", case)
     assert done.stdout.count("wrote ") == 1  # rank 0 reports, once
@@ -104,10 +75,10 @@ def test_two_ranks_write_the_single_process_bytes(
 
 
 def test_an_auto_choice_that_fails_on_rank_0_stops_every_rank(
-    tmp_path: Path, args: Args
+    torchrun: Run, tmp_path: Path, args: Args
 ) -> None:
     out = tmp_path / "auto.lz"
-    done = _torchrun(2, args(out, "auto")[:-4] + ["--ratio", "1e6"])
+    done = torchrun(2, args(out, "auto")[:-4] + ["--ratio", "1e6"])
     assert done.returncode != 0
     errors = _errors(done)
     assert len(errors) == 2, done.stderr
@@ -118,19 +89,21 @@ def test_an_auto_choice_that_fails_on_rank_0_stops_every_rank(
 
 
 @pytest.mark.slow
-def test_three_ranks_write_the_single_process_bytes(tmp_path: Path, args: Args) -> None:
+def test_three_ranks_write_the_single_process_bytes(
+    torchrun: Run, tmp_path: Path, args: Args
+) -> None:
     out = tmp_path / "three.lz"
-    done = _torchrun(3, args(out, "vqae"))
+    done = torchrun(3, args(out, "vqae"))
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == _single(args, tmp_path / "one.lz", "vqae")
     assert _leftovers(tmp_path) == []
 
 
 def test_a_rank_that_dies_is_named_and_its_run_kept_for_resume(
-    tmp_path: Path, args: Args
+    torchrun: Run, tmp_path: Path, args: Args
 ) -> None:
     out = tmp_path / "dies.lz"
-    done = _torchrun(2, args(out, "topk"), "kill@1:2", monitor_s=5)
+    done = torchrun(2, args(out, "topk"), "kill@1:2", monitor_s=5)
     assert done.returncode != 0
     assert any("rank 1 (2 of 6 chunks) died" in e for e in _errors(done)), done.stderr
     assert not out.exists()
@@ -140,19 +113,21 @@ def test_a_rank_that_dies_is_named_and_its_run_kept_for_resume(
 
 @pytest.mark.slow
 def test_resume_after_a_rank_died_gives_the_same_bytes(
-    tmp_path: Path, args: Args
+    torchrun: Run, tmp_path: Path, args: Args
 ) -> None:
     out = tmp_path / "resumed.lz"
-    assert _torchrun(2, args(out, "vqae"), "kill@1:2").returncode
-    done = _torchrun(2, args(out, "vqae", "--resume"))
+    assert torchrun(2, args(out, "vqae"), "kill@1:2").returncode
+    done = torchrun(2, args(out, "vqae", "--resume"))
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == _single(args, tmp_path / "one.lz", "vqae")
     assert _leftovers(tmp_path) == []
 
 
-def test_a_full_disk_on_one_rank_leaves_nothing(tmp_path: Path, args: Args) -> None:
+def test_a_full_disk_on_one_rank_leaves_nothing(
+    torchrun: Run, tmp_path: Path, args: Args
+) -> None:
     out = tmp_path / "full.lz"
-    done = _torchrun(2, args(out, "topk"), "enospc@1:3")
+    done = torchrun(2, args(out, "topk"), "enospc@1:3")
     assert done.returncode != 0
     errors = _errors(done)
     assert len(errors) == 2 and all("No space left on device" in e for e in errors)
@@ -164,17 +139,19 @@ def test_a_full_disk_on_one_rank_leaves_nothing(tmp_path: Path, args: Args) -> N
 
 
 @pytest.mark.slow
-def test_a_hung_rank_times_out_and_is_named(tmp_path: Path, args: Args) -> None:
+def test_a_hung_rank_times_out_and_is_named(
+    torchrun: Run, tmp_path: Path, args: Args
+) -> None:
     out = tmp_path / "hung.lz"
     argv = args(out, "topk", "--dist-timeout", "3")
-    done = _torchrun(2, argv, "hang@1:1")
+    done = torchrun(2, argv, "hang@1:1")
     assert done.returncode != 0
     assert any("rank 1 (1 of 6 chunks) died or stopped" in e for e in _errors(done))
     assert not out.exists()
 
 
 def test_ranks_that_read_different_input_are_refused(
-    tmp_path: Path, views: Path
+    torchrun: Run, tmp_path: Path, views: Path
 ) -> None:
     for rank in (0, 1):
         folder = tmp_path / f"r{rank}"
@@ -188,7 +165,7 @@ def test_ranks_that_read_different_input_are_refused(
         f"{sys.executable} -m labelzip compress {tmp_path}/r$RANK/in.safetensors "
         f"--codec topk -o {out} --quiet"
     )
-    done = _torchrun(2, ["--no-python", "bash", "-c", script], python=False)
+    done = torchrun(2, ["--no-python", "bash", "-c", script], python=False)
     errors = _errors(done)
     assert done.returncode != 0 and len(errors) == 2
     assert all("ranks disagree on the input: rank 1 sees input" in e for e in errors)
@@ -196,7 +173,9 @@ def test_ranks_that_read_different_input_are_refused(
 
 
 @pytest.mark.slow
-def test_a_partial_file_missing_at_merge_is_named(tmp_path: Path, views: Path) -> None:
+def test_a_partial_file_missing_at_merge_is_named(
+    torchrun: Run, tmp_path: Path, views: Path
+) -> None:
     """Ranks that write into folders that are not shared: rank 0 cannot merge."""
     for rank in (0, 1):
         (tmp_path / f"d{rank}").mkdir()
@@ -204,7 +183,7 @@ def test_a_partial_file_missing_at_merge_is_named(tmp_path: Path, views: Path) -
         f"{sys.executable} -m labelzip compress {views} --codec topk --chunk-size 100 "
         f"-o {tmp_path}/d$RANK/out.lz --quiet"
     )
-    done = _torchrun(2, ["--no-python", "bash", "-c", script], python=False)
+    done = torchrun(2, ["--no-python", "bash", "-c", script], python=False)
     errors = _errors(done)
     assert done.returncode != 0
     assert any("the partial file of rank 1 is missing at merge" in e for e in errors)
@@ -212,7 +191,7 @@ def test_a_partial_file_missing_at_merge_is_named(tmp_path: Path, views: Path) -
         assert list((tmp_path / f"d{rank}").iterdir()) == []
 
 
-@pytest.mark.parametrize("command", ["import", "relabel"])
+@pytest.mark.parametrize("command", ["relabel-lm", "eval-codec"])
 def test_commands_that_do_not_split_refuse_several_ranks(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
@@ -222,8 +201,8 @@ def test_commands_that_do_not_split_refuse_several_ranks(
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     argv = {
-        "import": ["import", "--format", "fkd", "x", "-o", "y.lz"],
-        "relabel": ["relabel", "set.safetensors", "--teacher", "convnet", "-o", "y.lz"],
+        "relabel-lm": ["relabel-lm", "--teacher", "t", "--corpus", "c", "-o", "y.lz"],
+        "eval-codec": ["eval-codec", "x.npy", "a.lz"],
     }[command]
     assert labelzip_main(argv) == 2
     err = capsys.readouterr().err.strip()

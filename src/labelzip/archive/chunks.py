@@ -14,6 +14,7 @@ same bytes for the same chunk.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,11 +25,11 @@ from labelzip.archive.format import (
     Layout,
     tensor_bytes,
 )
-from labelzip.codecs.base import Codec, LabelContext
+from labelzip.codecs.base import Codec, EncodedBlock, LabelContext
 from labelzip.codecs.context.recipe import recipe_context
 from labelzip.errors import ConfigError
 
-__all__ = ["ChunkEncoder", "EncodedChunk"]
+__all__ = ["ChunkCutter", "ChunkEncoder", "EncodedChunk"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class EncodedChunk:
     def of(cls, num_labels: int, data: bytes) -> EncodedChunk:
         """A chunk of ``data``, with its digest computed here."""
         return cls(num_labels, data, hashlib.sha256(data).digest())
+
+    @classmethod
+    def of_block(cls, block: EncodedBlock) -> EncodedChunk:
+        """The chunk a codec's encoded block is stored as."""
+        data = block.data.detach().to("cpu", torch.uint8).contiguous().reshape(-1)
+        return cls.of(block.num_labels, tensor_bytes(data))
 
 
 class ChunkEncoder:
@@ -124,3 +131,50 @@ class ChunkEncoder:
         return EncodedChunk.of(
             rows.shape[0], tensor_bytes(block.data.detach().to("cpu", torch.uint8))
         )
+
+
+class ChunkCutter:
+    """Cut labels given in pieces of any size into chunks of ``chunk_size``,
+    encode each and hand it to ``sink``: the chunks
+    :meth:`~labelzip.archive.ArchiveWriter.write` makes of the same rows.
+
+    Rows of one chunk that came in several pieces are joined (in float32 when
+    the pieces' dtypes differ, as the writer does).
+    """
+
+    def __init__(
+        self,
+        encoder: ChunkEncoder,
+        chunk_size: int,
+        sink: Callable[[EncodedChunk], None],
+    ) -> None:
+        self.encoder, self.size, self.sink = encoder, chunk_size, sink
+        self._rows: list[torch.Tensor] = []
+        self._flat: list[torch.Tensor] = []
+        self._held = 0
+
+    def add(self, rows: torch.Tensor, flat: torch.Tensor | None = None) -> None:
+        """Append (n, C) rows and, for context codecs, their (n,) flat indices."""
+        while rows.shape[0]:
+            take = self.size - self._held
+            if not self._held and rows.shape[0] >= self.size:
+                part = flat[:take] if flat is not None else None
+                self.sink(self.encoder.encode(rows[:take], part))
+            else:
+                self._rows.append(rows[:take].detach().to("cpu").clone())
+                if flat is not None:
+                    self._flat.append(flat[:take])
+                self._held += min(take, rows.shape[0])
+                if self._held == self.size:
+                    self.finish()
+            rows = rows[take:]
+            flat = flat[take:] if flat is not None else None
+
+    def finish(self) -> None:
+        """Encode the rows held (the last, shorter chunk)."""
+        if self._rows:
+            same = len({t.dtype for t in self._rows}) == 1
+            rows = torch.cat(self._rows if same else [t.float() for t in self._rows])
+            flat = torch.cat(self._flat) if self._flat else None
+            self.sink(self.encoder.encode(rows, flat))
+        self._rows, self._flat, self._held = [], [], 0

@@ -219,8 +219,7 @@ class ArchiveWriter:
 
         Blocks become chunks as they are (see :meth:`write_chunk`).
         """
-        data = block.data.detach().to("cpu", torch.uint8).contiguous().reshape(-1)
-        self.write_chunk(EncodedChunk.of(block.num_labels, tensor_bytes(data)))
+        self.write_chunk(EncodedChunk.of_block(block))
 
     def write_chunk(self, chunk: EncodedChunk) -> None:
         """Append one encoded chunk (e.g. from :class:`ChunkEncoder` in another process).

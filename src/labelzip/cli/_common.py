@@ -14,11 +14,13 @@ import torch
 
 from labelzip.codecs.base import Codec
 from labelzip.codecs.registry import codec_choices, codec_class
+from labelzip.distributed import DEFAULT_TIMEOUT_S
 from labelzip.errors import ConfigError, InputError
 from labelzip.pipelines.compress import AUTO
 from labelzip.selection.auto import AutoConfig
 
 __all__ = [
+    "add_dist_timeout_option",
     "add_auto_options",
     "add_codec_option_flags",
     "add_codec_target_options",
@@ -50,6 +52,18 @@ def add_device_option(parser: argparse.ArgumentParser, what: str = "decode") -> 
         "--device",
         default="cpu",
         help=f"torch device to {what} on, e.g. cpu, cuda, cuda:1, mps (default: cpu)",
+    )
+
+
+def add_dist_timeout_option(parser: argparse.ArgumentParser) -> None:
+    """``--dist-timeout``: under torchrun, how long a rank waits for the others."""
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others, e.g. for rank "
+        f"0's codec fit (default {DEFAULT_TIMEOUT_S:g})",
     )
 
 

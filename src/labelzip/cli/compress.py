@@ -18,6 +18,7 @@ from labelzip.cli._common import (
     add_auto_options,
     add_codec_target_options,
     add_device_option,
+    add_dist_timeout_option,
     add_json_option,
     auto_config,
     codec_options,
@@ -30,7 +31,7 @@ from labelzip.cli._common import (
     with_run_defaults,
 )
 from labelzip.codecs.base import Codec
-from labelzip.distributed import DEFAULT_TIMEOUT_S, join, leave, run_on_main
+from labelzip.distributed import join, leave, run_on_main
 from labelzip.errors import ConfigError, InputError
 from labelzip.io import check_output_path
 from labelzip.logit_store import open_logits
@@ -117,14 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a killed run from its last complete chunk (same input, "
         "options and number of processes)",
     )
-    p.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="SECONDS",
-        help="under torchrun: how long a rank waits for the others, e.g. for rank "
-        f"0's codec fit (default {DEFAULT_TIMEOUT_S:g})",
-    )
+    add_dist_timeout_option(p)
     add_auto_options(p)
     add_device_option(p, "fit the codec (under torchrun: cuda means cuda:LOCAL_RANK)")
     add_json_option(p)

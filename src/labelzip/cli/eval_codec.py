@@ -24,6 +24,7 @@ from labelzip.cli._common import (
     progress,
     resolve_device,
 )
+from labelzip.distributed import refuse_several_ranks
 from labelzip.errors import CodecMismatchError, ConfigError
 from labelzip.logit_store import LogitStore, open_logits
 from labelzip.ops.metrics import kl_divergence, top1_agreement, topk_overlap
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    refuse_several_ranks("eval-codec")
     if any(t <= 0 for t in args.temperatures):
         raise ConfigError(f"temperatures must be > 0, got {args.temperatures}")
     if args.batch_size < 1:

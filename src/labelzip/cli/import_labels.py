@@ -8,10 +8,11 @@ from pathlib import Path
 
 from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
 from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, ArchiveReader
-from labelzip.cli import run_command
+from labelzip.cli import print_error, run_command
 from labelzip.cli._common import (
     add_auto_options,
     add_codec_target_options,
+    add_dist_timeout_option,
     add_json_option,
     auto_config,
     codec_options,
@@ -22,12 +23,19 @@ from labelzip.cli._common import (
     progress,
     resolve_device,
 )
-from labelzip.distributed import refuse_several_ranks
+from labelzip.distributed import join, leave
 from labelzip.errors import ConfigError
 from labelzip.interop.base import ImportOptions
-from labelzip.interop.convert import DEFAULT_FIT_SAMPLE, CodecChoice, import_store
+from labelzip.interop.convert import (
+    DEFAULT_FIT_SAMPLE,
+    CodecChoice,
+    import_store,
+    open_import,
+)
 from labelzip.interop.formats import available_formats, resolve_format_name
 from labelzip.io import check_output_path
+from labelzip.pipelines.chunked import sigterm_as_interrupt
+from labelzip.pipelines.import_run import import_chunked
 from labelzip.selection.auto import AUTO_KEY, format_table
 
 __all__ = ["build_parser", "main"]
@@ -38,12 +46,18 @@ EPILOG = """examples:
   labelzip import --format lpld soft_labels/ --codec vqae --ratio 40 -o labels.lz
   labelzip import --format lpld soft_labels/ --ratio 40 -o labels.lz   # --codec auto
   labelzip import --format fkd FKD_soft_label/ --num-classes 1000 -o labels.lz
+  torchrun --nproc_per_node 8 -m labelzip import --format lpld soft_labels/ --codec vqae --ratio 40 -o labels.lz
 
 With a target and no --codec, auto measures the codecs on held-out labels and
 picks one (docs/auto.md). Without --codec or a target the import is lossless (fp16 logits stay fp16, top-k stays top-k):
 `labelzip export` gives every file back element for element. --ratio counts every
 byte of the archive (augmentation side information included) against dense fp16.
 See docs/interop.md for each format.
+
+Under torchrun, rank 0 fits (or auto chooses) the codec, every rank encodes a
+share of the chunks into a partial file beside the output, and rank 0 joins
+them into one archive, byte-identical to a single-process import. See
+docs/scaling.md.
 """
 
 
@@ -105,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-fingerprint", help="dataset identifier to record")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="user metadata")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dist_timeout_option(p)
     add_json_option(p)
     return p
 
@@ -115,7 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    refuse_several_ranks("import")
     args.format = resolve_format_name(args.format)
     out = check_output_path(args.output, [args.path])
     store = Path(args.path).resolve()
@@ -153,18 +167,49 @@ def _run(args: argparse.Namespace) -> int:
         teacher=args.teacher,
         user=parse_key_values(args.meta, "--meta"),
     )
-    with progress("importing", None, enabled=not args.quiet) as advance:
-        account = import_store(
-            args.path,
-            args.format,
-            out,
-            options=options,
-            codec=choice,
-            chunk_size=args.chunk_size,
-            metadata=metadata,
-            reference=args.reference,
-            on_progress=advance,
-        )
+    ranks, _ = join(resolve_device("cpu"), args.dist_timeout)
+    try:
+        if not ranks.is_distributed:
+            with progress("importing", None, enabled=not args.quiet) as advance:
+                account = import_store(
+                    args.path,
+                    args.format,
+                    out,
+                    options=options,
+                    codec=choice,
+                    chunk_size=args.chunk_size,
+                    metadata=metadata,
+                    reference=args.reference,
+                    on_progress=advance,
+                )
+        else:
+            show = not args.quiet and ranks.is_main
+            with (
+                sigterm_as_interrupt(),
+                progress("importing", None, enabled=show) as advance,
+            ):
+                plan = open_import(
+                    args.path,
+                    args.format,
+                    options=options,
+                    codec=choice,
+                    metadata=metadata,
+                )
+                shared = import_chunked(
+                    out,
+                    args.path,
+                    plan,
+                    chunk_size=args.chunk_size,
+                    reference=args.reference,
+                    ranks=ranks,
+                    on_chunk=advance,
+                    report=lambda exc: print_error("import", exc),
+                )
+            if shared is None:  # a rank other than 0: rank 0 reports
+                return 0
+            account = shared
+    finally:
+        leave(ranks)
     _report(out, account, args)
     return 0
 

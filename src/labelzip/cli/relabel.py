@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from labelzip.augment import ViewConfig
-from labelzip.cli import run_command
+from labelzip.cli import print_error, run_command
 from labelzip.cli._common import (
     add_codec_option_flags,
     add_device_option,
+    add_dist_timeout_option,
     add_json_option,
     add_rate_options,
     codec_options,
@@ -25,15 +26,17 @@ from labelzip.cli._common import (
 )
 from labelzip.codecs.registry import available_codecs
 from labelzip.distill import DistilledSet
-from labelzip.distributed import refuse_several_ranks
+from labelzip.distributed import Ranks, join, leave, run_on_main
 from labelzip.errors import ConfigError
 from labelzip.io import check_output_path
+from labelzip.pipelines.chunked import sigterm_as_interrupt
 from labelzip.pipelines.relabel import (
     RelabelConfig,
     RelabelOutput,
     RelabelResult,
     relabel,
 )
+from labelzip.pipelines.relabel_ranks import relabel_chunked
 from labelzip.pipelines.sources import (
     DATA_SOURCES,
     TEACHERS,
@@ -56,6 +59,8 @@ EPILOG = """examples:
       --codec vqae --ratio 40 --device cuda -o in1k-vqae.lz
   labelzip relabel mine.safetensors --dataset folder --data-dir train/ --epochs 30 -o mine.lz
   labelzip relabel mine.safetensors --teacher-file teacher.ts --epochs 30 -o mine.lz
+  torchrun --nproc_per_node 8 -m labelzip relabel in1k.safetensors --epochs 300 \
+      --codec vqae --ratio 40 --device cuda -o in1k-vqae.lz
 
 Teacher: a small one (convnet, resnet) trains on --dataset/--data-dir (give the
 data options you gave `labelzip distill`: the set's source fingerprint is
@@ -70,6 +75,12 @@ replays the views exactly, so augmentations cost ~0 bytes per view.
 view) for comparison. --ratio counts every byte against dense fp16 logits;
 --auto-prune keeps labels for fewer views per image (LPLD) when the codec
 cannot meet the ratio with all of them.
+
+Under torchrun, rank 0 labels the fit sample and fits the codec, every rank
+runs the teacher on its share of the views and encodes them into a partial
+file beside the output, and rank 0 joins them into one archive, byte-identical
+to a single-process run (--device cuda means cuda:LOCAL_RANK). See
+docs/scaling.md.
 """
 
 
@@ -157,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-views", type=int, default=16384, help="labels codecs fit on")
     p.add_argument("--chunk-size", type=int, default=4096, help="labels per chunk")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_device_option(p, "render views and run the teacher")
+    add_device_option(
+        p,
+        "render views and run the teacher (under torchrun: cuda means cuda:LOCAL_RANK)",
+    )
+    add_dist_timeout_option(p)
     add_json_option(p)
     return p
 
@@ -198,7 +213,6 @@ def _output(args: argparse.Namespace) -> RelabelOutput:
 
 
 def _run(args: argparse.Namespace) -> int:
-    refuse_several_ranks("relabel")
     output = _output(args)
     device = resolve_device(args.device)
     distilled = DistilledSet.load(args.set)
@@ -213,19 +227,61 @@ def _run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         store_augmentations=args.store_augmentations,
     )
-    teacher, teacher_id = _teacher(args, distilled, device)
-    with progress_bar("relabelling views", enabled=not args.quiet) as update:
-        result = relabel(
-            distilled,
-            teacher,
-            [output],
-            config,
-            teacher_id=teacher_id,
-            device=device,
-            progress=update,
-        )
+    ranks, device = join(device, args.dist_timeout)
+    try:
+        teacher, teacher_id = _shared_teacher(args, distilled, device, ranks)
+        show = not args.quiet and ranks.is_main
+        with progress_bar("relabelling views", enabled=show) as update:
+            if not ranks.is_distributed:
+                result: RelabelResult | None = relabel(
+                    distilled,
+                    teacher,
+                    [output],
+                    config,
+                    teacher_id=teacher_id,
+                    device=device,
+                    progress=update,
+                )
+            else:
+                with sigterm_as_interrupt():
+                    result = relabel_chunked(
+                        distilled,
+                        teacher,
+                        output,
+                        config,
+                        teacher_id=teacher_id,
+                        device=device,
+                        ranks=ranks,
+                        progress=update,
+                        report=lambda exc: print_error("relabel", exc),
+                    )
+    finally:
+        leave(ranks)
+    if result is None:  # a rank other than 0: rank 0 reports
+        return 0
     _report(result, config, teacher_id, args)
     return 0
+
+
+def _shared_teacher(
+    args: argparse.Namespace,
+    distilled: DistilledSet,
+    device: torch.device,
+    ranks: Ranks,
+) -> tuple[nn.Module, str]:
+    """The teacher, loaded by rank 0 first: a small teacher trains once, on rank 0,
+    and the other ranks load it from the cache it leaves."""
+
+    if not ranks.is_distributed or args.teacher_file is not None:
+        return _teacher(args, distilled, device)
+    loaded: list[tuple[nn.Module, str]] = []
+
+    def first() -> bool:
+        loaded.append(_teacher(args, distilled, device))
+        return True
+
+    run_on_main(ranks, first, "loading the teacher")
+    return loaded[0] if loaded else _teacher(args, distilled, device)
 
 
 def _teacher(

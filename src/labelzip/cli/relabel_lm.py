@@ -26,6 +26,7 @@ from labelzip.cli._common import (
     with_run_defaults,
 )
 from labelzip.codecs.registry import available_codecs
+from labelzip.distributed import refuse_several_ranks
 from labelzip.errors import ConfigError
 from labelzip.io import check_output_path
 from labelzip.lm.corpus import CorpusConfig, build_corpus
@@ -214,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    refuse_several_ranks("relabel-lm")
     out = check_output_path(args.output, [args.teacher, *(args.corpus or ())])
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))

@@ -40,10 +40,16 @@ from labelzip.interop.base import (
     ExportOptions,
     ImportedStore,
     ImportOptions,
-    SparseCodec,
     StoreRecord,
 )
 from labelzip.interop.formats import get_format, resolve_format_name
+from labelzip.interop.label_range import (
+    TopkBlocks,
+    named,
+    record_rows,
+    record_side,
+    sparse_import,
+)
 from labelzip.ops.reservoir import Reservoir
 from labelzip.outputs import atomic_folder
 from labelzip.selection.auto import (
@@ -58,10 +64,13 @@ from labelzip.selection.sample import LabelSample
 
 __all__ = [
     "CodecChoice",
+    "ImportPlan",
     "export_archive",
     "fit_rows",
+    "import_codec",
     "import_store",
     "lossless_codec",
+    "open_import",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,6 +150,75 @@ def lossless_codec(store: ImportedStore) -> Codec:
     return codec.fit([torch.zeros(1, store.num_classes)])
 
 
+@dataclass
+class ImportPlan:
+    """An opened store and how it is encoded (what :func:`open_import` checked).
+
+    Attributes:
+        store: the opened store.
+        choice: the codec choice (a target without a codec means ``auto``).
+        metadata: the archive metadata, the import's interop record included.
+    """
+
+    store: ImportedStore
+    choice: CodecChoice
+    metadata: ArchiveMetadata
+
+    @property
+    def lossless(self) -> bool:
+        return self.choice.name is None
+
+
+def open_import(
+    path: str | os.PathLike[str],
+    format_name: str,
+    *,
+    options: ImportOptions | None = None,
+    codec: CodecChoice | None = None,
+    metadata: ArchiveMetadata | None = None,
+) -> ImportPlan:
+    """Check the codec choice and open the store (see :func:`import_store`).
+
+    Raises:
+        InputError: a missing or malformed store (naming the file).
+        ConfigError: a choice that contradicts itself.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise InputError(f"label store {str(source)!r} does not exist")
+    choice = codec or CodecChoice()
+    has_target = choice.ratio is not None or choice.bits_per_label is not None
+    if choice.name is None and has_target:  # a target re-encodes: auto by default
+        choice = dataclasses.replace(choice, name=AUTO)
+    if choice.name == AUTO and not has_target:
+        raise ConfigError(
+            "--codec auto chooses for a target: give --ratio or --bits-per-label"
+        )
+    if choice.name == AUTO and choice.options:
+        raise ConfigError("codec options (--opt, --k, --decoder) need a named --codec")
+    fmt = get_format(format_name)
+    store = fmt.open(source, options or ImportOptions())
+    doc = {**store.describe(), "lossless": choice.name is None}
+    base = metadata or ArchiveMetadata()
+    meta = ArchiveMetadata(
+        class_names=base.class_names,
+        dataset_fingerprint=base.dataset_fingerprint,
+        teacher=base.teacher,
+        user={**dict(base.user), INTEROP_KEY: doc},
+    )
+    return ImportPlan(store, choice, meta)
+
+
+def import_codec(
+    plan: ImportPlan, chunk_size: int, reference: str
+) -> tuple[Codec, ArchiveMetadata]:
+    """The fitted codec (pass 1 when it learns from the labels) and the archive
+    metadata, which records the choice when ``auto`` chose."""
+    if plan.choice.name is None:
+        return lossless_codec(plan.store), plan.metadata
+    return _fit(plan.store, plan.choice, plan.metadata, chunk_size, reference)
+
+
 def import_store(
     path: str | os.PathLike[str],
     format_name: str,
@@ -167,34 +245,11 @@ def import_store(
     Returns:
         The archive's storage account (side bytes included).
     """
-    source = Path(path)
-    if not source.exists():
-        raise InputError(f"label store {str(source)!r} does not exist")
-    choice = codec or CodecChoice()
-    has_target = choice.ratio is not None or choice.bits_per_label is not None
-    if choice.name is None and has_target:  # a target re-encodes: auto by default
-        choice = dataclasses.replace(choice, name=AUTO)
-    if choice.name == AUTO and not has_target:
-        raise ConfigError(
-            "--codec auto chooses for a target: give --ratio or --bits-per-label"
-        )
-    if choice.name == AUTO and choice.options:
-        raise ConfigError("codec options (--opt, --k, --decoder) need a named --codec")
-    fmt = get_format(format_name)
-    store = fmt.open(source, options or ImportOptions())
-    doc = {**store.describe(), "lossless": choice.name is None}
-    base = metadata or ArchiveMetadata()
-    meta = ArchiveMetadata(
-        class_names=base.class_names,
-        dataset_fingerprint=base.dataset_fingerprint,
-        teacher=base.teacher,
-        user={**dict(base.user), INTEROP_KEY: doc},
+    plan = open_import(
+        path, format_name, options=options, codec=codec, metadata=metadata
     )
-    if choice.name is None:
-        fitted = lossless_codec(store)
-    else:
-        fitted, meta = _fit(store, choice, meta, chunk_size, reference)
-    return _write(store, fitted, output, chunk_size, meta, reference, on_progress)
+    fitted, meta = import_codec(plan, chunk_size, reference)
+    return _write(plan.store, fitted, output, chunk_size, meta, reference, on_progress)
 
 
 def _fit(
@@ -340,8 +395,8 @@ def _write(
 ) -> StorageAccount:
     """Pass 2 (or the only pass): every record into the archive, in order."""
     lossless = bool(metadata.user[INTEROP_KEY]["lossless"])
-    sparse = isinstance(codec, SparseCodec) and store.kind == "topk" and lossless
-    blocks = _Blocks(codec, chunk_size) if sparse else None
+    sparse = sparse_import(codec, store, lossless)
+    blocks = TopkBlocks(codec, chunk_size) if sparse else None
     with ArchiveWriter(
         output,
         codec,
@@ -354,9 +409,7 @@ def _write(
             try:
                 _write_record(writer, store, record, blocks, lossless)
             except InputError as exc:  # the writer's checks, with the file named
-                if record.source in str(exc):
-                    raise
-                raise InputError(f"{record.source}: {exc}") from exc
+                raise named(record, exc) from exc
             if on_progress is not None:
                 on_progress(record.rows)
         if blocks is not None:
@@ -370,7 +423,7 @@ def _write_record(
     writer: ArchiveWriter,
     store: ImportedStore,
     record: StoreRecord,
-    blocks: _Blocks | None,
+    blocks: TopkBlocks | None,
     lossless: bool,
 ) -> None:
     """One record's labels and side rows into the writer."""
@@ -378,51 +431,10 @@ def _write_record(
         assert record.topk_values is not None and record.topk_ids is not None
         for block in blocks.add(record.topk_values, record.topk_ids):
             writer.write_block(block)
-    elif record.dense is not None and lossless:
-        writer.write(record.dense)
     else:
-        writer.write(store.to_dense(record))
-    for name, rows in record.side.items():
-        _check_side(record, name, rows)
+        writer.write(record_rows(store, record, lossless))
+    for name, rows in record_side(record):
         writer.append_side(name, rows)
-    for name, rows in record.file_side.items():
-        writer.append_side(name, rows)
-    for name, rows in record.blobs.items():
-        writer.append_side(name, rows)
-
-
-def _check_side(record: StoreRecord, name: str, rows: torch.Tensor) -> None:
-    if rows.dim() < 1 or rows.shape[0] != record.rows:
-        raise InputError(
-            f"{record.source}: {name} has {rows.shape[0] if rows.dim() else 0} rows "
-            f"but the file holds {record.rows} labels"
-        )
-
-
-class _Blocks:
-    """Re-cut (values, ids) pairs into full chunks for a codec's ``encode_topk``."""
-
-    def __init__(self, codec: Codec, chunk_size: int) -> None:
-        assert isinstance(codec, SparseCodec)
-        self.codec = codec
-        self.size = chunk_size
-        self.values: list[torch.Tensor] = []
-        self.ids: list[torch.Tensor] = []
-        self.held = 0
-
-    def add(self, values: torch.Tensor, ids: torch.Tensor) -> Iterator[Any]:
-        self.values.append(values)
-        self.ids.append(ids)
-        self.held += int(values.shape[0])
-        while self.held >= self.size:
-            v, i = torch.cat(self.values), torch.cat(self.ids)
-            yield self.codec.encode_topk(v[: self.size], i[: self.size])
-            self.values, self.ids = [v[self.size :]], [i[self.size :]]
-            self.held -= self.size
-
-    def finish(self) -> Iterator[Any]:
-        if self.held:
-            yield self.codec.encode_topk(torch.cat(self.values), torch.cat(self.ids))
 
 
 def export_archive(

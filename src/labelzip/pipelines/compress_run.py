@@ -1,49 +1,20 @@
 """The encode pass of ``compress`` in chunks: resumable, and split across torchrun ranks.
 
-One process or N (``torchrun``) run the same steps:
-
-1. every rank opens the input and checks that all ranks see the same input
-   (:meth:`LogitStore.fingerprint`) and the same settings;
-2. rank 0 fits the codec (pass 1, exactly as a single process: same
-   reservoir, same seed) and sends it to the others;
-3. the archive's chunks (``chunk_size`` stored labels each; with pruning,
-   the kept labels) are split into contiguous ranges, one per rank; each rank
-   encodes its range with :class:`~labelzip.archive.chunks.ChunkEncoder`
-   and appends the chunks to its partial file in the output folder
-   (:mod:`labelzip.pipelines.partial`);
-4. rank 0 waits for all ranks, links every chunk, in chunk order, into one
-   :class:`~labelzip.archive.ArchiveWriter` and writes the archive
-   atomically. The header, the model and every chunk are those of a
-   single-process run, so the archive is byte-identical to it.
-
-The ranks share nothing but the output folder: the chunks travel through the
-partial files there, the codec and the status messages through the process
-group.
-
-Resuming (``--resume``): a run that was stopped (killed, interrupted, or a rank
-that died or hangs) keeps its partial files; a rerun with ``--resume`` fits the
-codec again (same seed, so the same codec: its digest must equal the one
-recorded), keeps each rank's complete, intact chunks and encodes the rest.
-Without ``--resume``, partial files of an earlier run are removed with a
-notice. A run that fails with an error a rank reports (a full disk, a missing
-partial file at merge, ranks that disagree) removes the partial files of the
-run.
+A :class:`~labelzip.pipelines.chunked.ChunkJob` over a
+:class:`~labelzip.logit_store.LogitStore`: rank 0 fits the codec (pass 1,
+exactly as a single process: same reservoir, same seed), each rank encodes its
+range of the archive's chunks (``chunk_size`` stored labels each; with
+pruning, the kept labels) with :class:`~labelzip.archive.chunks.ChunkEncoder`,
+and rank 0 joins them into one archive, byte-identical to a single-process
+run. :mod:`labelzip.pipelines.chunked` holds the steps every rank runs,
+partial files and ``--resume`` included.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
-import logging
-import math
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import torch
 
@@ -52,29 +23,19 @@ from labelzip.archive import ArchiveMetadata, ArchiveWriter, Layout
 from labelzip.archive.chunks import ChunkEncoder
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
-from labelzip.distributed import (
-    Ranks,
-    all_gather_bytes,
-    broadcast_object,
-    check_alive,
-    run_on_main,
-)
-from labelzip.errors import (
-    DistributedError,
-    InputError,
-    LabelzipError,
-    ReportedError,
-)
+from labelzip.distributed import Ranks
 from labelzip.logit_store import LogitStore
-from labelzip.pipelines.compress import CompressSettings
-from labelzip.pipelines.partial import (
-    PartialFile,
-    PartialMismatchError,
-    find_partials,
-    partial_path,
-    read_partial,
-    remove_partials,
+from labelzip.pipelines.chunked import (
+    ChunkSink,
+    OnChunk,
+    Report,
+    codec_digest,
+    json_digest,
+    rank_chunks,
+    run_chunked,
+    sigterm_as_interrupt,
 )
+from labelzip.pipelines.compress import CompressSettings
 
 __all__ = [
     "chunk_rows",
@@ -85,13 +46,7 @@ __all__ = [
     "sigterm_as_interrupt",
 ]
 
-logger = logging.getLogger(__name__)
-
-_STATUS_BYTES = 1024  # one rank's status message: a flag and a UTF-8 line
-
 Fit = Callable[[], Codec]
-OnChunk = Callable[[int], None]
-Report = Callable[[LabelzipError], None]
 
 
 def run_digest(
@@ -101,31 +56,15 @@ def run_digest(
     metadata: ArchiveMetadata,
 ) -> str:
     """sha256 of everything besides the input values that decides the archive's bytes."""
-    doc = {
-        "settings": dataclasses.asdict(settings),
-        "layout": layout.to_dict(),
-        "metadata": dataclasses.asdict(metadata),
-        "classes": store.num_classes,
-        "dtype": str(store.dtype),
-    }
-    text = json.dumps(doc, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def codec_digest(codec: Codec) -> str:
-    """sha256 of a fitted codec's stored config and model tensors (what the archive
-    records of it): equal for two fits that give the same archive header."""
-    digest = hashlib.sha256(json.dumps(codec.to_config(), sort_keys=True).encode())
-    for name, tensor in sorted(codec.model_tensors().items()):
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}:{flat.dtype}:{list(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def rank_chunks(num_chunks: int, rank: int, world: int) -> range:
-    """The contiguous chunk range of ``rank``: ``num_chunks`` split as evenly as possible."""
-    return range(num_chunks * rank // world, num_chunks * (rank + 1) // world)
+    return json_digest(
+        {
+            "settings": dataclasses.asdict(settings),
+            "layout": layout.to_dict(),
+            "metadata": dataclasses.asdict(metadata),
+            "classes": store.num_classes,
+            "dtype": str(store.dtype),
+        }
+    )
 
 
 def chunk_rows(
@@ -151,83 +90,8 @@ def chunk_rows(
     return rows[flat - first], flat
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's preemption, torchrun stopping a job) raises
-    KeyboardInterrupt while the block runs, so temporary files are removed and
-    partial files closed as on Ctrl-C, and kept for ``--resume``."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _agree(ranks: Ranks, fingerprint: str, settings: str) -> None:
-    """Refuse ranks that see other input or settings than rank 0."""
-    mine = bytes.fromhex(fingerprint) + bytes.fromhex(settings)
-    seen = all_gather_bytes(ranks, mine, len(mine), "comparing the input of all ranks")
-    for what, part in (("input", slice(0, 32)), ("settings", slice(32, 64))):
-        first = seen[0][part]
-        other = [r for r, got in enumerate(seen) if got[part] != first]
-        if other:
-            raise DistributedError(
-                f"ranks disagree on the {what}: rank {other[0]} sees {what} "
-                f"{seen[other[0]][part].hex()[:8]} but rank 0 sees {first.hex()[:8]}; "
-                "every rank must read the same logits with the same options"
-            )
-
-
-def _prepare_partials(out: Path, fingerprint: str, world: int, resume: bool) -> None:
-    """Rank 0, before any rank writes: drop partial files a resumed run cannot use
-    (or all of them without ``--resume``), refuse a resume with another world size."""
-    found = find_partials(out)
-    mine = fingerprint[:8]
-    if not resume:
-        remove_partials(list(found), out, "not resumed: no --resume")
-        return
-    same_input = {p: w for p, (fp, _, w) in found.items() if fp == mine}
-    worlds = sorted(set(same_input.values()))
-    if worlds and world not in worlds:
-        raise InputError(
-            f"--resume: the partial run of {out.name} used {worlds[0]} process(es) and "
-            f"this run has {world}; resume with the same number of processes, or drop "
-            "--resume to start over"
-        )
-    stale = [p for p, (fp, _, w) in found.items() if fp != mine or w != world]
-    remove_partials(stale, out, "made from other input")
-    if not same_input:
-        logger.warning(
-            "labelzip: nothing to resume for %s; starting from the first chunk", out
-        )
-
-
-# Status flags of a rank: done, failed, or failed in a way that keeps the
-# partial files (a --resume that does not match them).
-_OK, _FAILED, _FAILED_KEEP = b"o", b"f", b"k"
-
-
-def _status_line(failure: LabelzipError | None) -> bytes:
-    if failure is None:
-        return _OK
-    flag = _FAILED_KEEP if isinstance(failure, PartialMismatchError) else _FAILED
-    return flag + str(failure).encode("utf-8")[: _STATUS_BYTES - 1]
-
-
-def _parse_status(raw: bytes) -> tuple[bytes, str]:
-    return raw[:1], raw[1:].rstrip(b"\0").decode("utf-8", "replace")
-
-
-class _Run:
-    """The state of one rank's chunked encode (see the module docstring)."""
+class _CompressJob:
+    """A logits file into an archive (the :class:`ChunkJob` of ``compress``)."""
 
     def __init__(
         self,
@@ -237,136 +101,39 @@ class _Run:
         layout: Layout,
         plan: PrunePlan | None,
         metadata: ArchiveMetadata,
-        ranks: Ranks,
+        fit: Fit,
     ) -> None:
         self.out, self.store, self.settings = out, store, settings
-        self.layout, self.plan, self.metadata, self.ranks = (
-            layout,
-            plan,
-            metadata,
-            ranks,
-        )
+        self.layout, self.plan, self.metadata, self._fit = layout, plan, metadata, fit
+        self.chunk_size = settings.chunk_size
         self.num_stored = plan.num_kept if plan is not None else layout.num_labels
-        self.num_chunks = math.ceil(self.num_stored / settings.chunk_size)
         self.fingerprint = store.fingerprint()
         self.settings_digest = run_digest(store, settings, layout, metadata)
 
-    def path(self, rank: int) -> Path:
-        return partial_path(self.out, self.fingerprint, rank, self.ranks.world)
+    def fit(self) -> Codec:
+        return self._fit()
 
-    def header(self, rank: int, codec: str) -> dict[str, Any]:
-        chunks = rank_chunks(self.num_chunks, rank, self.ranks.world)
-        return {
-            "format": 1,
-            "input": self.fingerprint,
-            "settings": self.settings_digest,
-            "codec": codec,
-            "rank": rank,
-            "world": self.ranks.world,
-            "chunks": [chunks.start, chunks.stop],
-            "chunk_size": self.settings.chunk_size,
-        }
+    def encode(self, codec: Codec, chunks: range, sink: ChunkSink) -> None:
+        encoder = ChunkEncoder(codec, layout=self.layout, metadata=self.metadata)
+        for index in chunks:
+            rows, flat = chunk_rows(
+                self.store, self.plan, self.chunk_size, self.num_stored, index
+            )
+            sink(encoder.encode(rows, flat))
 
-    def labels_of(self, index: int) -> int:
-        size = self.settings.chunk_size
-        return min(size, self.num_stored - index * size)
-
-    def unfinished(self) -> str:
-        """Rank 0 after a failed wait: the ranks whose partial files are not complete
-        (``rank 1 (2 of 5 chunks)``), judged from the files in the shared folder."""
-        late = []
-        for rank, path in enumerate(self.all_paths()):
-            want = len(rank_chunks(self.num_chunks, rank, self.ranks.world))
-            try:
-                have = len(read_partial(path)[1])
-            except InputError:
-                have = 0
-            if have < want:
-                late.append(f"rank {rank} ({have} of {want} chunks)")
-        return ", ".join(late)
-
-    def all_paths(self) -> list[Path]:
-        return [self.path(r) for r in range(self.ranks.world)]
-
-    # -- steps -----------------------------------------------------------------------
-    def fit(self, fit: Fit, resume: bool) -> Codec:
-        """Rank 0 fits; every rank returns the codec (or raises rank 0's failure)."""
-
-        def prepare_and_fit() -> Codec:
-            _prepare_partials(self.out, self.fingerprint, self.ranks.world, resume)
-            return fit()
-
-        return run_on_main(self.ranks, prepare_and_fit, "fitting the codec")
-
-    def encode(self, codec: Codec, resume: bool, on_chunk: OnChunk) -> None:
-        """Encode this rank's chunks into its partial file (after those it has)."""
-        rank = self.ranks.rank
-        mine = rank_chunks(self.num_chunks, rank, self.ranks.world)
-        header = self.header(rank, codec_digest(codec))
-        partial = PartialFile(self.path(rank), header, rank=rank, resume=resume)
-        try:
-            encoder = ChunkEncoder(codec, layout=self.layout, metadata=self.metadata)
-            for index in mine[partial.num_chunks :]:
-                rows, flat = chunk_rows(
-                    self.store,
-                    self.plan,
-                    self.settings.chunk_size,
-                    self.num_stored,
-                    index,
-                )
-                partial.append(encoder.encode(rows, flat))
-                on_chunk(rows.shape[0])
-        finally:
-            partial.close()
-
-    def merge(self, codec: Codec) -> StorageAccount:
-        """Rank 0: every rank's chunks, in order, into one archive."""
-        expected = codec_digest(codec)
-        writer = ArchiveWriter(
+    def writer(self, codec: Codec) -> ArchiveWriter:
+        return ArchiveWriter(
             self.out,
             codec,
             layout=self.layout,
-            chunk_size=self.settings.chunk_size,
+            chunk_size=self.chunk_size,
             prune=self.plan,
             metadata=self.metadata,
             reference=self.settings.reference,
         )
-        try:
-            for rank, path in enumerate(self.all_paths()):
-                self._link(writer, rank, path, expected)
-            return writer.close()
-        except BaseException:
-            writer.abort()
-            raise
 
-    def _link(self, writer: ArchiveWriter, rank: int, path: Path, codec: str) -> None:
-        if not path.exists():
-            raise InputError(
-                f"the partial file of rank {rank} is missing at merge: {str(path)!r}; "
-                "every rank must write into the same output folder (on several "
-                "machines, a folder they all share)"
-            )
-        header, records = read_partial(path)
-        if header != self.header(rank, codec):
-            raise InputError(
-                f"{path.name} holds chunks of another run (its header differs); "
-                "run again without --resume"
-            )
-        mine = rank_chunks(self.num_chunks, rank, self.ranks.world)
-        if len(records) != len(mine):
-            raise InputError(
-                f"{path.name} holds {len(records)} of the {len(mine)} chunks of rank "
-                f"{rank}; run again (with --resume to keep them)"
-            )
-        for index, record in zip(mine, records, strict=True):
-            if record.num_labels != self.labels_of(index):
-                raise InputError(
-                    f"{path.name}: chunk {index} holds {record.num_labels} labels, "
-                    f"expected {self.labels_of(index)}"
-                )
-            writer.link_chunk(
-                path, record.offset, record.num_labels, record.nbytes, record.sha256
-            )
+    def release(self) -> None:
+        """Nothing to drop: the caller owns the store."""
 
 
 def compress_chunked(
@@ -390,93 +157,14 @@ def compress_chunked(
         store, settings, layout, plan, metadata: as for
             :func:`~labelzip.pipelines.compress.write_archive`.
         fit: fits the codec (called on rank 0 only).
-        ranks: this process's rank (default: a single process).
-        resume: continue from the partial files of a killed run.
-        on_chunk: called with the labels of each chunk this rank encodes.
-        report: prints a failure's one-line message. When one rank fails, every
-            rank reports its error while all are still alive and then raises
-            :class:`ReportedError`: torchrun stops the other ranks as soon as
-            the first exits, which could cut their lines.
+        ranks, resume, on_chunk, report: as for
+            :func:`~labelzip.pipelines.chunked.run_chunked`.
 
     Returns:
         The codec and, on rank 0, the archive's storage account (None on the
         other ranks).
-
-    Raises:
-        DistributedError: ranks that disagree on the input, or another rank
-            that failed, died or hung (naming it).
-        InputError: a full disk, a missing partial file, a resume that does
-            not match; the partial files of the run are removed.
     """
-    ranks = ranks or Ranks()
-    run = _Run(out, store, settings, layout, plan, metadata, ranks)
-    _agree(ranks, run.fingerprint, run.settings_digest)
-    codec = run.fit(fit, resume)
-    failure: LabelzipError | None = None
-    try:
-        run.encode(codec, resume, on_chunk or (lambda n: None))
-    except LabelzipError as exc:
-        if not ranks.is_distributed:
-            if not isinstance(exc, PartialMismatchError):
-                _remove(run, everyone=True)
-            raise
-        failure = exc
-    try:
-        check_alive(ranks, "waiting for every rank to finish encoding")
-        line = _status_line(failure)
-        seen = all_gather_bytes(
-            ranks, line, _STATUS_BYTES, "collecting the ranks' status"
-        )
-    except DistributedError as exc:
-        # A rank that vanished was killed, crashed or hangs: the chunks done are
-        # kept for --resume (preempting a job stops its ranks one by one).
-        missing = run.unfinished() if ranks.is_main else ""
-        if missing:
-            raise DistributedError(
-                f"{missing} died or stopped answering while encoding (waited up to "
-                f"{ranks.timeout_s:g} s, --dist-timeout); the chunks done are kept: "
-                "rerun with --resume to continue, or without it to start over"
-            ) from exc
-        raise
-    status = [_parse_status(raw) for raw in seen]
-    failed = [(r, msg) for r, (flag, msg) in enumerate(status) if flag != _OK]
-    if failed:
-        if all(flag != _FAILED_KEEP for flag, _ in status):
-            _remove(run, everyone=ranks.is_main)
-        rank, message = failed[0]
-        error = (
-            failure
-            if failure is not None
-            else DistributedError(f"rank {rank} of {ranks.world} failed: {message}")
-        )
-        if report is None:
-            raise error
-        report(error)
-        with contextlib.suppress(DistributedError):  # a rank gone since: no wait
-            check_alive(ranks, "reporting the failure")
-        raise ReportedError(str(error)) from error
-    account = None
-    merge_error = ""
-    if ranks.is_main:
-        try:
-            account = run.merge(codec)
-        except LabelzipError as exc:
-            merge_error = str(exc)
-            if not ranks.is_distributed:
-                raise
-            broadcast_object(ranks, merge_error, "reporting the merge")
-            raise
-        finally:
-            _remove(run, everyone=True)
-    merge_error = broadcast_object(ranks, merge_error, "reporting the merge")
-    if merge_error:
-        _remove(run, everyone=False)  # in a folder rank 0 does not see, if any
-        raise DistributedError(f"rank 0 failed to write the archive: {merge_error}")
-    return codec, account
-
-
-def _remove(run: _Run, *, everyone: bool) -> None:
-    """Delete this rank's partial file, or (rank 0) those of every rank."""
-    paths = run.all_paths() if everyone else [run.path(run.ranks.rank)]
-    for path in paths:
-        path.unlink(missing_ok=True)
+    job = _CompressJob(out, store, settings, layout, plan, metadata, fit)
+    return run_chunked(
+        job, ranks=ranks, resume=resume, on_chunk=on_chunk, report=report
+    )

@@ -80,10 +80,15 @@ __all__ = [
     "RelabelOutput",
     "RelabelResult",
     "RelabelledArchive",
+    "ViewLabeller",
     "default_view_config",
+    "explicit_records",
+    "fit_output",
     "plan_output",
     "relabel",
     "relabel_metadata",
+    "relabel_result",
+    "view_batches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,7 +99,22 @@ _FIT_BATCH = 4096
 # ---------------------------------------------------------------- the teacher pass
 
 
-class _ViewLabeller:
+def view_batches(
+    flat: torch.Tensor, num_images: int, config: RelabelConfig
+) -> Iterator[tuple[int, slice]]:
+    """The teacher batches of sorted flat view indices: (epoch, positions in
+    ``flat``), at most ``batch_size`` views of one epoch each. A teacher's
+    logits may depend on the batch a view is in (kernels chosen by batch
+    size), so every pass over the same views uses these batches."""
+    bounds = torch.searchsorted(
+        flat, torch.arange(config.epochs + 1, dtype=torch.int64) * num_images
+    ).tolist()
+    for epoch in range(config.epochs):
+        for start in range(bounds[epoch], bounds[epoch + 1], config.batch_size):
+            yield epoch, slice(start, min(start + config.batch_size, bounds[epoch + 1]))
+
+
+class ViewLabeller:
     """Renders views (e, i) and runs the teacher on them, in flat-index order."""
 
     def __init__(
@@ -124,15 +144,10 @@ class _ViewLabeller:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(flat (B,), logits (B, C) float32 CPU) for sorted flat indices."""
         m = self.num_images
-        bounds = torch.searchsorted(
-            flat, torch.arange(self.config.epochs + 1, dtype=torch.int64) * m
-        ).tolist()
-        for epoch in range(self.config.epochs):
-            sel = flat[bounds[epoch] : bounds[epoch + 1]]
-            for start in range(0, len(sel), self.config.batch_size):
-                block = sel[start : start + self.config.batch_size]
-                yield block, self.label(epoch, block - epoch * m)
-                progress(len(block))
+        for epoch, part in view_batches(flat, m, self.config):
+            block = flat[part]
+            yield block, self.label(epoch, block - epoch * m)
+            progress(len(block))
 
     @torch.inference_mode()
     def label(self, epoch: int, index: torch.Tensor) -> torch.Tensor:
@@ -200,7 +215,7 @@ def relabel_metadata(
     )
 
 
-def _explicit_records(
+def explicit_records(
     images: torch.Tensor, config: RelabelConfig, view: ViewConfig
 ) -> dict[str, torch.Tensor]:
     """Explicit parameters of all E * M views in flat order (side tensors)."""
@@ -274,7 +289,7 @@ def plan_output(
 # ---------------------------------------------------------------- fitting, writing
 
 
-def _fit(
+def fit_output(
     job: _Job,
     rows: torch.Tensor,
     layout: Layout,
@@ -422,12 +437,12 @@ def relabel(
         image_set, images, config, view, teacher_id or model_id(teacher)
     )
     records = (
-        _explicit_records(images, config, view) if config.store_augmentations else {}
+        explicit_records(images, config, view) if config.store_augmentations else {}
     )
     jobs = [
         plan_output(o, layout, num_classes, metadata, records, config) for o in outputs
     ]
-    labeller = _ViewLabeller(images, teacher, view, config, num_classes, device)
+    labeller = ViewLabeller(images, teacher, view, config, num_classes, device)
     return _run(jobs, labeller, layout, metadata, config, device, progress, start)
 
 
@@ -440,7 +455,7 @@ def _needed(jobs: list[_Job], num_views: int) -> torch.Tensor:
 
 def _run(
     jobs: list[_Job],
-    labeller: _ViewLabeller,
+    labeller: ViewLabeller,
     layout: Layout,
     metadata: ArchiveMetadata,
     config: RelabelConfig,
@@ -466,7 +481,9 @@ def _run(
     t_fit = time.perf_counter()
     for job in jobs:
         rows = _gather(cache_flat, cache_rows, job.fit_flat)
-        job.codec = _fit(job, rows, layout, labeller.num_classes, metadata, config)
+        job.codec = fit_output(
+            job, rows, layout, labeller.num_classes, metadata, config
+        )
     seconds = {"fit": time.perf_counter() - t_fit}
     if single:  # every needed label is in memory: write from there
         size = config.batch_size
@@ -482,7 +499,7 @@ def _run(
     labelling = sum(labeller.seconds.values()) - labelling
     seconds["write"] = max(time.perf_counter() - t_write - labelling, 0.0)
     seconds.update(labeller.seconds, total=time.perf_counter() - start)
-    return _result(jobs, accounts, labeller, layout, config, single, seconds)
+    return relabel_result(jobs, accounts, labeller, layout, config, single, seconds)
 
 
 def _with_rate_note(job: _Job, account: StorageAccount) -> StorageAccount:
@@ -496,10 +513,10 @@ def _with_rate_note(job: _Job, account: StorageAccount) -> StorageAccount:
     return dataclasses.replace(account, rate_note=note)
 
 
-def _result(
+def relabel_result(
     jobs: list[_Job],
     accounts: list[StorageAccount],
-    labeller: _ViewLabeller,
+    labeller: ViewLabeller,
     layout: Layout,
     config: RelabelConfig,
     single: bool,
