@@ -59,11 +59,13 @@ from labelzip.selection.record import (
 from labelzip.selection.sample import GroupShape, LabelSample
 
 __all__ = [
+    "AUTO",
     "AUTO_KEY",
     "LM_CANDIDATES",
     "LM_MIN_CLASSES",
     "MIN_STORED_TOP1",
     "VISION_CANDIDATES",
+    "CONTEXT_CANDIDATES",
     "AutoChoice",
     "AutoConfig",
     "Candidate",
@@ -71,17 +73,21 @@ __all__ = [
     "Target",
     "candidates_for",
     "choose_codec",
+    "choose_from_rows",
     "format_table",
+    "resolve_codec_name",
     "run_options",
     "with_auto_record",
 ]
 
+# The codec name that asks for a measured choice.
+AUTO = "auto"
 # Classes from which labels are treated as an LM vocabulary.
 LM_MIN_CLASSES = 8192
 
 # (codec, options) in cost order: a tie within noise goes to the earlier one.
-# Codecs that need a view context (vqae-ctx, ctx-transform) are not candidates:
-# a logits file carries no view recipe.
+# Codecs that need a view context are candidates only where the labels have one
+# (CONTEXT_CANDIDATES, relabel): a logits file carries no view recipe.
 VISION_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("topk", {"decoder": "mr"}),
     ("topk", {"decoder": "ms"}),
@@ -89,6 +95,10 @@ VISION_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("dense", {}),
     ("rskd", {}),
     ("vqae", {}),
+)
+CONTEXT_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("vqae-ctx", {}),
+    ("ctx-transform", {}),
 )
 LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("topk", {"decoder": "ms"}),
@@ -113,6 +123,34 @@ _WIDE_FLOAT = 1.23457e-05
 _PLACEHOLDER_KEEP = 1 / 3
 
 
+def resolve_codec_name(
+    codec: str | None,
+    options: Mapping[str, Any],
+    *,
+    has_target: bool,
+    default: str | None,
+) -> str | None:
+    """The codec a command runs: the named one, :data:`AUTO`, or ``default``.
+
+    No name with a target means :data:`AUTO`; no name without one means
+    ``default`` (a command's fixed codec, or None when it needs a name). Every
+    command that offers ``--codec auto`` resolves it here.
+
+    Raises:
+        ConfigError: ``auto`` without a target, or with codec options (auto
+            chooses them).
+    """
+    if codec is None:
+        codec = AUTO if has_target else default
+    if codec == AUTO and not has_target:
+        raise ConfigError(
+            "--codec auto chooses for a target: give --ratio or --bits-per-label"
+        )
+    if codec == AUTO and options:
+        raise ConfigError("codec options (--opt, --k, --decoder) need a named --codec")
+    return codec
+
+
 def run_options(
     codec: str, options: Mapping[str, Any], config: AutoConfig
 ) -> dict[str, Any]:
@@ -133,7 +171,14 @@ def candidates_for(
 
     Keep fractions that keep the same number of views per sample collapse to one.
     """
-    table = LM_CANDIDATES if target.num_classes > LM_MIN_CLASSES else VISION_CANDIDATES
+    lm = (
+        target.num_classes > LM_MIN_CLASSES
+        if target.family == "auto"
+        else target.family == "lm"
+    )
+    table = LM_CANDIDATES if lm else VISION_CANDIDATES
+    if not lm and target.context is not None:
+        table = table + CONTEXT_CANDIDATES
     if config.codecs is not None:
         unknown = set(config.codecs) - {c for c, _ in table}
         if unknown:
@@ -237,6 +282,26 @@ def choose_codec(
             break
         results += [_measure(c, sample, charged, config) for c in level]
     return choice(_pick(results, config), results, compact)
+
+
+def choose_from_rows(
+    rows: torch.Tensor, target: Target, config: AutoConfig
+) -> AutoChoice:
+    """:func:`choose_codec` on single labels already sampled (e.g. a reservoir).
+
+    A seeded subset of at most ``config.max_sample_labels`` rows is split into
+    fit and held-out parts. The rows carry no layout positions, so the only
+    view budget is 1 (keep every label).
+    """
+    config = config.model_copy(update={"keep_fractions": (1.0,)})
+    count = min(rows.shape[0], config.max_sample_labels(target.num_classes))
+    pick = torch.randperm(
+        rows.shape[0], generator=torch.Generator().manual_seed(config.seed)
+    )
+    sample = LabelSample.from_rows(
+        rows[pick[:count].sort().values].float(), config.held_fraction, config.seed
+    )
+    return choose_codec(sample, target, config)
 
 
 def _any_measured(results: Sequence[CandidateResult]) -> bool:

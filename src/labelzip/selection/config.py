@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, Layout
+from labelzip.codecs.base import LabelContext
 from labelzip.codecs.registry import target_total_bytes
 
 __all__ = ["DEFAULT_SAMPLE_LABELS", "SAMPLE_VALUES", "AutoConfig", "Target"]
@@ -101,6 +105,12 @@ class Target:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     metadata: ArchiveMetadata = field(default_factory=ArchiveMetadata)
     side_bytes: int = 0
+    # Which candidate table: by class count ("auto"), or the command's own kind.
+    family: Literal["auto", "vision", "lm"] = "auto"
+    # The view context of flat label indices, where the labels have one (relabel):
+    # the view-context codecs are then candidates; they store num_images prototypes.
+    context: Callable[[torch.Tensor], LabelContext] | None = None
+    num_images: int | None = None
 
     @property
     def total_bytes(self) -> int:
