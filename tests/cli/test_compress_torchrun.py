@@ -111,7 +111,9 @@ def test_an_auto_choice_that_fails_on_rank_0_stops_every_rank(
     assert done.returncode != 0
     errors = _errors(done)
     assert len(errors) == 2, done.stderr
-    assert any("rank 0 failed before encoding (choosing the codec)" in e for e in errors)
+    assert any(
+        "rank 0 failed before encoding (choosing the codec)" in e for e in errors
+    )
     assert not out.exists() and _leftovers(tmp_path) == []
 
 

@@ -43,11 +43,11 @@ from labelzip.archive import (
 )
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan, keep_per_group
-from labelzip.codecs.registry import codec_class
+from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement
 from labelzip.pipelines.ratecontrol import auto_prune_plan
-from labelzip.selection.config import AutoConfig, Target
+from labelzip.selection.config import AutoConfig, ContextOf, Target
 from labelzip.selection.record import (
     AUTO_KEY,
     AutoChoice,
@@ -71,6 +71,7 @@ __all__ = [
     "Candidate",
     "CandidateResult",
     "Target",
+    "candidate_options",
     "candidates_for",
     "choose_codec",
     "choose_from_rows",
@@ -112,7 +113,13 @@ LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
 # at T = 4 on few classes while carrying no class information.
 MIN_STORED_TOP1 = 0.5
 # Learned codecs' schedule option, capped at AutoConfig.steps for candidates.
-_STEP_OPTION = {"vqae": "steps", "vqae-sparse": "steps", "vqae-rs": "steps"}
+_STEP_OPTION = {
+    "vqae": "steps",
+    "vqae-sparse": "steps",
+    "vqae-rs": "steps",
+    "vqae-ctx": "prior_steps",
+    "ctx-transform": "prior_steps",
+}
 # Labels per encode/decode call when measuring.
 _BLOCK = 4096
 # Characters of a skip reason kept in the archive's record.
@@ -162,6 +169,17 @@ def run_options(
     if "device" in fields:
         out.setdefault("device", config.device)
     return out
+
+
+def candidate_options(
+    cand: Candidate, target: Target, config: AutoConfig
+) -> dict[str, Any]:
+    """The options a candidate is fitted with: :func:`run_options`, plus the
+    image count of a view-context codec (its prototypes count in its bytes)."""
+    options = run_options(cand.codec, cand.options, config)
+    if target.num_images is not None:
+        options = with_num_images(cand.codec, options, target.num_images)
+    return options
 
 
 def candidates_for(
@@ -227,7 +245,7 @@ def choose_codec(
     has_views = (
         groups.has_views
         and groups.views > 1
-        and sample.fit_rows.shape[1] == groups.views
+        and sample.held_rows.shape[1] == groups.views
     )
     todo = (
         list(candidates)
@@ -244,8 +262,8 @@ def choose_codec(
             winner=winner,
             results=tuple(results),
             config=config,
-            fit_labels=sample.fit_rows.shape[0] * sample.fit_rows.shape[1],
-            held_labels=sample.held_rows.shape[0] * sample.held_rows.shape[1],
+            fit_labels=sample.fit_labels,
+            held_labels=sample.held_labels,
             reference_total=reference_bytes(
                 target.layout.num_labels, target.num_classes, target.reference
             ),
@@ -338,7 +356,7 @@ def _fitting_keeps(
                 metadata=target.metadata,
                 side_entry=target.side_bytes,
                 seed=config.seed,
-                options=run_options(cand.codec, cand.options, config),
+                options=candidate_options(cand, target, config),
             )
         except (UnreachableTargetError, ConfigError):
             continue
@@ -421,9 +439,15 @@ def _measure(
     )
     num_classes = target.num_classes
     fit_rows = sample.fit_rows.reshape(-1, num_classes)
-    if plan is not None:
-        fit_rows = fit_rows[plan.is_kept(sample.fit_flat.reshape(-1))]
-    options = run_options(cand.codec, cand.options, config)
+    fit_flat = sample.fit_flat.reshape(-1)
+    used = _fit_mask(sample, plan)
+    if used is not None:
+        fit_rows, fit_flat = fit_rows[used], fit_flat[used]
+    options = candidate_options(cand, target, config)
+    needs_context = codec_class(cand.codec).needs_context
+    if needs_context and target.context is None:
+        return CandidateResult(cand, skipped="needs a view context")
+    context = target.context if needs_context else None
     step_key = _STEP_OPTION.get(cand.codec)
     if step_key is not None:
         default = codec_class(cand.codec).config_class.model_fields[step_key].default
@@ -447,6 +471,7 @@ def _measure(
             metadata=target.metadata,
             side_bytes=target.side_bytes,
             reference=target.reference,
+            context=None if context is None else context(fit_flat),
             **options,
         )
     except (UnreachableTargetError, ConfigError) as exc:
@@ -454,7 +479,9 @@ def _measure(
             cand, skipped=_short_reason(exc), detail=_full_reason(exc)
         )
     seconds = time.perf_counter() - started
-    kl, top1, own, payload, kept = _held_out(codec, sample, plan, config.temperature)
+    kl, top1, own, payload, kept = _held_out(
+        codec, sample, plan, config.temperature, context
+    )
     num_stored = plan.num_kept if plan is not None else layout.num_labels
     header = estimate_header_bytes(
         layout.num_labels,
@@ -484,14 +511,36 @@ def _measure(
     )
 
 
-def _held_out(
-    codec: Codec, sample: LabelSample, plan: PrunePlan | None, temperature: float
-) -> tuple[torch.Tensor, float, float, int, int]:
-    """Per held-out sample mean KL, top-1 (of every label, and of the stored
-    labels against their own decoding), payload bytes and labels encoded.
+def _fit_mask(sample: LabelSample, plan: PrunePlan | None) -> torch.Tensor | None:
+    """Which fit-part labels a candidate is fitted on (None: all of them).
 
-    With a plan only the kept held-out labels are encoded; every held-out label
-    is compared against the decoded label it uses (its own or its stand-in's).
+    The stored ones (kept by ``plan``); with the view split, also none whose
+    decoding is scored (a scored view or the kept view standing in for one).
+    """
+    flat = sample.fit_flat.reshape(-1)
+    used = None if plan is None else plan.is_kept(flat)
+    if sample.held_views is None:
+        return used
+    scored = sample.held_flat[sample.held_views]
+    if plan is not None:
+        scored = plan.kept_flat(plan.stored_index(scored))
+    free = ~torch.isin(flat, scored)
+    return free if used is None else used & free
+
+
+def _held_out(
+    codec: Codec,
+    sample: LabelSample,
+    plan: PrunePlan | None,
+    temperature: float,
+    context: ContextOf | None = None,
+) -> tuple[torch.Tensor, float, float, int, int]:
+    """Per held-out sample mean KL, top-1 (of every scored label, and of the
+    stored labels against their own decoding), payload bytes and labels encoded.
+
+    With a plan only kept labels are encoded; every scored label is compared
+    against the decoded label it uses (its own or its stand-in's). ``context``
+    gives the view context of flat indices, for context codecs.
     """
     groups, views, num_classes = sample.held_rows.shape
     teacher = sample.held_rows.reshape(-1, num_classes)
@@ -503,19 +552,25 @@ def _held_out(
         order = np.argsort(flat.numpy(), kind="stable")
         sorted_flat = flat.numpy()[order]
         source_pos = torch.from_numpy(order[np.searchsorted(sorted_flat, source_flat)])
+    if sample.held_views is not None:  # the view split: score the held-out views
+        scored = sample.held_views.reshape(-1)
+        teacher, source_pos = teacher[scored], source_pos[scored]
+        views = int(sample.held_views[0].sum())
+    full = sample.held_rows.reshape(-1, num_classes)
     stored = torch.unique(source_pos)  # increasing positions of the labels encoded
     decoded_parts: list[torch.Tensor] = []
     payload = 0
     for start in range(0, stored.numel(), _BLOCK):
-        rows = teacher[stored[start : start + _BLOCK]]
-        block = codec.encode(rows)
+        pos = stored[start : start + _BLOCK]
+        ctx = None if context is None else context(flat[pos])
+        block = codec.encode_in_context(full[pos], ctx)
         payload += block.nbytes
-        decoded_parts.append(codec.decode(block, "cpu").float())
+        decoded_parts.append(codec.decode_in_context(block, ctx, "cpu").float())
     decoded = torch.cat(decoded_parts)
     used = decoded[torch.searchsorted(stored, source_pos)]
     kl = kl_divergence(teacher, used, temperature=temperature).reshape(groups, views)
     top1 = top1_agreement(teacher, used)
-    own = top1_agreement(teacher[stored], decoded)
+    own = top1_agreement(full[stored], decoded)
     return kl.mean(dim=1), top1, own, payload, int(stored.numel())
 
 

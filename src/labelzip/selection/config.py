@@ -13,7 +13,16 @@ from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, Layout
 from labelzip.codecs.base import LabelContext
 from labelzip.codecs.registry import target_total_bytes
 
-__all__ = ["DEFAULT_SAMPLE_LABELS", "SAMPLE_VALUES", "AutoConfig", "Target"]
+__all__ = [
+    "DEFAULT_SAMPLE_LABELS",
+    "SAMPLE_VALUES",
+    "AutoConfig",
+    "ContextOf",
+    "Target",
+]
+
+ContextOf = Callable[[torch.Tensor], LabelContext]
+"""The view context of (N,) flat label indices."""
 
 # Default selection sample: 8192 labels, or this many logit values when more.
 DEFAULT_SAMPLE_LABELS = 8192
@@ -109,7 +118,7 @@ class Target:
     family: Literal["auto", "vision", "lm"] = "auto"
     # The view context of flat label indices, where the labels have one (relabel):
     # the view-context codecs are then candidates; they store num_images prototypes.
-    context: Callable[[torch.Tensor], LabelContext] | None = None
+    context: ContextOf | None = None
     num_images: int | None = None
 
     @property
