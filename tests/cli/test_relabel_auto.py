@@ -18,7 +18,8 @@ from labelzip.cli.relabel import main
 from labelzip.distill import DistilledSet
 from labelzip.selection.auto import AUTO_KEY, CONTEXT_CANDIDATES
 
-FAST = ["--auto-steps", "10", "--epochs", "32", "--quiet"]
+FAST = ["--auto-steps", "10", "--auto-confirm-steps", "20", "--epochs", "32"]
+FAST += ["--quiet"]
 RATIO = "4"
 
 

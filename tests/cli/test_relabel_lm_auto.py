@@ -14,7 +14,7 @@ from labelzip.selection.auto import AUTO_KEY, LM_CANDIDATES
 from .test_relabel_lm import _args, setup  # noqa: F401 (module fixture)
 
 RUN = ["--tokens", "160", "--fit-windows", "3", "--fit-positions", "60"]
-FAST = ["--auto-steps", "10", "--quiet"]
+FAST = ["--auto-steps", "10", "--auto-confirm-steps", "20", "--quiet"]
 
 
 def test_a_target_without_codec_chooses_among_lm_codecs_and_records(

@@ -256,10 +256,14 @@ def choose_codec(
         raise ConfigError("--codec auto has no candidate codec for these labels")
 
     def choice(
-        winner: Candidate, results: Sequence[CandidateResult], compact: bool
+        winner: Candidate,
+        results: Sequence[CandidateResult],
+        compact: bool,
+        winner_steps: int | None = None,
     ) -> AutoChoice:
         return AutoChoice(
             winner=winner,
+            winner_steps=winner_steps,
             results=tuple(results),
             config=config,
             fit_labels=sample.fit_labels,
@@ -280,16 +284,30 @@ def choose_codec(
         + [c for level in extra for c in level]
         + _fitting_keeps(todo, target, config, fitting)
     )
-    wide = [
-        CandidateResult(c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT)
-        for c in possible
-    ]
+    confirm = [c for c in possible if _capped(c, config, config.confirm_steps)]
+    wide = (
+        [
+            CandidateResult(c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT)
+            for c in possible
+        ]
+        + [  # the finalists' second fits
+            CandidateResult(
+                c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT, steps=1 << 20
+            )
+            for c in sorted(confirm, key=lambda c: -len(json.dumps(dict(c.options))))[
+                :2
+            ]
+        ]
+    )
     longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
-    full = json.dumps(choice(longest, wide, False).to_dict(), separators=(",", ":"))
+    won = 1 << 20 if confirm else None
+    full = json.dumps(
+        choice(longest, wide, False, won).to_dict(), separators=(",", ":")
+    )
     compact = len(full) > config.record_share * target.total_bytes
     charged = dataclasses.replace(
         target,
-        metadata=with_auto_record(target.metadata, choice(longest, wide, compact)),
+        metadata=with_auto_record(target.metadata, choice(longest, wide, compact, won)),
     )
     if fitting is not None:  # each codec's own largest view budget that fits
         todo = todo + _fitting_keeps(todo, charged, config, None)
@@ -299,7 +317,56 @@ def choose_codec(
         if _any_measured(results) and _pick(results, config).keep_fraction > smallest:
             break
         results += [_measure(c, sample, charged, config) for c in level]
-    return choice(_pick(results, config), results, compact)
+    pool, results = _confirm(results, sample, charged, config)
+    best = _pick(pool, config)
+    steps = next(r.steps for r in pool if r.candidate == best)
+    return choice(best, results, compact, steps)
+
+
+def _capped(cand: Candidate, config: AutoConfig, steps: int) -> bool:
+    """Whether ``cand`` is a learned codec that ``steps`` trains longer than
+    the first round's ``config.steps`` (its full schedule is the limit)."""
+    key = _STEP_OPTION.get(cand.codec)
+    if key is None:
+        return False
+    default = int(codec_class(cand.codec).config_class.model_fields[key].default)
+    return min(default, steps) > min(default, config.steps)
+
+
+def _confirm(
+    results: list[CandidateResult],
+    sample: LabelSample,
+    target: Target,
+    config: AutoConfig,
+) -> tuple[list[CandidateResult], list[CandidateResult]]:
+    """Refit the finalists with ``config.confirm_steps`` (a bounded second round).
+
+    Short fits rank learned codecs by how fast they train as much as by what
+    they reach: at a low rate an undertrained codec looks better with fewer,
+    richer labels (fewer views kept) than it is. The finalists are the first
+    round's winner, if learned, and the best other learned candidate (at most
+    two fits); their long fits replace their short ones in the pick.
+
+    Returns (the results the pick is made from, every row for the record).
+    """
+    eligible = [r for r in results if r.kl is not None and r.skipped is None]
+    if not eligible:
+        return results, results
+    winner = _pick(results, config)
+    learned = sorted(
+        (r for r in eligible if _capped(r.candidate, config, config.confirm_steps)),
+        key=lambda r: (r.kl, _order(results, r)),
+    )
+    finalists = [r for r in learned if r.candidate == winner][:1]
+    finalists += [r for r in learned if r.candidate != winner][:1]
+    if not finalists:
+        return results, results
+    long = [
+        _measure(r.candidate, sample, target, config, steps=config.confirm_steps)
+        for r in finalists
+    ]
+    pool = [r for r in results if all(r is not f for f in finalists)]
+    return pool + long, results + long
 
 
 def choose_from_rows(
@@ -428,9 +495,18 @@ def _order(results: Sequence[CandidateResult], r: CandidateResult) -> tuple[int,
 
 
 def _measure(
-    cand: Candidate, sample: LabelSample, target: Target, config: AutoConfig
+    cand: Candidate,
+    sample: LabelSample,
+    target: Target,
+    config: AutoConfig,
+    *,
+    steps: int | None = None,
 ) -> CandidateResult:
-    """Fit ``cand`` on the fit part at the target, measure it on the held-out part."""
+    """Fit ``cand`` on the fit part at the target, measure it on the held-out part.
+
+    Learned codecs train ``config.steps`` steps (``steps`` for a finalist's
+    second fit), at most their full schedule.
+    """
     layout = target.layout
     plan = (
         PrunePlan(layout.dims, layout.shape, cand.keep_fraction, config.seed)
@@ -451,7 +527,7 @@ def _measure(
     step_key = _STEP_OPTION.get(cand.codec)
     if step_key is not None:
         default = codec_class(cand.codec).config_class.model_fields[step_key].default
-        options[step_key] = min(int(default), config.steps)
+        options[step_key] = min(int(default), steps or config.steps)
 
     def source() -> Iterator[torch.Tensor]:
         for start in range(0, fit_rows.shape[0], _BLOCK):
@@ -476,7 +552,7 @@ def _measure(
         )
     except (UnreachableTargetError, ConfigError) as exc:
         return CandidateResult(
-            cand, skipped=_short_reason(exc), detail=_full_reason(exc)
+            cand, skipped=_short_reason(exc), detail=_full_reason(exc), steps=steps
         )
     seconds = time.perf_counter() - started
     kl, top1, own, payload, kept = _held_out(
@@ -508,6 +584,7 @@ def _measure(
         group_kl=kl,
         fit_seconds=seconds,
         skipped=None if own >= MIN_STORED_TOP1 else f"flat: stored top-1 {own:.2f}",
+        steps=steps,
     )
 
 

@@ -59,6 +59,14 @@ class AutoConfig(BaseModel):
         le=1 << 20,
         description="training steps of learned candidates",
     )
+    confirm_steps: int = Field(
+        default=1000,
+        ge=0,
+        le=1 << 20,
+        description="training steps of the second fit of the finalists (the "
+        "winner and the best other learned candidate); at most each codec's full "
+        "schedule; <= steps: no second fit",
+    )
     keep_fractions: tuple[float, ...] = Field(
         default=(1.0, 0.5, 0.25, 0.125),
         min_length=1,
