@@ -57,7 +57,7 @@ from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import CodecMismatchError, ConfigError, InputError
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor, model_id
 from labelzip.pipelines.ratecontrol import auto_prune_plan, side_entry_bytes
-from labelzip.pipelines.relabel_auto import choose_relabel_codec
+from labelzip.pipelines.relabel_auto import resolve_auto_outputs
 from labelzip.pipelines.relabel_types import (
     AUGMENT_PREFIX,
     LAYOUT_DIMS,
@@ -71,7 +71,7 @@ from labelzip.pipelines.relabel_types import (
     default_view_config,
     recipe_context,
 )
-from labelzip.selection.auto import AUTO, AutoChoice
+from labelzip.selection.auto import AutoChoice
 
 __all__ = [
     "LAYOUT_DIMS",
@@ -435,13 +435,10 @@ def relabel(
         _explicit_records(images, config, view) if config.store_augmentations else {}
     )
     labeller = _ViewLabeller(images, teacher, view, config, num_classes, device)
-    jobs = []
-    for out in outputs:
-        choice, meta = None, metadata
-        if out.codec == AUTO:  # measured on the teacher's labels of a sample
-            out, meta, choice = choose_relabel_codec(
-                out, labeller.rows, layout, num_classes, metadata, config
-            )
+    jobs = []  # codec 'auto': measured on the teacher's labels of a sample first
+    for out, meta, choice in resolve_auto_outputs(
+        outputs, labeller.rows, layout, num_classes, metadata, config
+    ):
         job = plan_output(out, layout, num_classes, meta, records, config)
         job.auto = choice
         jobs.append(job)

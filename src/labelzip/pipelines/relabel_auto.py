@@ -12,7 +12,7 @@ rather than whole images, for every candidate alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -35,10 +35,38 @@ from labelzip.selection.auto import (
 )
 from labelzip.selection.sample import draw_groups, split_views
 
-__all__ = ["LabelFn", "choose_relabel_codec"]
+__all__ = ["LabelFn", "choose_relabel_codec", "resolve_auto_outputs"]
 
 LabelFn = Callable[[torch.Tensor], torch.Tensor]
 """Teacher logits (N, C) float32 of sorted flat view indices (N,)."""
+
+
+def resolve_auto_outputs(
+    outputs: Sequence[RelabelOutput],
+    label: LabelFn,
+    layout: Layout,
+    num_classes: int,
+    metadata: ArchiveMetadata,
+    config: RelabelConfig,
+) -> list[tuple[RelabelOutput, ArchiveMetadata, AutoChoice | None]]:
+    """Every output with its metadata; ``auto`` ones resolved by
+    :func:`choose_relabel_codec` (outputs with the same sample label it once)."""
+    memo: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def once(flat: torch.Tensor) -> torch.Tensor:
+        if not (memo and torch.equal(memo[0][0], flat)):
+            memo[:] = [(flat, label(flat))]
+        return memo[0][1]
+
+    resolved: list[tuple[RelabelOutput, ArchiveMetadata, AutoChoice | None]] = []
+    for out in outputs:
+        if out.codec != AUTO:
+            resolved.append((out, metadata, None))
+            continue
+        resolved.append(
+            choose_relabel_codec(out, once, layout, num_classes, metadata, config)
+        )
+    return resolved
 
 
 def choose_relabel_codec(
