@@ -13,12 +13,18 @@ from labelzip.selection.auto import (
     LM_CANDIDATES,
     AutoChoice,
     AutoConfig,
+    Candidate,
     Target,
     candidates_for,
     choose_codec,
     format_table,
 )
-from labelzip.selection.sample import GroupShape, LabelSample, draw_sample
+from labelzip.selection.sample import (
+    GroupShape,
+    LabelSample,
+    draw_sample,
+    split_views,
+)
 
 
 def _source(
@@ -221,3 +227,23 @@ def test_config_is_validated() -> None:
         AutoConfig(keep_fractions=(0.0,))
     with pytest.raises(ValueError):
         AutoConfig(temperature=-1)
+
+
+def test_view_split_scores_held_out_views_and_skips_budgets_with_nothing_to_fit() -> (
+    None
+):
+    labels = _views(100, 8, 20, noise=0.5)  # (samples, views, C)
+    flat = torch.arange(800).reshape(100, 8)
+    sample = split_views(labels, flat, 0.25, seed=0)
+    assert sample.held_views is not None
+    assert sample.held_views.sum(dim=1).tolist() == [2] * 100  # 2 of 8 per sample
+    assert (sample.fit_labels, sample.held_labels) == (600, 200)
+    target = _target(labels, ("sample", "view"), 4.0)
+    config = AutoConfig(keep_fractions=(1.0,))
+    every = Candidate("topk", {"decoder": "ms", "temperature": 4.0}, 1.0)
+    choice = choose_codec(sample, target, config, candidates=[every])
+    assert choice.results[0].kl is not None and choice.held_labels == 200
+    # one kept view per sample stands in for its held-out views: nothing left to fit
+    one = Candidate("topk", {"decoder": "ms", "temperature": 4.0}, 1 / 8)
+    with pytest.raises(UnreachableTargetError, match="stands in for a held-out view"):
+        choose_codec(sample, target, config, candidates=[one])

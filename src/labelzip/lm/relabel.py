@@ -25,6 +25,11 @@ for the reservoir (2048 x 49,152 x 2 = 192 MiB), plus the codec's fit time. Peak
 memory otherwise is the teacher, one batch of (B, T, V) float32 logits and the
 codec's temporaries for one chunk, whatever N is.
 
+Codec ``"auto"`` (:mod:`labelzip.selection.auto`, the LM candidates) is measured
+on the fitting sample (so it always takes two passes): part of the reservoir is
+held out, the winner is then fitted on the whole reservoir and the archive records
+the choice.
+
 Several archives (codecs, rate targets) can share one teacher pass:
 :func:`relabel_lm_many`. Provenance (fingerprints, corpus recipe) and the checks a
 trainer runs are in :mod:`labelzip.lm.provenance`.

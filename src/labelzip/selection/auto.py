@@ -519,6 +519,13 @@ def _measure(
     used = _fit_mask(sample, plan)
     if used is not None:
         fit_rows, fit_flat = fit_rows[used], fit_flat[used]
+    if fit_rows.shape[0] == 0:  # the view split at a budget of very few views
+        return CandidateResult(
+            cand,
+            skipped="no view left to fit on",
+            detail="every kept view of the sample stands in for a held-out view, "
+            "so none is left to fit on without scoring its own fit",
+        )
     options = candidate_options(cand, target, config)
     needs_context = codec_class(cand.codec).needs_context
     if needs_context and target.context is None:
