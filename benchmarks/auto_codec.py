@@ -225,7 +225,12 @@ def with_auto_prune(
 
 
 def run_set(
-    name: str, logits: torch.Tensor, ratios: list[float], auto: AutoConfig, work: Path
+    name: str,
+    logits: torch.Tensor,
+    ratios: list[float],
+    auto: AutoConfig,
+    work: Path,
+    runs: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     source = work / f"{name}.safetensors"
     save_file({"logits": logits.contiguous()}, str(source))
@@ -252,6 +257,8 @@ def run_set(
             ("auto", lambda s=auto_settings: write_one(source, work / "a.lz", s, auto))
         )
         for label, job in jobs:
+            if runs is not None and label not in runs:
+                continue
             try:
                 row, choice = job()
             except UnreachableTargetError as exc:
@@ -322,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--cache", type=Path, default=Path("/tmp/labelzip_auto_bench"))
     p.add_argument("--auto-steps", type=int, default=300)
+    p.add_argument("--auto-confirm-steps", type=int, default=1000)
+    p.add_argument(
+        "--runs", nargs="+", help="only these runs (e.g. auto vqae); default all"
+    )
     p.add_argument("--auto-sample", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.json")
@@ -329,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     args.cache.mkdir(parents=True, exist_ok=True)
-    auto = AutoConfig(steps=args.auto_steps, sample_labels=args.auto_sample)
+    auto = AutoConfig(
+        steps=args.auto_steps,
+        confirm_steps=args.auto_confirm_steps,
+        sample_labels=args.auto_sample,
+    )
     makers = {
         "effnet": lambda: effnet_views(args.effnet_epochs),
         "quickstart": lambda: quickstart_views(args.cache),
@@ -341,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.sets:
             logits = makers[name]()
             logger.info("%s: %s", name, tuple(logits.shape))
-            rows += run_set(name, logits, args.ratios, auto, Path(tmp))
+            rows += run_set(name, logits, args.ratios, auto, Path(tmp), args.runs)
     header = (
         f"# --codec auto vs every single codec\n\n"
         f"Command: `python benchmarks/auto_codec.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"

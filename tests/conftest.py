@@ -109,7 +109,7 @@ COMPRESS_CASES = {
     "topk-ratio-prune": ["--codec", "topk", "--ratio", "8", "--prune-keep", "0.5"],
     "vqae": ["--codec", "vqae", "--opt", "steps=50"],
     "rskd": ["--codec", "rskd", "--opt", "num_samples=8"],
-    "auto": ["--ratio", "8", "--auto-steps", "20"],
+    "auto": ["--ratio", "8", "--auto-steps", "20", "--auto-confirm-steps", "40"],
 }
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from labelzip.bench.lm import PAPER_TOKENS, PAPER_VOCAB, markdown_table
+from labelzip.archive import ArchiveReader
+from labelzip.bench.lm import PAPER_TOKENS, PAPER_VOCAB, LMBenchConfig, markdown_table
 from labelzip.cli import main
+from labelzip.selection.auto import AUTO_KEY
 
 from ..lm.conftest import save_tiny_teacher
 from ..lm.test_relabel import write_documents
@@ -58,3 +60,28 @@ def test_bench_lm_bad_options_exit_2(
 ) -> None:
     assert main(["bench", "lm", "--steps", "0", "--out-dir", str(tmp_path)]) == 2
     assert "invalid benchmark options" in capsys.readouterr().err
+
+
+def test_bench_lm_auto_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert {"auto", "vqae-sparse", "vqae-rs"} <= set(LMBenchConfig().codecs)
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    docs = write_documents(tmp_path / "docs")
+    args = [
+        "bench", "lm", "--teacher", str(teacher), "--corpus", str(docs),
+        "--tokens", "160", "--seq-len", "16", "--validation-windows", "4",
+        "--codecs", "auto", "--ratios", "10", "2000",
+        "--steps", "2", "--batch-size", "2", "--layers", "1", "--hidden", "32",
+        "--heads", "2", "--threads", "1", "--quiet", "--json",
+        "--out-dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {row["name"] for row in report["rows"]} == {"online", "ce", "auto@10x"}
+    # 2000x: no LM candidate reaches it
+    assert [(s["codec"], s["target_ratio"]) for s in report["skipped"]] == [
+        ("auto", 2000.0)
+    ]
+    path = tmp_path / "out" / "lm_archives" / "lm_auto_10x.lz"
+    with ArchiveReader(path) as reader:
+        record = reader.header.user[AUTO_KEY]
+        assert reader.info()["codec"] == record["chosen"]["codec"]

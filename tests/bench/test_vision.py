@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from labelzip.archive import ArchiveReader
 from labelzip.augment import ViewConfig
 from labelzip.bench.vision import (
     SHIPPED_LABEL_RATIO,
@@ -18,6 +19,7 @@ from labelzip.bench.vision import (
 )
 from labelzip.pipelines.quickstart import ROW_SPECS
 from labelzip.pipelines.train_student import StudentConfig
+from labelzip.selection.auto import AUTO_KEY, AutoConfig
 from labelzip.storage import storage_table
 
 from ..pipelines.conftest import LinearTeacher, make_dataset
@@ -184,3 +186,27 @@ def test_several_student_seeds_report_their_mean(tmp_path: Path) -> None:
     table = markdown_report(report)
     each = " / ".join(f"{100 * a:.1f}" for a in rows[1]["accuracies"])
     assert f"({each})" in table
+
+
+def test_auto_row_is_a_default_and_records_its_choice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defaults = VisionBenchConfig().codecs
+    assert {"auto", "vqae", "vqae-ctx", "ctx-transform"} <= set(defaults)
+    fast = AutoConfig(steps=10, confirm_steps=20)
+    monkeypatch.setitem(ROW_SPECS, "auto", {"codec": "auto", "auto": fast})
+    config = _config(frameworks=("random",), codecs=("auto",), baseline_epochs=0)
+    report = run_vision_bench(
+        config,
+        train_set=make_dataset(200, seed=1),
+        test_set=make_dataset(40, seed=2),
+        work_dir=tmp_path / "work",
+        teacher=(LinearTeacher(4, seed=0), "linear"),
+    )
+    rows = {(r["codec"], r["target_ratio"]) for r in report["rows"]}
+    assert rows == {("dense", None), ("auto", 2.0)}
+    (item,) = report["skipped"]  # 1e5x: no candidate reaches it
+    assert item["codec"] == "auto" and item["target_ratio"] == 1e5
+    with ArchiveReader(tmp_path / "work" / "random_ipc5_auto_2x.lz") as reader:
+        record = reader.header.user[AUTO_KEY]
+        assert reader.info()["codec"] == record["chosen"]["codec"]

@@ -15,7 +15,7 @@ from labelzip.cli.compress import main
 from labelzip.cli.info import main as info_main
 from labelzip.selection.auto import AUTO_KEY, LM_CANDIDATES
 
-FAST = ["--auto-steps", "10", "--auto-sample", "512"]
+FAST = ["--auto-steps", "10", "--auto-confirm-steps", "20", "--auto-sample", "512"]
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -123,6 +123,7 @@ def test_lm_vocabulary_picks_among_the_lm_codecs(
     save_file({"logits": make_logits(200, 9000, 5)}, str(path))
     out = tmp_path / "lm.lz"
     argv = [str(path), "--ratio", "100", "--auto-steps", "5", "--auto-sample", "160"]
+    argv += ["--auto-confirm-steps", "10"]
     code, stdout, err = _run([*argv, "--json", "-o", str(out)], capsys)
     assert code == 0, err
     with ArchiveReader(out) as reader:

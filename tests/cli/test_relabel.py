@@ -100,7 +100,8 @@ def test_relabel_rate_target_with_auto_prune(
 ) -> None:
     out = tmp_path / "p.lz"
     argv = [str(files["set"]), "--teacher-file", str(files["script"]), "--json"]
-    argv += ["--epochs", "60", "--ratio", "2", "--auto-prune", "-o", str(out)]
+    argv += ["--epochs", "60", "--codec", "dense", "--ratio", "2", "--auto-prune"]
+    argv += ["-o", str(out)]
     code, stdout, err = _run(argv, capsys)
     assert code == 0, err
     report = json.loads(stdout)
@@ -136,8 +137,8 @@ def test_relabel_ctx_transform_with_auto_prune(
         (["--teacher-file", "{script}", "--scale", "0.5"], "--scale expects two"),
         (["--teacher-file", "{script}", "--scale", "0,1"], "invalid view options"),
         (["--teacher-file", "{script}", "--auto-prune"], "auto_prune needs a ratio"),
-        (["--teacher-file", "{script}", "--ratio", "500", "--auto-prune"],
-         "cannot meet the target even with the label of 1 of 30"),
+        (["--teacher-file", "{script}", "--codec", "dense", "--ratio", "500",
+          "--auto-prune"], "cannot meet the target even with the label of 1 of 30"),
         (["--teacher-file", "{script}", "--epochs", "0"], "invalid relabel options"),
     ],
 )  # fmt: skip

@@ -98,6 +98,11 @@ CASES = {
         *("--epochs", "6", "--fit-views", "30", "--codec", "ctx-transform"),
         *("--opt", "prior_steps=10", "--prune-keep", "0.5"),
     ],
+    # a target and no codec: rank 0 measures the candidates, the ranks follow
+    "auto": [
+        *("--epochs", "32", "--ratio", "2"),
+        *("--auto-steps", "10", "--auto-confirm-steps", "20"),
+    ],
 }
 
 
@@ -107,6 +112,7 @@ CASES = {
         ("one-pass", 2),
         ("two-pass", 3),
         ("pruned", 2),
+        ("auto", 2),
         pytest.param("vqae", 3, marks=pytest.mark.slow),
         pytest.param("context", 2, marks=pytest.mark.slow),
     ],

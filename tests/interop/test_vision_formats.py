@@ -412,7 +412,7 @@ def test_cli_import_export_and_destination_rules(
     assert not list(tmp_path.glob(".out.*"))  # no temporary folder left behind
     run = cli("import", tmp_path / "q", "--format", "lpqld", "-o", tmp_path / "b.lz",
               "--num-classes", 9, "--ratio", "0.05",  # side information dominates
-              "--auto-steps", 5)  # fmt: skip
+              "--auto-steps", 5, "--auto-confirm-steps", 10)  # fmt: skip
     assert run.code == 0 and run.out.startswith("auto chose "), run.err  # target: auto
     with ArchiveReader(tmp_path / "b.lz") as reader:
         record = reader.info()["user"]["auto"]

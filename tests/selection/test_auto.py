@@ -13,12 +13,18 @@ from labelzip.selection.auto import (
     LM_CANDIDATES,
     AutoChoice,
     AutoConfig,
+    Candidate,
     Target,
     candidates_for,
     choose_codec,
     format_table,
 )
-from labelzip.selection.sample import GroupShape, LabelSample, draw_sample
+from labelzip.selection.sample import (
+    GroupShape,
+    LabelSample,
+    draw_sample,
+    split_views,
+)
 
 
 def _source(
@@ -133,6 +139,7 @@ def test_record_lists_every_candidate_and_is_deterministic() -> None:
     config = AutoConfig(
         codecs=("topk", "rskd", "vqae"),
         steps=20,
+        confirm_steps=40,
         keep_fractions=(1.0, 0.5),
         record_share=1.0,
     )
@@ -160,7 +167,9 @@ def test_record_lists_every_candidate_and_is_deterministic() -> None:
 
 def test_winner_is_never_worse_than_topk_beyond_noise() -> None:
     labels = _views(400, 4, 60, noise=1.0)
-    config = AutoConfig(codecs=("topk", "vqae"), steps=30, keep_fractions=(1.0,))
+    config = AutoConfig(
+        codecs=("topk", "vqae"), steps=30, confirm_steps=30, keep_fractions=(1.0,)
+    )
     choice = _choose(labels, config, 10)
     assert all(r.skipped is None for r in choice.results)
     by_name = {r.candidate.name: r for r in choice.results}
@@ -169,6 +178,29 @@ def test_winner_is_never_worse_than_topk_beyond_noise() -> None:
         r.kl for r in choice.results if r.candidate.codec == "topk" and r.kl
     )
     assert win.kl is not None and win.kl <= best_topk * 1.01 + 1e-6
+
+
+def test_finalists_are_refit_longer_and_the_pick_uses_their_long_fits() -> None:
+    labels = _views(400, 4, 60, noise=1.0)
+    config = AutoConfig(
+        codecs=("topk", "vqae"), steps=20, confirm_steps=60, keep_fractions=(1.0, 0.5)
+    )
+    choice = _choose(labels, config, 10)
+    long = [r for r in choice.results if r.steps is not None]
+    # the winner if learned, and the best other learned candidate: at most two
+    assert 1 <= len(long) <= 2 and all(r.candidate.codec == "vqae" for r in long)
+    assert all(r.steps == 60 for r in long)
+    first = [r.candidate for r in choice.results if r.steps is None]
+    assert all(r.candidate in first for r in long)  # refits of measured candidates
+    chosen = choice.to_dict()["chosen"]
+    assert chosen.get("steps") == (60 if choice.winner.codec == "vqae" else None)
+    lines = format_table(choice.to_dict(report=True))
+    assert "finalists refit at 60 steps" in lines[0]
+    assert sum("*" in ln for ln in lines[1:]) == 1
+    # confirm_steps <= steps: no second round
+    plain = _choose(labels, config.model_copy(update={"confirm_steps": 20}), 10)
+    assert all(r.steps is None for r in plain.results)
+    assert "steps" not in plain.to_dict()["chosen"]
 
 
 def test_unreachable_target_is_one_line() -> None:
@@ -195,3 +227,23 @@ def test_config_is_validated() -> None:
         AutoConfig(keep_fractions=(0.0,))
     with pytest.raises(ValueError):
         AutoConfig(temperature=-1)
+
+
+def test_view_split_scores_held_out_views_and_skips_budgets_with_nothing_to_fit() -> (
+    None
+):
+    labels = _views(100, 8, 20, noise=0.5)  # (samples, views, C)
+    flat = torch.arange(800).reshape(100, 8)
+    sample = split_views(labels, flat, 0.25, seed=0)
+    assert sample.held_views is not None
+    assert sample.held_views.sum(dim=1).tolist() == [2] * 100  # 2 of 8 per sample
+    assert (sample.fit_labels, sample.held_labels) == (600, 200)
+    target = _target(labels, ("sample", "view"), 4.0)
+    config = AutoConfig(keep_fractions=(1.0,))
+    every = Candidate("topk", {"decoder": "ms", "temperature": 4.0}, 1.0)
+    choice = choose_codec(sample, target, config, candidates=[every])
+    assert choice.results[0].kl is not None and choice.held_labels == 200
+    # one kept view per sample stands in for its held-out views: nothing left to fit
+    one = Candidate("topk", {"decoder": "ms", "temperature": 4.0}, 1 / 8)
+    with pytest.raises(UnreachableTargetError, match="stands in for a held-out view"):
+        choose_codec(sample, target, config, candidates=[one])

@@ -14,7 +14,9 @@ from labelzip.archive.format import (
 )
 from labelzip.archive.rate import (
     codec_for_target,
+    configure_codec,
     estimate_header_bytes,
+    fit_codec,
     fit_for_target,
     rate_note,
 )
@@ -31,7 +33,9 @@ __all__ = [
     "ArchiveWriter",
     "Layout",
     "codec_for_target",
+    "configure_codec",
     "estimate_header_bytes",
+    "fit_codec",
     "fit_for_target",
     "load_archive",
     "open_archive",

@@ -38,6 +38,7 @@ __all__ = [
     "RATE_TOLERANCE",
     "UNFITTED_MODEL_ALLOWANCE",
     "codec_for_target",
+    "configure_codec",
     "estimate_header_bytes",
     "fit_codec",
     "fit_for_target",
@@ -286,6 +287,24 @@ def _smallest_budget(
     return hi
 
 
+def configure_codec(
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    target: Mapping[str, Any] | None = None,
+) -> Codec:
+    """The unfitted codec ``name``: as configured, or chosen for ``target``.
+
+    The one place a command's fixed-or-targeted choice is made before a fit:
+    without ``target`` the codec is built from ``options``; with one (the
+    arguments of :func:`codec_for_target`) rate control picks the options left
+    open.
+    """
+    if target is None:
+        return create_codec(name, **options)
+    return codec_for_target(name, **target, **options)
+
+
 def fit_codec(
     name: str,
     source: LogitSource,
@@ -293,17 +312,22 @@ def fit_codec(
     *,
     num_labels: int,
     target: Mapping[str, Any] | None = None,
+    context: LabelContext | None = None,
 ) -> Codec:
     """The codec ``name`` with ``options``, fitted on ``source``.
 
     Without ``target`` it is built as configured and fitted for ``num_labels``
     labels. With one (the arguments of :func:`fit_for_target`: ``ratio`` or
     ``bits_per_label``, ``layout``, ``num_classes`` and what else the archive
-    adds), rate control chooses the options left open, then fits.
+    adds), rate control chooses the options left open, then fits. ``context``
+    is the view context of the source rows (context codecs; others ignore it).
+    Every command that fits a codec for an archive goes through here.
     """
     if target is None:
-        return create_codec(name, **options).fit(source, num_labels=num_labels)
-    return fit_for_target(name, source, **target, **options)
+        return create_codec(name, **options).fit_in_context(
+            source, context, num_labels=num_labels
+        )
+    return fit_for_target(name, source, **target, context=context, **options)
 
 
 def fit_for_target(

@@ -41,6 +41,7 @@ from labelzip.lm.student import StudentConfig, build_student_for_teacher
 from labelzip.lm.teacher import load_teacher, max_context
 from labelzip.lm.train import ArchiveLabels, TeacherLabels, TrainLMConfig, train_student
 from labelzip.outputs import atomic_path, write_text
+from labelzip.selection.auto import AUTO, LM_CANDIDATES
 
 __all__ = [
     "CODEC_PRESETS",
@@ -91,7 +92,8 @@ class LMBenchConfig(BaseModel):
         description="text, window length, split; max_train_windows comes from tokens",
     )
     codecs: tuple[str, ...] = Field(
-        default=("topk-tail", "topk", "rskd"), description="codecs compared"
+        default=("auto", "topk-tail", "topk", "rskd", "vqae-sparse", "vqae-rs"),
+        description="codecs compared ('auto': the measured choice, docs/auto.md)",
     )
     ratios: tuple[RateTarget, ...] = Field(
         default=(100.0, 500.0, 2000.0), description="all-in target ratios vs fp16"
@@ -145,16 +147,13 @@ def _outputs(
     chunk = config.relabel.chunk_windows * layout.shape[1]
     for codec in config.codecs:
         options = {**CODEC_PRESETS.get(codec, {}), **config.options.get(codec, {})}
+        if codec == AUTO and options:
+            raise ConfigError("codec 'auto' chooses the options: give none for it")
+        # auto is reachable when one of its candidates is
+        tried = [c for c, _ in LM_CANDIDATES] if codec == AUTO else [codec]
         for ratio in config.ratios:
             try:
-                codec_for_target(
-                    codec,
-                    layout=layout,
-                    num_classes=vocab,
-                    ratio=ratio,
-                    chunk_size=chunk,
-                    **options,
-                )
+                _reachable(tried, layout, vocab, ratio, chunk, options)
             except UnreachableTargetError as exc:
                 skipped.append(
                     {"codec": codec, "target_ratio": ratio, "reason": str(exc)}
@@ -165,6 +164,33 @@ def _outputs(
                 LMOutput(path=path, codec=codec, options=options, ratio=ratio)
             )
     return outputs, skipped
+
+
+def _reachable(
+    codecs: list[str],
+    layout: Layout,
+    vocab: int,
+    ratio: float,
+    chunk: int,
+    options: dict[str, Any],
+) -> None:
+    """Return when one of ``codecs`` meets ``ratio``; else raise the first's reason."""
+    first: UnreachableTargetError | None = None
+    for codec in codecs:
+        try:
+            codec_for_target(
+                codec,
+                layout=layout,
+                num_classes=vocab,
+                ratio=ratio,
+                chunk_size=chunk,
+                **options,
+            )
+            return
+        except UnreachableTargetError as exc:
+            first = first or exc
+    assert first is not None
+    raise first
 
 
 def _paper_scale_bytes(result: RelabelLMResult) -> int:

@@ -63,6 +63,7 @@ from labelzip.pipelines.relabel import (
 )
 from labelzip.pipelines.students import build_student
 from labelzip.pipelines.train_student import StudentConfig, evaluate_student
+from labelzip.selection.auto import AUTO
 from labelzip.storage import (
     StorageRow,
     custom_dataset,
@@ -91,8 +92,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Compressed rows of the default run (dense always runs: it is the reference):
-# VQAE and the paper's baselines, all with LPLD-style auto-pruning.
-DEFAULT_VISION_CODECS: tuple[str, ...] = ("vqae", "topk-ms", "topk-mrs", "lpld", "rskd")
+# auto (measured codec and view budget), the VQAE family (vqae, the view-context
+# vqae-ctx and ctx-transform) and the paper's baselines, with LPLD-style
+# auto-pruning where the row's spec asks for it.
+DEFAULT_VISION_CODECS: tuple[str, ...] = (
+    "auto",
+    "vqae",
+    "vqae-ctx",
+    "ctx-transform",
+    "topk-ms",
+    "topk-mrs",
+    "lpld",
+    "rskd",
+)
 
 # All-in ratio vs dense fp16 of the labels each framework ships: LPLD keeps 1/40
 # of the views as dense logits (its headline setting); the others ship every
@@ -447,8 +459,12 @@ def _check_reachable(
     """Raise UnreachableTargetError when relabel could not write ``out``.
 
     Auto-pruned outputs go through relabel's own planning (the LPLD search);
-    the others through the codec's rate control at every view.
+    the others through the codec's rate control at every view. ``auto`` is
+    reachable when top-k (MS), one of its candidates, is at the views
+    relabel's auto-prune rule keeps.
     """
+    if out.codec == AUTO:
+        out = RelabelOutput(path=out.path, ratio=out.ratio, **ROW_SPECS["topk-ms"])
     plan_output(out, layout, num_classes, metadata, {}, relabel_config)
     if out.auto_prune or out.ratio is None:
         return

@@ -148,6 +148,15 @@ def add_auto_options(parser: _Options) -> None:
         metavar="N",
         help="training steps of learned candidates (default 300)",
     )
+    group.add_argument(
+        "--auto-confirm-steps",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="training steps of the finalists' second fit (the winner and the best "
+        "other learned candidate; default 1000, at most a codec's full schedule; "
+        "<= --auto-steps: none)",
+    )
 
 
 def auto_config(
@@ -160,6 +169,7 @@ def auto_config(
         temperature=args.auto_temperature,
         sample_labels=args.auto_sample,
         steps=args.auto_steps,
+        confirm_steps=args.auto_confirm_steps,
         seed=seed,
         device=str(device),
     )

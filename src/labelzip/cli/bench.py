@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 LM_EPILOG = """examples:
-  labelzip bench lm                                  # 200k tokens, 3 codecs x 3 ratios
+  labelzip bench lm                                  # 200k tokens, 6 codecs x 3 ratios
   labelzip bench lm --tokens 20000 --steps 60 --ratios 100 500 --threads 2
   labelzip bench lm --codecs topk-tail topk rskd vqae --device cuda
 
@@ -59,8 +59,10 @@ Labels every training window once (one teacher pass, plus a fitting pass for
 learned codecs) into one archive per (codec, ratio), trains a student from each
 archive's decoded labels plus a CE-only and an online-KD student (same init, data
 order and optimiser), evaluates all on held-out documents and writes
-<out-dir>/lm_bench.{json,md,png}. The default (200k tokens, 200 steps of 8 x 256
-tokens, online KD) takes hours on a CPU: the teacher runs ~100 tokens/s on 2 cores.
+<out-dir>/lm_bench.{json,md,png}. The default codecs are auto (the measured
+choice, docs/auto.md), topk-tail, topk, rskd, vqae-sparse and vqae-rs. The default
+(200k tokens, 200 steps of 8 x 256 tokens, online KD) takes hours on a CPU: the
+teacher runs ~100 tokens/s on 2 cores.
 """
 
 
@@ -80,9 +82,11 @@ retention (vs the dense-label student), the ratio vs dense fp16 and vs the
 framework's shipped labels (LPLD: 40x-pruned), the teacher and a full-data
 baseline. Writes <out-dir>/vision_bench.{json,md,png}.
 
-The default (random, sre2l, rded, lpld x IPC 10, 50 x 5 codecs x 10/40/100/300x,
-300 views per image) trains ~150 students: about 5-6 hours on one CPU thread
-(an IPC 10 student ~30 s, an IPC 50 student ~2.5 min). See docs/bench-vision.md.
+The default (random, sre2l, rded, lpld x IPC 10, 50 x 8 codecs x 10/40/100/300x,
+300 views per image; the codecs: auto, vqae, vqae-ctx, ctx-transform, topk-ms,
+topk-mrs, lpld, rskd) trains ~260 students: about 9 hours on one CPU thread,
+estimated from the per-student times (an IPC 10 student ~30 s, an IPC 50 student
+~2.5 min). See docs/bench-vision.md.
 """
 
 

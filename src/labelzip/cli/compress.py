@@ -44,7 +44,7 @@ from labelzip.pipelines.compress import (
     prune_plan,
 )
 from labelzip.pipelines.compress_run import compress_chunked, sigterm_as_interrupt
-from labelzip.selection.auto import AutoChoice, with_auto_record
+from labelzip.selection.auto import AutoChoice, resolve_codec_name, with_auto_record
 
 __all__ = ["build_parser", "main"]
 
@@ -134,15 +134,13 @@ def _run(args: argparse.Namespace) -> int:
     out = check_output_path(args.output, [args.logits, args.class_names])
     device = resolve_device(args.device)
     has_target = args.ratio is not None or args.bits_per_label is not None
-    codec = args.codec or (AUTO if has_target else None)
+    options = codec_options(args)
+    codec = resolve_codec_name(args.codec, options, has_target=has_target, default=None)
     if codec is None:
         raise ConfigError(
             "name a codec with --codec, or give a target (--ratio / --bits-per-label) "
             "and let --codec auto choose"
         )
-    options = codec_options(args)
-    if codec == AUTO and options:
-        raise ConfigError("codec options (--opt, --k, --decoder) need a named --codec")
     if codec != AUTO:
         load_codec_class(codec)
         options = with_run_defaults(codec, options, seed=args.seed, device=device)

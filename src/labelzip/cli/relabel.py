@@ -11,11 +11,13 @@ from torch import nn
 from labelzip.augment import ViewConfig
 from labelzip.cli import print_error, run_command
 from labelzip.cli._common import (
+    add_auto_options,
     add_codec_option_flags,
     add_device_option,
     add_dist_timeout_option,
     add_json_option,
     add_rate_options,
+    auto_config,
     codec_options,
     format_bytes,
     one_line,
@@ -24,7 +26,7 @@ from labelzip.cli._common import (
     resolve_device,
     validated,
 )
-from labelzip.codecs.registry import available_codecs
+from labelzip.codecs.registry import codec_choices
 from labelzip.distill import DistilledSet
 from labelzip.distributed import Ranks, join, leave, run_on_main
 from labelzip.errors import ConfigError
@@ -43,6 +45,7 @@ from labelzip.pipelines.sources import (
     load_teacher,
     load_train_data,
 )
+from labelzip.selection.auto import AUTO, resolve_codec_name
 from labelzip.teachers.files import TRUST_PICKLE_HELP
 
 # one_line and progress_bar live in _common; still importable from here for the
@@ -51,6 +54,7 @@ __all__ = ["build_parser", "main", "one_line", "parse_pair", "progress_bar"]
 
 EPILOG = """examples:
   labelzip relabel random10.safetensors --epochs 300 -o dense.lz
+  labelzip relabel random10.safetensors --epochs 300 --ratio 40 -o auto.lz  # --codec auto
   labelzip relabel random10.safetensors --epochs 300 --codec vqae --ratio 40 -o vqae.lz
   labelzip relabel sre2l10.safetensors --codec topk --k 2 --decoder ms --ratio 40 \\
       --auto-prune -o topk.lz
@@ -74,13 +78,16 @@ replays the views exactly, so augmentations cost ~0 bytes per view.
 --store-augmentations also stores SRe2L-style explicit parameters (17-37 B per
 view) for comparison. --ratio counts every byte against dense fp16 logits;
 --auto-prune keeps labels for fewer views per image (LPLD) when the codec
-cannot meet the ratio with all of them.
+cannot meet the ratio with all of them. With a target and no --codec, auto
+measures every candidate (the view-context codecs view-mix and ctx-transform
+included) at several view budgets on held-out views and picks the best
+(docs/auto.md); without a target the codec is dense.
 
-Under torchrun, rank 0 labels the fit sample and fits the codec, every rank
-runs the teacher on its share of the views and encodes them into a partial
-file beside the output, and rank 0 joins them into one archive, byte-identical
-to a single-process run (--device cuda means cuda:LOCAL_RANK). See
-docs/scaling.md.
+Under torchrun, rank 0 labels the fit sample, chooses the codec (auto) and fits
+it, every rank runs the teacher on its share of the views and encodes them into
+a partial file beside the output, and rank 0 joins them into one archive,
+byte-identical to a single-process run (--device cuda means cuda:LOCAL_RANK).
+See docs/scaling.md.
 """
 
 
@@ -140,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder: resize images to this side (default: the files' own size)",
     )
     c = p.add_argument_group("codec and rate")
-    c.add_argument("--codec", default="dense", choices=available_codecs())
+    c.add_argument(
+        "--codec",
+        choices=[AUTO, *codec_choices()],
+        help="codec (default: dense; auto with --ratio / --bits-per-label, which "
+        "measures the candidates and view budgets on held-out views)",
+    )
     add_codec_option_flags(c, opt_help="codec option")
     add_rate_options(c)
     prune = c.add_mutually_exclusive_group()
@@ -168,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-views", type=int, default=16384, help="labels codecs fit on")
     p.add_argument("--chunk-size", type=int, default=4096, help="labels per chunk")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_auto_options(p)
     add_device_option(
         p,
         "render views and run the teacher (under torchrun: cuda means cuda:LOCAL_RANK)",
@@ -197,13 +210,26 @@ def _view(args: argparse.Namespace, image_size: tuple[int, int]) -> ViewConfig:
     )
 
 
-def _output(args: argparse.Namespace) -> RelabelOutput:
+def _output(args: argparse.Namespace, device: torch.device) -> RelabelOutput:
+    options = codec_options(args)
+    has_target = args.ratio is not None or args.bits_per_label is not None
+    codec = resolve_codec_name(
+        args.codec, options, has_target=has_target, default="dense"
+    )
+    if codec == AUTO and args.auto_prune:
+        raise ConfigError(
+            "--codec auto measures the view budget itself: drop --auto-prune"
+        )
+    auto = None
+    if codec == AUTO:  # measured prune plans are the final ones: the prune seed
+        auto = auto_config(args, seed=args.prune_seed, device=device)
     return validated(
         RelabelOutput,
         "codec",
         path=check_output_path(args.output, [args.set, args.teacher_file]),
-        codec=args.codec,
-        options=codec_options(args),
+        codec=codec,
+        auto=auto,
+        options=options,
         ratio=args.ratio,
         bits_per_label=args.bits_per_label,
         keep_fraction=args.prune_keep,
@@ -213,8 +239,10 @@ def _output(args: argparse.Namespace) -> RelabelOutput:
 
 
 def _run(args: argparse.Namespace) -> int:
-    output = _output(args)
     device = resolve_device(args.device)
+    output = _output(args, device)
+    device = resolve_device(args.device)
+    output = _output(args, device)
     distilled = DistilledSet.load(args.set)
     config = validated(
         RelabelConfig,
@@ -334,9 +362,16 @@ def _report(
                 "augmentation_bytes_explicit": result.side_bytes_explicit,
                 "seconds": result.seconds,
                 **account.to_dict(),
+                **(
+                    {"auto": archive.auto.to_dict(report=True)}
+                    if archive.auto is not None
+                    else {}
+                ),
             }
         )
         return
+    for line in archive.auto.table() if archive.auto is not None else ():
+        print(line)
     m = result.num_views // config.epochs
     print(
         f"wrote {archive.path}: {config.epochs} epochs x {m} images = "

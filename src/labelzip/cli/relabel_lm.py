@@ -14,10 +14,12 @@ import torch
 
 from labelzip.cli import run_command
 from labelzip.cli._common import (
+    add_auto_options,
     add_codec_option_flags,
     add_device_option,
     add_json_option,
     add_rate_options,
+    auto_config,
     codec_options,
     format_bytes,
     print_json,
@@ -25,7 +27,7 @@ from labelzip.cli._common import (
     validated,
     with_run_defaults,
 )
-from labelzip.codecs.registry import available_codecs
+from labelzip.codecs.registry import codec_choices
 from labelzip.distributed import refuse_several_ranks
 from labelzip.errors import ConfigError
 from labelzip.io import check_output_path
@@ -43,6 +45,7 @@ from labelzip.lm.teacher import (
     max_context,
     require_transformers,
 )
+from labelzip.selection.auto import AUTO, resolve_codec_name
 
 __all__ = [
     "add_corpus_options",
@@ -57,6 +60,7 @@ __all__ = [
 EPILOG = """examples:
   labelzip relabel-lm --tokens 50000 --codec topk --k 32 --decoder mr -o topk.lz
   labelzip relabel-lm --tokens 50000 --codec topk-tail --ratio 500 -o tail.lz
+  labelzip relabel-lm --tokens 50000 --ratio 500 -o auto.lz   # --codec auto
   labelzip relabel-lm --corpus kjv --seq-len 512 --codec rskd --ratio 1000 -o rskd.lz
   labelzip relabel-lm --teacher path/to/hf-model --corpus my_texts/ --codec dense -o dense.lz
 
@@ -66,6 +70,9 @@ distribution after tokens 0..t of window n. Codecs that learn from the labels
 (topk-tail, vqae, rskd with measured sizing) are fitted on a reservoir sample of
 --fit-positions positions from --fit-windows windows labelled in a first pass.
 --ratio counts every byte of the archive against dense fp16 (2 x V bytes/token).
+With a target and no --codec, auto measures the LM candidates (topk, topk-tail,
+rskd, vqae-sparse, vqae-rs) on held-out positions of that sample and picks the
+best (docs/auto.md); without a target the codec is topk.
 """
 
 
@@ -173,9 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_teacher_options(p)
     add_corpus_options(p)
     c = p.add_argument_group("codec")
-    c.add_argument("--codec", default="topk", choices=available_codecs())
+    c.add_argument(
+        "--codec",
+        choices=[AUTO, *codec_choices()],
+        help="codec (default: topk; auto with --ratio / --bits-per-label, which "
+        "measures the candidates on held-out positions and picks the best)",
+    )
     add_rate_options(c, unit="token")
     add_codec_option_flags(c)
+    add_auto_options(p)
     r = p.add_argument_group("run")
     defaults = RelabelLMConfig()
     r.add_argument(
@@ -229,16 +242,26 @@ def _run(args: argparse.Namespace) -> int:
         fit_windows=args.fit_windows or None,
         seed=args.seed,
     )
+    options = codec_options(args)
+    has_target = args.ratio is not None or args.bits_per_label is not None
+    codec = resolve_codec_name(
+        args.codec, options, has_target=has_target, default="topk"
+    )
+    assert codec is not None
+    auto = None
+    if codec == AUTO:
+        auto = auto_config(args, seed=args.seed, device=device)
+    else:
+        options = with_run_defaults(codec, options, seed=args.seed, device=device)
     output = validated(
         LMOutput,
         "codec",
         path=out,
-        codec=args.codec,
-        options=with_run_defaults(
-            args.codec, codec_options(args), seed=args.seed, device=device
-        ),
+        codec=codec,
+        options=options,
         ratio=args.ratio,
         bits_per_label=args.bits_per_label,
+        auto=auto,
     )
     cfg = corpus_config(args)
     quiet_transformers()
@@ -309,9 +332,13 @@ def _report(
         "seconds": seconds,
         "peak_rss_mib": peak_rss_mib(),
     }
+    if result.auto is not None:
+        summary["auto"] = result.auto.to_dict(report=True)
     if as_json:
         print_json(summary)
         return
+    for line in result.auto.table() if result.auto is not None else ():
+        print(line)
     passes = "two passes" if result.two_pass else "one pass"
     print(
         f"wrote {result.path}: {result.num_tokens} tokens "

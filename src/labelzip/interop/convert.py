@@ -53,14 +53,15 @@ from labelzip.interop.label_range import (
 from labelzip.ops.reservoir import Reservoir
 from labelzip.outputs import atomic_folder
 from labelzip.selection.auto import (
+    AUTO,
     AutoChoice,
     AutoConfig,
     Target,
-    choose_codec,
+    choose_from_rows,
+    resolve_codec_name,
     run_options,
     with_auto_record,
 )
-from labelzip.selection.sample import LabelSample
 
 __all__ = [
     "CodecChoice",
@@ -84,8 +85,6 @@ FIT_SAMPLE_BYTES = 2 << 30
 
 # Codecs whose fit reads only C from the data: no first pass without a rate target.
 _SHAPE_ONLY_FIT = ("dense", "topk")
-# The codec name of the measured choice (labelzip.selection.auto).
-AUTO = "auto"
 
 # Codecs that store a top-k itself: on a top-k store they keep its K by default.
 _TOPK_CODECS = ("topk", "topk-q")
@@ -188,14 +187,11 @@ def open_import(
         raise InputError(f"label store {str(source)!r} does not exist")
     choice = codec or CodecChoice()
     has_target = choice.ratio is not None or choice.bits_per_label is not None
-    if choice.name is None and has_target:  # a target re-encodes: auto by default
-        choice = dataclasses.replace(choice, name=AUTO)
-    if choice.name == AUTO and not has_target:
-        raise ConfigError(
-            "--codec auto chooses for a target: give --ratio or --bits-per-label"
-        )
-    if choice.name == AUTO and choice.options:
-        raise ConfigError("codec options (--opt, --k, --decoder) need a named --codec")
+    # a target re-encodes: auto by default; no codec and no target: lossless
+    name = resolve_codec_name(
+        choice.name, choice.options, has_target=has_target, default=None
+    )
+    choice = dataclasses.replace(choice, name=name)
     fmt = get_format(format_name)
     store = fmt.open(source, options or ImportOptions())
     doc = {**store.describe(), "lossless": choice.name is None}
@@ -353,15 +349,6 @@ def _choose(
     Imported stores are not pruned, so the only view budget is 1.
     """
     config = choice.auto or AutoConfig(seed=choice.seed)
-    config = config.model_copy(update={"keep_fractions": (1.0,)})
-    rows = reservoir.rows()
-    count = min(rows.shape[0], config.max_sample_labels(store.num_classes))
-    pick = torch.randperm(
-        rows.shape[0], generator=torch.Generator().manual_seed(config.seed)
-    )
-    sample = LabelSample.from_rows(
-        rows[pick[:count].sort().values].float(), config.held_fraction, config.seed
-    )
     target = Target(
         store.layout,
         store.num_classes,
@@ -372,7 +359,7 @@ def _choose(
         metadata=metadata,
         side_bytes=side_bytes,
     )
-    return choose_codec(sample, target, config)
+    return choose_from_rows(reservoir.rows(), target, config)
 
 
 def fit_rows(num_classes: int) -> int:

@@ -25,6 +25,11 @@ for the reservoir (2048 x 49,152 x 2 = 192 MiB), plus the codec's fit time. Peak
 memory otherwise is the teacher, one batch of (B, T, V) float32 logits and the
 codec's temporaries for one chunk, whatever N is.
 
+Codec ``"auto"`` (:mod:`labelzip.selection.auto`, the LM candidates) is measured
+on the fitting sample (so it always takes two passes): part of the reservoir is
+held out, the winner is then fitted on the whole reservoir and the archive records
+the choice.
+
 Several archives (codecs, rate targets) can share one teacher pass:
 :func:`relabel_lm_many`. Provenance (fingerprints, corpus recipe) and the checks a
 trainer runs are in :mod:`labelzip.lm.provenance`.
@@ -51,17 +56,26 @@ from labelzip.archive import (
     ArchiveMetadata,
     ArchiveWriter,
     Layout,
-    codec_for_target,
-    fit_for_target,
+    configure_codec,
+    fit_codec,
 )
 from labelzip.codecs.base import Codec
-from labelzip.codecs.registry import codec_class, create_codec
+from labelzip.codecs.registry import codec_class
 from labelzip.errors import ConfigError, InputError
 from labelzip.lm.provenance import LAYOUT_DIMS, archive_metadata
 from labelzip.lm.reservoir import PositionReservoir
 from labelzip.lm.teacher import (
     max_context,
     teacher_logits,
+)
+from labelzip.selection.auto import (
+    AUTO,
+    AutoChoice,
+    AutoConfig,
+    Target,
+    choose_from_rows,
+    run_options,
+    with_auto_record,
 )
 
 __all__ = [
@@ -114,7 +128,10 @@ class LMOutput(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: Path = Field(description="archive file to write")
-    codec: str = Field(default="topk", description="codec registry name")
+    codec: str = Field(
+        default="topk",
+        description="codec registry name, or 'auto' (measured choice, needs a target)",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="codec options the user fixed"
     )
@@ -124,12 +141,42 @@ class LMOutput(BaseModel):
     bits_per_label: RateTarget | None = Field(
         default=None, description="all-in bits per label to meet"
     )
+    auto: AutoConfig | None = Field(
+        default=None, description="how 'auto' measures its candidates (defaults)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LMOutput:
         if self.ratio is not None and self.bits_per_label is not None:
             raise ValueError("give at most one of ratio and bits_per_label")
+        if self.codec == AUTO and self.ratio is None and self.bits_per_label is None:
+            raise ValueError("codec 'auto' chooses for a target: give a ratio")
+        if self.codec == AUTO and self.options:
+            raise ValueError("codec 'auto' chooses the options: give none")
         return self
+
+    @property
+    def has_target(self) -> bool:
+        return self.ratio is not None or self.bits_per_label is not None
+
+    def target(
+        self,
+        layout: Layout,
+        num_classes: int,
+        chunk_size: int,
+        metadata: ArchiveMetadata,
+    ) -> dict[str, Any] | None:
+        """The rate-control arguments of this output's target, or None."""
+        if not self.has_target:
+            return None
+        return {
+            "layout": layout,
+            "num_classes": num_classes,
+            "ratio": self.ratio,
+            "bits_per_label": self.bits_per_label,
+            "chunk_size": chunk_size,
+            "metadata": metadata,
+        }
 
 
 @dataclass(frozen=True)
@@ -147,6 +194,7 @@ class RelabelLMResult:
     teacher_positions: int  # positions run through the teacher, both passes
     reservoir_bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
+    auto: AutoChoice | None = None  # what 'auto' measured, when it chose the codec
 
     @property
     def num_tokens(self) -> int:
@@ -201,18 +249,8 @@ def _unfitted_codec(
     metadata: ArchiveMetadata,
 ) -> Codec:
     codec_class(output.codec)  # unknown names fail here, before the teacher runs
-    if output.ratio is None and output.bits_per_label is None:
-        return create_codec(output.codec, **output.options)
-    return codec_for_target(
-        output.codec,
-        layout=layout,
-        num_classes=num_classes,
-        ratio=output.ratio,
-        bits_per_label=output.bits_per_label,
-        chunk_size=chunk_size,
-        metadata=metadata,
-        **output.options,
-    )
+    target = output.target(layout, num_classes, chunk_size, metadata)
+    return configure_codec(output.codec, output.options, target=target)
 
 
 def _fit(
@@ -223,20 +261,9 @@ def _fit(
     metadata: ArchiveMetadata,
     num_labels: int,
 ) -> Codec:
-    num_classes = _num_classes(source)
-    if output.ratio is None and output.bits_per_label is None:
-        codec = create_codec(output.codec, **output.options)
-        return codec.fit(source, num_labels=num_labels)
-    return fit_for_target(
-        output.codec,
-        source,
-        layout=layout,
-        num_classes=num_classes,
-        ratio=output.ratio,
-        bits_per_label=output.bits_per_label,
-        chunk_size=chunk_size,
-        metadata=metadata,
-        **output.options,
+    target = output.target(layout, _num_classes(source), chunk_size, metadata)
+    return fit_codec(
+        output.codec, source, output.options, num_labels=num_labels, target=target
     )
 
 
@@ -327,9 +354,14 @@ def relabel_lm_many(
     chunk_size = config.chunk_windows * t
     probe_meta = archive_metadata(model, tokenizer, windows, corpus, teacher_id, {})
     probes = [
-        _unfitted_codec(o, layout, vocab, chunk_size, probe_meta) for o in outputs
+        _unfitted_codec(o, layout, vocab, chunk_size, probe_meta)
+        for o in outputs
+        if o.codec != AUTO
     ]
-    two_pass = any(needs_fit_sample(p) for p in probes)
+    # auto measures its candidates on the fitting sample
+    two_pass = any(o.codec == AUTO for o in outputs) or any(
+        needs_fit_sample(p) for p in probes
+    )
     seconds: dict[str, float] = {}
     run = _TeacherRun(model, config.batch_size, progress, seconds)
     start = time.perf_counter()
@@ -357,19 +389,24 @@ def relabel_lm_many(
         fit_info = {"two_pass": False, "fit_windows": 0, "fit_positions": 0}
         reservoir_bytes = 0
     metadata = archive_metadata(model, tokenizer, windows, corpus, teacher_id, fit_info)
-    codecs, own = [], []
+    codecs, own, metas, choices = [], [], [], []
     for output in outputs:
         t0 = time.perf_counter()
-        codecs.append(_fit(output, source, layout, chunk_size, metadata, n * t))
+        choice = None
+        meta = metadata
+        if output.codec == AUTO:
+            choice = _choose(output, reservoir, layout, chunk_size, metadata)
+            output, meta = _resolved(output, choice, metadata)
+        choices.append(choice)
+        metas.append(meta)
+        codecs.append(_fit(output, source, layout, chunk_size, meta, n * t))
         own.append({"fit_codec": time.perf_counter() - t0, "encode_codec": 0.0})
     source = []  # drop the reservoir before the encoding pass
-    accounts = _write(
-        outputs, codecs, layout, chunk_size, metadata, own, encode_batches
-    )
+    accounts = _write(outputs, codecs, layout, chunk_size, metas, own, encode_batches)
     seconds["total"] = time.perf_counter() - start
     results = []
-    for output, codec, account, times in zip(
-        outputs, codecs, accounts, own, strict=True
+    for output, codec, account, times, choice in zip(
+        outputs, codecs, accounts, own, choices, strict=True
     ):
         results.append(
             RelabelLMResult(
@@ -384,10 +421,41 @@ def relabel_lm_many(
                 teacher_positions=run.positions,
                 reservoir_bytes=reservoir_bytes,
                 seconds={**seconds, **times},
+                auto=choice,
             )
         )
         logger.info("relabel-lm wrote %s: %s", output.path, account)
     return results
+
+
+def _choose(
+    output: LMOutput,
+    reservoir: PositionReservoir,
+    layout: Layout,
+    chunk_size: int,
+    metadata: ArchiveMetadata,
+) -> AutoChoice:
+    """``auto``: the candidates measured on a seeded part of the fitting sample."""
+    target = Target(
+        layout,
+        reservoir.num_classes,
+        ratio=output.ratio,
+        bits_per_label=output.bits_per_label,
+        chunk_size=chunk_size,
+        metadata=metadata,
+        family="lm",
+    )
+    return choose_from_rows(reservoir.rows(), target, output.auto or AutoConfig())
+
+
+def _resolved(
+    output: LMOutput, choice: AutoChoice, metadata: ArchiveMetadata
+) -> tuple[LMOutput, ArchiveMetadata]:
+    """The output of the auto winner (its full schedule) and its metadata."""
+    win = choice.winner
+    options = run_options(win.codec, win.options, choice.config)
+    resolved = output.model_copy(update={"codec": win.codec, "options": options})
+    return resolved, with_auto_record(metadata, choice)
 
 
 def _fit_window_ids(num_windows: int, config: RelabelLMConfig) -> torch.Tensor:
@@ -450,7 +518,7 @@ def _write(
     codecs: list[Codec],
     layout: Layout,
     chunk_size: int,
-    metadata: ArchiveMetadata,
+    metadata: list[ArchiveMetadata],
     seconds: list[dict[str, float]],
     batches: Iterator[torch.Tensor],
 ) -> list[StorageAccount]:
@@ -460,10 +528,10 @@ def _write(
         writers = [
             stack.enter_context(
                 ArchiveWriter(
-                    o.path, c, layout=layout, chunk_size=chunk_size, metadata=metadata
+                    o.path, c, layout=layout, chunk_size=chunk_size, metadata=m
                 )
             )
-            for o, c in zip(outputs, codecs, strict=True)
+            for o, c, m in zip(outputs, codecs, metadata, strict=True)
         ]
         for logits in batches:
             rows = logits.reshape(-1, vocab)

@@ -34,14 +34,19 @@ from labelzip.archive import (
     ArchiveMetadata,
     ArchiveWriter,
     Layout,
-    fit_for_target,
+    rate,
 )
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
-from labelzip.codecs.registry import create_codec
 from labelzip.errors import ConfigError, InputError
 from labelzip.logit_store import LogitStore
-from labelzip.selection.auto import AutoChoice, AutoConfig, Target, choose_codec
+from labelzip.selection.auto import (
+    AUTO,
+    AutoChoice,
+    AutoConfig,
+    Target,
+    choose_codec,
+)
 from labelzip.selection.sample import draw_sample
 
 __all__ = [
@@ -59,8 +64,6 @@ __all__ = [
 # Stored labels per batch handed to fit(); fixed so the fit sees the same
 # batches whatever the input's sharding.
 FIT_BATCH = 4096
-# The codec name that asks for a measured choice (labelzip.selection.auto).
-AUTO = "auto"
 
 Advance = Callable[[int], None]
 
@@ -214,21 +217,22 @@ def fit_codec(
     def source() -> Iterator[torch.Tensor]:
         return stored_batches(store, plan, FIT_BATCH, advance)
 
-    if not settings.has_target:
-        codec = create_codec(settings.codec, **settings.options)
-        return codec.fit(source, num_labels=num_stored)
-    return fit_for_target(
+    target = {
+        "layout": layout,
+        "num_classes": store.num_classes,
+        "ratio": settings.ratio,
+        "bits_per_label": settings.bits_per_label,
+        "chunk_size": settings.chunk_size,
+        "prune": plan,
+        "metadata": metadata,
+        "reference": settings.reference,
+    }
+    return rate.fit_codec(
         settings.codec,
         source,
-        layout=layout,
-        num_classes=store.num_classes,
-        ratio=settings.ratio,
-        bits_per_label=settings.bits_per_label,
-        chunk_size=settings.chunk_size,
-        prune=plan,
-        metadata=metadata,
-        reference=settings.reference,
-        **settings.options,
+        settings.options,
+        num_labels=num_stored,
+        target=target if settings.has_target else None,
     )
 
 

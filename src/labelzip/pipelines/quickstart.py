@@ -94,8 +94,11 @@ ROW_SPECS: dict[str, dict[str, Any]] = {
     },
     "lpld": {"codec": "dense", "options": {"dtype": "fp16"}, "auto_prune": True},
     "rskd": {"codec": "rskd", "auto_prune": True},
+    # measured choice of codec and view budget (docs/auto.md); a bench row, not a
+    # quickstart default (it labels a sample of the views once more)
+    "auto": {"codec": "auto"},
 }
-DEFAULT_CODECS: tuple[str, ...] = tuple(ROW_SPECS)
+DEFAULT_CODECS: tuple[str, ...] = tuple(n for n in ROW_SPECS if n != "auto")
 
 StageProgress = Callable[[str, int, int], None]
 """``progress(stage, done, total)`` for the stages: teacher, distill, relabel, students."""

@@ -41,7 +41,7 @@ from labelzip.archive import (
     ArchiveMetadata,
     ArchiveWriter,
     Layout,
-    fit_for_target,
+    fit_codec,
     rate_note,
 )
 from labelzip.augment import (
@@ -53,10 +53,11 @@ from labelzip.augment import (
 )
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
-from labelzip.codecs.registry import codec_class, create_codec, with_num_images
+from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import CodecMismatchError, ConfigError, InputError
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor, model_id
 from labelzip.pipelines.ratecontrol import auto_prune_plan, side_entry_bytes
+from labelzip.pipelines.relabel_auto import resolve_auto_outputs
 from labelzip.pipelines.relabel_types import (
     AUGMENT_PREFIX,
     LAYOUT_DIMS,
@@ -70,6 +71,7 @@ from labelzip.pipelines.relabel_types import (
     default_view_config,
     recipe_context,
 )
+from labelzip.selection.auto import AutoChoice
 
 __all__ = [
     "LAYOUT_DIMS",
@@ -148,6 +150,11 @@ class ViewLabeller:
             block = flat[part]
             yield block, self.label(epoch, block - epoch * m)
             progress(len(block))
+
+    def rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """(N, C) float32 logits of sorted flat indices (N,), no progress."""
+        parts = [r for _, r in self.blocks(flat, lambda n: None)]
+        return torch.cat(parts) if parts else torch.empty(0, self.num_classes)
 
     @torch.inference_mode()
     def label(self, epoch: int, index: torch.Tensor) -> torch.Tensor:
@@ -238,7 +245,9 @@ class _Job:
     plan: PrunePlan | None
     side: dict[str, torch.Tensor]
     fit_flat: torch.Tensor  # sorted flat indices of the views it is fitted on
+    metadata: ArchiveMetadata  # the run's, plus the auto record when auto chose
     codec: Codec | None = None
+    auto: AutoChoice | None = None
 
 
 def _stored_flat(plan: PrunePlan | None, num_views: int) -> torch.Tensor:
@@ -283,7 +292,7 @@ def plan_output(
         fit_flat = stored[pick].sort().values
     else:
         fit_flat = stored
-    return _Job(out, plan, side, fit_flat)
+    return _Job(out, plan, side, fit_flat, metadata)
 
 
 # ---------------------------------------------------------------- fitting, writing
@@ -311,24 +320,25 @@ def fit_output(
         context = recipe_context(
             metadata.user, layout.dims, layout.shape, job.fit_flat, error=ConfigError
         )
-    if out.ratio is None and out.bits_per_label is None:
-        return create_codec(out.codec, **options).fit_in_context(
-            source, context, num_labels=num_stored
-        )
     side = sum(t.numel() * t.element_size() for t in job.side.values())
-    return fit_for_target(
+    target = {
+        "layout": layout,
+        "num_classes": num_classes,
+        "ratio": out.ratio,
+        "bits_per_label": out.bits_per_label,
+        "chunk_size": config.chunk_size,
+        "prune": job.plan,
+        "metadata": metadata,
+        "side_bytes": side + side_entry_bytes(job.side),
+    }
+    has_target = out.ratio is not None or out.bits_per_label is not None
+    return fit_codec(
         out.codec,
         source,
-        layout=layout,
-        num_classes=num_classes,
-        ratio=out.ratio,
-        bits_per_label=out.bits_per_label,
-        chunk_size=config.chunk_size,
-        prune=job.plan,
-        metadata=metadata,
-        side_bytes=side + side_entry_bytes(job.side),
+        options,
+        num_labels=num_stored,
+        target=target if has_target else None,
         context=context,
-        **options,
     )
 
 
@@ -359,7 +369,7 @@ def _write(
                 layout=layout,
                 chunk_size=config.chunk_size,
                 prune=job.plan,
-                metadata=metadata,
+                metadata=job.metadata,
                 side_tensors=job.side,
             )
             writers.append(stack.enter_context(writer))
@@ -439,10 +449,14 @@ def relabel(
     records = (
         explicit_records(images, config, view) if config.store_augmentations else {}
     )
-    jobs = [
-        plan_output(o, layout, num_classes, metadata, records, config) for o in outputs
-    ]
     labeller = ViewLabeller(images, teacher, view, config, num_classes, device)
+    jobs = []  # codec 'auto': measured on the teacher's labels of a sample first
+    for out, meta, choice in resolve_auto_outputs(
+        outputs, labeller.rows, layout, num_classes, metadata, config
+    ):
+        job = plan_output(out, layout, num_classes, meta, records, config)
+        job.auto = choice
+        jobs.append(job)
     return _run(jobs, labeller, layout, metadata, config, device, progress, start)
 
 
@@ -482,7 +496,7 @@ def _run(
     for job in jobs:
         rows = _gather(cache_flat, cache_rows, job.fit_flat)
         job.codec = fit_output(
-            job, rows, layout, labeller.num_classes, metadata, config
+            job, rows, layout, labeller.num_classes, job.metadata, config
         )
     seconds = {"fit": time.perf_counter() - t_fit}
     if single:  # every needed label is in memory: write from there
@@ -529,6 +543,7 @@ def relabel_result(
             account=_with_rate_note(job, account),
             keep_per_image=job.plan.keep_per_group if job.plan else config.epochs,
             codec_config=job.codec.to_config() if job.codec else {},
+            auto=job.auto,
         )
         for job, account in zip(jobs, accounts, strict=True)
     ]

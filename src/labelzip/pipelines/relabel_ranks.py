@@ -5,6 +5,9 @@ view (epoch e, image i). Views are a pure function of (seed, e, i)
 (:mod:`labelzip.augment`), so any rank can render any view. Under torchrun
 the run is a :class:`~labelzip.pipelines.chunked.ChunkJob`:
 
+- with codec ``auto`` rank 0 measures the candidates on the single process's
+  sample of views and sends the choice (codec, options, view budget) to the
+  others;
 - rank 0 labels the fit sample (the same views, in the same teacher batches,
   as a single process) and fits the codec, which it sends to the others;
 - the archive's chunks (``chunk_size`` stored views each, in flat order
@@ -33,7 +36,7 @@ from torch import nn
 from labelzip.archive import ArchiveMetadata, ArchiveWriter, Layout
 from labelzip.archive.chunks import ChunkCutter, ChunkEncoder
 from labelzip.codecs.base import Codec
-from labelzip.distributed import Ranks, all_gather_bytes
+from labelzip.distributed import Ranks, all_gather_bytes, run_on_main
 from labelzip.pipelines.chunked import (
     ChunkSink,
     Report,
@@ -54,7 +57,10 @@ from labelzip.pipelines.relabel import (
     relabel_result,
     view_batches,
 )
+from labelzip.pipelines.relabel_auto import choose_relabel_codec
 from labelzip.pipelines.relabel_types import LAYOUT_DIMS, default_view_config
+from labelzip.selection.auto import AUTO
+from labelzip.selection.record import AutoChoice
 
 __all__ = ["relabel_chunked"]
 
@@ -70,6 +76,7 @@ class _RelabelJob:
         config: RelabelConfig,
         teacher_id: str,
         device: torch.device,
+        ranks: Ranks,
         progress: ProgressFn | None,
     ) -> None:
         images = check_image_tensor(image_set.images, "distilled images")
@@ -77,16 +84,32 @@ class _RelabelJob:
         view = config.view or default_view_config(*images.shape[-2:])
         self.config = config
         self.layout = Layout(LAYOUT_DIMS, (config.epochs, len(images)))
-        self.metadata: ArchiveMetadata = relabel_metadata(
-            image_set, images, config, view, teacher_id
-        )
+        metadata = relabel_metadata(image_set, images, config, view, teacher_id)
         records = (
             explicit_records(images, config, view) if config.store_augmentations else {}
         )
+        self.labeller = ViewLabeller(images, teacher, view, config, num_classes, device)
+        self.auto: AutoChoice | None = None
+        if output.codec == AUTO:  # rank 0 measures, every rank plans the choice
+
+            def choose() -> tuple[RelabelOutput, ArchiveMetadata, AutoChoice]:
+                return choose_relabel_codec(
+                    output,
+                    self.labeller.rows,
+                    self.layout,
+                    num_classes,
+                    metadata,
+                    config,
+                )
+
+            output, metadata, self.auto = run_on_main(
+                ranks, choose, "choosing the codec (auto)"
+            )
+        self.metadata: ArchiveMetadata = metadata
         self.job = plan_output(
             output, self.layout, num_classes, self.metadata, records, config
         )
-        self.labeller = ViewLabeller(images, teacher, view, config, num_classes, device)
+        self.job.auto = self.auto
         self.out = output.path
         self.chunk_size = config.chunk_size
         plan = self.job.plan
@@ -207,7 +230,9 @@ def relabel_chunked(
     """
     start = time.perf_counter()
     teacher.eval()
-    job = _RelabelJob(image_set, teacher, output, config, teacher_id, device, progress)
+    job = _RelabelJob(
+        image_set, teacher, output, config, teacher_id, device, ranks, progress
+    )
     codec, account = run_chunked(job, ranks=ranks, report=report)
     labeller = job.labeller
     counts = all_gather_bytes(

@@ -17,6 +17,9 @@ from labelzip.accounting import RateTarget, StorageAccount
 from labelzip.archive.format import DEFAULT_CHUNK_SIZE
 from labelzip.augment import ViewConfig
 from labelzip.codecs.context.recipe import LAYOUT_DIMS, RELABEL_KEY, recipe_context
+from labelzip.selection.auto import AUTO
+from labelzip.selection.config import AutoConfig
+from labelzip.selection.record import AutoChoice
 
 __all__ = [
     "AUGMENT_PREFIX",
@@ -99,11 +102,24 @@ class RelabelOutput(BaseModel):
     )
     prune_seed: int = Field(default=0, ge=0, description="seed of the kept views")
     name: str | None = Field(default=None, description="a label for reports")
+    auto: AutoConfig | None = Field(
+        default=None,
+        description="codec 'auto': how it measures its candidates (defaults)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RelabelOutput:
         if self.ratio is not None and self.bits_per_label is not None:
             raise ValueError("give at most one of ratio and bits_per_label")
+        if self.codec == AUTO:
+            if self.ratio is None and self.bits_per_label is None:
+                raise ValueError("codec 'auto' chooses for a target: give a ratio")
+            if self.options:
+                raise ValueError("codec 'auto' chooses the options: give none")
+            if self.auto_prune:
+                raise ValueError(
+                    "codec 'auto' measures the view budget itself; drop auto_prune"
+                )
         if self.auto_prune and self.keep_fraction is not None:
             raise ValueError("auto_prune chooses keep_fraction; do not give both")
         if self.auto_prune and self.ratio is None and self.bits_per_label is None:
@@ -124,6 +140,7 @@ class RelabelledArchive:
     account: StorageAccount
     keep_per_image: int  # views per image whose label is stored (E when unpruned)
     codec_config: dict[str, Any]
+    auto: AutoChoice | None = None  # what codec 'auto' measured, when it chose
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,11 @@ from labelzip.archive import (
 )
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan, keep_per_group
-from labelzip.codecs.registry import codec_class
+from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement
 from labelzip.pipelines.ratecontrol import auto_prune_plan
-from labelzip.selection.config import AutoConfig, Target
+from labelzip.selection.config import AutoConfig, ContextOf, Target
 from labelzip.selection.record import (
     AUTO_KEY,
     AutoChoice,
@@ -59,29 +59,36 @@ from labelzip.selection.record import (
 from labelzip.selection.sample import GroupShape, LabelSample
 
 __all__ = [
+    "AUTO",
     "AUTO_KEY",
     "LM_CANDIDATES",
     "LM_MIN_CLASSES",
     "MIN_STORED_TOP1",
     "VISION_CANDIDATES",
+    "CONTEXT_CANDIDATES",
     "AutoChoice",
     "AutoConfig",
     "Candidate",
     "CandidateResult",
     "Target",
+    "candidate_options",
     "candidates_for",
     "choose_codec",
+    "choose_from_rows",
     "format_table",
+    "resolve_codec_name",
     "run_options",
     "with_auto_record",
 ]
 
+# The codec name that asks for a measured choice.
+AUTO = "auto"
 # Classes from which labels are treated as an LM vocabulary.
 LM_MIN_CLASSES = 8192
 
 # (codec, options) in cost order: a tie within noise goes to the earlier one.
-# Codecs that need a view context (vqae-ctx, ctx-transform) are not candidates:
-# a logits file carries no view recipe.
+# Codecs that need a view context are candidates only where the labels have one
+# (CONTEXT_CANDIDATES, relabel): a logits file carries no view recipe.
 VISION_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("topk", {"decoder": "mr"}),
     ("topk", {"decoder": "ms"}),
@@ -89,6 +96,10 @@ VISION_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("dense", {}),
     ("rskd", {}),
     ("vqae", {}),
+)
+CONTEXT_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("vqae-ctx", {}),
+    ("ctx-transform", {}),
 )
 LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("topk", {"decoder": "ms"}),
@@ -102,7 +113,13 @@ LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
 # at T = 4 on few classes while carrying no class information.
 MIN_STORED_TOP1 = 0.5
 # Learned codecs' schedule option, capped at AutoConfig.steps for candidates.
-_STEP_OPTION = {"vqae": "steps", "vqae-sparse": "steps", "vqae-rs": "steps"}
+_STEP_OPTION = {
+    "vqae": "steps",
+    "vqae-sparse": "steps",
+    "vqae-rs": "steps",
+    "vqae-ctx": "prior_steps",
+    "ctx-transform": "prior_steps",
+}
 # Labels per encode/decode call when measuring.
 _BLOCK = 4096
 # Characters of a skip reason kept in the archive's record.
@@ -111,6 +128,34 @@ _BEST_REACHABLE = re.compile(r"best reachable is ([0-9.]+x)")
 # Stand-ins as wide as any stored number: the provisional record of candidate fits.
 _WIDE_FLOAT = 1.23457e-05
 _PLACEHOLDER_KEEP = 1 / 3
+
+
+def resolve_codec_name(
+    codec: str | None,
+    options: Mapping[str, Any],
+    *,
+    has_target: bool,
+    default: str | None,
+) -> str | None:
+    """The codec a command runs: the named one, :data:`AUTO`, or ``default``.
+
+    No name with a target means :data:`AUTO`; no name without one means
+    ``default`` (a command's fixed codec, or None when it needs a name). Every
+    command that offers ``--codec auto`` resolves it here.
+
+    Raises:
+        ConfigError: ``auto`` without a target, or with codec options (auto
+            chooses them).
+    """
+    if codec is None:
+        codec = AUTO if has_target else default
+    if codec == AUTO and not has_target:
+        raise ConfigError(
+            "--codec auto chooses for a target: give --ratio or --bits-per-label"
+        )
+    if codec == AUTO and options:
+        raise ConfigError("codec options (--opt, --k, --decoder) need a named --codec")
+    return codec
 
 
 def run_options(
@@ -126,6 +171,17 @@ def run_options(
     return out
 
 
+def candidate_options(
+    cand: Candidate, target: Target, config: AutoConfig
+) -> dict[str, Any]:
+    """The options a candidate is fitted with: :func:`run_options`, plus the
+    image count of a view-context codec (its prototypes count in its bytes)."""
+    options = run_options(cand.codec, cand.options, config)
+    if target.num_images is not None:
+        options = with_num_images(cand.codec, options, target.num_images)
+    return options
+
+
 def candidates_for(
     target: Target, config: AutoConfig, *, has_views: bool
 ) -> list[Candidate]:
@@ -133,7 +189,14 @@ def candidates_for(
 
     Keep fractions that keep the same number of views per sample collapse to one.
     """
-    table = LM_CANDIDATES if target.num_classes > LM_MIN_CLASSES else VISION_CANDIDATES
+    lm = (
+        target.num_classes > LM_MIN_CLASSES
+        if target.family == "auto"
+        else target.family == "lm"
+    )
+    table = LM_CANDIDATES if lm else VISION_CANDIDATES
+    if not lm and target.context is not None:
+        table = table + CONTEXT_CANDIDATES
     if config.codecs is not None:
         unknown = set(config.codecs) - {c for c, _ in table}
         if unknown:
@@ -182,7 +245,7 @@ def choose_codec(
     has_views = (
         groups.has_views
         and groups.views > 1
-        and sample.fit_rows.shape[1] == groups.views
+        and sample.held_rows.shape[1] == groups.views
     )
     todo = (
         list(candidates)
@@ -193,14 +256,18 @@ def choose_codec(
         raise ConfigError("--codec auto has no candidate codec for these labels")
 
     def choice(
-        winner: Candidate, results: Sequence[CandidateResult], compact: bool
+        winner: Candidate,
+        results: Sequence[CandidateResult],
+        compact: bool,
+        winner_steps: int | None = None,
     ) -> AutoChoice:
         return AutoChoice(
             winner=winner,
+            winner_steps=winner_steps,
             results=tuple(results),
             config=config,
-            fit_labels=sample.fit_rows.shape[0] * sample.fit_rows.shape[1],
-            held_labels=sample.held_rows.shape[0] * sample.held_rows.shape[1],
+            fit_labels=sample.fit_labels,
+            held_labels=sample.held_labels,
             reference_total=reference_bytes(
                 target.layout.num_labels, target.num_classes, target.reference
             ),
@@ -217,16 +284,30 @@ def choose_codec(
         + [c for level in extra for c in level]
         + _fitting_keeps(todo, target, config, fitting)
     )
-    wide = [
-        CandidateResult(c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT)
-        for c in possible
-    ]
+    confirm = [c for c in possible if _capped(c, config, config.confirm_steps)]
+    wide = (
+        [
+            CandidateResult(c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT)
+            for c in possible
+        ]
+        + [  # the finalists' second fits
+            CandidateResult(
+                c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT, steps=1 << 20
+            )
+            for c in sorted(confirm, key=lambda c: -len(json.dumps(dict(c.options))))[
+                :2
+            ]
+        ]
+    )
     longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
-    full = json.dumps(choice(longest, wide, False).to_dict(), separators=(",", ":"))
+    won = 1 << 20 if confirm else None
+    full = json.dumps(
+        choice(longest, wide, False, won).to_dict(), separators=(",", ":")
+    )
     compact = len(full) > config.record_share * target.total_bytes
     charged = dataclasses.replace(
         target,
-        metadata=with_auto_record(target.metadata, choice(longest, wide, compact)),
+        metadata=with_auto_record(target.metadata, choice(longest, wide, compact, won)),
     )
     if fitting is not None:  # each codec's own largest view budget that fits
         todo = todo + _fitting_keeps(todo, charged, config, None)
@@ -236,7 +317,76 @@ def choose_codec(
         if _any_measured(results) and _pick(results, config).keep_fraction > smallest:
             break
         results += [_measure(c, sample, charged, config) for c in level]
-    return choice(_pick(results, config), results, compact)
+    pool, results = _confirm(results, sample, charged, config)
+    best = _pick(pool, config)
+    steps = next(r.steps for r in pool if r.candidate == best)
+    return choice(best, results, compact, steps)
+
+
+def _capped(cand: Candidate, config: AutoConfig, steps: int) -> bool:
+    """Whether ``cand`` is a learned codec that ``steps`` trains longer than
+    the first round's ``config.steps`` (its full schedule is the limit)."""
+    key = _STEP_OPTION.get(cand.codec)
+    if key is None:
+        return False
+    default = int(codec_class(cand.codec).config_class.model_fields[key].default)
+    return min(default, steps) > min(default, config.steps)
+
+
+def _confirm(
+    results: list[CandidateResult],
+    sample: LabelSample,
+    target: Target,
+    config: AutoConfig,
+) -> tuple[list[CandidateResult], list[CandidateResult]]:
+    """Refit the finalists with ``config.confirm_steps`` (a bounded second round).
+
+    Short fits rank learned codecs by how fast they train as much as by what
+    they reach: at a low rate an undertrained codec looks better with fewer,
+    richer labels (fewer views kept) than it is. The finalists are the first
+    round's winner, if learned, and the best other learned candidate (at most
+    two fits); their long fits replace their short ones in the pick.
+
+    Returns (the results the pick is made from, every row for the record).
+    """
+    eligible = [r for r in results if r.kl is not None and r.skipped is None]
+    if not eligible:
+        return results, results
+    winner = _pick(results, config)
+    learned = sorted(
+        (r for r in eligible if _capped(r.candidate, config, config.confirm_steps)),
+        key=lambda r: (r.kl, _order(results, r)),
+    )
+    finalists = [r for r in learned if r.candidate == winner][:1]
+    finalists += [r for r in learned if r.candidate != winner][:1]
+    if not finalists:
+        return results, results
+    long = [
+        _measure(r.candidate, sample, target, config, steps=config.confirm_steps)
+        for r in finalists
+    ]
+    pool = [r for r in results if all(r is not f for f in finalists)]
+    return pool + long, results + long
+
+
+def choose_from_rows(
+    rows: torch.Tensor, target: Target, config: AutoConfig
+) -> AutoChoice:
+    """:func:`choose_codec` on single labels already sampled (e.g. a reservoir).
+
+    A seeded subset of at most ``config.max_sample_labels`` rows is split into
+    fit and held-out parts. The rows carry no layout positions, so the only
+    view budget is 1 (keep every label).
+    """
+    config = config.model_copy(update={"keep_fractions": (1.0,)})
+    count = min(rows.shape[0], config.max_sample_labels(target.num_classes))
+    pick = torch.randperm(
+        rows.shape[0], generator=torch.Generator().manual_seed(config.seed)
+    )
+    sample = LabelSample.from_rows(
+        rows[pick[:count].sort().values].float(), config.held_fraction, config.seed
+    )
+    return choose_codec(sample, target, config)
 
 
 def _any_measured(results: Sequence[CandidateResult]) -> bool:
@@ -273,7 +423,7 @@ def _fitting_keeps(
                 metadata=target.metadata,
                 side_entry=target.side_bytes,
                 seed=config.seed,
-                options=run_options(cand.codec, cand.options, config),
+                options=candidate_options(cand, target, config),
             )
         except (UnreachableTargetError, ConfigError):
             continue
@@ -345,9 +495,18 @@ def _order(results: Sequence[CandidateResult], r: CandidateResult) -> tuple[int,
 
 
 def _measure(
-    cand: Candidate, sample: LabelSample, target: Target, config: AutoConfig
+    cand: Candidate,
+    sample: LabelSample,
+    target: Target,
+    config: AutoConfig,
+    *,
+    steps: int | None = None,
 ) -> CandidateResult:
-    """Fit ``cand`` on the fit part at the target, measure it on the held-out part."""
+    """Fit ``cand`` on the fit part at the target, measure it on the held-out part.
+
+    Learned codecs train ``config.steps`` steps (``steps`` for a finalist's
+    second fit), at most their full schedule.
+    """
     layout = target.layout
     plan = (
         PrunePlan(layout.dims, layout.shape, cand.keep_fraction, config.seed)
@@ -356,13 +515,26 @@ def _measure(
     )
     num_classes = target.num_classes
     fit_rows = sample.fit_rows.reshape(-1, num_classes)
-    if plan is not None:
-        fit_rows = fit_rows[plan.is_kept(sample.fit_flat.reshape(-1))]
-    options = run_options(cand.codec, cand.options, config)
+    fit_flat = sample.fit_flat.reshape(-1)
+    used = _fit_mask(sample, plan)
+    if used is not None:
+        fit_rows, fit_flat = fit_rows[used], fit_flat[used]
+    if fit_rows.shape[0] == 0:  # the view split at a budget of very few views
+        return CandidateResult(
+            cand,
+            skipped="no view left to fit on",
+            detail="every kept view of the sample stands in for a held-out view, "
+            "so none is left to fit on without scoring its own fit",
+        )
+    options = candidate_options(cand, target, config)
+    needs_context = codec_class(cand.codec).needs_context
+    if needs_context and target.context is None:
+        return CandidateResult(cand, skipped="needs a view context")
+    context = target.context if needs_context else None
     step_key = _STEP_OPTION.get(cand.codec)
     if step_key is not None:
         default = codec_class(cand.codec).config_class.model_fields[step_key].default
-        options[step_key] = min(int(default), config.steps)
+        options[step_key] = min(int(default), steps or config.steps)
 
     def source() -> Iterator[torch.Tensor]:
         for start in range(0, fit_rows.shape[0], _BLOCK):
@@ -382,14 +554,17 @@ def _measure(
             metadata=target.metadata,
             side_bytes=target.side_bytes,
             reference=target.reference,
+            context=None if context is None else context(fit_flat),
             **options,
         )
     except (UnreachableTargetError, ConfigError) as exc:
         return CandidateResult(
-            cand, skipped=_short_reason(exc), detail=_full_reason(exc)
+            cand, skipped=_short_reason(exc), detail=_full_reason(exc), steps=steps
         )
     seconds = time.perf_counter() - started
-    kl, top1, own, payload, kept = _held_out(codec, sample, plan, config.temperature)
+    kl, top1, own, payload, kept = _held_out(
+        codec, sample, plan, config.temperature, context
+    )
     num_stored = plan.num_kept if plan is not None else layout.num_labels
     header = estimate_header_bytes(
         layout.num_labels,
@@ -416,17 +591,40 @@ def _measure(
         group_kl=kl,
         fit_seconds=seconds,
         skipped=None if own >= MIN_STORED_TOP1 else f"flat: stored top-1 {own:.2f}",
+        steps=steps,
     )
 
 
-def _held_out(
-    codec: Codec, sample: LabelSample, plan: PrunePlan | None, temperature: float
-) -> tuple[torch.Tensor, float, float, int, int]:
-    """Per held-out sample mean KL, top-1 (of every label, and of the stored
-    labels against their own decoding), payload bytes and labels encoded.
+def _fit_mask(sample: LabelSample, plan: PrunePlan | None) -> torch.Tensor | None:
+    """Which fit-part labels a candidate is fitted on (None: all of them).
 
-    With a plan only the kept held-out labels are encoded; every held-out label
-    is compared against the decoded label it uses (its own or its stand-in's).
+    The stored ones (kept by ``plan``); with the view split, also none whose
+    decoding is scored (a scored view or the kept view standing in for one).
+    """
+    flat = sample.fit_flat.reshape(-1)
+    used = None if plan is None else plan.is_kept(flat)
+    if sample.held_views is None:
+        return used
+    scored = sample.held_flat[sample.held_views]
+    if plan is not None:
+        scored = plan.kept_flat(plan.stored_index(scored))
+    free = ~torch.isin(flat, scored)
+    return free if used is None else used & free
+
+
+def _held_out(
+    codec: Codec,
+    sample: LabelSample,
+    plan: PrunePlan | None,
+    temperature: float,
+    context: ContextOf | None = None,
+) -> tuple[torch.Tensor, float, float, int, int]:
+    """Per held-out sample mean KL, top-1 (of every scored label, and of the
+    stored labels against their own decoding), payload bytes and labels encoded.
+
+    With a plan only kept labels are encoded; every scored label is compared
+    against the decoded label it uses (its own or its stand-in's). ``context``
+    gives the view context of flat indices, for context codecs.
     """
     groups, views, num_classes = sample.held_rows.shape
     teacher = sample.held_rows.reshape(-1, num_classes)
@@ -438,19 +636,25 @@ def _held_out(
         order = np.argsort(flat.numpy(), kind="stable")
         sorted_flat = flat.numpy()[order]
         source_pos = torch.from_numpy(order[np.searchsorted(sorted_flat, source_flat)])
+    if sample.held_views is not None:  # the view split: score the held-out views
+        scored = sample.held_views.reshape(-1)
+        teacher, source_pos = teacher[scored], source_pos[scored]
+        views = int(sample.held_views[0].sum())
+    full = sample.held_rows.reshape(-1, num_classes)
     stored = torch.unique(source_pos)  # increasing positions of the labels encoded
     decoded_parts: list[torch.Tensor] = []
     payload = 0
     for start in range(0, stored.numel(), _BLOCK):
-        rows = teacher[stored[start : start + _BLOCK]]
-        block = codec.encode(rows)
+        pos = stored[start : start + _BLOCK]
+        ctx = None if context is None else context(flat[pos])
+        block = codec.encode_in_context(full[pos], ctx)
         payload += block.nbytes
-        decoded_parts.append(codec.decode(block, "cpu").float())
+        decoded_parts.append(codec.decode_in_context(block, ctx, "cpu").float())
     decoded = torch.cat(decoded_parts)
     used = decoded[torch.searchsorted(stored, source_pos)]
     kl = kl_divergence(teacher, used, temperature=temperature).reshape(groups, views)
     top1 = top1_agreement(teacher, used)
-    own = top1_agreement(teacher[stored], decoded)
+    own = top1_agreement(full[stored], decoded)
     return kl.mean(dim=1), top1, own, payload, int(stored.numel())
 
 

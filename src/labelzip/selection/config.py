@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, Layout
+from labelzip.codecs.base import LabelContext
 from labelzip.codecs.registry import target_total_bytes
 
-__all__ = ["DEFAULT_SAMPLE_LABELS", "SAMPLE_VALUES", "AutoConfig", "Target"]
+__all__ = [
+    "DEFAULT_SAMPLE_LABELS",
+    "SAMPLE_VALUES",
+    "AutoConfig",
+    "ContextOf",
+    "Target",
+]
+
+ContextOf = Callable[[torch.Tensor], LabelContext]
+"""The view context of (N,) flat label indices."""
 
 # Default selection sample: 8192 labels, or this many logit values when more.
 DEFAULT_SAMPLE_LABELS = 8192
@@ -45,6 +58,14 @@ class AutoConfig(BaseModel):
         ge=1,
         le=1 << 20,
         description="training steps of learned candidates",
+    )
+    confirm_steps: int = Field(
+        default=1000,
+        ge=0,
+        le=1 << 20,
+        description="training steps of the second fit of the finalists (the "
+        "winner and the best other learned candidate); at most each codec's full "
+        "schedule; <= steps: no second fit",
     )
     keep_fractions: tuple[float, ...] = Field(
         default=(1.0, 0.5, 0.25, 0.125),
@@ -101,6 +122,12 @@ class Target:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     metadata: ArchiveMetadata = field(default_factory=ArchiveMetadata)
     side_bytes: int = 0
+    # Which candidate table: by class count ("auto"), or the command's own kind.
+    family: Literal["auto", "vision", "lm"] = "auto"
+    # The view context of flat label indices, where the labels have one (relabel):
+    # the view-context codecs are then candidates; they store num_images prototypes.
+    context: ContextOf | None = None
+    num_images: int | None = None
 
     @property
     def total_bytes(self) -> int:

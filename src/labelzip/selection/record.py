@@ -53,6 +53,8 @@ class CandidateResult:
         top1: held-out top-1 agreement.
         group_kl: (held-out samples,) mean KL per held-out sample (ties).
         fit_seconds: wall time of the candidate's fit (reported, not stored).
+        steps: the training steps of a finalist's second, longer fit (None
+            for the first round's fits at the auto steps).
     """
 
     candidate: Candidate
@@ -63,6 +65,7 @@ class CandidateResult:
     fit_seconds: float = 0.0
     skipped: str | None = None
     detail: str | None = None
+    steps: int | None = None
 
     def to_dict(self, reference_total: int, *, report: bool) -> dict[str, Any]:
         """The candidate's row: short skip reason in the archive; the command's
@@ -79,6 +82,8 @@ class CandidateResult:
             "top1": round6(self.top1),
             "skipped": self.skipped,
         }
+        if self.steps is not None:
+            out["steps"] = self.steps
         if report:
             out["fit_seconds"] = round(self.fit_seconds, 2)
             if self.detail is not None:
@@ -98,6 +103,7 @@ class AutoChoice:
     reference_total: int
     seconds: float
     compact: bool = False
+    winner_steps: int | None = None  # set when the winner is a refitted finalist
 
     def to_dict(self, *, report: bool = False) -> dict[str, Any]:
         """The JSON record: for the archive (deterministic: no seconds, short
@@ -108,6 +114,7 @@ class AutoChoice:
                 "codec": self.winner.codec,
                 "options": dict(self.winner.options),
                 "keep_fraction": self.winner.keep_fraction,
+                **({} if self.winner_steps is None else {"steps": self.winner_steps}),
             },
             "temperature": self.config.temperature,
             "fit_labels": self.fit_labels,
@@ -117,7 +124,9 @@ class AutoChoice:
             "candidates": [
                 r.to_dict(self.reference_total, report=report)
                 for r in self.results
-                if report or not self.compact or r.candidate == self.winner
+                if report
+                or not self.compact
+                or (r.candidate == self.winner and r.steps == self.winner_steps)
             ],
         }
         if self.compact and not report:
@@ -135,18 +144,19 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
     """Text lines of an auto record (from :meth:`AutoChoice.to_dict` or an archive)."""
     chosen = record["chosen"]
     win = Candidate(chosen["codec"], chosen["options"], chosen["keep_fraction"])
+    won = (win.name, win.keep_fraction, chosen.get("steps"))
+    refit = {row["steps"] for row in record["candidates"] if "steps" in row}
+    finalists = f"; finalists refit at {max(refit)} steps" if refit else ""
     lines = [
         f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "
         f"(held-out KL at T={record['temperature']:g}; {record['fit_labels']} fit / "
-        f"{record['held_labels']} held-out labels, {record['steps']} steps)"
+        f"{record['held_labels']} held-out labels, {record['steps']} steps{finalists})"
     ]
     for row in record["candidates"]:
         name = Candidate(row["codec"], row["options"], row["keep_fraction"]).name
-        mark = (
-            "*"
-            if (name, row["keep_fraction"]) == (win.name, win.keep_fraction)
-            else " "
-        )
+        mark = "*" if (name, row["keep_fraction"], row.get("steps")) == won else " "
+        if "steps" in row:
+            name = f"{name} [{row['steps']} steps]"
         head = f" {mark} {name:<34} keep {row['keep_fraction']:<6g}"
         secs = f" {row['fit_seconds']:7.1f}s" if "fit_seconds" in row else ""
         if row["skipped"] is not None and row["kl"] is None:

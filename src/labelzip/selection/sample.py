@@ -27,7 +27,7 @@ from labelzip.codecs.base import LogitSource, check_logits, iterate_source
 from labelzip.codecs.prune import REUSE_DIMS
 from labelzip.errors import ConfigError, InputError
 
-__all__ = ["GroupShape", "LabelSample", "draw_sample"]
+__all__ = ["GroupShape", "LabelSample", "draw_groups", "draw_sample", "split_views"]
 
 
 @dataclass(frozen=True)
@@ -76,16 +76,35 @@ class LabelSample:
     Attributes:
         fit_rows, fit_flat: (Gf, V, C) teacher logits and (Gf, V) flat indices.
         held_rows, held_flat: the same for the held-out groups.
+        held_views: None when every view of a held-out group is scored (the
+            group split); else (Gh, V) bool, True at the views scored, each
+            group scoring as many (the view split of :func:`split_views`:
+            fit and held-out parts are the same groups, and the fit uses only
+            labels whose decoding is never scored).
     """
 
     fit_rows: torch.Tensor
     fit_flat: torch.Tensor
     held_rows: torch.Tensor
     held_flat: torch.Tensor
+    held_views: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
         return int(self.fit_rows.shape[-1])
+
+    @property
+    def held_labels(self) -> int:
+        """Labels scored."""
+        if self.held_views is not None:
+            return int(self.held_views.sum())
+        return int(self.held_rows.shape[0] * self.held_rows.shape[1])
+
+    @property
+    def fit_labels(self) -> int:
+        """Labels of the fit part (before a candidate's pruning)."""
+        size = int(self.fit_rows.shape[0] * self.fit_rows.shape[1])
+        return size - self.held_labels if self.held_views is not None else size
 
     @classmethod
     def from_rows(
@@ -133,6 +152,45 @@ def _split(
     return LabelSample(rows[fit_idx], flat[fit_idx], rows[held_idx], flat[held_idx])
 
 
+def split_views(
+    rows: torch.Tensor, flat: torch.Tensor, held_fraction: float, seed: int
+) -> LabelSample:
+    """The view split of (G, V, C) groups: in every group a seeded
+    ``held_fraction`` of its views (at least one, at most V - 1) is scored.
+
+    For codecs with per-sample parameters (the view-context codecs store one
+    prototype per image, fitted on that image's labels), a held-out sample
+    would have none fitted; scoring held-out *views* of fitted samples measures
+    what the archive does (every view of a sample is decoded with its
+    prototype). Every candidate is measured on the same split.
+    """
+    check_logits(rows.reshape(-1, rows.shape[-1]))
+    groups, views = rows.shape[0], rows.shape[1]
+    if groups < 1 or views < 2:
+        raise InputError(
+            "codec selection by views needs samples of at least 2 views; "
+            f"got {groups} samples of {views}"
+        )
+    held = min(views - 1, max(1, round(held_fraction * views)))
+    gen = torch.Generator().manual_seed(seed + 1)
+    order = torch.rand(groups, views, generator=gen).argsort(dim=1)
+    mask = torch.zeros(groups, views, dtype=torch.bool)
+    mask.scatter_(1, order[:, :held], True)
+    return LabelSample(rows, flat, rows, flat, mask)
+
+
+def draw_groups(
+    dims: tuple[str, ...], shape: tuple[int, ...], *, max_labels: int, seed: int
+) -> np.ndarray:
+    """(G, V) flat label indices of a seeded sample of whole groups.
+
+    At most ``max_labels`` labels (at least 2 groups), groups in increasing order.
+    """
+    groups = GroupShape.of(dims, shape)
+    count = min(groups.num_groups, max(2, max_labels // groups.views))
+    return groups.flat_indices(_choose_groups(groups.num_groups, count, seed))
+
+
 def draw_sample(
     source: LogitSource,
     dims: tuple[str, ...],
@@ -158,8 +216,8 @@ def draw_sample(
     if not 0.0 < held_fraction < 1.0:
         raise ConfigError(f"held-out fraction must be in (0, 1), got {held_fraction}")
     groups = GroupShape.of(dims, shape)
-    count = min(groups.num_groups, max(2, max_labels // groups.views))
-    chosen = groups.flat_indices(_choose_groups(groups.num_groups, count, seed))
+    chosen = draw_groups(dims, shape, max_labels=max_labels, seed=seed)
+    count = chosen.shape[0]
     wanted = np.sort(chosen.reshape(-1))
     parts: list[torch.Tensor] = []
     seen = 0

@@ -738,7 +738,7 @@ class ViewMixCodec(ViewContextCodec):
         total = num_labels if num_labels is not None else data.shape[0]
         teacher = data - data.mean(dim=1, keepdim=True)
         prototypes = self._fit_prior(teacher, context)
-        k = cfg.codebook_size
+        k = min(cfg.codebook_size, max(1, data.shape[0]))  # codewords are labels
         penalty = 0.0
         planned = self.model_bytes_for(
             context.num_images, num_classes, 0, cfg.prototype_bits, cfg.prototype_coding
