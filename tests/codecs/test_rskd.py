@@ -260,3 +260,23 @@ def test_measured_sizing_samples_the_whole_stream() -> None:
     codec.fit(lambda: stream.split(1000), num_labels=num_labels)
     nbytes = sum(codec.encode(b).nbytes for b in stream.split(4096))
     assert nbytes <= 1.03 * num_labels * 2000 // 40
+
+
+def test_measured_sizing_accepts_every_budget_for_target_accepts(
+    teacher_logits_c10: torch.Tensor,
+) -> None:
+    # Budgets just over one 4-bit id per label (LPLD auto-prune lands there):
+    # S=1 has an exact size, so fit must not refuse what for_target accepted.
+    n = teacher_logits_c10.shape[0]
+    for extra in (0, 1, 2):  # slack of the one block, then 4.0, 4.03, 4.06 bits
+        codec = RSKDCodec.for_target(
+            num_labels=n, num_classes=10, budget_bytes=n // 2 + 3 + extra
+        )
+        codec.fit([teacher_logits_c10], num_labels=n)
+        assert codec.num_samples == 1
+        assert codec.encode(teacher_logits_c10).nbytes == n // 2
+    with pytest.raises(UnreachableTargetError, match="at least 4 bits"):
+        RSKDCodec.for_target(num_labels=n, num_classes=10, budget_bytes=n // 2 + 2)
+    codec = RSKDCodec(RSKDConfig(num_samples=None, target_bits_per_label=3.99))
+    with pytest.raises(UnreachableTargetError, match="the target is 3.99"):
+        codec.fit([teacher_logits_c10])

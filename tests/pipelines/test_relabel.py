@@ -34,6 +34,8 @@ from labelzip.pipelines.relabel import (
     relabel,
 )
 
+from .conftest import LinearTeacher, make_images
+
 VIEW = ViewConfig(output_size=28, scale=(0.3, 1.0), mix="cutmix")
 
 
@@ -223,3 +225,36 @@ def test_bad_inputs(tmp_path: Path, tiny_set: DistilledSet, teacher: nn.Module) 
     with pytest.raises(ValueError, match="auto_prune needs a ratio"):
         RelabelOutput(path=tmp_path / "y.lz", auto_prune=True)
     assert not (tmp_path / "x.lz").exists()
+
+
+def test_auto_prune_rskd_at_40x_on_10_classes(tmp_path: Path) -> None:
+    # The quickstart's rskd row: 4 bits per label all-in before pruning. The
+    # largest kept count leaves each kept label just over 4 bits (one 4-bit id,
+    # S=1), which measured sizing must accept as for_target did.
+    labels = torch.arange(10).repeat_interleave(10)  # 100 images x 200 views
+    images = DistilledSet(
+        images=make_images(labels % 4, seed=2),
+        labels=labels,
+        class_names=tuple(f"class{c}" for c in range(10)),
+        method="random",
+        ipc=10,
+    )
+    teacher = LinearTeacher(10, seed=3).eval()
+    out = RelabelOutput(path=tmp_path / "r.lz", codec="rskd", ratio=40, auto_prune=True)
+    config = _config(epochs=200, batch_size=500)
+    result = relabel(images, teacher, [out], config)
+    archive = result.archives[0]
+    assert archive.codec_config["num_samples"] == 1
+    assert 1 <= archive.keep_per_image < 200
+    assert 40 <= archive.account.ratio <= 40 * 1.1
+    assert load_archive(tmp_path / "r.lz").shape == (200, 100, 10)
+    with ArchiveReader(tmp_path / "r.lz") as reader:
+        layout, metadata = reader.layout, reader.metadata
+    more = PrunePlan(
+        layout.dims, layout.shape, (archive.keep_per_image + 1) / 200, out.prune_seed
+    )
+    with pytest.raises(UnreachableTargetError):
+        codec_for_target(
+            "rskd", layout=layout, num_classes=10, ratio=40, prune=more,
+            chunk_size=config.chunk_size, metadata=metadata,
+        )  # fmt: skip

@@ -159,7 +159,10 @@ class RSKDCodec(ModelFreeCodec):
         error is that of the sample mean over ``logits`` (a uniform sample of
         ``seen`` labels): the margin is :data:`_MEASURED_MARGIN` plus
         :data:`_MEASURED_SE` standard errors of that mean, so the encoded
-        payload stays under the target yet close to it.
+        payload stays under the target yet close to it. S = 1 needs no margin:
+        every label then stores exactly one id, so its size is exact, and it
+        fits whenever :meth:`for_target` accepted the budget (both compare the
+        same :func:`_worst_bits` of S = 1 with the target).
         """
         target = self.config.target_bits_per_label
         assert target is not None
@@ -180,10 +183,10 @@ class RSKDCodec(ModelFreeCodec):
             error = _MEASURED_SE * spread * math.sqrt(finite / n)
             return float(bits.mean()) * (1.0 + _MEASURED_MARGIN) + error <= target
 
-        if not fits(1):
+        if _worst_bits(1, num_classes) > target:
             raise UnreachableTargetError(
                 f"rskd needs at least {id_bits} bits per label (S=1), "
-                f"the target is {target:.1f}; choose a lower ratio"
+                f"the target is {target:.2f}; choose a lower ratio"
             )
         lo, hi = 1, MAX_SAMPLES  # bits grow with S: the largest S that fits
         while lo < hi:
@@ -356,7 +359,7 @@ class RSKDCodec(ModelFreeCodec):
         slack = 3 * math.ceil(num_labels / ASSUMED_BLOCK_LABELS)
         avail_bits = 8.0 * (budget_bytes - slack) / max(num_labels, 1)
         fixed = options.get("num_samples") is not None
-        min_bits = bits_for(num_classes)
+        min_bits = _worst_bits(1, num_classes)  # S = 1: one id, exactly
         if fixed:
             s = base.num_samples
             assert s is not None
