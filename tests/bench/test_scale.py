@@ -57,6 +57,26 @@ def test_bench_scale_reports_every_run(
     assert len(rows) == 2 and all("skipped" not in r for r in rows)
     assert "| 2,000 | topk | 1 |" in text and "Command: `labelzip bench scale" in text
     assert list((tmp_path / "work").iterdir()) == []  # inputs and archives removed
+    cells = [c.strip() for c in rows[1].split("|")]
+    header = next(line for line in text.splitlines() if line.startswith("| N |"))
+    names = [c.strip() for c in header.split("|")]
+    epoch = cells[names.index("decode shuffled (one epoch) labels/s")]
+    assert float(epoch.replace(",", "")) > 0  # measured, not a dash
+
+
+def test_failure_line_skips_torchrun_banners() -> None:
+    torchrun = "\n".join(
+        [
+            "labelzip compress: error: rank 1 timed out after 1800 s (--dist-timeout)",
+            "E1206 ... failed (exitcode: 2)",
+            "=" * 56,
+            "Root Cause (first observed failure):",
+            "=" * 56,
+        ]
+    )
+    assert scale.failure_line(torchrun).startswith("labelzip compress: error: rank 1")
+    assert scale.failure_line("Traceback\nboom\n=====\n") == "boom"
+    assert scale.failure_line("") == "(no message)"
 
 
 def test_runs_that_do_not_fit_the_disk_are_skipped(
