@@ -88,6 +88,22 @@ def test_a_target_without_codec_measures_context_codecs_and_records(
     assert text.read_bytes() == out.read_bytes()  # same seed, same bytes
 
 
+@pytest.mark.slow  # ~40-90 s: every candidate on 6400 views
+def test_ctx_transform_candidates_are_measured_below_its_16_bit_floor(
+    tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 10x each of 100 views gets ~12 bits: ctx-transform's own rate control
+    refuses that (16-bit floor), auto measures it there and at fewer views."""
+    out = tmp_path / "a.lz"
+    extra = ["--epochs", "100", "--ratio", "10", "--fit-views", "2048", "--json"]
+    code, stdout, err = _run(files, out, capsys, *extra)
+    assert code == 0, err
+    rows = json.loads(stdout)["auto"]["candidates"]
+    ctx = {r["keep_fraction"]: r for r in rows if r["codec"] == "ctx-transform"}
+    assert ctx[1.0]["kl"] is not None, ctx[1.0]  # measured with every view
+    assert {0.5, 0.25} <= {k for k, r in ctx.items() if r["kl"] is not None}
+
+
 def test_a_named_codec_and_no_target_still_work(
     tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -23,6 +23,7 @@ from labelzip.errors import (
     UnreachableTargetError,
 )
 from labelzip.ops.metrics import kl_divergence
+from labelzip.selection.auto import CONTEXT_CANDIDATES
 
 # The same views and teacher model as vqae-ctx's tests (M images, C classes).
 from .test_viewmix import C, M, _context, _logits
@@ -100,6 +101,22 @@ def test_geometric_tables_are_integer_exact_symmetric_and_decaying() -> None:
     assert torch.equal(tables, again)
     with pytest.raises(ArchiveFormatError, match="decay"):
         geometric_tables(torch.tensor([0]), 3)
+
+
+def test_auto_lifts_the_floor_for_its_ctx_transform_candidates() -> None:
+    """auto measures view budgets itself: its candidate accepts 8 bits per label."""
+    (options,) = [o for c, o in CONTEXT_CANDIDATES if c == "ctx-transform"]
+    n = 4000
+    budget = ContextTransformCodec.model_bytes_for(M, C, 8) + n  # 8 bits per label
+    codec = ContextTransformCodec.for_target(
+        num_labels=n,
+        num_classes=C,
+        budget_bytes=budget,
+        num_images=M,
+        prototype_bits=8,
+        **options,
+    )
+    assert codec.config.payload_budget_bytes == n
 
 
 def test_for_target_meets_the_payload_and_refuses_below_min_label_bits() -> None:
