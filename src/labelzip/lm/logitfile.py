@@ -15,13 +15,13 @@ import math
 import os
 import struct
 from contextlib import ExitStack
-from types import TracebackType
 from typing import BinaryIO
 
 import torch
 
 from labelzip.errors import InputError
 from labelzip.io import atomic_path
+from labelzip.outputs import CommitOnExit
 
 __all__ = ["SafetensorsStreamWriter"]
 
@@ -38,7 +38,7 @@ _DTYPE_NAMES = {
 }
 
 
-class SafetensorsStreamWriter:
+class SafetensorsStreamWriter(CommitOnExit):
     """Write declared tensors row block by row block, in declaration order.
 
     Example:
@@ -148,17 +148,3 @@ class SafetensorsStreamWriter:
         """Discard the partial file (called automatically on an exception)."""
         error = InputError("aborted")
         self._stack.__exit__(type(error), error, None)
-
-    def __enter__(self) -> SafetensorsStreamWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
