@@ -44,7 +44,6 @@ from labelzip.codecs.context.viewmix import (
     PROTOTYPE_SWITCH_BITS,
     ViewContextCodec,
     ViewContextConfig,
-    fit_sample,
     fit_view_mix_prior,
     kl_sum,
     payload_need_bytes,
@@ -255,19 +254,10 @@ class ContextTransformCodec(ViewContextCodec):
         self, source: LogitSource, context: LabelContext, num_labels: int | None
     ) -> ContextTransformCodec:
         cfg = self.config
-        data, context, _ = fit_sample(
-            self.kind,
-            source,
-            context,
-            num_images=cfg.num_images,
-            max_train_labels=cfg.max_train_labels,
-            seed=cfg.seed,
-        )
-        num_classes = int(data.shape[1])
+        teacher, context, _, total = self.fit_teacher(source, context, num_labels)
+        num_classes = int(teacher.shape[1])
         if num_classes < 2:
             raise InputError("ctx-transform needs at least 2 classes")
-        total = num_labels if num_labels is not None else data.shape[0]
-        teacher = data - data.mean(dim=1, keepdim=True)
         prototypes = fit_view_mix_prior(
             teacher,
             context,

@@ -650,6 +650,27 @@ class ViewContextCodec(Codec):
     ) -> Codec:
         raise NotImplementedError
 
+    def fit_teacher(
+        self, source: LogitSource, context: LabelContext, num_labels: int | None
+    ) -> tuple[torch.Tensor, LabelContext, torch.Generator, int]:
+        """What a fit starts from: :func:`fit_sample` with the config's limits.
+
+        Returns the sample's (n, C) logits centred per row, their context, the
+        seeded generator, and the labels that will be encoded (``num_labels``,
+        default n).
+        """
+        cfg = self.config
+        data, context, gen = fit_sample(
+            self.kind,
+            source,
+            context,
+            num_images=cfg.num_images,
+            max_train_labels=cfg.max_train_labels,
+            seed=cfg.seed,
+        )
+        total = num_labels if num_labels is not None else int(data.shape[0])
+        return data - data.mean(dim=1, keepdim=True), context, gen, total
+
     def _check_context(self, context: LabelContext | None, n: int) -> LabelContext:
         return check_label_context(self.kind, context, n, self.num_images)
 
@@ -799,19 +820,10 @@ class ViewMixCodec(ViewContextCodec):
         self, source: LogitSource, context: LabelContext, num_labels: int | None
     ) -> ViewMixCodec:
         cfg = self.config
-        data, context, gen = fit_sample(
-            self.kind,
-            source,
-            context,
-            num_images=cfg.num_images,
-            max_train_labels=cfg.max_train_labels,
-            seed=cfg.seed,
-        )
-        num_classes = int(data.shape[1])
-        total = num_labels if num_labels is not None else data.shape[0]
-        teacher = data - data.mean(dim=1, keepdim=True)
+        teacher, context, gen, total = self.fit_teacher(source, context, num_labels)
+        num_classes = int(teacher.shape[1])
         prototypes = self._fit_prior(teacher, context)
-        k = min(cfg.codebook_size, max(1, data.shape[0]))  # codewords are labels
+        k = min(cfg.codebook_size, max(1, teacher.shape[0]))  # codewords are labels
         penalty = 0.0
         planned = self.model_bytes_for(
             context.num_images, num_classes, 0, cfg.prototype_bits, cfg.prototype_coding
