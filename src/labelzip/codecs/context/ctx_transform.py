@@ -206,13 +206,10 @@ class ContextTransformCodec(ViewContextCodec):
 
     def __init__(self, config: ContextTransformConfig | None = None) -> None:
         super().__init__(config if config is not None else ContextTransformConfig())
-        self._prototypes: torch.Tensor | None = None  # (M, C) float32, as decoded
-        self._proto_stored: dict[str, torch.Tensor] = {}
         self._basis: torch.Tensor | None = None  # (C - 1, C) fp16
         self._mean: torch.Tensor | None = None  # (C,) fp16
         self._decay: torch.Tensor | None = None  # (C - 1,) int32
         self._coder: CategoricalStreamCoder | None = None
-        self.fit_report: dict[str, float] = {}
 
     # -- sizes -------------------------------------------------------------------------
     @staticmethod

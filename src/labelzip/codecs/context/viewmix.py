@@ -586,8 +586,12 @@ class ViewContextCodec(Codec):
     # Config fields to_config leaves out while they hold their default.
     omitted_when_default: ClassVar[frozenset[str]] = frozenset()
     config: ViewContextConfig
-    _prototypes: torch.Tensor | None  # (M, C) float32 as decoded, once fitted
-    _proto_stored: dict[str, torch.Tensor]  # the prototype tensors as stored
+
+    def __init__(self, config: ViewContextConfig) -> None:
+        super().__init__(config)
+        self._prototypes: torch.Tensor | None = None  # (M, C) float32, as decoded
+        self._proto_stored: dict[str, torch.Tensor] = {}  # what the archive stores
+        self.fit_report: dict[str, float] = {}
 
     def _no_context(self, action: str) -> InputError:
         return no_context_error(self.kind, action)
@@ -754,12 +758,9 @@ class ViewMixCodec(ViewContextCodec):
 
     def __init__(self, config: ViewMixConfig | None = None) -> None:
         super().__init__(config if config is not None else ViewMixConfig())
-        self._prototypes: torch.Tensor | None = None  # (M, C) float32, as decoded
-        self._proto_stored: dict[str, torch.Tensor] = {}  # what the archive stores
         self._codebook: torch.Tensor | None = None  # (K, C) fp16
         self._coder: CategoricalStreamCoder | None = None
         self._float: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.fit_report: dict[str, float] = {}
 
     # -- sizes -------------------------------------------------------------------------
     @staticmethod
