@@ -21,21 +21,10 @@ import torch
 
 from labelzip.errors import InputError
 from labelzip.io import atomic_path
+from labelzip.logit_writer import SAFETENSORS_DTYPE_CODES
 from labelzip.outputs import CommitOnExit
 
 __all__ = ["SafetensorsStreamWriter"]
-
-_DTYPE_NAMES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-}
 
 
 class SafetensorsStreamWriter(CommitOnExit):
@@ -66,13 +55,13 @@ class SafetensorsStreamWriter(CommitOnExit):
         header: dict[str, object] = {}
         offset = 0
         for name, (dtype, shape) in specs.items():
-            if dtype not in _DTYPE_NAMES:
+            if dtype not in SAFETENSORS_DTYPE_CODES:
                 raise InputError(f"tensor {name!r}: unsupported dtype {dtype}")
             if any(d < 0 for d in shape):
                 raise InputError(f"tensor {name!r}: negative dimension in {shape}")
             size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
             header[name] = {
-                "dtype": _DTYPE_NAMES[dtype],
+                "dtype": SAFETENSORS_DTYPE_CODES[dtype],
                 "shape": list(shape),
                 "data_offsets": [offset, offset + size],
             }
