@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from labelzip.closing import CommitOnExit
 from labelzip.errors import InputError
-from labelzip.outputs import CommitOnExit, atomic_path, check_output_path
+from labelzip.outputs import atomic_path, check_output_path
 
 __all__ = [
     "SAFETENSORS_DTYPE_CODES",

@@ -31,18 +31,14 @@ import shutil
 import socket
 import stat
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from labelzip.errors import InputError
 
 __all__ = [
     "STALE_AFTER_S",
-    "CommitOnExit",
     "TEMP_TAG",
     "atomic_folder",
     "atomic_path",
@@ -373,34 +369,3 @@ def scratch_folder(parent: PathLike, name: str = "scratch") -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-class CommitOnExit(ABC):
-    """A writer whose ``with`` block commits on success and discards on an exception.
-
-    Leaving the block normally calls :meth:`close` (complete and move the file
-    into place); leaving it with an exception calls :meth:`abort`, so a failed
-    run never leaves a half-written output behind.
-    """
-
-    @abstractmethod
-    def close(self) -> object:
-        """Finish the output and move it into place; a writer may return a summary."""
-
-    @abstractmethod
-    def abort(self) -> None:
-        """Drop everything written; the destination stays as it was."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -58,12 +58,12 @@ from labelzip.archive.format import (
     static_order,
     tensor_bytes,
 )
+from labelzip.closing import CommitOnExit
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, check_logits
 from labelzip.codecs.context.recipe import recipe_context
 from labelzip.codecs.prune import PrunePlan
 from labelzip.errors import ChecksumError, ConfigError, InputError
 from labelzip.io import atomic_path
-from labelzip.outputs import CommitOnExit
 
 __all__ = ["ArchiveWriter", "WriterOptions", "save_archive"]
 

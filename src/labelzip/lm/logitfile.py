@@ -19,10 +19,10 @@ from typing import BinaryIO
 
 import torch
 
+from labelzip.closing import CommitOnExit
 from labelzip.errors import InputError
 from labelzip.io import atomic_path
 from labelzip.logit_writer import SAFETENSORS_DTYPE_CODES
-from labelzip.outputs import CommitOnExit
 
 __all__ = ["SafetensorsStreamWriter"]
 
