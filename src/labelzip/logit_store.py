@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from labelzip.archive.jsonlimits import load_json
+from labelzip.closing import ClosesOnExit
 from labelzip.codecs.base import all_finite
 from labelzip.errors import ArchiveFormatError, InputError
 
@@ -75,7 +76,7 @@ class _Part:
         return self.shape[-1]
 
 
-class LogitStore:
+class LogitStore(ClosesOnExit):
     """Flat (num_labels, C) label rows of a logits file or a directory of shards.
 
     Attributes:
@@ -233,12 +234,6 @@ class LogitStore:
         for fd in self._handles.values():
             os.close(fd)
         self._handles.clear()
-
-    def __enter__(self) -> LogitStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:
         try:

@@ -38,12 +38,12 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import torch
 
+from labelzip.closing import CommitOnExit
 from labelzip.errors import InputError
 from labelzip.outputs import atomic_path, check_output_path
 
@@ -218,7 +218,7 @@ class _StreamFile:
         self._stack.__exit__(InputError, InputError("aborted"), None)
 
 
-class _StreamWriter:
+class _StreamWriter(CommitOnExit):
     """Rows appended to the tensors of a :class:`_StreamFile`; complete on close."""
 
     _slots: dict[str, _Slot]
@@ -281,17 +281,6 @@ class _StreamWriter:
         """Drop the partial file; the destination stays as it was."""
         self._file.abort()
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
-
 
 class SafetensorsStreamWriter(_StreamWriter):
     """A ``.safetensors`` file whose tensors are filled batch by batch.
@@ -342,9 +331,6 @@ class SafetensorsStreamWriter(_StreamWriter):
             raise KeyError(f"no tensor {name!r} in this file: {sorted(self._slots)}")
         self._append(slot, rows)
 
-    def __enter__(self) -> SafetensorsStreamWriter:
-        return self
-
 
 class NpyStreamWriter(_StreamWriter):
     """A ``.npy`` file (numpy's version 1.0 format) filled batch by batch.
@@ -386,9 +372,6 @@ class NpyStreamWriter(_StreamWriter):
     def write(self, rows: torch.Tensor | np.ndarray) -> None:
         """Append ``rows`` (``(n, *shape[1:])``, the declared dtype)."""
         self._append(self._slots["array"], rows)
-
-    def __enter__(self) -> NpyStreamWriter:
-        return self
 
 
 class _Buffer:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,9 @@ from labelzip.cli._common import (
     add_rate_options,
     codec_options,
     one_line,
+    progress,
+    progress_bar,
+    stderr_progress,
     with_run_defaults,
 )
 from labelzip.errors import ConfigError
@@ -77,3 +82,32 @@ def test_codec_option_takes_new_names_and_old_keys(name: str) -> None:
     p = argparse.ArgumentParser(prog="t", exit_on_error=False)
     add_codec_target_options(p, required=True)
     assert p.parse_args(["--codec", name]).codec == name
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_bars_draw_only_on_an_enabled_terminal(
+    tty: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    err = _Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    with progress_bar("relabelling", enabled=True) as update:
+        update(3, 7)
+    with progress("fitting", 4, enabled=True) as advance:
+        advance(2)
+    with progress_bar("quiet", enabled=False) as update:
+        update(1, 2)
+    with stderr_progress(True, transient=False) as bar:
+        assert (bar is not None) == tty
+        if bar is not None:
+            task = bar.add_task("kept", total=5)
+            bar.update(task, completed=5)
+    out = err.getvalue()
+    assert ("kept" in out and "5/5" in out) == tty
+    assert "quiet" not in out
+    if not tty:
+        assert out == ""

@@ -14,10 +14,26 @@ from safetensors.torch import load_file
 from labelzip.errors import InputError
 from labelzip.io import load_logits
 from labelzip.lm.logitfile import SafetensorsStreamWriter
+from labelzip.logit_writer import SAFETENSORS_DTYPE_CODES
 
 
 def _specs(n: int, v: int) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     return {"token_ids": (torch.int64, (n,)), "logits": (torch.float16, (n, v))}
+
+
+def test_every_safetensors_dtype_of_the_shared_table_streams(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(1)
+    tensors = {
+        str(dtype): (100 * torch.randn(3, 2, generator=g)).to(dtype)
+        for dtype in SAFETENSORS_DTYPE_CODES
+    }
+    specs = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
+    path = tmp_path / "all.safetensors"
+    with SafetensorsStreamWriter(path, specs) as w:
+        for name, t in tensors.items():
+            w.write(name, t)
+    loaded = load_file(str(path))
+    assert all(torch.equal(loaded[name], t) for name, t in tensors.items())
 
 
 def test_streamed_file_reads_back(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -50,6 +49,7 @@ from labelzip.archive.format import (
     dtype_from_code,
     read_container_header,
 )
+from labelzip.closing import ClosesOnExit
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, ParsedBlock
 from labelzip.codecs.context.recipe import recipe_context
 from labelzip.codecs.prune import PrunePlan
@@ -81,7 +81,7 @@ _HASH_PIECE_BYTES = 1 << 20
 _DECODE_PIECE_ROWS = 4096
 
 
-class ArchiveReader:
+class ArchiveReader(ClosesOnExit):
     """Lazy, random-access reader of a labelzip archive.
 
     Args:
@@ -697,17 +697,6 @@ class ArchiveReader:
                 os.close(fd)
             except OSError:  # pragma: no cover - already closed
                 pass
-
-    def __enter__(self) -> ArchiveReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _rebatch(chunks: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:

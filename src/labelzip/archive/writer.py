@@ -24,7 +24,6 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, TypedDict, Unpack
 
 import numpy as np
@@ -59,6 +58,7 @@ from labelzip.archive.format import (
     static_order,
     tensor_bytes,
 )
+from labelzip.closing import CommitOnExit
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, check_logits
 from labelzip.codecs.context.recipe import recipe_context
 from labelzip.codecs.prune import PrunePlan
@@ -84,7 +84,7 @@ class _ChunkRef:
     source: Path | None = None  # None: the spill file
 
 
-class ArchiveWriter:
+class ArchiveWriter(CommitOnExit):
     """Stream (B, C) logits into a labelzip archive.
 
     Args:
@@ -548,20 +548,6 @@ class ArchiveWriter:
             spill.close()
         self._side_spills = {}
         self._pending, self._pending_rows, self._pending_flat = [], 0, []
-
-    def __enter__(self) -> ArchiveWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def _check_options(

@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -18,6 +18,9 @@ from labelzip.distributed import DEFAULT_TIMEOUT_S
 from labelzip.errors import ConfigError, InputError
 from labelzip.pipelines.compress import AUTO
 from labelzip.selection.auto import AutoConfig
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 __all__ = [
     "add_dist_timeout_option",
@@ -36,6 +39,7 @@ __all__ = [
     "print_json",
     "progress",
     "progress_bar",
+    "stderr_progress",
     "resolve_device",
     "validated",
     "with_run_defaults",
@@ -296,31 +300,58 @@ def format_bytes(num: int | float) -> str:
 
 
 @contextmanager
-def progress(
-    description: str, total: int | None = None, *, enabled: bool = True
-) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields ``advance(n)``. Silent off a terminal."""
+def stderr_progress(
+    enabled: bool,
+    *,
+    description: str = "{task.description}",
+    spinner: bool = False,
+    remaining: bool = True,
+    transient: bool = True,
+) -> Iterator[Progress | None]:
+    """A rich :class:`~rich.progress.Progress` on stderr, or ``None`` off a terminal.
+
+    The one look of every labelzip bar: (spinner,) description, bar, done of
+    total, elapsed (and remaining) time. ``None`` when ``enabled`` is false or
+    stderr is not a terminal, so logs and pipes stay free of bar frames.
+    """
     if not (enabled and sys.stderr.isatty()):
-        yield lambda n: None
+        yield None
         return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         SpinnerColumn,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
     )
 
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
+    columns: list[ProgressColumn] = [SpinnerColumn()] if spinner else []
+    columns += [
+        TextColumn(description),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    ]
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, transient=transient) as bar:
+        yield bar
+
+
+@contextmanager
+def progress(
+    description: str, total: int | None = None, *, enabled: bool = True
+) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields ``advance(n)``. Silent off a terminal."""
+    with stderr_progress(enabled, spinner=True, remaining=False) as bar:
+        if bar is None:
+            yield lambda n: None
+            return
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 
@@ -334,26 +365,9 @@ def progress_bar(
     For work that reports absolute progress (``done`` of ``total``, total known
     late); :func:`progress` is the increment-driven variant.
     """
-    if not (enabled and sys.stderr.isatty()):
-        yield lambda done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with stderr_progress(enabled) as bar:
+        if bar is None:
+            yield lambda done, total: None
+            return
         task = bar.add_task(description, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)

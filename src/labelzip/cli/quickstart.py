@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +16,7 @@ from labelzip.cli._common import (
     add_device_option,
     print_json,
     resolve_device,
+    stderr_progress,
 )
 from labelzip.cli.relabel import one_line
 from labelzip.errors import ConfigError, InputError
@@ -127,27 +127,12 @@ def _config(args: argparse.Namespace) -> QuickstartConfig:
 @contextmanager
 def _stage_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
     """One rich bar per stage on stderr; silent off a terminal."""
-    if not (enabled and sys.stderr.isatty()):
-        yield lambda stage, done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    with stderr_progress(
+        enabled, description="{task.description:<10}", transient=False
+    ) as bar:
+        if bar is None:
+            yield lambda stage, done, total: None
+            return
         tasks = {s: bar.add_task(s, total=None, start=False) for s in _STAGES}
 
         def update(stage: str, done: int, total: int) -> None:

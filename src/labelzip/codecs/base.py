@@ -30,6 +30,7 @@ __all__ = [
     "LogitSource",
     "ModelFreeCodec",
     "ParsedBlock",
+    "ParsedDecoding",
     "all_finite",
     "check_logits",
     "compact_ints",
@@ -519,6 +520,22 @@ class ModelFreeCodec(Codec):
     def check_stored(self, num_classes: int) -> None:
         """Raise :class:`ArchiveFormatError` if this stored config cannot decode
         ``num_classes`` classes (e.g. a top-k larger than C). Default: any C."""
+
+
+class ParsedDecoding(Codec):
+    """A codec whose :meth:`decode` is its two steps, parse then decode the rows.
+
+    For codecs whose natural decoder is :meth:`parse_block` followed by
+    :meth:`decode_parsed` (both overridden): one code path serves whole blocks
+    and random access, so the two agree bit for bit. Combine it before
+    :class:`ModelFreeCodec` in the bases when both apply.
+    """
+
+    def decode(
+        self, block: EncodedBlock, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Block -> (N, C) float32 labels on ``device`` (see :meth:`decode_parsed`)."""
+        return self.decode_parsed(self.parse_block(block, None, device))
 
 
 def first_batch_classes(source: LogitSource) -> int:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import weakref
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import torch
 
 from labelzip.archive.format import SIDE_PREFIX, TensorEntry, dtype_from_code
 from labelzip.archive.reader import ArchiveReader
+from labelzip.closing import ClosesOnExit
 from labelzip.codecs.baseline.dense import DTYPES, DenseCodec
 from labelzip.errors import ArchiveFormatError, InputError
 from labelzip.interop.base import INTEROP_KEY, LabelRows, LabelSource, SparseCodec
@@ -52,7 +52,7 @@ class _SideLayout:
     row_bytes: int
 
 
-class ArchiveLabelSource(LabelSource):
+class ArchiveLabelSource(LabelSource, ClosesOnExit):
     """Labels and side tensors of an imported archive, streamed in label order.
 
     Side rows are read with ``os.pread`` on one descriptor held for the source's
@@ -164,17 +164,6 @@ class ArchiveLabelSource(LabelSource):
             self._closer()
         self._fd = None
         self._closer = None
-
-    def __enter__(self) -> ArchiveLabelSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def side(self, name: str, start: int, stop: int) -> torch.Tensor:
         layout = self._layout(name)

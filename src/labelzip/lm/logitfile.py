@@ -15,30 +15,19 @@ import math
 import os
 import struct
 from contextlib import ExitStack
-from types import TracebackType
 from typing import BinaryIO
 
 import torch
 
+from labelzip.closing import CommitOnExit
 from labelzip.errors import InputError
 from labelzip.io import atomic_path
+from labelzip.logit_writer import SAFETENSORS_DTYPE_CODES
 
 __all__ = ["SafetensorsStreamWriter"]
 
-_DTYPE_NAMES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-}
 
-
-class SafetensorsStreamWriter:
+class SafetensorsStreamWriter(CommitOnExit):
     """Write declared tensors row block by row block, in declaration order.
 
     Example:
@@ -66,13 +55,13 @@ class SafetensorsStreamWriter:
         header: dict[str, object] = {}
         offset = 0
         for name, (dtype, shape) in specs.items():
-            if dtype not in _DTYPE_NAMES:
+            if dtype not in SAFETENSORS_DTYPE_CODES:
                 raise InputError(f"tensor {name!r}: unsupported dtype {dtype}")
             if any(d < 0 for d in shape):
                 raise InputError(f"tensor {name!r}: negative dimension in {shape}")
             size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
             header[name] = {
-                "dtype": _DTYPE_NAMES[dtype],
+                "dtype": SAFETENSORS_DTYPE_CODES[dtype],
                 "shape": list(shape),
                 "data_offsets": [offset, offset + size],
             }
@@ -148,17 +137,3 @@ class SafetensorsStreamWriter:
         """Discard the partial file (called automatically on an exception)."""
         error = InputError("aborted")
         self._stack.__exit__(type(error), error, None)
-
-    def __enter__(self) -> SafetensorsStreamWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -25,6 +25,7 @@ from labelzip.codecs.base import (
     LogitSource,
     ModelFreeCodec,
     ParsedBlock,
+    ParsedDecoding,
     check_logits,
     first_batch_classes,
 )
@@ -57,7 +58,7 @@ class DenseConfig(CodecConfig):
     )
 
 
-class DenseCodec(ModelFreeCodec):
+class DenseCodec(ParsedDecoding, ModelFreeCodec):
     """All C logits per label in a fixed float dtype; no model bytes."""
 
     kind: ClassVar[str] = "dense"
@@ -96,12 +97,6 @@ class DenseCodec(ModelFreeCodec):
         if sys.byteorder == "big":  # pragma: no cover - all supported hosts are LE
             data = data.reshape(-1, self.bytes_per_value).flip(1).reshape(-1)
         return EncodedBlock(num_labels=int(logits.shape[0]), data=data.clone())
-
-    def decode(
-        self, block: EncodedBlock, device: torch.device | str | None = None
-    ) -> torch.Tensor:
-        """Block -> (N, C) float32 logits on ``device``."""
-        return self.decode_parsed(self.parse_block(block, None, device))
 
     def parse_block(
         self,

@@ -45,6 +45,7 @@ from labelzip.codecs.base import (
     LogitSource,
     ModelFreeCodec,
     ParsedBlock,
+    ParsedDecoding,
     check_logits,
     compact_ints,
     first_batch_classes,
@@ -118,7 +119,7 @@ class RSKDConfig(CodecConfig):
         return self
 
 
-class RSKDCodec(ModelFreeCodec):
+class RSKDCodec(ParsedDecoding, ModelFreeCodec):
     """S sampled ids per label, stored as distinct ids with counts; no model bytes."""
 
     kind: ClassVar[str] = "rskd"
@@ -230,12 +231,6 @@ class RSKDCodec(ModelFreeCodec):
         ]
         return EncodedBlock(num_labels=n, data=torch.cat(parts))
 
-    def decode(
-        self, block: EncodedBlock, device: torch.device | str | None = None
-    ) -> torch.Tensor:
-        """Block -> (N, C) float32 ``T * log(counts / S)``, ``-inf`` off support."""
-        return self.decode_parsed(self.parse_block(block, None, device))
-
     def parse_block(
         self,
         block: EncodedBlock,
@@ -296,7 +291,7 @@ class RSKDCodec(ModelFreeCodec):
     def decode_parsed(
         self, parsed: ParsedBlock, device: torch.device | str | None = None
     ) -> torch.Tensor:
-        """Parsed rows -> (n, C) float32, ``-inf`` off each row's support."""
+        """Parsed rows -> (n, C) float32 ``T * log(counts / S)``, ``-inf`` off support."""
         num_classes = self._require_fitted("decode")
         logq = parsed.parts["logq"].to(device)
         ids = parsed.parts["ids"].to(device).long()

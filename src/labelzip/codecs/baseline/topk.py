@@ -49,6 +49,7 @@ from labelzip.codecs.base import (
     LogitSource,
     ModelFreeCodec,
     ParsedBlock,
+    ParsedDecoding,
     check_logits,
     compact_ints,
     first_batch_classes,
@@ -148,7 +149,7 @@ class TopKConfig(CodecConfig):
         return self
 
 
-class TopKCodec(ModelFreeCodec):
+class TopKCodec(ParsedDecoding, ModelFreeCodec):
     """K largest values + bit-packed class ids per label; no model bytes."""
 
     kind: ClassVar[str] = "topk"
@@ -255,12 +256,6 @@ class TopKCodec(ModelFreeCodec):
         values = raw.view(_VALUE_DTYPES[cfg.value_dtype])
         return values.reshape(block.num_labels, self.stored_values), ids.to(device)
 
-    def decode(
-        self, block: EncodedBlock, device: torch.device | str | None = None
-    ) -> torch.Tensor:
-        """Block -> (N, C) float32 logits (mr, mrs) or T_s * log-probs (ms)."""
-        return self.decode_parsed(self.parse_block(block, None, device))
-
     def parse_block(
         self,
         block: EncodedBlock,
@@ -276,7 +271,10 @@ class TopKCodec(ModelFreeCodec):
     def decode_parsed(
         self, parsed: ParsedBlock, device: torch.device | str | None = None
     ) -> torch.Tensor:
-        """Parsed rows -> (n, C) float32: the densify step on those rows only."""
+        """Parsed rows -> (n, C) float32 logits (mr, mrs) or T_s * log-probs (ms).
+
+        The densify step, on those rows only.
+        """
         num_classes = self._require_fitted("decode")
         values = parsed.parts["values"].to(device).float()
         ids = parsed.parts["ids"].to(device).long()

@@ -51,12 +51,12 @@ from pydantic import Field, model_validator
 
 from labelzip.accounting import reference_bytes
 from labelzip.codecs.base import (
-    Codec,
     CodecConfig,
     EncodedBlock,
     LabelContext,
     LogitSource,
     ParsedBlock,
+    ParsedDecoding,
     check_logits,
     check_model_tensors,
     compact_ints,
@@ -141,7 +141,7 @@ class TopKTailConfig(CodecConfig):
         return self
 
 
-class TopKTailCodec(Codec):
+class TopKTailCodec(ParsedDecoding):
     """K fp16 log-probs + bit-packed ids + a power-law tail in a fitted token order."""
 
     kind: ClassVar[str] = "topk-tail"
@@ -314,12 +314,6 @@ class TopKTailCodec(Codec):
         if cfg.decay_bits:
             parts.append(pack_bits(torch.cat(decays), cfg.decay_bits))
         return EncodedBlock(num_labels=n, data=torch.cat(parts))
-
-    def decode(
-        self, block: EncodedBlock, device: torch.device | str | None = None
-    ) -> torch.Tensor:
-        """Block -> (N, C) float32 log-probabilities (kept exact, tail modelled)."""
-        return self.decode_parsed(self.parse_block(block, None, device))
 
     def parse_block(
         self,

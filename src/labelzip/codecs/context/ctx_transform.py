@@ -39,24 +39,18 @@ from labelzip.codecs.base import (
     LabelContext,
     LogitSource,
     check_logits,
-    check_model_tensors,
 )
 from labelzip.codecs.context.viewmix import (
-    CONTEXT_KIND,
     PROTOTYPE_SWITCH_BITS,
     ViewContextCodec,
     ViewContextConfig,
-    fit_sample,
     fit_view_mix_prior,
     kl_sum,
     payload_need_bytes,
     prototype_bytes,
-    prototype_shapes,
     quantize_prototypes,
-    restore_prototypes,
     store_prototypes,
     stored_bytes,
-    stored_context_config,
     view_mix_prior,
 )
 from labelzip.codecs.entropy import CategoricalStreamCoder, quantize_counts
@@ -206,18 +200,16 @@ class ContextTransformCodec(ViewContextCodec):
     kind: ClassVar[str] = "ctx-transform"
     codec_id: ClassVar[int] = 9
     config_class: ClassVar[type[CodecConfig]] = ContextTransformConfig
+    omitted_when_default: ClassVar[frozenset[str]] = OMITTED_WHEN_DEFAULT
 
     config: ContextTransformConfig
 
     def __init__(self, config: ContextTransformConfig | None = None) -> None:
         super().__init__(config if config is not None else ContextTransformConfig())
-        self._prototypes: torch.Tensor | None = None  # (M, C) float32, as decoded
-        self._proto_stored: dict[str, torch.Tensor] = {}
         self._basis: torch.Tensor | None = None  # (C - 1, C) fp16
         self._mean: torch.Tensor | None = None  # (C,) fp16
         self._decay: torch.Tensor | None = None  # (C - 1,) int32
         self._coder: CategoricalStreamCoder | None = None
-        self.fit_report: dict[str, float] = {}
 
     # -- sizes -------------------------------------------------------------------------
     @staticmethod
@@ -259,19 +251,10 @@ class ContextTransformCodec(ViewContextCodec):
         self, source: LogitSource, context: LabelContext, num_labels: int | None
     ) -> ContextTransformCodec:
         cfg = self.config
-        data, context, _ = fit_sample(
-            self.kind,
-            source,
-            context,
-            num_images=cfg.num_images,
-            max_train_labels=cfg.max_train_labels,
-            seed=cfg.seed,
-        )
-        num_classes = int(data.shape[1])
+        teacher, context, _, total = self.fit_teacher(source, context, num_labels)
+        num_classes = int(teacher.shape[1])
         if num_classes < 2:
             raise InputError("ctx-transform needs at least 2 classes")
-        total = num_labels if num_labels is not None else data.shape[0]
-        teacher = data - data.mean(dim=1, keepdim=True)
         prototypes = fit_view_mix_prior(
             teacher,
             context,
@@ -468,23 +451,6 @@ class ContextTransformCodec(ViewContextCodec):
             "decay": self._decay,
         }
 
-    def to_config(self) -> dict[str, Any]:
-        """The stored config (fit-only fields left out while at their default)."""
-        num_classes = self._require_fitted("to_config")
-        return self._stored_config(self.config, self.num_images, num_classes)
-
-    @staticmethod
-    def _stored_config(
-        config: ContextTransformConfig, num_images: int, num_classes: int
-    ) -> dict[str, Any]:
-        return stored_context_config(
-            config,
-            ContextTransformConfig(),
-            OMITTED_WHEN_DEFAULT,
-            num_images,
-            num_classes,
-        )
-
     def planned_config(self, num_classes: int) -> dict[str, Any] | None:
         """An upper bound of :meth:`to_config` before fit (archive rate control)."""
         if self.config.num_images is None:
@@ -496,48 +462,31 @@ class ContextTransformCodec(ViewContextCodec):
         # bytes the prototypes leave: stand in with 15 digits.
         update["payload_budget_bytes"] = 10**15 - 1
         widest = self.config.model_copy(update=update)
-        return self._stored_config(widest, self.config.num_images, num_classes)
+        return self.stored_config(widest, self.config.num_images, num_classes)
 
-    @classmethod
-    def from_stored(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
-    ) -> ContextTransformCodec:
-        """Rebuild a fitted codec (it can encode too).
+    def residual_shapes(
+        self, num_classes: int
+    ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The fp16 basis and mean, and the int32 geometric decay of each axis."""
+        axes = _num_axes(num_classes, self.config.max_axes)
+        return {
+            "basis": ((axes, num_classes), torch.float16),
+            "residual_mean": ((num_classes,), torch.float16),
+            "decay": ((axes,), torch.int32),
+        }
 
-        Raises:
-            ArchiveFormatError: bad config, missing or misshapen tensors.
-        """
-        options = dict(config)
-        context = options.pop("context", None)
-        if context != CONTEXT_KIND:
-            raise ArchiveFormatError(
-                f"ctx-transform config needs context={CONTEXT_KIND!r}, got {context!r}"
-            )
-        base, num_classes = cls._unfitted_from_stored(options)
-        assert isinstance(base, ContextTransformCodec)
-        codec = base
-        cfg = codec.config
-        m, axes = cfg.num_images or 0, _num_axes(num_classes, cfg.max_axes)
-        bits, coding = cfg.prototype_bits, cfg.prototype_coding
-        shapes = prototype_shapes(m, num_classes, bits, coding, tensors)
-        shapes["basis"] = ((axes, num_classes), torch.float16)
-        shapes["residual_mean"] = ((num_classes,), torch.float16)
-        shapes["decay"] = ((axes,), torch.int32)
-        check_model_tensors(codec.kind, shapes, tensors, exact=True)
-        codec._proto_stored, codec._prototypes = restore_prototypes(
-            tensors, m, num_classes, bits, coding, cfg.prototype_delta
-        )
-        codec._basis = tensors["basis"].cpu().contiguous()
-        codec._mean = tensors["residual_mean"].cpu().contiguous()
-        codec._decay = tensors["decay"].cpu().contiguous()
+    def load_residual(self, tensors: dict[str, torch.Tensor], num_classes: int) -> None:
+        axes = _num_axes(num_classes, self.config.max_axes)
+        self._basis = tensors["basis"].cpu().contiguous()
+        self._mean = tensors["residual_mean"].cpu().contiguous()
+        self._decay = tensors["decay"].cpu().contiguous()
         try:
-            codec._coder = CategoricalStreamCoder(
-                geometric_tables(codec._decay, cfg.symbol_bound), list(range(axes))
+            self._coder = CategoricalStreamCoder(
+                geometric_tables(self._decay, self.config.symbol_bound),
+                list(range(axes)),
             )
         except InputError as exc:
             raise ArchiveFormatError(f"invalid ctx-transform model: {exc}") from exc
-        codec.num_classes = num_classes
-        return codec
 
     # -- rate control ------------------------------------------------------------------------
     @classmethod

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field, model_validator
@@ -575,14 +575,23 @@ class ViewContextCodec(Codec):
     """What the view-context codecs (vqae-ctx, ctx-transform) share.
 
     They refuse the plain contract (no context, no labels), fit on a limited
-    number of torch threads, and check a context against their M prototypes.
-    Subclasses implement :meth:`_fit`; their config has ``num_images`` and
-    ``fit_threads``.
+    number of torch threads, check a context against their M prototypes, and
+    store a config with the context kind and the prototypes plus a residual
+    model. Subclasses implement :meth:`_fit`, :meth:`residual_shapes` and
+    :meth:`load_residual`, and name their :attr:`omitted_when_default`; their
+    config has ``num_images``, ``fit_threads`` and the prototype fields.
     """
 
     needs_context: ClassVar[bool] = True
+    # Config fields to_config leaves out while they hold their default.
+    omitted_when_default: ClassVar[frozenset[str]] = frozenset()
     config: ViewContextConfig
-    _prototypes: torch.Tensor | None  # (M, C) float32 as decoded, once fitted
+
+    def __init__(self, config: ViewContextConfig) -> None:
+        super().__init__(config)
+        self._prototypes: torch.Tensor | None = None  # (M, C) float32, as decoded
+        self._proto_stored: dict[str, torch.Tensor] = {}  # what the archive stores
+        self.fit_report: dict[str, float] = {}
 
     def _no_context(self, action: str) -> InputError:
         return no_context_error(self.kind, action)
@@ -645,8 +654,96 @@ class ViewContextCodec(Codec):
     ) -> Codec:
         raise NotImplementedError
 
+    def fit_teacher(
+        self, source: LogitSource, context: LabelContext, num_labels: int | None
+    ) -> tuple[torch.Tensor, LabelContext, torch.Generator, int]:
+        """What a fit starts from: :func:`fit_sample` with the config's limits.
+
+        Returns the sample's (n, C) logits centred per row, their context, the
+        seeded generator, and the labels that will be encoded (``num_labels``,
+        default n).
+        """
+        cfg = self.config
+        data, context, gen = fit_sample(
+            self.kind,
+            source,
+            context,
+            num_images=cfg.num_images,
+            max_train_labels=cfg.max_train_labels,
+            seed=cfg.seed,
+        )
+        total = num_labels if num_labels is not None else int(data.shape[0])
+        return data - data.mean(dim=1, keepdim=True), context, gen, total
+
     def _check_context(self, context: LabelContext | None, n: int) -> LabelContext:
         return check_label_context(self.kind, context, n, self.num_images)
+
+    # -- stored once -------------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        """The stored config: every field that decoding or encoding reads.
+
+        Fields in :attr:`omitted_when_default` are left out while they hold
+        their default (:meth:`from_stored` restores the same config); at 100x
+        on a 500-image set each header byte is 0.01% of the budget.
+        """
+        num_classes = self._require_fitted("to_config")
+        return self.stored_config(self.config, self.num_images, num_classes)
+
+    @classmethod
+    def stored_config(
+        cls, config: ViewContextConfig, num_images: int, num_classes: int
+    ) -> dict[str, Any]:
+        """:meth:`to_config` of a codec with ``config`` (also for planned configs)."""
+        return stored_context_config(
+            config,
+            cls.config_class.model_validate({}),
+            cls.omitted_when_default,
+            num_images,
+            num_classes,
+        )
+
+    def residual_shapes(
+        self, num_classes: int
+    ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """(shape, dtype) of the stored tensors besides the prototypes."""
+        raise NotImplementedError
+
+    def load_residual(self, tensors: dict[str, torch.Tensor], num_classes: int) -> None:
+        """Take the tensors of :meth:`residual_shapes` (checked) from ``tensors``.
+
+        Raises:
+            ArchiveFormatError: their values are invalid (shapes are checked).
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def from_stored(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> Self:
+        """Rebuild a fitted codec (it can encode too: nothing is left out).
+
+        Raises:
+            ArchiveFormatError: bad config, missing or misshapen tensors.
+        """
+        options = dict(config)
+        context = options.pop("context", None)
+        if context != CONTEXT_KIND:
+            raise ArchiveFormatError(
+                f"{cls.kind} config needs context={CONTEXT_KIND!r}, got {context!r}"
+            )
+        codec, num_classes = cls._unfitted_from_stored(options)
+        assert isinstance(codec, cls)
+        cfg = codec.config
+        m, bits, coding = cfg.num_images or 0, cfg.prototype_bits, cfg.prototype_coding
+        shapes = prototype_shapes(m, num_classes, bits, coding, tensors)
+        shapes.update(codec.residual_shapes(num_classes))
+        check_model_tensors(codec.kind, shapes, tensors, exact=True)
+        codec._proto_stored, codec._prototypes = restore_prototypes(
+            tensors, m, num_classes, bits, coding, cfg.prototype_delta
+        )
+        codec.load_residual(tensors, num_classes)
+        codec.num_classes = num_classes
+        return codec
 
 
 class ViewMixCodec(ViewContextCodec):
@@ -655,17 +752,15 @@ class ViewMixCodec(ViewContextCodec):
     kind: ClassVar[str] = "vqae-ctx"
     codec_id: ClassVar[int] = 6
     config_class: ClassVar[type[CodecConfig]] = ViewMixConfig
+    omitted_when_default: ClassVar[frozenset[str]] = OMITTED_WHEN_DEFAULT
 
     config: ViewMixConfig
 
     def __init__(self, config: ViewMixConfig | None = None) -> None:
         super().__init__(config if config is not None else ViewMixConfig())
-        self._prototypes: torch.Tensor | None = None  # (M, C) float32, as decoded
-        self._proto_stored: dict[str, torch.Tensor] = {}  # what the archive stores
         self._codebook: torch.Tensor | None = None  # (K, C) fp16
         self._coder: CategoricalStreamCoder | None = None
         self._float: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.fit_report: dict[str, float] = {}
 
     # -- sizes -------------------------------------------------------------------------
     @staticmethod
@@ -726,19 +821,10 @@ class ViewMixCodec(ViewContextCodec):
         self, source: LogitSource, context: LabelContext, num_labels: int | None
     ) -> ViewMixCodec:
         cfg = self.config
-        data, context, gen = fit_sample(
-            self.kind,
-            source,
-            context,
-            num_images=cfg.num_images,
-            max_train_labels=cfg.max_train_labels,
-            seed=cfg.seed,
-        )
-        num_classes = int(data.shape[1])
-        total = num_labels if num_labels is not None else data.shape[0]
-        teacher = data - data.mean(dim=1, keepdim=True)
+        teacher, context, gen, total = self.fit_teacher(source, context, num_labels)
+        num_classes = int(teacher.shape[1])
         prototypes = self._fit_prior(teacher, context)
-        k = min(cfg.codebook_size, max(1, data.shape[0]))  # codewords are labels
+        k = min(cfg.codebook_size, max(1, teacher.shape[0]))  # codewords are labels
         penalty = 0.0
         planned = self.model_bytes_for(
             context.num_images, num_classes, 0, cfg.prototype_bits, cfg.prototype_coding
@@ -1023,24 +1109,6 @@ class ViewMixCodec(ViewContextCodec):
             out["code_freq"] = self._coder.tables
         return out
 
-    def to_config(self) -> dict[str, Any]:
-        """The stored config: every field that decoding or encoding reads.
-
-        Fields in :data:`OMITTED_WHEN_DEFAULT` are left out while they hold
-        their default (``from_stored`` restores the same config); at 100x on a
-        500-image set each header byte is 0.01% of the budget.
-        """
-        num_classes = self._require_fitted("to_config")
-        return self._stored_config(self.config, self.num_images, num_classes)
-
-    @staticmethod
-    def _stored_config(
-        config: ViewMixConfig, num_images: int, num_classes: int
-    ) -> dict[str, Any]:
-        return stored_context_config(
-            config, ViewMixConfig(), OMITTED_WHEN_DEFAULT, num_images, num_classes
-        )
-
     def planned_config(self, num_classes: int) -> dict[str, Any] | None:
         """An upper bound of :meth:`to_config` before fit (archive rate control).
 
@@ -1053,45 +1121,27 @@ class ViewMixCodec(ViewContextCodec):
         if self.config.prototype_coding == "ans":  # the widest the fit may store
             update["prototype_delta"] = True
         widest = self.config.model_copy(update=update)
-        return self._stored_config(widest, self.config.num_images, num_classes)
+        return self.stored_config(widest, self.config.num_images, num_classes)
 
-    @classmethod
-    def from_stored(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]
-    ) -> ViewMixCodec:
-        """Rebuild a fitted codec (it can encode too: nothing is left out).
-
-        Raises:
-            ArchiveFormatError: bad config, missing or misshapen tensors.
-        """
-        options = dict(config)
-        context = options.pop("context", None)
-        if context != CONTEXT_KIND:
-            raise ArchiveFormatError(
-                f"vqae-ctx config needs context={CONTEXT_KIND!r}, got {context!r}"
-            )
-        base, num_classes = cls._unfitted_from_stored(options)
-        codec = base
-        assert isinstance(codec, ViewMixCodec)
-        cfg = codec.config
-        k, m = cfg.codebook_size, cfg.num_images or 0
-        bits, coding = cfg.prototype_bits, cfg.prototype_coding
-        shapes = prototype_shapes(m, num_classes, bits, coding, tensors)
-        shapes["codebook"] = ((k, num_classes), torch.float16)
+    def residual_shapes(
+        self, num_classes: int
+    ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The fp16 codebook and, when K > 1, its int16 frequency table."""
+        k = self.config.codebook_size
+        shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+            "codebook": ((k, num_classes), torch.float16)
+        }
         if k > 1:
             shapes["code_freq"] = ((1, k), torch.int16)
-        check_model_tensors(codec.kind, shapes, tensors, exact=True)
-        codec._proto_stored, codec._prototypes = restore_prototypes(
-            tensors, m, num_classes, bits, coding, cfg.prototype_delta
-        )
-        codec._codebook = tensors["codebook"].cpu().contiguous()
-        if k > 1:
+        return shapes
+
+    def load_residual(self, tensors: dict[str, torch.Tensor], num_classes: int) -> None:
+        self._codebook = tensors["codebook"].cpu().contiguous()
+        if self.config.codebook_size > 1:
             try:
-                codec._coder = CategoricalStreamCoder(tensors["code_freq"], [0])
+                self._coder = CategoricalStreamCoder(tensors["code_freq"], [0])
             except InputError as exc:
                 raise ArchiveFormatError(f"invalid vqae-ctx code table: {exc}") from exc
-        codec.num_classes = num_classes
-        return codec
 
     # -- rate control ------------------------------------------------------------------------
     @staticmethod
