@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from labelzip.pipelines.ratecontrol import auto_prune_plan
 from safetensors.torch import load_file, save_file
 
 from labelzip.archive import ArchiveMetadata, Layout, load_archive
@@ -54,7 +55,6 @@ from labelzip.pipelines.compress import (
     prune_plan,
     write_archive,
 )
-from labelzip.pipelines.ratecontrol import auto_prune_plan
 from labelzip.selection.auto import (
     LM_MIN_CLASSES,
     AutoChoice,

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from labelzip.archive.rate import RATE_TOLERANCE
 
 from labelzip.accounting import StorageAccount, reference_bytes
 from labelzip.archive import (
@@ -27,7 +28,6 @@ from labelzip.archive import (
     rate_note,
     save_archive,
 )
-from labelzip.archive.rate import RATE_TOLERANCE
 from labelzip.augment import ViewConfig
 from labelzip.codecs.base import Codec, LabelContext
 from labelzip.codecs.context.viewmix import view_mix_prior

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from labelzip.accounting import RateTarget, reference_bytes
+from labelzip.accounting import reference_bytes
 from labelzip.codecs.base import (
     CodecConfig,
     EncodedBlock,
@@ -65,6 +65,7 @@ from labelzip.ops.sampling import (
     seeded_generator,
     u64_bytes,
 )
+from labelzip.rate.target import RateValue
 
 __all__ = ["MAX_SAMPLES", "RSKDCodec", "RSKDConfig"]
 
@@ -106,7 +107,7 @@ class RSKDConfig(CodecConfig):
         description="rate control: worst_case budgets S distinct ids per label "
         "(guaranteed fit); measured picks S from the fit data's mean size",
     )
-    target_bits_per_label: RateTarget | None = Field(
+    target_bits_per_label: RateValue | None = Field(
         default=None,
         description="measured sizing: mean payload bits per label fit() aims for",
     )

@@ -5,7 +5,7 @@ import torch
 
 from labelzip.codecs.registry import create_codec_for_target, target_total_bytes
 from labelzip.codecs.vqae.codec import VQAECodec
-from labelzip.codecs.vqae.rate import (
+from labelzip.codecs.vqae.sizing import (
     MAX_CHUNKS,
     choose_config,
     model_bytes_for,
