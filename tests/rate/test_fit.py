@@ -112,3 +112,13 @@ def test_auto_prune_keeps_the_most_views_that_fit() -> None:
 def test_side_entry_bytes_count_each_name_twice() -> None:
     tensors = {"ab": torch.zeros(1), "xyz": torch.zeros(2)}
     assert side_entry_bytes(tensors) == 2 * 200 + 2 * 2 + 2 * 3
+
+
+def test_archive_target_of_no_goal_is_a_fixed_configuration() -> None:
+    layout = Layout(("sample",), (N,))
+    assert ArchiveTarget.of(None, layout, C) is None
+    target = ArchiveTarget.of(RateGoal(bits_per_label=64), layout, C, side_bytes=9)
+    assert target == ArchiveTarget(RateGoal(bits_per_label=64), layout, C, side_bytes=9)
+    assert target.total_bytes == N * 8
+    with pytest.raises(ConfigError, match="exactly one of ratio or bits_per_label"):
+        ArchiveTarget.flat(N, C)

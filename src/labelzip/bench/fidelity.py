@@ -138,9 +138,7 @@ def measure_point(
         return list(stored.split(4096))
 
     start = time.perf_counter()
-    target = None
-    if ratio is not None:
-        target = ArchiveTarget(RateGoal(ratio=ratio), layout, num_classes, prune=prune)
+    target = ArchiveTarget.of(RateGoal.of(ratio), layout, num_classes, prune=prune)
     codec = fit_codec(
         spec.codec, batches, spec.options, num_labels=stored.shape[0], target=target
     )

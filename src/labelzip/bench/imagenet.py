@@ -663,12 +663,10 @@ def _fit(
     def batches() -> list[torch.Tensor]:
         return list(stored.split(4096))
 
-    target = None
-    if ratio is not None:
-        goal = RateGoal(ratio=ratio)
-        target = ArchiveTarget(
-            goal, layout, stored.shape[1], prune=plan, metadata=metadata
-        )
+    goal = RateGoal.of(ratio)
+    target = ArchiveTarget.of(
+        goal, layout, stored.shape[1], prune=plan, metadata=metadata
+    )
     return fit_codec(
         choice.codec,
         batches,

@@ -293,16 +293,14 @@ def _fit(
     def sample() -> Iterator[torch.Tensor]:
         return reservoir.batches()
 
-    archive = None
-    if goal is not None:
-        archive = ArchiveTarget(
-            goal,
-            store.layout,
-            store.num_classes,
-            chunk_size,
-            metadata=metadata,
-            side_bytes=side_bytes,
-        )
+    archive = ArchiveTarget.of(
+        goal,
+        store.layout,
+        store.num_classes,
+        chunk_size,
+        metadata=metadata,
+        side_bytes=side_bytes,
+    )
     fitted = fit_codec(
         name, sample, options, num_labels=store.num_labels, target=archive
     )

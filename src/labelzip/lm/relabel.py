@@ -150,10 +150,9 @@ class LMOutput(TargetFields):
         metadata: ArchiveMetadata,
     ) -> ArchiveTarget | None:
         """This output's target for an archive of ``layout``, or None."""
-        goal = self.goal
-        if goal is None:
-            return None
-        return ArchiveTarget(goal, layout, num_classes, chunk_size, metadata=metadata)
+        return ArchiveTarget.of(
+            self.goal, layout, num_classes, chunk_size, metadata=metadata
+        )
 
 
 @dataclass(frozen=True)

@@ -216,16 +216,14 @@ def fit_codec(
     def source() -> Iterator[torch.Tensor]:
         return stored_batches(store, plan, FIT_BATCH, advance)
 
-    target = None
-    if settings.goal is not None:
-        target = ArchiveTarget(
-            settings.goal,
-            layout,
-            store.num_classes,
-            settings.chunk_size,
-            prune=plan,
-            metadata=metadata,
-        )
+    target = ArchiveTarget.of(
+        settings.goal,
+        layout,
+        store.num_classes,
+        settings.chunk_size,
+        prune=plan,
+        metadata=metadata,
+    )
     return rate.fit_codec(
         settings.codec, source, settings.options, num_labels=num_stored, target=target
     )

@@ -324,18 +324,15 @@ def fit_output(
             metadata.user, layout.dims, layout.shape, job.fit_flat, error=ConfigError
         )
     side = sum(t.numel() * t.element_size() for t in job.side.values())
-    goal = out.goal
-    target = None
-    if goal is not None:
-        target = ArchiveTarget(
-            goal,
-            layout,
-            num_classes,
-            config.chunk_size,
-            prune=job.plan,
-            metadata=metadata,
-            side_bytes=side + side_entry_bytes(job.side),
-        )
+    target = ArchiveTarget.of(
+        out.goal,
+        layout,
+        num_classes,
+        config.chunk_size,
+        prune=job.plan,
+        metadata=metadata,
+        side_bytes=side + side_entry_bytes(job.side),
+    )
     return fit_codec(
         out.codec,
         source,

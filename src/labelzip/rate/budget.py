@@ -38,6 +38,21 @@ class ArchiveTarget:
     header_bytes: int | None = None
 
     @classmethod
+    def of(
+        cls,
+        goal: RateGoal | None,
+        layout: Layout,
+        num_classes: int,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        **fields: Any,
+    ) -> ArchiveTarget | None:
+        """The target of ``goal`` for this archive, or ``None`` without a goal
+        (a fixed configuration): the one fixed-or-targeted branch of a command."""
+        if goal is None:
+            return None
+        return cls(goal, layout, num_classes, chunk_size, **fields)
+
+    @classmethod
     def flat(
         cls,
         num_labels: int,
