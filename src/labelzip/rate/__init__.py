@@ -20,7 +20,11 @@ The codecs import only :mod:`labelzip.rate.search`, which imports no codec.
 
 from labelzip.rate.budget import ArchiveTarget
 from labelzip.rate.fit import configure_codec, fit_codec
-from labelzip.rate.header import UNFITTED_MODEL_ALLOWANCE, estimate_header_bytes
+from labelzip.rate.header import (
+    UNFITTED_MODEL_ALLOWANCE,
+    estimate_header_bytes,
+    target_header_bytes,
+)
 from labelzip.rate.note import RATE_TOLERANCE, rate_note
 from labelzip.rate.prune import SIDE_ENTRY_BYTES, auto_prune_plan, side_entry_bytes
 from labelzip.rate.search import bisect_largest, largest_fitting
@@ -43,4 +47,5 @@ __all__ = [
     "largest_fitting",
     "rate_note",
     "side_entry_bytes",
+    "target_header_bytes",
 ]

@@ -18,7 +18,7 @@ from labelzip.codecs.base import Codec, LabelContext, LogitSource
 from labelzip.codecs.registry import codec_class, create_codec
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.rate.budget import ArchiveTarget
-from labelzip.rate.header import estimate_header_bytes
+from labelzip.rate.header import target_header_bytes
 
 __all__ = ["configure_codec", "fit_codec"]
 
@@ -52,7 +52,7 @@ def configure_codec(
         )
     header = target.header_bytes
     if header is None:
-        header = _estimate(name, options, target)
+        header = target_header_bytes(name, options, target)
     overhead = header + target.side_bytes
     budget = total - overhead
     cls = codec_class(name)
@@ -98,11 +98,11 @@ def fit_codec(
         )
     header = target.header_bytes
     if header is None:
-        header = _estimate(name, options, target)
+        header = target_header_bytes(name, options, target)
     for attempt in range(3):
         codec = configure_codec(name, options, target.replace(header_bytes=header))
         codec.fit_in_context(source, context, num_labels=target.num_stored)
-        actual = _estimate(codec, {}, target)
+        actual = target_header_bytes(codec, {}, target)
         if actual <= header:
             return codec
         logger.info(
@@ -111,25 +111,6 @@ def fit_codec(
         header = actual + 64 * (attempt + 1)
     logger.warning("%s archive header may exceed the rate target by a few bytes", name)
     return codec
-
-
-def _estimate(
-    codec: Codec | str, options: Mapping[str, Any], target: ArchiveTarget
-) -> int:
-    """The header estimate of ``target``'s archive, bounded by its budget."""
-    total = target.total_bytes
-    return estimate_header_bytes(
-        target.num_labels,
-        target.chunk_size,
-        codec,
-        num_classes=target.num_classes,
-        layout=target.layout,
-        prune=target.prune,
-        metadata=target.metadata,
-        reference=target.goal.reference,
-        options=options,
-        max_file_bytes=total if total > 0 else None,
-    )
 
 
 def _unreachable(

@@ -29,8 +29,9 @@ from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import codec_class, create_codec
 from labelzip.errors import ConfigError
+from labelzip.rate.budget import ArchiveTarget
 
-__all__ = ["UNFITTED_MODEL_ALLOWANCE", "estimate_header_bytes"]
+__all__ = ["UNFITTED_MODEL_ALLOWANCE", "estimate_header_bytes", "target_header_bytes"]
 
 # Header bytes reserved for the model tensor entries and fitted config fields of
 # a codec that cannot list its model tensors before fit (about 8 tensors).
@@ -144,3 +145,27 @@ def estimate_header_bytes(
     slack = len(chunk_labels) * 3 * (digits - 1)
     # + 7: alignment padding
     return len(prefix) + digests.numel() + slack + allowance + 7
+
+
+def target_header_bytes(
+    codec: Codec | str,
+    options: Mapping[str, Any] | None,
+    target: ArchiveTarget,
+) -> int:
+    """:func:`estimate_header_bytes` of ``target``'s archive, bounded by its budget.
+
+    ``options`` are the codec options when ``codec`` is a name.
+    """
+    total = target.total_bytes
+    return estimate_header_bytes(
+        target.num_labels,
+        target.chunk_size,
+        codec,
+        num_classes=target.num_classes,
+        layout=target.layout,
+        prune=target.prune,
+        metadata=target.metadata,
+        reference=target.goal.reference,
+        options=options,
+        max_file_bytes=total if total > 0 else None,
+    )

@@ -41,7 +41,7 @@ from labelzip.codecs.prune import PrunePlan, keep_per_group
 from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement
-from labelzip.rate import auto_prune_plan, estimate_header_bytes, fit_codec
+from labelzip.rate import auto_prune_plan, fit_codec, target_header_bytes
 from labelzip.selection.config import AutoConfig, ContextOf, Target
 from labelzip.selection.record import (
     AUTO_KEY,
@@ -547,17 +547,7 @@ def _measure(
         codec, sample, plan, config.temperature, context
     )
     num_stored = plan.num_kept if plan is not None else layout.num_labels
-    header = estimate_header_bytes(
-        layout.num_labels,
-        target.chunk_size,
-        codec,
-        num_classes=num_classes,
-        layout=layout,
-        prune=plan,
-        metadata=target.metadata,
-        reference=target.goal.reference,
-        max_file_bytes=target.total_bytes,
-    )
+    header = target_header_bytes(codec, None, target.archive(plan))
     total = (
         header
         + codec.model_bytes()
