@@ -54,7 +54,7 @@ from labelzip.pipelines.compress import (
     prune_plan,
     write_archive,
 )
-from labelzip.pipelines.ratecontrol import auto_prune_plan
+from labelzip.rate import ArchiveTarget, RateGoal, auto_prune_plan
 from labelzip.selection.auto import (
     LM_MIN_CLASSES,
     AutoChoice,
@@ -209,14 +209,16 @@ def with_auto_prune(
 ) -> CompressSettings:
     """A single codec as relabel's ``--auto-prune`` runs it: every view kept when
     that meets the target, else the most views per sample that do."""
+    assert settings.goal is not None, "auto-prune meets a target"
     plan = auto_prune_plan(
         settings.codec,
-        layout=layout,
-        num_classes=num_classes,
-        ratio=settings.ratio,
-        bits_per_label=settings.bits_per_label,
-        chunk_size=settings.chunk_size,
-        metadata=metadata,
+        ArchiveTarget(
+            settings.goal,
+            layout,
+            num_classes,
+            chunk_size=settings.chunk_size,
+            metadata=metadata,
+        ),
         options=settings.options,
     )
     if plan is None:
@@ -242,7 +244,9 @@ def run_set(
         singles = LM_SINGLES if logits.shape[-1] > LM_MIN_CLASSES else SINGLES
         for codec, options in singles:
             settings = CompressSettings(
-                codec=codec, options=run_options(codec, options, auto), ratio=ratio
+                codec=codec,
+                options=run_options(codec, options, auto),
+                goal=RateGoal(ratio=ratio),
             )
             label = (
                 f"{codec}({','.join(f'{k}={v}' for k, v in options.items())})"
@@ -252,7 +256,7 @@ def run_set(
             jobs.append(
                 (label, lambda s=settings: write_one(source, work / "a.lz", s, None))
             )
-        auto_settings = CompressSettings(codec="auto", ratio=ratio)
+        auto_settings = CompressSettings(codec="auto", goal=RateGoal(ratio=ratio))
         jobs.append(
             ("auto", lambda s=auto_settings: write_one(source, work / "a.lz", s, auto))
         )

@@ -33,11 +33,12 @@ from typing import Any
 
 import torch
 
-from labelzip.archive import Layout, fit_for_target
+from labelzip.archive import Layout
 from labelzip.codecs.base import Codec, EncodedBlock
 from labelzip.codecs.registry import create_codec
 from labelzip.codecs.vqae.codec import VQAECodec
 from labelzip.io import atomic_path
+from labelzip.rate import ArchiveTarget, RateGoal, fit_codec
 
 CHUNK = 4096  # labels per archive chunk (DEFAULT_CHUNK_SIZE)
 IPC_SETS = (("IPC 10", 3_000_000), ("IPC 50", 15_000_000), ("IPC 200", 60_000_000))
@@ -82,13 +83,13 @@ def _fit(
     options: dict[str, Any] = {}
     if name == "vqae":
         options = {"steps": args.fit_steps, "fit_threads": threads}
-    return fit_for_target(
+    return fit_codec(
         name,
         stream,
-        layout=Layout.for_shape((rows,)),
-        num_classes=1000,
-        ratio=args.ratio,
-        **options,
+        options,
+        target=ArchiveTarget(
+            RateGoal(ratio=args.ratio), Layout.for_shape((rows,)), 1000
+        ),
     )
 
 

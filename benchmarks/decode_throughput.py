@@ -21,8 +21,9 @@ import time
 
 import torch
 
-from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
+from labelzip.archive import ArchiveReader, Layout, save_archive
 from labelzip.io import atomic_path
+from labelzip.rate import ArchiveTarget, RateGoal, fit_codec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,13 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.codecs:
         for ratio in args.ratios:
             options = {"steps": args.fit_steps} if name == "vqae" else {}
-            codec = fit_for_target(
+            codec = fit_codec(
                 name,
                 lambda: logits.split(4096),
-                layout=layout,
-                num_classes=logits.shape[1],
-                ratio=ratio,
-                **options,
+                options,
+                target=ArchiveTarget(RateGoal(ratio=ratio), layout, logits.shape[1]),
             )
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "labels.lz")

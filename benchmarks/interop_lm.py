@@ -45,7 +45,6 @@ from labelzip.bench.lm_stores import (
     write_nemo,
 )
 from labelzip.codecs.baseline.distillkit import preset_config
-from labelzip.codecs.registry import create_codec_for_target
 from labelzip.errors import LabelzipError
 from labelzip.interop.base import ImportedStore, ImportOptions
 from labelzip.interop.convert import CodecChoice, export_archive, import_store
@@ -53,6 +52,7 @@ from labelzip.interop.formats import get_format
 from labelzip.lm.corpus import CorpusConfig, build_corpus
 from labelzip.lm.teacher import load_teacher, max_context, teacher_logits
 from labelzip.ops.metrics import kl_divergence, top1_agreement
+from labelzip.rate import ArchiveTarget, RateGoal, configure_codec
 
 BLOCK = 255  # labels per encoded block: one window's positions
 
@@ -156,9 +156,9 @@ def labelzip_point(
 ) -> dict[str, Any]:
     """One codec at one rate on ``source`` labels; KL against the teacher ``ref``."""
     vocab = int(ref.shape[1])
-    codec = create_codec_for_target(
-        name, num_labels=args.assume_tokens, num_classes=vocab, ratio=ratio
-    )
+    # the codec alone (no archive header): the whole goal is its budget
+    target = ArchiveTarget.flat(args.assume_tokens, vocab, ratio=ratio, header_bytes=0)
+    codec = configure_codec(name, {}, target)
     g = torch.Generator().manual_seed(0)
     pick = torch.randperm(source.shape[0], generator=g)[: args.fit_positions]
     t0 = time.perf_counter()
@@ -191,7 +191,9 @@ def archive_loop(
         "distillkit",
         archive,
         codec=CodecChoice(
-            name="topk-tail", ratio=args.archive_ratio, fit_sample=args.fit_positions
+            name="topk-tail",
+            goal=RateGoal(ratio=args.archive_ratio),
+            fit_sample=args.fit_positions,
         ),
     )
     import_s = time.perf_counter() - t0

@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from labelzip.bench.lm import CODEC_PRESETS
-from labelzip.codecs.registry import create_codec_for_target
 from labelzip.codecs.vqae_lm.sampled import VQAESampledCodec
 from labelzip.ops.metrics import kl_divergence, top1_agreement
+from labelzip.rate import ArchiveTarget, configure_codec
 
 
 def main() -> None:
@@ -58,9 +58,9 @@ def main() -> None:
         for name in args.codecs:
             options = {**CODEC_PRESETS.get(name, {}), **extra.get(name, {})}
             t0 = time.perf_counter()
-            codec = create_codec_for_target(
-                name, num_labels=args.tokens, num_classes=vocab, ratio=ratio, **options
-            )
+            # the codec alone (no archive header): the whole goal is its budget
+            target = ArchiveTarget.flat(args.tokens, vocab, ratio=ratio, header_bytes=0)
+            codec = configure_codec(name, options, target)
             codec.fit([fit], num_labels=args.tokens)
             fit_s = time.perf_counter() - t0
             t0 = time.perf_counter()

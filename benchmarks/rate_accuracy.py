@@ -29,17 +29,12 @@ from typing import Any
 
 import torch
 
-from labelzip.archive import (
-    ArchiveMetadata,
-    Layout,
-    fit_for_target,
-    rate_note,
-    save_archive,
-)
+from labelzip.archive import ArchiveMetadata, Layout, save_archive
 from labelzip.codecs.registry import with_num_images
 from labelzip.errors import LabelzipError
 from labelzip.io import atomic_path
 from labelzip.pipelines.relabel_types import recipe_context
+from labelzip.rate import ArchiveTarget, RateGoal, fit_codec, rate_note
 
 # (codec, options, ratios); "steps" style options shorten the learned codecs' fits.
 SPECS: list[tuple[str, dict[str, Any], list[float]]] = [
@@ -108,15 +103,14 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             record: dict[str, Any] = {"codec": name, "options": options, "ratio": ratio}
             try:
-                codec = fit_for_target(
+                codec = fit_codec(
                     name,
                     lambda used=used: used.split(4096),
-                    layout=layout,
-                    num_classes=num_classes,
-                    ratio=ratio,
-                    metadata=meta,
+                    opts,
+                    target=ArchiveTarget(
+                        RateGoal(ratio=ratio), layout, num_classes, metadata=meta
+                    ),
                     context=context,
-                    **opts,
                 )
                 with tempfile.TemporaryDirectory() as tmp:
                     account = save_archive(
@@ -127,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                         metadata=meta,
                     )
                 target = account.reference_bytes / ratio
-                note = rate_note(account, codec, ratio=ratio)
+                note = rate_note(account, codec, RateGoal(ratio=ratio))
                 record.update(
                     achieved=account.ratio,
                     fraction=account.total_bytes / target,

@@ -42,10 +42,11 @@ from collections.abc import Callable
 
 import torch
 
-from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
+from labelzip.archive import ArchiveReader, Layout, save_archive
 from labelzip.codecs.base import Codec
 from labelzip.codecs.registry import create_codec
 from labelzip.io import atomic_path
+from labelzip.rate import ArchiveTarget, RateGoal, fit_codec
 
 BATCH = 256
 STEP_SECONDS = 0.030  # a GPU-speed training step of 256 images (the yardstick)
@@ -110,13 +111,13 @@ def _fit(name: str, logits: torch.Tensor, ratio: float, fit_steps: int) -> Codec
     if name == "dense":  # stores every value: fp16, 1x (no rate to choose)
         return create_codec("dense", dtype="fp16").fit([logits[:1]])
     options = {"steps": fit_steps} if name == "vqae" else {}
-    return fit_for_target(
+    return fit_codec(
         name,
         lambda: logits.split(4096),
-        layout=Layout.for_shape(logits.shape[:-1]),
-        num_classes=logits.shape[1],
-        ratio=ratio,
-        **options,
+        options,
+        target=ArchiveTarget(
+            RateGoal(ratio=ratio), Layout.for_shape(logits.shape[:-1]), logits.shape[1]
+        ),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labelzip.accounting import StorageAccount, check_rate_target, reference_bytes
+from labelzip.accounting import StorageAccount, reference_bytes
 from labelzip.errors import ConfigError
 
 
@@ -51,43 +51,3 @@ def test_account_is_frozen() -> None:
     account = StorageAccount("dense", 1, 2, 4, 0)
     with pytest.raises(AttributeError):
         account.payload_bytes = 5  # type: ignore[misc]
-
-
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_rate_targets_refuse_nan_and_inf_everywhere(value: float) -> None:
-    """``--ratio nan`` once reached ``int(nan)`` inside rate control (a traceback)."""
-    from pydantic import ValidationError
-
-    from labelzip.bench.imagenet import ImagenetTrackConfig
-    from labelzip.bench.lm import LMBenchConfig
-    from labelzip.bench.vision import VisionBenchConfig
-    from labelzip.codecs.baseline.rskd import RSKDConfig
-    from labelzip.codecs.registry import target_total_bytes
-    from labelzip.lm.relabel import LMOutput
-    from labelzip.pipelines.quickstart import QuickstartConfig
-    from labelzip.pipelines.relabel_types import RelabelOutput
-    from labelzip.storage.options import StorageOptions
-
-    with pytest.raises(ConfigError, match="ratio must be a finite number, got"):
-        check_rate_target(value, "ratio")
-    for key in ("ratio", "bits_per_label"):
-        with pytest.raises(ConfigError, match=f"{key} must be a finite number"):
-            target_total_bytes(num_labels=10, num_classes=10, **{key: value})
-        for output in (RelabelOutput, LMOutput):
-            with pytest.raises(ValidationError, match="finite number"):
-                output(path="a.lz", **{key: value})
-    with pytest.raises(ValidationError, match="finite number"):
-        RSKDConfig(sizing="measured", target_bits_per_label=value)
-    with pytest.raises(ValidationError, match="finite number"):
-        StorageOptions(codec_bits_per_label=value)
-    with pytest.raises(ValidationError, match="finite number"):
-        QuickstartConfig(ratio=value)
-    for bench in (LMBenchConfig, VisionBenchConfig, ImagenetTrackConfig):
-        with pytest.raises(ValidationError, match="finite number"):
-            bench(ratios=(40.0, value))
-
-
-def test_rate_target_checks_sign_and_passes_good_values() -> None:
-    assert check_rate_target(40.0, "ratio") == 40.0
-    with pytest.raises(ConfigError, match="bits_per_label must be > 0, got 0"):
-        check_rate_target(0, "bits_per_label")

@@ -4,6 +4,12 @@ Walks every module of ``src/labelzip`` with :mod:`ast` (imports inside functions
 included): ``archive`` never imports ``pipelines``, ``ops`` never imports
 ``codecs``, and no module imports a ``_private`` name from another labelzip
 module or reads one off an imported labelzip module (``mod._name``).
+
+Rate control (``labelzip.rate``) sits above ``codecs`` and ``archive``: neither
+imports it, except that codecs may use its two leaves, ``rate.target`` (the
+rate-value type of a codec config) and ``rate.search`` (the bisection of their
+size models), which import no codec and no archive. ``rate`` itself never
+imports the layers that use it (pipelines, selection, interop, lm, bench, cli).
 """
 
 from __future__ import annotations
@@ -21,7 +27,16 @@ PACKAGE = SRC / "labelzip"
 FORBIDDEN = [
     ("labelzip.archive", "labelzip.pipelines"),
     ("labelzip.ops", "labelzip.codecs"),
+    ("labelzip.archive", "labelzip.rate"),
+    *[
+        ("labelzip.rate", f"labelzip.{user}")
+        for user in ("pipelines", "selection", "interop", "lm", "bench", "cli")
+    ],
 ]
+
+# The leaves of labelzip.rate a codec may import, and what they may import.
+RATE_LEAVES = ("labelzip.rate.target", "labelzip.rate.search")
+LEAF_IMPORTS = ("labelzip.accounting", "labelzip.errors")
 
 
 def _module_name(path: Path) -> str:
@@ -76,6 +91,27 @@ def test_no_import_runs_up_the_layers() -> None:
         if _inside(module, low)
         for line, name in _imports(module, path, tree)
         if _inside(name, high)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_codecs_use_only_the_leaves_of_rate_control() -> None:
+    bad = [
+        f"{path.relative_to(SRC)}:{line} imports {name}"
+        for module, path, tree in _modules()
+        if _inside(module, "labelzip.codecs")
+        for line, name in _imports(module, path, tree)
+        if _inside(name, "labelzip.rate")
+        and name != "labelzip.rate"  # `from labelzip.rate.x import y` names it too
+        and not any(_inside(name, leaf) for leaf in RATE_LEAVES)
+    ]
+    bad += [
+        f"{path.relative_to(SRC)}:{line} imports {name}"
+        for module, path, tree in _modules()
+        if module in RATE_LEAVES
+        for line, name in _imports(module, path, tree)
+        if _inside(name, "labelzip")
+        and not any(_inside(name, ok) for ok in (*LEAF_IMPORTS, module))
     ]
     assert not bad, "\n".join(bad)
 

@@ -7,36 +7,16 @@ information (augmentation parameters, reuse maps) and the container header.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
-
-from pydantic import Field
+from typing import Any
 
 from labelzip.errors import ConfigError
 
 __all__ = [
     "REFERENCE_BYTES_PER_VALUE",
-    "RateTarget",
     "StorageAccount",
-    "check_rate_target",
     "reference_bytes",
 ]
-
-# A rate target (all-in ratio, bits per label) in a pydantic config: a finite
-# number > 0. NaN and inf are refused: they pass "> 0" checks or compare false
-# everywhere and then fail deep inside rate control.
-RateTarget = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-def check_rate_target(value: float, name: str) -> float:
-    """``value`` if it is a finite number > 0, else a ConfigError naming ``name``."""
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value}")
-    if value <= 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
-    return value
-
 
 # Bytes per class value of the dense references a ratio can be stated against.
 REFERENCE_BYTES_PER_VALUE: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -65,7 +45,7 @@ class StorageAccount:
         reference: dense format the ratio is stated against (default fp16).
         rate_note: set when the archive was written for a rate target it misses
             by more than the tolerance: the closest size the codec reaches and
-            why (:func:`labelzip.archive.rate.rate_note`); ``None`` otherwise.
+            why (:func:`labelzip.rate.rate_note`); ``None`` otherwise.
     """
 
     codec: str

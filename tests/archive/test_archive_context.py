@@ -14,18 +14,22 @@ from labelzip.archive import (
     ArchiveReader,
     ArchiveWriter,
     Layout,
-    codec_for_target,
-    estimate_header_bytes,
-    fit_for_target,
     load_archive,
     save_archive,
 )
 from labelzip.augment import ViewConfig
 from labelzip.codecs.context.viewmix import ViewMixCodec, view_mix_prior
 from labelzip.codecs.prune import PrunePlan
-from labelzip.codecs.registry import create_codec, target_total_bytes
+from labelzip.codecs.registry import create_codec
 from labelzip.errors import ArchiveFormatError, ConfigError, InputError
 from labelzip.pipelines.relabel_types import recipe_context
+from labelzip.rate import (
+    ArchiveTarget,
+    RateGoal,
+    configure_codec,
+    estimate_header_bytes,
+    fit_codec,
+)
 
 torch.set_num_threads(1)
 
@@ -139,16 +143,12 @@ def test_rate_target_met_with_the_real_file_size(tmp_path: Path) -> None:
     logits = _labels()
     ratio = 2.0
     ctx = recipe_context(META.user, LAYOUT.dims, LAYOUT.shape, torch.arange(E * M))
-    codec = fit_for_target(
+    codec = fit_codec(
         "vqae-ctx",
         [logits],
-        layout=LAYOUT,
-        num_classes=C,
-        ratio=ratio,
-        metadata=META,
+        {"num_images": M, **FAST},
+        target=ArchiveTarget(RateGoal(ratio=ratio), LAYOUT, C, metadata=META),
         context=ctx,
-        num_images=M,
-        **FAST,
     )
     assert codec.config.codebook_size > 1  # type: ignore[attr-defined]
     path = tmp_path / "rate.lz"
@@ -156,7 +156,7 @@ def test_rate_target_met_with_the_real_file_size(tmp_path: Path) -> None:
         writer.write(logits[:250], ctx.select(slice(0, 250)))
         writer.write(logits[250:])
     size = os.path.getsize(path)
-    budget = target_total_bytes(num_labels=E * M, num_classes=C, ratio=ratio)
+    budget = RateGoal(ratio=ratio).total_bytes(E * M, C)
     assert writer.account is not None and writer.account.total_bytes == size
     assert size <= budget
     assert size > 0.8 * budget  # the budget is spent, not wasted
@@ -166,17 +166,12 @@ def test_header_estimate_before_fit_bounds_the_real_header(tmp_path: Path) -> No
     """vqae-ctx plans its tensors and stored config: the estimate is tight."""
     logits = _labels()
     ctx = recipe_context(META.user, LAYOUT.dims, LAYOUT.shape, torch.arange(E * M))
-    total = target_total_bytes(num_labels=E * M, num_classes=C, ratio=2.0)
+    total = RateGoal(ratio=2.0).total_bytes(E * M, C)
     for coding, slack in (("packed", 40), ("ans", 400)):
-        codec = codec_for_target(
+        codec = configure_codec(
             "vqae-ctx",
-            layout=LAYOUT,
-            num_classes=C,
-            ratio=2.0,
-            metadata=META,
-            num_images=M,
-            prototype_coding=coding,
-            **FAST,
+            {"num_images": M, "prototype_coding": coding, **FAST},
+            ArchiveTarget(RateGoal(ratio=2.0), LAYOUT, C, metadata=META),
         )
         est = estimate_header_bytes(
             E * M,

@@ -91,7 +91,7 @@ def test_text_report(
         (["--codec", "topk", "--ratio", "100000"], "best reachable"),
         # pydantic errors: one line each (these were a traceback / three lines)
         (["--batch-size", "0"], "invalid relabel-lm options: batch_size: Input"),
-        (["--ratio", "-1"], "invalid codec options: ratio: Input should be"),
+        (["--ratio", "-1"], "ratio must be > 0, got -1.0"),
         (["--seq-len", "1"], "invalid corpus options: seq_len: Input should be"),
     ],
 )

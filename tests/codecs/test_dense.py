@@ -7,13 +7,15 @@ import torch
 
 from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.baseline.dense import DenseCodec, DenseConfig
-from labelzip.codecs.registry import create_codec, create_codec_for_target
+from labelzip.codecs.registry import create_codec
 from labelzip.errors import (
     ArchiveFormatError,
     InputError,
     NotFittedError,
     UnreachableTargetError,
 )
+
+from .sizing import sized_codec
 
 
 def _fitted(dtype: str, logits: torch.Tensor) -> DenseCodec:
@@ -133,7 +135,7 @@ def test_registry_builds_dense() -> None:
 
 def test_for_target_picks_most_precise_dtype_that_fits() -> None:
     def pick(ratio: float, **options: str) -> str:
-        codec = create_codec_for_target(
+        codec = sized_codec(
             "dense", num_labels=100, num_classes=10, ratio=ratio, **options
         )
         assert isinstance(codec, DenseCodec)

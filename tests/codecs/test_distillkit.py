@@ -15,8 +15,10 @@ from labelzip.codecs.baseline.distillkit import (
     spread_missing_mass,
 )
 from labelzip.codecs.baseline.distillkit_quant import decompress_logprobs
-from labelzip.codecs.registry import codec_class, create_codec, create_codec_for_target
+from labelzip.codecs.registry import codec_class, create_codec
 from labelzip.errors import InputError, UnreachableTargetError
+
+from .sizing import sized_codec
 
 V = 400
 
@@ -80,11 +82,7 @@ def test_archive_round_trip_and_sparse_input_checks(tmp_path: Path) -> None:
 
 
 def test_rate_control_accepts_the_settings_or_names_the_need() -> None:
-    codec = create_codec_for_target(
-        "distillkit", num_labels=1000, num_classes=V, ratio=2
-    )
+    codec = sized_codec("distillkit", num_labels=1000, num_classes=V, ratio=2)
     assert isinstance(codec.config, DistillKitCodecConfig)
     with pytest.raises(UnreachableTargetError, match="distillkit"):
-        create_codec_for_target(
-            "distillkit", num_labels=1000, num_classes=V, ratio=5000
-        )
+        sized_codec("distillkit", num_labels=1000, num_classes=V, ratio=5000)

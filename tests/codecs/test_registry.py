@@ -1,4 +1,4 @@
-"""Codec registry: stable ids, creation by name, rate-target budgets."""
+"""Codec registry: stable ids, creation by name, each codec's size model."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from labelzip.codecs.registry import (
     available_codecs,
     codec_class,
     create_codec,
-    create_codec_for_target,
-    target_total_bytes,
 )
-from labelzip.errors import ConfigError, UnreachableTargetError
+from labelzip.errors import ConfigError
+
+from .sizing import sized_codec
 
 BASELINES = ["dense", "topk", "rskd"]
 
@@ -51,49 +51,9 @@ def test_unknown_name_and_bad_options() -> None:
         create_codec("rskd", bogus=1)
 
 
-def test_target_total_bytes() -> None:
-    assert target_total_bytes(num_labels=100, num_classes=1000, ratio=40) == 5000
-    assert (
-        target_total_bytes(num_labels=100, num_classes=1000, ratio=40, reference="fp32")
-        == 10000
-    )
-    assert (
-        target_total_bytes(num_labels=100, num_classes=1000, bits_per_label=400) == 5000
-    )
-    assert (
-        target_total_bytes(num_labels=3, num_classes=10, bits_per_label=7) == 2
-    )  # floor
-    with pytest.raises(ConfigError, match="exactly one of ratio or bits_per_label"):
-        target_total_bytes(num_labels=1, num_classes=2)
-    with pytest.raises(ConfigError, match="exactly one"):
-        target_total_bytes(num_labels=1, num_classes=2, ratio=2, bits_per_label=3)
-    with pytest.raises(ConfigError, match="ratio must be > 0, got 0"):
-        target_total_bytes(num_labels=1, num_classes=2, ratio=0)
-    with pytest.raises(ConfigError, match="bits_per_label must be > 0, got -1"):
-        target_total_bytes(num_labels=1, num_classes=2, bits_per_label=-1)
-
-
-def test_create_for_target_subtracts_overhead() -> None:
-    # dense fp16 of 10 x 10 needs exactly the 1x budget of 200 bytes
-    codec = create_codec_for_target("dense", num_labels=10, num_classes=10, ratio=1.0)
-    assert codec.config.dtype == "fp16"  # type: ignore[attr-defined]
-    with pytest.raises(UnreachableTargetError, match="budget is 199"):
-        create_codec_for_target(
-            "dense", num_labels=10, num_classes=10, ratio=1.0, overhead_bytes=1
-        )
-    with pytest.raises(
-        UnreachableTargetError, match="header and side information alone take 300"
-    ):
-        create_codec_for_target(
-            "dense", num_labels=10, num_classes=10, ratio=1.0, overhead_bytes=300
-        )
-
-
 @pytest.mark.parametrize("name", BASELINES)
-def test_create_for_target_returns_fitting_codec(name: str) -> None:
-    codec = create_codec_for_target(
-        name, num_labels=4096, num_classes=1000, bits_per_label=16_000
-    )
+def test_for_target_returns_an_unfitted_codec(name: str) -> None:
+    codec = sized_codec(name, num_labels=4096, num_classes=1000, bits_per_label=16_000)
     assert codec.kind == name and not codec.is_fitted
 
 

@@ -10,7 +10,7 @@ import torch
 
 from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.baseline.rskd import RSKDCodec, RSKDConfig
-from labelzip.codecs.registry import create_codec, create_codec_for_target
+from labelzip.codecs.registry import create_codec
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
@@ -18,6 +18,8 @@ from labelzip.errors import (
     NotFittedError,
     UnreachableTargetError,
 )
+
+from .sizing import sized_codec
 
 
 def _codec(logits: torch.Tensor, **options: Any) -> RSKDCodec:
@@ -182,7 +184,7 @@ def test_errors(teacher_logits: torch.Tensor) -> None:
 
 
 def test_for_target_worst_case_always_fits(teacher_logits: torch.Tensor) -> None:
-    codec = create_codec_for_target(
+    codec = sized_codec(
         "rskd", num_labels=512, num_classes=1000, ratio=40, sizing="worst_case"
     )
     assert isinstance(codec, RSKDCodec)
@@ -211,9 +213,7 @@ def test_for_target_measured_sizing_meets_mean_budget(
     """Rate control sizes S on the data by default: the budget is spent, not 1/5 of it
     (worst-case sizing gave S=26 and a 5x smaller payload on these labels)."""
     budget = 512 * 2000 // 40
-    codec = create_codec_for_target(
-        "rskd", num_labels=512, num_classes=1000, ratio=40, **sizing
-    )
+    codec = sized_codec("rskd", num_labels=512, num_classes=1000, ratio=40, **sizing)
     assert isinstance(codec, RSKDCodec) and codec.config.num_samples is None
     codec.fit([teacher_logits[:256], teacher_logits[256:]], num_labels=512)
     s = codec.config.num_samples
@@ -254,7 +254,7 @@ def test_measured_sizing_samples_the_whole_stream() -> None:
     flat = 0.3 * torch.randn(3000, 1000, generator=gen)
     stream = torch.cat([peaked, flat])
     num_labels = stream.shape[0]
-    codec = create_codec_for_target(
+    codec = sized_codec(
         "rskd", num_labels=num_labels, num_classes=1000, ratio=40, sizing="measured"
     )
     codec.fit(lambda: stream.split(1000), num_labels=num_labels)

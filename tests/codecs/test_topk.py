@@ -10,7 +10,7 @@ import torch
 
 from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.baseline.topk import DEFAULT_MS_TEMPERATURE, TopKCodec, TopKConfig
-from labelzip.codecs.registry import create_codec, create_codec_for_target
+from labelzip.codecs.registry import create_codec
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
@@ -18,6 +18,8 @@ from labelzip.errors import (
     NotFittedError,
     UnreachableTargetError,
 )
+
+from .sizing import sized_codec
 
 
 def _codec(logits: torch.Tensor, **options: Any) -> TopKCodec:
@@ -194,7 +196,7 @@ def test_errors(teacher_logits: torch.Tensor) -> None:
 def test_for_target_picks_the_largest_k(teacher_logits: torch.Tensor) -> None:
     n, c = 512, 1000
     for decoder in ("ms", "mr"):
-        codec = create_codec_for_target(
+        codec = sized_codec(
             "topk", num_labels=n, num_classes=c, ratio=40, decoder=decoder
         ).fit([teacher_logits])
         assert isinstance(codec, TopKCodec)

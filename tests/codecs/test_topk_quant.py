@@ -7,9 +7,11 @@ import torch
 
 from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.baseline.topk_quant import TopKQuantCodec, rice_bits_bound
-from labelzip.codecs.registry import create_codec, create_codec_for_target
+from labelzip.codecs.registry import create_codec
 from labelzip.errors import ArchiveFormatError, InputError, UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence
+
+from .sizing import sized_codec
 
 
 def _logits(n: int = 300, c: int = 200, seed: int = 0) -> torch.Tensor:
@@ -70,7 +72,7 @@ def test_fitted_rice_parameter_and_worst_case_bound() -> None:
 
 
 def test_rate_control_keeps_a_fixed_k_and_fits_the_worst_case() -> None:
-    codec = create_codec_for_target(
+    codec = sized_codec(
         "topk-q", num_labels=10_000, num_classes=1000, ratio=12.0, k=100
     )
     assert isinstance(codec, TopKQuantCodec)
@@ -79,9 +81,7 @@ def test_rate_control_keeps_a_fixed_k_and_fits_the_worst_case() -> None:
     bits = rice_bits_bound(100, 1000, codec.config.value_bits, codec.config.gap_bits)
     assert 10_000 * bits / 8 <= budget
     with pytest.raises(UnreachableTargetError, match="best reachable ratio"):
-        create_codec_for_target(
-            "topk-q", num_labels=10_000, num_classes=1000, ratio=100.0, k=100
-        )
+        sized_codec("topk-q", num_labels=10_000, num_classes=1000, ratio=100.0, k=100)
 
 
 def test_stored_codec_decodes_the_same() -> None:

@@ -11,7 +11,7 @@ import torch
 from labelzip.archive import ArchiveReader, save_archive
 from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.baseline.topk_tail import TopKTailCodec, TopKTailConfig
-from labelzip.codecs.registry import CODEC_IDS, create_codec, create_codec_for_target
+from labelzip.codecs.registry import CODEC_IDS, create_codec
 from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
@@ -21,6 +21,8 @@ from labelzip.errors import (
 )
 from labelzip.ops.bitpack import pack_bits
 from labelzip.ops.metrics import kl_divergence
+
+from .sizing import sized_codec
 
 
 def lm_logits(num_labels: int, num_classes: int, seed: int = 0) -> torch.Tensor:
@@ -217,7 +219,7 @@ def test_vocabulary_scale_uses_16_bit_ids() -> None:
 
 def test_rate_control_counts_the_prior() -> None:
     n, c = 1000, 2000
-    codec = create_codec_for_target("topk-tail", num_labels=n, num_classes=c, ratio=100)
+    codec = sized_codec("topk-tail", num_labels=n, num_classes=c, ratio=100)
     assert isinstance(codec, TopKTailCodec)
     k = codec.config.k
     budget = n * c * 2 // 100
@@ -229,11 +231,9 @@ def test_rate_control_counts_the_prior() -> None:
 
     assert size(k) <= budget < size(k + 1)
     with pytest.raises(UnreachableTargetError, match="best reachable ratio"):
-        create_codec_for_target("topk-tail", num_labels=n, num_classes=c, ratio=2000)
+        sized_codec("topk-tail", num_labels=n, num_classes=c, ratio=2000)
     with pytest.raises(UnreachableTargetError, match="k=30 needs"):
-        create_codec_for_target(
-            "topk-tail", num_labels=n, num_classes=c, ratio=100, k=30
-        )
+        sized_codec("topk-tail", num_labels=n, num_classes=c, ratio=100, k=30)
 
 
 def test_errors(fit_logits: torch.Tensor) -> None:

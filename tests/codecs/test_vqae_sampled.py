@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from labelzip.archive import ArchiveReader, Layout, fit_for_target, save_archive
+from labelzip.archive import ArchiveReader, Layout, save_archive
 from labelzip.codecs.base import EncodedBlock
-from labelzip.codecs.registry import CODEC_IDS, create_codec, create_codec_for_target
+from labelzip.codecs.registry import CODEC_IDS, create_codec
 from labelzip.codecs.vqae_lm.sampled import (
     SAMPLE_LEVELS,
     VQAESampledCodec,
@@ -23,6 +23,9 @@ from labelzip.errors import (
     NotFittedError,
     UnreachableTargetError,
 )
+from labelzip.rate import ArchiveTarget, RateGoal, fit_codec
+
+from .sizing import sized_codec
 
 C = 2000
 FAST = {"steps": 150, "hidden": 32}
@@ -182,9 +185,7 @@ def test_rate_control_meets_the_target_and_spends_it(
     n = 512
     chosen = {}
     for ratio in (20.0, 60.0):
-        codec = create_codec_for_target(
-            "vqae-rs", num_labels=n, num_classes=C, ratio=ratio, **FAST
-        )
+        codec = sized_codec("vqae-rs", num_labels=n, num_classes=C, ratio=ratio, **FAST)
         assert isinstance(codec, VQAESampledCodec)
         codec.fit([fit_logits], num_labels=n)
         payload = sum(codec.encode(x).nbytes for x in fit_logits.split(256))
@@ -200,8 +201,11 @@ def test_archive_at_a_target_ratio_meets_it(
     tmp_path: Any, fit_logits: torch.Tensor
 ) -> None:
     layout = Layout(("sample",), (512,))
-    codec = fit_for_target(
-        "vqae-rs", [fit_logits], layout=layout, num_classes=C, ratio=30, **FAST
+    codec = fit_codec(
+        "vqae-rs",
+        [fit_logits],
+        FAST,
+        target=ArchiveTarget(RateGoal(ratio=30), layout, C),
     )
     save_archive(tmp_path / "r.lz", codec, fit_logits, chunk_size=128)
     size = (tmp_path / "r.lz").stat().st_size
@@ -223,7 +227,7 @@ def test_errors(fit_logits: torch.Tensor, codec: VQAESampledCodec) -> None:
     with pytest.raises(InputError, match="fitted for 2000 classes"):
         codec.encode(torch.zeros(2, 10))
     with pytest.raises(UnreachableTargetError, match="best reachable ratio"):
-        create_codec_for_target("vqae-rs", num_labels=100, num_classes=C, ratio=2000)
+        sized_codec("vqae-rs", num_labels=100, num_classes=C, ratio=2000)
     with pytest.raises(ConfigError, match="invalid vqae-rs"):
         create_codec("vqae-rs", max_samples=0)
     config = codec.to_config()

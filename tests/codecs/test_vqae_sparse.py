@@ -11,7 +11,7 @@ import torch
 
 from labelzip.archive import ArchiveReader, save_archive
 from labelzip.codecs.base import EncodedBlock
-from labelzip.codecs.registry import CODEC_IDS, create_codec, create_codec_for_target
+from labelzip.codecs.registry import CODEC_IDS, create_codec
 from labelzip.codecs.vqae_lm.idcoding import pack_varbits, rank_bucket, unpack_varbits
 from labelzip.codecs.vqae_lm.sparse import VQAESparseCodec
 from labelzip.errors import (
@@ -22,6 +22,9 @@ from labelzip.errors import (
     UnreachableTargetError,
 )
 from labelzip.ops.metrics import kl_divergence, topk_overlap
+from labelzip.rate import ArchiveTarget, RateGoal, fit_codec
+
+from .sizing import sized_codec
 
 C = 2000
 FAST = {"steps": 150, "hidden": 32}
@@ -155,7 +158,7 @@ def test_rate_control_meets_the_target_and_spends_it(
     n = 512
     sizes = {}
     for ratio in (40.0, 100.0):
-        codec = create_codec_for_target(
+        codec = sized_codec(
             "vqae-sparse", num_labels=n, num_classes=C, ratio=ratio, **FAST
         )
         assert isinstance(codec, VQAESparseCodec)
@@ -186,9 +189,7 @@ def test_errors(fit_logits: torch.Tensor, codec: VQAESparseCodec) -> None:
     with pytest.raises(InputError, match="fitted for 2000 classes"):
         codec.encode(torch.zeros(2, 10))
     with pytest.raises(UnreachableTargetError, match="best reachable ratio"):
-        create_codec_for_target(
-            "vqae-sparse", num_labels=100, num_classes=C, ratio=2000
-        )
+        sized_codec("vqae-sparse", num_labels=100, num_classes=C, ratio=2000)
     with pytest.raises(ConfigError, match="invalid vqae-sparse"):
         create_codec("vqae-sparse", num_chunks=0)
     tensors = dict(codec.model_tensors())
@@ -200,11 +201,14 @@ def test_errors(fit_logits: torch.Tensor, codec: VQAESparseCodec) -> None:
 def test_archive_at_a_target_ratio_meets_it(
     tmp_path: Any, fit_logits: torch.Tensor
 ) -> None:
-    from labelzip.archive import Layout, fit_for_target
+    from labelzip.archive import Layout
 
     layout = Layout(("sample",), (512,))
-    codec = fit_for_target(
-        "vqae-sparse", [fit_logits], layout=layout, num_classes=C, ratio=50, **FAST
+    codec = fit_codec(
+        "vqae-sparse",
+        [fit_logits],
+        FAST,
+        target=ArchiveTarget(RateGoal(ratio=50), layout, C),
     )
     save_archive(tmp_path / "r.lz", codec, fit_logits, chunk_size=128)
     size = (tmp_path / "r.lz").stat().st_size

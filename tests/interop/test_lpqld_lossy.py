@@ -16,6 +16,7 @@ from labelzip.cli import main as cli_main
 from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import CodecChoice, export_archive, import_store
 from labelzip.interop.safe_load import load_torch_file
+from labelzip.rate import RateGoal
 
 from .fixtures import write_lpqld
 from .test_vision_formats import same
@@ -86,7 +87,9 @@ def test_lossy_topk_import_at_a_ratio_and_with_fewer_classes(tmp_path: Path) -> 
         "lpqld",
         tmp_path / "r.lz",
         options=OPTIONS,
-        codec=CodecChoice(name="topk-q", ratio=1.5),  # a small store: header-heavy
+        codec=CodecChoice(
+            name="topk-q", goal=RateGoal(ratio=1.5)
+        ),  # a small store: header-heavy
     )
     assert ratio.ratio >= 1.5
     with ArchiveReader(tmp_path / "r.lz") as reader:

@@ -18,6 +18,7 @@ from labelzip.interop.base import ImportOptions
 from labelzip.interop.convert import CodecChoice, export_archive, import_store
 from labelzip.interop.formats import get_format
 from labelzip.interop.safe_load import load_torch_file
+from labelzip.rate import RateGoal
 
 from .fixtures import (
     write_edc,
@@ -250,7 +251,9 @@ def test_lossy_import_with_a_ratio_counts_side_bytes(tmp_path: Path) -> None:
     write_sre2l(
         tmp_path / "s", num_images=200, batch_size=50, epochs=3, num_classes=100
     )
-    choice = CodecChoice(name="topk", options={"decoder": "mr"}, ratio=3.0)
+    choice = CodecChoice(
+        name="topk", options={"decoder": "mr"}, goal=RateGoal(ratio=3.0)
+    )
     account = import_store(
         tmp_path / "s",
         "sre2l",

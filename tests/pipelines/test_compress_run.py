@@ -38,6 +38,7 @@ from labelzip.pipelines.partial import (
     partial_path,
     read_partial,
 )
+from labelzip.rate import RateGoal
 
 # (codec, extra argv): the codecs and rate/prune paths whose bytes must not move.
 
@@ -78,7 +79,11 @@ def _reference(views: Path, out: Path, argv: list[str]) -> bytes:
         options[key] = int(value)
     with_run_defaults(codec, options, seed=0, device=torch.device("cpu"))
     settings = CompressSettings(
-        codec=codec, options=options, ratio=ratio, chunk_size=100, prune_keep=keep
+        codec=codec,
+        options=options,
+        goal=RateGoal.of(ratio),
+        chunk_size=100,
+        prune_keep=keep,
     )
     metadata = ArchiveMetadata()
     with open_logits(views) as store:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from labelzip.archive import ArchiveReader, codec_for_target, load_archive
+from labelzip.archive import ArchiveReader, load_archive
 from labelzip.augment import (
     ViewConfig,
     explicit_param_bytes,
@@ -33,6 +33,7 @@ from labelzip.pipelines.relabel import (
     RelabelOutput,
     relabel,
 )
+from labelzip.rate import ArchiveTarget, RateGoal, configure_codec
 
 from .conftest import LinearTeacher, make_images
 
@@ -177,10 +178,7 @@ def test_auto_prune_meets_a_ratio_the_codec_cannot_alone(
         layout.dims, layout.shape, (archive.keep_per_image + 1) / 40, out.prune_seed
     )
     with pytest.raises(UnreachableTargetError):
-        codec_for_target(
-            "dense", layout=layout, num_classes=4, ratio=10, prune=more,
-            metadata=metadata, dtype="fp16",
-        )  # fmt: skip
+        configure_codec("dense", {"dtype": "fp16"}, ArchiveTarget(RateGoal(ratio=10), layout, 4, prune=more, metadata=metadata))  # fmt: skip
     with pytest.raises(UnreachableTargetError, match="even with the label of 1 of"):
         relabel(
             big,
@@ -254,7 +252,4 @@ def test_auto_prune_rskd_at_40x_on_10_classes(tmp_path: Path) -> None:
         layout.dims, layout.shape, (archive.keep_per_image + 1) / 200, out.prune_seed
     )
     with pytest.raises(UnreachableTargetError):
-        codec_for_target(
-            "rskd", layout=layout, num_classes=10, ratio=40, prune=more,
-            chunk_size=config.chunk_size, metadata=metadata,
-        )  # fmt: skip
+        configure_codec("rskd", {}, ArchiveTarget(RateGoal(ratio=40), layout, 10, chunk_size=config.chunk_size, prune=more, metadata=metadata))  # fmt: skip

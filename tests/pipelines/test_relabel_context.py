@@ -13,12 +13,12 @@ from torch import nn
 from labelzip.archive import ArchiveReader, load_archive
 from labelzip.augment import ViewConfig, make_views
 from labelzip.codecs.base import LabelContext
-from labelzip.codecs.registry import target_total_bytes
 from labelzip.distill import DistilledSet
 from labelzip.ops.metrics import kl_divergence
 from labelzip.pipelines.quickstart import ROW_SPECS
 from labelzip.pipelines.relabel import RelabelConfig, RelabelOutput, relabel
 from labelzip.pipelines.replay import ReplayDataset
+from labelzip.rate import RateGoal
 
 VIEW = ViewConfig(output_size=(28, 28), scale=(0.5, 1.0), mix="cutmix")
 FAST = {"prior_steps": 30, "rounds": 2, "round_steps": 15, "learning_rate": 0.05}
@@ -63,9 +63,7 @@ def test_rate_target_is_met_by_the_file(
     # 240 labels: the ~2.6 KB header dominates, hence the generous target.
     path = _run(tmp_path, tiny_set, teacher, bits_per_label=130.0)
     size = os.path.getsize(path)
-    budget = target_total_bytes(
-        num_labels=EPOCHS * 12, num_classes=4, bits_per_label=130.0
-    )
+    budget = RateGoal(bits_per_label=130.0).total_bytes(EPOCHS * 12, 4)
     with ArchiveReader(path) as reader:
         assert reader.account().total_bytes == size <= budget
         assert reader.header.codec.config["num_images"] == 12
@@ -124,9 +122,7 @@ def test_ctx_transform_auto_prunes_to_its_bit_floor_and_replays_the_decode(
     )
     config = RelabelConfig(epochs=EPOCHS, view=VIEW, batch_size=64, chunk_size=100)
     relabel(tiny_set, teacher, [output], config, teacher_id="lin:1")
-    budget = target_total_bytes(
-        num_labels=EPOCHS * 12, num_classes=4, bits_per_label=bits
-    )
+    budget = RateGoal(bits_per_label=bits).total_bytes(EPOCHS * 12, 4)
     with ArchiveReader(path) as reader:
         assert reader.account().total_bytes == os.path.getsize(path) <= budget
         assert reader.prune is not None  # fewer views, more bits each

@@ -9,6 +9,7 @@ import torch
 
 from labelzip.archive import Layout
 from labelzip.errors import ConfigError, InputError, UnreachableTargetError
+from labelzip.rate import RateGoal
 from labelzip.selection.auto import (
     LM_CANDIDATES,
     AutoChoice,
@@ -97,7 +98,9 @@ def test_draw_sample_checks_the_label_count() -> None:
 
 
 def _target(labels: torch.Tensor, dims: tuple[str, ...], ratio: float) -> Target:
-    return Target(Layout(dims, tuple(labels.shape[:-1])), labels.shape[-1], ratio=ratio)
+    return Target(
+        RateGoal(ratio=ratio), Layout(dims, tuple(labels.shape[:-1])), labels.shape[-1]
+    )
 
 
 def _choose(
@@ -214,7 +217,7 @@ def test_unreachable_target_is_one_line() -> None:
 
 
 def test_lm_vocabulary_uses_the_lm_codecs() -> None:
-    target = Target(Layout(("sample",), (1000,)), 9000, ratio=100)
+    target = Target(RateGoal(ratio=100), Layout(("sample",), (1000,)), 9000)
     names = {c.codec for c in candidates_for(target, AutoConfig(), has_views=False)}
     assert names == {c for c, _ in LM_CANDIDATES}
     assert "vqae" not in names and "dense" not in names

@@ -12,14 +12,6 @@ from labelzip.archive.format import (
     ArchiveMetadata,
     Layout,
 )
-from labelzip.archive.rate import (
-    codec_for_target,
-    configure_codec,
-    estimate_header_bytes,
-    fit_codec,
-    fit_for_target,
-    rate_note,
-)
 from labelzip.archive.reader import ArchiveReader, load_archive, open_archive
 from labelzip.archive.writer import ArchiveWriter, save_archive
 
@@ -32,13 +24,7 @@ __all__ = [
     "ArchiveReader",
     "ArchiveWriter",
     "Layout",
-    "codec_for_target",
-    "configure_codec",
-    "estimate_header_bytes",
-    "fit_codec",
-    "fit_for_target",
     "load_archive",
     "open_archive",
-    "rate_note",
     "save_archive",
 ]

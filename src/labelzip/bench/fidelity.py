@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from labelzip.archive import ArchiveReader, Layout, save_archive
-from labelzip.archive.rate import fit_codec
 from labelzip.codecs.prune import PrunePlan
 from labelzip.errors import UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement, topk_overlap
 from labelzip.outputs import scratch_folder
+from labelzip.rate import ArchiveTarget, RateGoal, fit_codec
 
 __all__ = [
     "CodecSpec",
@@ -138,18 +138,9 @@ def measure_point(
         return list(stored.split(4096))
 
     start = time.perf_counter()
-    goal = {
-        "layout": layout,
-        "num_classes": num_classes,
-        "ratio": ratio,
-        "prune": prune,
-    }
+    target = ArchiveTarget.of(RateGoal.of(ratio), layout, num_classes, prune=prune)
     codec = fit_codec(
-        spec.codec,
-        batches,
-        spec.options,
-        num_labels=stored.shape[0],
-        target=None if ratio is None else goal,
+        spec.codec, batches, spec.options, num_labels=stored.shape[0], target=target
     )
     fit_s = time.perf_counter() - start
     with scratch_folder(workdir or tempfile.gettempdir(), "labelzip-fidelity") as tmp:

@@ -40,12 +40,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from labelzip.accounting import RateTarget
 from labelzip.archive import (
     ArchiveMetadata,
     ArchiveReader,
     Layout,
-    fit_for_target,
     save_archive,
 )
 from labelzip.bench.fidelity import fidelity_scores
@@ -55,6 +53,8 @@ from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.outputs import scratch_folder
+from labelzip.rate import ArchiveTarget, RateGoal, auto_prune_plan, fit_codec
+from labelzip.rate.target import RateValue
 
 if TYPE_CHECKING:
     from labelzip.distill import DistilledSet
@@ -170,7 +170,7 @@ class ImagenetTrackConfig(BaseModel):
     epochs: int = Field(
         default=300, ge=1, le=100_000, description="relabel views per image (E)"
     )
-    ratios: tuple[RateTarget, ...] = Field(
+    ratios: tuple[RateValue, ...] = Field(
         default=(40.0, 100.0, 300.0),
         min_length=1,
         description="all-in target ratios vs dense fp16 logits",
@@ -638,23 +638,13 @@ def _prune_plan(
     config: ImagenetTrackConfig,
 ) -> PrunePlan | None:
     """The LPLD plan of a pruning choice at ``ratio`` (``None`` without pruning)."""
-    from labelzip.pipelines.ratecontrol import auto_prune_plan
-
     if not choice.prune:
         return None
     if ratio is None:
         raise ConfigError(f"{choice.label}: pruning needs a target ratio")
-    return auto_prune_plan(
-        choice.codec,
-        layout=layout,
-        num_classes=num_classes,
-        ratio=ratio,
-        bits_per_label=None,
-        chunk_size=_chunk_size(),
-        metadata=metadata,
-        seed=config.seed,
-        options=options,
-    )
+    goal = RateGoal(ratio=ratio)
+    target = ArchiveTarget(goal, layout, num_classes, _chunk_size(), metadata=metadata)
+    return auto_prune_plan(choice.codec, target, seed=config.seed, options=options)
 
 
 def _fit(
@@ -673,22 +663,17 @@ def _fit(
     def batches() -> list[torch.Tensor]:
         return list(stored.split(4096))
 
-    if ratio is None:
-        from labelzip.codecs.registry import create_codec
-
-        codec = create_codec(choice.codec, **options)
-        codec.fit_in_context(batches, context, num_labels=stored.shape[0])
-        return codec
-    return fit_for_target(
+    goal = RateGoal.of(ratio)
+    target = ArchiveTarget.of(
+        goal, layout, stored.shape[1], prune=plan, metadata=metadata
+    )
+    return fit_codec(
         choice.codec,
         batches,
-        layout=layout,
-        num_classes=stored.shape[1],
-        ratio=ratio,
-        prune=plan,
-        metadata=metadata,
+        options,
+        num_labels=stored.shape[0],
+        target=target,
         context=context,
-        **options,
     )
 
 

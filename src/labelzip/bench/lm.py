@@ -25,8 +25,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from labelzip.accounting import RateTarget
-from labelzip.archive import ArchiveReader, Layout, codec_for_target
+from labelzip.archive import ArchiveReader, Layout
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.lm.corpus import CorpusConfig, build_corpus
 from labelzip.lm.evaluate import LMScores, evaluate_students
@@ -41,6 +40,8 @@ from labelzip.lm.student import StudentConfig, build_student_for_teacher
 from labelzip.lm.teacher import load_teacher, max_context
 from labelzip.lm.train import ArchiveLabels, TeacherLabels, TrainLMConfig, train_student
 from labelzip.outputs import atomic_path, write_text
+from labelzip.rate import ArchiveTarget, RateGoal, configure_codec
+from labelzip.rate.target import RateValue
 from labelzip.selection.auto import AUTO, LM_CANDIDATES
 
 __all__ = [
@@ -95,7 +96,7 @@ class LMBenchConfig(BaseModel):
         default=("auto", "topk-tail", "topk", "rskd", "vqae-sparse", "vqae-rs"),
         description="codecs compared ('auto': the measured choice, docs/auto.md)",
     )
-    ratios: tuple[RateTarget, ...] = Field(
+    ratios: tuple[RateValue, ...] = Field(
         default=(100.0, 500.0, 2000.0), description="all-in target ratios vs fp16"
     )
     options: dict[str, dict[str, Any]] = Field(
@@ -178,14 +179,8 @@ def _reachable(
     first: UnreachableTargetError | None = None
     for codec in codecs:
         try:
-            codec_for_target(
-                codec,
-                layout=layout,
-                num_classes=vocab,
-                ratio=ratio,
-                chunk_size=chunk,
-                **options,
-            )
+            target = ArchiveTarget(RateGoal(ratio=ratio), layout, vocab, chunk)
+            configure_codec(codec, options, target)
             return
         except UnreachableTargetError as exc:
             first = first or exc

@@ -35,8 +35,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from labelzip.accounting import RateTarget
-from labelzip.archive import ArchiveMetadata, Layout, codec_for_target
+from labelzip.archive import ArchiveMetadata, Layout
 from labelzip.augment import ViewConfig, make_views
 from labelzip.codecs.registry import codec_class
 from labelzip.data.base import ImageDataset
@@ -63,6 +62,8 @@ from labelzip.pipelines.relabel import (
 )
 from labelzip.pipelines.students import build_student
 from labelzip.pipelines.train_student import StudentConfig, evaluate_student
+from labelzip.rate import ArchiveTarget, RateGoal, configure_codec
+from labelzip.rate.target import RateValue
 from labelzip.selection.auto import AUTO
 from labelzip.storage import (
     StorageRow,
@@ -149,7 +150,7 @@ class VisionBenchConfig(BaseModel):
         default=DEFAULT_VISION_CODECS,
         description="compressed rows, quickstart ROW_SPECS names (dense always runs)",
     )
-    ratios: tuple[RateTarget, ...] = Field(
+    ratios: tuple[RateValue, ...] = Field(
         default=(10.0, 40.0, 100.0, 300.0),
         min_length=1,
         description="all-in target ratios vs dense fp16 labels",
@@ -471,15 +472,10 @@ def _check_reachable(
     options = dict(out.options)
     if "num_images" in codec_class(out.codec).config_class.model_fields:
         options.setdefault("num_images", int(layout.shape[1]))
-    codec_for_target(
-        out.codec,
-        layout=layout,
-        num_classes=num_classes,
-        ratio=out.ratio,
-        chunk_size=relabel_config.chunk_size,
-        metadata=metadata,
-        **options,
-    )
+    goal = RateGoal(ratio=out.ratio)
+    chunk = relabel_config.chunk_size
+    target = ArchiveTarget(goal, layout, num_classes, chunk, metadata=metadata)
+    configure_codec(out.codec, options, target)
 
 
 def _bench_row(

@@ -17,6 +17,7 @@ from labelzip.codecs.registry import codec_choices, codec_class
 from labelzip.distributed import DEFAULT_TIMEOUT_S
 from labelzip.errors import ConfigError, InputError
 from labelzip.pipelines.compress import AUTO
+from labelzip.rate import RateGoal
 from labelzip.selection.auto import AutoConfig
 
 if TYPE_CHECKING:
@@ -91,6 +92,18 @@ def add_rate_options(
     )
     target.add_argument(
         "--bits-per-label", type=float, help=f"all-in bits per {unit}{suffix}"
+    )
+
+
+def rate_goal(args: argparse.Namespace) -> RateGoal | None:
+    """The target of ``--ratio`` / ``--bits-per-label`` (against ``--reference``
+    where the command has it), or None for a fixed configuration.
+
+    Raises:
+        ConfigError: a value that is not a finite number > 0.
+    """
+    return RateGoal.of(
+        args.ratio, args.bits_per_label, getattr(args, "reference", "fp16")
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from labelzip.accounting import REFERENCE_BYTES_PER_VALUE, StorageAccount
-from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, rate_note
+from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata
 from labelzip.cli import print_error, run_command
 from labelzip.cli._common import (
     add_auto_options,
@@ -27,6 +27,7 @@ from labelzip.cli._common import (
     parse_key_values,
     print_json,
     progress,
+    rate_goal,
     resolve_device,
     with_run_defaults,
 )
@@ -44,6 +45,7 @@ from labelzip.pipelines.compress import (
     prune_plan,
 )
 from labelzip.pipelines.compress_run import compress_chunked, sigterm_as_interrupt
+from labelzip.rate import rate_note
 from labelzip.selection.auto import AutoChoice, resolve_codec_name, with_auto_record
 
 __all__ = ["build_parser", "main"]
@@ -133,9 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     out = check_output_path(args.output, [args.logits, args.class_names])
     device = resolve_device(args.device)
-    has_target = args.ratio is not None or args.bits_per_label is not None
+    goal = rate_goal(args)
     options = codec_options(args)
-    codec = resolve_codec_name(args.codec, options, has_target=has_target, default=None)
+    codec = resolve_codec_name(
+        args.codec, options, has_target=goal is not None, default=None
+    )
     if codec is None:
         raise ConfigError(
             "name a codec with --codec, or give a target (--ratio / --bits-per-label) "
@@ -147,8 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = CompressSettings(
         codec=codec,
         options=options,
-        ratio=args.ratio,
-        bits_per_label=args.bits_per_label,
+        goal=goal,
         chunk_size=args.chunk_size,
         prune_keep=args.prune_keep,
         seed=args.seed,
@@ -204,10 +207,8 @@ def _run(args: argparse.Namespace) -> int:
         leave(ranks)
     if account is None:  # a rank other than 0: rank 0 reports
         return 0
-    if settings.has_target:
-        note = rate_note(
-            account, codec_obj, ratio=args.ratio, bits_per_label=args.bits_per_label
-        )
+    if settings.goal is not None:
+        note = rate_note(account, codec_obj, settings.goal)
         account = dataclasses.replace(account, rate_note=note)
     _report(out, account, seconds, args, settings, choice)
     return 0

@@ -21,6 +21,7 @@ from labelzip.cli._common import (
     parse_key_values,
     print_json,
     progress,
+    rate_goal,
     resolve_device,
 )
 from labelzip.distributed import join, leave
@@ -154,8 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     choice = CodecChoice(
         name=args.codec,
         options=codec_options(args),
-        ratio=args.ratio,
-        bits_per_label=args.bits_per_label,
+        goal=rate_goal(args),
         seed=args.seed,
         fit_sample=args.fit_sample,
         auto=auto_config(args, seed=args.seed, device=resolve_device("cpu")),

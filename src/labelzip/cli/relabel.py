@@ -23,6 +23,7 @@ from labelzip.cli._common import (
     one_line,
     print_json,
     progress_bar,
+    rate_goal,
     resolve_device,
     validated,
 )
@@ -212,7 +213,7 @@ def _view(args: argparse.Namespace, image_size: tuple[int, int]) -> ViewConfig:
 
 def _output(args: argparse.Namespace, device: torch.device) -> RelabelOutput:
     options = codec_options(args)
-    has_target = args.ratio is not None or args.bits_per_label is not None
+    has_target = rate_goal(args) is not None
     codec = resolve_codec_name(
         args.codec, options, has_target=has_target, default="dense"
     )

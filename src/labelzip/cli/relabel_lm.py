@@ -23,6 +23,7 @@ from labelzip.cli._common import (
     codec_options,
     format_bytes,
     print_json,
+    rate_goal,
     resolve_device,
     validated,
     with_run_defaults,
@@ -243,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     options = codec_options(args)
-    has_target = args.ratio is not None or args.bits_per_label is not None
+    has_target = rate_goal(args) is not None
     codec = resolve_codec_name(
         args.codec, options, has_target=has_target, default="topk"
     )

@@ -394,7 +394,7 @@ class Codec(ABC):
     def planned_model_tensors(self, num_classes: int) -> dict[str, torch.Tensor] | None:
         """Zero tensors of the shapes and dtypes an unfitted codec will store, if known.
 
-        Lets archive rate control size the header exactly before fit; ``None``
+        Lets rate control (:mod:`labelzip.rate`) size the header exactly before fit; ``None``
         (the default) means unknown until fit.
         """
         return None

@@ -16,9 +16,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from labelzip.accounting import check_rate_target, reference_bytes
 from labelzip.codecs.base import Codec
-from labelzip.errors import ConfigError, UnreachableTargetError
+from labelzip.errors import ConfigError
 
 __all__ = [
     "CODEC_IDS",
@@ -28,9 +27,7 @@ __all__ = [
     "codec_class",
     "codec_name",
     "create_codec",
-    "create_codec_for_target",
     "stored_key",
-    "target_total_bytes",
     "with_num_images",
 ]
 
@@ -118,71 +115,6 @@ def create_codec(name: str, **options: Any) -> Codec:
     except Exception as exc:  # pydantic ValidationError -> one readable line
         raise ConfigError(f"invalid {name} codec options: {_first_error(exc)}") from exc
     return cls(config)
-
-
-def target_total_bytes(
-    *,
-    num_labels: int,
-    num_classes: int,
-    ratio: float | None = None,
-    bits_per_label: float | None = None,
-    reference: str = "fp16",
-) -> int:
-    """All-in byte budget for a ratio (vs ``reference``) or a bits-per-label target."""
-    if (ratio is None) == (bits_per_label is None):
-        raise ConfigError("give exactly one of ratio or bits_per_label")
-    if ratio is not None:
-        ratio = check_rate_target(ratio, "ratio")
-        return int(reference_bytes(num_labels, num_classes, reference) / ratio)
-    assert bits_per_label is not None
-    bits_per_label = check_rate_target(bits_per_label, "bits_per_label")
-    return int(bits_per_label * num_labels / 8)
-
-
-def create_codec_for_target(
-    name: str,
-    *,
-    num_labels: int,
-    num_classes: int,
-    ratio: float | None = None,
-    bits_per_label: float | None = None,
-    reference: str = "fp16",
-    overhead_bytes: int = 0,
-    **options: Any,
-) -> Codec:
-    """Build an unfitted codec whose all-in size meets a rate target.
-
-    Args:
-        name: registry name.
-        num_labels, num_classes: the label set the codec will encode.
-        ratio: target ratio against ``reference`` dense logits, or
-        bits_per_label: target all-in bits per label (exactly one of the two).
-        overhead_bytes: header and side-information bytes the archive adds; they
-            come out of the budget before the codec chooses its parameters.
-        options: codec options the user fixed; rate control picks the rest.
-
-    Raises:
-        UnreachableTargetError: no configuration fits; the message names the best
-            reachable rate.
-    """
-    total = target_total_bytes(
-        num_labels=num_labels,
-        num_classes=num_classes,
-        ratio=ratio,
-        bits_per_label=bits_per_label,
-        reference=reference,
-    )
-    budget = total - overhead_bytes
-    if budget <= 0:
-        raise UnreachableTargetError(
-            f"the target allows {total} bytes in all, but the archive header and side "
-            f"information alone take {overhead_bytes}; choose a lower ratio"
-        )
-    cls = codec_class(name)
-    codec: Codec = cls.for_target(
-        num_labels=num_labels, num_classes=num_classes, budget_bytes=budget, **options
-    )
-    return codec
 
 
 def _first_error(exc: Exception) -> str:

@@ -28,7 +28,6 @@ import torch
 
 from labelzip.accounting import StorageAccount
 from labelzip.archive.format import DEFAULT_CHUNK_SIZE, ArchiveMetadata
-from labelzip.archive.rate import fit_codec
 from labelzip.archive.reader import ArchiveReader
 from labelzip.archive.writer import ArchiveWriter
 from labelzip.codecs.base import Codec
@@ -52,6 +51,7 @@ from labelzip.interop.label_range import (
 )
 from labelzip.ops.reservoir import Reservoir
 from labelzip.outputs import atomic_folder
+from labelzip.rate import ArchiveTarget, RateGoal, fit_codec
 from labelzip.selection.auto import (
     AUTO,
     AutoChoice,
@@ -101,7 +101,8 @@ class CodecChoice:
         name: registry name, ``"auto"`` (measured choice, the default with a
             target), or None for the lossless default.
         options: codec options (``--opt``).
-        ratio / bits_per_label: an all-in rate target.
+        goal: an all-in rate target (its ratio stated against the archive's
+            reference), or None.
         seed: seed of the fit sample and of the codec's own fit.
         fit_sample: labels the codec is fitted on at most.
         auto: how ``"auto"`` measures its candidates (defaults when None).
@@ -109,8 +110,7 @@ class CodecChoice:
 
     name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    ratio: float | None = None
-    bits_per_label: float | None = None
+    goal: RateGoal | None = None
     seed: int = 0
     fit_sample: int = DEFAULT_FIT_SAMPLE
     auto: AutoConfig | None = None
@@ -186,10 +186,9 @@ def open_import(
     if not source.exists():
         raise InputError(f"label store {str(source)!r} does not exist")
     choice = codec or CodecChoice()
-    has_target = choice.ratio is not None or choice.bits_per_label is not None
     # a target re-encodes: auto by default; no codec and no target: lossless
     name = resolve_codec_name(
-        choice.name, choice.options, has_target=has_target, default=None
+        choice.name, choice.options, has_target=choice.goal is not None, default=None
     )
     choice = dataclasses.replace(choice, name=name)
     fmt = get_format(format_name)
@@ -261,7 +260,8 @@ def _fit(
     the metadata returned then carries the choice.
     """
     assert choice.name is not None
-    target = choice.ratio is not None or choice.bits_per_label is not None
+    goal = _goal(choice, reference)
+    target = goal is not None
     options: dict[str, Any] = {}
     if choice.name != AUTO:
         options = _fixed_options(store, choice, target)
@@ -285,33 +285,33 @@ def _fit(
         side_bytes += sum(_nbytes(t) for t in record.blobs.values())
     name = choice.name
     if name == AUTO:
-        auto = _choose(
-            store, choice, reservoir, metadata, chunk_size, side_bytes, reference
-        )
+        assert goal is not None  # resolve_codec_name: auto needs a target
+        auto = _choose(store, choice, reservoir, metadata, chunk_size, side_bytes, goal)
         name, metadata = auto.winner.codec, with_auto_record(metadata, auto)
         options = run_options(name, auto.winner.options, auto.config)
 
     def sample() -> Iterator[torch.Tensor]:
         return reservoir.batches()
 
-    goal = {
-        "layout": store.layout,
-        "num_classes": store.num_classes,
-        "ratio": choice.ratio,
-        "bits_per_label": choice.bits_per_label,
-        "chunk_size": chunk_size,
-        "metadata": metadata,
-        "side_bytes": side_bytes,
-        "reference": reference,
-    }
+    archive = ArchiveTarget.of(
+        goal,
+        store.layout,
+        store.num_classes,
+        chunk_size,
+        metadata=metadata,
+        side_bytes=side_bytes,
+    )
     fitted = fit_codec(
-        name,
-        sample,
-        options,
-        num_labels=store.num_labels,
-        target=goal if target else None,
+        name, sample, options, num_labels=store.num_labels, target=archive
     )
     return fitted, metadata
+
+
+def _goal(choice: CodecChoice, reference: str) -> RateGoal | None:
+    """The choice's goal, its ratio stated against the archive's ``reference``."""
+    if choice.goal is None:
+        return None
+    return RateGoal.of(choice.goal.ratio, choice.goal.bits_per_label, reference)
 
 
 def _fixed_options(
@@ -342,7 +342,7 @@ def _choose(
     metadata: ArchiveMetadata,
     chunk_size: int,
     side_bytes: int,
-    reference: str,
+    goal: RateGoal,
 ) -> AutoChoice:
     """``auto``: candidates measured on a seeded part of the reservoir sample.
 
@@ -350,11 +350,9 @@ def _choose(
     """
     config = choice.auto or AutoConfig(seed=choice.seed)
     target = Target(
+        goal,
         store.layout,
         store.num_classes,
-        ratio=choice.ratio,
-        bits_per_label=choice.bits_per_label,
-        reference=reference,
         chunk_size=chunk_size,
         metadata=metadata,
         side_bytes=side_bytes,

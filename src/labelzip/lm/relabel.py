@@ -51,14 +51,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labelzip.accounting import RateTarget, StorageAccount
-from labelzip.archive import (
-    ArchiveMetadata,
-    ArchiveWriter,
-    Layout,
-    configure_codec,
-    fit_codec,
-)
+from labelzip.accounting import StorageAccount
+from labelzip.archive import ArchiveMetadata, ArchiveWriter, Layout
 from labelzip.codecs.base import Codec
 from labelzip.codecs.registry import codec_class
 from labelzip.errors import ConfigError, InputError
@@ -68,6 +62,7 @@ from labelzip.lm.teacher import (
     max_context,
     teacher_logits,
 )
+from labelzip.rate import ArchiveTarget, TargetFields, configure_codec, fit_codec
 from labelzip.selection.auto import (
     AUTO,
     AutoChoice,
@@ -122,7 +117,7 @@ class RelabelLMConfig(BaseModel):
     seed: int = Field(default=0, ge=0, lt=1 << 63, description="seed of the fit sample")
 
 
-class LMOutput(BaseModel):
+class LMOutput(TargetFields):
     """The archive to write: codec, its options and an optional all-in target."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -135,29 +130,17 @@ class LMOutput(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="codec options the user fixed"
     )
-    ratio: RateTarget | None = Field(
-        default=None, description="all-in ratio vs dense fp16 to meet"
-    )
-    bits_per_label: RateTarget | None = Field(
-        default=None, description="all-in bits per label to meet"
-    )
     auto: AutoConfig | None = Field(
         default=None, description="how 'auto' measures its candidates (defaults)"
     )
 
     @model_validator(mode="after")
     def _check(self) -> LMOutput:
-        if self.ratio is not None and self.bits_per_label is not None:
-            raise ValueError("give at most one of ratio and bits_per_label")
-        if self.codec == AUTO and self.ratio is None and self.bits_per_label is None:
+        if self.codec == AUTO and not self.has_target:
             raise ValueError("codec 'auto' chooses for a target: give a ratio")
         if self.codec == AUTO and self.options:
             raise ValueError("codec 'auto' chooses the options: give none")
         return self
-
-    @property
-    def has_target(self) -> bool:
-        return self.ratio is not None or self.bits_per_label is not None
 
     def target(
         self,
@@ -165,18 +148,11 @@ class LMOutput(BaseModel):
         num_classes: int,
         chunk_size: int,
         metadata: ArchiveMetadata,
-    ) -> dict[str, Any] | None:
-        """The rate-control arguments of this output's target, or None."""
-        if not self.has_target:
-            return None
-        return {
-            "layout": layout,
-            "num_classes": num_classes,
-            "ratio": self.ratio,
-            "bits_per_label": self.bits_per_label,
-            "chunk_size": chunk_size,
-            "metadata": metadata,
-        }
+    ) -> ArchiveTarget | None:
+        """This output's target for an archive of ``layout``, or None."""
+        return ArchiveTarget.of(
+            self.goal, layout, num_classes, chunk_size, metadata=metadata
+        )
 
 
 @dataclass(frozen=True)
@@ -250,7 +226,7 @@ def _unfitted_codec(
 ) -> Codec:
     codec_class(output.codec)  # unknown names fail here, before the teacher runs
     target = output.target(layout, num_classes, chunk_size, metadata)
-    return configure_codec(output.codec, output.options, target=target)
+    return configure_codec(output.codec, output.options, target)
 
 
 def _fit(
@@ -436,11 +412,12 @@ def _choose(
     metadata: ArchiveMetadata,
 ) -> AutoChoice:
     """``auto``: the candidates measured on a seeded part of the fitting sample."""
+    goal = output.goal
+    assert goal is not None  # LMOutput: codec 'auto' needs a target
     target = Target(
+        goal,
         layout,
         reservoir.num_classes,
-        ratio=output.ratio,
-        bits_per_label=output.bits_per_label,
         chunk_size=chunk_size,
         metadata=metadata,
         family="lm",

@@ -6,7 +6,7 @@ plus what the codec keeps for its fit (a bounded reservoir sample for the
 codecs that learn) and the writer's chunk. Two passes read the input:
 
 1. fit: the stored labels (the kept ones, with pruning) stream into
-   ``Codec.fit`` or :func:`~labelzip.archive.fit_for_target` as a re-iterable
+   :func:`labelzip.rate.fit_codec` as a re-iterable
    source of 4096-label batches;
 2. encode: every label streams into an :class:`~labelzip.archive.ArchiveWriter`,
    which drops pruned labels, cuts chunks and writes the archive atomically.
@@ -28,18 +28,19 @@ from typing import Any
 
 import torch
 
+from labelzip import rate
 from labelzip.accounting import StorageAccount
 from labelzip.archive import (
     DEFAULT_CHUNK_SIZE,
     ArchiveMetadata,
     ArchiveWriter,
     Layout,
-    rate,
 )
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
 from labelzip.errors import ConfigError, InputError
 from labelzip.logit_store import LogitStore
+from labelzip.rate import ArchiveTarget, RateGoal
 from labelzip.selection.auto import (
     AUTO,
     AutoChoice,
@@ -79,19 +80,18 @@ class CompressSettings:
     Attributes:
         codec: registry name of the codec.
         options: codec options (typed by the codec's config on creation).
-        ratio / bits_per_label: the all-in target, or neither for a fixed
-            configuration.
+        goal: the all-in rate target, or None for a fixed configuration.
         chunk_size: stored labels per archive chunk.
         prune_keep: LPLD pruning fraction of each sample's views, or None.
         seed: seed of pruning (the codec's own seed is in ``options``).
         dims: names of the label dims, or None for the defaults.
-        reference: dense reference of the ratio.
+        reference: dense reference the archive's ratio is stated against
+            (the goal's own, when there is a goal).
     """
 
     codec: str
     options: dict[str, Any] = field(default_factory=dict)
-    ratio: float | None = None
-    bits_per_label: float | None = None
+    goal: RateGoal | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     prune_keep: float | None = None
     seed: int = 0
@@ -101,10 +101,11 @@ class CompressSettings:
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ConfigError(f"--chunk-size must be >= 1, got {self.chunk_size}")
-
-    @property
-    def has_target(self) -> bool:
-        return self.ratio is not None or self.bits_per_label is not None
+        if self.goal is not None and self.goal.reference != self.reference:
+            raise ConfigError(
+                f"the target's reference {self.goal.reference} differs from the "
+                f"archive's {self.reference}"
+            )
 
 
 def label_layout(store: LogitStore, dims: tuple[str, ...] | None) -> Layout:
@@ -172,7 +173,7 @@ def choose_auto(
     prune_keep=...)`` and the metadata of
     :func:`~labelzip.selection.auto.with_auto_record`.
     """
-    if not settings.has_target:
+    if settings.goal is None:
         raise ConfigError(
             "--codec auto chooses for a target: give --ratio or --bits-per-label"
         )
@@ -187,11 +188,9 @@ def choose_auto(
         seed=config.seed,
     )
     target = Target(
+        settings.goal,
         layout,
         store.num_classes,
-        ratio=settings.ratio,
-        bits_per_label=settings.bits_per_label,
-        reference=settings.reference,
         chunk_size=settings.chunk_size,
         metadata=metadata,
     )
@@ -209,7 +208,7 @@ def fit_codec(
     """Fit the codec of ``settings`` on the stored labels (pass 1 over the input).
 
     Fixed configuration: ``create_codec(...).fit``; with a target: rate control
-    (:func:`~labelzip.archive.fit_for_target`) picks the configuration first.
+    (:func:`labelzip.rate.fit_codec`) picks the configuration first.
     Codecs read the source as often as they need (each pass re-reads the input).
     """
     num_stored = plan.num_kept if plan is not None else layout.num_labels
@@ -217,22 +216,16 @@ def fit_codec(
     def source() -> Iterator[torch.Tensor]:
         return stored_batches(store, plan, FIT_BATCH, advance)
 
-    target = {
-        "layout": layout,
-        "num_classes": store.num_classes,
-        "ratio": settings.ratio,
-        "bits_per_label": settings.bits_per_label,
-        "chunk_size": settings.chunk_size,
-        "prune": plan,
-        "metadata": metadata,
-        "reference": settings.reference,
-    }
+    target = ArchiveTarget.of(
+        settings.goal,
+        layout,
+        store.num_classes,
+        settings.chunk_size,
+        prune=plan,
+        metadata=metadata,
+    )
     return rate.fit_codec(
-        settings.codec,
-        source,
-        settings.options,
-        num_labels=num_stored,
-        target=target if settings.has_target else None,
+        settings.codec, source, settings.options, num_labels=num_stored, target=target
     )
 
 

@@ -12,7 +12,7 @@ dense-label student's).
 Equal bytes: every compressed archive meets the same all-in target (header
 included) through rate control. A codec that cannot meet it with a label for
 every view (at 40x a 10-class label has 4 bits in all) keeps labels for fewer
-views per image, LPLD-style, chosen by :func:`~labelzip.pipelines.ratecontrol.auto_prune_plan`.
+views per image, LPLD-style, chosen by :func:`~labelzip.rate.auto_prune_plan`.
 
 Why E = 300 views per image by default (SRe2L's relabel epochs): the archive
 header (~2 KB) must be small against the budget. At IPC 10, E = 50 gives 5,000

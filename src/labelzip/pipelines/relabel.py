@@ -37,13 +37,7 @@ import torch
 from torch import nn
 
 from labelzip.accounting import StorageAccount
-from labelzip.archive import (
-    ArchiveMetadata,
-    ArchiveWriter,
-    Layout,
-    fit_codec,
-    rate_note,
-)
+from labelzip.archive import ArchiveMetadata, ArchiveWriter, Layout
 from labelzip.augment import (
     ViewConfig,
     explicit_param_bytes,
@@ -56,7 +50,6 @@ from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import CodecMismatchError, ConfigError, InputError
 from labelzip.pipelines.imageset import ImageSet, check_image_tensor, model_id
-from labelzip.pipelines.ratecontrol import auto_prune_plan, side_entry_bytes
 from labelzip.pipelines.relabel_auto import resolve_auto_outputs
 from labelzip.pipelines.relabel_types import (
     AUGMENT_PREFIX,
@@ -70,6 +63,13 @@ from labelzip.pipelines.relabel_types import (
     RelabelResult,
     default_view_config,
     recipe_context,
+)
+from labelzip.rate import (
+    ArchiveTarget,
+    auto_prune_plan,
+    fit_codec,
+    rate_note,
+    side_entry_bytes,
 )
 from labelzip.selection.auto import AutoChoice
 
@@ -271,16 +271,19 @@ def plan_output(
     if out.keep_fraction is not None:
         plan = PrunePlan(layout.dims, layout.shape, out.keep_fraction, out.prune_seed)
     elif out.auto_prune:
+        goal = out.goal
+        assert goal is not None  # RelabelOutput: auto_prune needs a target
         plan = auto_prune_plan(
             out.codec,
-            layout=layout,
-            num_classes=num_classes,
-            ratio=out.ratio,
-            bits_per_label=out.bits_per_label,
-            chunk_size=config.chunk_size,
-            metadata=metadata,
+            ArchiveTarget(
+                goal,
+                layout,
+                num_classes,
+                config.chunk_size,
+                metadata=metadata,
+                side_bytes=side_entry_bytes(records),
+            ),
             side_bytes_per_label=side_per_view,
-            side_entry=side_entry_bytes(records),
             seed=out.prune_seed,
             options=with_num_images(out.codec, out.options, int(layout.shape[1])),
         )
@@ -321,23 +324,21 @@ def fit_output(
             metadata.user, layout.dims, layout.shape, job.fit_flat, error=ConfigError
         )
     side = sum(t.numel() * t.element_size() for t in job.side.values())
-    target = {
-        "layout": layout,
-        "num_classes": num_classes,
-        "ratio": out.ratio,
-        "bits_per_label": out.bits_per_label,
-        "chunk_size": config.chunk_size,
-        "prune": job.plan,
-        "metadata": metadata,
-        "side_bytes": side + side_entry_bytes(job.side),
-    }
-    has_target = out.ratio is not None or out.bits_per_label is not None
+    target = ArchiveTarget.of(
+        out.goal,
+        layout,
+        num_classes,
+        config.chunk_size,
+        prune=job.plan,
+        metadata=metadata,
+        side_bytes=side + side_entry_bytes(job.side),
+    )
     return fit_codec(
         out.codec,
         source,
         options,
         num_labels=num_stored,
-        target=target if has_target else None,
+        target=target,
         context=context,
     )
 
@@ -517,14 +518,11 @@ def _run(
 
 
 def _with_rate_note(job: _Job, account: StorageAccount) -> StorageAccount:
-    """``account`` with the note :func:`rate_note` gives for the job's target."""
-    out = job.out
-    if job.codec is None or (out.ratio is None and out.bits_per_label is None):
+    """``account`` with the note :func:`~labelzip.rate.rate_note` gives for the job's target."""
+    goal = job.out.goal
+    if job.codec is None or goal is None:
         return account
-    note = rate_note(
-        account, job.codec, ratio=out.ratio, bits_per_label=out.bits_per_label
-    )
-    return dataclasses.replace(account, rate_note=note)
+    return dataclasses.replace(account, rate_note=rate_note(account, job.codec, goal))
 
 
 def relabel_result(

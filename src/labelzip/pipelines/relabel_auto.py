@@ -119,11 +119,12 @@ def choose_relabel_codec(
             metadata.user, layout.dims, layout.shape, index, error=ConfigError
         )
 
+    goal = out.goal
+    assert goal is not None  # RelabelOutput: codec 'auto' needs a target
     target = Target(
+        goal,
         layout,
         num_classes,
-        ratio=out.ratio,
-        bits_per_label=out.bits_per_label,
         chunk_size=config.chunk_size,
         metadata=metadata,
         family="vision",

@@ -13,10 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from labelzip.accounting import RateTarget, StorageAccount
+from labelzip.accounting import StorageAccount
 from labelzip.archive.format import DEFAULT_CHUNK_SIZE
 from labelzip.augment import ViewConfig
 from labelzip.codecs.context.recipe import LAYOUT_DIMS, RELABEL_KEY, recipe_context
+from labelzip.rate.target import TargetFields
 from labelzip.selection.auto import AUTO
 from labelzip.selection.config import AutoConfig
 from labelzip.selection.record import AutoChoice
@@ -76,7 +77,7 @@ class RelabelConfig(BaseModel):
     )
 
 
-class RelabelOutput(BaseModel):
+class RelabelOutput(TargetFields):
     """One archive to write: codec, options, rate target and pruning."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -85,12 +86,6 @@ class RelabelOutput(BaseModel):
     codec: str = Field(default="dense", description="codec registry name")
     options: dict[str, Any] = Field(
         default_factory=dict, description="codec options the user fixed"
-    )
-    ratio: RateTarget | None = Field(
-        default=None, description="all-in ratio vs dense fp16 to meet"
-    )
-    bits_per_label: RateTarget | None = Field(
-        default=None, description="all-in bits per label to meet"
     )
     keep_fraction: float | None = Field(
         default=None, gt=0, le=1, description="LPLD: fraction of views labelled"
@@ -109,10 +104,8 @@ class RelabelOutput(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RelabelOutput:
-        if self.ratio is not None and self.bits_per_label is not None:
-            raise ValueError("give at most one of ratio and bits_per_label")
         if self.codec == AUTO:
-            if self.ratio is None and self.bits_per_label is None:
+            if not self.has_target:
                 raise ValueError("codec 'auto' chooses for a target: give a ratio")
             if self.options:
                 raise ValueError("codec 'auto' chooses the options: give none")
@@ -122,7 +115,7 @@ class RelabelOutput(BaseModel):
                 )
         if self.auto_prune and self.keep_fraction is not None:
             raise ValueError("auto_prune chooses keep_fraction; do not give both")
-        if self.auto_prune and self.ratio is None and self.bits_per_label is None:
+        if self.auto_prune and not self.has_target:
             raise ValueError("auto_prune needs a ratio or bits_per_label target")
         return self
 

@@ -1,7 +1,7 @@
 """Choosing a codec for the data: ``--codec auto`` (:mod:`labelzip.selection.auto`).
 
-Sits above :mod:`labelzip.archive` (it fits candidates with archive rate
-control) and uses the LPLD budget search of :mod:`labelzip.pipelines.ratecontrol`;
+Sits above :mod:`labelzip.rate` (it fits candidates with rate control and
+uses its LPLD budget search, :func:`~labelzip.rate.auto_prune_plan`);
 ``pipelines.compress``, ``pipelines.relabel_auto``, ``lm.relabel``,
 ``interop.convert`` and the CLI call it.
 """

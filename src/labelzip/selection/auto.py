@@ -1,7 +1,7 @@
 """``--codec auto``: choose the codec and the view budget by measuring small candidates.
 
 Every candidate is a (codec, options, keep fraction) triple. Each one is fitted
-by the project's rate control (:func:`~labelzip.archive.fit_for_target`) for
+by the project's rate control (:func:`labelzip.rate.fit_codec`) for
 the *whole* archive, at the same all-in byte budget (real layout, LPLD prune
 plan of its keep fraction, metadata and side bytes, so header and model bytes
 are charged as in the final archive), but on the fit part of a small sample and
@@ -36,17 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from labelzip.accounting import reference_bytes
-from labelzip.archive import (
-    estimate_header_bytes,
-    fit_for_target,
-)
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan, keep_per_group
 from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement
-from labelzip.pipelines.ratecontrol import auto_prune_plan
+from labelzip.rate import auto_prune_plan, fit_codec, target_header_bytes
 from labelzip.selection.config import AutoConfig, ContextOf, Target
 from labelzip.selection.record import (
     AUTO_KEY,
@@ -270,8 +265,8 @@ def choose_codec(
             config=config,
             fit_labels=sample.fit_labels,
             held_labels=sample.held_labels,
-            reference_total=reference_bytes(
-                target.layout.num_labels, target.num_classes, target.reference
+            reference_total=target.goal.reference_bytes(
+                target.layout.num_labels, target.num_classes
             ),
             seconds=time.perf_counter() - started,
             compact=compact,
@@ -417,13 +412,7 @@ def _fitting_keeps(
         try:
             plan = auto_prune_plan(
                 cand.codec,
-                layout=target.layout,
-                num_classes=target.num_classes,
-                ratio=target.ratio,
-                bits_per_label=target.bits_per_label,
-                chunk_size=target.chunk_size,
-                metadata=target.metadata,
-                side_entry=target.side_bytes,
+                target.archive(),
                 seed=config.seed,
                 options=candidate_options(cand, target, config),
             )
@@ -544,20 +533,12 @@ def _measure(
 
     started = time.perf_counter()
     try:
-        codec = fit_for_target(
+        codec = fit_codec(
             cand.codec,
             source,
-            layout=layout,
-            num_classes=num_classes,
-            ratio=target.ratio,
-            bits_per_label=target.bits_per_label,
-            chunk_size=target.chunk_size,
-            prune=plan,
-            metadata=target.metadata,
-            side_bytes=target.side_bytes,
-            reference=target.reference,
+            options,
+            target=target.archive(plan),
             context=None if context is None else context(fit_flat),
-            **options,
         )
     except (UnreachableTargetError, ConfigError) as exc:
         return CandidateResult(
@@ -568,17 +549,7 @@ def _measure(
         codec, sample, plan, config.temperature, context
     )
     num_stored = plan.num_kept if plan is not None else layout.num_labels
-    header = estimate_header_bytes(
-        layout.num_labels,
-        target.chunk_size,
-        codec,
-        num_classes=num_classes,
-        layout=layout,
-        prune=plan,
-        metadata=target.metadata,
-        reference=target.reference,
-        max_file_bytes=target.total_bytes,
-    )
+    header = target_header_bytes(codec, None, target.archive(plan))
     total = (
         header
         + codec.model_bytes()

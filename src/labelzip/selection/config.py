@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labelzip.archive import DEFAULT_CHUNK_SIZE, ArchiveMetadata, Layout
 from labelzip.codecs.base import LabelContext
-from labelzip.codecs.registry import target_total_bytes
+from labelzip.codecs.prune import PrunePlan
+from labelzip.rate import ArchiveTarget, RateGoal
 
 __all__ = [
     "DEFAULT_SAMPLE_LABELS",
@@ -112,13 +113,11 @@ class AutoConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Target:
-    """The archive an auto choice is made for: rate target, layout and extras."""
+    """The archive an auto choice is made for: rate goal, layout and extras."""
 
+    goal: RateGoal
     layout: Layout
     num_classes: int
-    ratio: float | None = None
-    bits_per_label: float | None = None
-    reference: str = "fp16"
     chunk_size: int = DEFAULT_CHUNK_SIZE
     metadata: ArchiveMetadata = field(default_factory=ArchiveMetadata)
     side_bytes: int = 0
@@ -129,12 +128,18 @@ class Target:
     context: ContextOf | None = None
     num_images: int | None = None
 
+    def archive(self, prune: PrunePlan | None = None) -> ArchiveTarget:
+        """The rate-control target of the archive, with ``prune`` if given."""
+        return ArchiveTarget(
+            self.goal,
+            self.layout,
+            self.num_classes,
+            self.chunk_size,
+            prune=prune,
+            metadata=self.metadata,
+            side_bytes=self.side_bytes,
+        )
+
     @property
     def total_bytes(self) -> int:
-        return target_total_bytes(
-            num_labels=self.layout.num_labels,
-            num_classes=self.num_classes,
-            ratio=self.ratio,
-            bits_per_label=self.bits_per_label,
-            reference=self.reference,
-        )
+        return self.goal.total_bytes(self.layout.num_labels, self.num_classes)

@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from labelzip.accounting import RateTarget
 from labelzip.errors import CodecMismatchError, ConfigError, InputError
+from labelzip.rate.target import RateValue
 
 __all__ = [
     "CodecNumbers",
@@ -60,7 +60,7 @@ class StorageOptions(BaseModel):
     teacher_bytes: int | None = Field(
         None, ge=0, description="RDED: bytes of the teacher that must be shipped"
     )
-    codec_bits_per_label: RateTarget | None = Field(
+    codec_bits_per_label: RateValue | None = Field(
         None, description="labelzip: payload bits per stored label"
     )
     codec_model_bytes: int | None = Field(

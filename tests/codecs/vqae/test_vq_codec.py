@@ -10,7 +10,7 @@ import torch
 from labelzip.codecs.base import EncodedBlock
 from labelzip.codecs.registry import CODEC_IDS, codec_class, create_codec
 from labelzip.codecs.vqae.codec import VQAECodec, VQAEConfig
-from labelzip.codecs.vqae.rate import model_bytes_for
+from labelzip.codecs.vqae.sizing import model_bytes_for
 from labelzip.codecs.vqae.train import top_ids
 from labelzip.errors import (
     ArchiveFormatError,

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from labelzip.accounting import RateTarget, reference_bytes
+from labelzip.accounting import reference_bytes
 from labelzip.codecs.base import (
     CodecConfig,
     EncodedBlock,
@@ -66,6 +66,8 @@ from labelzip.ops.sampling import (
     seeded_generator,
     u64_bytes,
 )
+from labelzip.rate.search import bisect_largest
+from labelzip.rate.target import RateValue
 
 __all__ = ["MAX_SAMPLES", "RSKDCodec", "RSKDConfig"]
 
@@ -107,7 +109,7 @@ class RSKDConfig(CodecConfig):
         description="rate control: worst_case budgets S distinct ids per label "
         "(guaranteed fit); measured picks S from the fit data's mean size",
     )
-    target_bits_per_label: RateTarget | None = Field(
+    target_bits_per_label: RateValue | None = Field(
         default=None,
         description="measured sizing: mean payload bits per label fit() aims for",
     )
@@ -189,10 +191,7 @@ class RSKDCodec(ParsedDecoding, ModelFreeCodec):
                 f"rskd needs at least {id_bits} bits per label (S=1), "
                 f"the target is {target:.2f}; choose a lower ratio"
             )
-        lo, hi = 1, MAX_SAMPLES  # bits grow with S: the largest S that fits
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        lo = bisect_largest(fits, 1, MAX_SAMPLES)  # bits grow with S
         logger.info(
             "rskd measured sizing: S=%d, %.1f expected bits per label of %.1f",
             lo,
@@ -366,12 +365,10 @@ class RSKDCodec(ParsedDecoding, ModelFreeCodec):
             update = {"num_samples": None, "target_bits_per_label": avail_bits}
             return cls(RSKDConfig(**{**base.model_dump(), **update}))
         elif _worst_bits(1, num_classes) <= avail_bits:
-            lo, hi = 1, MAX_SAMPLES
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                fits = _worst_bits(mid, num_classes) <= avail_bits
-                lo, hi = (mid, hi) if fits else (lo, mid - 1)
-            return cls(base.model_copy(update={"num_samples": lo}))
+            s = bisect_largest(
+                lambda s: _worst_bits(s, num_classes) <= avail_bits, 1, MAX_SAMPLES
+            )
+            return cls(base.model_copy(update={"num_samples": s}))
         need_bytes = math.ceil(min_bits * num_labels / 8) + slack
         ref = reference_bytes(num_labels, num_classes, "fp16")
         raise UnreachableTargetError(

@@ -41,7 +41,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from labelzip.accounting import reference_bytes
 from labelzip.codecs.base import (
     CodecConfig,
     EncodedBlock,
@@ -64,9 +63,9 @@ from labelzip.errors import (
     ArchiveFormatError,
     ConfigError,
     InputError,
-    UnreachableTargetError,
 )
 from labelzip.ops.bitpack import bits_for
+from labelzip.rate.search import largest_fitting
 
 __all__ = [
     "ASSUMED_BLOCK_LABELS",
@@ -331,29 +330,20 @@ class TopKCodec(ParsedDecoding, ModelFreeCodec):
             slack = math.ceil(num_labels / ASSUMED_BLOCK_LABELS)
             return _block_bytes(cfg, num_labels, num_classes) + slack
 
-        if "k" in options:
-            if base.k > num_classes:
-                raise ConfigError(f"topk k={base.k} exceeds the {num_classes} classes")
-            if size(base.k) <= budget_bytes:
-                return cls(base)
-            smallest = base.k
-        else:
-            lo, hi = 1, num_classes
-            if size(lo) <= budget_bytes:
-                while lo < hi:  # largest k with size(k) <= budget
-                    mid = (lo + hi + 1) // 2
-                    lo, hi = (mid, hi) if size(mid) <= budget_bytes else (lo, mid - 1)
-                return cls(base.model_copy(update={"k": lo}))
-            smallest = 1
-        need = size(smallest)
-        ref = reference_bytes(num_labels, num_classes, "fp16")
-        raise UnreachableTargetError(
-            f"topk k={smallest} ({base.decoder}, {base.value_dtype}) needs {need} bytes "
-            f"for {num_labels} labels but the budget is {budget_bytes}; the best "
-            f"reachable ratio is {ref / need:.2f}x vs fp16 "
-            f"({8 * need / max(num_labels, 1):.1f} bits per label); choose a lower "
-            "ratio or a codec with a learned model (vqae)"
+        if "k" in options and base.k > num_classes:
+            raise ConfigError(f"topk k={base.k} exceeds the {num_classes} classes")
+        k = largest_fitting(
+            size,
+            budget_bytes,
+            lo=1,
+            hi=num_classes,
+            fixed=base.k if "k" in options else None,
+            num_labels=num_labels,
+            num_classes=num_classes,
+            subject=lambda k: f"topk k={k} ({base.decoder}, {base.value_dtype})",
+            advice="choose a lower ratio or a codec with a learned model (vqae)",
         )
+        return cls(base.model_copy(update={"k": k}))
 
 
 def _block_bytes(cfg: TopKConfig, num_labels: int, num_classes: int) -> int:

@@ -49,7 +49,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from labelzip.accounting import reference_bytes
 from labelzip.codecs.base import (
     CodecConfig,
     EncodedBlock,
@@ -68,9 +67,9 @@ from labelzip.errors import (
     ConfigError,
     InputError,
     NotFittedError,
-    UnreachableTargetError,
 )
 from labelzip.ops.bitpack import bits_for, pack_bits, packed_size, unpack_bits
+from labelzip.rate.search import largest_fitting
 
 __all__ = ["ROW_BLOCK", "TopKTailCodec", "TopKTailConfig"]
 
@@ -463,30 +462,20 @@ class TopKTailCodec(ParsedDecoding):
             slack = 2 * math.ceil(num_labels / ASSUMED_BLOCK_LABELS)
             return _block_bytes(cfg, num_labels, num_classes) + slack + model
 
-        if "k" in options:
-            if base.k > num_classes:
-                raise ConfigError(
-                    f"topk-tail k={base.k} exceeds the {num_classes} classes"
-                )
-            if size(base.k) <= budget_bytes:
-                return cls(base)
-            smallest = base.k
-        else:
-            lo, hi = 1, num_classes
-            if size(lo) <= budget_bytes:
-                while lo < hi:  # largest k with size(k) <= budget
-                    mid = (lo + hi + 1) // 2
-                    lo, hi = (mid, hi) if size(mid) <= budget_bytes else (lo, mid - 1)
-                return cls(base.model_copy(update={"k": lo}))
-            smallest = 1
-        need = size(smallest)
-        ref = reference_bytes(num_labels, num_classes, "fp16")
-        raise UnreachableTargetError(
-            f"topk-tail k={smallest} needs {need} bytes for {num_labels} labels "
-            f"({model} of them the token prior) but the budget is {budget_bytes}; the "
-            f"best reachable ratio is {ref / need:.2f}x vs fp16 "
-            f"({8 * need / max(num_labels, 1):.1f} bits per label); choose a lower ratio"
+        if "k" in options and base.k > num_classes:
+            raise ConfigError(f"topk-tail k={base.k} exceeds the {num_classes} classes")
+        k = largest_fitting(
+            size,
+            budget_bytes,
+            lo=1,
+            hi=num_classes,
+            fixed=base.k if "k" in options else None,
+            num_labels=num_labels,
+            num_classes=num_classes,
+            subject=lambda k: f"topk-tail k={k}",
+            detail=f" ({model} of them the token prior)",
         )
+        return cls(base.model_copy(update={"k": k}))
 
 
 def _block_bytes(cfg: TopKTailConfig, num_labels: int, num_classes: int) -> int:

@@ -522,10 +522,10 @@ class VQAECodec(Codec):
     ) -> VQAECodec:
         """Choose (K, M, H, ...) so fixed-rate payload + model bytes <= budget.
 
-        See :mod:`labelzip.codecs.vqae.rate`. Raises UnreachableTargetError naming
+        See :mod:`labelzip.codecs.vqae.sizing`. Raises UnreachableTargetError naming
         the best reachable ratio when even the smallest configuration is over.
         """
-        from labelzip.codecs.vqae.rate import choose_config
+        from labelzip.codecs.vqae.sizing import choose_config
 
         config = choose_config(
             num_labels=num_labels,

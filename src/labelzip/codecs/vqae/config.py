@@ -1,7 +1,7 @@
 """Validated configuration of the VQAE codec (architecture, training, coding).
 
 Defaults come from the measurements in docs/vqae-design.md; rate control
-(:mod:`labelzip.codecs.vqae.rate`) overrides the size fields for a byte budget.
+(:mod:`labelzip.codecs.vqae.sizing`) overrides the size fields for a byte budget.
 """
 
 from __future__ import annotations

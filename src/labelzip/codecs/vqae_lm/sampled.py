@@ -255,7 +255,7 @@ class VQAESampledCodec(Codec):
             if cfg.budget_bytes is None or num_labels is None:
                 raise ConfigError(
                     "vqae-rs without k and sample_scale needs budget_bytes and "
-                    "fit(num_labels=...); use create_codec_for_target or give both"
+                    "fit(num_labels=...); give a rate target (labelzip.rate.configure_codec) or both"
                 )
             k, scale = self._rate_control(log_p, meas, rank, num_labels)
             fitted_scale = True

@@ -97,7 +97,7 @@ from labelzip.codecs.vqae_lm.network import (
 )
 from labelzip.codecs.vqae_lm.sparse_block import BlockCoders, pack_block, parse_block
 from labelzip.codecs.vqae_lm.sparse_config import VQAESparseConfig
-from labelzip.codecs.vqae_lm.sparse_rate import (
+from labelzip.codecs.vqae_lm.sparse_sizing import (
     CODEBOOK_SIZE,
     MARGIN,
     block_slack,
@@ -387,7 +387,7 @@ class VQAESparseCodec(Codec):
         if cfg.budget_bytes is None or num_labels is None:
             raise ConfigError(
                 "vqae-sparse with k=None needs budget_bytes and fit(num_labels=...); "
-                "use create_codec_for_target or give k"
+                "give a rate target (labelzip.rate.configure_codec) or k"
             )
         self._id_tables = group_frequencies(
             buckets, rank_alphabet(num_classes), slot_groups(k_cap)

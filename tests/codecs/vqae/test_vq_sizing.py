@@ -3,9 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labelzip.codecs.registry import create_codec_for_target, target_total_bytes
 from labelzip.codecs.vqae.codec import VQAECodec
-from labelzip.codecs.vqae.rate import (
+from labelzip.codecs.vqae.sizing import (
     MAX_CHUNKS,
     choose_config,
     model_bytes_for,
@@ -13,13 +12,15 @@ from labelzip.codecs.vqae.rate import (
 )
 from labelzip.errors import ConfigError, UnreachableTargetError
 
+from ..sizing import goal_bytes, sized_codec
+
 
 @pytest.mark.parametrize(
     ("num_labels", "ratio"),
     [(20_000, 20.0), (20_000, 40.0), (3_000_000, 40.0), (3_000_000, 150.0)],
 )
 def test_meets_budget_at_c1000(num_labels: int, ratio: float) -> None:
-    budget = target_total_bytes(num_labels=num_labels, num_classes=1000, ratio=ratio)
+    budget = goal_bytes(num_labels=num_labels, num_classes=1000, ratio=ratio)
     codec = VQAECodec.for_target(
         num_labels=num_labels, num_classes=1000, budget_bytes=budget
     )
@@ -35,7 +36,7 @@ def test_meets_budget_at_c1000(num_labels: int, ratio: float) -> None:
 def test_more_labels_buy_a_wider_decoder() -> None:
     widths = []
     for n in (20_000, 3_000_000):
-        budget = target_total_bytes(num_labels=n, num_classes=1000, ratio=40.0)
+        budget = goal_bytes(num_labels=n, num_classes=1000, ratio=40.0)
         cfg = choose_config(
             num_labels=n, num_classes=1000, budget_bytes=budget, fixed={}
         )
@@ -44,7 +45,7 @@ def test_more_labels_buy_a_wider_decoder() -> None:
 
 
 def test_fixed_options_are_kept() -> None:
-    budget = target_total_bytes(num_labels=50_000, num_classes=1000, ratio=40.0)
+    budget = goal_bytes(num_labels=50_000, num_classes=1000, ratio=40.0)
     cfg = choose_config(
         num_labels=50_000,
         num_classes=1000,
@@ -62,7 +63,7 @@ def test_unreachable_names_the_best_ratio() -> None:
     with pytest.raises(
         UnreachableTargetError, match=r"best reachable ratio \d+\.\dx"
     ) as info:
-        create_codec_for_target("vqae", num_labels=10, num_classes=1000, ratio=40.0)
+        sized_codec("vqae", num_labels=10, num_classes=1000, ratio=40.0)
     assert "bits per label" in str(info.value)
 
 
@@ -70,8 +71,8 @@ def test_fitted_codec_really_fits_its_budget() -> None:
     g = torch.Generator().manual_seed(0)
     n, c = 3000, 40
     logits = torch.randn(n, c, generator=g) * 2
-    budget = target_total_bytes(num_labels=n, num_classes=c, ratio=8.0)
-    codec = create_codec_for_target(
+    budget = goal_bytes(num_labels=n, num_classes=c, ratio=8.0)
+    codec = sized_codec(
         "vqae", num_labels=n, num_classes=c, ratio=8.0, steps=2, encoder_dim=16
     )
     codec.fit([logits], num_labels=n)

@@ -1,4 +1,6 @@
-"""Rate control: the archive file on disk, header included, meets the target."""
+"""Rate control: the archive file on disk, header included, meets the target.
+
+(Moved from tests/archive with ``labelzip.archive.rate``.)"""
 
 from __future__ import annotations
 
@@ -16,14 +18,25 @@ from labelzip.archive import (
     ArchiveReader,
     ArchiveWriter,
     Layout,
-    codec_for_target,
-    estimate_header_bytes,
-    fit_for_target,
     save_archive,
 )
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan
+from labelzip.codecs.registry import create_codec
 from labelzip.errors import UnreachableTargetError
+from labelzip.rate import (
+    ArchiveTarget,
+    RateGoal,
+    configure_codec,
+    estimate_header_bytes,
+    fit_codec,
+)
+
+
+@pytest.fixture
+def views(make_logits: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """(48, 4, 20) teacher logits: 48 samples x 4 views x 20 classes, seed 3."""
+    return make_logits(48 * 4, 20, 3).reshape(48, 4, 20)
 
 
 def _write(path: Path, codec: Codec, views: torch.Tensor, **kwargs: object) -> int:
@@ -39,12 +52,11 @@ def _write(path: Path, codec: Codec, views: torch.Tensor, **kwargs: object) -> i
 def test_header_estimate_is_a_tight_upper_bound(
     tmp_path: Path,
     views: torch.Tensor,
-    fitted: Callable[..., Codec],
     chunk_size: int,
     name: str,
     options: dict,
 ) -> None:
-    codec = fitted(name, views, **options)
+    codec = create_codec(name, **options).fit([views.reshape(-1, 20)])
     meta = ArchiveMetadata(
         tuple("abcdefghijklmnopqrst"), "fp", "teacher", {"k": [1, 2]}
     )
@@ -96,14 +108,13 @@ def test_prune_dense_meets_target_with_real_file_size(
     layout = Layout.for_shape((256, 4))
     plan = PrunePlan(layout.dims, layout.shape, prune_keep, seed=0)
     kept = big.reshape(-1, 100)[plan.kept_indices()]
-    codec = fit_for_target(
+    codec = fit_codec(
         "dense",
         [kept],
-        layout=layout,
-        num_classes=100,
-        prune=plan,
-        chunk_size=64,
-        **target,
+        {},
+        target=ArchiveTarget(
+            RateGoal(**target), layout, 100, chunk_size=64, prune=plan
+        ),
     )
     size = _write(tmp_path / "a.lz", codec, big, prune=plan, chunk_size=64)
     budget = (
@@ -126,14 +137,11 @@ def test_topk_meets_ratio_and_uses_the_budget(
     plan = PrunePlan(layout.dims, layout.shape, prune_keep) if prune_keep else None
     rows = big.reshape(-1, 100)
     kept = rows[plan.kept_indices()] if plan else rows
-    codec = fit_for_target(
+    codec = fit_codec(
         "topk",
         [kept],
-        layout=layout,
-        num_classes=100,
-        prune=plan,
-        ratio=ratio,
-        decoder="mr",
+        {"decoder": "mr"},
+        target=ArchiveTarget(RateGoal(ratio=ratio), layout, 100, prune=plan),
     )
     size = _write(tmp_path / "a.lz", codec, big, prune=plan)
     budget = reference_bytes(1024, 100) / ratio
@@ -147,15 +155,17 @@ def test_unreachable_target_names_the_best_reachable(big: torch.Tensor) -> None:
     layout = Layout.for_shape((256, 4))
     plan = PrunePlan(layout.dims, layout.shape, 0.25)
     with pytest.raises(UnreachableTargetError, match="best reachable is") as info:
-        codec_for_target(
-            "dense", layout=layout, num_classes=100, ratio=10.0, prune=plan
+        configure_codec(
+            "dense", {}, ArchiveTarget(RateGoal(ratio=10.0), layout, 100, prune=plan)
         )
     message = str(info.value)
     assert "with 256 of 1024 labels kept" in message
     best = float(re.search(r"best reachable is ([\d.]+)x", message).group(1))  # type: ignore[union-attr]
     assert 3.9 < best < 4.0  # 4x from pruning, less the header
-    codec = codec_for_target(
-        "dense", layout=layout, num_classes=100, ratio=best * 0.999, prune=plan
+    codec = configure_codec(
+        "dense",
+        {},
+        ArchiveTarget(RateGoal(ratio=best * 0.999), layout, 100, prune=plan),
     )
     assert codec.config.dtype == "fp16"  # type: ignore[attr-defined]
 
@@ -165,21 +175,25 @@ def test_unreachable_because_of_header(views: torch.Tensor) -> None:
     with pytest.raises(
         UnreachableTargetError, match="header and side information alone"
     ) as info:
-        codec_for_target("topk", layout=layout, num_classes=20, ratio=1000.0)
+        configure_codec("topk", {}, ArchiveTarget(RateGoal(ratio=1000.0), layout, 20))
     assert "best reachable is" in str(info.value)
 
 
 def test_user_fixed_option_is_respected(big: torch.Tensor) -> None:
     layout = Layout.for_shape((256, 4))
-    codec = codec_for_target("topk", layout=layout, num_classes=100, ratio=2.0, k=2)
+    codec = configure_codec(
+        "topk", {"k": 2}, ArchiveTarget(RateGoal(ratio=2.0), layout, 100)
+    )
     assert codec.config.k == 2  # type: ignore[attr-defined]
     with pytest.raises(UnreachableTargetError, match="best reachable"):
-        codec_for_target("topk", layout=layout, num_classes=100, ratio=20.0, k=20)
+        configure_codec(
+            "topk", {"k": 20}, ArchiveTarget(RateGoal(ratio=20.0), layout, 100)
+        )
 
 
 def test_ratio_leaving_zero_bytes_is_a_clear_error() -> None:
     """A huge ratio on a tiny set rounds the byte target to 0: an error, not a crash."""
     with pytest.raises(UnreachableTargetError, match="leaves 0 bytes for 4 labels"):
-        codec_for_target(
-            "topk", ratio=1e6, layout=Layout.for_shape((4,)), num_classes=10
+        configure_codec(
+            "topk", {}, ArchiveTarget(RateGoal(ratio=1e6), Layout.for_shape((4,)), 10)
         )

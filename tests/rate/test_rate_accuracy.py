@@ -20,19 +20,13 @@ import pytest
 import torch
 
 from labelzip.accounting import StorageAccount, reference_bytes
-from labelzip.archive import (
-    ArchiveMetadata,
-    Layout,
-    fit_for_target,
-    rate_note,
-    save_archive,
-)
-from labelzip.archive.rate import RATE_TOLERANCE
+from labelzip.archive import ArchiveMetadata, Layout, save_archive
 from labelzip.augment import ViewConfig
 from labelzip.codecs.base import Codec, LabelContext
 from labelzip.codecs.context.viewmix import view_mix_prior
 from labelzip.codecs.registry import available_codecs, with_num_images
 from labelzip.pipelines.relabel_types import recipe_context
+from labelzip.rate import RATE_TOLERANCE, ArchiveTarget, RateGoal, fit_codec, rate_note
 
 torch.set_num_threads(1)
 
@@ -53,15 +47,14 @@ def _land(
     **options: Any,
 ) -> tuple[StorageAccount, Codec, str | None]:
     layout = layout or Layout(("sample",), (logits.shape[0],))
-    codec = fit_for_target(
+    codec = fit_codec(
         name,
         [logits],
-        layout=layout,
-        num_classes=logits.shape[1],
-        ratio=ratio,
-        metadata=metadata,
+        options,
+        target=ArchiveTarget(
+            RateGoal(ratio=ratio), layout, logits.shape[1], metadata=metadata
+        ),
         context=context,
-        **options,
     )
     path = tmp_path / f"{name}-{ratio}.lz"
     account = save_archive(
@@ -74,7 +67,7 @@ def _land(
     assert account.total_bytes == os.path.getsize(path)
     target = reference_bytes(account.num_labels, account.num_classes) / ratio
     assert account.total_bytes <= target  # a rate target is never exceeded
-    return account, codec, rate_note(account, codec, ratio=ratio)
+    return account, codec, rate_note(account, codec, RateGoal(ratio=ratio))
 
 
 def _within(account: StorageAccount, ratio: float) -> bool:

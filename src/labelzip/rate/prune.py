@@ -1,4 +1,4 @@
-"""Rate control across codecs and LPLD pruning, for relabelled archives.
+"""LPLD pruning as a rate decision: the most views per image that meet a target.
 
 When a codec cannot meet a target with a label for every view (at 40x a
 10-class label has 4 bits in all), LPLD's answer is to store labels for fewer
@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 
-from labelzip.archive import ArchiveMetadata, Layout, codec_for_target
 from labelzip.codecs.prune import REUSE_DIMS, PrunePlan
 from labelzip.errors import ConfigError, UnreachableTargetError
+from labelzip.rate.budget import ArchiveTarget
+from labelzip.rate.fit import configure_codec
+from labelzip.rate.search import bisect_largest
 
 __all__ = ["SIDE_ENTRY_BYTES", "auto_prune_plan", "side_entry_bytes"]
 
@@ -35,23 +37,21 @@ def side_entry_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
 
 def auto_prune_plan(
     codec: str,
+    target: ArchiveTarget,
     *,
-    layout: Layout,
-    num_classes: int,
-    ratio: float | None,
-    bits_per_label: float | None,
-    chunk_size: int,
-    metadata: ArchiveMetadata | None,
     side_bytes_per_label: int = 0,
-    side_entry: int = 0,
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
 ) -> PrunePlan | None:
-    """The LPLD plan with the most kept views per image that meets the target.
+    """The LPLD plan with the most kept views per image that meets ``target``.
 
-    Returns ``None`` when the codec meets it without pruning. Tries k = E/2,
-    E/4, ..., 1 until one fits, then bisects up to the largest k that fits
-    (fewer kept labels never need more bytes; a codec may still refuse a
+    ``target.side_bytes`` is the fixed part of the side information (its header
+    entries); ``side_bytes_per_label`` is added per stored label. ``target.prune``
+    is ignored (this chooses it).
+
+    Returns ``None`` when the codec meets the target without pruning. Tries
+    k = E/2, E/4, ..., 1 until one fits, then bisects up to the largest k that
+    fits (fewer kept labels never need more bytes; a codec may still refuse a
     budget far above what its model can use, hence the halving first).
 
     Raises:
@@ -59,6 +59,7 @@ def auto_prune_plan(
         UnreachableTargetError: not even one view per image fits; the message
             carries the codec's own explanation.
     """
+    layout = target.layout
     found = [d for d in layout.dims if d in REUSE_DIMS]
     if len(found) != 1:
         raise ConfigError(
@@ -68,20 +69,12 @@ def auto_prune_plan(
     views = layout.shape[layout.dims.index(found[0])]
 
     def attempt(kept: int) -> UnreachableTargetError | None:
-        plan = _plan(layout, kept, views, seed)
+        plan = _plan(target, kept, views, seed)
         stored = plan.num_kept if plan is not None else layout.num_labels
+        side = stored * side_bytes_per_label + target.side_bytes
         try:
-            codec_for_target(
-                codec,
-                layout=layout,
-                num_classes=num_classes,
-                ratio=ratio,
-                bits_per_label=bits_per_label,
-                chunk_size=chunk_size,
-                prune=plan,
-                metadata=metadata,
-                side_bytes=stored * side_bytes_per_label + side_entry,
-                **dict(options or {}),
+            configure_codec(
+                codec, options or {}, target.replace(prune=plan, side_bytes=side)
             )
         except UnreachableTargetError as exc:
             return exc
@@ -103,15 +96,9 @@ def auto_prune_plan(
             f"{codec} cannot meet the target even with the label of 1 of {views} "
             f"views per image stored: {error}"
         ) from error
-    lo, hi = kept, failed  # lo fits, hi does not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if attempt(mid) is None:
-            lo = mid
-        else:
-            hi = mid
-    logger.info("%s: auto-prune keeps %d of %d views per image", codec, lo, views)
-    return _plan(layout, lo, views, seed)
+    best = bisect_largest(lambda k: attempt(k) is None, kept, failed - 1)
+    logger.info("%s: auto-prune keeps %d of %d views per image", codec, best, views)
+    return _plan(target, best, views, seed)
 
 
 def _halvings(views: int) -> list[int]:
@@ -126,7 +113,8 @@ def _halvings(views: int) -> list[int]:
     return out
 
 
-def _plan(layout: Layout, kept: int, views: int, seed: int) -> PrunePlan | None:
+def _plan(target: ArchiveTarget, kept: int, views: int, seed: int) -> PrunePlan | None:
     if kept >= views:
         return None
+    layout = target.layout
     return PrunePlan(layout.dims, layout.shape, kept / views, seed)

@@ -104,7 +104,7 @@ def choose_k(
     if cfg.budget_bytes is None or num_labels is None:
         raise ConfigError(
             "vqae-sparse with k=None needs budget_bytes and fit(num_labels=...); "
-            "use create_codec_for_target or give k"
+            "give a rate target (labelzip.rate.configure_codec) or k"
         )
     n, k_cap = buckets.shape
     alphabet = rank_alphabet(num_classes)
