@@ -452,7 +452,7 @@ class ContextTransformCodec(ViewContextCodec):
         }
 
     def planned_config(self, num_classes: int) -> dict[str, Any] | None:
-        """An upper bound of :meth:`to_config` before fit (archive rate control)."""
+        """An upper bound of :meth:`to_config` before fit (rate control, labelzip.rate)."""
         if self.config.num_images is None:
             return None
         update: dict[str, Any] = {"step": _WIDEST_FLOAT, "symbol_bound": _MAX_BOUND}

@@ -1110,7 +1110,7 @@ class ViewMixCodec(ViewContextCodec):
         return out
 
     def planned_config(self, num_classes: int) -> dict[str, Any] | None:
-        """An upper bound of :meth:`to_config` before fit (archive rate control).
+        """An upper bound of :meth:`to_config` before fit (rate control, labelzip.rate).
 
         The fit may lower ``codebook_size`` and sets ``rate_penalty``; the
         placeholder penalty has the longest JSON form a non-negative double has.
