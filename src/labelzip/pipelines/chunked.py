@@ -80,6 +80,7 @@ __all__ = [
     "OnChunk",
     "Report",
     "codec_digest",
+    "discard_partials",
     "json_digest",
     "rank_chunks",
     "run_chunked",
@@ -189,15 +190,30 @@ def _agree(ranks: Ranks, fingerprint: str, settings: str) -> None:
             )
 
 
+def discard_partials(out: Path) -> None:
+    """Remove the partial files of earlier runs of ``out`` (one notice line when any
+    existed): a run without ``--resume`` starts over, also one that writes the
+    archive without partial files (the one-process ``import`` and ``relabel``)."""
+    remove_partials(list(find_partials(out)), out, "not resumed: no --resume")
+
+
 def _prepare_partials(out: Path, fingerprint: str, world: int, resume: bool) -> None:
     """Rank 0, before any rank writes: drop partial files a resumed run cannot use
-    (or all of them without ``--resume``), refuse a resume with another world size."""
+    (or all of them without ``--resume``), refuse a resume of another input (it
+    would drop that run's work) or with another world size."""
+    if not resume:
+        discard_partials(out)
+        return
     found = find_partials(out)
     mine = fingerprint[:8]
-    if not resume:
-        remove_partials(list(found), out, "not resumed: no --resume")
-        return
     same_input = {p: w for p, (fp, _, w) in found.items() if fp == mine}
+    if found and not same_input:
+        other = min(found)
+        raise PartialMismatchError(
+            f"--resume: the partial run in {other.name} was made from other input "
+            f"({found[other][0]}, now {mine}); rerun with its input, or drop "
+            "--resume to start over"
+        )
     worlds = sorted(set(same_input.values()))
     if worlds and world not in worlds:
         raise InputError(
