@@ -169,9 +169,7 @@ def test_a_full_disk_on_one_rank_leaves_nothing(
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
-def _interrupted(
-    monkeypatch: pytest.MonkeyPatch, argv: list[str], chunks: int
-) -> int:
+def _interrupted(monkeypatch: pytest.MonkeyPatch, argv: list[str], chunks: int) -> int:
     """Run `labelzip relabel ARGV` in-process, SIGTERMed after ``chunks`` chunks."""
     with monkeypatch.context() as patch:
         patch.setenv(FAULT_ENV, f"term@0:{chunks}")
