@@ -260,6 +260,7 @@ def test_two_ranks_resume_an_interrupted_run(
     assert torchrun(2, argv, "term@1:2").returncode != 0
     partials = find_partials(out)
     assert sorted(w for _, _, w in partials.values()) == [2, 2]
+    assert sum(len(read_partial(p)[1]) for p in partials) >= 2  # rank 1's two
     done = torchrun(2, argv)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == whole.read_bytes()

@@ -13,6 +13,7 @@ import torch
 
 from labelzip.cli import main as cli_main
 from labelzip.faults import FAULT_ENV
+from labelzip.pipelines import import_run
 from labelzip.pipelines.partial import PART_TAG, find_partials, read_partial
 
 from .fixtures import write_lpqld, write_sre2l
@@ -185,6 +186,11 @@ def test_an_import_resumed_with_other_options_is_refused_in_one_line(
     assert _interrupted(monkeypatch, argv, 2) == 130
     (partial,) = find_partials(out)
     capsys.readouterr()
+
+    def no_fit(*args: object) -> None:
+        raise AssertionError("refused before the fit")
+
+    monkeypatch.setattr(import_run, "import_codec", no_fit)
     code = cli_main([*argv, *other])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
