@@ -1,5 +1,8 @@
 """``labelzip import`` split across torchrun ranks: one archive, the single-process bytes.
 
+The same path runs one process with ``--resume`` (a world of one): its chunks
+go to a partial file, so a killed import continues from its last complete chunk.
+
 A :class:`~labelzip.pipelines.chunked.ChunkJob` over an opened label store:
 
 - rank 0 fits the codec exactly as the single-process import does (pass 1,

@@ -1,6 +1,7 @@
 """Partial files: the encoded chunks of an unfinished encode, kept for ``--resume``.
 
-Each process of a ``compress`` run (one, or one per torchrun rank) appends the
+Each process of a chunked run (``compress``; ``import`` and ``relabel`` under
+torchrun or with ``--resume``; one process, or one per torchrun rank) appends the
 chunks it encodes to its own partial file in the output's folder, named so
 that a later run finds it::
 

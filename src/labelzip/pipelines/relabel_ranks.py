@@ -22,6 +22,8 @@ the run is a :class:`~labelzip.pipelines.chunked.ChunkJob`:
 
 Every rank loads the same image set and the same teacher; their
 fingerprints (set, teacher weights) must agree. One output archive per run.
+One process with ``--resume`` runs the same path (a world of one), so a killed
+relabel continues from its last complete chunk.
 """
 
 from __future__ import annotations
