@@ -1,5 +1,6 @@
 """`torchrun -m labelzip import`: gloo ranks on CPU give the single-process bytes,
-lossless and re-encoded, and a bad file ends in one clear error per rank."""
+lossless and re-encoded, and a bad file ends in one clear error per rank; `--resume`
+continues an interrupted import to the same bytes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import pytest
 import torch
 
 from labelzip.cli import main as cli_main
+from labelzip.faults import FAULT_ENV
+from labelzip.pipelines import import_run
+from labelzip.pipelines.partial import PART_TAG, find_partials, read_partial
 
 from .fixtures import write_lpqld, write_sre2l
 
@@ -119,3 +123,76 @@ def test_a_fit_that_fails_on_rank_0_stops_every_rank(
     assert len(errors) == 2, done.stderr
     assert any("rank 0 failed before encoding (fitting the codec)" in e for e in errors)
     assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def _interrupted(monkeypatch: pytest.MonkeyPatch, argv: list[str], chunks: int) -> int:
+    """Run `labelzip import ARGV` in-process, SIGTERMed after ``chunks`` chunks."""
+    with monkeypatch.context() as patch:
+        patch.setenv(FAULT_ENV, f"term@0:{chunks}")
+        return cli_main(argv)
+
+
+@pytest.mark.parametrize("case", ["lossless", "topk", "auto", "lossless-topk"])
+def test_resume_after_an_interrupt_gives_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    store = _store(tmp_path, CASES[case][0])
+    whole, out = tmp_path / "whole.lz", tmp_path / "resumed.lz"
+    assert cli_main(_argv(case, store, whole)) == 0  # no --resume: import_store
+    argv = [*_argv(case, store, out), "--resume"]
+    assert _interrupted(monkeypatch, argv, 2) == 130
+    assert not out.exists()
+    (partial,) = find_partials(out)
+    assert len(read_partial(partial)[1]) == 2
+    assert _leftovers(tmp_path) == [partial.name]
+    assert cli_main(argv) == 0
+    assert out.read_bytes() == whole.read_bytes()
+    assert _leftovers(tmp_path) == []
+
+
+def test_an_import_without_resume_removes_the_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _store(tmp_path, "sre2l")
+    out = tmp_path / "again.lz"
+    argv = _argv("topk", store, out)
+    assert _interrupted(monkeypatch, [*argv, "--resume"], 2) == 130
+    assert len(find_partials(out)) == 1
+    assert cli_main(argv) == 0
+    assert "removed 1 partial file(s)" in caplog.text and PART_TAG in caplog.text
+    assert "not resumed: no --resume" in caplog.text
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ["--k", "4"],  # codec options
+        ["--seed", "1"],  # the fit sample and fit
+        ["--chunk-size", "20"],
+        ["--reference", "fp32"],
+        ["--sampler-seed", "43"],  # what the store means: another input
+    ],
+)
+def test_an_import_resumed_with_other_options_is_refused_in_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    other: list[str],
+) -> None:
+    store = _store(tmp_path, "sre2l")
+    out = tmp_path / "other.lz"
+    argv = [*_argv("topk", store, out), "--resume"]
+    assert _interrupted(monkeypatch, argv, 2) == 130
+    (partial,) = find_partials(out)
+    capsys.readouterr()
+
+    def no_fit(*args: object) -> None:
+        raise AssertionError("refused before the fit")
+
+    monkeypatch.setattr(import_run, "import_codec", no_fit)
+    code = cli_main([*argv, *other])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--resume: the partial run in" in err and "drop --resume" in err
+    assert partial.exists() and not out.exists()

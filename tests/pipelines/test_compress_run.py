@@ -312,3 +312,21 @@ def test_linked_chunks_are_checked_when_copied(tmp_path: Path) -> None:
     with pytest.raises(ChecksumError, match="does not match its digest"):
         writer.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chunks.bin", "ok.lz"]
+
+
+def test_resume_of_other_input_is_refused_and_keeps_its_partial(
+    tmp_path: Path,
+    views: Path,
+    capfd: pytest.CaptureFixture[str],
+    cases: dict[str, list[str]],
+) -> None:
+    out = tmp_path / "f.lz"
+    other = partial_path(out, "ab" * 32, 0, 1)  # a killed run of another input
+    other.write_bytes(b"")
+    assert _compress(views, out, cases["dense"], "--resume") == 2
+    err = capfd.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "was made from other input (abababab, now " in err
+    assert "drop --resume" in err and other.exists() and not out.exists()
+    assert _compress(views, out, cases["dense"]) == 0  # no --resume: removed
+    assert _leftovers(tmp_path) == []

@@ -35,7 +35,7 @@ from labelzip.interop.convert import (
 )
 from labelzip.interop.formats import available_formats, resolve_format_name
 from labelzip.io import check_output_path
-from labelzip.pipelines.chunked import sigterm_as_interrupt
+from labelzip.pipelines.chunked import discard_partials, sigterm_as_interrupt
 from labelzip.pipelines.import_run import import_chunked
 from labelzip.selection.auto import AUTO_KEY, format_table
 
@@ -47,6 +47,7 @@ EPILOG = """examples:
   labelzip import --format lpld soft_labels/ --codec vqae --ratio 40 -o labels.lz
   labelzip import --format lpld soft_labels/ --ratio 40 -o labels.lz   # --codec auto
   labelzip import --format fkd FKD_soft_label/ --num-classes 1000 -o labels.lz
+  labelzip import --format lpld soft_labels/ --codec vqae --ratio 40 --resume -o labels.lz
   torchrun --nproc_per_node 8 -m labelzip import --format lpld soft_labels/ --codec vqae --ratio 40 -o labels.lz
 
 With a target and no --codec, auto measures the codecs on held-out labels and
@@ -57,8 +58,11 @@ See docs/interop.md for each format.
 
 Under torchrun, rank 0 fits (or auto chooses) the codec, every rank encodes a
 share of the chunks into a partial file beside the output, and rank 0 joins
-them into one archive, byte-identical to a single-process import. See
-docs/scaling.md.
+them into one archive, byte-identical to a single-process import. A killed
+run keeps its partial files: rerun it with --resume (same store, options and
+number of processes) to continue from its last complete chunk. In one process
+only a run started with --resume keeps them (without it the archive is written
+directly): start a long import with --resume. See docs/scaling.md.
 """
 
 
@@ -120,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-fingerprint", help="dataset identifier to record")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="user metadata")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep partial files beside the output as chunks are encoded, and "
+        "continue a killed run from its last complete chunk (same store, options "
+        "and number of processes)",
+    )
     add_dist_timeout_option(p)
     add_json_option(p)
     return p
@@ -169,7 +180,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     ranks, _ = join(resolve_device("cpu"), args.dist_timeout)
     try:
-        if not ranks.is_distributed:
+        if not ranks.is_distributed and not args.resume:
+            discard_partials(out)  # of a killed --resume run: this one starts over
             with progress("importing", None, enabled=not args.quiet) as advance:
                 account = import_store(
                     args.path,
@@ -202,6 +214,7 @@ def _run(args: argparse.Namespace) -> int:
                     chunk_size=args.chunk_size,
                     reference=args.reference,
                     ranks=ranks,
+                    resume=args.resume,
                     on_chunk=advance,
                     report=lambda exc: print_error("import", exc),
                 )

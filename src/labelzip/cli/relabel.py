@@ -32,7 +32,7 @@ from labelzip.distill import DistilledSet
 from labelzip.distributed import Ranks, join, leave, run_on_main
 from labelzip.errors import ConfigError
 from labelzip.io import check_output_path
-from labelzip.pipelines.chunked import sigterm_as_interrupt
+from labelzip.pipelines.chunked import discard_partials, sigterm_as_interrupt
 from labelzip.pipelines.relabel import (
     RelabelConfig,
     RelabelOutput,
@@ -64,7 +64,9 @@ EPILOG = """examples:
       --codec vqae --ratio 40 --device cuda -o in1k-vqae.lz
   labelzip relabel mine.safetensors --dataset folder --data-dir train/ --epochs 30 -o mine.lz
   labelzip relabel mine.safetensors --teacher-file teacher.ts --epochs 30 -o mine.lz
-  torchrun --nproc_per_node 8 -m labelzip relabel in1k.safetensors --epochs 300 \
+  labelzip relabel in1k.safetensors --epochs 300 --codec vqae --ratio 40 \\
+      --device cuda --resume -o in1k-vqae.lz   # resumable; after a kill, the same line
+  torchrun --nproc_per_node 8 -m labelzip relabel in1k.safetensors --epochs 300 \\
       --codec vqae --ratio 40 --device cuda -o in1k-vqae.lz
 
 Teacher: a small one (convnet, resnet) trains on --dataset/--data-dir (give the
@@ -88,7 +90,12 @@ Under torchrun, rank 0 labels the fit sample, chooses the codec (auto) and fits
 it, every rank runs the teacher on its share of the views and encodes them into
 a partial file beside the output, and rank 0 joins them into one archive,
 byte-identical to a single-process run (--device cuda means cuda:LOCAL_RANK).
-See docs/scaling.md.
+A killed run keeps its partial files: rerun it with --resume (same set,
+teacher, options and number of processes) to continue from its last complete
+chunk; the fit sample is labelled again, the views of the kept chunks are not.
+In one process only a run started with --resume keeps them (without it the
+archive is written directly): start a long relabel with --resume. See
+docs/scaling.md.
 """
 
 
@@ -181,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-views", type=int, default=16384, help="labels codecs fit on")
     p.add_argument("--chunk-size", type=int, default=4096, help="labels per chunk")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep partial files beside the output as chunks are encoded, and "
+        "continue a killed run from its last complete chunk (same set, teacher, "
+        "options and number of processes)",
+    )
     add_auto_options(p)
     add_device_option(
         p,
@@ -261,7 +275,8 @@ def _run(args: argparse.Namespace) -> int:
         teacher, teacher_id = _shared_teacher(args, distilled, device, ranks)
         show = not args.quiet and ranks.is_main
         with progress_bar("relabelling views", enabled=show) as update:
-            if not ranks.is_distributed:
+            if not ranks.is_distributed and not args.resume:
+                discard_partials(output.path)  # of a killed --resume run
                 result: RelabelResult | None = relabel(
                     distilled,
                     teacher,
@@ -281,6 +296,7 @@ def _run(args: argparse.Namespace) -> int:
                         teacher_id=teacher_id,
                         device=device,
                         ranks=ranks,
+                        resume=args.resume,
                         progress=update,
                         report=lambda exc: print_error("relabel", exc),
                     )

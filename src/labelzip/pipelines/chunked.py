@@ -68,6 +68,7 @@ from labelzip.errors import (
 from labelzip.pipelines.partial import (
     PartialFile,
     PartialMismatchError,
+    check_header,
     find_partials,
     partial_path,
     read_partial,
@@ -80,6 +81,7 @@ __all__ = [
     "OnChunk",
     "Report",
     "codec_digest",
+    "discard_partials",
     "json_digest",
     "rank_chunks",
     "run_chunked",
@@ -189,15 +191,33 @@ def _agree(ranks: Ranks, fingerprint: str, settings: str) -> None:
             )
 
 
-def _prepare_partials(out: Path, fingerprint: str, world: int, resume: bool) -> None:
+def discard_partials(out: Path) -> None:
+    """Remove the partial files of earlier runs of ``out`` (one notice line when any
+    existed): a run without ``--resume`` starts over, also one that writes the
+    archive without partial files (the one-process ``import`` and ``relabel``)."""
+    remove_partials(list(find_partials(out)), out, "not resumed: no --resume")
+
+
+def _prepare_partials(
+    out: Path, fingerprint: str, settings: str, world: int, resume: bool
+) -> None:
     """Rank 0, before any rank writes: drop partial files a resumed run cannot use
-    (or all of them without ``--resume``), refuse a resume with another world size."""
+    (or all of them without ``--resume``), refuse a resume of another input (it
+    would drop that run's work), with another world size or with other settings
+    (before the fit, which may be long; the codec is checked after it)."""
+    if not resume:
+        discard_partials(out)
+        return
     found = find_partials(out)
     mine = fingerprint[:8]
-    if not resume:
-        remove_partials(list(found), out, "not resumed: no --resume")
-        return
     same_input = {p: w for p, (fp, _, w) in found.items() if fp == mine}
+    if found and not same_input:
+        other = min(found)
+        raise PartialMismatchError(
+            f"--resume: the partial run in {other.name} was made from other input "
+            f"({found[other][0]}, now {mine}); rerun with its input, or drop "
+            "--resume to start over"
+        )
     worlds = sorted(set(same_input.values()))
     if worlds and world not in worlds:
         raise InputError(
@@ -207,10 +227,23 @@ def _prepare_partials(out: Path, fingerprint: str, world: int, resume: bool) -> 
         )
     stale = [p for p, (fp, _, w) in found.items() if fp != mine or w != world]
     remove_partials(stale, out, "made from other input")
+    for path in sorted(same_input):
+        header = _readable_header(path)
+        if header is not None:
+            check_header(path, header, {**header, "settings": settings})
     if not same_input:
         logger.warning(
             "labelzip: nothing to resume for %s; starting from the first chunk", out
         )
+
+
+def _readable_header(path: Path) -> dict[str, Any] | None:
+    """A partial file's header, or None when it cannot be read (the rank that
+    resumes from it reports that)."""
+    try:
+        return read_partial(path)[0]
+    except InputError:
+        return None
 
 
 # Status flags of a rank: done, failed, or failed in a way that keeps the
@@ -279,7 +312,10 @@ class _Run:
         """Rank 0 fits; every rank returns the codec (or raises rank 0's failure)."""
 
         def prepare_and_fit() -> Codec:
-            _prepare_partials(self.out, self.job.fingerprint, self.ranks.world, resume)
+            job = self.job
+            _prepare_partials(
+                self.out, job.fingerprint, job.settings_digest, self.ranks.world, resume
+            )
             return self.job.fit()
 
         return run_on_main(self.ranks, prepare_and_fit, "fitting the codec")

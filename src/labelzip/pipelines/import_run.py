@@ -1,5 +1,8 @@
 """``labelzip import`` split across torchrun ranks: one archive, the single-process bytes.
 
+The same path runs one process with ``--resume`` (a world of one): its chunks
+go to a partial file, so a killed import continues from its last complete chunk.
+
 A :class:`~labelzip.pipelines.chunked.ChunkJob` over an opened label store:
 
 - rank 0 fits the codec exactly as the single-process import does (pass 1,
@@ -141,6 +144,7 @@ def import_chunked(
     chunk_size: int,
     reference: str = "fp16",
     ranks: Ranks | None = None,
+    resume: bool = False,
     on_chunk: OnChunk | None = None,
     report: Report | None = None,
 ) -> StorageAccount | None:
@@ -150,7 +154,7 @@ def import_chunked(
         out: the archive to write (checked by the caller).
         source: the store's path (named in the input fingerprint every rank checks).
         plan: from :func:`~labelzip.interop.convert.open_import` (on every rank).
-        ranks, on_chunk, report: as for
+        ranks, resume, on_chunk, report: as for
             :func:`~labelzip.pipelines.chunked.run_chunked`.
 
     Returns:
@@ -159,5 +163,7 @@ def import_chunked(
     """
     ranks = ranks or Ranks()
     job = _ImportJob(out, Path(source), plan, chunk_size, reference, ranks)
-    _, account = run_chunked(job, ranks=ranks, on_chunk=on_chunk, report=report)
+    _, account = run_chunked(
+        job, ranks=ranks, resume=resume, on_chunk=on_chunk, report=report
+    )
     return account

@@ -1,6 +1,7 @@
 """Partial files: the encoded chunks of an unfinished encode, kept for ``--resume``.
 
-Each process of a ``compress`` run (one, or one per torchrun rank) appends the
+Each process of a chunked run (``compress``; ``import`` and ``relabel`` under
+torchrun or with ``--resume``; one process, or one per torchrun rank) appends the
 chunks it encodes to its own partial file in the output's folder, named so
 that a later run finds it::
 
@@ -40,6 +41,7 @@ __all__ = [
     "ChunkRecord",
     "PartialFile",
     "PartialMismatchError",
+    "check_header",
     "find_partials",
     "partial_path",
     "read_partial",
@@ -213,6 +215,23 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
+def check_header(path: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Refuse to resume from ``path`` when its header ``found`` differs from this
+    run's header ``wanted`` (the first field that differs is named).
+
+    Raises:
+        PartialMismatchError: a field differs (the file is kept).
+    """
+    field = _mismatch(found, wanted)
+    if field is not None:
+        raise PartialMismatchError(
+            f"--resume: the partial run in {path.name} differs in its "
+            f"{field} ({_shown(found.get(field))}, now "
+            f"{_shown(wanted.get(field))}); rerun with its options, or drop "
+            "--resume to start over"
+        )
+
+
 class PartialFile:
     """The partial file of one rank: append encoded chunks, resume after a kill.
 
@@ -265,14 +284,7 @@ class PartialFile:
         try:
             size = os.fstat(handle.fileno()).st_size
             found, start = _read_header(handle, self.path)
-            field = _mismatch(found, header)
-            if field is not None:
-                raise PartialMismatchError(
-                    f"--resume: the partial run in {self.path.name} differs in its "
-                    f"{field} ({_shown(found.get(field))}, now "
-                    f"{_shown(header.get(field))}); rerun with its options, or drop "
-                    "--resume to start over"
-                )
+            check_header(self.path, found, header)
             self.records = _scan(handle, start, size, verify=True)
             end = (
                 self.records[-1].offset + self.records[-1].nbytes

@@ -22,6 +22,8 @@ the run is a :class:`~labelzip.pipelines.chunked.ChunkJob`:
 
 Every rank loads the same image set and the same teacher; their
 fingerprints (set, teacher weights) must agree. One output archive per run.
+One process with ``--resume`` runs the same path (a world of one), so a killed
+relabel continues from its last complete chunk.
 """
 
 from __future__ import annotations
@@ -126,12 +128,17 @@ class _RelabelJob:
                 "teacher": model_id(teacher),
             }
         )
+        # What else decides the bytes: the codec, its options and target (after
+        # auto: the choice, remade alike on a resume), the view recipe, seeds,
+        # chunk and batch sizes, the teacher and the device type it runs on.
+        # Not the output path: the partial files are found beside it.
         self.settings_digest = json_digest(
             {
-                "output": output.model_dump(mode="json"),
+                "output": output.model_dump(mode="json", exclude={"path"}),
                 "config": config.model_dump(mode="json"),
                 "metadata": self.metadata.user,
                 "teacher": teacher_id,
+                "device": device.type,
             }
         )
         self.progress = progress
@@ -205,6 +212,7 @@ def relabel_chunked(
     teacher_id: str,
     device: torch.device,
     ranks: Ranks,
+    resume: bool = False,
     progress: ProgressFn | None = None,
     report: Report | None = None,
 ) -> RelabelResult | None:
@@ -214,7 +222,10 @@ def relabel_chunked(
         image_set, teacher, output, config, teacher_id, device: as for
             :func:`~labelzip.pipelines.relabel.relabel` (one output; the teacher
             on this rank's device).
-        ranks: this process's rank.
+        ranks: this process's rank (one process: a resumable run).
+        resume: continue from the partial files of a killed run (as for
+            :func:`~labelzip.pipelines.chunked.run_chunked`); the fit sample is
+            labelled again, the views of the kept chunks are not.
         progress: ``progress(done, total)`` of this rank's share of the views.
         report: as for :func:`~labelzip.pipelines.chunked.run_chunked`.
 
@@ -233,7 +244,7 @@ def relabel_chunked(
     job = _RelabelJob(
         image_set, teacher, output, config, teacher_id, device, ranks, progress
     )
-    codec, account = run_chunked(job, ranks=ranks, report=report)
+    codec, account = run_chunked(job, ranks=ranks, resume=resume, report=report)
     labeller = job.labeller
     counts = all_gather_bytes(
         ranks, struct.pack("<Q", labeller.count), 8, "counting the teacher's views"
