@@ -32,12 +32,11 @@ from labelzip.distill import DistilledSet
 from labelzip.distributed import Ranks, join, leave, run_on_main
 from labelzip.errors import ConfigError
 from labelzip.io import check_output_path
-from labelzip.pipelines.chunked import discard_partials, sigterm_as_interrupt
+from labelzip.pipelines.chunked import sigterm_as_interrupt
 from labelzip.pipelines.relabel import (
     RelabelConfig,
     RelabelOutput,
     RelabelResult,
-    relabel,
 )
 from labelzip.pipelines.relabel_ranks import relabel_chunked
 from labelzip.pipelines.sources import (
@@ -65,7 +64,7 @@ EPILOG = """examples:
   labelzip relabel mine.safetensors --dataset folder --data-dir train/ --epochs 30 -o mine.lz
   labelzip relabel mine.safetensors --teacher-file teacher.ts --epochs 30 -o mine.lz
   labelzip relabel in1k.safetensors --epochs 300 --codec vqae --ratio 40 \\
-      --device cuda --resume -o in1k-vqae.lz   # resumable; after a kill, the same line
+      --device cuda -o in1k-vqae.lz   # after a kill: the same line with --resume
   torchrun --nproc_per_node 8 -m labelzip relabel in1k.safetensors --epochs 300 \\
       --codec vqae --ratio 40 --device cuda -o in1k-vqae.lz
 
@@ -86,16 +85,15 @@ measures every candidate (the view-context codecs view-mix and ctx-transform
 included) at several view budgets on held-out views and picks the best
 (docs/auto.md); without a target the codec is dense.
 
-Under torchrun, rank 0 labels the fit sample, chooses the codec (auto) and fits
-it, every rank runs the teacher on its share of the views and encodes them into
-a partial file beside the output, and rank 0 joins them into one archive,
-byte-identical to a single-process run (--device cuda means cuda:LOCAL_RANK).
-A killed run keeps its partial files: rerun it with --resume (same set,
-teacher, options and number of processes) to continue from its last complete
-chunk; the fit sample is labelled again, the views of the kept chunks are not.
-In one process only a run started with --resume keeps them (without it the
-archive is written directly): start a long relabel with --resume. See
-docs/scaling.md.
+The encoded chunks go to a partial file beside the output, which becomes the
+archive when the run ends. Under torchrun, rank 0 labels the fit sample, chooses
+the codec (auto) and fits it, every rank runs the teacher on its share of the
+views and encodes them into its partial file, and rank 0 joins them into one
+archive, byte-identical to a single-process run (--device cuda means
+cuda:LOCAL_RANK). A killed run keeps its partial files: rerun it with --resume
+(same set, teacher, options and number of processes) to continue from its last
+complete chunk; the fit sample is labelled again, the views of the kept chunks
+are not. See docs/scaling.md.
 """
 
 
@@ -256,8 +254,6 @@ def _output(args: argparse.Namespace, device: torch.device) -> RelabelOutput:
 def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     output = _output(args, device)
-    device = resolve_device(args.device)
-    output = _output(args, device)
     distilled = DistilledSet.load(args.set)
     config = validated(
         RelabelConfig,
@@ -275,31 +271,21 @@ def _run(args: argparse.Namespace) -> int:
         teacher, teacher_id = _shared_teacher(args, distilled, device, ranks)
         show = not args.quiet and ranks.is_main
         with progress_bar("relabelling views", enabled=show) as update:
-            if not ranks.is_distributed and not args.resume:
-                discard_partials(output.path)  # of a killed --resume run
-                result: RelabelResult | None = relabel(
+            # one process too: the chunks land in a partial file first, so a
+            # killed run can be resumed (the bytes equal relabel()'s)
+            with sigterm_as_interrupt():
+                result: RelabelResult | None = relabel_chunked(
                     distilled,
                     teacher,
-                    [output],
+                    output,
                     config,
                     teacher_id=teacher_id,
                     device=device,
+                    ranks=ranks,
+                    resume=args.resume,
                     progress=update,
+                    report=lambda exc: print_error("relabel", exc),
                 )
-            else:
-                with sigterm_as_interrupt():
-                    result = relabel_chunked(
-                        distilled,
-                        teacher,
-                        output,
-                        config,
-                        teacher_id=teacher_id,
-                        device=device,
-                        ranks=ranks,
-                        resume=args.resume,
-                        progress=update,
-                        report=lambda exc: print_error("relabel", exc),
-                    )
     finally:
         leave(ranks)
     if result is None:  # a rank other than 0: rank 0 reports
