@@ -20,6 +20,7 @@ from labelzip.augment import (
 from labelzip.codecs.prune import PrunePlan
 from labelzip.data.base import ImageDataset
 from labelzip.distill import DistilledSet, distill
+from labelzip.distributed import Ranks
 from labelzip.errors import (
     CodecMismatchError,
     ConfigError,
@@ -33,6 +34,7 @@ from labelzip.pipelines.relabel import (
     RelabelOutput,
     relabel,
 )
+from labelzip.pipelines.relabel_ranks import relabel_chunked
 from labelzip.rate import ArchiveTarget, RateGoal, configure_codec
 
 from .conftest import LinearTeacher, make_images
@@ -253,3 +255,42 @@ def test_auto_prune_rskd_at_40x_on_10_classes(tmp_path: Path) -> None:
     )
     with pytest.raises(UnreachableTargetError):
         configure_codec("rskd", {}, ArchiveTarget(RateGoal(ratio=40), layout, 10, chunk_size=config.chunk_size, prune=more, metadata=metadata))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"codec": "topk", "options": {"decoder": "ms"}, "ratio": 3},
+        {"codec": "vqae", "options": {"steps": 20}, "keep_fraction": 0.5},
+        {
+            "codec": "ctx-transform",
+            "options": {"prior_steps": 10},
+            "ratio": 4,
+            "auto_prune": True,
+        },
+    ],
+)
+def test_one_chunked_process_writes_the_bytes_of_relabel(
+    tmp_path: Path, output: dict[str, object]
+) -> None:
+    # `labelzip relabel` always writes through relabel_chunked (resumable); the
+    # library's relabel() (quickstart, benches) must give the same archive.
+    labels = torch.arange(10).repeat_interleave(2)
+    images = DistilledSet(
+        images=make_images(labels % 4, seed=5),
+        labels=labels,
+        class_names=tuple(f"class{c}" for c in range(10)),
+        method="random",
+        ipc=2,
+    )
+    teacher = LinearTeacher(10, seed=1).eval()
+    config = _config(epochs=40, batch_size=7, fit_views=300, chunk_size=64)
+    direct = RelabelOutput(path=tmp_path / "direct.lz", **output)  # type: ignore[arg-type]
+    chunked = direct.model_copy(update={"path": tmp_path / "chunked.lz"})
+    relabel(images, teacher, [direct], config, teacher_id="t")
+    result = relabel_chunked(
+        images, teacher, chunked, config, teacher_id="t", device=torch.device("cpu"),
+        ranks=Ranks(),
+    )  # fmt: skip
+    assert result is not None
+    assert chunked.path.read_bytes() == direct.path.read_bytes()
