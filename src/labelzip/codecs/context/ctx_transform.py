@@ -56,7 +56,6 @@ from labelzip.codecs.context.viewmix import (
 from labelzip.codecs.entropy import CategoricalStreamCoder, quantize_counts
 from labelzip.errors import (
     ArchiveFormatError,
-    ConfigError,
     InputError,
     UnreachableTargetError,
 )
@@ -506,18 +505,8 @@ class ContextTransformCodec(ViewContextCodec):
                 (auto-pruning then keeps fewer views).
         """
         fixed = {k: v for k, v in options.items() if k != "kind"}
-        try:
-            base = ContextTransformConfig(**fixed)
-        except Exception as exc:
-            raise ConfigError(f"invalid ctx-transform options: {exc}") from exc
-        if base.num_images is None:
-            raise ConfigError(
-                "ctx-transform rate control needs num_images (the prototypes are "
-                "stored per image and count in the budget), and the codec needs each "
-                "label's view context: use it through `labelzip relabel` / the "
-                "relabel pipeline, which pass both"
-            )
-        m = base.num_images
+        base: ContextTransformConfig
+        base, m = cls.target_config(options)
         if "prototype_bits" not in fixed:
             freed = prototype_bytes(m, num_classes, 8) - prototype_bytes(
                 m, num_classes, 4

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, Self
 
 import torch
@@ -690,6 +691,31 @@ class ViewContextCodec(Codec):
         return self.stored_config(self.config, self.num_images, num_classes)
 
     @classmethod
+    def target_config(
+        cls, options: Mapping[str, Any], no_images_advice: str = ""
+    ) -> tuple[Any, int]:
+        """The config rate control sizes from ``options``, and its ``num_images``.
+
+        Raises:
+            ConfigError: invalid options, or no ``num_images`` (the prototypes
+                are stored per image and count in the budget).
+        """
+        fixed = {k: v for k, v in options.items() if k != "kind"}
+        try:
+            base = cls.config_class(**fixed)
+        except Exception as exc:
+            raise ConfigError(f"invalid {cls.kind} options: {exc}") from exc
+        num_images = getattr(base, "num_images", None)
+        if num_images is None:
+            raise ConfigError(
+                f"{cls.kind} rate control needs num_images (the prototypes are "
+                "stored per image and count in the budget), and the codec needs each "
+                "label's view context: use it through `labelzip relabel` / the "
+                f"relabel pipeline, which pass both{no_images_advice}"
+            )
+        return base, int(num_images)
+
+    @classmethod
     def stored_config(
         cls, config: ViewContextConfig, num_images: int, num_classes: int
     ) -> dict[str, Any]:
@@ -1170,19 +1196,12 @@ class ViewMixCodec(ViewContextCodec):
             UnreachableTargetError: even K = 1 (no per-label bits) is over.
         """
         fixed = {k: v for k, v in options.items() if k != "kind"}
-        try:
-            base = ViewMixConfig(**fixed)
-        except Exception as exc:
-            raise ConfigError(f"invalid vqae-ctx options: {exc}") from exc
-        if base.num_images is None:
-            raise ConfigError(
-                "vqae-ctx rate control needs num_images (the prototypes are stored "
-                "per image and count in the budget), and the codec needs each label's "
-                "view context: use it through `labelzip relabel` / the relabel "
-                "pipeline, which pass both; plain logits (`labelzip compress`) have "
-                "no view context, so choose vqae or another codec there"
-            )
-        m = base.num_images
+        base: ViewMixConfig
+        base, m = cls.target_config(
+            options,
+            "; plain logits (`labelzip compress`) have no view context, so choose "
+            "vqae or another codec there",
+        )
         if "prototype_bits" not in fixed:
             base = base.model_copy(
                 update={
