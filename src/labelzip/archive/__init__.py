@@ -4,7 +4,7 @@ See docs/format.md for the specification and :mod:`labelzip.archive.format` for
 the constants and schema.
 """
 
-from labelzip.archive.dataset import ArchiveLabels
+from labelzip.archive.dataset import ArchiveLabels, WindowShuffleSampler
 from labelzip.archive.format import (
     DEFAULT_CHUNK_SIZE,
     FORMAT_VERSION,
@@ -27,4 +27,5 @@ __all__ = [
     "load_archive",
     "open_archive",
     "save_archive",
+    "WindowShuffleSampler",
 ]
