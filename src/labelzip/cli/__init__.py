@@ -54,7 +54,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "relabel-lm": ("labelzip.cli.relabel_lm", "label a text corpus with an LM teacher"),
     "train-lm": ("labelzip.cli.train_lm", "train an LM student (labels, CE, online)"),
-    "bench": ("labelzip.cli.bench", "benchmarks (lm, vision, imagenet)"),
+    "bench": ("labelzip.cli.bench", "benchmarks (lm, vision, imagenet, scale)"),
 }
 
 

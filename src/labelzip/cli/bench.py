@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="labelzip bench",
         description="Run a labelzip benchmark: students trained from compressed "
-        "labels (lm, vision) or label fidelity at scale (imagenet).",
+        "labels (lm, vision), label fidelity at 1000 classes (imagenet), or "
+        "memory and throughput at millions of labels (scale).",
         epilog="suites: lm (LM distillation), vision (dataset distillation), "
         "imagenet (1000-class label fidelity), scale (millions of labels: memory "
         "and throughput); labelzip bench SUITE --help for each",
