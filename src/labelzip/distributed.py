@@ -22,6 +22,7 @@ died, hangs, or fails is reported by rank and as a
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +60,9 @@ class Ranks:
         world: number of processes (1 without torchrun).
         local_rank: index on this machine (its GPU with ``--device cuda``).
         timeout_s: how long any rank waits for the others.
-        group: the process group of the control messages (None: single process).
+        group: the process group of the control messages: None for the default
+            group (a single process, or a gloo job), a separate gloo group when
+            the default group is nccl.
         owned: whether :func:`join` created the process group (and
             :func:`leave` destroys it).
     """
@@ -187,21 +190,26 @@ def join(
         if dist.get_backend() == "gloo"
         else dist.new_group(backend="gloo", timeout=timeout)
     )
-    ranks = Ranks(
-        rank,
-        world,
-        local,
-        timeout_s,
-        group if group is not None else dist.group.WORLD,
-        owned,
-    )
+    # a gloo job keeps no reference to its default group (None names it in every
+    # collective), so leave() can tear it down while Python is still running
+    ranks = Ranks(rank, world, local, timeout_s, group, owned)
     return ranks, device
 
 
 def leave(ranks: Ranks) -> None:
-    """Destroy the process group if :func:`join` created it."""
-    if ranks.owned and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    """Destroy the process groups if :func:`join` created them.
+
+    The groups' native threads are stopped here, with the interpreter alive: a
+    group still referenced at interpreter exit is torn down during the final
+    garbage collection, where a gloo worker thread can abort the process after
+    the run succeeded.
+    """
+    if not (ranks.owned and torch.distributed.is_initialized()):
+        return
+    if ranks.group is not None:
+        torch.distributed.destroy_process_group(ranks.group)
+    torch.distributed.destroy_process_group()
+    gc.collect()  # groups held by reference cycles (tracebacks, closures) go now
 
 
 def _first_line(exc: BaseException) -> str:
