@@ -271,28 +271,34 @@ def decode_rates(archive: Path, seconds: float, seed: int = 0) -> dict[str, floa
                 break
         rates["contiguous"] = count / (time.perf_counter() - started)
     with ArchiveReader(archive) as reader:
-        _ = reader.codec
-        order = torch.randperm(
-            reader.num_labels, generator=torch.Generator().manual_seed(seed)
-        )
-        count, started = 0, time.perf_counter()
-        for start in range(0, reader.num_labels, SHUFFLED_BATCH):
-            reader.decode(order[start : start + SHUFFLED_BATCH])
-            count += min(SHUFFLED_BATCH, reader.num_labels - start)
-            if time.perf_counter() - started >= seconds:
-                break
-        rates["shuffled"] = count / (time.perf_counter() - started)
+        num_labels = reader.num_labels
+    everything = torch.randperm(
+        num_labels, generator=torch.Generator().manual_seed(seed)
+    )
+    rates["shuffled"] = _shuffled_rate(archive, everything, seconds)
+    gen = torch.Generator().manual_seed(seed)
+    window = min(EPOCH_WINDOW, num_labels)
+    first = int(torch.randint(num_labels - window + 1, (1,), generator=gen))
+    epoch = first + torch.randperm(window, generator=gen)
+    rates["epoch_shuffled"] = _shuffled_rate(archive, epoch, None)
+    return rates
+
+
+def _shuffled_rate(archive: Path, order: torch.Tensor, seconds: float | None) -> float:
+    """Labels per second of ``order`` in batches from a fresh reader: for about
+    ``seconds`` (at least one batch), or the whole order when None."""
+    from labelzip.archive import ArchiveReader
+
     with ArchiveReader(archive) as reader:
         _ = reader.codec
-        gen = torch.Generator().manual_seed(seed)
-        window = min(EPOCH_WINDOW, reader.num_labels)
-        first = int(torch.randint(reader.num_labels - window + 1, (1,), generator=gen))
-        order = first + torch.randperm(window, generator=gen)
-        started = time.perf_counter()
-        for start in range(0, window, SHUFFLED_BATCH):
-            reader.decode(order[start : start + SHUFFLED_BATCH])
-        rates["epoch_shuffled"] = window / (time.perf_counter() - started)
-    return rates
+        count, started = 0, time.perf_counter()
+        for start in range(0, len(order), SHUFFLED_BATCH):
+            batch = order[start : start + SHUFFLED_BATCH]
+            reader.decode(batch)
+            count += len(batch)
+            if seconds is not None and time.perf_counter() - started >= seconds:
+                break
+        return count / (time.perf_counter() - started)
 
 
 def _measure_decode(archive: Path, seconds: float) -> dict[str, float]:
