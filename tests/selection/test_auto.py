@@ -246,7 +246,17 @@ def test_view_split_scores_held_out_views_and_skips_budgets_with_nothing_to_fit(
     every = Candidate("topk", {"decoder": "ms", "temperature": 4.0}, 1.0)
     choice = choose_codec(sample, target, config, candidates=[every])
     assert choice.results[0].kl is not None and choice.held_labels == 200
-    # one kept view per sample stands in for its held-out views: nothing left to fit
+    # one kept view per sample: fitted on the kept views that are not scored
+    # (stand-ins included, as the archive fits every label it stores) ...
     one = Candidate("topk", {"decoder": "ms", "temperature": 4.0}, 1 / 8)
-    with pytest.raises(UnreachableTargetError, match="stands in for a held-out view"):
-        choose_codec(sample, target, config, candidates=[one])
+    pruned = choose_codec(sample, target, config, candidates=[one]).results[0]
+    assert pruned.kl is not None and pruned.stored_views == 1
+    # ... a pruned view costs its stand-in's error plus 1/m of the reuse mismatch
+    assert pruned.score(None) == pytest.approx(pruned.score(1.0))  # m = 1
+    assert pruned.group_source_kl is not None and pruned.group_kl is not None
+    assert float(pruned.group_source_kl.mean()) < float(pruned.group_kl.mean())
+    assert pruned.score(0.0) < pruned.score(1.0)
+    # with every view scored, nothing is left to fit: skipped with its reason
+    every_view = LabelSample(labels, flat, labels, flat, torch.ones(100, 8, dtype=bool))
+    with pytest.raises(UnreachableTargetError, match="is a held-out"):
+        choose_codec(every_view, target, config, candidates=[one])

@@ -152,6 +152,14 @@ def add_auto_options(parser: _Options) -> None:
         help="student's KD temperature the held-out KL is measured at (default 4)",
     )
     group.add_argument(
+        "--auto-reuse-weight",
+        type=float,
+        metavar="W",
+        help="share (0-1) of a pruned view's reuse mismatch charged to its "
+        "held-out score; 1 charges the full KL against the reused label "
+        "(default: AutoConfig.reuse_weight, see docs/auto.md)",
+    )
+    group.add_argument(
         "--auto-sample",
         type=int,
         metavar="N",
@@ -187,6 +195,11 @@ def auto_config(
         sample_labels=args.auto_sample,
         steps=args.auto_steps,
         confirm_steps=args.auto_confirm_steps,
+        **(
+            {}
+            if args.auto_reuse_weight is None
+            else {"reuse_weight": args.auto_reuse_weight}
+        ),
         seed=seed,
         device=str(device),
     )

@@ -70,6 +70,7 @@ __all__ = [
     "candidates_for",
     "choose_codec",
     "choose_from_rows",
+    "pick_candidate",
     "format_table",
     "resolve_codec_name",
     "run_options",
@@ -311,11 +312,14 @@ def choose_codec(
     results = [_measure(c, sample, charged, config) for c in todo]
     for level in extra:  # fewer views while the fewest tried so far wins
         smallest = min(r.candidate.keep_fraction for r in results)
-        if _any_measured(results) and _pick(results, config).keep_fraction > smallest:
+        if (
+            _any_measured(results)
+            and pick_candidate(results, config).keep_fraction > smallest
+        ):
             break
         results += [_measure(c, sample, charged, config) for c in level]
     pool, results = _confirm(results, sample, charged, config)
-    best = _pick(pool, config)
+    best = pick_candidate(pool, config)
     steps = next(r.steps for r in pool if r.candidate == best)
     return choice(best, results, compact, steps)
 
@@ -349,10 +353,10 @@ def _confirm(
     eligible = [r for r in results if r.kl is not None and r.skipped is None]
     if not eligible:
         return results, results
-    winner = _pick(results, config)
+    winner = pick_candidate(results, config)
     learned = sorted(
         (r for r in eligible if _capped(r.candidate, config, config.confirm_steps)),
-        key=lambda r: (r.kl, _order(results, r)),
+        key=lambda r: (r.score(config.reuse_weight), _order(results, r)),
     )
     finalists = [r for r in learned if r.candidate == winner][:1]
     finalists += [r for r in learned if r.candidate != winner][:1]
@@ -453,7 +457,9 @@ def _extra_budgets(
     return levels
 
 
-def _pick(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
+def pick_candidate(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
+    """The lowest score wins; scores within noise of it tie (module docstring)."""
+    weight = config.reuse_weight
     measured = [
         r
         for r in results
@@ -465,15 +471,18 @@ def _pick(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
             f"--codec auto: none of {len(results)} candidates reaches the target; "
             f"e.g. {reasons[0] if reasons else 'no candidates'}"
         )
-    best = min(measured, key=lambda r: (r.kl, _order(results, r)))
-    assert best.group_kl is not None and best.kl is not None
+    scores = {id(r): r.group_score(weight) for r in measured}
+    best = min(measured, key=lambda r: (r.score(weight), _order(results, r)))
+    best_groups = scores[id(best)]
+    assert best_groups is not None
     ties = [best]
     for r in measured:
-        assert r.group_kl is not None and r.kl is not None
-        diff = (r.group_kl - best.group_kl).double()
+        groups = scores[id(r)]
+        assert groups is not None
+        diff = (groups - best_groups).double()
         se = float(diff.std()) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0.0
         # noise counts up to twice the tolerance (KL can round below 0: lossless)
-        tolerance = config.tie_tolerance * max(best.kl, 0.0)
+        tolerance = config.tie_tolerance * max(float(best_groups.mean()), 0.0)
         if float(diff.mean()) <= max(tolerance, min(2.0 * se, 2.0 * tolerance)):
             ties.append(r)
     return min(ties, key=lambda r: _order(results, r)).candidate
@@ -514,7 +523,7 @@ def _measure(
         return CandidateResult(
             cand,
             skipped="no view left to fit on",
-            detail="every kept view of the sample stands in for a held-out view, "
+            detail="every kept view of the sample is a held-out (scored) view, "
             "so none is left to fit on without scoring its own fit",
         )
     options = candidate_options(cand, target, config)
@@ -545,7 +554,7 @@ def _measure(
             cand, skipped=_short_reason(exc), detail=_full_reason(exc), steps=steps
         )
     seconds = time.perf_counter() - started
-    kl, top1, own, payload, kept = _held_out(
+    kl, source_kl, top1, own, payload, kept = _held_out(
         codec, sample, plan, config.temperature, context
     )
     num_stored = plan.num_kept if plan is not None else layout.num_labels
@@ -561,7 +570,12 @@ def _measure(
         total_bytes=total,
         kl=float(kl.mean()),
         top1=top1,
+        stored_top1=own,
         group_kl=kl,
+        group_source_kl=source_kl,
+        stored_views=plan.keep_per_group
+        if plan is not None
+        else sample.held_rows.shape[1],
         fit_seconds=seconds,
         skipped=None if own >= MIN_STORED_TOP1 else f"flat: stored top-1 {own:.2f}",
         steps=steps,
@@ -571,17 +585,18 @@ def _measure(
 def _fit_mask(sample: LabelSample, plan: PrunePlan | None) -> torch.Tensor | None:
     """Which fit-part labels a candidate is fitted on (None: all of them).
 
-    The stored ones (kept by ``plan``); with the view split, also none whose
-    decoding is scored (a scored view or the kept view standing in for one).
+    The stored ones (kept by ``plan``); with the view split, none of the scored
+    views themselves. A kept view standing in for a scored (pruned) view is
+    fitted on, as the archive fits its codec on every label it stores: a
+    codec with one prototype per image would otherwise have few or none of an
+    image's views left to fit at small view budgets, and score far below the
+    archive it would write.
     """
     flat = sample.fit_flat.reshape(-1)
     used = None if plan is None else plan.is_kept(flat)
     if sample.held_views is None:
         return used
-    scored = sample.held_flat[sample.held_views]
-    if plan is not None:
-        scored = plan.kept_flat(plan.stored_index(scored))
-    free = ~torch.isin(flat, scored)
+    free = ~torch.isin(flat, sample.held_flat[sample.held_views])
     return free if used is None else used & free
 
 
@@ -591,8 +606,9 @@ def _held_out(
     plan: PrunePlan | None,
     temperature: float,
     context: ContextOf | None = None,
-) -> tuple[torch.Tensor, float, float, int, int]:
-    """Per held-out sample mean KL, top-1 (of every scored label, and of the
+) -> tuple[torch.Tensor, torch.Tensor, float, float, int, int]:
+    """Per held-out sample mean KL (against each label's own teacher, and
+    against its stand-in's teacher), top-1 (of every scored label, and of the
     stored labels against their own decoding), payload bytes and labels encoded.
 
     With a plan only kept labels are encoded; every scored label is compared
@@ -626,9 +642,17 @@ def _held_out(
     decoded = torch.cat(decoded_parts)
     used = decoded[torch.searchsorted(stored, source_pos)]
     kl = kl_divergence(teacher, used, temperature=temperature).reshape(groups, views)
+    source_kl = kl_divergence(full[source_pos], used, temperature=temperature)
     top1 = top1_agreement(teacher, used)
     own = top1_agreement(full[stored], decoded)
-    return kl.mean(dim=1), top1, own, payload, int(stored.numel())
+    return (
+        kl.mean(dim=1),
+        source_kl.reshape(groups, views).mean(dim=1),
+        top1,
+        own,
+        payload,
+        int(stored.numel()),
+    )
 
 
 def _full_reason(exc: Exception) -> str:

@@ -80,6 +80,15 @@ class AutoConfig(BaseModel):
         description="most of the target bytes the stored candidate table may take; "
         "above it the archive stores the choice alone",
     )
+    reuse_weight: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="share of a pruned view's reuse mismatch charged to its score "
+        "(a pruned view scores its stand-in's codec error plus this share of the "
+        "extra KL of reusing that label); default 1/m for a candidate storing m "
+        "views per sample",
+    )
     tie_tolerance: float = Field(
         default=0.01, ge=0.0, le=1.0, description="relative KL gap counted as a tie"
     )

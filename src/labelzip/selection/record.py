@@ -49,9 +49,17 @@ class CandidateResult:
 
     Attributes:
         total_bytes: estimated all-in bytes of the full archive.
-        kl: mean held-out KL(teacher || decoded) at the auto temperature.
+        kl: mean held-out KL(teacher || decoded) at the auto temperature, a
+            pruned view's against the decoded label of its stand-in.
         top1: held-out top-1 agreement.
-        group_kl: (held-out samples,) mean KL per held-out sample (ties).
+        stored_top1: top-1 agreement of the encoded labels' decoding with their
+            own teacher labels (the codec alone; below
+            :data:`~labelzip.selection.auto.MIN_STORED_TOP1` not eligible).
+        group_kl: (held-out samples,) mean KL per held-out sample.
+        group_source_kl: (held-out samples,) the same with each label's
+            teacher replaced by its stand-in's (its own for a stored view): the
+            codec's error alone, without the reuse mismatch.
+        stored_views: views stored per sample (m; the layout's views unpruned).
         fit_seconds: wall time of the candidate's fit (reported, not stored).
         steps: the training steps of a finalist's second, longer fit (None
             for the first round's fits at the auto steps).
@@ -61,13 +69,43 @@ class CandidateResult:
     total_bytes: int | None = None
     kl: float | None = None
     top1: float | None = None
+    stored_top1: float | None = None
     group_kl: torch.Tensor | None = None
+    group_source_kl: torch.Tensor | None = None
+    stored_views: int | None = None
     fit_seconds: float = 0.0
     skipped: str | None = None
     detail: str | None = None
     steps: int | None = None
 
-    def to_dict(self, reference_total: int, *, report: bool) -> dict[str, Any]:
+    def reuse_weight(self, weight: float | None) -> float:
+        """The share of the reuse mismatch charged: ``weight``, or 1/m."""
+        if weight is not None:
+            return weight
+        return 1.0 / self.stored_views if self.stored_views else 1.0
+
+    def group_score(self, weight: float | None) -> torch.Tensor | None:
+        """Per held-out sample score: the codec's error on the stand-ins (source
+        KL) plus :meth:`reuse_weight` of the reuse mismatch (``group_kl``
+        itself at weight 1)."""
+        if self.group_kl is None or self.group_source_kl is None:
+            return self.group_kl
+        share = self.reuse_weight(weight)
+        return share * self.group_kl + (1.0 - share) * self.group_source_kl
+
+    def score(self, weight: float | None) -> float | None:
+        """The mean of :meth:`group_score`: what the pick ranks by (``kl``
+        where no per-sample numbers were kept)."""
+        groups = self.group_score(weight)
+        return self.kl if groups is None else float(groups.mean())
+
+    def to_dict(
+        self,
+        reference_total: int,
+        *,
+        report: bool,
+        reuse_weight: float | None = None,
+    ) -> dict[str, Any]:
         """The candidate's row: short skip reason in the archive; the command's
         report adds the fit seconds and the full reason."""
         out: dict[str, Any] = {
@@ -79,6 +117,7 @@ class CandidateResult:
             if self.total_bytes
             else None,
             "kl": round6(self.kl),
+            "score": round6(self.score(reuse_weight)),
             "top1": round6(self.top1),
             "skipped": self.skipped,
         }
@@ -117,12 +156,17 @@ class AutoChoice:
                 **({} if self.winner_steps is None else {"steps": self.winner_steps}),
             },
             "temperature": self.config.temperature,
+            "reuse_weight": self.config.reuse_weight,
             "fit_labels": self.fit_labels,
             "held_labels": self.held_labels,
             "steps": self.config.steps,
             "seed": self.config.seed,
             "candidates": [
-                r.to_dict(self.reference_total, report=report)
+                r.to_dict(
+                    self.reference_total,
+                    report=report,
+                    reuse_weight=self.config.reuse_weight,
+                )
                 for r in self.results
                 if report
                 or not self.compact
@@ -147,9 +191,13 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
     won = (win.name, win.keep_fraction, chosen.get("steps"))
     refit = {row["steps"] for row in record["candidates"] if "steps" in row}
     finalists = f"; finalists refit at {max(refit)} steps" if refit else ""
+    weight = record.get("reuse_weight", 1.0)
+    share = "1/views stored" if weight is None else f"{weight:g}"
+    scored = "KL" if weight == 1.0 else f"score: reuse mismatch x {share}"
     lines = [
         f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "
-        f"(held-out KL at T={record['temperature']:g}; {record['fit_labels']} fit / "
+        f"(held-out {scored} at T={record['temperature']:g}; "
+        f"{record['fit_labels']} fit / "
         f"{record['held_labels']} held-out labels, {record['steps']} steps{finalists})"
     ]
     for row in record["candidates"]:
@@ -163,8 +211,9 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
             lines.append(f"{head} skipped: {row['skipped']}")
             continue
         flag = f"  not eligible ({row['skipped']})" if row["skipped"] else ""
+        score = "" if weight == 1.0 else f"  score {row['score']:.5f}"
         lines.append(
-            f"{head} {row['ratio']:7.2f}x  KL {row['kl']:.5f}  top-1 "
+            f"{head} {row['ratio']:7.2f}x{score}  KL {row['kl']:.5f}  top-1 "
             f"{row['top1']:.4f}{secs}{flag}"
         )
     if record.get("omitted"):
