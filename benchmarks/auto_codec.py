@@ -6,8 +6,10 @@ view when that meets the target and otherwise the most views per sample that
 do (relabel's ``--auto-prune`` rule), and so is ``--codec auto`` (candidates measured on a held-out sample,
 then the winner fitted on everything). Each archive is decoded whole and
 compared with the teacher: mean KL(teacher || decoded) at T=4 over every
-label (a pruned view counts with the label that stands in for it) and top-1
-agreement. Fit time is measured per archive; for auto it is split into the
+label (a pruned view counts with the label that stands in for it), top-1
+agreement, the KL of the stored labels alone, and auto's score
+(:func:`labelzip.selection.score.reuse_score`: each label's stand-in's codec
+error plus 1/m of the reuse mismatch, m views stored per sample). Fit time is measured per archive; for auto it is split into the
 choice and the final fit.
 
 Label sets (the vision ones (E, N, C), dims epoch,sample, as relabel writes):
@@ -42,7 +44,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from labelzip.archive import ArchiveMetadata, Layout, load_archive
+from labelzip.archive import ArchiveMetadata, ArchiveReader, Layout, load_archive
 from labelzip.errors import UnreachableTargetError
 from labelzip.logit_store import open_logits
 from labelzip.ops.metrics import kl_divergence, top1_agreement
@@ -62,6 +64,7 @@ from labelzip.selection.auto import (
     run_options,
     with_auto_record,
 )
+from labelzip.selection.score import reuse_score
 
 logger = logging.getLogger("auto_codec")
 
@@ -148,12 +151,29 @@ def _quiet(stage: str, done: int, total: int) -> None:
     """A progress callback that shows nothing."""
 
 
-def fidelity(teacher: torch.Tensor, path: Path) -> tuple[float, float]:
-    """Mean KL(T=4) and top-1 agreement of the whole decoded archive."""
-    decoded = load_archive(path).reshape(-1, teacher.shape[-1])
-    flat = teacher.reshape(-1, teacher.shape[-1])
-    kl = float(kl_divergence(flat, decoded, temperature=4.0).mean())
-    return kl, top1_agreement(flat, decoded)
+def fidelity(teacher: torch.Tensor, path: Path) -> dict[str, float]:
+    """KL(T=4) and top-1 agreement of the whole decoded archive, the KL of its
+    stored labels, and auto's score of the archive."""
+    num_classes = teacher.shape[-1]
+    flat = teacher.reshape(-1, num_classes)
+    decoded = load_archive(path).reshape(-1, num_classes)
+    with ArchiveReader(path) as reader:
+        plan = reader.prune
+    used = kl_divergence(flat, decoded, temperature=4.0)
+    index = torch.arange(flat.shape[0])
+    source = index if plan is None else plan.kept_flat(plan.stored_index(index))
+    source_kl = kl_divergence(flat[source], decoded, temperature=4.0)
+    stored = torch.unique(source)
+    return {
+        "kl": float(used.mean()),
+        "top1": top1_agreement(flat, decoded),
+        "stored_kl": float(source_kl[stored].mean()),
+        "score": float(
+            reuse_score(
+                used, source_kl, None if plan is None else plan.keep_per_group
+            ).mean()
+        ),
+    }
 
 
 def write_one(
@@ -271,10 +291,9 @@ def run_set(
                 )
                 logger.info("%s %gx %s: unreachable", name, ratio, label)
                 continue
-            kl, top1 = fidelity(logits, work / "a.lz")
-            row.update(
-                {"set": name, "target": ratio, "run": label, "kl": kl, "top1": top1}
-            )
+            scores = fidelity(logits, work / "a.lz")
+            kl, top1 = scores["kl"], scores["top1"]
+            row.update({"set": name, "target": ratio, "run": label, **scores})
             if choice is not None:
                 row["auto_table"] = choice.table()
             rows.append(row)
@@ -299,17 +318,19 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
         lines += [
             f"### {name}, {target:g}x all-in",
             "",
-            "| run | codec chosen | keep | all-in ratio | KL(T=4) | top-1 | choose s | fit s |",
-            "|---|---|---|---|---|---|---|---|",
+            "| run | codec chosen | keep | all-in ratio | score | KL(T=4) | stored KL "
+            "| top-1 | choose s | fit s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in group:
             if "skipped" in r:
-                lines.append(f"| {r['run']} | unreachable | | | | | | |")
+                lines.append(f"| {r['run']} | unreachable | | | | | | | | |")
                 continue
             opts = ",".join(f"{k}={v}" for k, v in r["options"].items())
             lines.append(
                 f"| {r['run']} | {r['codec']}{f'({opts})' if opts else ''} | {r['keep']:g} "
-                f"| {r['ratio']:.2f}x | {r['kl']:.5f} | {r['top1']:.4f} "
+                f"| {r['ratio']:.2f}x | {r['score']:.5f} | {r['kl']:.5f} "
+                f"| {r['stored_kl']:.5f} | {r['top1']:.4f} "
                 f"| {r['choose_s']:.1f} | {r['fit_s']:.1f} |"
             )
         for r in group:

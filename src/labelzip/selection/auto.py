@@ -307,16 +307,19 @@ def choose_codec(
         target,
         metadata=with_auto_record(target.metadata, choice(longest, wide, compact, won)),
     )
+    # The halvings go on while the pick keeps no more views than the smallest
+    # budget of the grid so far (a codec's own fitting budget may be smaller).
+    smallest = min(c.keep_fraction for c in todo)
     if fitting is not None:  # each codec's own largest view budget that fits
         todo = todo + _fitting_keeps(todo, charged, config, None)
     results = [_measure(c, sample, charged, config) for c in todo]
     for level in extra:  # fewer views while the fewest tried so far wins
-        smallest = min(r.candidate.keep_fraction for r in results)
         if (
             _any_measured(results)
             and pick_candidate(results, config).keep_fraction > smallest
         ):
             break
+        smallest = min(c.keep_fraction for c in level)
         results += [_measure(c, sample, charged, config) for c in level]
     pool, results = _confirm(results, sample, charged, config)
     best = pick_candidate(pool, config)

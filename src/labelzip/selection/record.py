@@ -15,6 +15,7 @@ import torch
 from labelzip.archive import ArchiveMetadata
 from labelzip.errors import ConfigError
 from labelzip.selection.config import AutoConfig
+from labelzip.selection.score import reuse_score
 
 __all__ = [
     "AUTO_KEY",
@@ -78,20 +79,14 @@ class CandidateResult:
     detail: str | None = None
     steps: int | None = None
 
-    def reuse_weight(self, weight: float | None) -> float:
-        """The share of the reuse mismatch charged: ``weight``, or 1/m."""
-        if weight is not None:
-            return weight
-        return 1.0 / self.stored_views if self.stored_views else 1.0
-
     def group_score(self, weight: float | None) -> torch.Tensor | None:
-        """Per held-out sample score: the codec's error on the stand-ins (source
-        KL) plus :meth:`reuse_weight` of the reuse mismatch (``group_kl``
-        itself at weight 1)."""
+        """Per held-out sample :func:`~labelzip.selection.score.reuse_score`
+        (``group_kl`` itself at weight 1)."""
         if self.group_kl is None or self.group_source_kl is None:
             return self.group_kl
-        share = self.reuse_weight(weight)
-        return share * self.group_kl + (1.0 - share) * self.group_source_kl
+        return reuse_score(
+            self.group_kl, self.group_source_kl, self.stored_views, weight
+        )
 
     def score(self, weight: float | None) -> float | None:
         """The mean of :meth:`group_score`: what the pick ranks by (``kl``

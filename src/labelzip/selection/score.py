@@ -1,0 +1,46 @@
+"""The score ``--codec auto`` ranks candidates by: codec error plus a share of reuse.
+
+A pruned view (LPLD-style) is trained on the decoded label of a stored view of
+its sample (its stand-in). Its KL against its own teacher label splits into the
+codec's error on the stand-in (KL against the stand-in's teacher label) and the
+reuse mismatch (the rest). Students of replayed views are hurt by the first and
+barely by the second while a sample keeps a fair number of stored views (the
+oracle study and student benchmarks in docs/auto.md, "The score"): a student
+sees m stored labels per sample, and a reused label's mismatch is noise it
+averages over them. So the mismatch is charged at 1/m by default, m being the
+views stored per sample; a fixed share can be given instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["reuse_score", "reuse_share"]
+
+
+def reuse_share(stored_views: int | None, weight: float | None = None) -> float:
+    """The share of the reuse mismatch charged: ``weight`` if given, else 1/m
+    (1 where the views stored per sample are unknown)."""
+    if weight is not None:
+        return weight
+    return 1.0 / stored_views if stored_views else 1.0
+
+
+def reuse_score(
+    used_kl: torch.Tensor,
+    source_kl: torch.Tensor,
+    stored_views: int | None,
+    weight: float | None = None,
+) -> torch.Tensor:
+    """Per-label (or per-sample) score: ``source_kl`` plus the charged share of
+    ``used_kl - source_kl``.
+
+    Args:
+        used_kl: KL(own teacher label || decoded label used).
+        source_kl: KL(stand-in's teacher label || decoded label used); equal to
+            ``used_kl`` for a stored view.
+        stored_views: views stored per sample (m).
+        weight: a fixed share instead of 1/m.
+    """
+    share = reuse_share(stored_views, weight)
+    return share * used_kl + (1.0 - share) * source_kl
