@@ -77,6 +77,37 @@ def test_same_seed_same_bytes_and_json_report(
     assert report["seconds"]["auto"] > 0
 
 
+def test_reuse_weight_sets_what_a_pruned_view_is_charged(
+    tmp_path: Path, views_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Default 1/m: a pruned candidate scores below its full KL; weight 1: the
+    score is the KL; the record and the table say which."""
+    reports = {}
+    for weight in (None, "1"):
+        out = tmp_path / f"{weight}.lz"
+        extra = [] if weight is None else ["--auto-reuse-weight", weight]
+        argv = [str(views_file), "--ratio", "10", *FAST, *extra, "--json"]
+        code, stdout, err = _run([*argv, "-o", str(out)], capsys)
+        assert code == 0, err
+        reports[weight] = json.loads(stdout)["auto"]
+    default, full = reports[None], reports["1"]
+    assert default["reuse_weight"] is None and full["reuse_weight"] == 1.0
+    pruned = [
+        r
+        for r in default["candidates"]
+        if r["keep_fraction"] < 1 and r["kl"] is not None and not r["skipped"]
+    ]
+    # 4 views: m = 2 at half of them (half the mismatch charged), m = 1 below
+    halves = [r for r in pruned if r["keep_fraction"] == 0.5]
+    assert halves and all(r["score"] < r["kl"] for r in halves)
+    assert all(r["score"] == r["kl"] for r in pruned if r["keep_fraction"] <= 0.25)
+    assert all(r["score"] == r["kl"] for r in full["candidates"] if r["kl"] is not None)
+    from labelzip.selection.record import format_table
+
+    assert "reuse mismatch x 1/views stored" in format_table(default)[0]
+    assert "score" not in format_table(full)[1 + len(full["candidates"]) - 1]
+
+
 def test_user_pruning_fixes_the_view_budget(
     tmp_path: Path, views_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -98,6 +129,7 @@ def test_user_pruning_fixes_the_view_budget(
         (["--ratio", "10", "--k", "3"], "need a named --codec"),
         (["--ratio", "100000"], "none of"),
         (["--ratio", "10", "--auto-temperature", "0"], "temperature"),
+        (["--ratio", "10", "--auto-reuse-weight", "1.5"], "reuse_weight"),
     ],
 )
 def test_bad_auto_requests_are_one_line_errors(
