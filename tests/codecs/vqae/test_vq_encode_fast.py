@@ -48,6 +48,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
         codebook_size=16,
         rank_ids=True,
     ),
+    # K + 1 = 17 top-id candidates: row_topk's block path at C = 1000.
+    "many_ids": dict(
+        num_ids=16, value_bits=5, num_chunks=12, chunk_dim=2, codebook_size=16
+    ),
     "no_ids": dict(
         num_ids=0,
         value_bits=0,
@@ -59,7 +63,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 # (block bytes, sha256) per config and input, written by the encoder before the
-# fast path (commit 82e0f00) with this file's fit and inputs.
+# fast path (commit 82e0f00; "many_ids": before row_topk, commit 4870104) with
+# this file's fit and inputs.
 GOLDEN = {
     "values_entropy/float32": (
         59972,
@@ -96,6 +101,18 @@ GOLDEN = {
     "ranked/ties": (
         44644,
         "effa563aa59ac08d96a092f93a68a811bf4fa0e470a03b6c5c3d471a4d6499f1",
+    ),
+    "many_ids/float32": (
+        102444,
+        "a694e508a943519073389e818790005294606b1329995f3bb15962d5ee423895",
+    ),
+    "many_ids/float16": (
+        102444,
+        "17787fd58d68708456b43d8bf8a0c665a91bafe0fa4fc97a67e0f9945e307ae2",
+    ),
+    "many_ids/ties": (
+        105124,
+        "231463d8ac103d5122ea0fda360b3c7d8945a57b5efff92d9944433b6d120311",
     ),
     "no_ids/float32": (
         19260,
@@ -136,7 +153,7 @@ def _reference_top_ids(logits: torch.Tensor, num_ids: int) -> torch.Tensor:
     return torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :num_ids]
 
 
-@pytest.mark.parametrize("num_ids", [1, 3, 8, 16])
+@pytest.mark.parametrize("num_ids", [1, 3, 8, 14, 16, 20])
 def test_top_ids_equal_the_stable_full_sort(
     num_ids: int, inputs: dict[str, torch.Tensor]
 ) -> None:

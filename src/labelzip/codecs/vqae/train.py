@@ -25,6 +25,7 @@ from labelzip.codecs.base import LogitSource, check_logits, iterate_source
 from labelzip.codecs.vqae.autoencoder import VQAutoencoder, normalize_logits
 from labelzip.codecs.vqae.head import HeadQuantizer, apply_head_values
 from labelzip.errors import InputError
+from labelzip.ops.topk import row_topk
 
 __all__ = [
     "TrainReport",
@@ -156,7 +157,7 @@ def top_ids(logits: torch.Tensor, num_ids: int) -> torch.Tensor:
     # (by id, then stably by value). One more candidate shows whether a value
     # equal to the K-th was left out: then the fetched ones among the equal
     # values may not be the lowest ids, and those rows are completed exactly.
-    values, index = logits.topk(num_ids + 1, dim=1)
+    values, index = row_topk(logits, num_ids + 1)
     tied_at_cut = values[:, num_ids] == values[:, num_ids - 1]
     values, index = values[:, :num_ids], index[:, :num_ids]
     by_id = index.argsort(dim=1)
