@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from labelzip.codecs.vqae.codec import VQAECodec, VQAEConfig
-from labelzip.codecs.vqae.head import HeadQuantizer, head_values
+from labelzip.codecs.vqae.head import HeadQuantizer, head_values, outside_logsumexp
 from labelzip.codecs.vqae.idprior import IdPrior
 from labelzip.codecs.vqae.quantizer import nearest_codewords, quantize_residual
-from labelzip.codecs.vqae.train import reservoir_sample, top_ids
+from labelzip.codecs.vqae.train import reservoir_sample, top_ids, top_ids_and_next
 from labelzip.ops.reservoir import Reservoir
 
 BASE: dict[str, Any] = dict(
@@ -174,11 +174,33 @@ def test_head_levels_equal_the_per_slot_reference(
     logits = torch.cat(
         [inputs["float32"], inputs["ties"], 40 * inputs["float32"][:300]]
     )
-    ids = _reference_top_ids(logits, 6)
+    ids, following = top_ids_and_next(logits, 6)
+    assert torch.equal(ids, _reference_top_ids(logits, 6))
     head = HeadQuantizer.fit(logits[:1000], ids[:1000], bits)
-    assert torch.equal(
-        head.quantize_logits(logits, ids), head.quantize(head_values(logits, ids))
-    )
+    expected = head.quantize(head_values(logits, ids))
+    assert torch.equal(head.quantize_logits(logits, ids), expected)
+    assert torch.equal(head.quantize_logits(logits, ids, following), expected)
+
+
+@pytest.mark.parametrize("num_ids", [1, 6, 16])
+def test_outside_logsumexp_given_the_next_logit_is_torchs_bit_for_bit(
+    num_ids: int, inputs: dict[str, torch.Tensor]
+) -> None:
+    g = torch.Generator().manual_seed(num_ids)
+    wide = 30 * torch.randn(500, 1000, generator=g)
+    for logits in (*inputs.values(), wide):
+        logits = logits.float()
+        ids, following = top_ids_and_next(logits, num_ids)
+        masked = logits.scatter(1, ids, float("-inf"))
+        assert following is not None
+        assert torch.equal(following, masked.amax(dim=1))
+        expected = torch.logsumexp(masked, dim=1)
+        assert torch.equal(outside_logsumexp(logits, ids, following), expected)
+        assert torch.equal(outside_logsumexp(logits, ids), expected)
+    row = torch.tensor([[2.0, -torch.inf, -torch.inf]])  # nothing outside is finite
+    ids = torch.tensor([[0]])
+    nothing = outside_logsumexp(row, ids, torch.tensor([-torch.inf]))
+    assert torch.equal(nothing, torch.tensor([-torch.inf]))
 
 
 def test_head_levels_on_exact_level_boundaries() -> None:
