@@ -43,17 +43,19 @@ import torch
 
 from labelzip.bench.scale import parse_count, write_tiled_input
 
-# Encode-pass stages: (name, file, function) as cProfile names them.
+# Encode-pass stages: (name, file, function names) as cProfile names them. Where
+# a stage's function was renamed between the trees compared, every name is
+# listed and the largest cumulative time (the outermost call) is taken.
 STAGES = (
-    ("read input rows", "compress_run.py", "chunk_rows"),
-    ("codec encode, all of it", "archive/chunks.py", "encode"),
-    ("  check logits", "ops/logits.py", "check_logits"),
-    ("  normalise", "autoencoder.py", "normalize_logits"),
-    ("  encoder MLP", "autoencoder.py", "encode_latent"),
-    ("  nearest codeword", "quantizer.py", "quantize_residual"),
-    ("  top ids", "train.py", "top_ids"),
-    ("  head levels", "vqae/codec.py", "_levels"),
-    ("  pack + ANS", "layout.py", "pack"),
+    ("read input rows", "compress_run.py", ("chunk_rows",)),
+    ("codec encode, all of it", "archive/chunks.py", ("encode",)),
+    ("  check logits", "ops/logits.py", ("check_logits",)),
+    ("  normalise", "autoencoder.py", ("normalize_logits",)),
+    ("  encoder MLP", "autoencoder.py", ("encode_latent",)),
+    ("  nearest codeword", "quantizer.py", ("quantize_residual",)),
+    ("  top ids", "train.py", ("top_ids", "top_ids_and_next")),
+    ("  head levels", "vqae/codec.py", ("_levels",)),
+    ("  pack + ANS", "layout.py", ("pack",)),
 )
 
 # Runs the CLI with cProfile on only while a chunk is read or encoded (the
@@ -112,11 +114,14 @@ def stage_seconds(profile: Path) -> dict[str, float]:
     """Cumulative seconds per encode-pass stage in a dump of :data:`PROFILE_DRIVER`."""
     stats = pstats.Stats(str(profile)).stats  # type: ignore[attr-defined]
     out: dict[str, float] = {}
-    for name, file, function in STAGES:
-        out[name] = sum(
-            timing[3]
-            for (path, _, func), timing in stats.items()
-            if path.endswith(file) and func == function
+    for name, file, functions in STAGES:
+        out[name] = max(
+            sum(
+                timing[3]
+                for (path, _, func), timing in stats.items()
+                if path.endswith(file) and func == function
+            )
+            for function in functions
         )
     return out
 
@@ -132,6 +137,32 @@ def _row(name: str, runs: list[dict[str, Any]], num_labels: int) -> dict[str, An
         "sha256": sorted({r["sha256"] for r in runs}),
         "total_bytes": runs[0]["total_bytes"],
     }
+
+
+def markdown_tables(result: dict[str, Any]) -> str:
+    """The rates and the stage seconds of ``result`` as markdown tables."""
+    trees = result["trees"]
+    lines = [
+        "| tree | encode labels/s, each run | median | encode s (median) | archive sha256 |",
+        "|---|---|---|---|---|",
+    ]
+    for row in trees:
+        rates = ", ".join(f"{r:,.0f}" for r in row["encode_labels_per_s"])
+        seconds = statistics.median(row["encode_seconds"])
+        digest = ", ".join(d[:12] for d in row["sha256"])
+        lines.append(
+            f"| {row['tree']} | {rates} | {row['median_labels_per_s']:,.0f} "
+            f"| {seconds:.1f} | {digest} |"
+        )
+    profiles = result["profile_stage_seconds"]
+    if profiles:
+        names = list(profiles)
+        lines += ["", "| encode-pass stage (s) | " + " | ".join(names) + " |"]
+        lines.append("|---|" + "---|" * len(names))
+        for stage, _, _ in STAGES:
+            cells = " | ".join(f"{profiles[n][stage]:.2f}" for n in names)
+            lines.append(f"| {stage.strip()} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -184,7 +215,7 @@ def main() -> None:
         "profile_stage_seconds": profiles,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(markdown_tables(result))
 
 
 if __name__ == "__main__":
