@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from labelzip.codecs.vqae.codec import VQAECodec, VQAEConfig
-from labelzip.codecs.vqae.head import HeadQuantizer, head_values
+from labelzip.codecs.vqae.head import HeadQuantizer, head_values, outside_logsumexp
 from labelzip.codecs.vqae.idprior import IdPrior
 from labelzip.codecs.vqae.quantizer import nearest_codewords, quantize_residual
-from labelzip.codecs.vqae.train import reservoir_sample, top_ids
+from labelzip.codecs.vqae.train import reservoir_sample, top_ids, top_ids_and_next
 from labelzip.ops.reservoir import Reservoir
 
 BASE: dict[str, Any] = dict(
@@ -48,6 +48,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
         codebook_size=16,
         rank_ids=True,
     ),
+    # K + 1 = 17 top-id candidates: row_topk's block path at C = 1000.
+    "many_ids": dict(
+        num_ids=16, value_bits=5, num_chunks=12, chunk_dim=2, codebook_size=16
+    ),
     "no_ids": dict(
         num_ids=0,
         value_bits=0,
@@ -59,7 +63,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 # (block bytes, sha256) per config and input, written by the encoder before the
-# fast path (commit 82e0f00) with this file's fit and inputs.
+# fast path (commit 82e0f00; "many_ids": before row_topk, commit 4870104) with
+# this file's fit and inputs.
 GOLDEN = {
     "values_entropy/float32": (
         59972,
@@ -96,6 +101,18 @@ GOLDEN = {
     "ranked/ties": (
         44644,
         "effa563aa59ac08d96a092f93a68a811bf4fa0e470a03b6c5c3d471a4d6499f1",
+    ),
+    "many_ids/float32": (
+        102444,
+        "a694e508a943519073389e818790005294606b1329995f3bb15962d5ee423895",
+    ),
+    "many_ids/float16": (
+        102444,
+        "17787fd58d68708456b43d8bf8a0c665a91bafe0fa4fc97a67e0f9945e307ae2",
+    ),
+    "many_ids/ties": (
+        105124,
+        "231463d8ac103d5122ea0fda360b3c7d8945a57b5efff92d9944433b6d120311",
     ),
     "no_ids/float32": (
         19260,
@@ -136,7 +153,7 @@ def _reference_top_ids(logits: torch.Tensor, num_ids: int) -> torch.Tensor:
     return torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :num_ids]
 
 
-@pytest.mark.parametrize("num_ids", [1, 3, 8, 16])
+@pytest.mark.parametrize("num_ids", [1, 3, 8, 14, 16, 20])
 def test_top_ids_equal_the_stable_full_sort(
     num_ids: int, inputs: dict[str, torch.Tensor]
 ) -> None:
@@ -157,11 +174,33 @@ def test_head_levels_equal_the_per_slot_reference(
     logits = torch.cat(
         [inputs["float32"], inputs["ties"], 40 * inputs["float32"][:300]]
     )
-    ids = _reference_top_ids(logits, 6)
+    ids, following = top_ids_and_next(logits, 6)
+    assert torch.equal(ids, _reference_top_ids(logits, 6))
     head = HeadQuantizer.fit(logits[:1000], ids[:1000], bits)
-    assert torch.equal(
-        head.quantize_logits(logits, ids), head.quantize(head_values(logits, ids))
-    )
+    expected = head.quantize(head_values(logits, ids))
+    assert torch.equal(head.quantize_logits(logits, ids), expected)
+    assert torch.equal(head.quantize_logits(logits, ids, following), expected)
+
+
+@pytest.mark.parametrize("num_ids", [1, 6, 16])
+def test_outside_logsumexp_given_the_next_logit_is_torchs_bit_for_bit(
+    num_ids: int, inputs: dict[str, torch.Tensor]
+) -> None:
+    g = torch.Generator().manual_seed(num_ids)
+    wide = 30 * torch.randn(500, 1000, generator=g)
+    for logits in (*inputs.values(), wide):
+        logits = logits.float()
+        ids, following = top_ids_and_next(logits, num_ids)
+        masked = logits.scatter(1, ids, float("-inf"))
+        assert following is not None
+        assert torch.equal(following, masked.amax(dim=1))
+        expected = torch.logsumexp(masked, dim=1)
+        assert torch.equal(outside_logsumexp(logits, ids, following), expected)
+        assert torch.equal(outside_logsumexp(logits, ids), expected)
+    row = torch.tensor([[2.0, -torch.inf, -torch.inf]])  # nothing outside is finite
+    ids = torch.tensor([[0]])
+    nothing = outside_logsumexp(row, ids, torch.tensor([-torch.inf]))
+    assert torch.equal(nothing, torch.tensor([-torch.inf]))
 
 
 def test_head_levels_on_exact_level_boundaries() -> None:

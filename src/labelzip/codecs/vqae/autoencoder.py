@@ -58,7 +58,7 @@ def normalize_logits(logits: torch.Tensor, scale: float) -> torch.Tensor:
     near unit variance whatever the teacher's logit range.
     """
     centred = logits - logits.mean(dim=1, keepdim=True)
-    return centred / scale
+    return centred.div_(scale)  # in place on the fresh difference: the same values
 
 
 class VQAutoencoder(nn.Module):

@@ -55,6 +55,7 @@ from labelzip.codecs.vqae.train import (
     TrainSchedule,
     reservoir_sample,
     top_ids,
+    top_ids_and_next,
     train_autoencoder,
 )
 from labelzip.errors import ArchiveFormatError, ConfigError, NotFittedError
@@ -304,11 +305,17 @@ class VQAECodec(Codec):
             )
         return self.model
 
-    def _levels(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """(N, K) quantized value levels of the ids (zeros when values are off)."""
+    def _levels(
+        self,
+        logits: torch.Tensor,
+        ids: torch.Tensor,
+        outside_max: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(N, K) quantized value levels of the ids (zeros when values are off);
+        ``outside_max`` as for :meth:`HeadQuantizer.quantize_logits`."""
         if self._head is None:
             return torch.zeros_like(ids)
-        return self._head.quantize_logits(logits, ids)
+        return self._head.quantize_logits(logits, ids, outside_max)
 
     def encode(self, logits: torch.Tensor) -> EncodedBlock:
         """(N, C) logits -> one block (layout in :mod:`labelzip.codecs.vqae.layout`)."""
@@ -335,8 +342,8 @@ class VQAECodec(Codec):
             teacher = logits.detach().to(torch.float32)  # exact; checked faster
         teacher = check_logits(teacher, num_classes).detach().to(torch.float32)
         codes = self._codes(teacher)
-        ids = top_ids(teacher, self.config.num_ids)
-        return ids, self._levels(teacher, ids), codes
+        ids, outside_max = top_ids_and_next(teacher, self.config.num_ids)
+        return ids, self._levels(teacher, ids, outside_max), codes
 
     def decode_codes(
         self, block: EncodedBlock, device: torch.device | str | None = None

@@ -25,6 +25,7 @@ __all__ = [
     "apply_head_values",
     "head_values",
     "lse_error_bound",
+    "outside_logsumexp",
 ]
 
 
@@ -67,6 +68,26 @@ def apply_head_values(
     if inplace:
         return rest.scatter_(1, ids, head_logits)
     return rest.scatter(1, ids, head_logits)
+
+
+def outside_logsumexp(
+    logits: torch.Tensor, ids: torch.Tensor, outside_max: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Log-sum-exp of each row's logits outside its (B, K) ``ids`` -> (B,).
+
+    ``torch.logsumexp`` of the row with the ids set to -inf. Given
+    ``outside_max``, the largest of those logits (B,), it skips the masked
+    copy and the pass that finds that maximum, and does the rest of
+    ``torch.logsumexp``'s arithmetic (subtract the maximum, exp, sum, log, add
+    it back) in one scratch tensor: the same float32 operations on the same
+    values.
+    """
+    if outside_max is None or not bool(torch.isfinite(outside_max).all()):
+        return torch.logsumexp(logits.scatter(1, ids, float("-inf")), dim=1)
+    peak = outside_max.to(logits.dtype)
+    shifted = logits - peak.unsqueeze(1)
+    shifted.scatter_(1, ids, float("-inf"))
+    return shifted.exp_().sum(dim=1).log_().add_(peak)
 
 
 def lse_error_bound(
@@ -129,7 +150,12 @@ class HeadQuantizer:
         unit = (values.float().clamp(min=low, max=high) - low) / (high - low)
         return torch.round(unit * (self.levels - 1)).to(torch.int64)
 
-    def quantize_logits(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def quantize_logits(
+        self,
+        logits: torch.Tensor,
+        ids: torch.Tensor,
+        outside_max: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``quantize(head_values(logits, ids))`` bit for bit, in one pass over C.
 
         :func:`head_values` takes one masked log-sum-exp over all C classes per
@@ -139,14 +165,16 @@ class HeadQuantizer:
         (:func:`lse_error_bound`), so an element whose level position lies
         within that bound of a rounding boundary could round the other way:
         those elements are recomputed the reference way. The levels, and so
-        the bytes, equal the reference's. (B, C) logits, (B, K) ids -> (B, K).
+        the bytes, equal the reference's. (B, C) logits, (B, K) ids -> (B, K);
+        ``outside_max``: the largest logit outside the ids, (B,), if known
+        (:func:`outside_logsumexp`).
         """
         num_ids = ids.shape[1]
         if num_ids == 0 or logits.shape[0] == 0:
             return self.quantize(head_values(logits, ids))
         logits = logits.float()
         top = logits.gather(1, ids)  # (B, K)
-        outside = torch.logsumexp(logits.scatter(1, ids, float("-inf")), dim=1)
+        outside = outside_logsumexp(logits, ids, outside_max)
         rest = torch.empty_like(top, dtype=torch.float64)
         acc = outside.double()
         wide = top.double()

@@ -25,6 +25,7 @@ from labelzip.codecs.base import LogitSource, check_logits, iterate_source
 from labelzip.codecs.vqae.autoencoder import VQAutoencoder, normalize_logits
 from labelzip.codecs.vqae.head import HeadQuantizer, apply_head_values
 from labelzip.errors import InputError
+from labelzip.ops.topk import row_topk
 
 __all__ = [
     "TrainReport",
@@ -32,6 +33,7 @@ __all__ = [
     "kd_loss",
     "reservoir_sample",
     "top_ids",
+    "top_ids_and_next",
     "train_autoencoder",
 ]
 
@@ -145,19 +147,32 @@ def top_ids(logits: torch.Tensor, num_ids: int) -> torch.Tensor:
 
     Ties break toward the lower class id, so the choice is deterministic.
     """
+    return top_ids_and_next(logits, num_ids)[0]
+
+
+def top_ids_and_next(
+    logits: torch.Tensor, num_ids: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`top_ids`, and the largest logit outside those ids: (N, K), (N,).
+
+    The second is the (K+1)-th largest value of each row, which the search
+    finds anyway (:meth:`HeadQuantizer.quantize_logits` takes it to skip a
+    pass over the rows); None when no class is left out or K is 0.
+    """
     if num_ids == 0:
-        return torch.zeros(logits.shape[0], 0, dtype=torch.int64, device=logits.device)
+        ids = torch.zeros(logits.shape[0], 0, dtype=torch.int64, device=logits.device)
+        return ids, None
     if num_ids >= logits.shape[1] or logits.shape[0] == 0:
-        return torch.sort(logits, dim=1, descending=True, stable=True).indices[
-            :, :num_ids
-        ]
+        order = torch.sort(logits, dim=1, descending=True, stable=True).indices
+        return order[:, :num_ids], None
     # A partial top-k is far cheaper than the full sort (docs/vqae-design.md,
     # "Fast encode path") but promises no order among equal values, so the K candidates are re-sorted exactly
     # (by id, then stably by value). One more candidate shows whether a value
     # equal to the K-th was left out: then the fetched ones among the equal
     # values may not be the lowest ids, and those rows are completed exactly.
-    values, index = logits.topk(num_ids + 1, dim=1)
-    tied_at_cut = values[:, num_ids] == values[:, num_ids - 1]
+    values, index = row_topk(logits, num_ids + 1)
+    following = values[:, num_ids]
+    tied_at_cut = following == values[:, num_ids - 1]
     values, index = values[:, :num_ids], index[:, :num_ids]
     by_id = index.argsort(dim=1)
     values, index = values.gather(1, by_id), index.gather(1, by_id)
@@ -166,7 +181,7 @@ def top_ids(logits: torch.Tensor, num_ids: int) -> torch.Tensor:
     if bool(tied_at_cut.any()):
         rows = tied_at_cut.nonzero().squeeze(1)
         index[rows] = _fill_cut_ties(logits[rows], values[rows], index[rows])
-    return index
+    return index, following
 
 
 def _fill_cut_ties(
