@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from labelzip.archive import ArchiveReader, load_archive
 from labelzip.cli.compress import main
 from labelzip.cli.info import main as info_main
 from labelzip.selection.auto import AUTO_KEY, LM_CANDIDATES
+from labelzip.selection.record import format_table
 
 FAST = ["--auto-steps", "10", "--auto-confirm-steps", "20", "--auto-sample", "512"]
 
@@ -80,32 +82,36 @@ def test_same_seed_same_bytes_and_json_report(
 def test_reuse_weight_sets_what_a_pruned_view_is_charged(
     tmp_path: Path, views_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Default 1/m: a pruned candidate scores below its full KL; weight 1: the
-    score is the KL; the record and the table say which."""
+    """Default REUSE_VIEWS / m (all of it at m <= 2 of these 4 views), a fixed
+    share with --auto-reuse-weight; the record and the table say which."""
     reports = {}
-    for weight in (None, "1"):
+    for weight in (None, "0.5", "1"):
         out = tmp_path / f"{weight}.lz"
         extra = [] if weight is None else ["--auto-reuse-weight", weight]
         argv = [str(views_file), "--ratio", "10", *FAST, *extra, "--json"]
         code, stdout, err = _run([*argv, "-o", str(out)], capsys)
         assert code == 0, err
         reports[weight] = json.loads(stdout)["auto"]
-    default, full = reports[None], reports["1"]
-    assert default["reuse_weight"] is None and full["reuse_weight"] == 1.0
-    pruned = [
-        r
-        for r in default["candidates"]
-        if r["keep_fraction"] < 1 and r["kl"] is not None and not r["skipped"]
-    ]
-    # 4 views: m = 2 at half of them (half the mismatch charged), m = 1 below
-    halves = [r for r in pruned if r["keep_fraction"] == 0.5]
-    assert halves and all(r["score"] < r["kl"] for r in halves)
-    assert all(r["score"] == r["kl"] for r in pruned if r["keep_fraction"] <= 0.25)
-    assert all(r["score"] == r["kl"] for r in full["candidates"] if r["kl"] is not None)
-    from labelzip.selection.record import format_table
+    assert reports[None]["reuse_weight"] is None
+    assert reports["0.5"]["reuse_weight"] == 0.5
 
-    assert "reuse mismatch x 1/views stored" in format_table(default)[0]
-    assert "score" not in format_table(full)[1 + len(full["candidates"]) - 1]
+    def measured(report: dict[str, Any], pruned: bool) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in report["candidates"]
+            if r["kl"] is not None and (r["keep_fraction"] < 1) == pruned
+        ]
+
+    for weight in (None, "1"):  # 2 / m >= 1 here, and weight 1: the full KL
+        rows = measured(reports[weight], True) + measured(reports[weight], False)
+        assert rows and all(r["score"] == r["kl"] for r in rows)
+    half = measured(reports["0.5"], True)
+    assert half and all(r["score"] <= r["kl"] for r in half)
+    assert any(r["score"] < r["kl"] for r in half)
+    assert all(r["score"] == r["kl"] for r in measured(reports["0.5"], False))
+    assert "reuse mismatch x 2/views stored" in format_table(reports[None])[0]
+    assert "reuse mismatch x 0.5" in format_table(reports["0.5"])[0]
+    assert all("score" not in line for line in format_table(reports["1"]))
 
 
 def test_user_pruning_fixes_the_view_budget(

@@ -96,8 +96,8 @@ VISION_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
 # ctx-transform without its fixed floor of bits per stored label: the view budgets
 # auto measures (1, 1/2, 1/4, ... of the views) make that trade by measurement.
 CONTEXT_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("vqae-ctx", {}),
     ("ctx-transform", {"min_label_bits": 0.0}),
+    ("vqae-ctx", {}),
 )
 LM_CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("topk", {"decoder": "ms"}),

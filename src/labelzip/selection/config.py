@@ -86,8 +86,8 @@ class AutoConfig(BaseModel):
         le=1.0,
         description="share of a pruned view's reuse mismatch charged to its score "
         "(a pruned view scores its stand-in's codec error plus this share of the "
-        "extra KL of reusing that label); default 1/m for a candidate storing m "
-        "views per sample",
+        "extra KL of reusing that label); default min(1, 2/m) for a candidate "
+        "storing m views per sample (labelzip.selection.score)",
     )
     tie_tolerance: float = Field(
         default=0.01, ge=0.0, le=1.0, description="relative KL gap counted as a tie"

@@ -15,7 +15,7 @@ import torch
 from labelzip.archive import ArchiveMetadata
 from labelzip.errors import ConfigError
 from labelzip.selection.config import AutoConfig
-from labelzip.selection.score import reuse_score
+from labelzip.selection.score import REUSE_VIEWS, reuse_score
 
 __all__ = [
     "AUTO_KEY",
@@ -187,7 +187,7 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
     refit = {row["steps"] for row in record["candidates"] if "steps" in row}
     finalists = f"; finalists refit at {max(refit)} steps" if refit else ""
     weight = record.get("reuse_weight", 1.0)
-    share = "1/views stored" if weight is None else f"{weight:g}"
+    share = f"{REUSE_VIEWS:g}/views stored" if weight is None else f"{weight:g}"
     scored = "KL" if weight == 1.0 else f"score: reuse mismatch x {share}"
     lines = [
         f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "
