@@ -115,7 +115,7 @@ def main() -> None:
         "--weights",
         nargs="+",
         default=["1", "0.1", "0", "m"],
-        help="reuse weights; m: 1/views stored (AutoConfig's default)",
+        help="reuse weights; m: the default, min(1, REUSE_VIEWS / views stored)",
     )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -162,7 +162,7 @@ def main() -> None:
                 "|---|---|",
                 *[f"| {w} | {p} |" for w, p in picks.items()],
                 "",
-                "| candidate | keep | held-out KL | source KL | score (1/m) | stored top-1 "
+                "| candidate | keep | held-out KL | source KL | score (default) | stored top-1 "
                 "| skipped |",
                 "|---|---|---|---|---|---|---|",
             ]
