@@ -6,14 +6,16 @@ the *whole* archive, at the same all-in byte budget (real layout, LPLD prune
 plan of its keep fraction, metadata and side bytes, so header and model bytes
 are charged as in the final archive), but on the fit part of a small sample and
 with short training schedules. It then encodes and decodes the held-out
-samples, and the distortion the student sees is measured: mean
-KL(teacher || decoded) at the student's temperature over every held-out label,
-a pruned view being charged for the decoded label of the kept view that stands
-in for it (:meth:`~labelzip.codecs.prune.PrunePlan.stored_index`).
+samples, and the distortion the student sees is measured: per held-out
+label, KL(teacher || decoded) at the student's temperature, a pruned view
+being given the decoded label of the kept view that stands in for it
+(:meth:`~labelzip.codecs.prune.PrunePlan.stored_index`), split into the
+codec's error on that stand-in and the reuse mismatch; the score charges the
+first in full and a share of the second (:mod:`labelzip.selection.score`).
 
-The winner has the lowest held-out KL; candidates within noise of it (a paired
-difference per held-out sample under two standard errors, or under a relative
-tolerance) tie, and a tie goes to the cheaper codec (the order of
+The winner has the lowest held-out score; candidates within noise of it (a
+paired difference per held-out sample under two standard errors, or under a
+relative tolerance) tie, and a tie goes to the cheaper codec (the order of
 :data:`VISION_CANDIDATES` / :data:`LM_CANDIDATES`), then to the larger keep
 fraction. Top-k is always a candidate, so the choice is never worse than top-k
 beyond noise. A candidate that cannot reach the target is skipped with its reason.
