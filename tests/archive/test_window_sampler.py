@@ -61,3 +61,37 @@ def test_a_loader_with_the_sampler_reads_every_label_once(tmp_path: Path) -> Non
     # a batch draws from at most two windows (one where it does not straddle)
     for start in range(0, len(order), 100):
         assert len(set((order[start : start + 100] // 512).tolist())) <= 2
+
+
+def _topk_archive(tmp_path: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8192, 12, generator=g) * 3
+    codec = create_codec("topk", k=4, decoder="ms").fit([logits])
+    path = tmp_path / "labels.lz"
+    save_archive(path, codec, logits, chunk_size=128)  # 64 chunks
+    return path
+
+
+def test_a_thrashing_shuffle_warns_once_and_names_the_sampler(tmp_path: Path) -> None:
+    labels = ArchiveLabels(_topk_archive(tmp_path), cache_bytes=0)
+    loader = DataLoader(labels, batch_size=64, shuffle=True)
+    with pytest.warns(RuntimeWarning, match="WindowShuffleSampler") as caught:
+        for _ in range(3):  # every batch parses ~64 chunks for 64 labels
+            for _batch in loader:
+                pass
+    assert sum("chunk parses" in str(w.message) for w in caught) == 1
+
+
+def test_windowed_and_contiguous_reads_do_not_warn(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    path = _topk_archive(tmp_path)
+    windowed = ArchiveLabels(path, cache_bytes=0)
+    sampler = WindowShuffleSampler(len(windowed), window=128, seed=0)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        for _batch in DataLoader(windowed, batch_size=64, sampler=sampler):
+            pass
+    for _batch in DataLoader(ArchiveLabels(path, cache_bytes=0), batch_size=64):
+        pass
+    assert not [w for w in recwarn if "chunk parses" in str(w.message)]

@@ -13,11 +13,14 @@ forked worker opens its own file descriptor on first read.
 parsed-chunk cache without thrashing it: a plain ``shuffle=True`` over millions
 of labels makes nearly every batch parse one chunk per label it uses, while
 windows of consecutive labels keep each batch inside a few cached chunks.
+:class:`ArchiveLabels` warns once (``RuntimeWarning``) when its reads thrash
+the cache that way, naming the sampler.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -33,6 +36,9 @@ __all__ = ["ArchiveLabels", "WindowShuffleSampler"]
 DEFAULT_WINDOW = 1 << 16
 # Mixes the epoch into the seed (a large odd constant, as in splitmix64).
 _EPOCH_STRIDE = 0x9E3779B97F4A7C15
+# Thrashing: chunks parsed again after eviction while each parse serves fewer
+# labels than this on average (a contiguous or windowed read serves thousands).
+THRASH_LABELS_PER_PARSE = 8
 
 
 class ArchiveLabels(Dataset[torch.Tensor]):
@@ -60,6 +66,8 @@ class ArchiveLabels(Dataset[torch.Tensor]):
             self.reader = archive
         else:
             self.reader = ArchiveReader(archive, cache_bytes=cache_bytes)
+        self._served = 0  # labels served by __getitems__ (thrash check)
+        self._warned = False
 
     def __len__(self) -> int:
         return self.reader.num_labels
@@ -76,7 +84,34 @@ class ArchiveLabels(Dataset[torch.Tensor]):
         if len(indices) == 0:
             raise InputError("no labels requested")
         flat = torch.as_tensor(list(indices), dtype=torch.int64)
-        return list(self.reader.decode(flat).unbind(0))
+        rows = self.reader.decode(flat)
+        self._served += len(indices)
+        self._check_thrash()
+        return list(rows.unbind(0))
+
+    def _check_thrash(self) -> None:
+        """Warn once when the reader parses chunks again and again for a few
+        labels each: a shuffle over more chunks than its cache holds (a plain
+        ``shuffle=True`` over a large archive), decoding whole chunks per label.
+        """
+        reads = self.reader.chunk_reads
+        if (
+            self._warned
+            or reads <= 2 * self.reader.num_chunks  # chunks re-read after eviction
+            or self._served >= THRASH_LABELS_PER_PARSE * reads
+        ):
+            return
+        self._warned = True
+        warnings.warn(
+            f"labelzip: shuffled reads are parsing archive chunks again and again "
+            f"({reads} chunk parses for {self._served} labels; the reader's cache "
+            f"holds {self.reader.cache_bytes >> 20} MiB of {self.reader.num_chunks} "
+            "chunks): pass sampler=WindowShuffleSampler(len(labels)) to the "
+            "DataLoader instead of shuffle=True, or open ArchiveLabels with a larger "
+            "cache_bytes",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 class WindowShuffleSampler(Sampler[int]):
