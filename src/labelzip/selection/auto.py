@@ -476,14 +476,16 @@ def pick_candidate(results: Sequence[CandidateResult], config: AutoConfig) -> Ca
             f"--codec auto: none of {len(results)} candidates reaches the target; "
             f"e.g. {reasons[0] if reasons else 'no candidates'}"
         )
-    scores = {id(r): r.group_score(weight) for r in measured}
-    best = min(measured, key=lambda r: (r.score(weight), _order(results, r)))
-    best_groups = scores[id(best)]
-    assert best_groups is not None
-    ties = [best]
+    scored: list[tuple[CandidateResult, torch.Tensor]] = []
     for r in measured:
-        groups = scores[id(r)]
-        assert groups is not None
+        groups = r.group_score(weight)
+        assert groups is not None  # measured: group_kl is set
+        scored.append((r, groups))
+    best, best_groups = min(
+        scored, key=lambda pair: (float(pair[1].mean()), _order(results, pair[0]))
+    )
+    ties = [best]
+    for r, groups in scored:
         diff = (groups - best_groups).double()
         se = float(diff.std()) / math.sqrt(diff.numel()) if diff.numel() > 1 else 0.0
         # noise counts up to twice the tolerance (KL can round below 0: lossless)
@@ -578,9 +580,7 @@ def _measure(
         stored_top1=own,
         group_kl=kl,
         group_source_kl=source_kl,
-        stored_views=plan.keep_per_group
-        if plan is not None
-        else sample.held_rows.shape[1],
+        stored_views=None if plan is None else plan.keep_per_group,
         fit_seconds=seconds,
         skipped=None if own >= MIN_STORED_TOP1 else f"flat: stored top-1 {own:.2f}",
         steps=steps,
@@ -647,7 +647,11 @@ def _held_out(
     decoded = torch.cat(decoded_parts)
     used = decoded[torch.searchsorted(stored, source_pos)]
     kl = kl_divergence(teacher, used, temperature=temperature).reshape(groups, views)
-    source_kl = kl_divergence(full[source_pos], used, temperature=temperature)
+    source_kl = (  # a label's stand-in is itself unless pruned
+        kl
+        if plan is None
+        else kl_divergence(full[source_pos], used, temperature=temperature)
+    )
     top1 = top1_agreement(teacher, used)
     own = top1_agreement(full[stored], decoded)
     return (

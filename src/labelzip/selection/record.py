@@ -60,7 +60,8 @@ class CandidateResult:
         group_source_kl: (held-out samples,) the same with each label's
             teacher replaced by its stand-in's (its own for a stored view): the
             codec's error alone, without the reuse mismatch.
-        stored_views: views stored per sample (m; the layout's views unpruned).
+        stored_views: views stored per sample (m; None unpruned, where a
+            label's stand-in is itself and the reuse mismatch is 0).
         fit_seconds: wall time of the candidate's fit (reported, not stored).
         steps: the training steps of a finalist's second, longer fit (None
             for the first round's fits at the auto steps).
