@@ -107,18 +107,24 @@ def test_every_codec_is_covered(archives: dict[str, Path]) -> None:
 @pytest.mark.parametrize("pruned", [False, True])
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_shuffled_batches_equal_whole_chunk_decode(
-    archives: dict[str, Path], name: str, pruned: bool
+    archives: dict[str, Path], name: str, pruned: bool, tmp_path: Path
 ) -> None:
     path = archives[f"{name}{'-pruned' if pruned else ''}"]
     whole = load_archive(path).reshape(384, C)
     g = torch.Generator().manual_seed(1)
     order = torch.randperm(384, generator=g)
-    for cache in ({}, {"cache_bytes": 0}, {"cache_chunks": 1}, "pinned"):
+    for cache in ({}, {"cache_bytes": 0}, {"cache_chunks": 1}, "pinned", "spilled"):
         options = cache if isinstance(cache, dict) else {}
+        if cache == "spilled":  # nothing fits the cache: parsed rows on disk
+            options = {"cache_bytes": 0}
         with ArchiveReader(path, **options) as reader:
             if cache == "pinned":  # every batch is one gather from the pinned chunks
                 assert reader.prefetch() == reader.num_chunks
                 assert reader.cached_chunks == reader.num_chunks
+            if cache == "spilled":
+                assert reader.prefetch(spill_dir=tmp_path) == reader.num_chunks
+                assert reader.spilled_bytes > 0 and reader.cached_bytes == 0
+                reads = reader.chunk_reads
             start = 0
             for size in (1, 7, 50, 200, 126):  # every label once, odd batch sizes
                 index = order[start : start + size]
@@ -130,6 +136,9 @@ def test_shuffled_batches_equal_whole_chunk_decode(
             index = torch.tensor([[5, 5, 300], [0, 383, 5]])
             assert torch.equal(reader.decode(index), whole[index])
             assert torch.equal(reader.decode(7), whole[7])
+            if cache == "spilled":  # every batch was served from the spill store
+                assert reader.chunk_reads == reads
+        assert not list(tmp_path.iterdir())  # closing removed the spill store
 
 
 @pytest.mark.parametrize("name", ["dense", "topk", "rskd", "topk-tail", "vqae"])

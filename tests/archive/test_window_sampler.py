@@ -73,7 +73,7 @@ def _topk_archive(tmp_path: Path) -> Path:
 
 
 def test_a_thrashing_shuffle_warns_once_and_names_the_sampler(tmp_path: Path) -> None:
-    labels = ArchiveLabels(_topk_archive(tmp_path), cache_bytes=0)
+    labels = ArchiveLabels(_topk_archive(tmp_path), cache_bytes=0, auto_spill=False)
     loader = DataLoader(labels, batch_size=64, shuffle=True)
     with pytest.warns(RuntimeWarning, match="WindowShuffleSampler") as caught:
         for _ in range(3):  # every batch parses ~64 chunks for 64 labels

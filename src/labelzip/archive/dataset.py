@@ -9,22 +9,30 @@ Each process reads through its own reader: the dataset pickles as the
 archive's path and cache settings (spawn / forkserver workers reopen it), and a
 forked worker opens its own file descriptor on first read.
 
-:class:`WindowShuffleSampler` shuffles an archive far larger than the reader's
-parsed-chunk cache without thrashing it: a plain ``shuffle=True`` over millions
-of labels makes nearly every batch parse one chunk per label it uses, while
-windows of consecutive labels keep each batch inside a few cached chunks.
-:class:`ArchiveLabels` warns once (``RuntimeWarning``) when its reads thrash
-the cache that way, naming the sampler.
+A plain ``shuffle=True`` over an archive whose parsed chunks exceed the
+reader's cache would parse a whole chunk for nearly every label it uses. Two
+ways out:
+
+- :meth:`ArchiveLabels.prefetch` parses the whole archive once: into memory
+  when it fits the cache, otherwise into memory-mapped files in a temporary
+  directory (:class:`~labelzip.archive.spill.SpillStore`), from which any
+  label is one row. Called before the DataLoader is made, its workers map the
+  same files. When the reads thrash the cache without it, the dataset does
+  this itself in the process that noticed (``auto_spill``) and says so once
+  (``RuntimeWarning``).
+- :class:`WindowShuffleSampler` shuffles windows of consecutive labels, so each
+  batch stays inside a few cached chunks and nothing is written to disk.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from labelzip.archive.reader import ArchiveReader
 from labelzip.errors import ConfigError, InputError
@@ -48,9 +56,15 @@ class ArchiveLabels(Dataset[torch.Tensor]):
         archive: path of the archive (or an open reader, which is used as is).
         cache_bytes: parsed-chunk cache of each process's reader (default:
             the reader's).
+        spill_dir: where :meth:`prefetch` and ``auto_spill`` put parsed
+            labels that do not fit the cache (default: the system's
+            temporary directory).
+        auto_spill: when shuffled reads thrash the cache, parse the whole
+            archive into ``spill_dir`` and serve from there (else only warn).
 
     Example:
-        >>> labels = ArchiveLabels("labels.lz", cache_bytes=1 << 28)
+        >>> labels = ArchiveLabels("labels.lz")
+        >>> labels.prefetch()                        # parse once, workers share it
         >>> loader = DataLoader(labels, batch_size=256, shuffle=True, num_workers=2)
         >>> for soft in loader:                      # (256, C) float32
         ...     ...
@@ -61,13 +75,35 @@ class ArchiveLabels(Dataset[torch.Tensor]):
         archive: str | os.PathLike[str] | ArchiveReader,
         *,
         cache_bytes: int | None = None,
+        spill_dir: str | os.PathLike[str] | None = None,
+        auto_spill: bool = True,
     ) -> None:
         if isinstance(archive, ArchiveReader):
             self.reader = archive
         else:
             self.reader = ArchiveReader(archive, cache_bytes=cache_bytes)
+        self.spill_dir = spill_dir
+        self.auto_spill = auto_spill
         self._served = 0  # labels served by __getitems__ (thrash check)
         self._warned = False
+
+    def prefetch(self) -> int:
+        """Parse every chunk once and serve every label from the parsed rows.
+
+        In memory when the parsed archive fits the reader's cache, otherwise
+        in memory-mapped files under :attr:`spill_dir` (removed when this
+        process exits or the reader closes). Call it before making a
+        DataLoader: its workers, forked or spawned, then map the same rows
+        instead of each parsing the archive. Returns the chunks parsed.
+
+        Raises:
+            InputError: the spill directory is missing, not writable or lacks
+                the space.
+        """
+        return self.reader.prefetch(spill_dir=self._spill_parent())
+
+    def _spill_parent(self) -> str | os.PathLike[str]:
+        return self.spill_dir if self.spill_dir is not None else tempfile.gettempdir()
 
     def __len__(self) -> int:
         return self.reader.num_labels
@@ -90,25 +126,53 @@ class ArchiveLabels(Dataset[torch.Tensor]):
         return list(rows.unbind(0))
 
     def _check_thrash(self) -> None:
-        """Warn once when the reader parses chunks again and again for a few
+        """Act once when the reader parses chunks again and again for a few
         labels each: a shuffle over more chunks than its cache holds (a plain
-        ``shuffle=True`` over a large archive), decoding whole chunks per label.
+        ``shuffle=True`` over a large archive), parsing whole chunks per label.
+
+        With ``auto_spill`` the whole archive is parsed once into
+        :attr:`spill_dir` and served from there (in a DataLoader worker, into
+        files unlinked at once, which vanish with the worker); without it, or
+        when that fails (no space), a warning names the ways out.
         """
         reads = self.reader.chunk_reads
         if (
             self._warned
-            or reads <= 2 * self.reader.num_chunks  # chunks re-read after eviction
+            or reads <= self.reader.num_chunks  # some chunk parsed again after eviction
             or self._served >= THRASH_LABELS_PER_PARSE * reads
         ):
             return
         self._warned = True
+        seen = (
+            f"shuffled reads were parsing archive chunks again and again ({reads} "
+            f"chunk parses for {self._served} labels; the reader's cache holds "
+            f"{self.reader.cache_bytes >> 20} MiB of {self.reader.num_chunks} chunks)"
+        )
+        reason = ""
+        if self.auto_spill:
+            # A DataLoader worker spills privately: its files vanish with it.
+            in_worker = get_worker_info() is not None
+            try:
+                self.reader.prefetch(
+                    spill_dir=self._spill_parent(), share_spill=not in_worker
+                )
+            except InputError as err:
+                reason = f" ({err})"
+            else:
+                warnings.warn(
+                    f"labelzip: {seen}; parsed the whole archive once "
+                    f"({(self.reader.spilled_bytes or self.reader.cached_bytes) >> 20} "
+                    "MiB, in memory or under spill_dir, removed at exit) and serving "
+                    "from it. With DataLoader workers, call labels.prefetch() before "
+                    "making the DataLoader so that they share one copy",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return
         warnings.warn(
-            f"labelzip: shuffled reads are parsing archive chunks again and again "
-            f"({reads} chunk parses for {self._served} labels; the reader's cache "
-            f"holds {self.reader.cache_bytes >> 20} MiB of {self.reader.num_chunks} "
-            "chunks): pass sampler=WindowShuffleSampler(len(labels)) to the "
-            "DataLoader instead of shuffle=True, or open ArchiveLabels with a larger "
-            "cache_bytes",
+            f"labelzip: {seen}{reason}: call labels.prefetch() before the DataLoader, "
+            "pass sampler=WindowShuffleSampler(len(labels)) instead of shuffle=True, "
+            "or open ArchiveLabels with a larger cache_bytes",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -19,6 +19,8 @@ own labels cost (docs/reading.md).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections import OrderedDict
@@ -49,6 +51,7 @@ from labelzip.archive.format import (
     dtype_from_code,
     read_container_header,
 )
+from labelzip.archive.spill import SpillStore
 from labelzip.closing import ClosesOnExit
 from labelzip.codecs.base import Codec, EncodedBlock, LabelContext, ParsedBlock
 from labelzip.codecs.context.recipe import recipe_context
@@ -141,6 +144,10 @@ class ArchiveReader(ClosesOnExit):
         # Per device: the chunks pinned by prefetch() joined into one parsed
         # block, and each chunk's first row in it (-1: not pinned).
         self._pinned: dict[str, tuple[ParsedBlock, torch.Tensor]] = {}
+        # Chunks spilled to memory-mapped files by prefetch(spill_dir=...), and
+        # each chunk's first row in the store (-1: not spilled); any device.
+        self._spill: tuple[SpillStore, torch.Tensor] | None = None
+        self._fingerprint: str | None = None
         self._codec: Codec | None = None
         self._prune: PrunePlan | None = None
         starts = [0]
@@ -456,6 +463,17 @@ class ArchiveReader(ClosesOnExit):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        if self._spill is not None and int(self._spill[1][index]) >= 0:
+            first = int(self._spill[1][index])
+            stop = first + self.header.chunk_labels[index]
+            spilled = self._spill[0].block.parts.items()
+            return ParsedBlock(stop - first, {n: p[first:stop] for n, p in spilled})
+        parsed = self._parse_chunk(index, dev)
+        self._remember(key, parsed)
+        return parsed
+
+    def _parse_chunk(self, index: int, device: torch.device) -> ParsedBlock:
+        """Chunk ``index`` read, checksummed and parsed, bypassing every cache."""
         codec = self.codec
         block = self.read_chunk(index)
         context = None
@@ -463,13 +481,12 @@ class ArchiveReader(ClosesOnExit):
             start = int(self._chunk_starts[index])
             stored = torch.arange(start, start + block.num_labels, dtype=torch.int64)
             context = self.stored_context(stored)
-        parsed = codec.parse_block(block, context, dev)
+        parsed = codec.parse_block(block, context, device)
         if parsed.num_labels != block.num_labels:
             raise ArchiveFormatError(
                 f"chunk {index} parsed to {parsed.num_labels} labels, expected "
                 f"{block.num_labels}"
             )
-        self._remember(key, parsed)
         return parsed
 
     def _remember(self, key: tuple[int, str], parsed: ParsedBlock) -> None:
@@ -484,7 +501,12 @@ class ArchiveReader(ClosesOnExit):
             self._cached_bytes -= dropped.nbytes
 
     def prefetch(
-        self, index: LabelIndex | None = None, device: torch.device | str | None = None
+        self,
+        index: LabelIndex | None = None,
+        device: torch.device | str | None = None,
+        *,
+        spill_dir: str | os.PathLike[str] | None = None,
+        share_spill: bool = True,
     ) -> int:
         """Parse and pin every chunk the labels at ``index`` live in.
 
@@ -492,10 +514,21 @@ class ArchiveReader(ClosesOnExit):
         parsed up front, in file order, and joined into one parsed block, so
         each batch of the epoch is one gather plus the decoder, however many
         chunks it spans. ``None`` means every chunk. A later call replaces
-        the pinned chunks (of that device). Returns the number of chunks
-        parsed. When they do not fit :attr:`cache_bytes` they are not pinned
-        but go through the LRU cache, which then keeps only the most recent
-        (docs/reading.md sizes the cache).
+        the pinned chunks (of that device) and any spilled ones. Returns the
+        number of chunks parsed.
+
+        When the parsed chunks do not fit :attr:`cache_bytes` (estimated from
+        the first one): with ``spill_dir`` they are written to memory-mapped
+        files in a private directory under it (:class:`SpillStore`, removed
+        when the reader closes or the process exits) and served from there,
+        for any device; without it they go through the LRU cache, which then
+        keeps only the most recent (docs/reading.md sizes the cache). With
+        ``share_spill`` the files stay named, so that a pickled copy of the
+        reader (a DataLoader worker) maps them too; without it they are
+        unlinked at once and vanish with this process, however it ends.
+
+        Raises:
+            InputError: ``spill_dir`` is missing, not writable or lacks the space.
         """
         dev = torch.device(device if device is not None else "cpu")
         if index is None:
@@ -505,6 +538,14 @@ class ArchiveReader(ClosesOnExit):
             found = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
             chunk_ids = [int(c) for c in torch.unique(found).tolist()]
         self._pinned.pop(str(dev), None)
+        self._drop_spill()
+        if spill_dir is not None and chunk_ids:
+            first = self.parsed_chunk(chunk_ids[0], dev)
+            rows = sum(self.header.chunk_labels[c] for c in chunk_ids)
+            estimate = first.nbytes * rows // max(1, first.num_labels)
+            if estimate > self.cache_bytes - self._pinned_bytes:
+                self._spill_chunks(chunk_ids, first, rows, spill_dir, share_spill)
+                return len(chunk_ids)
         parsed = []
         for cid in chunk_ids:
             block = self._cache.pop((cid, str(dev)), None)
@@ -526,6 +567,76 @@ class ArchiveReader(ClosesOnExit):
             for cid, block in zip(chunk_ids, parsed, strict=True):
                 self._remember((cid, str(dev)), block)
         return len(chunk_ids)
+
+    def _spill_chunks(
+        self,
+        chunk_ids: list[int],
+        first: ParsedBlock,
+        rows: int,
+        parent: str | os.PathLike[str],
+        shared: bool,
+    ) -> None:
+        """Write the parsed ``chunk_ids`` (``first`` already parsed) to a spill store."""
+        cpu = torch.device("cpu")
+        rest = (self._parse_chunk(cid, cpu) for cid in chunk_ids[1:])
+        store = SpillStore.build(
+            parent, self.fingerprint, rows, first, rest, shared=shared
+        )
+        offsets = torch.full((self.num_chunks,), -1, dtype=torch.int64)
+        counts = torch.tensor([self.header.chunk_labels[c] for c in chunk_ids])
+        offsets[torch.tensor(chunk_ids)] = torch.cumsum(counts, 0) - counts
+        self._spill = (store, offsets)
+        # The LRU copies of spilled chunks are no longer needed.
+        for key in [key for key in self._cache if int(offsets[key[0]]) >= 0]:
+            self._cached_bytes -= self._cache.pop(key).nbytes
+        logger.info(
+            "parsed %d chunks (%d labels, %d MiB) of %s into %s",
+            len(chunk_ids),
+            rows,
+            store.nbytes >> 20,
+            self.path,
+            store.directory,
+        )
+
+    def _drop_spill(self) -> None:
+        if self._spill is not None:
+            self._spill[0].close()
+            self._spill = None
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes of parsed chunks in the spill store's files (0: none)."""
+        return self._spill[0].nbytes if self._spill is not None else 0
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the archive's header metadata and every tensor's digest.
+
+        Identifies the archive's content, for the spill store a worker maps.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(json.dumps(self.container.metadata, sort_keys=True).encode())
+            digest.update(json.dumps(self.checksums, sort_keys=True).encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def _pinned_rows(
+        self, device: torch.device, chunk_ids: torch.Tensor, stored: torch.Tensor
+    ) -> tuple[ParsedBlock, torch.Tensor] | None:
+        """The pinned (or else spilled) block holding every chunk in
+        ``chunk_ids``, and the rows of ``stored`` in it; None when neither does.
+        """
+        held = []
+        if str(device) in self._pinned:
+            held.append(self._pinned[str(device)])
+        if self._spill is not None:
+            held.append((self._spill[0].block, self._spill[1]))
+        for block, offsets in held:
+            if bool((offsets[chunk_ids] >= 0).all()):
+                local = stored - self._chunk_starts[chunk_ids]
+                return block, offsets[chunk_ids] + local
+        return None
 
     # -- decoding ---------------------------------------------------------------------
     def _flat_indices(self, index: LabelIndex) -> torch.Tensor:
@@ -565,10 +676,9 @@ class ArchiveReader(ClosesOnExit):
         if stored.numel() == 0:
             return out.reshape(*flat.shape, self.num_classes)
         chunk_ids = torch.searchsorted(self._chunk_starts, stored, right=True) - 1
-        pinned = self._pinned.get(str(device))
-        if pinned is not None and bool((pinned[1][chunk_ids] >= 0).all()):
-            block, offsets = pinned
-            rows = offsets[chunk_ids] + (stored - self._chunk_starts[chunk_ids])
+        pinned = self._pinned_rows(device, chunk_ids, stored)
+        if pinned is not None:
+            block, rows = pinned
             for start in range(0, rows.numel(), _DECODE_PIECE_ROWS):
                 piece = block.take(rows[start : start + _DECODE_PIECE_ROWS])
                 decoded = self._decode_parsed(codec, piece, device)
@@ -677,11 +787,16 @@ class ArchiveReader(ClosesOnExit):
         self._cache.clear()
         self._cached_bytes = 0
         self._pinned.clear()
+        self._drop_spill()
 
     def __getstate__(self) -> dict[str, Any]:
         # A reader travels as its path and cache settings: the receiving process
-        # re-reads and re-checks the header and opens its own file.
-        return {"path": str(self.path), **self._options}
+        # re-reads and re-checks the header and opens its own file. A spill
+        # store travels as its directory, which the receiver maps read-only.
+        state: dict[str, Any] = {"path": str(self.path), **self._options}
+        if self._spill is not None and self._spill[0].shared:
+            state["spill"] = (str(self._spill[0].directory), self._spill[1])
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(  # type: ignore[misc]
@@ -689,6 +804,14 @@ class ArchiveReader(ClosesOnExit):
             cache_chunks=state["cache_chunks"],
             cache_bytes=state["cache_bytes"],
         )
+        spill = state.get("spill")
+        if spill is not None:
+            try:
+                store = SpillStore.open(spill[0], self.fingerprint)
+            except InputError as err:
+                logger.warning("%s; reading %s without it", err, self.path)
+            else:
+                self._spill = (store, spill[1])
 
     def __del__(self) -> None:
         fd = getattr(self, "_fd", None)
