@@ -30,7 +30,7 @@ DATA = Path(__file__).parent / "data"
     ],
 )
 def test_format_1_archives_decode_as_they_did(
-    name: str, key: str, shape: tuple
+    name: str, key: str, shape: tuple, reference_floats: bool
 ) -> None:
     want = load_file(str(DATA / "v1_decoded.safetensors"))[key]
     with ArchiveReader(DATA / name) as reader:
@@ -42,7 +42,11 @@ def test_format_1_archives_decode_as_they_did(
         reader.verify()
         assert set(reader.checksums) == set(reader.container.entries)
     got = load_archive(DATA / name)
-    assert got.shape == shape and torch.equal(got, want)
+    assert got.shape == shape
+    if reference_floats:  # bit for bit where floats round as they did
+        assert torch.equal(got, want)
+    else:  # elsewhere to float rounding (a format change moves labels by far more)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_format_1_corruption_is_still_detected(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ DATA = Path(__file__).parent / "data"
     [("v2_vqae.lz", "vqae", (64, 12)), ("v2_topk_pruned.lz", "topk", (8, 5, 10))],
 )
 def test_format_2_archives_decode_as_they_did(
-    name: str, key: str, shape: tuple
+    name: str, key: str, shape: tuple, reference_floats: bool
 ) -> None:
     want = load_file(str(DATA / "v2_decoded.safetensors"))[key]
     with ArchiveReader(DATA / name) as reader:
@@ -45,7 +45,11 @@ def test_format_2_archives_decode_as_they_did(
         assert reader.info()["integrity"] == "tensor names and bytes only (format 2)"
         reader.verify()
     got = load_archive(DATA / name)
-    assert got.shape == shape and torch.equal(got, want)
+    assert got.shape == shape
+    if reference_floats:  # bit for bit where floats round as they did
+        assert torch.equal(got, want)
+    else:  # elsewhere to float rounding (a format change moves labels by far more)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def _model_tensor(path: Path, forge: Any) -> str:
