@@ -14,7 +14,10 @@ Random access decodes in two steps (:meth:`Codec.parse_block`, then
 :meth:`Codec.decode_parsed`): parsed chunks are small and cached under a byte
 budget, and a batch's rows, gathered from every chunk they live in, go through
 the expensive part of decoding once. A shuffled batch thus costs about what its
-own labels cost (docs/reading.md).
+own labels cost (docs/reading.md). An archive whose parsed chunks exceed the
+cache can be parsed once into memory-mapped files
+(:meth:`ArchiveReader.prefetch` with ``spill_dir``), from which any label is
+one row.
 """
 
 from __future__ import annotations
