@@ -44,6 +44,8 @@ __all__ = [
     "atomic_path",
     "check_output_folder",
     "check_output_path",
+    "host_tag",
+    "pid_alive",
     "remove_stale_temps",
     "resolve_output",
     "scratch_folder",
@@ -67,7 +69,13 @@ _TEMP_RE = re.compile(r"(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)-(?P<rand>[0-9a-f
 _LEGACY_RE = re.compile(r"[a-z0-9_]{8}\.tmp")
 
 
-def _host() -> str:
+def host_tag() -> str:
+    """This host's name reduced to ``[A-Za-z0-9_]`` (at most 40 characters).
+
+    Temporary names carry it beside the writer's pid, so that a process judges
+    liveness only of pids of its own host (a shared filesystem's other hosts
+    have pids that mean nothing here).
+    """
     return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
 
 
@@ -79,10 +87,11 @@ def temp_sibling(dest: PathLike) -> Path:
     """A fresh temporary name beside ``dest``: ``.<name>.labelzip-tmp-<host>-<pid>-<hex>``."""
     dest = Path(dest)
     token = secrets.token_hex(4)
-    return dest.parent / f"{_prefix(dest)}{_host()}-{os.getpid()}-{token}"
+    return dest.parent / f"{_prefix(dest)}{host_tag()}-{os.getpid()}-{token}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (True where that cannot be told)."""
     if os.name != "posix":  # os.kill(pid, 0) is no liveness probe elsewhere
         return True
     try:
@@ -110,8 +119,8 @@ def _is_stale(entry: os.DirEntry[str], prefix: str, legacy: str) -> bool:
         match = _TEMP_RE.fullmatch(entry.name[len(prefix) :])
         if match is None:
             return False
-        if match["host"] == _host():
-            return not _pid_alive(int(match["pid"]))
+        if match["host"] == host_tag():
+            return not pid_alive(int(match["pid"]))
     elif not (
         entry.name.startswith(legacy)
         and _LEGACY_RE.fullmatch(entry.name[len(legacy) :])

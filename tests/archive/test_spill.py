@@ -22,6 +22,7 @@ from labelzip.archive.spill import SPILL_PREFIX, SpillStore, remove_stale_spills
 from labelzip.codecs.base import ParsedBlock
 from labelzip.codecs.registry import create_codec
 from labelzip.errors import InputError
+from labelzip.outputs import host_tag
 
 
 @pytest.fixture(scope="module")
@@ -146,13 +147,17 @@ def test_stores_of_dead_processes_are_removed(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    dead = tmp_path / f"{SPILL_PREFIX}{proc.stdout.strip()}-abc"
-    live = tmp_path / f"{SPILL_PREFIX}{os.getpid()}-abc"
+    here = host_tag()
+    dead = tmp_path / f"{SPILL_PREFIX}{here}-{proc.stdout.strip()}-abc"
+    live = tmp_path / f"{SPILL_PREFIX}{here}-{os.getpid()}-abc"
+    # another host's store on a shared filesystem: its pid means nothing here
+    elsewhere = tmp_path / f"{SPILL_PREFIX}other_host_{here}-{proc.stdout.strip()}-abc"
     other = tmp_path / "unrelated"
-    for path in (dead, live, other):
+    for path in (dead, live, elsewhere, other):
         path.mkdir()
     assert remove_stale_spills(tmp_path) == [dead]
-    assert live.exists() and other.exists() and not dead.exists()
+    assert live.exists() and elsewhere.exists() and other.exists()
+    assert not dead.exists()
 
 
 def test_a_thrashing_shuffle_spills_and_says_so(

@@ -12,12 +12,13 @@ whatever the archive's size, and the memory it takes is the kernel's page
 cache (reclaimable, and shared by every process that maps the same files),
 not the reader's heap.
 
-The files live in a private directory ``labelzip-parsed-<pid>-<random>`` under
-the directory the caller names. The process that built it owns it and removes
+The files live in a private directory ``labelzip-parsed-<host>-<pid>-<random>``
+under the directory the caller names. The process that built it owns it and removes
 it when the store is closed or garbage collected, or the process exits; a
 store opened from a pickled reader (a DataLoader worker) maps the files read-only
-and never removes them. A later build removes directories left by processes
-that no longer run (a killed owner). Space for every file is reserved before
+and never removes them. A later build removes directories left by processes of
+its own host that no longer run (a killed owner); another host's directories on
+a shared filesystem are never touched, since its pids mean nothing here. Space for every file is reserved before
 anything is written (``posix_fallocate``), so a full disk is a clear error up
 front, not a bus error in the middle of writing a mapped page.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -37,11 +39,13 @@ import torch
 
 from labelzip.codecs.base import ParsedBlock
 from labelzip.errors import InputError
+from labelzip.outputs import host_tag, pid_alive
 
 __all__ = ["SPILL_PREFIX", "PartSpec", "SpillStore", "remove_stale_spills"]
 
-# Directory names of spill stores (the owner's pid follows the prefix).
+# Directory names of spill stores: the prefix, then "<host>-<pid>-<random>".
 SPILL_PREFIX = "labelzip-parsed-"
+_OWNER_RE = re.compile(r"(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+")
 _MANIFEST = "manifest.json"
 # Space left free on the spill directory's filesystem after reserving a store.
 SPILL_FREE_MARGIN = 1 << 30
@@ -184,7 +188,8 @@ class SpillStore:
         try:
             directory = Path(
                 tempfile.mkdtemp(
-                    prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=parent_path
+                    prefix=f"{SPILL_PREFIX}{host_tag()}-{os.getpid()}-",
+                    dir=parent_path,
                 )
             )
         except OSError as err:
@@ -268,33 +273,25 @@ class SpillStore:
 def remove_stale_spills(parent: str | os.PathLike[str]) -> list[Path]:
     """Remove spill directories under ``parent`` whose owner process is gone.
 
-    Returns the directories removed. A directory whose owner still runs, or
-    whose name does not carry a pid, is left alone.
+    Returns the directories removed. Only directories of this host whose owner
+    pid no longer runs go; another host's, a running owner's, or a name that
+    does not parse is left alone.
     """
     removed: list[Path] = []
     try:
-        entries = list(Path(parent).iterdir())
+        entries = sorted(Path(parent).iterdir())
     except OSError:
         return removed
+    here = host_tag()
     for entry in entries:
         if not entry.name.startswith(SPILL_PREFIX) or not entry.is_dir():
             continue
-        pid_text = entry.name[len(SPILL_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
+        owner = _OWNER_RE.fullmatch(entry.name[len(SPILL_PREFIX) :])
+        if owner is None or owner["host"] != here or pid_alive(int(owner["pid"])):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _reserve(path: Path, nbytes: int) -> None:
