@@ -60,8 +60,38 @@ def test_bench_scale_reports_every_run(
     cells = [c.strip() for c in rows[1].split("|")]
     header = next(line for line in text.splitlines() if line.startswith("| N |"))
     names = [c.strip() for c in header.split("|")]
-    epoch = cells[names.index("decode shuffled (one epoch) labels/s")]
-    assert float(epoch.replace(",", "")) > 0  # measured, not a dash
+    for name in (
+        "decode shuffled (one epoch) labels/s",
+        "decode shuffled (whole archive, prefetched) labels/s",
+    ):
+        cell = cells[names.index(name)]
+        assert float(cell.replace(",", "")) > 0, name  # measured, not a dash
+    assert float(cells[names.index("prefetch s")]) >= 0
+
+
+def test_prefetched_shuffle_spills_beyond_the_cache(
+    tmp_path: Path, labels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labelzip.archive import ArchiveReader
+    from labelzip.cli.compress import main as compress_main
+
+    archive = tmp_path / "a.lz"
+    argv = [str(labels), "--codec", "topk", "--ratio", "10", "-o", str(archive)]
+    assert compress_main([*argv, "--quiet"]) == 0
+    built: list[int] = []
+    original = ArchiveReader.prefetch
+
+    def tiny_cache(self: ArchiveReader, *args: object, **kwargs: object) -> int:
+        self.cache_bytes = 1  # every archive is larger than the cache
+        count = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        built.append(self.spilled_bytes)
+        return count
+
+    monkeypatch.setattr(ArchiveReader, "prefetch", tiny_cache)
+    rates = scale.decode_rates(archive, 0.1)
+    assert built and built[0] > 0  # it spilled next to the archive
+    assert rates["prefetched_shuffled"] > 0 and rates["prefetch_seconds"] >= 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lz", "teacher.safetensors"]
 
 
 def test_failure_line_skips_torchrun_banners() -> None:

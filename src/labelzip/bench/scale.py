@@ -118,6 +118,8 @@ class ScaleRow:
     decode_contiguous: float | None = None
     decode_shuffled: float | None = None
     decode_epoch_shuffled: float | None = None
+    prefetch_seconds: float | None = None
+    decode_prefetched_shuffled: float | None = None
     skipped: str | None = None
     sha256: str | None = None
     load_average: float | None = None
@@ -255,6 +257,10 @@ def decode_rates(archive: Path, seconds: float, seed: int = 0) -> dict[str, floa
     Three measurements, each from a fresh reader with the default cache:
     ``contiguous`` (``decode_all``) and ``shuffled`` (a seeded permutation of
     all labels) run for about ``seconds`` (at least one batch);
+    ``prefetched_shuffled`` is the same permutation after
+    ``reader.prefetch(spill_dir=<the archive's folder>)`` (pinned in memory when
+    the parsed chunks fit the cache, spilled to mapped files otherwise), whose
+    ``prefetch_seconds`` are reported apart (NaN when the disk lacks the space);
     ``epoch_shuffled`` reads one seeded window of :data:`EPOCH_WINDOW`
     consecutive labels (one epoch of an ImageNet-1K IPC 50 set) in shuffled
     order, whole, cold cache included: the pattern of a training run.
@@ -276,6 +282,7 @@ def decode_rates(archive: Path, seconds: float, seed: int = 0) -> dict[str, floa
         num_labels, generator=torch.Generator().manual_seed(seed)
     )
     rates["shuffled"] = _shuffled_rate(archive, everything, seconds)
+    rates.update(_prefetched_rate(archive, everything, seconds))
     gen = torch.Generator().manual_seed(seed)
     window = min(EPOCH_WINDOW, num_labels)
     first = int(torch.randint(num_labels - window + 1, (1,), generator=gen))
@@ -301,6 +308,32 @@ def _shuffled_rate(archive: Path, order: torch.Tensor, seconds: float | None) ->
         return count / (time.perf_counter() - started)
 
 
+def _prefetched_rate(
+    archive: Path, order: torch.Tensor, seconds: float
+) -> dict[str, float]:
+    """Prefetch seconds, then labels/s of ``order`` for about ``seconds``."""
+    from labelzip.archive import ArchiveReader
+
+    with ArchiveReader(archive) as reader:
+        started = time.perf_counter()
+        try:
+            reader.prefetch(spill_dir=archive.parent)
+        except InputError:  # no room to spill: nothing to measure
+            return {"prefetch_seconds": math.nan, "prefetched_shuffled": math.nan}
+        prefetch_seconds = time.perf_counter() - started
+        count, started = 0, time.perf_counter()
+        for start in range(0, len(order), SHUFFLED_BATCH):
+            batch = order[start : start + SHUFFLED_BATCH]
+            reader.decode(batch)
+            count += len(batch)
+            if time.perf_counter() - started >= seconds:
+                break
+        return {
+            "prefetch_seconds": prefetch_seconds,
+            "prefetched_shuffled": count / (time.perf_counter() - started),
+        }
+
+
 def _measure_decode(archive: Path, seconds: float) -> dict[str, float]:
     """:func:`decode_rates` in a fresh one-thread subprocess (no warm caches)."""
     code = (
@@ -319,6 +352,10 @@ def _measure_decode(archive: Path, seconds: float) -> dict[str, float]:
         raise InputError(f"decode measurement failed: {out.stderr.strip()[-300:]}")
     rates: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return rates
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _sha256(path: Path) -> str:
@@ -400,6 +437,10 @@ def run_scale_bench(
                             row.decode_contiguous = rates["contiguous"]
                             row.decode_shuffled = rates["shuffled"]
                             row.decode_epoch_shuffled = rates["epoch_shuffled"]
+                            row.prefetch_seconds = _finite(rates["prefetch_seconds"])
+                            row.decode_prefetched_shuffled = _finite(
+                                rates["prefetched_shuffled"]
+                            )
                         archive.unlink()
                     if first is None and row.procs == min(config.procs):
                         first = row
@@ -447,22 +488,26 @@ def markdown_report(report: dict[str, Any], command: str) -> str:
         "the largest process of the job. Decode rates use one thread in a fresh "
         f"process: contiguous `decode_all` batches, shuffled batches of "
         f"{SHUFFLED_BATCH} across the whole archive (cold cache, a few seconds), "
-        f"and shuffled batches of {SHUFFLED_BATCH} over one epoch window of "
+        "the same after `reader.prefetch(spill_dir=...)` (which parsed every chunk "
+        "once into memory, or into memory-mapped files when larger than the 256 MiB "
+        f"cache; its seconds apart), and shuffled batches of {SHUFFLED_BATCH} over "
+        "one epoch window of "
         f"{EPOCH_WINDOW:,} consecutive labels (an ImageNet-1K IPC 50 epoch, read "
         "whole, cold cache included).",
         "",
         "| N | codec | procs | input | peak RSS | wall s | fit s | encode labels/s | "
         "decode contiguous labels/s | decode shuffled (whole archive) labels/s | "
+        "prefetch s | decode shuffled (whole archive, prefetched) labels/s | "
         "decode shuffled (one epoch) labels/s | archive | "
         "all-in ratio | same bytes as 1 proc | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         if row["skipped"]:
             lines.append(
                 f"| {row['num_labels']:,} | {row['codec']} | {row['procs']} | "
                 f"{row['input_bytes'] / 1e9:.2f} GB | skipped: {row['skipped']} |"
-                " | | | | | | | | | |"
+                " | | | | | | | | | | | |"
             )
             continue
         same = row["identical_to_one_process"]
@@ -474,6 +519,8 @@ def markdown_report(report: dict[str, Any], command: str) -> str:
             f"{_fmt(row['fit_seconds'], '.1f')} | {_fmt(row['encode_rate'], ',.0f')} | "
             f"{_fmt(row['decode_contiguous'], ',.0f')} | "
             f"{_fmt(row['decode_shuffled'], ',.0f')} | "
+            f"{_fmt(row.get('prefetch_seconds'), '.1f')} | "
+            f"{_fmt(row.get('decode_prefetched_shuffled'), ',.0f')} | "
             f"{_fmt(row.get('decode_epoch_shuffled'), ',.0f')} | "
             f"{row['archive_bytes']:,} | {row['ratio']:.1f}x | "
             f"{'-' if same is None else ('yes' if same else 'NO')} | "
