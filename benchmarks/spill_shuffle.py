@@ -75,8 +75,11 @@ def _auto(path: Path, order: list[int], seconds: float, spill: str) -> str:
                 break
     until = time.perf_counter() - started
     if labels.reader.spilled_bytes == 0 or start >= len(order):
+        spilled = labels.reader.spilled_bytes > 0
         labels.reader.close()
-        return f"no spill in {until:.0f} s"
+        return (
+            f"{'spilled after every label' if spilled else 'no spill'} in {until:.0f} s"
+        )
     rate = _read(labels, order[start:], seconds)
     labels.reader.close()
     return f"{rate:,.0f} ({until:.0f} s)"

@@ -13,14 +13,15 @@ cache (reclaimable, and shared by every process that maps the same files),
 not the reader's heap.
 
 The files live in a private directory ``labelzip-parsed-<host>-<pid>-<random>``
-under the directory the caller names. The process that built it owns it and removes
-it when the store is closed or garbage collected, or the process exits; a
-store opened from a pickled reader (a DataLoader worker) maps the files read-only
-and never removes them. A later build removes directories left by processes of
-its own host that no longer run (a killed owner); another host's directories on
-a shared filesystem are never touched, since its pids mean nothing here. Space for every file is reserved before
-anything is written (``posix_fallocate``), so a full disk is a clear error up
-front, not a bus error in the middle of writing a mapped page.
+under the directory the caller names. The process that built it owns it and
+removes it when the store is closed or garbage collected, or the process exits;
+a store opened from a pickled reader (a DataLoader worker) maps the files
+read-only and never removes them. A later build removes directories left by
+processes of its own host that no longer run (a killed owner); another host's
+directories on a shared filesystem are never touched, since its pids mean
+nothing here. Space for every file is reserved before anything is written
+(``posix_fallocate``), so a full disk is a clear error up front, not a bus error
+in the middle of writing a mapped page.
 """
 
 from __future__ import annotations

@@ -34,13 +34,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from labelzip.errors import ConfigError, InputError
 from labelzip.logit_store import open_logits
 from labelzip.logit_writer import SafetensorsStreamWriter
+
+if TYPE_CHECKING:
+    from labelzip.archive import ArchiveReader
 
 __all__ = [
     "ScaleConfig",
@@ -298,14 +301,23 @@ def _shuffled_rate(archive: Path, order: torch.Tensor, seconds: float | None) ->
 
     with ArchiveReader(archive) as reader:
         _ = reader.codec
-        count, started = 0, time.perf_counter()
-        for start in range(0, len(order), SHUFFLED_BATCH):
-            batch = order[start : start + SHUFFLED_BATCH]
-            reader.decode(batch)
-            count += len(batch)
-            if seconds is not None and time.perf_counter() - started >= seconds:
-                break
-        return count / (time.perf_counter() - started)
+        return _batch_rate(reader, order, seconds)
+
+
+def _batch_rate(
+    reader: ArchiveReader, order: torch.Tensor, seconds: float | None
+) -> float:
+    """Labels per second of ``order`` decoded by ``reader`` in batches of
+    :data:`SHUFFLED_BATCH`: for about ``seconds`` (at least one batch), or the
+    whole order when None."""
+    count, started = 0, time.perf_counter()
+    for start in range(0, len(order), SHUFFLED_BATCH):
+        batch = order[start : start + SHUFFLED_BATCH]
+        reader.decode(batch)
+        count += len(batch)
+        if seconds is not None and time.perf_counter() - started >= seconds:
+            break
+    return count / (time.perf_counter() - started)
 
 
 def _prefetched_rate(
@@ -321,16 +333,9 @@ def _prefetched_rate(
         except InputError:  # no room to spill: nothing to measure
             return {"prefetch_seconds": math.nan, "prefetched_shuffled": math.nan}
         prefetch_seconds = time.perf_counter() - started
-        count, started = 0, time.perf_counter()
-        for start in range(0, len(order), SHUFFLED_BATCH):
-            batch = order[start : start + SHUFFLED_BATCH]
-            reader.decode(batch)
-            count += len(batch)
-            if time.perf_counter() - started >= seconds:
-                break
         return {
             "prefetch_seconds": prefetch_seconds,
-            "prefetched_shuffled": count / (time.perf_counter() - started),
+            "prefetched_shuffled": _batch_rate(reader, order, seconds),
         }
 
 
