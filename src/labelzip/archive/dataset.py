@@ -164,7 +164,8 @@ class ArchiveLabels(Dataset[torch.Tensor]):
                     f"({(self.reader.spilled_bytes or self.reader.cached_bytes) >> 20} "
                     "MiB, in memory or under spill_dir, removed at exit) and serving "
                     "from it. With DataLoader workers, call labels.prefetch() before "
-                    "making the DataLoader so that they share one copy",
+                    "making the DataLoader so that they share one copy (a worker that "
+                    "is not persistent_workers=True spills again every epoch)",
                     RuntimeWarning,
                     stacklevel=3,
                 )
