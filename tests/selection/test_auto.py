@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from labelzip.archive import Layout
+from labelzip.archive import ArchiveMetadata, Layout
 from labelzip.errors import ConfigError, InputError, UnreachableTargetError
 from labelzip.rate import RateGoal
 from labelzip.selection.auto import (
@@ -261,3 +261,45 @@ def test_view_split_scores_held_out_views_and_skips_budgets_with_nothing_to_fit(
     every_view = LabelSample(labels, flat, labels, flat, torch.ones(100, 8, dtype=bool))
     with pytest.raises(UnreachableTargetError, match="is a held-out"):
         choose_codec(every_view, target, config, candidates=[one])
+
+
+@pytest.mark.parametrize(("record_share", "ratio"), [(0.0, 12.0), (1.0, 3.0)])
+def test_candidates_are_charged_for_a_record_at_least_as_large_as_the_real_one(
+    monkeypatch: pytest.MonkeyPatch, record_share: float, ratio: float
+) -> None:
+    """The archive's header (with its real auto record) must not outgrow the one
+    the candidates were fitted against: a winner at its codec's own largest
+    fitting view budget (a long keep fraction like 0.0566...) once failed its
+    final fit because the compact record's stand-in had no winner row."""
+    from labelzip.rate import ArchiveTarget, target_header_bytes
+    from labelzip.selection import auto as auto_module
+    from labelzip.selection.record import with_auto_record
+
+    charged: list[ArchiveTarget] = []
+    real_fit = auto_module.fit_codec
+
+    def spy(name: str, source: object, options: object, **kw: object) -> object:
+        target = kw["target"]
+        assert isinstance(target, ArchiveTarget)
+        charged.append(target)
+        return real_fit(name, source, options, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(auto_module, "fit_codec", spy)
+    labels = _views(400, 7, 10, noise=0.3)  # 7 views: fitting budgets like 3/7
+    config = AutoConfig(
+        codecs=("topk", "rskd", "vqae"),
+        steps=10,
+        confirm_steps=20,
+        keep_fractions=(1.0, 0.5),
+        record_share=record_share,
+    )
+    choice = _choose(labels, config, ratio)
+    assert charged
+    record = choice.to_dict()
+    assert choice.compact == (record_share == 0.0)
+    win = choice.winner
+    for target in charged:
+        final = target.replace(metadata=with_auto_record(ArchiveMetadata(), choice))
+        assert target_header_bytes(win.codec, dict(win.options), final) <= (
+            target_header_bytes(win.codec, dict(win.options), target)
+        ), record

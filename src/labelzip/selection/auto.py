@@ -32,12 +32,13 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from labelzip.archive import ArchiveMetadata
 from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan, keep_per_group
 from labelzip.codecs.registry import codec_class, with_num_images
@@ -125,9 +126,15 @@ _BLOCK = 4096
 # Characters of a skip reason kept in the archive's record.
 _MAX_REASON = 48
 _BEST_REACHABLE = re.compile(r"best reachable is ([0-9.]+x)")
-# Stand-ins as wide as any stored number: the provisional record of candidate fits.
+# Stand-ins as wide as any stored value: the provisional record of candidate fits.
+# A float of six significant digits (round6) is at most this wide; a keep fraction
+# (any float of at least 1e-99) at most as wide as _PLACEHOLDER_KEEP (22 characters).
 _WIDE_FLOAT = 1.23457e-05
-_PLACEHOLDER_KEEP = 1 / 3
+_PLACEHOLDER_KEEP = 0.00012345678901234567
+_WIDE_STEPS = 1 << 20
+# Characters charged per record row beyond the stand-ins: a real row's all-in ratio
+# can print up to 2 characters wider than the stand-in's (which is tied to its bytes).
+_ROW_SLACK = 4
 
 
 def resolve_codec_name(
@@ -285,29 +292,16 @@ def choose_codec(
         + _fitting_keeps(todo, target, config, fitting)
     )
     confirm = [c for c in possible if _capped(c, config, config.confirm_steps)]
-    wide = (
-        [
-            CandidateResult(c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT)
-            for c in possible
-        ]
-        + [  # the finalists' second fits
-            CandidateResult(
-                c, 10 * target.total_bytes + 7, _WIDE_FLOAT, _WIDE_FLOAT, steps=1 << 20
-            )
-            for c in sorted(confirm, key=lambda c: -len(json.dumps(dict(c.options))))[
-                :2
-            ]
-        ]
+    widest = _widest_choice(todo, possible, confirm, target, choice)
+    compact = (
+        len(json.dumps(widest.to_dict(), separators=(",", ":")))
+        > config.record_share * target.total_bytes
     )
-    longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
-    won = 1 << 20 if confirm else None
-    full = json.dumps(
-        choice(longest, wide, False, won).to_dict(), separators=(",", ":")
-    )
-    compact = len(full) > config.record_share * target.total_bytes
     charged = dataclasses.replace(
         target,
-        metadata=with_auto_record(target.metadata, choice(longest, wide, compact, won)),
+        metadata=_charged_metadata(
+            target.metadata, dataclasses.replace(widest, compact=compact)
+        ),
     )
     # The halvings go on while the pick keeps no more views than the smallest
     # budget of the grid so far (a codec's own fitting budget may be smaller).
@@ -397,6 +391,53 @@ def choose_from_rows(
 
 def _any_measured(results: Sequence[CandidateResult]) -> bool:
     return any(r.kl is not None and r.skipped is None for r in results)
+
+
+def _widest_choice(
+    todo: Sequence[Candidate],
+    possible: Sequence[Candidate],
+    confirm: Sequence[Candidate],
+    target: Target,
+    choice: Callable[
+        [Candidate, Sequence[CandidateResult], bool, int | None], AutoChoice
+    ],
+) -> AutoChoice:
+    """A stand-in for the choice the archive will record, at least as wide.
+
+    One row per candidate that may be measured (``possible``: the view budgets
+    extended, each codec's own fitting budget as a placeholder) and per finalist
+    refit, each with numbers and a skip reason as wide as any real row's, and a
+    winner with the longest options and keep fraction that has its own row (the
+    compact record keeps the winner's row). Candidates are fitted against the
+    header this record makes, so the archive's real record never outgrows it.
+    """
+    wide_bytes = 10 * target.total_bytes + 7
+    reason = "x" * _MAX_REASON
+
+    def row(cand: Candidate, steps: int | None = None) -> CandidateResult:
+        return CandidateResult(
+            cand, wide_bytes, _WIDE_FLOAT, _WIDE_FLOAT, skipped=reason, steps=steps
+        )
+
+    by_options = sorted(possible, key=lambda c: -len(json.dumps(dict(c.options))))
+    finalists = [c for c in by_options if c in confirm][:2]
+    longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
+    winner = Candidate(longest.codec, longest.options, _PLACEHOLDER_KEEP)
+    won = _WIDE_STEPS if confirm else None
+    rows = (
+        [row(c) for c in possible]
+        + [row(c, _WIDE_STEPS) for c in finalists]
+        + [row(winner, won)]
+    )
+    return choice(winner, rows, False, won)
+
+
+def _charged_metadata(metadata: ArchiveMetadata, widest: AutoChoice) -> ArchiveMetadata:
+    """``metadata`` with the widest record, padded by :data:`_ROW_SLACK` per row."""
+    charged = with_auto_record(metadata, widest)
+    record = dict(charged.user[AUTO_KEY])
+    record["pad"] = "x" * (_ROW_SLACK * len(record["candidates"]))
+    return dataclasses.replace(charged, user={**charged.user, AUTO_KEY: record})
 
 
 def _fitting_keeps(
