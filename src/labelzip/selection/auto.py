@@ -132,6 +132,8 @@ _BEST_REACHABLE = re.compile(r"best reachable is ([0-9.]+x)")
 _WIDE_FLOAT = 1.23457e-05
 _PLACEHOLDER_KEEP = 0.00012345678901234567
 _WIDE_STEPS = 1 << 20
+# The skip reason of a measured candidate whose stored labels lost the argmax.
+_FLAT_REASON = "flat: stored top-1 {:.2f}"
 # Characters charged per record row beyond the stand-ins: a real row's all-in ratio
 # can print up to 2 characters wider than the stand-in's (which is tied to its bytes).
 _ROW_SLACK = 4
@@ -412,23 +414,36 @@ def _widest_choice(
     header this record makes, so the archive's real record never outgrows it.
     """
     wide_bytes = 10 * target.total_bytes + 7
-    reason = "x" * _MAX_REASON
+    reference = target.goal.reference_bytes(
+        target.layout.num_labels, target.num_classes
+    )
+
+    def width(result: CandidateResult) -> int:
+        return len(json.dumps(result.to_dict(reference, report=False)))
 
     def row(cand: Candidate, steps: int | None = None) -> CandidateResult:
-        return CandidateResult(
-            cand, wide_bytes, _WIDE_FLOAT, _WIDE_FLOAT, skipped=reason, steps=steps
+        # the wider of a measured row (with the flat-label reason) and one skipped
+        # before it was measured (no numbers, the longest reason)
+        measured = CandidateResult(
+            cand,
+            wide_bytes,
+            _WIDE_FLOAT,
+            _WIDE_FLOAT,
+            skipped=_FLAT_REASON.format(1.0),
+            steps=steps,
         )
+        unmeasured = CandidateResult(cand, skipped="x" * _MAX_REASON, steps=steps)
+        return max(measured, unmeasured, key=width)
 
     by_options = sorted(possible, key=lambda c: -len(json.dumps(dict(c.options))))
     finalists = [c for c in by_options if c in confirm][:2]
     longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
     winner = Candidate(longest.codec, longest.options, _PLACEHOLDER_KEEP)
     won = _WIDE_STEPS if confirm else None
-    rows = (
-        [row(c) for c in possible]
-        + [row(c, _WIDE_STEPS) for c in finalists]
-        + [row(winner, won)]
-    )
+    # a winner is never skipped: its row has numbers and no reason
+    won_row = CandidateResult(winner, wide_bytes, _WIDE_FLOAT, _WIDE_FLOAT, steps=won)
+    rows = [row(c) for c in possible] + [row(c, _WIDE_STEPS) for c in finalists]
+    rows.append(won_row)
     return choice(winner, rows, False, won)
 
 
@@ -623,7 +638,7 @@ def _measure(
         group_source_kl=source_kl,
         stored_views=None if plan is None else plan.keep_per_group,
         fit_seconds=seconds,
-        skipped=None if own >= MIN_STORED_TOP1 else f"flat: stored top-1 {own:.2f}",
+        skipped=None if own >= MIN_STORED_TOP1 else _FLAT_REASON.format(own),
         steps=steps,
     )
 
