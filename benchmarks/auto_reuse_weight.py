@@ -9,6 +9,11 @@ The pick is then redone for each reuse weight from those measurements
 (:func:`labelzip.selection.auto.pick_candidate`): no refitting, so the table
 shows how the weight alone moves the choice.
 
+A weight ``cN`` charges N/m instead of the default 2/m (the pick is redone with
+:data:`labelzip.selection.score.REUSE_VIEWS` set to N for that pick only).
+``--keeps`` sets the view budgets measured and ``--data-dir`` another IDX folder
+(``benchmarks/make_mnist5k.py``).
+
 Usage (one torch thread):
     python benchmarks/auto_reuse_weight.py --settings random:10 sre2l:10 \\
         --ratios 40 100 --weights 1 0.5 0.25 0.1 0 --out results/auto_reuse_weight
@@ -17,11 +22,13 @@ Usage (one torch thread):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,7 @@ import torch
 from labelzip.archive import Layout
 from labelzip.data import load_fashion_mnist
 from labelzip.outputs import write_text
+from labelzip.pipelines.imageset import check_image_tensor
 from labelzip.pipelines.quickstart import (
     QuickstartConfig,
     build_distilled_set,
@@ -44,15 +52,44 @@ from labelzip.pipelines.relabel import (
     relabel_metadata,
 )
 from labelzip.pipelines.relabel_auto import choose_relabel_codec
+from labelzip.selection import score as score_module
 from labelzip.selection.auto import AutoConfig, CandidateResult, pick_candidate
 
 KEEPS = (1.0, 0.5, 0.25, 0.125, 1 / 16, 1 / 32)
 
 
-def measure(framework: str, ipc: int, epochs: int, ratios: list[float]) -> list[Any]:
+@contextlib.contextmanager
+def reuse_views(views: float | None) -> Any:
+    """Charge the reuse mismatch at ``views`` / m inside the block (None: as is)."""
+    saved = score_module.REUSE_VIEWS
+    if views is not None:
+        score_module.REUSE_VIEWS = views
+    try:
+        yield
+    finally:
+        score_module.REUSE_VIEWS = saved
+
+
+def weight_of(name: str) -> tuple[float | None, float | None]:
+    """A ``--weights`` entry as (fixed weight, reuse views): m, cN or a number."""
+    if name == "m":
+        return None, None
+    if name.startswith("c"):
+        return None, float(name[1:])
+    return float(name), None
+
+
+def measure(
+    framework: str,
+    ipc: int,
+    epochs: int,
+    ratios: list[float],
+    data_dir: Path | None = None,
+    keeps: tuple[float, ...] = KEEPS,
+) -> list[Any]:
     """The auto choice's candidate results of one set at each ratio."""
-    train_set = load_fashion_mnist("train")
-    test_set = load_fashion_mnist("test")
+    train_set = load_fashion_mnist("train", root=data_dir)
+    test_set = load_fashion_mnist("test", root=data_dir)
     qconfig = QuickstartConfig(
         framework=framework, ipc=ipc, epochs=epochs, codecs=("dense",), seed=0
     )
@@ -63,7 +100,7 @@ def measure(framework: str, ipc: int, epochs: int, ratios: list[float]) -> list[
     image_set = build_distilled_set(
         qconfig, train_set, teacher, teacher_id, device, lambda *_: None
     )
-    images = image_set.images
+    images = check_image_tensor(image_set.images, "distilled images")
     view = quickstart_view_config(*images.shape[-2:])
     config = RelabelConfig(epochs=epochs, seed=0, view=view)
     layout = Layout(LAYOUT_DIMS, (epochs, len(images)))
@@ -77,7 +114,7 @@ def measure(framework: str, ipc: int, epochs: int, ratios: list[float]) -> list[
             memo[:] = [(flat, labeller.rows(flat))]
         return memo[0][1]
 
-    auto = AutoConfig(keep_fractions=KEEPS, confirm_steps=0)
+    auto = AutoConfig(keep_fractions=keeps, confirm_steps=0)
     out = []
     for ratio in ratios:
         started = time.perf_counter()
@@ -115,8 +152,17 @@ def main() -> None:
         "--weights",
         nargs="+",
         default=["1", "0.1", "0", "m"],
-        help="reuse weights; m: the default, min(1, REUSE_VIEWS / views stored)",
+        help="reuse weights; m: the default, min(1, REUSE_VIEWS / views stored); "
+        "cN: min(1, N / views stored)",
     )
+    parser.add_argument(
+        "--keeps",
+        nargs="+",
+        type=lambda text: float(Fraction(text)),  # "1/16"
+        default=list(KEEPS),
+        help="view budgets measured, e.g. 1 1/2 1/16",
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help="IDX folder")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -139,13 +185,19 @@ def main() -> None:
     for setting in args.settings:
         framework, ipc = setting.split(":")
         for ratio, choice, seconds in measure(
-            framework, int(ipc), args.epochs, args.ratios
+            framework,
+            int(ipc),
+            args.epochs,
+            args.ratios,
+            args.data_dir,
+            tuple(args.keeps),
         ):
             picks = {}
             for name in args.weights:
-                weight = None if name == "m" else float(name)
+                weight, views = weight_of(name)
                 cfg = choice.config.model_copy(update={"reuse_weight": weight})
-                win = pick_candidate(list(choice.results), cfg)
+                with reuse_views(views):
+                    win = pick_candidate(list(choice.results), cfg)
                 picks[name] = f"{win.name} keep {win.keep_fraction:g}"
             settings.append(
                 {
