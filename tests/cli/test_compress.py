@@ -321,3 +321,53 @@ def test_directory_of_shards_gives_the_same_archive_as_one_file(
         assert code == 0, err
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_auto_prune_keeps_the_most_views_that_meet_the_target(
+    tmp_path: Path, logits_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "a.lz"
+    flags = ["--codec", "topk", "--decoder", "ms", "--k", "4", "--ratio", "8"]
+    argv = [str(logits_file), *flags, "--dims", "sample,view"]
+    code, stdout, err = _run([*argv, "--auto-prune", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert os.path.getsize(out) <= 512 * 50 * 2 / 8
+    with ArchiveReader(out) as reader:
+        assert reader.header.prune is not None
+        kept = reader.header.num_stored // 128
+    assert 1 <= kept < 4 and f"pruned, keep {kept / 4:g}" in stdout
+    # one more view per sample does not fit: --prune-keep says so itself
+    more = [*argv, "--prune-keep", str((kept + 1) / 4), "-o", str(tmp_path / "b.lz")]
+    code, _, err = _run(more, capsys)
+    assert code != 0 and "no topk configuration" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--codec", "topk", "--auto-prune"], "give --ratio or --bits-per-label"),
+        (["--ratio", "20", "--auto-prune"], "drop --auto-prune"),
+        (
+            ["--codec", "topk", "--ratio", "20", "--auto-prune", "--dims", "a,b"],
+            "name a logits file's dims with --dims",
+        ),
+        (
+            ["--codec", "topk", "--ratio", "20", "--auto-prune", "--prune-keep", "0.5"],
+            "not allowed with argument --auto-prune",
+        ),
+    ],
+)
+def test_auto_prune_misuse_is_one_line(
+    tmp_path: Path,
+    logits_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "a.lz"
+    try:
+        code, _, err = _run([str(logits_file), *flags, "-o", str(out)], capsys)
+    except SystemExit as exc:  # argparse's own usage error
+        code, err = int(exc.code or 0), capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()[-1]) > 0 and not out.exists()

@@ -39,6 +39,7 @@ from labelzip.logit_store import open_logits
 from labelzip.pipelines.compress import (
     AUTO,
     CompressSettings,
+    auto_prune_keep,
     choose_auto,
     fit_codec,
     label_layout,
@@ -54,6 +55,8 @@ EPILOG = """examples:
   labelzip compress logits.safetensors --ratio 40 -o labels.lz   # --codec auto
   labelzip compress logits.safetensors --codec topk --k 10 -o labels.lz
   labelzip compress logits.npy --codec dense --prune-keep 0.25 -o labels.lz
+  labelzip compress views.safetensors --dims epoch,sample --codec topk --decoder ms \
+      --k 2 --ratio 100 --auto-prune -o labels.lz   # the most views k = 2 affords
   labelzip compress logits.pt --codec topk --ratio 50 -o labels.lz
   labelzip compress views.safetensors --codec vqae --bits-per-label 64 --device cuda -o labels.lz
   labelzip compress shards/ --codec vqae --ratio 40 -o labels.lz   # a folder of shards
@@ -96,11 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         opt_help="codec option (repeatable), typed by the codec's config, e.g. --opt k=10",
         decoder_help="shortcut for --opt decoder=NAME (topk: mr, ms, mrs)",
     )
-    p.add_argument(
+    prune = p.add_mutually_exclusive_group()
+    prune.add_argument(
         "--prune-keep",
         type=float,
         metavar="F",
         help="LPLD pruning: keep labels for this fraction of each sample's views",
+    )
+    prune.add_argument(
+        "--auto-prune",
+        action="store_true",
+        help="keep labels for the most views per sample at which the named codec "
+        "meets the target (LPLD pruning; needs an epoch or view dim)",
     )
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     p.add_argument("--seed", type=int, default=0, help="seed of pruning and fitting")
@@ -145,6 +155,10 @@ def _run(args: argparse.Namespace) -> int:
             "name a codec with --codec, or give a target (--ratio / --bits-per-label) "
             "and let --codec auto choose"
         )
+    if codec == AUTO and args.auto_prune:
+        raise ConfigError(
+            "--codec auto measures the view budget itself: drop --auto-prune"
+        )
     if codec != AUTO:
         load_codec_class(codec)
         options = with_run_defaults(codec, options, seed=args.seed, device=device)
@@ -177,6 +191,9 @@ def _run(args: argparse.Namespace) -> int:
                 choice = run_on_main(ranks, choose, "choosing the codec")
                 settings, metadata = _resolved(settings, choice, metadata, device)
                 seconds["auto"] = time.perf_counter() - started
+            elif args.auto_prune:
+                keep = auto_prune_keep(settings, layout, store.num_classes, metadata)
+                settings = dataclasses.replace(settings, prune_keep=keep)
             plan = prune_plan(layout, settings)
 
             def fit() -> Codec:

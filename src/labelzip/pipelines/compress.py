@@ -54,6 +54,7 @@ __all__ = [
     "AUTO",
     "FIT_BATCH",
     "CompressSettings",
+    "auto_prune_keep",
     "choose_auto",
     "fit_codec",
     "label_layout",
@@ -117,6 +118,34 @@ def label_layout(store: LogitStore, dims: tuple[str, ...] | None) -> Layout:
             f"{tuple(store.shape)} ({len(label_shape)} label dims + classes)"
         )
     return Layout.for_shape(label_shape, list(dims) if dims is not None else None)
+
+
+def auto_prune_keep(
+    settings: CompressSettings,
+    layout: Layout,
+    num_classes: int,
+    metadata: ArchiveMetadata,
+) -> float | None:
+    """``--auto-prune``: the largest fraction of each sample's views whose labels
+    the codec of ``settings`` stores within its target (relabel's rule, the same
+    :func:`labelzip.rate.auto_prune_plan`); None when every view fits.
+
+    Raises:
+        ConfigError: no target, or the layout has no ``epoch``/``view`` dim.
+        UnreachableTargetError: not even one view per sample fits.
+    """
+    target = ArchiveTarget.of(
+        settings.goal, layout, num_classes, settings.chunk_size, metadata=metadata
+    )
+    if target is None:
+        raise ConfigError(
+            "--auto-prune keeps the most views that meet a target: give --ratio or "
+            "--bits-per-label"
+        )
+    plan = rate.auto_prune_plan(
+        settings.codec, target, seed=settings.seed, options=settings.options
+    )
+    return None if plan is None else plan.keep_fraction
 
 
 def prune_plan(layout: Layout, settings: CompressSettings) -> PrunePlan | None:

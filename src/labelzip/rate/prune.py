@@ -64,7 +64,8 @@ def auto_prune_plan(
     if len(found) != 1:
         raise ConfigError(
             f"auto-prune needs one 'epoch' or 'view' dimension, layout has "
-            f"{list(layout.dims)}"
+            f"{list(layout.dims)}; name a logits file's dims with --dims (e.g. "
+            "sample,view)"
         )
     views = layout.shape[layout.dims.index(found[0])]
 
