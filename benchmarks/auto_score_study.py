@@ -45,6 +45,7 @@ MEASURES = (
     "one_over_m",
     "auto_score",
     "auto_score_t1",
+    "error_t1_reuse_t4",
     "used_kl_t4",
 )
 
@@ -92,6 +93,9 @@ def measure(archive: Path, dense: Path) -> dict[str, float]:
         "one_over_m": 1 / m,
         "auto_score": float(scores[4.0].mean()),
         "auto_score_t1": float(scores[1.0].mean()),
+        # the stored labels' error at T = 1 plus 2/m of the reuse mismatch at T = 4
+        "error_t1_reuse_t4": float(stored_t1.mean())
+        + reuse_share(m if plan is not None else None) * float(reuse.mean()),
         "used_kl_t4": float(kl_divergence(teacher, decoded, 4.0).mean()),
     }
 
