@@ -156,7 +156,9 @@ def test_record_lists_every_candidate_and_is_deterministic() -> None:
     assert {c["codec"] for c in record["candidates"]} == {"topk", "rskd", "vqae"}
     for row in record["candidates"]:
         assert row["kl"] >= 0 and 0 <= row["top1"] <= 1
-        assert 9 < row["ratio"] < 13  # the estimated all-in size meets the target
+        assert 9 < row["ratio"]  # the estimated all-in size meets the target
+        if "k" not in row["options"]:  # a fixed k may land well under it
+            assert row["ratio"] < 13
     lines = format_table(first.to_dict(report=True))
     assert lines[0].startswith("auto chose") and sum("*" in ln for ln in lines[1:]) == 1
 
@@ -207,7 +209,7 @@ def test_finalists_are_refit_longer_and_the_pick_uses_their_long_fits() -> None:
 
 
 def test_unreachable_target_is_one_line() -> None:
-    with pytest.raises(UnreachableTargetError, match=r"none of 6 candidates") as info:
+    with pytest.raises(UnreachableTargetError, match=r"none of \d+ candidates") as info:
         _choose(
             _views(20, 2, 50, noise=1.0),
             AutoConfig(codecs=("topk",), keep_fractions=(1.0,)),
