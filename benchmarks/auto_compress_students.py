@@ -34,20 +34,20 @@ from typing import Any
 import torch
 
 from labelzip.archive import ArchiveReader
-from labelzip.bench.vision import VisionBenchConfig
+from labelzip.bench.vision import (
+    VisionBenchConfig,
+    setting_quickstart_config,
+    setting_relabel_config,
+)
 from labelzip.data import load_fashion_mnist
 from labelzip.outputs import write_text
-from labelzip.pipelines.imageset import check_image_tensor
 from labelzip.pipelines.quickstart import (
-    QuickstartConfig,
     build_distilled_set,
     prepare_teacher,
-    quickstart_view_config,
     with_input_stats,
 )
 from labelzip.pipelines.relabel import (
     RELABEL_KEY,
-    RelabelConfig,
     RelabelOutput,
     relabel,
 )
@@ -131,28 +131,12 @@ def run_setting(
 ) -> dict[str, Any]:
     train_set, test_set = data
     model, teacher_id = teacher
-    qconfig = QuickstartConfig(
-        framework=framework,
-        ipc=ipc,
-        epochs=bench.epochs,
-        codecs=("dense",),
-        teacher_arch=bench.teacher_arch,
-        teacher_epochs=bench.teacher_epochs,
-        seed=bench.seed,
-        student=bench.student,
-        student_seeds=args.student_seeds,
-    )
+    qconfig = setting_quickstart_config(bench, framework, ipc)
     device = torch.device("cpu")
     image_set = build_distilled_set(
         qconfig, train_set, model, teacher_id, device, lambda *_: None
     )
-    h, w = check_image_tensor(image_set.images, "distilled images").shape[-2:]
-    relabel_config = RelabelConfig(
-        epochs=bench.epochs,
-        seed=bench.seed,
-        view=quickstart_view_config(int(h), int(w)),
-        fit_views=bench.fit_views,
-    )
+    relabel_config = setting_relabel_config(bench, qconfig, image_set)
     work = args.work / f"{framework}_ipc{ipc}"
     work.mkdir(parents=True, exist_ok=True)
     dense = work / "dense.lz"
@@ -167,7 +151,7 @@ def run_setting(
     student_config = with_input_stats(bench.student, train_set).model_copy(
         update={"epochs": bench.epochs}
     )
-    seeds = [bench.student.seed + i for i in range(args.student_seeds)]
+    seeds = [bench.student.seed + i for i in range(bench.student_seeds)]
     cache = ViewCache()
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -251,17 +235,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    bench = VisionBenchConfig(epochs=args.epochs)
+    bench = VisionBenchConfig(epochs=args.epochs, student_seeds=args.student_seeds)
     train_set = load_fashion_mnist("train", root=args.data_dir)
     test_set = load_fashion_mnist("test", root=args.data_dir)
-    qconfig = QuickstartConfig(
-        framework="random",
-        ipc=10,
-        teacher_arch=bench.teacher_arch,
-        teacher_epochs=bench.teacher_epochs,
-    )
     model, teacher_id, teacher_acc, _ = prepare_teacher(
-        qconfig, train_set, test_set, torch.device("cpu"), None
+        setting_quickstart_config(bench, "random", 10),
+        train_set,
+        test_set,
+        torch.device("cpu"),
+        None,
     )
     report: dict[str, Any] = {
         "command": "python benchmarks/auto_compress_students.py "

@@ -29,7 +29,7 @@ import torch
 
 from labelzip.archive.reader import open_archive
 from labelzip.archive.writer import ArchiveWriter
-from labelzip.bench.vision import VisionBenchConfig, _quickstart_config
+from labelzip.bench.vision import VisionBenchConfig, setting_quickstart_config
 from labelzip.codecs.prune import PrunePlan
 from labelzip.codecs.registry import create_codec
 from labelzip.data.fashion_mnist import load_fashion_mnist
@@ -55,7 +55,7 @@ train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
 cfg = VisionBenchConfig(
     settings=((fw, 10),), codecs=("vqae-ctx-third",), ratios=(40.0,), baseline_epochs=0
 )
-q = _quickstart_config(cfg, fw, 10)
+q = setting_quickstart_config(cfg, fw, 10)
 dev = torch.device("cpu")
 model, tid, tacc, _ = prepare_teacher(q, train, test, dev, None)
 torch.set_num_threads(2)

@@ -86,6 +86,8 @@ __all__ = [
     "full_data_baseline",
     "markdown_report",
     "run_vision_bench",
+    "setting_quickstart_config",
+    "setting_relabel_config",
     "shipped_ratio",
     "write_report",
 ]
@@ -375,9 +377,12 @@ def full_data_baseline(
 # ------------------------------------------------------------- one (framework, IPC)
 
 
-def _quickstart_config(
+def setting_quickstart_config(
     config: VisionBenchConfig, framework: str, ipc: int
 ) -> QuickstartConfig:
+    """The quickstart config one (framework, IPC) of the benchmark runs with: its
+    distillation, teacher, views and students (scripts that redo a setting use it
+    to get the same sets and students)."""
     return QuickstartConfig(
         framework=framework,
         ipc=ipc,
@@ -391,6 +396,19 @@ def _quickstart_config(
         fit_views=config.fit_views,
         student=config.student,
         student_seeds=config.student_seeds,
+    )
+
+
+def setting_relabel_config(
+    config: VisionBenchConfig, qconfig: QuickstartConfig, image_set: ImageSet
+) -> RelabelConfig:
+    """The relabel config of one setting's distilled set (its view recipe)."""
+    h, w = check_image_tensor(image_set.images, "distilled images").shape[-2:]
+    return RelabelConfig(
+        epochs=qconfig.epochs,
+        seed=config.seed,
+        view=config.view or quickstart_view_config(int(h), int(w)),
+        fit_views=config.fit_views,
     )
 
 
@@ -515,7 +533,7 @@ def _run_setting(
 ) -> tuple[list[VisionBenchRow], list[dict[str, Any]], dict[str, Any]]:
     framework, ipc = setting
     model, teacher_id = teacher
-    qconfig = _quickstart_config(config, framework, ipc)
+    qconfig = setting_quickstart_config(config, framework, ipc)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     _log(log, f"[{framework} IPC {ipc}] distilling {ipc} images per class")
@@ -523,13 +541,7 @@ def _run_setting(
         qconfig, train_set, model, teacher_id, device, lambda *_: None
     )
     seconds["distill"] = time.perf_counter() - t0
-    h, w = check_image_tensor(image_set.images, "distilled images").shape[-2:]
-    relabel_config = RelabelConfig(
-        epochs=qconfig.epochs,
-        seed=config.seed,
-        view=config.view or quickstart_view_config(int(h), int(w)),
-        fit_views=config.fit_views,
-    )
+    relabel_config = setting_relabel_config(config, qconfig, image_set)
     outputs, names, skipped = _reachable_outputs(
         config, setting, image_set, relabel_config, teacher_id, work
     )
@@ -629,7 +641,7 @@ def run_vision_bench(
     start = time.perf_counter()
     spec = _dataset_spec(train_set)
     pairs = config.pairs()
-    first = _quickstart_config(config, *pairs[0])
+    first = setting_quickstart_config(config, *pairs[0])
     if teacher is None:
         _log(log, f"teacher: {config.teacher_arch}, {config.teacher_epochs} epochs")
         model, teacher_id, teacher_acc, cached = prepare_teacher(
