@@ -34,7 +34,7 @@ import torch
 from labelzip.archive import ArchiveReader, load_archive
 from labelzip.ops.metrics import kl_divergence
 from labelzip.outputs import write_text
-from labelzip.selection.score import reuse_share
+from labelzip.selection.score import reuse_score, reuse_share
 
 MEASURES = (
     "stored_kl_t4",
@@ -77,12 +77,12 @@ def measure(archive: Path, dense: Path) -> dict[str, float]:
         == decoded[kept].topk(2, dim=1).indices.sort(1).values
     ).all(1)
     reuse = kl_divergence(teacher, teacher[standin], 4.0)
-    share = reuse_share(m if plan is not None else None)
-    scores = {}
+    stored_views = m if plan is not None else None
+    used, scores = {}, {}
     for t in (4.0, 1.0):  # auto's score at its default temperature, and at T = 1
         source = kl_divergence(teacher[standin], decoded, t)  # error of label used
-        used = kl_divergence(teacher, decoded, t)
-        scores[t] = share * used + (1 - share) * source
+        used[t] = kl_divergence(teacher, decoded, t)
+        scores[t] = reuse_score(used[t], source, stored_views)
     return {
         "views_kept": m,
         "stored_kl_t4": float(stored_t4.mean()),
@@ -95,8 +95,8 @@ def measure(archive: Path, dense: Path) -> dict[str, float]:
         "auto_score_t1": float(scores[1.0].mean()),
         # the stored labels' error at T = 1 plus 2/m of the reuse mismatch at T = 4
         "error_t1_reuse_t4": float(stored_t1.mean())
-        + reuse_share(m if plan is not None else None) * float(reuse.mean()),
-        "used_kl_t4": float(kl_divergence(teacher, decoded, 4.0).mean()),
+        + reuse_share(stored_views) * float(reuse.mean()),
+        "used_kl_t4": float(used[4.0].mean()),
     }
 
 
