@@ -148,16 +148,16 @@ def _run(args: argparse.Namespace) -> int:
     goal = rate_goal(args)
     options = codec_options(args)
     codec = resolve_codec_name(
-        args.codec, options, has_target=goal is not None, default=None
+        args.codec,
+        options,
+        has_target=goal is not None,
+        default=None,
+        auto_prune=args.auto_prune,
     )
     if codec is None:
         raise ConfigError(
             "name a codec with --codec, or give a target (--ratio / --bits-per-label) "
             "and let --codec auto choose"
-        )
-    if codec == AUTO and args.auto_prune:
-        raise ConfigError(
-            "--codec auto measures the view budget itself: drop --auto-prune"
         )
     if codec != AUTO:
         load_codec_class(codec)

@@ -227,12 +227,12 @@ def _output(args: argparse.Namespace, device: torch.device) -> RelabelOutput:
     options = codec_options(args)
     has_target = rate_goal(args) is not None
     codec = resolve_codec_name(
-        args.codec, options, has_target=has_target, default="dense"
+        args.codec,
+        options,
+        has_target=has_target,
+        default="dense",
+        auto_prune=args.auto_prune,
     )
-    if codec == AUTO and args.auto_prune:
-        raise ConfigError(
-            "--codec auto measures the view budget itself: drop --auto-prune"
-        )
     auto = None
     if codec == AUTO:  # measured prune plans are the final ones: the prune seed
         auto = auto_config(args, seed=args.prune_seed, device=device)

@@ -148,6 +148,7 @@ def resolve_codec_name(
     *,
     has_target: bool,
     default: str | None,
+    auto_prune: bool = False,
 ) -> str | None:
     """The codec a command runs: the named one, :data:`AUTO`, or ``default``.
 
@@ -156,8 +157,8 @@ def resolve_codec_name(
     command that offers ``--codec auto`` resolves it here.
 
     Raises:
-        ConfigError: ``auto`` without a target, or with codec options (auto
-            chooses them).
+        ConfigError: ``auto`` without a target, with codec options (auto
+            chooses them) or with ``auto_prune`` (auto measures the view budget).
     """
     if codec is None:
         codec = AUTO if has_target else default
@@ -167,6 +168,10 @@ def resolve_codec_name(
         )
     if codec == AUTO and options:
         raise ConfigError("codec options (--opt, --k, --decoder) need a named --codec")
+    if codec == AUTO and auto_prune:
+        raise ConfigError(
+            "--codec auto measures the view budget itself: drop --auto-prune"
+        )
     return codec
 
 
