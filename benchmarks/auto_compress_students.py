@@ -11,6 +11,9 @@ file with ``labelzip decompress``, compresses that file with ``labelzip compress
 --codec auto --ratio R --dims epoch,sample``, carrying the set's fingerprint, class
 names and relabel recipe as metadata so that ``labelzip train`` can replay its
 views, and trains the same students (seeds 0, 1, ...) from every archive.
+``--named`` adds single codecs compressed the same way with ``--auto-prune`` (the
+most views per sample at which that codec meets the target), e.g. ``--named
+"topk --decoder ms --k 2"``: the baseline auto is held to, through the same path.
 
     python benchmarks/auto_compress_students.py --settings random:10 sre2l:10 \\
         --ratios 40 100 --student-seeds 2 --out benchmarks/results/auto_compress_students
@@ -65,8 +68,11 @@ def labelzip(*args: str, threads: int = 1) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
-def compress_auto(dense: Path, ratio: float, out: Path, threads: int) -> dict[str, Any]:
-    """decompress ``dense`` to a logits file, then ``compress --codec auto`` it."""
+def compress_views(
+    dense: Path, ratio: float, out: Path, threads: int, codec: list[str]
+) -> dict[str, Any]:
+    """decompress ``dense`` to a logits file, then ``compress --codec CODEC...`` it
+    (``codec``: ``["auto"]`` or a codec and its options, given ``--auto-prune``)."""
     reader = ArchiveReader(dense)
     header = reader.header
     logits = out.with_suffix(".logits.safetensors")
@@ -78,7 +84,8 @@ def compress_auto(dense: Path, ratio: float, out: Path, threads: int) -> dict[st
         "compress",
         str(logits),
         "--codec",
-        "auto",
+        *codec,
+        *([] if codec == ["auto"] else ["--auto-prune"]),
         "--ratio",
         f"{ratio:g}",
         "--dims",
@@ -158,22 +165,31 @@ def run_setting(
     dense_acc = students(image_set, dense, student_config, seeds, test_set, cache)
     rows.append({"run": "dense", "accuracies": dense_acc, "ratio": 1.0})
     print(f"[{framework} {ipc}] dense {dense_acc} ({time.perf_counter() - t0:.0f} s)")
-    for ratio in args.ratios:
-        out = work / f"compress_auto_{ratio:g}x.lz"
+    runs = [["auto"]] + [named.split() for named in args.named]
+    for ratio, codec in ((r, c) for r in args.ratios for c in runs):
+        label = " ".join(codec)
+        out = work / f"compress_{'_'.join(codec).replace('-', '')}_{ratio:g}x.lz"
         t1 = time.perf_counter()
-        report = compress_auto(dense, ratio, out, args.threads)
+        report = compress_views(dense, ratio, out, args.threads, codec)
         choose = time.perf_counter() - t1
-        auto = report["auto"]
-        chosen = auto["chosen"]
+        auto = report.get("auto")
+        if auto is not None:
+            chosen = auto["chosen"]
+            keep = chosen["keep_fraction"]
+        else:
+            with ArchiveReader(out) as reader:
+                info = reader.info()
+            chosen = {"codec": report["codec"], "options": {}}
+            keep = (info["prune"] or {}).get("keep_fraction", 1.0)
         options = ",".join(f"{k}={v}" for k, v in sorted(chosen["options"].items()))
         accuracies = students(image_set, out, student_config, seeds, test_set, cache)
         rows.append(
             {
-                "run": f"compress auto {ratio:g}x",
+                "run": f"compress {label} {ratio:g}x",
                 "target": ratio,
                 "ratio": report["ratio"],
                 "chosen": chosen["codec"] + (f"({options})" if options else ""),
-                "views_kept": round(chosen["keep_fraction"] * bench.epochs),
+                "views_kept": round(keep * bench.epochs),
                 "compress_seconds": choose,
                 "accuracies": accuracies,
                 "auto": auto,
@@ -227,6 +243,13 @@ def main() -> None:
     parser.add_argument("--student-seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=300, help="views per image")
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument(
+        "--named",
+        nargs="*",
+        default=[],
+        help='single codecs with their compress options, e.g. "topk --decoder ms '
+        '--k 2", compressed with --auto-prune beside auto',
+    )
     parser.add_argument(
         "--work", type=Path, default=Path("/tmp/auto_compress_students")
     )

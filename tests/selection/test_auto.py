@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -162,12 +163,25 @@ def test_record_lists_every_candidate_and_is_deterministic() -> None:
     lines = format_table(first.to_dict(report=True))
     assert lines[0].startswith("auto chose") and sum("*" in ln for ln in lines[1:]) == 1
 
-    small = _choose(labels, config.model_copy(update={"record_share": 0.01}), 10)
-    compact = small.to_dict()
-    assert compact["omitted"] == len(small.results) - 1
-    assert [r["codec"] for r in compact["candidates"]] == [small.winner.codec]
+    small = _choose(labels, config.model_copy(update={"record_share": 0.05}), 10)
+    winner_only = small.to_dict()
+    assert small.rows == "winner"
+    assert winner_only["omitted"] == len(small.results) - 1
+    assert [r["codec"] for r in winner_only["candidates"]] == [small.winner.codec]
     assert len(small.to_dict(report=True)["candidates"]) == len(small.results)
-    assert "other candidates measured" in format_table(compact)[-1]
+    assert "other candidates measured" in format_table(winner_only)[-1]
+
+    tiny = _choose(labels, config.model_copy(update={"record_share": 0.0}), 10)
+    alone = tiny.to_dict()
+    assert tiny.rows == "none" and tiny.winner == small.winner
+    assert alone == {
+        "chosen": winner_only["chosen"],
+        "omitted": len(tiny.results),
+    }
+    assert len(json.dumps(alone)) < len(json.dumps(winner_only)) / 2
+    assert len(tiny.to_dict(report=True)["candidates"]) == len(tiny.results)
+    (line,) = format_table(alone)
+    assert line.startswith(f"auto chose {tiny.winner.name}") and "not stored" in line
 
 
 def test_winner_is_never_worse_than_topk_beyond_noise() -> None:
@@ -265,9 +279,12 @@ def test_view_split_scores_held_out_views_and_skips_budgets_with_nothing_to_fit(
         choose_codec(every_view, target, config, candidates=[one])
 
 
-@pytest.mark.parametrize(("record_share", "ratio"), [(0.0, 12.0), (1.0, 3.0)])
+@pytest.mark.parametrize(
+    ("record_share", "ratio", "rows"),
+    [(0.0, 12.0, "none"), (0.15, 12.0, "winner"), (1.0, 3.0, "all")],
+)
 def test_candidates_are_charged_for_a_record_at_least_as_large_as_the_real_one(
-    monkeypatch: pytest.MonkeyPatch, record_share: float, ratio: float
+    monkeypatch: pytest.MonkeyPatch, record_share: float, ratio: float, rows: str
 ) -> None:
     """The archive's header (with its real auto record) must not outgrow the one
     the candidates were fitted against: a winner at its codec's own largest
@@ -298,7 +315,7 @@ def test_candidates_are_charged_for_a_record_at_least_as_large_as_the_real_one(
     choice = _choose(labels, config, ratio)
     assert charged
     record = choice.to_dict()
-    assert choice.compact == (record_share == 0.0)
+    assert choice.rows == rows
     win = choice.winner
     for target in charged:
         final = target.replace(metadata=with_auto_record(ArchiveMetadata(), choice))

@@ -17,6 +17,7 @@ __all__ = [
     "LOG_PROB_FLOOR",
     "kl_divergence",
     "top1_agreement",
+    "top2_agreement",
     "topk_overlap",
 ]
 
@@ -59,6 +60,22 @@ def top1_agreement(teacher_logits: torch.Tensor, decoded_logits: torch.Tensor) -
     """Fraction of labels whose decoded argmax equals the teacher's."""
     _check_pair(teacher_logits, decoded_logits)
     same = teacher_logits.argmax(dim=-1) == decoded_logits.argmax(dim=-1)
+    return float(same.float().mean())
+
+
+def top2_agreement(teacher_logits: torch.Tensor, decoded_logits: torch.Tensor) -> float:
+    """Fraction of labels whose decoded two largest classes are the teacher's two
+    (in either order). A decoded second place shared with a third class (a flat
+    tail, as top-k keeps at K = 1) does not count: it names no second class."""
+    _check_pair(teacher_logits, decoded_logits)
+    if teacher_logits.shape[-1] < 2:
+        return 1.0
+    k = min(3, teacher_logits.shape[-1])
+    own = teacher_logits.topk(2, dim=-1).indices.sort(dim=-1).values
+    values, indices = decoded_logits.topk(k, dim=-1)
+    same = (indices[:, :2].sort(dim=-1).values == own).all(dim=-1)
+    if k == 3:
+        same &= values[:, 1] > values[:, 2]
     return float(same.float().mean())
 
 

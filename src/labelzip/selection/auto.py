@@ -43,11 +43,12 @@ from labelzip.codecs.base import Codec
 from labelzip.codecs.prune import PrunePlan, keep_per_group
 from labelzip.codecs.registry import codec_class, with_num_images
 from labelzip.errors import ConfigError, UnreachableTargetError
-from labelzip.ops.metrics import kl_divergence, top1_agreement
+from labelzip.ops.metrics import kl_divergence, top1_agreement, top2_agreement
 from labelzip.rate import auto_prune_plan, fit_codec, target_header_bytes
 from labelzip.selection.config import AutoConfig, ContextOf, Target
 from labelzip.selection.record import (
     AUTO_KEY,
+    RECORD_ROWS,
     AutoChoice,
     Candidate,
     CandidateResult,
@@ -55,6 +56,7 @@ from labelzip.selection.record import (
     with_auto_record,
 )
 from labelzip.selection.sample import GroupShape, LabelSample
+from labelzip.selection.score import keeps_top_two
 
 __all__ = [
     "AUTO",
@@ -275,7 +277,7 @@ def choose_codec(
     def choice(
         winner: Candidate,
         results: Sequence[CandidateResult],
-        compact: bool,
+        rows: str,
         winner_steps: int | None = None,
     ) -> AutoChoice:
         return AutoChoice(
@@ -289,7 +291,7 @@ def choose_codec(
                 target.layout.num_labels, target.num_classes
             ),
             seconds=time.perf_counter() - started,
-            compact=compact,
+            rows=rows,
         )
 
     # Candidates are charged for the record the final archive will carry: every
@@ -303,14 +305,11 @@ def choose_codec(
     )
     confirm = [c for c in possible if _capped(c, config, config.confirm_steps)]
     widest = _widest_choice(todo, possible, confirm, target, choice)
-    compact = (
-        len(json.dumps(widest.to_dict(), separators=(",", ":")))
-        > config.record_share * target.total_bytes
-    )
+    rows = _record_rows(widest, config.record_share * target.total_bytes)
     charged = dataclasses.replace(
         target,
         metadata=_charged_metadata(
-            target.metadata, dataclasses.replace(widest, compact=compact)
+            target.metadata, dataclasses.replace(widest, rows=rows)
         ),
     )
     # The halvings go on while the pick keeps no more views than the smallest
@@ -330,7 +329,17 @@ def choose_codec(
     pool, results = _confirm(results, sample, charged, config)
     best = pick_candidate(pool, config)
     steps = next(r.steps for r in pool if r.candidate == best)
-    return choice(best, results, compact, steps)
+    return choice(best, results, rows, steps)
+
+
+def _record_rows(widest: AutoChoice, budget: float) -> str:
+    """The widest form of the record (:data:`RECORD_ROWS`) whose stand-in fits
+    in ``budget`` bytes; the choice alone where none does."""
+    for rows in RECORD_ROWS[:-1]:
+        record = dataclasses.replace(widest, rows=rows).to_dict()
+        if len(json.dumps(record, separators=(",", ":"))) <= budget:
+            return rows
+    return RECORD_ROWS[-1]
 
 
 def _capped(cand: Candidate, config: AutoConfig, steps: int) -> bool:
@@ -409,7 +418,7 @@ def _widest_choice(
     confirm: Sequence[Candidate],
     target: Target,
     choice: Callable[
-        [Candidate, Sequence[CandidateResult], bool, int | None], AutoChoice
+        [Candidate, Sequence[CandidateResult], str, int | None], AutoChoice
     ],
 ) -> AutoChoice:
     """A stand-in for the choice the archive will record, at least as wide.
@@ -418,7 +427,7 @@ def _widest_choice(
     extended, each codec's own fitting budget as a placeholder) and per finalist
     refit, each with numbers and a skip reason as wide as any real row's, and a
     winner with the longest options and keep fraction that has its own row (the
-    compact record keeps the winner's row). Candidates are fitted against the
+    "winner" form of the record keeps it). Candidates are fitted against the
     header this record makes, so the archive's real record never outgrows it.
     """
     wide_bytes = 10 * target.total_bytes + 7
@@ -437,6 +446,7 @@ def _widest_choice(
             wide_bytes,
             _WIDE_FLOAT,
             _WIDE_FLOAT,
+            stored_top2=_WIDE_FLOAT,
             skipped=_FLAT_REASON.format(1.0),
             steps=steps,
         )
@@ -449,17 +459,20 @@ def _widest_choice(
     winner = Candidate(longest.codec, longest.options, _PLACEHOLDER_KEEP)
     won = _WIDE_STEPS if confirm else None
     # a winner is never skipped: its row has numbers and no reason
-    won_row = CandidateResult(winner, wide_bytes, _WIDE_FLOAT, _WIDE_FLOAT, steps=won)
+    won_row = CandidateResult(
+        winner, wide_bytes, _WIDE_FLOAT, _WIDE_FLOAT, stored_top2=_WIDE_FLOAT, steps=won
+    )
     rows = [row(c) for c in possible] + [row(c, _WIDE_STEPS) for c in finalists]
     rows.append(won_row)
-    return choice(winner, rows, False, won)
+    return choice(winner, rows, RECORD_ROWS[0], won)
 
 
 def _charged_metadata(metadata: ArchiveMetadata, widest: AutoChoice) -> ArchiveMetadata:
-    """``metadata`` with the widest record, padded by :data:`_ROW_SLACK` per row."""
+    """``metadata`` with the widest record, padded by :data:`_ROW_SLACK` per row
+    (the choice alone counts as one)."""
     charged = with_auto_record(metadata, widest)
     record = dict(charged.user[AUTO_KEY])
-    record["pad"] = "x" * (_ROW_SLACK * len(record["candidates"]))
+    record["pad"] = "x" * (_ROW_SLACK * max(1, len(record.get("candidates", ()))))
     return dataclasses.replace(charged, user={**charged.user, AUTO_KEY: record})
 
 
@@ -527,13 +540,20 @@ def _extra_budgets(
 
 
 def pick_candidate(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:
-    """The lowest score wins; scores within noise of it tie (module docstring)."""
+    """The lowest score wins; scores within noise of it tie (module docstring).
+
+    Candidates whose stored labels lose the teacher's top two classes
+    (:func:`~labelzip.selection.score.keeps_top_two`) compete only when no
+    measured candidate keeps them.
+    """
     weight = config.reuse_weight
     measured = [
         r
         for r in results
         if r.kl is not None and r.group_kl is not None and r.skipped is None
     ]
+    if any(keeps_top_two(r.stored_top2) for r in measured):
+        measured = [r for r in measured if keeps_top_two(r.stored_top2)]
     if not measured:
         reasons = [r.detail or r.skipped for r in results if r.skipped]
         raise UnreachableTargetError(
@@ -625,7 +645,7 @@ def _measure(
             cand, skipped=_short_reason(exc), detail=_full_reason(exc), steps=steps
         )
     seconds = time.perf_counter() - started
-    kl, source_kl, top1, own, payload, kept = _held_out(
+    kl, source_kl, top1, own, own2, payload, kept = _held_out(
         codec, sample, plan, config.temperature, context
     )
     num_stored = plan.num_kept if plan is not None else layout.num_labels
@@ -642,6 +662,7 @@ def _measure(
         kl=float(kl.mean()),
         top1=top1,
         stored_top1=own,
+        stored_top2=own2,
         group_kl=kl,
         group_source_kl=source_kl,
         stored_views=None if plan is None else plan.keep_per_group,
@@ -675,10 +696,11 @@ def _held_out(
     plan: PrunePlan | None,
     temperature: float,
     context: ContextOf | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, float, float, int, int]:
+) -> tuple[torch.Tensor, torch.Tensor, float, float, float, int, int]:
     """Per held-out sample mean KL (against each label's own teacher, and
     against its stand-in's teacher), top-1 (of every scored label, and of the
-    stored labels against their own decoding), payload bytes and labels encoded.
+    stored labels against their own decoding), the stored labels' top-2
+    agreement, payload bytes and labels encoded.
 
     With a plan only kept labels are encoded; every scored label is compared
     against the decoded label it uses (its own or its stand-in's). ``context``
@@ -718,11 +740,13 @@ def _held_out(
     )
     top1 = top1_agreement(teacher, used)
     own = top1_agreement(full[stored], decoded)
+    own2 = top2_agreement(full[stored], decoded)
     return (
         kl.mean(dim=1),
         source_kl.reshape(groups, views).mean(dim=1),
         top1,
         own,
+        own2,
         payload,
         int(stored.numel()),
     )

@@ -77,8 +77,8 @@ class AutoConfig(BaseModel):
         default=0.02,
         ge=0.0,
         le=1.0,
-        description="most of the target bytes the stored candidate table may take; "
-        "above it the archive stores the choice alone",
+        description="most of the target bytes the stored auto record may take: "
+        "every candidate's row, else the winner's row only, else the choice alone",
     )
     reuse_weight: float | None = Field(
         default=None,

@@ -15,10 +15,11 @@ import torch
 from labelzip.archive import ArchiveMetadata
 from labelzip.errors import ConfigError
 from labelzip.selection.config import AutoConfig
-from labelzip.selection.score import REUSE_VIEWS, reuse_score
+from labelzip.selection.score import REUSE_VIEWS, keeps_top_two, reuse_score
 
 __all__ = [
     "AUTO_KEY",
+    "RECORD_ROWS",
     "AutoChoice",
     "Candidate",
     "CandidateResult",
@@ -28,6 +29,10 @@ __all__ = [
 
 # The archive's user-metadata entry holding the choice and every candidate's numbers.
 AUTO_KEY = "auto"
+# How much of the candidate table the archive's record keeps, widest first: every
+# row, the winner's row only, or none (the choice alone; small archives, where
+# even one row would take a noticeable share of the bytes).
+RECORD_ROWS = ("all", "winner", "none")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,10 @@ class CandidateResult:
         stored_top1: top-1 agreement of the encoded labels' decoding with their
             own teacher labels (the codec alone; below
             :data:`~labelzip.selection.auto.MIN_STORED_TOP1` not eligible).
+        stored_top2: the share of the encoded labels whose decoding keeps their
+            teacher's two leading classes (below
+            :data:`~labelzip.selection.score.MIN_STORED_TOP2` set aside while
+            another candidate keeps them).
         group_kl: (held-out samples,) mean KL per held-out sample.
         group_source_kl: (held-out samples,) the same with each label's
             teacher replaced by its stand-in's (its own for a stored view): the
@@ -72,6 +81,7 @@ class CandidateResult:
     kl: float | None = None
     top1: float | None = None
     stored_top1: float | None = None
+    stored_top2: float | None = None
     group_kl: torch.Tensor | None = None
     group_source_kl: torch.Tensor | None = None
     stored_views: int | None = None
@@ -115,6 +125,7 @@ class CandidateResult:
             "kl": round6(self.kl),
             "score": round6(self.score(reuse_weight)),
             "top1": round6(self.top1),
+            "top2": round6(self.stored_top2),
             "skipped": self.skipped,
         }
         if self.steps is not None:
@@ -137,20 +148,26 @@ class AutoChoice:
     held_labels: int
     reference_total: int
     seconds: float
-    compact: bool = False
+    rows: str = "all"  # one of RECORD_ROWS: the rows the archive's record keeps
     winner_steps: int | None = None  # set when the winner is a refitted finalist
 
     def to_dict(self, *, report: bool = False) -> dict[str, Any]:
         """The JSON record: for the archive (deterministic: no seconds, short
-        skip reasons; with ``compact`` only the winner's row) or, with
-        ``report``, for the command's output (every row)."""
+        skip reasons; the rows :attr:`rows` names, with the number of the
+        others as ``omitted``) or, with ``report``, for the command's output
+        (every row)."""
+        if self.rows not in RECORD_ROWS:
+            raise ValueError(f"rows must be one of {RECORD_ROWS}, not {self.rows!r}")
+        chosen = {
+            "codec": self.winner.codec,
+            "options": dict(self.winner.options),
+            "keep_fraction": self.winner.keep_fraction,
+            **({} if self.winner_steps is None else {"steps": self.winner_steps}),
+        }
+        if self.rows == "none" and not report:
+            return {"chosen": chosen, "omitted": len(self.results)}
         out: dict[str, Any] = {
-            "chosen": {
-                "codec": self.winner.codec,
-                "options": dict(self.winner.options),
-                "keep_fraction": self.winner.keep_fraction,
-                **({} if self.winner_steps is None else {"steps": self.winner_steps}),
-            },
+            "chosen": chosen,
             "temperature": self.config.temperature,
             "reuse_weight": self.config.reuse_weight,
             "fit_labels": self.fit_labels,
@@ -165,11 +182,11 @@ class AutoChoice:
                 )
                 for r in self.results
                 if report
-                or not self.compact
+                or self.rows == "all"
                 or (r.candidate == self.winner and r.steps == self.winner_steps)
             ],
         }
-        if self.compact and not report:
+        if self.rows == "winner" and not report:
             out["omitted"] = len(self.results) - 1
         if report:
             out["seconds"] = round(self.seconds, 2)
@@ -184,10 +201,19 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
     """Text lines of an auto record (from :meth:`AutoChoice.to_dict` or an archive)."""
     chosen = record["chosen"]
     win = Candidate(chosen["codec"], chosen["options"], chosen["keep_fraction"])
+    if "candidates" not in record:  # the choice alone (a small archive)
+        return [
+            f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's "
+            f"views ({record['omitted']} candidates measured; their numbers are not "
+            "stored, as they would take a noticeable share of this small archive)"
+        ]
     won = (win.name, win.keep_fraction, chosen.get("steps"))
     refit = {row["steps"] for row in record["candidates"] if "steps" in row}
     finalists = f"; finalists refit at {max(refit)} steps" if refit else ""
     weight = record.get("reuse_weight", 1.0)
+    # rows whose stored labels lost the teacher's top two, while another kept them
+    measured = [r for r in record["candidates"] if r["kl"] is not None]
+    kept = [r for r in measured if not r["skipped"] and keeps_top_two(r.get("top2"))]
     share = f"{REUSE_VIEWS:g}/views stored" if weight is None else f"{weight:g}"
     scored = "KL" if weight == 1.0 else f"score: reuse mismatch x {share}"
     lines = [
@@ -207,10 +233,13 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
             lines.append(f"{head} skipped: {row['skipped']}")
             continue
         flag = f"  not eligible ({row['skipped']})" if row["skipped"] else ""
+        if not flag and kept and not keeps_top_two(row.get("top2")):
+            flag = f"  set aside (stored top-2 {row['top2']:.2f})"
         score = "" if weight == 1.0 else f"  score {row['score']:.5f}"
+        top2 = "" if row.get("top2") is None else f"  stored top-2 {row['top2']:.2f}"
         lines.append(
             f"{head} {row['ratio']:7.2f}x{score}  KL {row['kl']:.5f}  top-1 "
-            f"{row['top1']:.4f}{secs}{flag}"
+            f"{row['top1']:.4f}{top2}{secs}{flag}"
         )
     if record.get("omitted"):
         lines.append(
