@@ -139,6 +139,7 @@ def row(r: CandidateResult, weight: float | None) -> dict[str, Any]:
         "score": r.score(weight),
         "top1": r.top1,
         "stored_top1": r.stored_top1,
+        "stored_top2": r.stored_top2,
         "skipped": r.skipped,
     }
 
@@ -215,18 +216,19 @@ def main() -> None:
                 *[f"| {w} | {p} |" for w, p in picks.items()],
                 "",
                 "| candidate | keep | held-out KL | source KL | score (default) | stored top-1 "
-                "| skipped |",
-                "|---|---|---|---|---|---|---|",
+                "| stored top-2 | skipped |",
+                "|---|---|---|---|---|---|---|---|",
             ]
             for r in choice.results:
                 d = row(r, None)
                 kl = "-" if d["kl"] is None else f"{d['kl']:.4f}"
                 src = "-" if d["source_kl"] is None else f"{d['source_kl']:.4f}"
                 own = "-" if d["stored_top1"] is None else f"{d['stored_top1']:.3f}"
+                two = "-" if d["stored_top2"] is None else f"{d['stored_top2']:.3f}"
                 score = "-" if d["score"] is None else f"{d['score']:.4f}"
                 lines.append(
                     f"| {d['codec']} | {d['keep']:.4g} | {kl} | {src} | {score} | {own} | "
-                    f"{d['skipped'] or ''} |"
+                    f"{two} | {d['skipped'] or ''} |"
                 )
             lines.append("")
             print("\n".join(lines[-len(choice.results) - 12 :]), flush=True)

@@ -12,6 +12,7 @@ from labelzip.ops.metrics import (
     LOG_PROB_FLOOR,
     kl_divergence,
     top1_agreement,
+    top2_agreement,
     topk_overlap,
 )
 
@@ -71,3 +72,19 @@ def test_shape_errors() -> None:
         top1_agreement(torch.zeros(3), torch.zeros(3))
     with pytest.raises(InputError, match="shape"):
         topk_overlap(torch.zeros(2, 3), torch.zeros(3, 3))
+
+
+def test_top2_agreement_counts_the_two_leading_classes_in_either_order() -> None:
+    teacher = torch.tensor([[5.0, 4.0, 1.0, 0.0], [0.0, 3.0, 2.0, 1.0]])
+    assert top2_agreement(teacher, teacher) == 1.0
+    swapped = torch.tensor([[4.0, 5.0, 1.0, 0.0], [0.0, 2.0, 3.0, 1.0]])
+    assert top2_agreement(teacher, swapped) == 1.0
+    wrong_second = torch.tensor([[5.0, 1.0, 4.0, 0.0], [0.0, 3.0, 2.0, 1.0]])
+    assert top2_agreement(teacher, wrong_second) == 0.5
+    # a flat tail (top-k at K = 1) names no second class, whatever topk returns
+    flat_tail = torch.tensor([[5.0, 1.0, 1.0, 1.0], [0.0, 3.0, 2.0, 2.0]])
+    assert top2_agreement(teacher, flat_tail) == 0.0
+    two = torch.tensor([[1.0, 0.0]])
+    assert top2_agreement(two, -two) == 1.0  # two classes: always both
+    with pytest.raises(InputError, match="shape"):
+        top2_agreement(teacher, teacher[:, :3])

@@ -9,17 +9,21 @@ import pytest
 import torch
 
 from labelzip.archive import ArchiveMetadata, Layout
+from labelzip.codecs.prune import keep_per_group
 from labelzip.errors import ConfigError, InputError, UnreachableTargetError
 from labelzip.rate import RateGoal
 from labelzip.selection.auto import (
+    BUDGET_STEP,
     LM_CANDIDATES,
     AutoChoice,
     AutoConfig,
     Candidate,
+    CandidateResult,
     Target,
     candidates_for,
     choose_codec,
     format_table,
+    pick_candidate,
 )
 from labelzip.selection.sample import (
     GroupShape,
@@ -125,9 +129,12 @@ FAST = AutoConfig(codecs=("topk",), sample_labels=2048, keep_fractions=(1.0, 0.5
 def test_redundant_views_choose_a_view_budget_below_one() -> None:
     choice = _choose(_views(200, 8, 100, noise=0.02), FAST)
     assert choice.winner.keep_fraction < 1.0
-    kept = {r.candidate.keep_fraction for r in choice.results}
-    # the fewest views tried won, so auto went on halving (down to 1 of 8 views)
-    assert kept == {1.0, 0.5, 0.25, 0.125}
+    kept = sorted({r.candidate.keep_fraction for r in choice.results}, reverse=True)
+    # the fewest views tried won, so auto went on to smaller budgets, each
+    # BUDGET_STEP smaller, down to 1 of 8 views (2 of 8 at 0.25, then 1)
+    assert kept[:3] == [1.0, 0.5, 0.25] and len(kept) == 4
+    assert kept[3] == pytest.approx(0.25 / BUDGET_STEP)
+    assert keep_per_group(kept[3], 8) == 1
 
 
 def test_independent_views_keep_every_view() -> None:
@@ -182,6 +189,50 @@ def test_record_lists_every_candidate_and_is_deterministic() -> None:
     assert len(tiny.to_dict(report=True)["candidates"]) == len(tiny.results)
     (line,) = format_table(alone)
     assert line.startswith(f"auto chose {tiny.winner.name}") and "not stored" in line
+
+
+def _measured(codec: str, score: float, top2: float | None) -> CandidateResult:
+    groups = torch.full((40,), score) + 1e-4 * torch.arange(40)
+    return CandidateResult(
+        Candidate(codec, {}),
+        total_bytes=1000,
+        kl=float(groups.mean()),
+        top1=0.9,
+        stored_top1=0.9,
+        stored_top2=top2,
+        group_kl=groups,
+        group_source_kl=groups,
+    )
+
+
+def test_labels_that_lose_the_teachers_top_two_are_set_aside_while_others_keep_them() -> (
+    None
+):
+    config = AutoConfig()
+    coarse = _measured("vqae", 0.020, 0.48)  # the lower KL, top two lost
+    exact = _measured("topk", 0.025, 1.0)
+    assert pick_candidate([coarse, exact], config) == exact.candidate
+    # unknown top-2 (an old record, or no stored labels) counts as kept
+    assert pick_candidate([coarse, _measured("rskd", 0.03, None)], config).codec == (
+        "rskd"
+    )
+    # when no candidate keeps them, the score alone decides
+    also_coarse = _measured("topk", 0.025, 0.10)
+    assert pick_candidate([coarse, also_coarse], config) == coarse.candidate
+    choice = AutoChoice(
+        winner=exact.candidate,
+        results=(coarse, exact),
+        config=config,
+        fit_labels=100,
+        held_labels=40,
+        reference_total=20_000,
+        seconds=0.0,
+    )
+    lines = format_table(choice.to_dict(report=True))
+    assert (
+        "set aside (stored top-2 0.48)" in lines[1] and "stored top-2 1.00" in lines[2]
+    )
+    assert "set aside" not in lines[2]
 
 
 def test_winner_is_never_worse_than_topk_beyond_noise() -> None:
