@@ -191,10 +191,16 @@ def test_record_lists_every_candidate_and_is_deterministic() -> None:
     assert line.startswith(f"auto chose {tiny.winner.name}") and "not stored" in line
 
 
-def _measured(codec: str, score: float, top2: float | None) -> CandidateResult:
+def _measured(
+    codec: str,
+    score: float,
+    top2: float | None,
+    options: dict[str, object] | None = None,
+    keep: float = 1.0,
+) -> CandidateResult:
     groups = torch.full((40,), score) + 1e-4 * torch.arange(40)
     return CandidateResult(
-        Candidate(codec, {}),
+        Candidate(codec, options or {}, keep),
         total_bytes=1000,
         kl=float(groups.mean()),
         top1=0.9,
@@ -233,6 +239,15 @@ def test_labels_that_lose_the_teachers_top_two_are_set_aside_while_others_keep_t
         "set aside (stored top-2 0.48)" in lines[1] and "stored top-2 1.00" in lines[2]
     )
     assert "set aside" not in lines[2]
+
+
+def test_a_tie_between_option_sets_of_one_codec_goes_to_more_views() -> None:
+    plain = _measured("topk", 0.0255, 1.0, {"decoder": "ms"}, keep=7 / 300)
+    fixed_k = _measured("topk", 0.0256, 1.0, {"decoder": "ms", "k": 2}, keep=8 / 300)
+    vqae = _measured("vqae", 0.0255, 1.0, keep=9 / 300)
+    # the table order puts plain top-k first, but both are top-k: more views win;
+    # a tie with another codec still goes to the cheaper codec
+    assert pick_candidate([plain, fixed_k, vqae], AutoConfig()) == fixed_k.candidate
 
 
 def test_winner_is_never_worse_than_topk_beyond_noise() -> None:

@@ -16,8 +16,8 @@ first in full and a share of the second (:mod:`labelzip.selection.score`).
 The winner has the lowest held-out score; candidates within noise of it (a
 paired difference per held-out sample under two standard errors, or under a
 relative tolerance) tie, and a tie goes to the cheaper codec (the order of
-:data:`VISION_CANDIDATES` / :data:`LM_CANDIDATES`), then to the larger keep
-fraction. Top-k is always a candidate, so the choice is never worse than top-k
+:data:`VISION_CANDIDATES` / :data:`LM_CANDIDATES`, a codec's option sets counting
+as one), then to the larger keep fraction. Top-k is always a candidate, so the choice is never worse than top-k
 beyond noise. A candidate that cannot reach the target is skipped with its reason.
 
 Keeping fewer of each sample's views leaves more bits for each kept view: the
@@ -318,7 +318,7 @@ def choose_codec(
             target.metadata, dataclasses.replace(widest, rows=rows)
         ),
     )
-    # The halvings go on while the pick keeps no more views than the smallest
+    # Smaller budgets go on while the pick keeps no more views than the smallest
     # budget of the grid so far (a codec's own fitting budget may be smaller).
     smallest = min(c.keep_fraction for c in todo)
     if fitting is not None:  # each codec's own largest view budget that fits
@@ -588,10 +588,20 @@ def pick_candidate(results: Sequence[CandidateResult], config: AutoConfig) -> Ca
     return min(ties, key=lambda r: _order(results, r)).candidate
 
 
-def _order(results: Sequence[CandidateResult], r: CandidateResult) -> tuple[int, float]:
-    """Cost order: the codec's place in the candidate table, then more views kept."""
+def _order(
+    results: Sequence[CandidateResult], r: CandidateResult
+) -> tuple[int, float, int]:
+    """Cost order: the codec's place in the candidate table, then more views
+    kept, then its options' place. A codec's option sets (top-k's decoders and
+    fixed k) rank as one codec, so a tie between top-k at k = 2 on 8 views and
+    plain top-k landing on k = 2 on 7 goes to the 8 views."""
+    codecs = [x.candidate.codec for x in results]
     names = [x.candidate.name for x in results]
-    return names.index(r.candidate.name), -r.candidate.keep_fraction
+    return (
+        codecs.index(r.candidate.codec),
+        -r.candidate.keep_fraction,
+        names.index(r.candidate.name),
+    )
 
 
 def _measure(
