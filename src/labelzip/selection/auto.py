@@ -123,7 +123,8 @@ MIN_STORED_TOP1 = 0.5
 # fewer views than the last. Students are steep there: at 100x on four 10-class
 # sets, ctx-transform on 13 of 300 views kept 1-6 points more than on 9, and
 # halvings (19, 9) stepped over 13 (docs/auto.md, "How the choice is made").
-BUDGET_STEP = math.sqrt(2.0)
+BUDGET_STEPS_PER_HALVING = 2
+BUDGET_STEP = 2.0 ** (1 / BUDGET_STEPS_PER_HALVING)
 # Learned codecs' schedule option, capped at AutoConfig.steps for candidates.
 _STEP_OPTION = {
     "vqae": "steps",
@@ -538,13 +539,15 @@ def _extra_budgets(
     top = max(c.keep_fraction for c in todo)
     codecs = [c for c in todo if c.keep_fraction == top]
     levels: list[list[Candidate]] = []
-    last = keep_per_group(keep, views)
+    last, step = keep_per_group(keep, views), 0
     while last > 1:
-        keep /= BUDGET_STEP
-        if keep_per_group(keep, views) == last:
+        step += 1
+        # BUDGET_STEP ** step, written so that whole halvings stay exact
+        smaller = keep / 2.0 ** (step / BUDGET_STEPS_PER_HALVING)
+        if keep_per_group(smaller, views) == last:
             continue
-        last = keep_per_group(keep, views)
-        levels.append([Candidate(c.codec, c.options, keep) for c in codecs])
+        last = keep_per_group(smaller, views)
+        levels.append([Candidate(c.codec, c.options, smaller) for c in codecs])
     return levels
 
 
