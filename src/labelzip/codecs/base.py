@@ -30,6 +30,7 @@ __all__ = [
     "LogitSource",
     "ModelFreeCodec",
     "ParsedBlock",
+    "PlannedConfig",
     "ParsedDecoding",
     "all_finite",
     "check_logits",
@@ -520,6 +521,23 @@ class ModelFreeCodec(Codec):
     def check_stored(self, num_classes: int) -> None:
         """Raise :class:`ArchiveFormatError` if this stored config cannot decode
         ``num_classes`` classes (e.g. a top-k larger than C). Default: any C."""
+
+
+class PlannedConfig(ModelFreeCodec):
+    """A model-free codec whose fit learns only the class count.
+
+    Its stored config (:meth:`Codec.to_config`) is therefore known before fit,
+    and rate control (:func:`labelzip.rate.estimate_header_bytes`) sizes its
+    header exactly instead of reserving slack for fitted config fields: 256
+    bytes that, at 100x on a 6 KB archive, are a stored view per sample.
+    """
+
+    def planned_model_tensors(self, num_classes: int) -> dict[str, torch.Tensor] | None:
+        return {}
+
+    def planned_config(self, num_classes: int) -> dict[str, Any] | None:
+        """:meth:`Codec.to_config` as it will be after fit."""
+        return {**self.config.model_dump(mode="json"), "num_classes": num_classes}
 
 
 class ParsedDecoding(Codec):

@@ -23,9 +23,9 @@ from labelzip.codecs.base import (
     EncodedBlock,
     LabelContext,
     LogitSource,
-    ModelFreeCodec,
     ParsedBlock,
     ParsedDecoding,
+    PlannedConfig,
     check_logits,
     first_batch_classes,
 )
@@ -58,7 +58,7 @@ class DenseConfig(CodecConfig):
     )
 
 
-class DenseCodec(ParsedDecoding, ModelFreeCodec):
+class DenseCodec(ParsedDecoding, PlannedConfig):
     """All C logits per label in a fixed float dtype; no model bytes."""
 
     kind: ClassVar[str] = "dense"

@@ -46,9 +46,9 @@ from labelzip.codecs.base import (
     EncodedBlock,
     LabelContext,
     LogitSource,
-    ModelFreeCodec,
     ParsedBlock,
     ParsedDecoding,
+    PlannedConfig,
     check_logits,
     compact_ints,
     first_batch_classes,
@@ -148,7 +148,7 @@ class TopKConfig(CodecConfig):
         return self
 
 
-class TopKCodec(ParsedDecoding, ModelFreeCodec):
+class TopKCodec(ParsedDecoding, PlannedConfig):
     """K largest values + bit-packed class ids per label; no model bytes."""
 
     kind: ClassVar[str] = "topk"
