@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -270,7 +271,7 @@ def main() -> None:
     )
     report: dict[str, Any] = {
         "command": "python benchmarks/auto_compress_students.py "
-        + " ".join(sys.argv[1:]),
+        + shlex.join(sys.argv[1:]),
         "machine": f"{platform.machine()}, torch {torch.__version__}, "
         f"{args.threads} thread(s), shared 2-core host",
         "teacher_accuracy": teacher_acc,
