@@ -241,6 +241,30 @@ def test_labels_that_lose_the_teachers_top_two_are_set_aside_while_others_keep_t
     assert "set aside" not in lines[2]
 
 
+def test_finalist_refits_go_to_candidates_the_pick_may_choose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from labelzip.selection import auto as auto_module
+
+    coarse = _measured("vqae", 0.020, 0.50)  # lowest score, top two lost
+    kept = _measured("vqae", 0.030, 0.90, keep=0.5)
+    exact = _measured("topk", 0.025, 1.0)
+    refit: list[Candidate] = []
+
+    def measure(cand: Candidate, *args: object, **kw: object) -> CandidateResult:
+        refit.append(cand)
+        return _measured(cand.codec, 0.024, 0.90, keep=cand.keep_fraction)
+
+    monkeypatch.setattr(auto_module, "_measure", measure)
+    config = AutoConfig(steps=300, confirm_steps=1000)
+    pool, rows = auto_module._confirm([coarse, kept, exact], None, None, config)  # type: ignore[arg-type]
+    # the winner is top-k (not learned); the learned runner-up the pick may choose
+    # is vqae on half the views, not the set-aside vqae with the lower score
+    assert refit == [kept.candidate]
+    assert pick_candidate(pool, config) == kept.candidate  # its long fit won
+    assert len(rows) == 4
+
+
 def test_a_tie_between_option_sets_of_one_codec_goes_to_more_views() -> None:
     plain = _measured("topk", 0.0255, 1.0, {"decoder": "ms"}, keep=7 / 300)
     fixed_k = _measured("topk", 0.0256, 1.0, {"decoder": "ms", "k": 2}, keep=8 / 300)

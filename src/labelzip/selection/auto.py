@@ -370,12 +370,13 @@ def _confirm(
     Short fits rank learned codecs by how fast they train as much as by what
     they reach: at a low rate an undertrained codec looks better with fewer,
     richer labels (fewer views kept) than it is. The finalists are the first
-    round's winner, if learned, and the best other learned candidate (at most
-    two fits); their long fits replace their short ones in the pick.
+    round's winner, if learned, and the best other learned candidate among
+    those the pick may choose (:func:`_contenders`; at most two fits); their
+    long fits replace their short ones in the pick.
 
     Returns (the results the pick is made from, every row for the record).
     """
-    eligible = [r for r in results if r.kl is not None and r.skipped is None]
+    eligible = _contenders(results)
     if not eligible:
         return results, results
     winner = pick_candidate(results, config)
@@ -559,13 +560,7 @@ def pick_candidate(results: Sequence[CandidateResult], config: AutoConfig) -> Ca
     measured candidate keeps them.
     """
     weight = config.reuse_weight
-    measured = [
-        r
-        for r in results
-        if r.kl is not None and r.group_kl is not None and r.skipped is None
-    ]
-    if any(keeps_top_two(r.stored_top2) for r in measured):
-        measured = [r for r in measured if keeps_top_two(r.stored_top2)]
+    measured = [r for r in _contenders(results) if r.group_kl is not None]
     if not measured:
         reasons = [r.detail or r.skipped for r in results if r.skipped]
         raise UnreachableTargetError(
@@ -589,6 +584,15 @@ def pick_candidate(results: Sequence[CandidateResult], config: AutoConfig) -> Ca
         if float(diff.mean()) <= max(tolerance, min(2.0 * se, 2.0 * tolerance)):
             ties.append(r)
     return min(ties, key=lambda r: _order(results, r)).candidate
+
+
+def _contenders(results: Sequence[CandidateResult]) -> list[CandidateResult]:
+    """The measured, eligible candidates the pick chooses among: those whose
+    stored labels keep the teacher's top two
+    (:func:`~labelzip.selection.score.keeps_top_two`) when any does, else all."""
+    measured = [r for r in results if r.kl is not None and r.skipped is None]
+    kept = [r for r in measured if keeps_top_two(r.stored_top2)]
+    return kept or measured
 
 
 def _order(
