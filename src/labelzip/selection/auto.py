@@ -17,8 +17,8 @@ The winner has the lowest held-out score; candidates within noise of it (a
 paired difference per held-out sample under two standard errors, or under a
 relative tolerance) tie, and a tie goes to the cheaper codec (the order of
 :data:`VISION_CANDIDATES` / :data:`LM_CANDIDATES`, a codec's option sets counting
-as one), then to the larger keep fraction. Top-k is always a candidate, so the choice is never worse than top-k
-beyond noise. A candidate that cannot reach the target is skipped with its reason.
+as one), then to the larger keep fraction. Top-k is always a candidate, so the
+choice is never worse than top-k beyond noise. A candidate that cannot reach the target is skipped with its reason.
 
 Keeping fewer of each sample's views leaves more bits for each kept view: the
 view budget is measured, not fixed: ctx-transform's own rate control keeps a
@@ -56,7 +56,7 @@ from labelzip.selection.record import (
     with_auto_record,
 )
 from labelzip.selection.sample import GroupShape, LabelSample
-from labelzip.selection.score import keeps_top_two
+from labelzip.selection.score import set_aside
 
 __all__ = [
     "AUTO",
@@ -327,7 +327,7 @@ def choose_codec(
     results = [_measure(c, sample, charged, config) for c in todo]
     for level in extra:  # fewer views while the fewest tried so far wins
         if (
-            _any_measured(results)
+            _contenders(results)
             and pick_candidate(results, config).keep_fraction > smallest
         ):
             break
@@ -414,10 +414,6 @@ def choose_from_rows(
         rows[pick[:count].sort().values].float(), config.held_fraction, config.seed
     )
     return choose_codec(sample, target, config)
-
-
-def _any_measured(results: Sequence[CandidateResult]) -> bool:
-    return any(r.kl is not None and r.skipped is None for r in results)
 
 
 def _widest_choice(
@@ -547,7 +543,7 @@ def _extra_budgets(
         smaller = keep / 2.0 ** (step / BUDGET_STEPS_PER_HALVING)
         if keep_per_group(smaller, views) == last:
             continue
-        last = keep_per_group(smaller, views)
+        last = keep_per_group(smaller, views)  # a new view count: a new level
         levels.append([Candidate(c.codec, c.options, smaller) for c in codecs])
     return levels
 
@@ -591,8 +587,8 @@ def _contenders(results: Sequence[CandidateResult]) -> list[CandidateResult]:
     stored labels keep the teacher's top two
     (:func:`~labelzip.selection.score.keeps_top_two`) when any does, else all."""
     measured = [r for r in results if r.kl is not None and r.skipped is None]
-    kept = [r for r in measured if keeps_top_two(r.stored_top2)]
-    return kept or measured
+    aside = set_aside([r.stored_top2 for r in measured])
+    return [r for r, out in zip(measured, aside, strict=True) if not out]
 
 
 def _order(

@@ -15,7 +15,7 @@ import torch
 from labelzip.archive import ArchiveMetadata
 from labelzip.errors import ConfigError
 from labelzip.selection.config import AutoConfig
-from labelzip.selection.score import REUSE_VIEWS, keeps_top_two, reuse_score
+from labelzip.selection.score import REUSE_VIEWS, reuse_score, set_aside
 
 __all__ = [
     "AUTO_KEY",
@@ -212,8 +212,12 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
     finalists = f"; finalists refit at {max(refit)} steps" if refit else ""
     weight = record.get("reuse_weight", 1.0)
     # rows whose stored labels lost the teacher's top two, while another kept them
-    measured = [r for r in record["candidates"] if r["kl"] is not None]
-    kept = [r for r in measured if not r["skipped"] and keeps_top_two(r.get("top2"))]
+    rows = record["candidates"]
+    eligible = [
+        i for i, r in enumerate(rows) if r["kl"] is not None and not r["skipped"]
+    ]
+    aside = set_aside([rows[i].get("top2") for i in eligible])
+    aside_at = {i for i, out in zip(eligible, aside, strict=True) if out}
     share = f"{REUSE_VIEWS:g}/views stored" if weight is None else f"{weight:g}"
     scored = "KL" if weight == 1.0 else f"score: reuse mismatch x {share}"
     lines = [
@@ -222,7 +226,7 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
         f"{record['fit_labels']} fit / "
         f"{record['held_labels']} held-out labels, {record['steps']} steps{finalists})"
     ]
-    for row in record["candidates"]:
+    for at, row in enumerate(rows):
         name = Candidate(row["codec"], row["options"], row["keep_fraction"]).name
         mark = "*" if (name, row["keep_fraction"], row.get("steps")) == won else " "
         if "steps" in row:
@@ -233,7 +237,7 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
             lines.append(f"{head} skipped: {row['skipped']}")
             continue
         flag = f"  not eligible ({row['skipped']})" if row["skipped"] else ""
-        if not flag and kept and not keeps_top_two(row.get("top2")):
+        if at in aside_at:
             flag = f"  set aside (stored top-2 {row['top2']:.2f})"
         score = "" if weight == 1.0 else f"  score {row['score']:.5f}"
         top2 = "" if row.get("top2") is None else f"  stored top-2 {row['top2']:.2f}"

@@ -21,6 +21,8 @@ candidate keeps them (docs/auto.md, "Top-2 fidelity").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "REUSE_VIEWS",
     "keeps_top_two",
     "reuse_score",
+    "set_aside",
     "reuse_share",
 ]
 
@@ -46,6 +49,14 @@ def keeps_top_two(stored_top2: float | None) -> bool:
     """Whether stored labels with this top-2 agreement keep the teacher's two
     leading classes well enough to be preferred (unknown counts as kept)."""
     return stored_top2 is None or stored_top2 >= MIN_STORED_TOP2
+
+
+def set_aside(stored_top2: Sequence[float | None]) -> list[bool]:
+    """Which of the eligible candidates, given their stored top-2 agreements,
+    are set aside: those that lose the teacher's top two while another keeps
+    them (none when no candidate keeps them)."""
+    kept = [keeps_top_two(t) for t in stored_top2]
+    return [any(kept) and not k for k in kept]
 
 
 def reuse_share(stored_views: int | None, weight: float | None = None) -> float:
