@@ -12,6 +12,7 @@ from labelzip.augment import ViewConfig
 from labelzip.bench.vision import (
     SHIPPED_LABEL_RATIO,
     VisionBenchConfig,
+    archive_seed_summary,
     markdown_report,
     run_vision_bench,
     shipped_ratio,
@@ -186,6 +187,64 @@ def test_several_student_seeds_report_their_mean(tmp_path: Path) -> None:
     table = markdown_report(report)
     each = " / ".join(f"{100 * a:.1f}" for a in rows[1]["accuracies"])
     assert f"({each})" in table
+
+
+def test_archive_seeds_write_one_archive_each_and_report_their_spread(
+    tmp_path: Path,
+) -> None:
+    train, test = make_dataset(200, seed=1), make_dataset(80, seed=2)
+    config = _config(
+        frameworks=("random",), codecs=("lpld",), ratios=(2.0,), archive_seeds=2,
+        baseline_epochs=0,
+    )  # fmt: skip
+    report = run_vision_bench(
+        config,
+        train_set=train,
+        test_set=test,
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "teachers",
+    )
+    rows = report["rows"]
+    # dense once (its archive has no seed to vary), the pruned row per seed
+    assert [(r["codec"], r["archive_seed"]) for r in rows] == [
+        ("dense", 0), ("lpld", 0), ("lpld", 1),
+    ]  # fmt: skip
+    work = tmp_path / "work"
+    first, second = (work / f"random_ipc5_lpld_2x_s{s}.lz" for s in (0, 1))
+    assert first.read_bytes() != second.read_bytes()  # other kept views
+    for path, seed in ((first, 0), (second, 1)):
+        with ArchiveReader(path) as reader:
+            assert reader.info()["prune"]["seed"] == seed
+    (group,) = report["archive_summary"]
+    means = [rows[1]["accuracy"], rows[2]["accuracy"]]
+    assert group["archive_accuracies"] == means
+    assert group["accuracy"] == pytest.approx(sum(means) / 2)
+    assert group["accuracy_se"] == pytest.approx(abs(means[0] - means[1]) / 2)
+    table = markdown_report(report)
+    assert "| lpld (seed 1) | 2x |" in table
+    assert "Across archive seeds" in table and "| lpld | 2x | 2 |" in table
+
+
+def test_archive_seed_summary_groups_and_standard_error() -> None:
+    def row(codec: str, target: float | None, acc: float, seed: int) -> dict:
+        return {
+            "framework": "random", "ipc": 10, "codec": codec, "target_ratio": target,
+            "accuracy": acc, "retention": acc / 0.8, "ratio": 100.0 + seed,
+            "views_kept": 0.04, "kl": 0.1, "archive_seed": seed,
+        }  # fmt: skip
+
+    rows = [
+        row("dense", None, 0.8, 0),
+        *(row("auto", 100.0, a, s) for s, a in enumerate((0.60, 0.64, 0.62, 0.66))),
+        row("topk-ms", 100.0, 0.5, 0),  # one archive: no spread to report
+    ]
+    (group,) = archive_seed_summary(rows)
+    assert group["codec"] == "auto" and group["archive_seeds"] == [0, 1, 2, 3]
+    assert group["accuracy"] == pytest.approx(0.63)
+    # sample standard deviation of the four means over sqrt(4)
+    assert group["accuracy_se"] == pytest.approx(0.0129099, rel=1e-4)
+    assert group["retention"] == pytest.approx(0.63 / 0.8)
+    assert group["ratio"] == pytest.approx(101.5)
 
 
 def test_auto_row_is_a_default_and_records_its_choice(

@@ -60,6 +60,7 @@ def test_bench_vision_json_and_report_files(
         (["--ratios", "0.5"], r"ratios must be > 1, got \[0.5\]"),
         (["--threads", "0"], r"--threads must be >= 1, got 0"),
         (["--student-seeds", "0"], r"student_seeds: .*greater than or equal to 1"),
+        (["--archive-seeds", "0"], r"archive_seeds: .*greater than or equal to 1"),
         (["--distill-option", "steps=3"], r"expects FRAMEWORK:KEY=VALUE"),
         (["--settings", "sre2l"], r"--settings expects FRAMEWORK:IPC .* got 'sre2l'"),
         (["--frameworks", "fkd"], r"frameworks: unknown frameworks \['fkd'\]"),

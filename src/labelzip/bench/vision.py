@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ from labelzip.pipelines.train_student import StudentConfig, evaluate_student
 from labelzip.rate import ArchiveTarget, RateGoal, configure_codec
 from labelzip.rate.target import RateValue
 from labelzip.selection.auto import AUTO
+from labelzip.selection.config import AutoConfig
 from labelzip.storage import (
     StorageRow,
     custom_dataset,
@@ -174,6 +176,15 @@ class VisionBenchConfig(BaseModel):
         description="students per archive (seeds student.seed, +1, ...); accuracy "
         "and retention are their mean",
     )
+    archive_seeds: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="archives per compressed (codec, ratio), written with prune "
+        "seeds 0, 1, ...: other kept views and fit samples (auto: its own sample) "
+        "at the same target. Their students' spread is noise one archive hides; "
+        "the report adds each group's mean and standard error across archives",
+    )
     teacher_arch: str = Field(default="convnet", description="small teacher arch")
     teacher_epochs: int = Field(default=3, ge=1, le=100, description="teacher epochs")
     seed: int = Field(default=0, ge=0, description="seed of sets, views and students")
@@ -270,6 +281,7 @@ class VisionBenchRow:
     decode_share: float
     train_seconds: float
     accuracies: tuple[float, ...] = ()  # one per student seed; accuracy is the mean
+    archive_seed: int = 0  # the archive's prune seed (config.archive_seeds > 1)
 
     @property
     def total_bytes(self) -> int:
@@ -419,8 +431,11 @@ def _reachable_outputs(
     relabel_config: RelabelConfig,
     teacher_id: str,
     work: Path,
-) -> tuple[list[RelabelOutput], dict[str, tuple[str, float]], list[dict[str, Any]]]:
-    """Dense plus every reachable (codec, ratio) output; the rest as skipped rows.
+) -> tuple[
+    list[RelabelOutput], dict[str, tuple[str, float, int]], list[dict[str, Any]]
+]:
+    """Dense plus every reachable (codec, ratio) output, once per archive seed;
+    the rest as skipped rows.
 
     Plans each output exactly as :func:`relabel` will (same layout, metadata
     and auto-prune search), so an unreachable target is found before the
@@ -439,19 +454,19 @@ def _reachable_outputs(
             path=work / f"{stem}_dense.lz", name="dense", **ROW_SPECS["dense"]
         )
     ]
-    names: dict[str, tuple[str, float]] = {}
+    names: dict[str, tuple[str, float, int]] = {}
     skipped: list[dict[str, Any]] = []
     for codec in config.codecs:
         for ratio in config.ratios:
-            name = _row_name(codec, ratio)
-            out = RelabelOutput(
-                path=work / f"{stem}_{codec}_{ratio:g}x.lz",
-                name=name,
-                ratio=ratio,
-                **ROW_SPECS[codec],
-            )
+            copies = [
+                _seeded_output(codec, ratio, seed, config.archive_seeds, work / stem)
+                for seed in range(config.archive_seeds)
+            ]
             try:
-                _check_reachable(out, layout, num_classes, metadata, relabel_config)
+                # the seed picks views and fit samples, never whether a target fits
+                _check_reachable(
+                    copies[0], layout, num_classes, metadata, relabel_config
+                )
             except UnreachableTargetError as exc:
                 skipped.append(
                     {
@@ -463,9 +478,28 @@ def _reachable_outputs(
                     }
                 )
                 continue
-            outputs.append(out)
-            names[name] = (codec, ratio)
+            outputs += copies
+            names.update({out.label: (codec, ratio, out.prune_seed) for out in copies})
     return outputs, names, skipped
+
+
+def _seeded_output(
+    codec: str, ratio: float, seed: int, seeds: int, stem: Path
+) -> RelabelOutput:
+    """The bench row ``codec`` at ``ratio`` written with prune seed ``seed`` (the
+    seed named in file and row only when there are several)."""
+    spec = dict(ROW_SPECS[codec])
+    if isinstance(spec.get("auto"), AutoConfig):  # auto measures on its own sample
+        spec["auto"] = spec["auto"].model_copy(update={"seed": seed})
+    tag = f"_s{seed}" if seeds > 1 else ""
+    name = _row_name(codec, ratio) + (f"#s{seed}" if seeds > 1 else "")
+    return RelabelOutput(
+        path=stem.with_name(f"{stem.name}_{codec}_{ratio:g}x{tag}.lz"),
+        name=name,
+        ratio=ratio,
+        prune_seed=seed,
+        **spec,
+    )
 
 
 def _check_reachable(
@@ -497,8 +531,11 @@ def _check_reachable(
 
 
 def _bench_row(
-    row: QuickstartRow, codec: str, target: float | None, image_bytes: int
+    row: QuickstartRow,
+    name: tuple[str, float | None, int],
+    image_bytes: int,
 ) -> VisionBenchRow:
+    codec, target, seed = name
     return VisionBenchRow(
         framework=row.framework,
         ipc=row.ipc,
@@ -516,6 +553,7 @@ def _bench_row(
         decode_share=row.decode_share,
         train_seconds=row.train_seconds,
         accuracies=row.accuracies,
+        archive_seed=seed,
     )
 
 
@@ -586,8 +624,8 @@ def _run_setting(
     image_bytes = num_images * image_bytes_per_image(spec, config.image_format)
     out: list[VisionBenchRow] = []
     for row in rows:
-        codec, target = names.get(row.codec, ("dense", None))
-        out.append(_bench_row(row, codec, target, image_bytes))
+        name: tuple[str, float | None, int] = names.get(row.codec, ("dense", None, 0))
+        out.append(_bench_row(row, name, image_bytes))
     info = {
         "framework": framework,
         "ipc": ipc,
@@ -704,6 +742,7 @@ def run_vision_bench(
         "shipped_ratios": {f: shipped_ratio(f) for f, _ in pairs},
         "settings": settings,
         "rows": [row.to_dict() for row in rows],
+        "archive_summary": archive_seed_summary([row.to_dict() for row in rows]),
         "skipped": skipped,
         "storage": [r.to_dict() for r in _storage_rows(config, spec, settings)],
         "seconds": time.perf_counter() - start,
@@ -759,6 +798,78 @@ def _storage_rows(
 # ------------------------------------------------------------- reports
 
 
+def archive_seed_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each (framework, IPC, codec, target) written with several archive seeds:
+    the mean over its archives, each archive's mean accuracy, and the standard
+    error of the mean across archives (their spread holds both the students'
+    and the archives' noise; a single archive's student seeds see only the
+    first).
+
+    Rows are report rows (:meth:`VisionBenchRow.to_dict`); groups keep the
+    rows' order, and a group of one archive is left out.
+    """
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        key = (row["framework"], row["ipc"], row["codec"], row["target_ratio"])
+        groups.setdefault(key, []).append(row)
+    out: list[dict[str, Any]] = []
+    for (framework, ipc, codec, target), group in groups.items():
+        if len(group) < 2:
+            continue
+        means = [float(r["accuracy"]) for r in group]
+        spread = statistics.stdev(means) / math.sqrt(len(means))
+        out.append(
+            {
+                "framework": framework,
+                "ipc": ipc,
+                "codec": codec,
+                "target_ratio": target,
+                "archive_seeds": [int(r.get("archive_seed", 0)) for r in group],
+                "archive_accuracies": means,
+                "accuracy": statistics.fmean(means),
+                "accuracy_se": spread,
+                "retention": statistics.fmean(float(r["retention"]) for r in group),
+                "ratio": statistics.fmean(float(r["ratio"]) for r in group),
+                "views_kept": [float(r["views_kept"]) for r in group],
+                "kl": statistics.fmean(float(r["kl"]) for r in group),
+            }
+        )
+    return out
+
+
+def _summary_lines(report: dict[str, Any], framework: str, ipc: int) -> list[str]:
+    """The archive-seed table of one setting (none with one archive per row)."""
+    groups = [
+        g
+        for g in report.get("archive_summary") or ()
+        if g["framework"] == framework and g["ipc"] == ipc
+    ]
+    if not groups:
+        return []
+    lines = [
+        "",
+        "Across archive seeds (the rows above with prune seeds "
+        f"{', '.join(str(s) for s in groups[0]['archive_seeds'])}: other kept "
+        "views and fit samples at the same target; SE: standard error of the "
+        "mean across the archives' means):",
+        "",
+        "| labels | target | archives | all-in vs fp16 | views kept | KL@T "
+        "| accuracy (each archive) | SE | retention |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in groups:
+        kept = sorted({round(100 * v, 1) for v in g["views_kept"]})
+        each = " / ".join(f"{100 * a:.1f}" for a in g["archive_accuracies"])
+        lines.append(
+            f"| {g['codec']} | {g['target_ratio']:g}x | "
+            f"{len(g['archive_accuracies'])} | {g['ratio']:.1f}x | "
+            f"{' / '.join(f'{v:g}%' for v in kept)} | {g['kl']:.3f} | "
+            f"{_pct(g['accuracy'])} ({each}) | {100 * g['accuracy_se']:.2f} | "
+            f"{_pct(g['retention'])} |"
+        )
+    return lines
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
 
@@ -772,6 +883,7 @@ def _accuracy_cell(row: dict[str, Any]) -> str:
 
 
 def _table_rows(report: dict[str, Any], framework: str, ipc: int) -> list[str]:
+    seeds = int(report["config"].get("archive_seeds", 1))
     lines = [
         "| labels | target | all-in vs fp16 | vs shipped | views kept | bits/label "
         "| labels | images | KL@T | accuracy | retention |",
@@ -781,8 +893,14 @@ def _table_rows(report: dict[str, Any], framework: str, ipc: int) -> list[str]:
         if row["framework"] != framework or row["ipc"] != ipc:
             continue
         target = "-" if row["target_ratio"] is None else f"{row['target_ratio']:g}x"
+        seeded = row["target_ratio"] is not None and seeds > 1
+        label = (
+            f"{row['codec']} (seed {row.get('archive_seed', 0)})"
+            if seeded
+            else row["codec"]
+        )
         lines.append(
-            f"| {row['codec']} | {target} | {row['ratio']:.1f}x | "
+            f"| {label} | {target} | {row['ratio']:.1f}x | "
             f"{row['ratio_vs_shipped']:.2f}x | {100 * row['views_kept']:.1f}% | "
             f"{row['bits_per_label']:.2f} | {format_bytes(row['label_bytes'])} | "
             f"{format_bytes(row['image_bytes'])} | {row['kl']:.3f} | "
@@ -852,6 +970,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"labels {info['shipped_ratio']:g}x)",
             "",
             *_table_rows(report, fw, ipc),
+            *_summary_lines(report, fw, ipc),
         ]
     lines += [
         "",
@@ -887,10 +1006,17 @@ def _panel(
     teacher_accuracy: float,
     baseline: dict[str, Any] | None,
 ) -> None:
-    """One (framework, IPC): a line per codec, references as horizontal lines."""
+    """One (framework, IPC): a line per codec (a target's archive seeds as their
+    mean), references as horizontal lines."""
     for codec in codecs:
+        by_target: dict[float, list[tuple[float, float]]] = {}
+        for r in rows:
+            if r["codec"] == codec:
+                point = (r["ratio"], 100 * r["accuracy"])
+                by_target.setdefault(r["target_ratio"], []).append(point)
         pts = sorted(
-            (r["ratio"], 100 * r["accuracy"]) for r in rows if r["codec"] == codec
+            (statistics.fmean(x for x, _ in p), statistics.fmean(y for _, y in p))
+            for p in by_target.values()
         )
         if pts:
             xs, ys = zip(*pts, strict=True)

@@ -233,6 +233,14 @@ def _vision_parser(sub: Any) -> None:
         help="students per archive (seeds --seed, +1, ...); accuracy and "
         "retention are their mean",
     )
+    p.add_argument(
+        "--archive-seeds",
+        type=int,
+        default=d.archive_seeds,
+        help="archives per compressed row, written with prune seeds 0, 1, ... "
+        "(other kept views and fit samples); the report adds their mean and its "
+        "standard error across archives (default: %(default)s)",
+    )
     p.add_argument("--student-arch", default=d.student.arch, help="convnet, resnet")
     p.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs)
     p.add_argument(
@@ -620,6 +628,7 @@ def _vision_config(args: argparse.Namespace) -> Any:
                 "epochs_per_ipc": per_ipc,
                 "student": student.model_dump(),
                 "student_seeds": args.student_seeds,
+                "archive_seeds": args.archive_seeds,
                 "teacher_epochs": args.teacher_epochs,
                 "baseline_epochs": args.baseline_epochs,
                 "seed": args.seed,
