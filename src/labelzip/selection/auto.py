@@ -52,6 +52,7 @@ from labelzip.selection.record import (
     AutoChoice,
     Candidate,
     CandidateResult,
+    RecordRows,
     format_table,
     with_auto_record,
 )
@@ -284,7 +285,7 @@ def choose_codec(
     def choice(
         winner: Candidate,
         results: Sequence[CandidateResult],
-        rows: str,
+        rows: RecordRows,
         winner_steps: int | None = None,
     ) -> AutoChoice:
         return AutoChoice(
@@ -339,7 +340,7 @@ def choose_codec(
     return choice(best, results, rows, steps)
 
 
-def _record_rows(widest: AutoChoice, budget: float) -> str:
+def _record_rows(widest: AutoChoice, budget: float) -> RecordRows:
     """The widest form of the record (:data:`RECORD_ROWS`) whose stand-in fits
     in ``budget`` bytes; the choice alone where none does."""
     for rows in RECORD_ROWS[:-1]:
@@ -422,7 +423,7 @@ def _widest_choice(
     confirm: Sequence[Candidate],
     target: Target,
     choice: Callable[
-        [Candidate, Sequence[CandidateResult], str, int | None], AutoChoice
+        [Candidate, Sequence[CandidateResult], RecordRows, int | None], AutoChoice
     ],
 ) -> AutoChoice:
     """A stand-in for the choice the archive will record, at least as wide.
@@ -667,26 +668,25 @@ def _measure(
             cand, skipped=_short_reason(exc), detail=_full_reason(exc), steps=steps
         )
     seconds = time.perf_counter() - started
-    kl, source_kl, top1, own, own2, payload, kept = _held_out(
-        codec, sample, plan, config.temperature, context
-    )
+    held = _held_out(codec, sample, plan, config.temperature, context)
     num_stored = plan.num_kept if plan is not None else layout.num_labels
     header = target_header_bytes(codec, None, target.archive(plan))
     total = (
         header
         + codec.model_bytes()
         + target.side_bytes
-        + math.ceil(payload / kept * num_stored)
+        + math.ceil(held.payload_bytes / held.encoded * num_stored)
     )
+    own = held.stored_top1
     return CandidateResult(
         cand,
         total_bytes=total,
-        kl=float(kl.mean()),
-        top1=top1,
+        kl=float(held.group_kl.mean()),
+        top1=held.top1,
         stored_top1=own,
-        stored_top2=own2,
-        group_kl=kl,
-        group_source_kl=source_kl,
+        stored_top2=held.stored_top2,
+        group_kl=held.group_kl,
+        group_source_kl=held.group_source_kl,
         stored_views=None if plan is None else plan.keep_per_group,
         fit_seconds=seconds,
         skipped=None if own >= MIN_STORED_TOP1 else _FLAT_REASON.format(own),
@@ -712,17 +712,28 @@ def _fit_mask(sample: LabelSample, plan: PrunePlan | None) -> torch.Tensor | Non
     return free if used is None else used & free
 
 
+@dataclasses.dataclass(frozen=True)
+class _HeldOut:
+    """A fitted candidate on the held-out sample (:func:`_held_out`)."""
+
+    group_kl: torch.Tensor  # per held-out sample: KL against each label's teacher
+    group_source_kl: torch.Tensor  # the same against its stand-in's teacher
+    top1: float  # every scored label against the decoded label it uses
+    stored_top1: float  # the encoded labels against their own decoding
+    stored_top2: float  # share of encoded labels keeping their top two classes
+    payload_bytes: int
+    encoded: int  # labels encoded (payload_bytes is theirs)
+
+
 def _held_out(
     codec: Codec,
     sample: LabelSample,
     plan: PrunePlan | None,
     temperature: float,
     context: ContextOf | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, float, float, float, int, int]:
-    """Per held-out sample mean KL (against each label's own teacher, and
-    against its stand-in's teacher), top-1 (of every scored label, and of the
-    stored labels against their own decoding), the stored labels' top-2
-    agreement, payload bytes and labels encoded.
+) -> _HeldOut:
+    """Encode the held-out labels a candidate stores and score every held-out
+    label against the decoded label it uses.
 
     With a plan only kept labels are encoded; every scored label is compared
     against the decoded label it uses (its own or its stand-in's). ``context``
@@ -760,17 +771,14 @@ def _held_out(
         if plan is None
         else kl_divergence(full[source_pos], used, temperature=temperature)
     )
-    top1 = top1_agreement(teacher, used)
-    own = top1_agreement(full[stored], decoded)
-    own2 = top2_agreement(full[stored], decoded)
-    return (
-        kl.mean(dim=1),
-        source_kl.reshape(groups, views).mean(dim=1),
-        top1,
-        own,
-        own2,
-        payload,
-        int(stored.numel()),
+    return _HeldOut(
+        group_kl=kl.mean(dim=1),
+        group_source_kl=source_kl.reshape(groups, views).mean(dim=1),
+        top1=top1_agreement(teacher, used),
+        stored_top1=top1_agreement(full[stored], decoded),
+        stored_top2=top2_agreement(full[stored], decoded),
+        payload_bytes=payload,
+        encoded=int(stored.numel()),
     )
 
 

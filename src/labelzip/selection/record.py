@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -21,6 +21,7 @@ __all__ = [
     "AUTO_KEY",
     "RECORD_ROWS",
     "AutoChoice",
+    "RecordRows",
     "Candidate",
     "CandidateResult",
     "format_table",
@@ -32,7 +33,8 @@ AUTO_KEY = "auto"
 # How much of the candidate table the archive's record keeps, widest first: every
 # row, the winner's row only, or none (the choice alone; small archives, where
 # even one row would take a noticeable share of the bytes).
-RECORD_ROWS = ("all", "winner", "none")
+RecordRows = Literal["all", "winner", "none"]
+RECORD_ROWS: tuple[RecordRows, ...] = get_args(RecordRows)
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class AutoChoice:
     held_labels: int
     reference_total: int
     seconds: float
-    rows: str = "all"  # one of RECORD_ROWS: the rows the archive's record keeps
+    rows: RecordRows = "all"  # the rows the archive's record keeps
     winner_steps: int | None = None  # set when the winner is a refitted finalist
 
     def to_dict(self, *, report: bool = False) -> dict[str, Any]:
