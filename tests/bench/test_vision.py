@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,19 +164,22 @@ def test_unreachable_fixed_rate_row_is_skipped_before_relabelling(
     ]
 
 
-def test_several_student_seeds_report_their_mean(tmp_path: Path) -> None:
-    train, test = make_dataset(200, seed=1), make_dataset(80, seed=2)
+def _run_random_2x(tmp_path: Path, codec: str, **kw: object) -> dict[str, Any]:
+    """The random set at 2x, one compressed row, no full-data baseline."""
     config = _config(
-        frameworks=("random",), codecs=("topk-ms",), ratios=(2.0,), student_seeds=2,
-        baseline_epochs=0,
-    )  # fmt: skip
-    report = run_vision_bench(
+        frameworks=("random",), codecs=(codec,), ratios=(2.0,), baseline_epochs=0, **kw
+    )
+    return run_vision_bench(
         config,
-        train_set=train,
-        test_set=test,
+        train_set=make_dataset(200, seed=1),
+        test_set=make_dataset(80, seed=2),
         work_dir=tmp_path / "work",
         cache_dir=tmp_path / "teachers",
     )
+
+
+def test_several_student_seeds_report_their_mean(tmp_path: Path) -> None:
+    report = _run_random_2x(tmp_path, "topk-ms", student_seeds=2)
     rows = report["rows"]
     assert [r["codec"] for r in rows] == ["dense", "topk-ms"]
     for row in rows:
@@ -192,18 +196,7 @@ def test_several_student_seeds_report_their_mean(tmp_path: Path) -> None:
 def test_archive_seeds_write_one_archive_each_and_report_their_spread(
     tmp_path: Path,
 ) -> None:
-    train, test = make_dataset(200, seed=1), make_dataset(80, seed=2)
-    config = _config(
-        frameworks=("random",), codecs=("lpld",), ratios=(2.0,), archive_seeds=2,
-        baseline_epochs=0,
-    )  # fmt: skip
-    report = run_vision_bench(
-        config,
-        train_set=train,
-        test_set=test,
-        work_dir=tmp_path / "work",
-        cache_dir=tmp_path / "teachers",
-    )
+    report = _run_random_2x(tmp_path, "lpld", archive_seeds=2)
     rows = report["rows"]
     # dense once (its archive has no seed to vary), the pruned row per seed
     assert [(r["codec"], r["archive_seed"]) for r in rows] == [
