@@ -40,6 +40,7 @@ import torch
 from labelzip.archive import ArchiveReader
 from labelzip.bench.vision import (
     VisionBenchConfig,
+    archive_seed_summary,
     setting_quickstart_config,
     setting_relabel_config,
 )
@@ -70,10 +71,16 @@ def labelzip(*args: str, threads: int = 1) -> dict[str, Any]:
 
 
 def compress_views(
-    dense: Path, ratio: float, out: Path, threads: int, codec: list[str]
+    dense: Path,
+    ratio: float,
+    out: Path,
+    threads: int,
+    codec: list[str],
+    seed: int = 0,
 ) -> dict[str, Any]:
     """decompress ``dense`` to a logits file, then ``compress --codec CODEC...`` it
-    (``codec``: ``["auto"]`` or a codec and its options, given ``--auto-prune``)."""
+    (``codec``: ``["auto"]`` or a codec and its options, given ``--auto-prune``)
+    with ``--seed seed`` (the kept views and the fits)."""
     reader = ArchiveReader(dense)
     header = reader.header
     logits = out.with_suffix(".logits.safetensors")
@@ -99,6 +106,8 @@ def compress_views(
         str(header.teacher),
         "--meta",
         f"{RELABEL_KEY}={json.dumps(header.user[RELABEL_KEY])}",
+        "--seed",
+        str(seed),
         "--quiet",
         "-o",
         str(out),
@@ -167,11 +176,15 @@ def run_setting(
     rows.append({"run": "dense", "accuracies": dense_acc, "ratio": 1.0})
     print(f"[{framework} {ipc}] dense {dense_acc} ({time.perf_counter() - t0:.0f} s)")
     runs = [["auto"]] + [named.split() for named in args.named]
-    for ratio, codec in ((r, c) for r in args.ratios for c in runs):
+    archive_seeds = range(args.archive_seeds)
+    for ratio, codec, seed in (
+        (r, c, s) for r in args.ratios for c in runs for s in archive_seeds
+    ):
         label = " ".join(codec)
-        out = work / f"compress_{'_'.join(codec).replace('-', '')}_{ratio:g}x.lz"
+        tag = f"_s{seed}" if args.archive_seeds > 1 else ""
+        out = work / f"compress_{'_'.join(codec).replace('-', '')}_{ratio:g}x{tag}.lz"
         t1 = time.perf_counter()
-        report = compress_views(dense, ratio, out, args.threads, codec)
+        report = compress_views(dense, ratio, out, args.threads, codec, seed)
         choose = time.perf_counter() - t1
         auto = report.get("auto")
         if auto is not None:
@@ -187,6 +200,7 @@ def run_setting(
         rows.append(
             {
                 "run": f"compress {label} {ratio:g}x",
+                "archive_seed": seed,
                 "target": ratio,
                 "ratio": report["ratio"],
                 "chosen": chosen["codec"] + (f"({options})" if options else ""),
@@ -197,14 +211,31 @@ def run_setting(
             }
         )
         print(
-            f"[{framework} {ipc}] {ratio:g}x: {rows[-1]['chosen']} {chosen} -> {accuracies}"
+            f"[{framework} {ipc}] {ratio:g}x seed {seed}: {rows[-1]['chosen']} "
+            f"{chosen} -> {accuracies}"
         )
     dense_mean = sum(dense_acc) / len(dense_acc)
     for row in rows:
         mean = sum(row["accuracies"]) / len(row["accuracies"])
         row["accuracy"] = mean
         row["retention"] = mean / dense_mean
-    return {"framework": framework, "ipc": ipc, "rows": rows}
+    summary = archive_seed_summary(
+        [
+            {
+                "framework": framework,
+                "ipc": ipc,
+                "codec": row["run"],
+                "target_ratio": row.get("target"),
+                "accuracy": row["accuracy"],
+                "retention": row["retention"],
+                "ratio": row["ratio"],
+                "views_kept": row.get("views_kept", bench.epochs) / bench.epochs,
+                "archive_seed": row.get("archive_seed", 0),
+            }
+            for row in rows
+        ]
+    )
+    return {"framework": framework, "ipc": ipc, "rows": rows, "summary": summary}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -227,13 +258,32 @@ def markdown(report: dict[str, Any]) -> str:
             seeds = " / ".join(f"{100 * a:.1f}" for a in row["accuracies"])
             ratio = f"{row['ratio']:.1f}x" if row.get("ratio") else "-"
             kept = row.get("views_kept", report["epochs"])
+            run = row["run"]
+            if setting.get("summary") and "target" in row:
+                run = f"{run} (seed {row['archive_seed']})"
             lines.append(
-                f"| {row['run']} | {ratio} | {row.get('chosen') or 'dense'} | "
+                f"| {run} | {ratio} | {row.get('chosen') or 'dense'} | "
                 f"{kept} / {report['epochs']} | "
                 f"{100 * row['accuracy']:.2f}% ({seeds}) | "
                 f"{100 * row['retention']:.2f}% |"
             )
         lines.append("")
+        if setting.get("summary"):
+            lines += [
+                "Across archive seeds (`compress --seed` 0, 1, ...: other kept views "
+                "and fits; SE: standard error of the mean across the archives):",
+                "",
+                "| run | archives | accuracy (each archive) | SE | retention |",
+                "|---|---|---|---|---|",
+            ]
+            for g in setting["summary"]:
+                each = " / ".join(f"{100 * a:.1f}" for a in g["archive_accuracies"])
+                lines.append(
+                    f"| {g['codec']} | {len(g['archive_accuracies'])} | "
+                    f"{100 * g['accuracy']:.2f}% ({each}) | "
+                    f"{100 * g['accuracy_se']:.2f} | {100 * g['retention']:.2f}% |"
+                )
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -242,6 +292,12 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["random:10", "sre2l:10"])
     parser.add_argument("--ratios", nargs="+", type=float, default=[40.0, 100.0])
     parser.add_argument("--student-seeds", type=int, default=2)
+    parser.add_argument(
+        "--archive-seeds",
+        type=int,
+        default=1,
+        help="archives per run and ratio, compressed with --seed 0, 1, ...",
+    )
     parser.add_argument("--epochs", type=int, default=300, help="views per image")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument(

@@ -238,6 +238,9 @@ def test_archive_seed_summary_groups_and_standard_error() -> None:
     assert group["accuracy_se"] == pytest.approx(0.0129099, rel=1e-4)
     assert group["retention"] == pytest.approx(0.63 / 0.8)
     assert group["ratio"] == pytest.approx(101.5)
+    # rows without a KL (e.g. the compress benchmark's) give the group none
+    (bare,) = archive_seed_summary([{**r, "kl": None} for r in rows])
+    assert bare["kl"] is None and bare["accuracy"] == group["accuracy"]
 
 
 def test_auto_row_is_a_default_and_records_its_choice(

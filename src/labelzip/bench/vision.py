@@ -805,8 +805,9 @@ def archive_seed_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, An
     and the archives' noise; a single archive's student seeds see only the
     first).
 
-    Rows are report rows (:meth:`VisionBenchRow.to_dict`); groups keep the
-    rows' order, and a group of one archive is left out.
+    Rows are report rows (:meth:`VisionBenchRow.to_dict`; ``kl`` may be
+    absent: the group's is then None); groups keep the rows' order, and a
+    group of one archive is left out.
     """
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -831,7 +832,9 @@ def archive_seed_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, An
                 "retention": statistics.fmean(float(r["retention"]) for r in group),
                 "ratio": statistics.fmean(float(r["ratio"]) for r in group),
                 "views_kept": [float(r["views_kept"]) for r in group],
-                "kl": statistics.fmean(float(r["kl"]) for r in group),
+                "kl": None
+                if any(r.get("kl") is None for r in group)
+                else statistics.fmean(float(r["kl"]) for r in group),
             }
         )
     return out
@@ -863,7 +866,8 @@ def _summary_lines(report: dict[str, Any], framework: str, ipc: int) -> list[str
         lines.append(
             f"| {g['codec']} | {g['target_ratio']:g}x | "
             f"{len(g['archive_accuracies'])} | {g['ratio']:.1f}x | "
-            f"{' / '.join(f'{v:g}%' for v in kept)} | {g['kl']:.3f} | "
+            f"{' / '.join(f'{v:g}%' for v in kept)} | "
+            f"{'-' if g['kl'] is None else format(g['kl'], '.3f')} | "
             f"{_pct(g['accuracy'])} ({each}) | {100 * g['accuracy_se']:.2f} | "
             f"{_pct(g['retention'])} |"
         )
