@@ -18,7 +18,8 @@ paired difference per held-out sample under two standard errors, or under a
 relative tolerance) tie, and a tie goes to the cheaper codec (the order of
 :data:`VISION_CANDIDATES` / :data:`LM_CANDIDATES`, a codec's option sets counting
 as one), then to the larger keep fraction. Top-k is always a candidate, so the
-choice is never worse than top-k beyond noise. A candidate that cannot reach the target is skipped with its reason.
+choice is never worse than top-k beyond noise. A candidate that cannot reach the
+target is skipped with its reason.
 
 Keeping fewer of each sample's views leaves more bits for each kept view: the
 view budget is measured, not fixed: ctx-transform's own rate control keeps a
