@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from labelzip.codecs.base import EncodedBlock
+from labelzip.codecs.base import EncodedBlock, SampledCodec
 from labelzip.codecs.baseline.rskd import RSKDCodec, RSKDConfig
 from labelzip.codecs.registry import create_codec
 from labelzip.errors import (
@@ -280,3 +280,22 @@ def test_measured_sizing_accepts_every_budget_for_target_accepts(
     codec = RSKDCodec(RSKDConfig(num_samples=None, target_bits_per_label=3.99))
     with pytest.raises(UnreachableTargetError, match="the target is 3.99"):
         codec.fit([teacher_logits_c10])
+
+
+def test_expected_logits_are_the_tempered_teacher(
+    teacher_logits_c10: torch.Tensor,
+) -> None:
+    """The mean of the draws (what auto scores RS-KD on) is p_T, as logits whose
+    softmax at the sampling temperature is p_T; deterministic codecs have none."""
+    codec = _codec(teacher_logits_c10, num_samples=4, temperature=2.0)
+    assert isinstance(codec, SampledCodec) and codec.sampling_temperature == 2.0
+    rows = teacher_logits_c10[:5]
+    expected = torch.softmax(codec.expected_logits(rows) / 2.0, dim=1)
+    assert torch.allclose(expected, torch.softmax(rows / 2.0, dim=1), atol=1e-6)
+    repeats = 4000
+    decoded = codec.decode(codec.encode(rows.repeat_interleave(repeats, dim=0)))
+    mean = torch.softmax(decoded / 2.0, dim=1).reshape(5, repeats, -1).mean(dim=1)
+    assert float((mean - expected).abs().max()) < 0.02
+    assert not isinstance(create_codec("topk", k=2), SampledCodec)
+    with pytest.raises(NotFittedError):
+        RSKDCodec().expected_logits(rows)

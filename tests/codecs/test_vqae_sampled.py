@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from labelzip.archive import ArchiveReader, Layout, save_archive
-from labelzip.codecs.base import EncodedBlock
+from labelzip.codecs.base import EncodedBlock, SampledCodec
 from labelzip.codecs.registry import CODEC_IDS, create_codec
 from labelzip.codecs.vqae_lm.sampled import (
     SAMPLE_LEVELS,
@@ -253,3 +253,36 @@ def test_without_the_head_residual_and_archives_from_before_it(
     config.pop("residual_step")  # stored before the field existed: no residual
     stored = VQAESampledCodec.from_stored(config, plain.model_tensors())
     assert torch.equal(stored.decode(block), plain.decode(block))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_expected_logits_are_the_mean_of_the_draws(
+    fit_logits: torch.Tensor,
+    codec: VQAESampledCodec,
+    make_lm_logits: Callable[..., torch.Tensor],
+    residual: bool,
+) -> None:
+    """The label auto scores a sampled codec on: the mean of many decoded draws."""
+    used = codec if residual else _fit(fit_logits, k=16, sample_scale=64.0)
+    assert isinstance(used, SampledCodec) and used.sampling_temperature == 1.0
+    rows = make_lm_logits(3, seed=11)
+    peaked = torch.zeros(1, C)
+    peaked[0, 5] = 60.0  # draws nothing: its tail is the unigram prior's
+    rows = torch.cat([rows, peaked])
+    expected = torch.softmax(used.expected_logits(rows).double(), dim=1)
+    assert torch.allclose(expected.sum(dim=1), torch.ones(4, dtype=torch.float64))
+    many = rows.repeat_interleave(3000, dim=0)  # each row draws its own samples
+    mean = torch.softmax(used.decode(used.encode(many)).double(), dim=1)
+    mean = mean.reshape(4, 3000, C).mean(dim=1)
+    # total variation: the mean of the draws is the expected label, a single
+    # draw is not (and neither is the teacher itself, without the residual)
+    tv = 0.5 * (mean - expected).abs().sum(dim=1)
+    one = 0.5 * (torch.softmax(used.decode(used.encode(rows)).double(), 1) - expected)
+    assert float(tv.max()) < 0.02, tv
+    assert float(one.abs().sum(dim=1)[:3].min()) > 2 * float(tv.max())
+    teacher = torch.softmax(rows.double(), dim=1)
+    head_error = 0.5 * (teacher - expected).abs().sum(dim=1)[:3]
+    if residual:  # the dithered head is unbiased too: the mean is the teacher
+        assert float(head_error.max()) < 0.02
+    else:  # the VQ head's error stays in the mean
+        assert float(head_error.min()) > float(tv.max())

@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -32,6 +32,7 @@ __all__ = [
     "ParsedBlock",
     "PlannedConfig",
     "ParsedDecoding",
+    "SampledCodec",
     "all_finite",
     "check_logits",
     "compact_ints",
@@ -247,6 +248,31 @@ def check_model_tensors(
     extra = set(tensors) - set(shapes)
     if exact and extra:
         raise ArchiveFormatError(f"unexpected {kind} tensors {sorted(extra)}")
+
+
+@runtime_checkable
+class SampledCodec(Protocol):
+    """A codec whose decoded labels are random draws around a known mean.
+
+    RS-KD's labels (and ``vqae-rs``'s tails) are unbiased samples of the
+    teacher: each decoded label is far from its teacher label (a few ids carry
+    all the mass), but their mean over the random streams is the teacher
+    distribution, or a known distortion of it. A student trained on many such
+    labels at the temperature they were drawn for learns that mean, so it is
+    what ``--codec auto`` scores them on (docs/auto.md, "Sampled labels").
+    """
+
+    @property
+    def sampling_temperature(self) -> float:
+        """The temperature T the labels are drawn at: ``softmax(decoded / T)``
+        is unbiased for the mean of :meth:`expected_logits` at T only."""
+        ...
+
+    def expected_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, C) teacher logits -> (N, C) logits whose softmax at
+        :attr:`sampling_temperature` is the mean of ``softmax(decoded / T)``
+        over the codec's random draws of these labels (``-inf`` allowed)."""
+        ...
 
 
 class Codec(ABC):

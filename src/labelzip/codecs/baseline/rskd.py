@@ -134,6 +134,19 @@ class RSKDCodec(ParsedDecoding, ModelFreeCodec):
     def num_samples(self) -> int:
         return int(self.resolved_option("num_samples"))
 
+    # -- the mean of the draws (labelzip.codecs.base.SampledCodec) -----------------
+    @property
+    def sampling_temperature(self) -> float:
+        return float(self.config.temperature)
+
+    def expected_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The mean decoded label: ``counts / S`` is unbiased for ``p_T``, so the
+        mean is the teacher itself at T (as ``T * log p_T``, like a decoded
+        label)."""
+        check_logits(logits, self._require_fitted("expected_logits"))
+        t = self.sampling_temperature
+        return t * torch.log_softmax(logits.float() / t, dim=1)
+
     # -- fitting -----------------------------------------------------------------
     def fit(self, source: LogitSource, *, num_labels: int | None = None) -> RSKDCodec:
         """Read C; with ``num_samples=None``, pick S from the fit data's sizes.

@@ -603,6 +603,38 @@ class VQAESampledCodec(Codec):
             out[empty] = self._prior_tail(ids[empty], log_q[empty])
         return out
 
+    # -- the mean of the draws (labelzip.codecs.base.SampledCodec) -----------------
+    @property
+    def sampling_temperature(self) -> float:
+        """Tail ids are drawn from the teacher at T = 1."""
+        return 1.0
+
+    def expected_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The mean decoded label (log-probs): the decoded head, and the decoded
+        tail mass spread over the other ids as the teacher spreads it (the
+        draws are unbiased for that shape); labels that draw nothing keep
+        their unigram-prior tail. With the head residual on, the head's mean is
+        the teacher's own head (the stochastic rounding is unbiased; its floors
+        at 1e-12 are left out)."""
+        head = self._require_head("expected_logits")
+        check_logits(logits, self._require_fitted("expected_logits"))
+        x = logits.detach().to(device="cpu", dtype=torch.float32)
+        _, ids, log_q = head.encode_support(x)
+        log_p = torch.log_softmax(x, dim=1)
+        log_head = log_p.gather(1, ids)
+        log_mass = torch.log1p(-log_head.double().exp().sum(dim=1).clamp(max=1.0))
+        if self._residual_coder is not None:
+            log_q = torch.cat([log_head, log_mass[:, None].float()], dim=1)
+        level = self._level_of(log_mass.exp().clamp_min(0.0))
+        drawn = torch.tensor(self.levels, dtype=torch.int64)[level] > 0
+        out = self._prior_tail(ids, log_q)
+        if bool(drawn.any()):
+            rows = torch.nonzero(drawn).reshape(-1)
+            shape = log_p[rows].double() - log_mass[rows, None]  # the tail's shape
+            tail = (shape + log_q[rows, -1:].double()).float()
+            out[rows] = tail.scatter_(1, ids[rows], log_q[rows, :-1].float())
+        return out
+
     def _dither(self, log_q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """(n, K + 1) profile with the stored residual steps added to the head.
 
