@@ -10,6 +10,7 @@ import pytest
 from labelzip.archive import ArchiveReader
 from labelzip.bench.lm import PAPER_TOKENS, PAPER_VOCAB, LMBenchConfig, markdown_table
 from labelzip.cli import main
+from labelzip.lm.train import TrainLMConfig
 from labelzip.selection.auto import AUTO_KEY
 
 from ..lm.conftest import save_tiny_teacher
@@ -85,3 +86,20 @@ def test_bench_lm_auto_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     with ArchiveReader(path) as reader:
         record = reader.header.user[AUTO_KEY]
         assert reader.info()["codec"] == record["chosen"]["codec"]
+
+
+def test_bench_lm_auto_scores_at_the_students_temperature(tmp_path: Path) -> None:
+    from labelzip.archive import Layout
+    from labelzip.bench.lm import _outputs
+
+    layout = Layout(("window", "position"), (64, 16))
+    for temperature in (1.0, 2.0):
+        config = LMBenchConfig(
+            codecs=("auto", "rskd"),
+            ratios=(10.0,),
+            train=TrainLMConfig(temperature=temperature),
+        )
+        outputs, _ = _outputs(config, tmp_path, layout, 2000)
+        auto = {out.codec: out.auto for out in outputs}
+        assert auto["rskd"] is None
+        assert auto["auto"] is not None and auto["auto"].temperature == temperature

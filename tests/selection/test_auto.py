@@ -22,6 +22,7 @@ from labelzip.selection.auto import (
     Target,
     candidates_for,
     choose_codec,
+    choose_from_rows,
     format_table,
     pick_candidate,
 )
@@ -214,7 +215,7 @@ def _measured(
 def test_labels_that_lose_the_teachers_top_two_are_set_aside_while_others_keep_them() -> (
     None
 ):
-    config = AutoConfig()
+    config = AutoConfig().for_labels(lm=False)
     coarse = _measured("vqae", 0.020, 0.48)  # the lower KL, top two lost
     exact = _measured("topk", 0.025, 1.0)
     assert pick_candidate([coarse, exact], config) == exact.candidate
@@ -412,3 +413,48 @@ def test_candidates_are_charged_for_a_record_at_least_as_large_as_the_real_one(
         assert target_header_bytes(win.codec, dict(win.options), final) <= (
             target_header_bytes(win.codec, dict(win.options), target)
         ), record
+
+
+def _lm_rows(n: int, c: int = 2000, seed: int = 0) -> torch.Tensor:
+    """Next-token-like logits: a Zipf prior plus per-row noise (flat, long tails)."""
+    g = torch.Generator().manual_seed(seed)
+    prior = -1.1 * torch.log(torch.arange(1, c + 1, dtype=torch.float32))
+    return prior + 2.0 * torch.randn(n, c, generator=g)
+
+
+def test_temperature_defaults_to_the_students_of_the_label_family() -> None:
+    from labelzip.lm.train import TrainLMConfig
+    from labelzip.pipelines.train_student import StudentConfig
+
+    assert AutoConfig().for_labels(lm=True).temperature == TrainLMConfig().temperature
+    assert AutoConfig().for_labels(lm=False).temperature == StudentConfig().temperature
+    assert AutoConfig(temperature=2.0).for_labels(lm=True).temperature == 2.0
+    with pytest.raises(ValueError, match="for_labels"):
+        _ = AutoConfig().student_temperature
+
+
+def test_sampled_codecs_are_scored_on_the_mean_of_their_draws() -> None:
+    """RS-KD draws at T = 1: at the LM student's T = 1 its mean label is the
+    teacher (KL 0) and it wins; at T = 4 (its draws are not unbiased there) it
+    is scored on one draw per label, far behind top-k."""
+    rows = _lm_rows(600)
+    target = Target(RateGoal(ratio=50), Layout(("sample",), (600,)), 2000, family="lm")
+    config = AutoConfig(codecs=("topk", "rskd"), sample_labels=600)
+    choice = choose_from_rows(rows, target, config)
+    assert choice.config.temperature == 1.0
+    rskd = next(r for r in choice.results if r.candidate.codec == "rskd")
+    topk = next(r for r in choice.results if r.candidate.codec == "topk")
+    assert rskd.mean_label and not topk.mean_label
+    assert rskd.kl is not None and topk.kl is not None
+    assert 0.0 <= rskd.kl < 1e-3 < topk.kl
+    assert choice.winner.codec == "rskd"
+    record = choice.to_dict(report=True)
+    assert record["temperature"] == 1.0
+    row = next(r for r in record["candidates"] if r["codec"] == "rskd")
+    assert row["mean"] is True
+    assert "mean" not in next(r for r in record["candidates"] if r["codec"] == "topk")
+    assert any("rskd" in line and "(mean of draws)" in line for line in choice.table())
+    # the student at T = 4: RS-KD's T = 1 draws are scored as drawn
+    at4 = choose_from_rows(rows, target, config.model_copy(update={"temperature": 4.0}))
+    rskd4 = next(r for r in at4.results if r.candidate.codec == "rskd")
+    assert not rskd4.mean_label and at4.winner.codec == "topk"

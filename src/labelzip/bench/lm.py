@@ -42,7 +42,7 @@ from labelzip.lm.train import ArchiveLabels, TeacherLabels, TrainLMConfig, train
 from labelzip.outputs import atomic_path, write_text
 from labelzip.rate import ArchiveTarget, RateGoal, configure_codec
 from labelzip.rate.target import RateValue
-from labelzip.selection.auto import AUTO, LM_CANDIDATES
+from labelzip.selection.auto import AUTO, LM_CANDIDATES, AutoConfig
 
 __all__ = [
     "CODEC_PRESETS",
@@ -161,8 +161,16 @@ def _outputs(
                 )
                 continue
             path = work_dir / f"lm_{codec}_{ratio:g}x.lz"
+            # auto scores its candidates at the temperature the students train at
+            auto = AutoConfig(temperature=config.train.temperature)
             outputs.append(
-                LMOutput(path=path, codec=codec, options=options, ratio=ratio)
+                LMOutput(
+                    path=path,
+                    codec=codec,
+                    options=options,
+                    ratio=ratio,
+                    auto=auto if codec == AUTO else None,
+                )
             )
     return outputs, skipped
 

@@ -147,9 +147,9 @@ def add_auto_options(parser: _Options) -> None:
     group.add_argument(
         "--auto-temperature",
         type=float,
-        default=4.0,
         metavar="T",
-        help="student's KD temperature the held-out KL is measured at (default 4)",
+        help="student's KD temperature the held-out KL is measured at (default: "
+        "1 for LM vocabularies, as train-lm; 4 for class labels, as train)",
     )
     group.add_argument(
         "--auto-reuse-weight",

@@ -40,13 +40,13 @@ import numpy as np
 import torch
 
 from labelzip.archive import ArchiveMetadata
-from labelzip.codecs.base import Codec
+from labelzip.codecs.base import Codec, SampledCodec
 from labelzip.codecs.prune import PrunePlan, keep_per_group
-from labelzip.codecs.registry import codec_class, with_num_images
+from labelzip.codecs.registry import codec_class, create_codec, with_num_images
 from labelzip.errors import ConfigError, UnreachableTargetError
 from labelzip.ops.metrics import kl_divergence, top1_agreement, top2_agreement
 from labelzip.rate import auto_prune_plan, fit_codec, target_header_bytes
-from labelzip.selection.config import AutoConfig, ContextOf, Target
+from labelzip.selection.config import LM_MIN_CLASSES, AutoConfig, ContextOf, Target
 from labelzip.selection.record import (
     AUTO_KEY,
     RECORD_ROWS,
@@ -82,13 +82,12 @@ __all__ = [
     "format_table",
     "resolve_codec_name",
     "run_options",
+    "scored_on_mean",
     "with_auto_record",
 ]
 
 # The codec name that asks for a measured choice.
 AUTO = "auto"
-# Classes from which labels are treated as an LM vocabulary.
-LM_MIN_CLASSES = 8192
 
 # (codec, options) in cost order: a tie within noise goes to the earlier one.
 # Codecs that need a view context are candidates only where the labels have one
@@ -217,11 +216,8 @@ def candidates_for(
 
     Keep fractions that keep the same number of views per sample collapse to one.
     """
-    lm = (
-        target.num_classes > LM_MIN_CLASSES
-        if target.family == "auto"
-        else target.family == "lm"
-    )
+    lm = target.is_lm
+    config = config.for_labels(lm)
     table = LM_CANDIDATES if lm else VISION_CANDIDATES
     if not lm and target.context is not None:
         table = table + CONTEXT_CANDIDATES
@@ -240,7 +236,7 @@ def candidates_for(
         for codec, options in table:
             opts = dict(options)
             if codec == "topk" and opts.get("decoder") == "ms":
-                opts["temperature"] = config.temperature
+                opts["temperature"] = config.student_temperature
             out.append(Candidate(codec, opts, keep))
     return out
 
@@ -268,6 +264,7 @@ def choose_codec(
         UnreachableTargetError: no candidate reaches the target (one line).
     """
     started = time.perf_counter()
+    config = config.for_labels(target.is_lm)
     groups = GroupShape.of(target.layout.dims, target.layout.shape)
     # Pruning needs whole samples with their layout positions (a drawn sample).
     has_views = (
@@ -313,7 +310,8 @@ def choose_codec(
         + _fitting_keeps(todo, target, config, fitting)
     )
     confirm = [c for c in possible if _capped(c, config, config.confirm_steps)]
-    widest = _widest_choice(todo, possible, confirm, target, choice)
+    mean = _mean_scored(possible, config.student_temperature)
+    widest = _widest_choice(todo, possible, confirm, mean, target, choice)
     rows = _record_rows(widest, config.record_share * target.total_bytes)
     charged = dataclasses.replace(
         target,
@@ -422,6 +420,7 @@ def _widest_choice(
     todo: Sequence[Candidate],
     possible: Sequence[Candidate],
     confirm: Sequence[Candidate],
+    mean: Sequence[Candidate],
     target: Target,
     choice: Callable[
         [Candidate, Sequence[CandidateResult], RecordRows, int | None], AutoChoice
@@ -433,7 +432,8 @@ def _widest_choice(
     extended, each codec's own fitting budget as a placeholder) and per finalist
     refit, each with numbers and a skip reason as wide as any real row's, and a
     winner with the longest options and keep fraction that has its own row (the
-    "winner" form of the record keeps it). Candidates are fitted against the
+    "winner" form of the record keeps it); rows of the candidates in ``mean``
+    (:func:`scored_on_mean`) carry that mark. Candidates are fitted against the
     header this record makes, so the archive's real record never outgrows it.
     """
     wide_bytes = 10 * target.total_bytes + 7
@@ -455,6 +455,7 @@ def _widest_choice(
             stored_top2=_WIDE_FLOAT,
             skipped=_FLAT_REASON.format(1.0),
             steps=steps,
+            mean_label=cand in mean,
         )
         unmeasured = CandidateResult(cand, skipped="x" * _MAX_REASON, steps=steps)
         return max(measured, unmeasured, key=width)
@@ -466,7 +467,13 @@ def _widest_choice(
     won = _WIDE_STEPS if confirm else None
     # a winner is never skipped: its row has numbers and no reason
     won_row = CandidateResult(
-        winner, wide_bytes, _WIDE_FLOAT, _WIDE_FLOAT, stored_top2=_WIDE_FLOAT, steps=won
+        winner,
+        wide_bytes,
+        _WIDE_FLOAT,
+        _WIDE_FLOAT,
+        stored_top2=_WIDE_FLOAT,
+        steps=won,
+        mean_label=bool(mean),
     )
     rows = [row(c) for c in possible] + [row(c, _WIDE_STEPS) for c in finalists]
     rows.append(won_row)
@@ -669,7 +676,7 @@ def _measure(
             cand, skipped=_short_reason(exc), detail=_full_reason(exc), steps=steps
         )
     seconds = time.perf_counter() - started
-    held = _held_out(codec, sample, plan, config.temperature, context)
+    held = _held_out(codec, sample, plan, config.student_temperature, context)
     num_stored = plan.num_kept if plan is not None else layout.num_labels
     header = target_header_bytes(codec, None, target.archive(plan))
     total = (
@@ -692,6 +699,7 @@ def _measure(
         fit_seconds=seconds,
         skipped=None if own >= MIN_STORED_TOP1 else _FLAT_REASON.format(own),
         steps=steps,
+        mean_label=held.mean_label,
     )
 
 
@@ -724,6 +732,26 @@ class _HeldOut:
     stored_top2: float  # share of encoded labels keeping their top two classes
     payload_bytes: int
     encoded: int  # labels encoded (payload_bytes is theirs)
+    mean_label: bool  # scored on the mean of a sampled codec's draws
+
+
+def scored_on_mean(codec: Codec, temperature: float) -> bool:
+    """Whether auto scores ``codec`` (fitted or not) on the mean of its draws: a
+    sampled codec drawing at the student's temperature, whose mean label is
+    what such a student learns (docs/auto.md, "Sampled labels")."""
+    return isinstance(codec, SampledCodec) and codec.sampling_temperature == temperature
+
+
+def _mean_scored(
+    candidates: Sequence[Candidate], temperature: float
+) -> list[Candidate]:
+    """The candidates :func:`scored_on_mean` will hold (from their options)."""
+    return [
+        c
+        for c in candidates
+        if hasattr(codec_class(c.codec), "expected_logits")
+        and scored_on_mean(create_codec(c.codec, **c.options), temperature)
+    ]
 
 
 def _held_out(
@@ -765,8 +793,17 @@ def _held_out(
         payload += block.nbytes
         decoded_parts.append(codec.decode_in_context(block, ctx, "cpu").float())
     decoded = torch.cat(decoded_parts)
+    mean_label = scored_on_mean(codec, temperature)
+    if mean_label:  # a student at T learns the mean of the draws (docs/auto.md)
+        assert isinstance(codec, SampledCodec)
+        decoded = torch.cat(
+            [codec.expected_logits(part).float() for part in full[stored].split(_BLOCK)]
+        )
     used = decoded[torch.searchsorted(stored, source_pos)]
-    kl = kl_divergence(teacher, used, temperature=temperature).reshape(groups, views)
+    kl = kl_divergence(teacher, used, temperature=temperature)
+    if mean_label:  # the mean of RS-KD's draws is the teacher: 0 up to rounding
+        kl = kl.clamp_min(0.0)
+    kl = kl.reshape(groups, views)
     source_kl = (  # a label's stand-in is itself unless pruned
         kl
         if plan is None
@@ -780,6 +817,7 @@ def _held_out(
         stored_top2=top2_agreement(full[stored], decoded),
         payload_bytes=payload,
         encoded=int(stored.numel()),
+        mean_label=mean_label,
     )
 
 

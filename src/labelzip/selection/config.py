@@ -16,7 +16,10 @@ from labelzip.rate import ArchiveTarget, RateGoal
 
 __all__ = [
     "DEFAULT_SAMPLE_LABELS",
+    "LM_MIN_CLASSES",
+    "LM_STUDENT_TEMPERATURE",
     "SAMPLE_VALUES",
+    "VISION_STUDENT_TEMPERATURE",
     "AutoConfig",
     "ContextOf",
     "Target",
@@ -28,6 +31,13 @@ ContextOf = Callable[[torch.Tensor], LabelContext]
 # Default selection sample: 8192 labels, or this many logit values when more.
 DEFAULT_SAMPLE_LABELS = 8192
 SAMPLE_VALUES = 8 << 20
+# More classes than this are an LM vocabulary (the LM candidates and temperature).
+LM_MIN_CLASSES = 8192
+# The KD temperature of labelzip's students, which auto measures at by default:
+# the vision student's (pipelines.train_student.StudentConfig) and the LM
+# student's (lm.train.TrainLMConfig); a test keeps them equal.
+VISION_STUDENT_TEMPERATURE = 4.0
+LM_STUDENT_TEMPERATURE = 1.0
 
 
 class AutoConfig(BaseModel):
@@ -38,8 +48,12 @@ class AutoConfig(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    temperature: float = Field(
-        default=4.0, gt=0.0, le=1000.0, description="student's KD temperature"
+    temperature: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1000.0,
+        description="student's KD temperature; default: the LM student's (1) for "
+        "LM vocabularies, the vision student's (4) for class labels",
     )
     sample_labels: int | None = Field(
         default=None,
@@ -107,6 +121,25 @@ class AutoConfig(BaseModel):
             raise ValueError(f"keep fractions must be in (0, 1], got {list(value)}")
         return value
 
+    def for_labels(self, lm: bool) -> AutoConfig:
+        """This config with the temperature set: the one given, else the
+        student's of the label family (``lm``: an LM vocabulary)."""
+        if self.temperature is not None:
+            return self
+        default = LM_STUDENT_TEMPERATURE if lm else VISION_STUDENT_TEMPERATURE
+        return self.model_copy(update={"temperature": default})
+
+    @property
+    def student_temperature(self) -> float:
+        """The temperature candidates are scored at (:meth:`for_labels` sets it).
+
+        Raises:
+            ValueError: it was not set yet.
+        """
+        if self.temperature is None:
+            raise ValueError("AutoConfig.temperature is unset: call for_labels()")
+        return self.temperature
+
     def max_sample_labels(self, num_classes: int) -> int:
         """Labels the sample may hold for ``num_classes`` float32 values each.
 
@@ -136,6 +169,14 @@ class Target:
     # the view-context codecs are then candidates; they store num_images prototypes.
     context: ContextOf | None = None
     num_images: int | None = None
+
+    @property
+    def is_lm(self) -> bool:
+        """Whether the labels are an LM vocabulary: the command's kind, or by
+        class count (more than :data:`LM_MIN_CLASSES`)."""
+        if self.family == "auto":
+            return self.num_classes > LM_MIN_CLASSES
+        return self.family == "lm"
 
     def archive(self, prune: PrunePlan | None = None) -> ArchiveTarget:
         """The rate-control target of the archive, with ``prune`` if given."""

@@ -76,6 +76,8 @@ class CandidateResult:
         fit_seconds: wall time of the candidate's fit (reported, not stored).
         steps: the training steps of a finalist's second, longer fit (None
             for the first round's fits at the auto steps).
+        mean_label: measured on the mean of a sampled codec's draws (its
+            expected label) instead of one draw per label.
     """
 
     candidate: Candidate
@@ -91,6 +93,7 @@ class CandidateResult:
     skipped: str | None = None
     detail: str | None = None
     steps: int | None = None
+    mean_label: bool = False
 
     def group_score(self, weight: float | None) -> torch.Tensor | None:
         """Per held-out sample :func:`~labelzip.selection.score.reuse_score`
@@ -132,6 +135,8 @@ class CandidateResult:
         }
         if self.steps is not None:
             out["steps"] = self.steps
+        if self.mean_label:
+            out["mean"] = True
         if report:
             out["fit_seconds"] = round(self.fit_seconds, 2)
             if self.detail is not None:
@@ -170,7 +175,7 @@ class AutoChoice:
             return {"chosen": chosen, "omitted": len(self.results)}
         out: dict[str, Any] = {
             "chosen": chosen,
-            "temperature": self.config.temperature,
+            "temperature": self.config.student_temperature,
             "reuse_weight": self.config.reuse_weight,
             "fit_labels": self.fit_labels,
             "held_labels": self.held_labels,
@@ -243,9 +248,10 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
             flag = f"  set aside (stored top-2 {row['top2']:.2f})"
         score = "" if weight == 1.0 else f"  score {row['score']:.5f}"
         top2 = "" if row.get("top2") is None else f"  stored top-2 {row['top2']:.2f}"
+        mean = "  (mean of draws)" if row.get("mean") else ""
         lines.append(
             f"{head} {row['ratio']:7.2f}x{score}  KL {row['kl']:.5f}  top-1 "
-            f"{row['top1']:.4f}{top2}{secs}{flag}"
+            f"{row['top1']:.4f}{top2}{secs}{mean}{flag}"
         )
     if record.get("omitted"):
         lines.append(
