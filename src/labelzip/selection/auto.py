@@ -12,6 +12,10 @@ being given the decoded label of the kept view that stands in for it
 (:meth:`~labelzip.codecs.prune.PrunePlan.stored_index`), split into the
 codec's error on that stand-in and the reuse mismatch; the score charges the
 first in full and a share of the second (:mod:`labelzip.selection.score`).
+A sampled codec (:class:`~labelzip.codecs.base.SampledCodec`) drawing at the
+student's temperature is measured on the mean of its draws, the label such a
+student learns (:func:`scored_on_mean`); the temperature defaults to the
+student's of the label family (:meth:`AutoConfig.for_labels`).
 
 The winner has the lowest held-out score; candidates within noise of it (a
 paired difference per held-out sample under two standard errors, or under a
