@@ -406,3 +406,32 @@ def test_ans_prototypes_from_stored() -> None:
         num_labels=50000, num_classes=10, budget_bytes=8000, num_images=500
     )
     assert auto.config.prototype_coding == "ans"
+
+
+def test_codeword_assignment_is_chunked_by_size_with_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Labels x codewords x classes are scored in chunks bounded by a value count
+    (C = 1000 with many codewords took GiBs at once); the chunking does not change
+    the fit or the bytes."""
+    from labelzip.codecs.context import viewmix
+
+    codec, logits, ctx = _fit(8)
+    block = codec.encode_in_context(logits, ctx)
+    monkeypatch.setattr(viewmix, "_ASSIGN_VALUES", 8 * C * 7)  # 7 labels a chunk
+    seen: list[int] = []
+    original = viewmix.kl_sum
+
+    def counting(
+        teacher: torch.Tensor, decoded: torch.Tensor, temps: tuple[float, ...]
+    ) -> torch.Tensor:
+        if decoded.dim() == 3:  # labels x codewords x classes: an assignment
+            seen.append(int(decoded.shape[0]))
+        return original(teacher, decoded, temps)
+
+    monkeypatch.setattr(viewmix, "kl_sum", counting)
+    small, _, _ = _fit(8)
+    assert seen and max(seen) == 7
+    assert torch.equal(small.encode_in_context(logits, ctx).data, block.data)
+    for name, tensor in codec.model_tensors().items():
+        assert torch.equal(small.model_tensors()[name], tensor)

@@ -128,7 +128,12 @@ OMITTED_WHEN_DEFAULT = frozenset(
     }
 )
 _WIDEST_FLOAT = 2.2250738585072014e-308  # repr: 23 characters, the most of any x >= 0
+# Labels scored against every codeword at once: at most _ASSIGN_CHUNK, and at
+# most _ASSIGN_VALUES label x codeword x class values, so that the (rows, K, C)
+# candidates stay small at C = 1000 (4096 x 64 x 1000 floats were 1 GiB each,
+# and the KL keeps several such temporaries per temperature).
 _ASSIGN_CHUNK = 4096
+_ASSIGN_VALUES = 1 << 24
 
 
 class ViewContextConfig(CodecConfig):
@@ -916,11 +921,10 @@ class ViewMixCodec(ViewContextCodec):
     ) -> torch.Tensor:
         """(N, K) summed KL of every label under every codeword."""
         out = []
-        for s in range(0, teacher.shape[0], _ASSIGN_CHUNK):
-            cand = prior[s : s + _ASSIGN_CHUNK].unsqueeze(1) + codebook.unsqueeze(0)
-            out.append(
-                kl_sum(teacher[s : s + _ASSIGN_CHUNK], cand, self.config.temperatures)
-            )
+        rows = max(1, min(_ASSIGN_CHUNK, _ASSIGN_VALUES // codebook.numel()))
+        for s in range(0, teacher.shape[0], rows):
+            cand = prior[s : s + rows].unsqueeze(1) + codebook.unsqueeze(0)
+            out.append(kl_sum(teacher[s : s + rows], cand, self.config.temperatures))
         return torch.cat(out) if out else torch.zeros(0, codebook.shape[0])
 
     def _assign(
