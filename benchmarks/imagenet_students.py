@@ -381,13 +381,18 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Across archive seeds",
         "",
-        "| row | target | archives | agree: mean (SE) | all-in | label KL4 |",
-        "|---|---|---|---|---|---|",
+        "| row | target | archives | agree: mean (SE) | KL1: mean | all-in | label KL4 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for g in report["summary"]:
+        kl1 = statistics.fmean(
+            r["kl1"]
+            for r in rows
+            if (r["codec"], r["target_ratio"]) == (g["codec"], g["target_ratio"])
+        )
         lines.append(
             f"| {g['codec']} | {g['target_ratio']:g}x | {len(g['archive_seeds'])} | "
-            f"{100 * g['accuracy']:.2f} ({100 * g['accuracy_se']:.2f}) | "
+            f"{100 * g['accuracy']:.2f} ({100 * g['accuracy_se']:.2f}) | {kl1:.3f} | "
             f"{g['ratio']:.1f}x | {g['kl']:.4f} |"
         )
     pairs = report.get("paired") or []
