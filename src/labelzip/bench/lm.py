@@ -162,14 +162,14 @@ def _outputs(
                 continue
             path = work_dir / f"lm_{codec}_{ratio:g}x.lz"
             # auto scores its candidates at the temperature the students train at
-            auto = AutoConfig(temperature=config.train.temperature)
+            auto = (
+                AutoConfig(temperature=config.train.temperature)
+                if codec == AUTO
+                else None
+            )
             outputs.append(
                 LMOutput(
-                    path=path,
-                    codec=codec,
-                    options=options,
-                    ratio=ratio,
-                    auto=auto if codec == AUTO else None,
+                    path=path, codec=codec, options=options, ratio=ratio, auto=auto
                 )
             )
     return outputs, skipped

@@ -788,6 +788,9 @@ def _held_out(
         views = int(sample.held_views[0].sum())
     full = sample.held_rows.reshape(-1, num_classes)
     stored = torch.unique(source_pos)  # increasing positions of the labels encoded
+    # a student at T learns the mean of a sampled codec's draws (docs/auto.md):
+    # its labels are encoded for their bytes only, and scored by that mean
+    mean_label = scored_on_mean(codec, temperature)
     decoded_parts: list[torch.Tensor] = []
     payload = 0
     for start in range(0, stored.numel(), _BLOCK):
@@ -795,14 +798,12 @@ def _held_out(
         ctx = None if context is None else context(flat[pos])
         block = codec.encode_in_context(full[pos], ctx)
         payload += block.nbytes
-        decoded_parts.append(codec.decode_in_context(block, ctx, "cpu").float())
+        if mean_label:
+            assert isinstance(codec, SampledCodec)
+            decoded_parts.append(codec.expected_logits(full[pos]).float())
+        else:
+            decoded_parts.append(codec.decode_in_context(block, ctx, "cpu").float())
     decoded = torch.cat(decoded_parts)
-    mean_label = scored_on_mean(codec, temperature)
-    if mean_label:  # a student at T learns the mean of the draws (docs/auto.md)
-        assert isinstance(codec, SampledCodec)
-        decoded = torch.cat(
-            [codec.expected_logits(part).float() for part in full[stored].split(_BLOCK)]
-        )
     used = decoded[torch.searchsorted(stored, source_pos)]
     kl = kl_divergence(teacher, used, temperature=temperature)
     if mean_label:  # the mean of RS-KD's draws is the teacher: 0 up to rounding

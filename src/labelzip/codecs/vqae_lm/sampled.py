@@ -458,7 +458,7 @@ class VQAESampledCodec(Codec):
         x = logits.detach().to(device="cpu", dtype=torch.float32)
         head_block, ids, log_q = head.encode_support(x)  # what the decoder will see
         log_p = torch.log_softmax(x, dim=1)
-        mass = 1.0 - log_p.gather(1, ids).double().exp().sum(dim=1)
+        mass = _tail_mass(log_p, ids)
         level = self._level_of(mass.clamp_min(0.0))
         masked = log_p.scatter(1, ids, float("-inf"))
         gen = seeded_generator(self.config.seed, content_key(x), n)
@@ -621,11 +621,11 @@ class VQAESampledCodec(Codec):
         x = logits.detach().to(device="cpu", dtype=torch.float32)
         _, ids, log_q = head.encode_support(x)
         log_p = torch.log_softmax(x, dim=1)
-        log_head = log_p.gather(1, ids)
-        log_mass = torch.log1p(-log_head.double().exp().sum(dim=1).clamp(max=1.0))
+        mass = _tail_mass(log_p, ids).clamp_min(0.0)
+        level = self._level_of(mass)  # as encode draws: the same levels
+        log_mass = mass.log()
         if self._residual_coder is not None:
-            log_q = torch.cat([log_head, log_mass[:, None].float()], dim=1)
-        level = self._level_of(log_mass.exp().clamp_min(0.0))
+            log_q = torch.cat([log_p.gather(1, ids), log_mass[:, None].float()], dim=1)
         drawn = torch.tensor(self.levels, dtype=torch.int64)[level] > 0
         out = self._prior_tail(ids, log_q)
         if bool(drawn.any()):
@@ -774,6 +774,11 @@ def _widths(level: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
 def _nearest_level(target: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """(n,) index of the level nearest each target sample count."""
     return (target.double()[:, None] - levels[None]).abs().argmin(dim=1)
+
+
+def _tail_mass(log_p: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(n,) float64 teacher mass outside the head ``ids`` (may round below 0)."""
+    return 1.0 - log_p.gather(1, ids).double().exp().sum(dim=1)
 
 
 def _tail_draws(
