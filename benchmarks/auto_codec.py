@@ -170,7 +170,10 @@ def fidelity(teacher: torch.Tensor, path: Path) -> dict[str, float]:
         "stored_kl": float(source_kl[stored].mean()),
         "score": float(
             reuse_score(
-                used, source_kl, None if plan is None else plan.keep_per_group
+                used,
+                source_kl,
+                None if plan is None else plan.keep_per_group,
+                num_classes=flat.shape[1],
             ).mean()
         ),
     }

@@ -82,7 +82,7 @@ def measure(archive: Path, dense: Path) -> dict[str, float]:
     for t in (4.0, 1.0):  # auto's score at its default temperature, and at T = 1
         source = kl_divergence(teacher[standin], decoded, t)  # error of label used
         used[t] = kl_divergence(teacher, decoded, t)
-        scores[t] = reuse_score(used[t], source, stored_views)
+        scores[t] = reuse_score(used[t], source, stored_views, None, num_classes)
     return {
         "views_kept": m,
         "stored_kl_t4": float(stored_t4.mean()),
@@ -93,9 +93,9 @@ def measure(archive: Path, dense: Path) -> dict[str, float]:
         "one_over_m": 1 / m,
         "auto_score": float(scores[4.0].mean()),
         "auto_score_t1": float(scores[1.0].mean()),
-        # the stored labels' error at T = 1 plus 2/m of the reuse mismatch at T = 4
+        # the stored labels' error at T = 1 plus the reuse charge of the mismatch at T = 4
         "error_t1_reuse_t4": float(stored_t1.mean())
-        + reuse_share(stored_views) * float(reuse.mean()),
+        + reuse_share(stored_views, None, num_classes) * float(reuse.mean()),
         "used_kl_t4": float(used[4.0].mean()),
     }
 

@@ -65,9 +65,12 @@ from labelzip.teachers import load_efficientnet_lite0
 TEST_SEED = 1_000_003  # views of the test images: unrelated to the train views
 
 # Rows besides ``labelzip bench vision``'s (ROW_SPECS): top-k MS with k set by rate
-# control (the bench row fixes k = 2, about 128x at C = 1000 with every view).
+# control (the bench row fixes k = 2, about 128x at C = 1000 with every view), and
+# vqae on half of each image's views (LPLD's reuse for the rest, more bits each):
+# the trade auto's reuse charge prices.
 EXTRA_ROWS: dict[str, dict[str, Any]] = {
     "topk-ms-fit": {"codec": "topk", "options": {"decoder": "ms"}, "auto_prune": True},
+    "vqae-half": {"codec": "vqae", "keep_fraction": 0.5},
 }
 ROWS = {**ROW_SPECS, **EXTRA_ROWS}
 

@@ -83,8 +83,9 @@ def test_same_seed_same_bytes_and_json_report(
 def test_reuse_weight_sets_what_a_pruned_view_is_charged(
     tmp_path: Path, views_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Default REUSE_VIEWS / m (all of it at m <= 2 of these 4 views), a fixed
-    share with --auto-reuse-weight; the record and the table say which."""
+    """Default reuse_views(C) / m (10 / m at these 50 classes: all of it at the
+    m <= 4 views), a fixed share with --auto-reuse-weight; the record and the
+    table say which."""
     reports = {}
     for weight in (None, "0.5", "1"):
         out = tmp_path / f"{weight}.lz"
@@ -94,6 +95,7 @@ def test_reuse_weight_sets_what_a_pruned_view_is_charged(
         assert code == 0, err
         reports[weight] = json.loads(stdout)["auto"]
     assert reports[None]["reuse_weight"] is None
+    assert reports[None]["reuse_views"] == 10.0
     assert reports["0.5"]["reuse_weight"] == 0.5
 
     def measured(report: dict[str, Any], pruned: bool) -> list[dict[str, Any]]:
@@ -103,14 +105,14 @@ def test_reuse_weight_sets_what_a_pruned_view_is_charged(
             if r["kl"] is not None and (r["keep_fraction"] < 1) == pruned
         ]
 
-    for weight in (None, "1"):  # 2 / m >= 1 here, and weight 1: the full KL
+    for weight in (None, "1"):  # 10 / m >= 1 here, and weight 1: the full KL
         rows = measured(reports[weight], True) + measured(reports[weight], False)
         assert rows and all(r["score"] == r["kl"] for r in rows)
     half = measured(reports["0.5"], True)
     assert half and all(r["score"] <= r["kl"] for r in half)
     assert any(r["score"] < r["kl"] for r in half)
     assert all(r["score"] == r["kl"] for r in measured(reports["0.5"], False))
-    assert "reuse mismatch x 2/views stored" in format_table(reports[None])[0]
+    assert "reuse mismatch x 10/views stored" in format_table(reports[None])[0]
     assert "reuse mismatch x 0.5" in format_table(reports["0.5"])[0]
     assert all("score" not in line for line in format_table(reports["1"]))
 

@@ -458,3 +458,63 @@ def test_sampled_codecs_are_scored_on_the_mean_of_their_draws() -> None:
     at4 = choose_from_rows(rows, target, config.model_copy(update={"temperature": 4.0}))
     rskd4 = next(r for r in at4.results if r.candidate.codec == "rskd")
     assert not rskd4.mean_label and at4.winner.codec == "topk"
+
+
+def test_reuse_charge_grows_with_the_classes() -> None:
+    """2/m at up to 10 classes (measured there), C/10 times that above: at 1000
+    classes a pruned candidate that wins at 10 classes loses to every view."""
+    from labelzip.selection.score import reuse_share, reuse_views
+
+    assert reuse_views(None) == reuse_views(3) == reuse_views(10) == 2.0
+    assert reuse_views(100) == 20.0 and reuse_views(1000) == 200.0
+    assert reuse_share(150, num_classes=10) == pytest.approx(2 / 150)
+    assert reuse_share(150, num_classes=1000) == 1.0
+    assert reuse_share(400, num_classes=1000) == 0.5
+    assert reuse_share(150, 0.1, num_classes=1000) == 0.1  # a fixed weight wins
+
+    def pair(classes: int) -> list[CandidateResult]:
+        every = CandidateResult(
+            Candidate("vqae", {}, 1.0),
+            total_bytes=1000,
+            kl=0.3,
+            top1=0.9,
+            stored_top1=0.9,
+            stored_top2=1.0,
+            group_kl=torch.full((8,), 0.3),
+            group_source_kl=torch.full((8,), 0.3),
+            num_classes=classes,
+        )
+        quarter = CandidateResult(
+            Candidate("vqae", {}, 0.25),
+            total_bytes=1000,
+            kl=1.5,
+            top1=0.3,
+            stored_top1=0.9,
+            stored_top2=1.0,
+            group_kl=torch.full((8,), 1.5),  # with the reused labels' mismatch
+            group_source_kl=torch.full((8,), 0.13),  # the stored labels' error
+            stored_views=75,
+            num_classes=classes,
+        )
+        return [every, quarter]
+
+    config = AutoConfig().for_labels(lm=False)
+    assert pick_candidate(pair(10), config).keep_fraction == 0.25
+    assert pick_candidate(pair(1000), config).keep_fraction == 1.0
+    # the record says what was charged; records written before say 2
+    choice = AutoChoice(
+        winner=pair(1000)[0].candidate,
+        results=tuple(pair(1000)),
+        config=config,
+        fit_labels=100,
+        held_labels=40,
+        reference_total=20_000,
+        seconds=0.0,
+        num_classes=1000,
+    )
+    record = choice.to_dict()
+    assert record["reuse_views"] == 200.0
+    assert record["candidates"][1]["score"] == pytest.approx(1.5)
+    assert "reuse mismatch x 200/views stored" in format_table(record)[0]
+    del record["reuse_views"]
+    assert "reuse mismatch x 2/views stored" in format_table(record)[0]

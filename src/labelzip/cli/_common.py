@@ -157,7 +157,8 @@ def add_auto_options(parser: _Options) -> None:
         metavar="W",
         help="share (0-1) of a pruned view's reuse mismatch charged to its "
         "held-out score; 1 charges the full KL against the reused label "
-        "(default: 2/m at m views stored per sample, at most 1; docs/auto.md)",
+        "(default: 2/m at m views stored per sample, at most 1, times C/10 above "
+        "C = 10 classes; docs/auto.md)",
     )
     group.add_argument(
         "--auto-sample",

@@ -11,7 +11,8 @@ label, KL(teacher || decoded) at the student's temperature, a pruned view
 being given the decoded label of the kept view that stands in for it
 (:meth:`~labelzip.codecs.prune.PrunePlan.stored_index`), split into the
 codec's error on that stand-in and the reuse mismatch; the score charges the
-first in full and a share of the second (:mod:`labelzip.selection.score`).
+first in full and a share of the second, larger for more classes
+(:mod:`labelzip.selection.score`).
 A sampled codec (:class:`~labelzip.codecs.base.SampledCodec`) drawing at the
 student's temperature is measured on the mean of its draws, the label such a
 student learns (:func:`scored_on_mean`); the temperature defaults to the
@@ -302,6 +303,7 @@ def choose_codec(
             ),
             seconds=time.perf_counter() - started,
             rows=rows,
+            num_classes=target.num_classes,
         )
 
     # Candidates are charged for the record the final archive will carry: every
@@ -704,6 +706,7 @@ def _measure(
         skipped=None if own >= MIN_STORED_TOP1 else _FLAT_REASON.format(own),
         steps=steps,
         mean_label=held.mean_label,
+        num_classes=num_classes,
     )
 
 

@@ -101,7 +101,8 @@ class AutoConfig(BaseModel):
         description="share of a pruned view's reuse mismatch charged to its score "
         "(a pruned view scores its stand-in's codec error plus this share of the "
         "extra KL of reusing that label); default min(1, 2/m) for a candidate "
-        "storing m views per sample (labelzip.selection.score)",
+        "storing m views per sample, times C/10 above C = 10 classes "
+        "(labelzip.selection.score.reuse_share)",
     )
     tie_tolerance: float = Field(
         default=0.01, ge=0.0, le=1.0, description="relative KL gap counted as a tie"

@@ -15,7 +15,7 @@ import torch
 from labelzip.archive import ArchiveMetadata
 from labelzip.errors import ConfigError
 from labelzip.selection.config import AutoConfig
-from labelzip.selection.score import REUSE_VIEWS, reuse_score, set_aside
+from labelzip.selection.score import REUSE_VIEWS, reuse_score, reuse_views, set_aside
 
 __all__ = [
     "AUTO_KEY",
@@ -78,6 +78,8 @@ class CandidateResult:
             for the first round's fits at the auto steps).
         mean_label: measured on the mean of a sampled codec's draws (its
             expected label) instead of one draw per label.
+        num_classes: classes per label (the reuse charge grows with them,
+            :func:`~labelzip.selection.score.reuse_views`).
     """
 
     candidate: Candidate
@@ -94,6 +96,7 @@ class CandidateResult:
     detail: str | None = None
     steps: int | None = None
     mean_label: bool = False
+    num_classes: int | None = None
 
     def group_score(self, weight: float | None) -> torch.Tensor | None:
         """Per held-out sample :func:`~labelzip.selection.score.reuse_score`
@@ -101,7 +104,11 @@ class CandidateResult:
         if self.group_kl is None or self.group_source_kl is None:
             return self.group_kl
         return reuse_score(
-            self.group_kl, self.group_source_kl, self.stored_views, weight
+            self.group_kl,
+            self.group_source_kl,
+            self.stored_views,
+            weight,
+            self.num_classes,
         )
 
     def score(self, weight: float | None) -> float | None:
@@ -157,6 +164,7 @@ class AutoChoice:
     seconds: float
     rows: RecordRows = "all"  # the rows the archive's record keeps
     winner_steps: int | None = None  # set when the winner is a refitted finalist
+    num_classes: int | None = None  # of the labels (the default reuse charge)
 
     def to_dict(self, *, report: bool = False) -> dict[str, Any]:
         """The JSON record: for the archive (deterministic: no seconds, short
@@ -177,6 +185,7 @@ class AutoChoice:
             "chosen": chosen,
             "temperature": self.config.student_temperature,
             "reuse_weight": self.config.reuse_weight,
+            "reuse_views": reuse_views(self.num_classes),
             "fit_labels": self.fit_labels,
             "held_labels": self.held_labels,
             "steps": self.config.steps,
@@ -225,7 +234,8 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
     ]
     aside = set_aside([rows[i].get("top2") for i in eligible])
     aside_at = {i for i, out in zip(eligible, aside, strict=True) if out}
-    share = f"{REUSE_VIEWS:g}/views stored" if weight is None else f"{weight:g}"
+    views = record.get("reuse_views", REUSE_VIEWS)  # older records: always 2
+    share = f"{views:g}/views stored" if weight is None else f"{weight:g}"
     scored = "KL" if weight == 1.0 else f"score: reuse mismatch x {share}"
     lines = [
         f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "

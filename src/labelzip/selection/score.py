@@ -7,9 +7,15 @@ reuse mismatch (the rest). Students of replayed views are hurt by the first and
 barely by the second while a sample keeps a fair number of stored views (the
 oracle study and student benchmarks in docs/auto.md, "The score"): a student
 sees m stored labels per sample, and a reused label's mismatch is noise it
-averages over them. So the mismatch is charged at :data:`REUSE_VIEWS` / m by
+averages over them. So the mismatch is charged at :func:`reuse_views` / m by
 default (at most all of it), m being the views stored per sample; a fixed share
 can be given instead.
+
+How many stored views it takes to average a reused label's mismatch away grows
+with the classes the label spreads over: :data:`REUSE_VIEWS` views at
+:data:`REUSE_CLASSES` classes (where the constant was measured on students),
+proportionally more above (docs/auto.md, "The score": at 1000 classes students
+minded the reuse that the 10-class charge allowed).
 
 The KL misses one thing students mind: whether a stored label still names the
 teacher's two leading classes. Coarse labels (a VQ codebook of a few bits per
@@ -28,15 +34,21 @@ import torch
 __all__ = [
     "MIN_STORED_TOP2",
     "REUSE_VIEWS",
+    "REUSE_CLASSES",
     "keeps_top_two",
     "reuse_score",
-    "set_aside",
     "reuse_share",
+    "reuse_views",
+    "set_aside",
 ]
 
 # The reuse mismatch is charged REUSE_VIEWS / m: 2 matched the students of four
 # frameworks (1 / m kept too few views at 100x; docs/auto.md, "The score").
 REUSE_VIEWS = 2.0
+# ... at this many classes (the 10-class sets of those students); more classes
+# charge proportionally more: 200 / m at 1000 classes, which 1000-class proxy
+# students preferred (every view kept; docs/auto.md, "The score").
+REUSE_CLASSES = 10
 # Stored labels must keep the teacher's two leading classes on at least this share
 # of them for a candidate to be preferred. Of 27 archives with students (two
 # datasets), the 10 that kept them on 0.05-0.69 of their labels trained students
@@ -59,12 +71,26 @@ def set_aside(stored_top2: Sequence[float | None]) -> list[bool]:
     return [any(kept) and not k for k in kept]
 
 
-def reuse_share(stored_views: int | None, weight: float | None = None) -> float:
+def reuse_views(num_classes: int | None) -> float:
+    """The stored views per sample over which a reused label's mismatch is
+    charged in full: :data:`REUSE_VIEWS`, times ``num_classes /``
+    :data:`REUSE_CLASSES` above that many classes (unknown: ``REUSE_VIEWS``)."""
+    return REUSE_VIEWS * max(1.0, (num_classes or 0) / REUSE_CLASSES)
+
+
+def reuse_share(
+    stored_views: int | None,
+    weight: float | None = None,
+    num_classes: int | None = None,
+) -> float:
     """The share of the reuse mismatch charged: ``weight`` if given, else
-    ``min(1, REUSE_VIEWS / m)`` (1 where the views stored per sample are unknown)."""
+    ``min(1, reuse_views(num_classes) / m)`` (1 where the views stored per
+    sample are unknown)."""
     if weight is not None:
         return weight
-    return min(1.0, REUSE_VIEWS / stored_views) if stored_views else 1.0
+    if not stored_views:
+        return 1.0
+    return min(1.0, reuse_views(num_classes) / stored_views)
 
 
 def reuse_score(
@@ -72,6 +98,7 @@ def reuse_score(
     source_kl: torch.Tensor,
     stored_views: int | None,
     weight: float | None = None,
+    num_classes: int | None = None,
 ) -> torch.Tensor:
     """Per-label (or per-sample) score: ``source_kl`` plus the charged share of
     ``used_kl - source_kl``.
@@ -81,7 +108,8 @@ def reuse_score(
         source_kl: KL(stand-in's teacher label || decoded label used); equal to
             ``used_kl`` for a stored view.
         stored_views: views stored per sample (m).
-        weight: a fixed share instead of ``REUSE_VIEWS / m``.
+        weight: a fixed share instead of ``reuse_views(num_classes) / m``.
+        num_classes: classes per label (:func:`reuse_views`).
     """
-    share = reuse_share(stored_views, weight)
+    share = reuse_share(stored_views, weight, num_classes)
     return share * used_kl + (1.0 - share) * source_kl
