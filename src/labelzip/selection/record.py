@@ -236,7 +236,13 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
     aside_at = {i for i, out in zip(eligible, aside, strict=True) if out}
     views = record.get("reuse_views", REUSE_VIEWS)  # older records: always 2
     share = f"{views:g}/views stored" if weight is None else f"{weight:g}"
-    scored = "KL" if weight == 1.0 else f"score: reuse mismatch x {share}"
+    pruned = any(row["keep_fraction"] < 1 for row in rows)
+    if weight == 1.0:
+        scored = "KL"
+    elif not pruned:  # LM tokens: no views, so the score is the KL
+        scored = "score = KL, no view pruned,"
+    else:
+        scored = f"score: reuse mismatch x {share}"
     lines = [
         f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "
         f"(held-out {scored} at T={record['temperature']:g}; "
