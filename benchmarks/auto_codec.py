@@ -9,7 +9,8 @@ compared with the teacher: mean KL(teacher || decoded) at T=4 over every
 label (a pruned view counts with the label that stands in for it), top-1
 agreement, the KL of the stored labels alone, and auto's score
 (:func:`labelzip.selection.score.reuse_score`: each label's stand-in's codec
-error plus min(1, 2/m) of the reuse mismatch, m views stored per sample). Fit time is measured per archive; for auto it is split into the
+error plus min(1, reuse_views(C)/m) of the reuse mismatch, m views stored per
+sample: 2/m at up to 10 classes, C/10 times that above). Fit time is measured per archive; for auto it is split into the
 choice and the final fit.
 
 Label sets (the vision ones (E, N, C), dims epoch,sample, as relabel writes):

@@ -9,7 +9,7 @@ The pick is then redone for each reuse weight from those measurements
 (:func:`labelzip.selection.auto.pick_candidate`): no refitting, so the table
 shows how the weight alone moves the choice.
 
-A weight ``cN`` charges N/m instead of the default 2/m (the pick is redone with
+A weight ``cN`` charges N/m instead of the default 2/m at 10 classes (the pick is redone with
 :data:`labelzip.selection.score.REUSE_VIEWS` set to N for that pick only).
 ``--keeps`` sets the view budgets measured and ``--data-dir`` another IDX folder
 (``benchmarks/make_mnist5k.py``).

@@ -1,12 +1,11 @@
 """1000-class students: which compressed labels does a student of EfficientNet-Lite0 prefer?
 
 At 10 classes ``--codec auto`` is checked against students (``docs/auto.md``,
-"Students"). At 1000 classes its label score disagreed with the fidelity of whole
-archives: on EfficientNet-Lite0 views it stores few views with near-exact labels
-(dense or top-k on 12-16 of 500 views) where ``vqae`` keeps every view with a much
-lower KL over all labels. No ImageNet images are on this machine, so this benchmark
-measures the student the labels make against the teacher itself, on images the
-student never saw:
+"Students"). At 1000 classes the question is how much a student minds a pruned
+view's reused label: pruning (LPLD) stores few views with near-exact labels, ``vqae``
+keeps every view at a few bits each, and auto's reuse charge decides between them.
+No ImageNet images are on this machine, so this benchmark measures the student the
+labels make against the teacher itself, on images the student never saw:
 
 1. two SRe2L sets recovered from the teacher (``labelzip distill --dataset imagenet
    --method sre2l``): a train set and, with another seed, a test set;
