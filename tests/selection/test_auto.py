@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 
@@ -532,3 +533,7 @@ def test_reuse_charge_grows_with_the_classes() -> None:
     header = format_table(unpruned.to_dict())[0]
     assert "score = KL, no view pruned, at T=4" in header
     assert "views stored" not in header
+    # a record that keeps only the winner's row cannot say nothing was pruned
+    winner_only = dataclasses.replace(choice, rows="winner").to_dict()
+    assert winner_only["omitted"] == 1
+    assert "x 200/views stored" in format_table(winner_only)[0]

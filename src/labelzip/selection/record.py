@@ -236,7 +236,8 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
     aside_at = {i for i, out in zip(eligible, aside, strict=True) if out}
     views = record.get("reuse_views", REUSE_VIEWS)  # older records: always 2
     share = f"{views:g}/views stored" if weight is None else f"{weight:g}"
-    pruned = any(row["keep_fraction"] < 1 for row in rows)
+    # rows left out of a small archive's record may have pruned: charge as usual
+    pruned = bool(record.get("omitted")) or any(r["keep_fraction"] < 1 for r in rows)
     if weight == 1.0:
         scored = "KL"
     elif not pruned:  # LM tokens: no views, so the score is the KL
