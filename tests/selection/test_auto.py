@@ -520,16 +520,7 @@ def test_reuse_charge_grows_with_the_classes() -> None:
     del record["reuse_views"]
     assert "reuse mismatch x 2/views stored" in format_table(record)[0]
     # with no candidate pruned (LM tokens) the header says the score is the KL
-    unpruned = AutoChoice(
-        winner=pair(1000)[0].candidate,
-        results=(pair(1000)[0],),
-        config=config,
-        fit_labels=100,
-        held_labels=40,
-        reference_total=20_000,
-        seconds=0.0,
-        num_classes=49_152,
-    )
+    unpruned = dataclasses.replace(choice, results=(pair(1000)[0],), num_classes=49_152)
     header = format_table(unpruned.to_dict())[0]
     assert "score = KL, no view pruned, at T=4" in header
     assert "views stored" not in header

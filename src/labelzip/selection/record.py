@@ -234,8 +234,6 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
     ]
     aside = set_aside([rows[i].get("top2") for i in eligible])
     aside_at = {i for i, out in zip(eligible, aside, strict=True) if out}
-    views = record.get("reuse_views", REUSE_VIEWS)  # older records: always 2
-    share = f"{views:g}/views stored" if weight is None else f"{weight:g}"
     # rows left out of a small archive's record may have pruned: charge as usual
     pruned = bool(record.get("omitted")) or any(r["keep_fraction"] < 1 for r in rows)
     if weight == 1.0:
@@ -243,6 +241,8 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
     elif not pruned:  # LM tokens: no views, so the score is the KL
         scored = "score = KL, no view pruned,"
     else:
+        views = record.get("reuse_views", REUSE_VIEWS)  # older records: always 2
+        share = f"{views:g}/views stored" if weight is None else f"{weight:g}"
         scored = f"score: reuse mismatch x {share}"
     lines = [
         f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "
