@@ -37,7 +37,6 @@ from typing import Any
 import torch
 
 from labelzip.lm.corpus import CorpusConfig, build_corpus
-from labelzip.lm.logitfile import SafetensorsStreamWriter
 from labelzip.lm.teacher import (
     load_teacher,
     max_context,
@@ -45,6 +44,7 @@ from labelzip.lm.teacher import (
     teacher_logits,
     tokenizer_fingerprint,
 )
+from labelzip.logit_writer import SafetensorsStreamWriter
 
 FP16_MAX = 65504.0
 SECTION_BEGIN = "<!-- make_lm_label_set:{prefix}:begin -->"
@@ -125,8 +125,8 @@ def write_split(
     num_tokens = num_windows * seq_len
     vocab = int(model.config.vocab_size)
     specs = {
-        "token_ids": (torch.int64, (num_tokens,)),
-        "logits": (torch.float16, (num_tokens, vocab)),
+        "token_ids": ((num_tokens,), torch.int64),
+        "logits": ((num_tokens, vocab), torch.float16),
     }
     forward_s = 0.0
     max_abs = 0.0

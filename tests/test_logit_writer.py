@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from labelzip.errors import InputError
+from labelzip.io import load_logits
 from labelzip.logit_store import open_logits
-from labelzip.logit_writer import NpyStreamWriter, SafetensorsStreamWriter
+from labelzip.logit_writer import (
+    SAFETENSORS_DTYPE_CODES,
+    NpyStreamWriter,
+    SafetensorsStreamWriter,
+)
 from labelzip.outputs import TEMP_TAG
 
 
@@ -60,6 +67,60 @@ def test_several_metadata_keys_are_sorted_and_read_back(tmp_path: Path) -> None:
         assert torch.equal(store.read(0, 2), torch.ones(2, 3))
 
 
+def test_every_safetensors_dtype_streams(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(1)
+    tensors = {
+        str(dtype): (100 * torch.randn(3, 2, generator=g)).to(dtype)
+        for dtype in SAFETENSORS_DTYPE_CODES
+    }
+    spec = {name: (t.shape, t.dtype) for name, t in tensors.items()}
+    out = tmp_path / "all.safetensors"
+    with SafetensorsStreamWriter(out, spec) as writer:
+        for name, t in tensors.items():
+            writer.write(name, t[:1])
+            writer.write(name, t[1:])
+    loaded = load_file(str(out))
+    assert all(torch.equal(loaded[name], t) for name, t in tensors.items())
+    save_file(tensors, str(tmp_path / "ref.safetensors"))
+    assert out.read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+
+
+def test_lm_label_set_reads_back_with_metadata(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = (10 * torch.randn(10, 7, generator=g)).half()
+    ids = torch.randint(0, 7, (10,), generator=g)
+    spec = {"token_ids": ((10,), torch.int64), "logits": ((10, 7), torch.float16)}
+    out = tmp_path / "x.safetensors"
+    with SafetensorsStreamWriter(out, spec, {"teacher": "t@1"}) as writer:
+        writer.write("token_ids", ids[:4])
+        writer.write("token_ids", ids[4:])
+        for lo in range(0, 10, 3):  # blocks of 3, 3, 3, 1 rows
+            writer.write("logits", logits[lo : lo + 3])
+    loaded = load_file(str(out))
+    assert torch.equal(loaded["logits"], logits)
+    assert torch.equal(loaded["token_ids"], ids)
+    with safe_open(str(out), framework="pt") as handle:
+        assert handle.metadata() == {"teacher": "t@1"}
+    assert torch.equal(load_logits(out, key="logits"), logits.float())
+    header_len = struct.unpack("<Q", out.read_bytes()[:8])[0]
+    assert header_len % 8 == 0
+    assert out.stat().st_size == 8 + header_len + 10 * 8 + 10 * 7 * 2  # no gaps
+
+
+def test_bfloat16_header_offsets(tmp_path: Path) -> None:
+    x = torch.linspace(-3, 3, 12).view(4, 3).bfloat16()
+    out = tmp_path / "b.safetensors"
+    spec = {"a": ((4, 3), torch.bfloat16), "b": ((2,), torch.uint8)}
+    with SafetensorsStreamWriter(out, spec) as writer:
+        writer.write("b", torch.tensor([1, 2], dtype=torch.uint8))
+        writer.write("a", x)
+    raw = out.read_bytes()
+    header = json.loads(raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]])
+    assert header["a"] == {"dtype": "BF16", "shape": [4, 3], "data_offsets": [0, 24]}
+    assert header["b"]["data_offsets"] == [24, 26]
+    assert torch.equal(load_file(str(out))["a"], x)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_npy_bytes_equal_np_save(tmp_path: Path, dtype: torch.dtype) -> None:
     x = _x((37, 2, 5)).to(dtype)
@@ -102,6 +163,17 @@ def test_unfinished_tensor_is_not_renamed(tmp_path: Path) -> None:
     assert not out.exists() and _no_temps(tmp_path)
 
 
+def test_unfinished_safetensors_leaves_the_destination(tmp_path: Path) -> None:
+    out = tmp_path / "x.safetensors"
+    out.write_bytes(b"old")
+    spec = {"token_ids": ((5,), torch.int64), "logits": ((5, 7), torch.float16)}
+    with pytest.raises(ValueError, match="got 14 of its 35"):  # noqa: PT012
+        with SafetensorsStreamWriter(out, spec) as writer:
+            writer.write("token_ids", torch.zeros(5, dtype=torch.long))
+            writer.write("logits", torch.zeros(2, 7, dtype=torch.float16))
+    assert out.read_bytes() == b"old" and _no_temps(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("rows", "error", "match"),
     [
@@ -117,6 +189,20 @@ def test_wrong_rows_are_refused(tmp_path: Path, rows, error, match) -> None:
         with pytest.raises(error, match=match):
             w.write("x", rows)
         w.write("x", torch.zeros(8, 3))
+
+
+def test_bad_safetensors_specs_are_refused(tmp_path: Path) -> None:
+    with SafetensorsStreamWriter(tmp_path / "a.st", {"x": ((2,), torch.int64)}) as w:
+        with pytest.raises(KeyError, match="no tensor 'y'"):
+            w.write("y", torch.zeros(2, dtype=torch.long))
+        with pytest.raises(ValueError, match="exceed its 2"):
+            w.write("x", torch.zeros(3, dtype=torch.long))
+        w.write("x", torch.zeros(2, dtype=torch.long))
+    with pytest.raises(InputError, match="safetensors cannot store torch.complex64"):
+        SafetensorsStreamWriter(tmp_path / "b.st", {"a": ((1,), torch.complex64)})
+    with pytest.raises(InputError, match="output folder .* does not exist"):
+        SafetensorsStreamWriter(tmp_path / "no" / "c.st", {"a": ((1,), torch.int64)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.st"]
 
 
 @pytest.mark.parametrize("fail_at", [0, 2])

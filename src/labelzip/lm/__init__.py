@@ -17,7 +17,6 @@ from labelzip.lm.corpus import (
     tokenize_windows,
 )
 from labelzip.lm.documents import BUILTIN_CORPORA, Document, load_documents
-from labelzip.lm.logitfile import SafetensorsStreamWriter
 from labelzip.lm.student import (
     StudentConfig,
     build_student,
@@ -40,7 +39,6 @@ __all__ = [
     "CorpusConfig",
     "Document",
     "LMCorpus",
-    "SafetensorsStreamWriter",
     "StudentConfig",
     "build_corpus",
     "build_student",
