@@ -14,9 +14,19 @@ A weight ``cN`` charges N/m instead of the default 2/m at 10 classes (the pick i
 ``--keeps`` sets the view budgets measured and ``--data-dir`` another IDX folder
 (``benchmarks/make_mnist5k.py``).
 
+To see how a pick holds across auto's samples, ``--auto-budgets`` measures auto's own
+view budgets, ``--seeds`` repeats the choice with other sample seeds, ``--confirm-steps``
+adds the finalists' refits, and ``--top2-thresholds`` redoes the pick at other stored
+top-2 lines (:data:`labelzip.selection.score.MIN_STORED_TOP2`, set for that pick
+only). ``--summarize A.json B.json`` tabulates finished reports: each rule's picks
+across the seeds, and the candidates near a stored top-2 line of 0.70-0.78.
+
 Usage (one torch thread):
     python benchmarks/auto_reuse_weight.py --settings random:10 sre2l:10 \\
         --ratios 40 100 --weights 1 0.5 0.25 0.1 0 --out results/auto_reuse_weight
+    python benchmarks/auto_reuse_weight.py --settings sre2l:10 --auto-budgets \
+        --seeds 0 1 2 3 --confirm-steps 1000 --top2-thresholds 0.74 --out OUT
+    python benchmarks/auto_reuse_weight.py --summarize OUT.json --out SUMMARY
 """
 
 from __future__ import annotations
@@ -79,15 +89,30 @@ def weight_of(name: str) -> tuple[float | None, float | None]:
     return float(name), None
 
 
+@contextlib.contextmanager
+def top2_threshold(threshold: float | None) -> Any:
+    """Set candidates aside below ``threshold`` stored top-2 inside the block."""
+    saved = score_module.MIN_STORED_TOP2
+    if threshold is not None:
+        score_module.MIN_STORED_TOP2 = threshold
+    try:
+        yield
+    finally:
+        score_module.MIN_STORED_TOP2 = saved
+
+
 def measure(
     framework: str,
     ipc: int,
     epochs: int,
     ratios: list[float],
     data_dir: Path | None = None,
-    keeps: tuple[float, ...] = KEEPS,
+    keeps: tuple[float, ...] | None = KEEPS,
+    seeds: tuple[int, ...] = (0,),
+    confirm_steps: int = 0,
 ) -> list[Any]:
-    """The auto choice's candidate results of one set at each ratio."""
+    """The auto choice's candidate results of one set at each ratio and seed
+    (``keeps`` None: auto's own view budgets)."""
     train_set = load_fashion_mnist("train", root=data_dir)
     test_set = load_fashion_mnist("test", root=data_dir)
     qconfig = QuickstartConfig(
@@ -114,17 +139,20 @@ def measure(
             memo[:] = [(flat, labeller.rows(flat))]
         return memo[0][1]
 
-    auto = AutoConfig(keep_fractions=keeps, confirm_steps=0)
     out = []
-    for ratio in ratios:
-        started = time.perf_counter()
-        request = RelabelOutput(
-            path=Path("unused.lz"), codec="auto", ratio=ratio, auto=auto
-        )
-        _, _, choice = choose_relabel_codec(
-            request, label, layout, num_classes, metadata, config
-        )
-        out.append((ratio, choice, time.perf_counter() - started))
+    for seed in seeds:
+        auto = AutoConfig(confirm_steps=confirm_steps, seed=seed)
+        if keeps is not None:
+            auto = auto.model_copy(update={"keep_fractions": keeps})
+        for ratio in ratios:
+            started = time.perf_counter()
+            request = RelabelOutput(
+                path=Path("unused.lz"), codec="auto", ratio=ratio, auto=auto
+            )
+            _, _, choice = choose_relabel_codec(
+                request, label, layout, num_classes, metadata, config
+            )
+            out.append((ratio, seed, choice, time.perf_counter() - started))
     return out
 
 
@@ -132,6 +160,8 @@ def row(r: CandidateResult, weight: float | None) -> dict[str, Any]:
     return {
         "codec": r.candidate.name,
         "keep": r.candidate.keep_fraction,
+        "stored_views": r.stored_views,
+        "steps": r.steps,
         "kl": r.kl,
         "source_kl": None
         if r.group_source_kl is None
@@ -142,6 +172,91 @@ def row(r: CandidateResult, weight: float | None) -> dict[str, Any]:
         "stored_top2": r.stored_top2,
         "skipped": r.skipped,
     }
+
+
+def pick_name(results: list[CandidateResult], config: AutoConfig) -> str:
+    win = pick_candidate(results, config)
+    return f"{win.name} keep {win.keep_fraction:g}"
+
+
+def short_pick(pick: str) -> str:
+    """``ctx-transform(min_label_bits=0.0) keep 0.0441942`` as ``ctx-transform 13/300``
+    (views kept per sample of 300 epochs)."""
+    name, keep = pick.rsplit(" keep ", 1)
+    return f"{name.split('(')[0]} {round(300 * float(keep))}"
+
+
+def dataset_of(report: dict[str, Any]) -> str:
+    """The IDX folder's name a report was measured on (Fashion-MNIST by default)."""
+    words = str(report["command"]).split()
+    if "--data-dir" in words:
+        return Path(words[words.index("--data-dir") + 1]).name
+    return "fashion-mnist"
+
+
+def summary(reports: list[dict[str, Any]]) -> list[str]:
+    """Each rule's picks across the seeds, per set and target, as a table."""
+    cells: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for report in reports:
+        for entry in report["settings"]:
+            key = (dataset_of(report), entry["setting"], entry["ratio"])
+            cells.setdefault(key, []).append(entry)
+    rules = list(next(iter(cells.values()))[0]["picks"])
+    lines = [
+        "| data | set | target | seeds | " + " | ".join(rules) + " |",
+        "|---|---|---|---|" + "---|" * len(rules),
+    ]
+    for (data, setting, ratio), entries in cells.items():
+        entries.sort(key=lambda e: e["seed"])
+        seeds = ",".join(str(e["seed"]) for e in entries)
+        picks = [
+            " / ".join(short_pick(e["picks"][rule]) for e in entries) for rule in rules
+        ]
+        lines.append(
+            f"| {data} | {setting} | {ratio:g}x | {seeds} | " + " | ".join(picks) + " |"
+        )
+    return lines
+
+
+def near_line(reports: list[dict[str, Any]], low: float, high: float) -> list[str]:
+    """Per choice, the candidates whose held-out stored top-2 lies in [low, high)
+    and whose default score is at most 2% above the default pick's: those a
+    top-2 line in that range decides on (score relative to the pick)."""
+    lines = [
+        f"| data | set | target | seed | default pick | stored top-2 in [{low:g}, "
+        f"{high:g}), score within 2% of the pick or lower (score / pick's) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for report in reports:
+        for entry in report["settings"]:
+            rows = [
+                r for r in entry["rows"] if r["score"] is not None and not r["skipped"]
+            ]
+            name, keep = entry["picks"]["m"].rsplit(" keep ", 1)
+            best = min(
+                r["score"]
+                for r in rows
+                if r["codec"] == name and abs(r["keep"] - float(keep)) < 1e-6
+            )
+            near = sorted(
+                (
+                    r
+                    for r in rows
+                    if low <= r["stored_top2"] < high and r["score"] <= 1.02 * best
+                ),
+                key=lambda r: -r["stored_top2"],
+            )
+            cells = ", ".join(
+                f"{short_pick(r['codec'] + ' keep ' + str(r['keep']))}"
+                f"{' [refit]' if r['steps'] else ''} {r['stored_top2']:.4f} "
+                f"({r['score'] / best:.3f})"
+                for r in near
+            )
+            lines.append(
+                f"| {dataset_of(report)} | {entry['setting']} | {entry['ratio']:g}x | "
+                f"{entry['seed']} | {short_pick(entry['picks']['m'])} | {cells} |"
+            )
+    return lines
 
 
 def main() -> None:
@@ -163,14 +278,71 @@ def main() -> None:
         default=list(KEEPS),
         help="view budgets measured, e.g. 1 1/2 1/16",
     )
+    parser.add_argument(
+        "--auto-budgets",
+        action="store_true",
+        help="measure auto's own view budgets instead of --keeps",
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="auto sample seeds"
+    )
+    parser.add_argument(
+        "--confirm-steps",
+        type=int,
+        default=0,
+        help="finalists' refit steps (0: none, so no pick depends on the weight)",
+    )
+    parser.add_argument(
+        "--top2-thresholds",
+        nargs="*",
+        type=float,
+        default=[],
+        help="also redo the default pick with these stored top-2 thresholds",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="IDX folder")
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="only print the picks table of these JSON reports (views of 300)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.summarize:
+        reports = [json.loads(path.read_text()) for path in args.summarize]
+        text = [
+            "# auto's picks across sample seeds",
+            "",
+            f"Command: `python {' '.join(sys.argv)}`",
+            "",
+            "Picks per rule (views kept of 300 per image; one per sample seed, "
+            "`/`-separated). Reports:",
+            "",
+            *[f"- `{r['command']}` (commit {r['commit']})" for r in reports],
+            "",
+            *summary(reports),
+            "",
+            "Candidates near a stored top-2 line of 0.70-0.78:",
+            "",
+            *near_line(reports, 0.70, 0.78),
+            "",
+        ]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.out.with_suffix(".md"), "\n".join(text))
+        print("\n".join(text))
+        return
     torch.set_num_threads(1)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     report: dict[str, Any] = {"command": " ".join(sys.argv), "commit": commit}
+    budgets = "auto's view budgets" if args.auto_budgets else "the view budgets given"
+    refits = (
+        f"finalists refit at {args.confirm_steps} steps"
+        if args.confirm_steps
+        else "no finalist refits"
+    )
     lines = [
         "# The reuse weight against auto's pick (relabel, Fashion-MNIST IPC sets)",
         "",
@@ -178,40 +350,47 @@ def main() -> None:
         f"Machine: {platform.machine()}, 2 shared CPUs, torch {torch.__version__}, "
         "one thread.",
         "",
-        "Each set is measured once per target (view budgets 1 ... 1/32, no finalist "
-        "refits); the pick is redone from those measurements for each weight.",
+        f"Each set is measured once per target and seed ({budgets}, {refits}); the "
+        "pick is redone from those measurements for each weight and stored top-2 "
+        "threshold.",
         "",
     ]
     settings = []
     for setting in args.settings:
         framework, ipc = setting.split(":")
-        for ratio, choice, seconds in measure(
+        for ratio, seed, choice, seconds in measure(
             framework,
             int(ipc),
             args.epochs,
             args.ratios,
             args.data_dir,
-            tuple(args.keeps),
+            None if args.auto_budgets else tuple(args.keeps),
+            tuple(args.seeds),
+            args.confirm_steps,
         ):
+            results = list(choice.results)
             picks = {}
             for name in args.weights:
                 weight, views = weight_of(name)
                 cfg = choice.config.model_copy(update={"reuse_weight": weight})
                 with reuse_views(views):
-                    win = pick_candidate(list(choice.results), cfg)
-                picks[name] = f"{win.name} keep {win.keep_fraction:g}"
+                    picks[name] = pick_name(results, cfg)
+            for threshold in args.top2_thresholds:
+                with top2_threshold(threshold):
+                    picks[f"top-2 >= {threshold:g}"] = pick_name(results, choice.config)
             settings.append(
                 {
                     "setting": setting,
                     "ratio": ratio,
+                    "seed": seed,
                     "seconds": seconds,
                     "picks": picks,
-                    "rows": [row(r, None) for r in choice.results],
+                    "rows": [row(r, None) for r in results],
                 }
             )
-            lines += [f"## {setting} at {ratio:g}x ({seconds:.0f} s)", ""]
+            lines += [f"## {setting} at {ratio:g}x, seed {seed} ({seconds:.0f} s)", ""]
             lines += [
-                "| reuse weight | pick |",
+                "| rule | pick |",
                 "|---|---|",
                 *[f"| {w} | {p} |" for w, p in picks.items()],
                 "",
@@ -219,23 +398,25 @@ def main() -> None:
                 "| stored top-2 | skipped |",
                 "|---|---|---|---|---|---|---|---|",
             ]
-            for r in choice.results:
+            for r in results:
                 d = row(r, None)
                 kl = "-" if d["kl"] is None else f"{d['kl']:.4f}"
                 src = "-" if d["source_kl"] is None else f"{d['source_kl']:.4f}"
                 own = "-" if d["stored_top1"] is None else f"{d['stored_top1']:.3f}"
-                two = "-" if d["stored_top2"] is None else f"{d['stored_top2']:.3f}"
-                score = "-" if d["score"] is None else f"{d['score']:.4f}"
+                two = "-" if d["stored_top2"] is None else f"{d['stored_top2']:.4f}"
+                score = "-" if d["score"] is None else f"{d['score']:.5f}"
+                steps = f" [{d['steps']} steps]" if d["steps"] else ""
                 lines.append(
-                    f"| {d['codec']} | {d['keep']:.4g} | {kl} | {src} | {score} | {own} | "
-                    f"{two} | {d['skipped'] or ''} |"
+                    f"| {d['codec']}{steps} | {d['keep']:.4g} | {kl} | {src} | {score} "
+                    f"| {own} | {two} | {d['skipped'] or ''} |"
                 )
             lines.append("")
-            print("\n".join(lines[-len(choice.results) - 12 :]), flush=True)
-    report["settings"] = settings
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(args.out.with_suffix(".md"), "\n".join(lines))
-    write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
+            print("\n".join(lines[-len(results) - 12 :]), flush=True)
+            report["settings"] = settings
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            done = ["## Picks across seeds", "", *summary([report]), ""]
+            write_text(args.out.with_suffix(".md"), "\n".join(lines + done))
+            write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
