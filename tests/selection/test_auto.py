@@ -224,6 +224,14 @@ def test_labels_that_lose_the_teachers_top_two_are_set_aside_while_others_keep_t
     assert pick_candidate([coarse, _measured("rskd", 0.03, None)], config).codec == (
         "rskd"
     )
+    # a share a hair under 0.75 (MNIST SRe2L at 100x, one sample of four) is kept,
+    # so its tie with a coarser codec on more views goes to the cheaper codec
+    exact_13 = _measured("ctx-transform", 0.03277, 0.7488, keep=13 / 300)
+    coarser_19 = _measured("vqae-ctx", 0.03248, 0.7672, keep=19 / 300)
+    assert pick_candidate([exact_13, coarser_19], config) == exact_13.candidate
+    assert pick_candidate([exact_13, _measured("vqae-ctx", 0.028, 0.733)], config) == (
+        exact_13.candidate
+    )
     # when no candidate keeps them, the score alone decides
     also_coarse = _measured("topk", 0.025, 0.10)
     assert pick_candidate([coarse, also_coarse], config) == coarse.candidate
@@ -238,7 +246,8 @@ def test_labels_that_lose_the_teachers_top_two_are_set_aside_while_others_keep_t
     )
     lines = format_table(choice.to_dict(report=True))
     assert (
-        "set aside (stored top-2 0.48)" in lines[1] and "stored top-2 1.00" in lines[2]
+        "set aside (stored top-2 0.480 < 0.74)" in lines[1]
+        and "stored top-2 1.00" in lines[2]
     )
     assert "set aside" not in lines[2]
 

@@ -15,7 +15,13 @@ import torch
 from labelzip.archive import ArchiveMetadata
 from labelzip.errors import ConfigError
 from labelzip.selection.config import AutoConfig
-from labelzip.selection.score import REUSE_VIEWS, reuse_score, reuse_views, set_aside
+from labelzip.selection.score import (
+    MIN_STORED_TOP2,
+    REUSE_VIEWS,
+    reuse_score,
+    reuse_views,
+    set_aside,
+)
 
 __all__ = [
     "AUTO_KEY",
@@ -262,7 +268,7 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
             continue
         flag = f"  not eligible ({row['skipped']})" if row["skipped"] else ""
         if at in aside_at:
-            flag = f"  set aside (stored top-2 {row['top2']:.2f})"
+            flag = f"  set aside (stored top-2 {row['top2']:.3f} < {MIN_STORED_TOP2:g})"
         score = "" if weight == 1.0 else f"  score {row['score']:.5f}"
         top2 = "" if row.get("top2") is None else f"  stored top-2 {row['top2']:.2f}"
         mean = "  (mean of draws)" if row.get("mean") else ""
