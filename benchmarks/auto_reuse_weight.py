@@ -69,15 +69,17 @@ KEEPS = (1.0, 0.5, 0.25, 0.125, 1 / 16, 1 / 32)
 
 
 @contextlib.contextmanager
-def reuse_views(views: float | None) -> Any:
-    """Charge the reuse mismatch at ``views`` / m inside the block (None: as is)."""
-    saved = score_module.REUSE_VIEWS
-    if views is not None:
-        score_module.REUSE_VIEWS = views
+def score_constant(name: str, value: float | None) -> Any:
+    """Set the pick's constant ``labelzip.selection.score.<name>`` to ``value``
+    inside the block (None: as is): ``REUSE_VIEWS`` charges the reuse mismatch at
+    value / m, ``MIN_STORED_TOP2`` is the stored top-2 line."""
+    saved = getattr(score_module, name)
+    if value is not None:
+        setattr(score_module, name, value)
     try:
         yield
     finally:
-        score_module.REUSE_VIEWS = saved
+        setattr(score_module, name, saved)
 
 
 def weight_of(name: str) -> tuple[float | None, float | None]:
@@ -87,18 +89,6 @@ def weight_of(name: str) -> tuple[float | None, float | None]:
     if name.startswith("c"):
         return None, float(name[1:])
     return float(name), None
-
-
-@contextlib.contextmanager
-def top2_threshold(threshold: float | None) -> Any:
-    """Set candidates aside below ``threshold`` stored top-2 inside the block."""
-    saved = score_module.MIN_STORED_TOP2
-    if threshold is not None:
-        score_module.MIN_STORED_TOP2 = threshold
-    try:
-        yield
-    finally:
-        score_module.MIN_STORED_TOP2 = saved
 
 
 def measure(
@@ -373,10 +363,10 @@ def main() -> None:
             for name in args.weights:
                 weight, views = weight_of(name)
                 cfg = choice.config.model_copy(update={"reuse_weight": weight})
-                with reuse_views(views):
+                with score_constant("REUSE_VIEWS", views):
                     picks[name] = pick_name(results, cfg)
             for threshold in args.top2_thresholds:
-                with top2_threshold(threshold):
+                with score_constant("MIN_STORED_TOP2", threshold):
                     picks[f"top-2 >= {threshold:g}"] = pick_name(results, choice.config)
             settings.append(
                 {
