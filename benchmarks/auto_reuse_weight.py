@@ -169,38 +169,53 @@ def pick_name(results: list[CandidateResult], config: AutoConfig) -> str:
     return f"{win.name} keep {win.keep_fraction:g}"
 
 
-def short_pick(pick: str) -> str:
-    """``ctx-transform(min_label_bits=0.0) keep 0.0441942`` as ``ctx-transform 13/300``
-    (views kept per sample of 300 epochs)."""
-    name, keep = pick.rsplit(" keep ", 1)
-    return f"{name.split('(')[0]} {round(300 * float(keep))}"
+def command_option(report: dict[str, Any], flag: str, default: str) -> str:
+    """The value ``flag`` had in the command that made ``report`` (else ``default``)."""
+    words = str(report["command"]).split()
+    return words[words.index(flag) + 1] if flag in words else default
 
 
 def dataset_of(report: dict[str, Any]) -> str:
     """The IDX folder's name a report was measured on (Fashion-MNIST by default)."""
-    words = str(report["command"]).split()
-    if "--data-dir" in words:
-        return Path(words[words.index("--data-dir") + 1]).name
-    return "fashion-mnist"
+    return Path(command_option(report, "--data-dir", "fashion-mnist")).name
+
+
+def views_of(report: dict[str, Any]) -> int:
+    """Views per image of a report's sets (its ``--epochs``)."""
+    return int(command_option(report, "--epochs", "300"))
+
+
+def views_kept(codec: str, keep: float, views: int) -> str:
+    """A candidate as its codec's key and the views it keeps per image:
+    ``ctx-transform(min_label_bits=0.0)`` at keep 0.0441942 of 300 is
+    ``ctx-transform 13``."""
+    return f"{codec.split('(')[0]} {round(views * keep)}"
+
+
+def short_pick(pick: str, views: int) -> str:
+    """A :func:`pick_name` string as :func:`views_kept` writes it."""
+    name, keep = pick.rsplit(" keep ", 1)
+    return views_kept(name, float(keep), views)
 
 
 def summary(reports: list[dict[str, Any]]) -> list[str]:
     """Each rule's picks across the seeds, per set and target, as a table."""
-    cells: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    cells: dict[tuple[str, str, float], list[tuple[dict[str, Any], int]]] = {}
     for report in reports:
         for entry in report["settings"]:
             key = (dataset_of(report), entry["setting"], entry["ratio"])
-            cells.setdefault(key, []).append(entry)
-    rules = list(next(iter(cells.values()))[0]["picks"])
+            cells.setdefault(key, []).append((entry, views_of(report)))
+    rules = list(next(iter(cells.values()))[0][0]["picks"])
     lines = [
         "| data | set | target | seeds | " + " | ".join(rules) + " |",
         "|---|---|---|---|" + "---|" * len(rules),
     ]
     for (data, setting, ratio), entries in cells.items():
-        entries.sort(key=lambda e: e["seed"])
-        seeds = ",".join(str(e["seed"]) for e in entries)
+        entries.sort(key=lambda pair: pair[0]["seed"])
+        seeds = ",".join(str(e["seed"]) for e, _ in entries)
         picks = [
-            " / ".join(short_pick(e["picks"][rule]) for e in entries) for rule in rules
+            " / ".join(short_pick(e["picks"][rule], views) for e, views in entries)
+            for rule in rules
         ]
         lines.append(
             f"| {data} | {setting} | {ratio:g}x | {seeds} | " + " | ".join(picks) + " |"
@@ -218,6 +233,7 @@ def near_line(reports: list[dict[str, Any]], low: float, high: float) -> list[st
         "|---|---|---|---|---|---|",
     ]
     for report in reports:
+        views = views_of(report)
         for entry in report["settings"]:
             rows = [
                 r for r in entry["rows"] if r["score"] is not None and not r["skipped"]
@@ -237,14 +253,14 @@ def near_line(reports: list[dict[str, Any]], low: float, high: float) -> list[st
                 key=lambda r: -r["stored_top2"],
             )
             cells = ", ".join(
-                f"{short_pick(r['codec'] + ' keep ' + str(r['keep']))}"
+                f"{views_kept(r['codec'], r['keep'], views)}"
                 f"{' [refit]' if r['steps'] else ''} {r['stored_top2']:.4f} "
                 f"({r['score'] / best:.3f})"
                 for r in near
             )
             lines.append(
                 f"| {dataset_of(report)} | {entry['setting']} | {entry['ratio']:g}x | "
-                f"{entry['seed']} | {short_pick(entry['picks']['m'])} | {cells} |"
+                f"{entry['seed']} | {short_pick(entry['picks']['m'], views)} | {cells} |"
             )
     return lines
 
@@ -306,8 +322,8 @@ def main() -> None:
             "",
             f"Command: `python {' '.join(sys.argv)}`",
             "",
-            "Picks per rule (views kept of 300 per image; one per sample seed, "
-            "`/`-separated). Reports:",
+            "Picks per rule (codec and views kept per image; one per sample "
+            "seed, `/`-separated). Reports:",
             "",
             *[f"- `{r['command']}` (commit {r['commit']})" for r in reports],
             "",
