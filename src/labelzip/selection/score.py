@@ -53,10 +53,9 @@ REUSE_CLASSES = 10
 # of them for a candidate to be preferred. Of 27 archives with students (two
 # datasets), the 10 that kept them on 0.05-0.69 of their labels trained students
 # behind (9) or level with (1) an archive of the same set and target that kept
-# them; the others kept 0.78-1.0 (docs/auto.md, "Top-2 fidelity"). Measured on
-# held-out labels the shares run lower: the good candidates there dipped to 0.7488
-# and the coarse ones reached 0.733, so the line sits between (0.75 until
-# 2026-12-07 set one good candidate aside, docs/auto.md).
+# them; the others kept 0.78-1.0. auto measures the share on held-out labels, where
+# it runs lower, so the line sits between the held-out shares of the two groups
+# (docs/auto.md, "Top-2 fidelity": why 0.74 and not 0.75).
 MIN_STORED_TOP2 = 0.74
 
 
