@@ -16,6 +16,7 @@ from labelzip.cli.compress import main
 from labelzip.cli.info import main as info_main
 from labelzip.selection.auto import AUTO_KEY, LM_CANDIDATES
 from labelzip.selection.record import format_table
+from labelzip.selection.score import FREE_ERROR
 
 FAST = ["--auto-steps", "10", "--auto-confirm-steps", "20", "--auto-sample", "512"]
 
@@ -105,29 +106,49 @@ def test_reuse_weight_sets_what_a_pruned_view_is_charged(
             if r["kl"] is not None and (r["keep_fraction"] < 1) == pruned
         ]
 
-    for weight in (None, "1"):  # 10 / m >= 1 here, and weight 1: the full KL
-        rows = measured(reports[weight], True) + measured(reports[weight], False)
-        assert rows and all(r["score"] == r["kl"] for r in rows)
-    half = measured(reports["0.5"], True)
-    assert half and all(r["score"] <= r["kl"] for r in half)
-    assert any(r["score"] < r["kl"] for r in half)
-    assert all(r["score"] == r["kl"] for r in measured(reports["0.5"], False))
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            r["codec"],
+            json.dumps(r["options"]),
+            r["keep_fraction"],
+            r.get("steps"),
+        )
+
+    # 10 / m >= 1 here, and weight 1: the full KL, less the free codec error
+    for weight in (None, "1"):
+        for r in measured(reports[weight], False):  # unpruned: the error is the KL
+            assert r["score"] == pytest.approx(
+                r["kl"] - min(FREE_ERROR, r["kl"]), abs=2e-6
+            )
+        pruned = measured(reports[weight], True)
+        assert pruned
+        assert all(r["kl"] - FREE_ERROR - 2e-6 <= r["score"] <= r["kl"] for r in pruned)
+    full = {key(r): r["score"] for r in measured(reports["1"], True)}
+    half = [r for r in measured(reports["0.5"], True) if key(r) in full]
+    assert half and all(r["score"] <= full[key(r)] + 2e-6 for r in half)
+    assert any(r["score"] < full[key(r)] - 1e-5 for r in half)
+    assert reports[None]["free_error"] == FREE_ERROR
     assert "reuse mismatch x 10/views stored" in format_table(reports[None])[0]
     assert "reuse mismatch x 0.5" in format_table(reports["0.5"])[0]
-    assert all("score" not in line for line in format_table(reports["1"]))
+    assert (
+        "held-out KL, codec error up to 0.0023 free," in format_table(reports["1"])[0]
+    )
 
 
 def test_user_pruning_fixes_the_view_budget(
     tmp_path: Path, views_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "a.lz"
-    argv = [str(views_file), "--ratio", "10", "--prune-keep", "0.5", *FAST]
-    code, _, err = _run([*argv, "-o", str(out)], capsys)
+    argv = [str(views_file), "--ratio", "10", "--prune-keep", "0.5", *FAST, "--json"]
+    code, stdout, err = _run([*argv, "-o", str(out)], capsys)
     assert code == 0, err
     with ArchiveReader(out) as reader:
         info = reader.info()
     assert info["prune"]["keep_fraction"] == 0.5
     assert info["user"][AUTO_KEY]["chosen"]["keep_fraction"] == 0.5
+    # the user's budget is the only one measured: no smaller or neighbouring ones
+    rows = json.loads(stdout)["auto"]["candidates"]
+    assert len(rows) > 1 and all(r["keep_fraction"] == 0.5 for r in rows)
 
 
 @pytest.mark.parametrize(

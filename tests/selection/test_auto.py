@@ -25,6 +25,7 @@ from labelzip.selection.auto import (
     choose_codec,
     choose_from_rows,
     format_table,
+    neighbour_budgets,
     pick_candidate,
 )
 from labelzip.selection.sample import (
@@ -33,6 +34,7 @@ from labelzip.selection.sample import (
     draw_sample,
     split_views,
 )
+from labelzip.selection.score import FREE_ERROR
 
 
 def _source(
@@ -142,9 +144,74 @@ def test_redundant_views_choose_a_view_budget_below_one() -> None:
 def test_independent_views_keep_every_view() -> None:
     choice = _choose(_views(200, 8, 100, noise=6.0), FAST)
     assert choice.winner.keep_fraction == 1.0
-    pruned = [r.kl for r in choice.results if r.candidate.keep_fraction < 1 and r.kl]
+    kept = [r.candidate.keep_fraction for r in choice.results]
+    pruned = [
+        r.kl for r, k in zip(choice.results, kept, strict=True) if k <= 0.5 and r.kl
+    ]
     full = min(r.kl for r in choice.results if r.candidate.keep_fraction == 1 and r.kl)
     assert pruned and min(pruned) > 1.5 * full  # a stand-in view is a different label
+    # the winner's codec was measured one BUDGET_STEP below its budget too (6 of 8)
+    assert 1 / BUDGET_STEP in kept
+
+
+def test_neighbour_budgets_are_the_picks_codec_one_step_either_side() -> None:
+    """Between two halvings (38 and 75 of 300 views) the pick's codec is measured
+    at 53 too; counts it was measured at, or other codecs', do not matter."""
+    labels = torch.zeros(4, 300, 10)
+    target = _target(labels, ("sample", "view"), 40.0)
+    ctx = Candidate("ctx-transform", {"min_label_bits": 0.0}, 0.125)
+    measured = [
+        CandidateResult(Candidate(ctx.codec, ctx.options, keep))
+        for keep in (1.0, 0.5, 0.25, 0.125, 0.125 / BUDGET_STEP)
+    ] + [CandidateResult(Candidate("vqae", {}, 0.125 * BUDGET_STEP))]
+    near = neighbour_budgets(ctx, measured, target)
+    assert [c.codec for c in near] == ["ctx-transform"]
+    assert near[0].options == ctx.options
+    assert keep_per_group(near[0].keep_fraction, 300) == 53
+    # at every view only the smaller side exists; both sides are new here
+    every = [CandidateResult(Candidate("vqae", {}, 1.0)), measured[-1]]
+    whole = neighbour_budgets(every[0].candidate, every, target)
+    assert [keep_per_group(c.keep_fraction, 300) for c in whole] == [212]
+    odd = neighbour_budgets(Candidate("topk", {}, 8 / 300), [], target)
+    assert [keep_per_group(c.keep_fraction, 300) for c in odd] == [11, 6]
+
+
+def test_codec_error_below_the_free_level_is_not_charged() -> None:
+    """Two candidates whose stored labels are within FREE_ERROR of their teacher
+    labels: the one storing more views (less reuse) wins although its codec
+    error is larger; above the free level the credit changes no order."""
+
+    def result(keep: float, views: int, source: float, used: float) -> CandidateResult:
+        return CandidateResult(
+            Candidate("ctx-transform", {}, keep),
+            total_bytes=1000,
+            kl=used,
+            top1=0.9,
+            stored_top1=0.9,
+            stored_top2=1.0,
+            group_kl=torch.full((8,), used),
+            group_source_kl=torch.full((8,), source),
+            stored_views=views,
+            num_classes=10,
+        )
+
+    config = AutoConfig().for_labels(lm=False)
+    # 38 views: error 0.0014, mismatch 0.153; 53 views: error 0.004, mismatch 0.145
+    few = result(0.125, 38, 0.0014, 0.0014 + 0.153)
+    more = result(0.177, 53, 0.004, 0.004 + 0.145)
+    assert few.score(None) == pytest.approx(2 / 38 * 0.153)
+    assert more.score(None) == pytest.approx(0.004 - FREE_ERROR + 2 / 53 * 0.145)
+    # without the credit the fewer views would win: 0.0095 against 0.0095 + 0.0001
+    assert few.score(None) + 0.0014 < more.score(None) + FREE_ERROR
+    assert pick_candidate([few, more], config).keep_fraction == 0.177
+    # both errors far above the free level: the same credit for each, and the
+    # codec error decides as before
+    coarse = result(0.125, 38, 0.0300, 0.0300 + 0.153)
+    coarser = result(0.177, 53, 0.0340, 0.0340 + 0.145)
+    assert pick_candidate([coarse, coarser], config).keep_fraction == 0.125
+    assert coarse.score(None) - coarser.score(None) == pytest.approx(
+        (0.0300 + 2 / 38 * 0.153) - (0.0340 + 2 / 53 * 0.145)
+    )
 
 
 def test_record_lists_every_candidate_and_is_deterministic() -> None:
@@ -524,15 +591,19 @@ def test_reuse_charge_grows_with_the_classes() -> None:
     )
     record = choice.to_dict()
     assert record["reuse_views"] == 200.0
-    assert record["candidates"][1]["score"] == pytest.approx(1.5)
+    # the whole mismatch, less the free codec error (the stored labels' is larger)
+    assert record["candidates"][1]["score"] == pytest.approx(1.5 - FREE_ERROR)
     assert "reuse mismatch x 200/views stored" in format_table(record)[0]
     del record["reuse_views"]
     assert "reuse mismatch x 2/views stored" in format_table(record)[0]
     # with no candidate pruned (LM tokens) the header says the score is the KL
     unpruned = dataclasses.replace(choice, results=(pair(1000)[0],), num_classes=49_152)
-    header = format_table(unpruned.to_dict())[0]
-    assert "score = KL, no view pruned, at T=4" in header
+    unpruned_record = unpruned.to_dict()
+    header = format_table(unpruned_record)[0]
+    assert "score = KL, no view pruned, codec error up to 0.0023 free, at T=4" in header
     assert "views stored" not in header
+    del unpruned_record["free_error"]  # a record written before the credit
+    assert "score = KL, no view pruned, at T=4" in format_table(unpruned_record)[0]
     # a record that keeps only the winner's row cannot say nothing was pruned
     winner_only = dataclasses.replace(choice, rows="winner").to_dict()
     assert winner_only["omitted"] == 1

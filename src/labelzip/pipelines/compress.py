@@ -207,7 +207,9 @@ def choose_auto(
             "--codec auto chooses for a target: give --ratio or --bits-per-label"
         )
     if settings.prune_keep is not None:
-        config = config.model_copy(update={"keep_fractions": (settings.prune_keep,)})
+        config = config.model_copy(
+            update={"keep_fractions": (settings.prune_keep,), "search_views": False}
+        )
     sample = draw_sample(
         lambda: store.batches(FIT_BATCH),
         layout.dims,

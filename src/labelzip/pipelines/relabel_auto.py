@@ -99,7 +99,9 @@ def choose_relabel_codec(
         )
     auto = out.auto or AutoConfig(seed=out.prune_seed)
     if out.keep_fraction is not None:
-        auto = auto.model_copy(update={"keep_fractions": (out.keep_fraction,)})
+        auto = auto.model_copy(
+            update={"keep_fractions": (out.keep_fraction,), "search_views": False}
+        )
     flat = torch.from_numpy(
         draw_groups(
             layout.dims,

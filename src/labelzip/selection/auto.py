@@ -29,6 +29,10 @@ target is skipped with its reason.
 Keeping fewer of each sample's views leaves more bits for each kept view: the
 view budget is measured, not fixed: ctx-transform's own rate control keeps a
 fixed floor of 16 bits per stored label, which auto lifts for its candidates.
+The budgets are the configured ones (halvings), each codec's own largest
+fitting budget, smaller ones by :data:`BUDGET_STEP` while the fewest views
+win, and the pick's codec one :data:`BUDGET_STEP` either side of its budget
+(:func:`neighbour_budgets`); a budget the user fixed is the only one.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ __all__ = [
     "LM_MIN_CLASSES",
     "BUDGET_STEP",
     "MIN_STORED_TOP1",
+    "NEIGHBOUR_BUDGETS",
     "VISION_CANDIDATES",
     "CONTEXT_CANDIDATES",
     "AutoChoice",
@@ -85,6 +90,7 @@ __all__ = [
     "choose_from_rows",
     "pick_candidate",
     "format_table",
+    "neighbour_budgets",
     "resolve_codec_name",
     "run_options",
     "scored_on_mean",
@@ -131,6 +137,9 @@ MIN_STORED_TOP1 = 0.5
 # halvings (19, 9) stepped over 13 (docs/auto.md, "How the choice is made").
 BUDGET_STEPS_PER_HALVING = 2
 BUDGET_STEP = 2.0 ** (1 / BUDGET_STEPS_PER_HALVING)
+# Once the budgets are measured, the pick's codec is measured at the budgets one
+# BUDGET_STEP above and below its own (when not yet): at most this many more fits.
+NEIGHBOUR_BUDGETS = 2
 # Learned codecs' schedule option, capped at AutoConfig.steps for candidates.
 _STEP_OPTION = {
     "vqae": "steps",
@@ -306,14 +315,20 @@ def choose_codec(
             num_classes=target.num_classes,
         )
 
+    # View budgets beyond the configured ones are searched unless the candidates
+    # or the budget (the user's --prune-keep) are fixed.
+    search = candidates is None and has_views and config.search_views
+    extra = _extra_budgets(todo, target, has_views) if search else []
     # Candidates are charged for the record the final archive will carry: every
     # row that may be measured (view budgets extended), with the widest numbers.
-    extra = [] if candidates is not None else _extra_budgets(todo, target, has_views)
-    fitting = _PLACEHOLDER_KEEP if candidates is None and has_views else None
+    longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
+    searched = (
+        _fitting_keeps(todo, target, config, _PLACEHOLDER_KEEP)
+        + [Candidate(longest.codec, longest.options, _PLACEHOLDER_KEEP)]
+        * NEIGHBOUR_BUDGETS  # the pick's neighbours
+    )
     possible = (
-        todo
-        + [c for level in extra for c in level]
-        + _fitting_keeps(todo, target, config, fitting)
+        todo + [c for level in extra for c in level] + (searched if search else [])
     )
     confirm = [c for c in possible if _capped(c, config, config.confirm_steps)]
     mean = _mean_scored(possible, config.student_temperature)
@@ -328,7 +343,7 @@ def choose_codec(
     # Smaller budgets go on while the pick keeps no more views than the smallest
     # budget of the grid so far (a codec's own fitting budget may be smaller).
     smallest = min(c.keep_fraction for c in todo)
-    if fitting is not None:  # each codec's own largest view budget that fits
+    if search:  # each codec's own largest view budget that fits
         todo = todo + _fitting_keeps(todo, charged, config, None)
     results = [_measure(c, sample, charged, config) for c in todo]
     for level in extra:  # fewer views while the fewest tried so far wins
@@ -339,6 +354,9 @@ def choose_codec(
             break
         smallest = min(c.keep_fraction for c in level)
         results += [_measure(c, sample, charged, config) for c in level]
+    if search and _contenders(results):  # the pick's codec at its neighbouring budgets
+        near = neighbour_budgets(pick_candidate(results, config), results, target)
+        results += [_measure(c, sample, charged, config) for c in near]
     pool, results = _confirm(results, sample, charged, config)
     best = pick_candidate(pool, config)
     steps = next(r.steps for r in pool if r.candidate == best)
@@ -561,6 +579,34 @@ def _extra_budgets(
         last = keep_per_group(smaller, views)  # a new view count: a new level
         levels.append([Candidate(c.codec, c.options, smaller) for c in codecs])
     return levels
+
+
+def neighbour_budgets(
+    pick: Candidate, results: Sequence[CandidateResult], target: Target
+) -> list[Candidate]:
+    """The picked codec at the view budgets :data:`BUDGET_STEP` times larger and
+    smaller than its own, where it was not measured at that many views.
+
+    The configured budgets halve (1, 1/2, 1/4, 1/8 of the views); a pick
+    between two halvings was never measured there: on MNIST SRe2L at 40x,
+    ``ctx-transform`` on 53 of 300 views, between 38 and 75 (docs/auto.md, "How
+    the choice is made"). Below the smallest configured budget the levels
+    already step by :data:`BUDGET_STEP`, so these are usually measured.
+    """
+    views = GroupShape.of(target.layout.dims, target.layout.shape).views
+    tried = {
+        keep_per_group(r.candidate.keep_fraction, views)
+        for r in results
+        if r.candidate.codec == pick.codec and r.candidate.options == pick.options
+    }
+    out: list[Candidate] = []
+    for keep in (pick.keep_fraction * BUDGET_STEP, pick.keep_fraction / BUDGET_STEP):
+        keep = min(keep, 1.0)
+        count = keep_per_group(keep, views)
+        if count not in tried:
+            tried.add(count)
+            out.append(Candidate(pick.codec, pick.options, keep))
+    return out
 
 
 def pick_candidate(results: Sequence[CandidateResult], config: AutoConfig) -> Candidate:

@@ -87,6 +87,13 @@ class AutoConfig(BaseModel):
         min_length=1,
         description="view budgets tried where the layout has views",
     )
+    search_views: bool = Field(
+        default=True,
+        description="also measure view budgets beyond keep_fractions (each "
+        "codec's own largest fitting budget, smaller budgets while the fewest "
+        "views win, the pick's neighbouring budgets); False when the user fixed "
+        "the budget (--prune-keep)",
+    )
     record_share: float = Field(
         default=0.02,
         ge=0.0,

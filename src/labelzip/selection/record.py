@@ -16,8 +16,10 @@ from labelzip.archive import ArchiveMetadata
 from labelzip.errors import ConfigError
 from labelzip.selection.config import AutoConfig
 from labelzip.selection.score import (
+    FREE_ERROR,
     MIN_STORED_TOP2,
     REUSE_VIEWS,
+    free_error_credit,
     reuse_score,
     reuse_views,
     set_aside,
@@ -106,16 +108,18 @@ class CandidateResult:
 
     def group_score(self, weight: float | None) -> torch.Tensor | None:
         """Per held-out sample :func:`~labelzip.selection.score.reuse_score`
-        (``group_kl`` itself at weight 1)."""
+        (``group_kl`` itself at weight 1), less the candidate's
+        :func:`~labelzip.selection.score.free_error_credit`."""
         if self.group_kl is None or self.group_source_kl is None:
             return self.group_kl
-        return reuse_score(
+        charged = reuse_score(
             self.group_kl,
             self.group_source_kl,
             self.stored_views,
             weight,
             self.num_classes,
         )
+        return charged - free_error_credit(self.group_source_kl)
 
     def score(self, weight: float | None) -> float | None:
         """The mean of :meth:`group_score`: what the pick ranks by (``kl``
@@ -192,6 +196,7 @@ class AutoChoice:
             "temperature": self.config.student_temperature,
             "reuse_weight": self.config.reuse_weight,
             "reuse_views": reuse_views(self.num_classes),
+            "free_error": FREE_ERROR,
             "fit_labels": self.fit_labels,
             "held_labels": self.held_labels,
             "steps": self.config.steps,
@@ -250,6 +255,10 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
         views = record.get("reuse_views", REUSE_VIEWS)  # older records: always 2
         share = f"{views:g}/views stored" if weight is None else f"{weight:g}"
         scored = f"score: reuse mismatch x {share}"
+    if record.get("free_error"):  # older records: every error charged
+        scored = (
+            f"{scored.rstrip(',')}, codec error up to {record['free_error']:g} free,"
+        )
     lines = [
         f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "
         f"(held-out {scored} at T={record['temperature']:g}; "
@@ -269,7 +278,8 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
         flag = f"  not eligible ({row['skipped']})" if row["skipped"] else ""
         if at in aside_at:
             flag = f"  set aside (stored top-2 {row['top2']:.3f} < {MIN_STORED_TOP2:g})"
-        score = "" if weight == 1.0 else f"  score {row['score']:.5f}"
+        shown = weight != 1.0 or record.get("free_error")  # else the score is the KL
+        score = f"  score {row['score']:.5f}" if shown else ""
         top2 = "" if row.get("top2") is None else f"  stored top-2 {row['top2']:.2f}"
         mean = "  (mean of draws)" if row.get("mean") else ""
         lines.append(
