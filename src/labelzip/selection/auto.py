@@ -587,10 +587,9 @@ def neighbour_budgets(
     """The picked codec at the view budgets :data:`BUDGET_STEP` times larger and
     smaller than its own, where it was not measured at that many views.
 
-    The configured budgets halve (1, 1/2, 1/4, 1/8 of the views); a pick
-    between two halvings was never measured there: on MNIST SRe2L at 40x,
-    ``ctx-transform`` on 53 of 300 views, between 38 and 75 (docs/auto.md, "How
-    the choice is made"). Below the smallest configured budget the levels
+    The configured budgets halve (1, 1/2, 1/4, 1/8 of the views), so the best
+    budget of a codec may lie between two of them, unmeasured (docs/auto.md,
+    "How the choice is made"). Below the smallest configured budget the levels
     already step by :data:`BUDGET_STEP`, so these are usually measured.
     """
     views = GroupShape.of(target.layout.dims, target.layout.shape).views
