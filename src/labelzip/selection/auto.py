@@ -321,15 +321,10 @@ def choose_codec(
     extra = _extra_budgets(todo, target, has_views) if search else []
     # Candidates are charged for the record the final archive will carry: every
     # row that may be measured (view budgets extended), with the widest numbers.
-    longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
-    searched = (
-        _fitting_keeps(todo, target, config, _PLACEHOLDER_KEEP)
-        + [Candidate(longest.codec, longest.options, _PLACEHOLDER_KEEP)]
-        * NEIGHBOUR_BUDGETS  # the pick's neighbours
-    )
-    possible = (
-        todo + [c for level in extra for c in level] + (searched if search else [])
-    )
+    possible = todo + [c for level in extra for c in level]
+    if search:  # each codec's own fitting budget, and the pick's neighbours
+        possible += _fitting_keeps(todo, target, config, _PLACEHOLDER_KEEP)
+        possible += [_widest_placeholder(todo)] * NEIGHBOUR_BUDGETS
     confirm = [c for c in possible if _capped(c, config, config.confirm_steps)]
     mean = _mean_scored(possible, config.student_temperature)
     widest = _widest_choice(todo, possible, confirm, mean, target, choice)
@@ -486,8 +481,7 @@ def _widest_choice(
 
     by_options = sorted(possible, key=lambda c: -len(json.dumps(dict(c.options))))
     finalists = [c for c in by_options if c in confirm][:2]
-    longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
-    winner = Candidate(longest.codec, longest.options, _PLACEHOLDER_KEEP)
+    winner = _widest_placeholder(todo)
     won = _WIDE_STEPS if confirm else None
     # a winner is never skipped: its row has numbers and no reason
     won_row = CandidateResult(
@@ -502,6 +496,13 @@ def _widest_choice(
     rows = [row(c) for c in possible] + [row(c, _WIDE_STEPS) for c in finalists]
     rows.append(won_row)
     return choice(winner, rows, RECORD_ROWS[0], won)
+
+
+def _widest_placeholder(todo: Sequence[Candidate]) -> Candidate:
+    """The candidate with the longest options at the widest keep fraction: a
+    stand-in for a row whose codec and budget are not known yet."""
+    longest = max(todo, key=lambda c: len(json.dumps(dict(c.options))))
+    return Candidate(longest.codec, longest.options, _PLACEHOLDER_KEEP)
 
 
 def _charged_metadata(metadata: ArchiveMetadata, widest: AutoChoice) -> ArchiveMetadata:

@@ -259,6 +259,7 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
         scored = (
             f"{scored.rstrip(',')}, codec error up to {record['free_error']:g} free,"
         )
+    shown = weight != 1.0 or record.get("free_error")  # else the score is the KL
     lines = [
         f"auto chose {win.name}, keep {win.keep_fraction:g} of each sample's views "
         f"(held-out {scored} at T={record['temperature']:g}; "
@@ -278,7 +279,6 @@ def format_table(record: Mapping[str, Any]) -> list[str]:
         flag = f"  not eligible ({row['skipped']})" if row["skipped"] else ""
         if at in aside_at:
             flag = f"  set aside (stored top-2 {row['top2']:.3f} < {MIN_STORED_TOP2:g})"
-        shown = weight != 1.0 or record.get("free_error")  # else the score is the KL
         score = f"  score {row['score']:.5f}" if shown else ""
         top2 = "" if row.get("top2") is None else f"  stored top-2 {row['top2']:.2f}"
         mean = "  (mean of draws)" if row.get("mean") else ""
